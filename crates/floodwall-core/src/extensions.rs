@@ -1,0 +1,224 @@
+use std::fmt;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// When a request reached the outermost floodwall layer.
+///
+/// The outermost layer inserts it into the request's extensions (if no layer
+/// has yet); queueing-time measurements (CoDel, priority admission) measure
+/// from it, so time spent in outer layers counts as waiting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Arrival(Instant);
+
+impl Arrival {
+    /// An arrival at `instant`.
+    pub const fn new(instant: Instant) -> Self {
+        Self(instant)
+    }
+
+    /// An arrival now (`tokio::time::Instant::now()`, so paused test time
+    /// applies).
+    pub fn now() -> Self {
+        Self(Instant::now())
+    }
+
+    /// The arrival instant.
+    pub const fn instant(self) -> Instant {
+        self.0
+    }
+
+    /// Time since arrival as of `now` (zero if `now` is earlier).
+    pub fn elapsed(self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.0)
+    }
+
+    /// Stamps `extensions` with an arrival at `now` unless one is present,
+    /// and returns the arrival in force.
+    pub fn stamp(extensions: &mut http::Extensions, now: Instant) -> Self {
+        *extensions.get_or_insert(Self(now))
+    }
+}
+
+/// The instant by which a request must be answered.
+///
+/// Travels in request extensions and, for outbound calls made while handling
+/// a request, in a task-local scope (see `floodwall-deadline`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Deadline(Instant);
+
+impl Deadline {
+    /// A deadline at `instant`.
+    pub const fn new(instant: Instant) -> Self {
+        Self(instant)
+    }
+
+    /// A deadline `timeout` after `start`. A timeout too large for the clock
+    /// clamps to the furthest representable instant instead of panicking.
+    pub fn after(start: Instant, timeout: Duration) -> Self {
+        match start.checked_add(timeout) {
+            Some(at) => Self(at),
+            None => Self(far_future(start)),
+        }
+    }
+
+    /// The deadline instant.
+    pub const fn instant(self) -> Instant {
+        self.0
+    }
+
+    /// Time left as of `now`; zero once expired.
+    pub fn remaining(self, now: Instant) -> Duration {
+        self.0.saturating_duration_since(now)
+    }
+
+    /// Whether the deadline has passed at `now` (a deadline equal to `now`
+    /// has passed: no time remains).
+    pub fn is_expired(self, now: Instant) -> bool {
+        now >= self.0
+    }
+
+    /// The earlier of two deadlines.
+    pub fn min(self, other: Deadline) -> Deadline {
+        if other.0 < self.0 { other } else { self }
+    }
+}
+
+/// The furthest instant after `start` that the clock can represent, found
+/// by halving the step: `Instant` has no public maximum.
+fn far_future(start: Instant) -> Instant {
+    let mut at = start;
+    let mut step = Duration::from_secs(u64::MAX / 4);
+    while step >= Duration::from_secs(1) {
+        if let Some(next) = at.checked_add(step) {
+            at = next;
+        } else {
+            step /= 2;
+        }
+    }
+    at
+}
+
+/// A request's priority for admission control (DAGOR style).
+///
+/// Two parts, compared lexicographically: `business` (from a table keyed by
+/// route or method; **lower is more important**) and `user` (a hash of the
+/// user id in `0..=127`; lower is more important). The derived order is that
+/// compound order, so `a < b` means "`a` is more important than `b`".
+///
+/// ```
+/// use floodwall_core::Priority;
+///
+/// let checkout = Priority::new(1, 90)?;
+/// let browse = Priority::new(5, 3)?;
+/// assert!(checkout < browse, "business priority decides first");
+/// assert!(Priority::new(8, 200).is_err(), "user priority is 0..=127");
+/// # Ok::<(), floodwall_core::InvalidPriority>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Priority {
+    business: u8,
+    user: u8,
+}
+
+impl Priority {
+    /// The largest user priority value.
+    pub const MAX_USER: u8 = 127;
+
+    /// The most important priority: `(0, 0)`.
+    pub const HIGHEST: Priority = Priority {
+        business: 0,
+        user: 0,
+    };
+
+    /// The least important priority: `(255, 127)`.
+    pub const LOWEST: Priority = Priority {
+        business: u8::MAX,
+        user: Self::MAX_USER,
+    };
+
+    /// A priority; fails if `user` is above [`MAX_USER`](Self::MAX_USER).
+    pub const fn new(business: u8, user: u8) -> Result<Self, InvalidPriority> {
+        if user > Self::MAX_USER {
+            return Err(InvalidPriority { user });
+        }
+        Ok(Self { business, user })
+    }
+
+    /// The business priority (lower is more important).
+    pub const fn business(self) -> u8 {
+        self.business
+    }
+
+    /// The user priority, `0..=127` (lower is more important).
+    pub const fn user(self) -> u8 {
+        self.user
+    }
+}
+
+/// Returned by [`Priority::new`] for a user priority above 127.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InvalidPriority {
+    user: u8,
+}
+
+impl fmt::Display for InvalidPriority {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "user priority {} is out of range 0..={}",
+            self.user,
+            Priority::MAX_USER
+        )
+    }
+}
+
+impl std::error::Error for InvalidPriority {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn deadline_arithmetic() {
+        let now = Instant::now();
+        let d = Deadline::after(now, Duration::from_millis(100));
+        assert_eq!(d.remaining(now), Duration::from_millis(100));
+        assert!(!d.is_expired(now));
+        tokio::time::advance(Duration::from_millis(100)).await;
+        assert!(d.is_expired(Instant::now()), "equal to now is expired");
+        assert_eq!(d.remaining(Instant::now()), Duration::ZERO);
+        let earlier = Deadline::after(now, Duration::from_millis(5));
+        assert_eq!(d.min(earlier), earlier);
+        assert_eq!(earlier.min(d), earlier);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn huge_timeouts_clamp() {
+        let now = Instant::now();
+        let d = Deadline::after(now, Duration::MAX);
+        assert!(d.instant() > now + Duration::from_secs(86_400 * 365 * 100));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn arrival_stamp_keeps_the_first() {
+        let mut ext = http::Extensions::new();
+        let t0 = Instant::now();
+        assert_eq!(Arrival::stamp(&mut ext, t0).instant(), t0);
+        tokio::time::advance(Duration::from_millis(3)).await;
+        let later = Instant::now();
+        assert_eq!(Arrival::stamp(&mut ext, later).instant(), t0);
+        assert_eq!(Arrival::new(t0).elapsed(later), Duration::from_millis(3));
+    }
+
+    #[test]
+    fn priority_order_is_lexicographic() {
+        let p = |b, u| Priority::new(b, u).unwrap();
+        assert!(p(0, 127) < p(1, 0));
+        assert!(p(3, 4) < p(3, 5));
+        assert_eq!(Priority::HIGHEST, p(0, 0));
+        assert!(Priority::LOWEST > p(254, 127));
+        let err = Priority::new(0, 128).unwrap_err();
+        assert_eq!(err.to_string(), "user priority 128 is out of range 0..=127");
+    }
+}

@@ -1,0 +1,28 @@
+//! Metric names reported by the floodwall layers through the `metrics` facade.
+//!
+//! Every metric carries the label [`LABEL_NAME`] with the layer's configured
+//! name, so several instances of one layer can be told apart. Names follow
+//! `floodwall_<layer>_<what>`; counters end in `_total`.
+//!
+//! Layers register their metric handles when the layer is built, so install
+//! your `metrics` recorder before building layers.
+
+/// The label every floodwall metric carries: the layer instance's name.
+pub const LABEL_NAME: &str = "name";
+
+/// The label naming why a request was rejected or a key evicted.
+pub const LABEL_REASON: &str = "reason";
+
+/// Counter: requests the token bucket admitted.
+pub const TOKEN_BUCKET_ADMITTED: &str = "floodwall_token_bucket_admitted_total";
+/// Counter: requests the token bucket rejected (label `reason`:
+/// `rate_limited`, `exceeds_burst`, `wait_too_long`).
+pub const TOKEN_BUCKET_REJECTED: &str = "floodwall_token_bucket_rejected_total";
+/// Counter: requests that waited for tokens in wait mode before being admitted.
+pub const TOKEN_BUCKET_WAITED: &str = "floodwall_token_bucket_waited_total";
+/// Gauge: keys currently tracked by a keyed token bucket.
+pub const TOKEN_BUCKET_KEYS: &str = "floodwall_token_bucket_keys";
+/// Counter: keys a keyed token bucket forgot (label `reason`: `idle` when the
+/// key's bucket had refilled, which changes no decision; `capacity` when the
+/// map was full and a key still in debt had to go).
+pub const TOKEN_BUCKET_EVICTED: &str = "floodwall_token_bucket_evicted_total";

@@ -1,0 +1,175 @@
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::Quota;
+use crate::gcra::{Params, nanos_since};
+
+/// A lock-free token bucket in GCRA form: the sans-IO core of the
+/// token-bucket layer.
+///
+/// The whole state is one `AtomicU64`, the theoretical arrival time (TAT) in
+/// nanoseconds since the bucket's epoch, updated with a compare-and-swap
+/// loop. It never reads a clock, sleeps or spawns: every method takes the
+/// current instant.
+///
+/// For a request of weight `n` at time `t`, with interval `I` and burst `b`:
+/// `tat' = max(TAT, t) + n·I`; the request conforms iff `tat' − t ≤ b·I`, and
+/// then `TAT = tat'`. A refused request changes nothing and learns
+/// `retry_after = tat' − b·I − t`, exactly when it would conform. A request
+/// with `n > b` can never conform and gets [`Denied::ExceedsBurst`]. The
+/// bucket starts full and, however long it idles, holds at most `b` tokens.
+///
+/// ```
+/// use std::time::Duration;
+/// use floodwall_token_bucket::{Denied, Quota, TokenBucket};
+/// use tokio::time::Instant;
+///
+/// let quota = Quota::per_second(100)?.with_burst(10)?;
+/// let t0 = Instant::now();
+/// let bucket = TokenBucket::with_epoch(quota, t0);
+///
+/// let admitted = (0..25).filter(|_| bucket.try_acquire(t0, 1).is_ok()).count();
+/// assert_eq!(admitted, 10);
+///
+/// match bucket.try_acquire(t0, 1) {
+///     Err(Denied::RateLimited { retry_after }) => {
+///         assert_eq!(retry_after, Duration::from_millis(10))
+///     }
+///     other => panic!("{other:?}"),
+/// }
+/// assert!(bucket.try_acquire(t0 + Duration::from_millis(10), 1).is_ok());
+/// # Ok::<(), floodwall_token_bucket::QuotaError>(())
+/// ```
+pub struct TokenBucket {
+    tat: AtomicU64,
+    epoch: Instant,
+    params: Params,
+    quota: Quota,
+}
+
+impl TokenBucket {
+    /// A full bucket whose clock starts now.
+    pub fn new(quota: Quota) -> Self {
+        Self::with_epoch(quota, Instant::now())
+    }
+
+    /// A full bucket whose clock starts at `epoch`. Instants before the epoch
+    /// count as the epoch.
+    pub fn with_epoch(quota: Quota, epoch: Instant) -> Self {
+        Self {
+            tat: AtomicU64::new(0),
+            epoch,
+            params: params_of(&quota),
+            quota,
+        }
+    }
+
+    /// Takes `n` tokens at `now` if they are there.
+    ///
+    /// # Errors
+    /// [`Denied::RateLimited`] with the exact time until `n` tokens will be
+    /// there; [`Denied::ExceedsBurst`] if `n` is above the burst.
+    #[inline]
+    pub fn try_acquire(&self, now: Instant, n: u32) -> Result<(), Denied> {
+        let t = nanos_since(self.epoch, now);
+        self.params.step(&self.tat, t, n, 0).map(|_| ())
+    }
+
+    /// Reserves `n` tokens at `now`, allowing the request to start up to
+    /// `max_wait` later: returns how long the caller must wait before it
+    /// conforms (zero if it conforms now). Reserved tokens are spent at once,
+    /// so later requests queue behind this one; if the caller gives up,
+    /// [`refund`](Self::refund) returns them.
+    ///
+    /// # Errors
+    /// [`Denied::RateLimited`] if the wait would exceed `max_wait` (nothing is
+    /// reserved); [`Denied::ExceedsBurst`] if `n` is above the burst.
+    pub fn reserve(&self, now: Instant, n: u32, max_wait: Duration) -> Result<Duration, Denied> {
+        let t = nanos_since(self.epoch, now);
+        let max_wait = u64::try_from(max_wait.as_nanos()).unwrap_or(u64::MAX);
+        self.params
+            .step(&self.tat, t, n, max_wait)
+            .map(|r| Duration::from_nanos(r.wait))
+    }
+
+    /// Gives back `n` tokens reserved by [`reserve`](Self::reserve) for a
+    /// request that never ran. The bucket never holds more than its burst.
+    pub fn refund(&self, now: Instant, n: u32) {
+        let t = nanos_since(self.epoch, now);
+        self.params.refund(&self.tat, t, n);
+    }
+
+    /// Whole tokens available at `now` (0 to burst).
+    pub fn available(&self, now: Instant) -> u32 {
+        let t = nanos_since(self.epoch, now);
+        self.params.available(self.tat.load(Ordering::Relaxed), t)
+    }
+
+    /// The quota this bucket enforces.
+    pub fn quota(&self) -> &Quota {
+        &self.quota
+    }
+}
+
+impl fmt::Debug for TokenBucket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenBucket")
+            .field("quota", &self.quota)
+            .field("tat_ns", &self.tat.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) fn params_of(quota: &Quota) -> Params {
+    Params {
+        interval: quota.interval_ns(),
+        tolerance: quota.tolerance_ns(),
+        burst: quota.burst(),
+    }
+}
+
+/// Why a token-bucket core refused a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Denied {
+    /// Not enough tokens now; they will be there after `retry_after`.
+    RateLimited {
+        /// Exactly how long until the request would conform.
+        retry_after: Duration,
+    },
+    /// The request asks for more tokens than the bucket can ever hold.
+    ExceedsBurst {
+        /// Tokens asked for.
+        requested: u32,
+        /// The bucket's capacity.
+        burst: u32,
+    },
+}
+
+impl Denied {
+    /// How long until the request would conform; `None` if it never will.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Denied::RateLimited { retry_after } => Some(*retry_after),
+            Denied::ExceedsBurst { .. } => None,
+        }
+    }
+}
+
+impl fmt::Display for Denied {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Denied::RateLimited { retry_after } => {
+                write!(f, "rate limit exceeded, retry after {retry_after:?}")
+            }
+            Denied::ExceedsBurst { requested, burst } => write!(
+                f,
+                "request of {requested} tokens exceeds the burst of {burst} and can never conform"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for Denied {}

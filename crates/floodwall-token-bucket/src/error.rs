@@ -1,0 +1,117 @@
+//! Errors the token-bucket layer returns, boxed in [`floodwall_core::Rejected`].
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use floodwall_core::{RateLimitPolicy, RejectKind, Rejection};
+
+/// The request was refused because the bucket had too few tokens; it would
+/// conform after [`retry_after`](Self::retry_after).
+///
+/// In wait mode this means the wait would have exceeded the configured
+/// maximum.
+#[derive(Debug, Clone)]
+pub struct RateLimited {
+    retry_after: Duration,
+    policy: Arc<RateLimitPolicy>,
+}
+
+impl RateLimited {
+    pub(crate) fn new(retry_after: Duration, policy: Arc<RateLimitPolicy>) -> Self {
+        Self {
+            retry_after,
+            policy,
+        }
+    }
+
+    /// Exactly how long until the request would have conformed.
+    pub fn retry_after(&self) -> Duration {
+        self.retry_after
+    }
+
+    /// The quota that was exceeded.
+    pub fn policy(&self) -> &RateLimitPolicy {
+        &self.policy
+    }
+}
+
+impl fmt::Display for RateLimited {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "rate limit \"{}\" exceeded; retry after {:?}",
+            self.policy.name(),
+            self.retry_after
+        )
+    }
+}
+
+impl std::error::Error for RateLimited {}
+
+impl Rejection for RateLimited {
+    fn kind(&self) -> RejectKind {
+        RejectKind::RateLimited
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        Some(self.retry_after)
+    }
+
+    fn rate_limit(&self) -> Option<&RateLimitPolicy> {
+        Some(&self.policy)
+    }
+}
+
+/// The request asked for more tokens than the bucket holds, so it can never
+/// conform. Not a wait: retrying will not help.
+#[derive(Debug, Clone)]
+pub struct ExceedsBurst {
+    requested: u32,
+    burst: u32,
+    policy: Arc<RateLimitPolicy>,
+}
+
+impl ExceedsBurst {
+    pub(crate) fn new(requested: u32, burst: u32, policy: Arc<RateLimitPolicy>) -> Self {
+        Self {
+            requested,
+            burst,
+            policy,
+        }
+    }
+
+    /// Tokens the request asked for.
+    pub fn requested(&self) -> u32 {
+        self.requested
+    }
+
+    /// The bucket's capacity.
+    pub fn burst(&self) -> u32 {
+        self.burst
+    }
+}
+
+impl fmt::Display for ExceedsBurst {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "request of {} tokens exceeds the burst of {} of rate limit \"{}\"",
+            self.requested,
+            self.burst,
+            self.policy.name()
+        )
+    }
+}
+
+impl std::error::Error for ExceedsBurst {}
+
+impl Rejection for ExceedsBurst {
+    fn kind(&self) -> RejectKind {
+        RejectKind::RateLimited
+    }
+
+    fn rate_limit(&self) -> Option<&RateLimitPolicy> {
+        Some(&self.policy)
+    }
+}

@@ -1,0 +1,160 @@
+//! Response futures of the token-bucket service.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use floodwall_core::BoxError;
+use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep};
+use tower_service::Service;
+
+use crate::layer::Shared;
+use crate::{Limiter, Refund};
+
+pin_project! {
+    /// The response future of [`TokenBucketService`](crate::TokenBucketService):
+    /// the inner call, a ready rejection, or (in wait mode) a wait for the
+    /// request's turn followed by the inner call.
+    ///
+    /// Dropping it while it waits gives the request's token back.
+    pub struct ResponseFuture<S, Req, L>
+    where
+        S: Service<Req>,
+        L: Limiter<Req>,
+    {
+        #[pin]
+        state: State<S, Req, L>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<S, Req, L>
+    where
+        S: Service<Req>,
+        L: Limiter<Req>,
+    {
+        Called { #[pin] fut: S::Future },
+        Rejected { error: Option<BoxError> },
+        Waiting {
+            sleep: Pin<Box<Sleep>>,
+            svc: S,
+            req: Option<Req>,
+            guard: RefundGuard<L>,
+        },
+    }
+}
+
+impl<S, Req, L> ResponseFuture<S, Req, L>
+where
+    S: Service<Req>,
+    L: Limiter<Req>,
+{
+    #[inline]
+    pub(crate) fn called(fut: S::Future) -> Self {
+        Self {
+            state: State::Called { fut },
+        }
+    }
+
+    pub(crate) fn rejected(error: BoxError) -> Self {
+        Self {
+            state: State::Rejected { error: Some(error) },
+        }
+    }
+
+    pub(crate) fn waiting(until: Instant, svc: S, req: Req, guard: RefundGuard<L>) -> Self {
+        Self {
+            state: State::Waiting {
+                sleep: Box::pin(tokio::time::sleep_until(until)),
+                svc,
+                req: Some(req),
+                guard,
+            },
+        }
+    }
+}
+
+impl<S, Req, L> Future for ResponseFuture<S, Req, L>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+    L: Limiter<Req>,
+{
+    type Output = Result<S::Response, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut state = self.project().state;
+        loop {
+            match state.as_mut().project() {
+                StateProj::Called { fut } => return fut.poll(cx).map_err(Into::into),
+                StateProj::Rejected { error } => {
+                    let error = error.take().expect("polled after completion");
+                    return Poll::Ready(Err(error));
+                }
+                StateProj::Waiting {
+                    sleep,
+                    svc,
+                    req,
+                    guard,
+                } => {
+                    ready!(sleep.as_mut().poll(cx));
+                    // If the inner service fails to become ready, the guard
+                    // still holds the token and returns it on drop.
+                    ready!(svc.poll_ready(cx)).map_err(Into::into)?;
+                    let req = req.take().expect("polled after completion");
+                    guard.disarm();
+                    let fut = svc.call(req);
+                    state.set(State::Called { fut });
+                }
+            }
+        }
+    }
+}
+
+impl<S, Req, L> fmt::Debug for ResponseFuture<S, Req, L>
+where
+    S: Service<Req>,
+    L: Limiter<Req>,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match &self.state {
+            State::Called { .. } => "Called",
+            State::Rejected { .. } => "Rejected",
+            State::Waiting { .. } => "Waiting",
+        };
+        f.debug_struct("ResponseFuture")
+            .field("state", &state)
+            .finish()
+    }
+}
+
+/// Returns a waiting request's token unless the request got to run.
+pub(crate) struct RefundGuard<L: Refund> {
+    shared: Arc<Shared<L>>,
+    permit: Option<L::Permit>,
+}
+
+impl<L: Refund> RefundGuard<L> {
+    pub(crate) fn new(shared: Arc<Shared<L>>, permit: L::Permit) -> Self {
+        Self {
+            shared,
+            permit: Some(permit),
+        }
+    }
+
+    fn disarm(&mut self) {
+        self.permit = None;
+    }
+}
+
+impl<L: Refund> Drop for RefundGuard<L> {
+    fn drop(&mut self) {
+        if let Some(permit) = self.permit.take() {
+            self.shared.limiter.refund(permit, Instant::now());
+        }
+    }
+}

@@ -1,0 +1,255 @@
+use std::fmt;
+use std::hash::Hash;
+use std::sync::Arc;
+use std::time::Duration;
+
+use floodwall_core::RateLimitPolicy;
+use floodwall_core::metrics::{
+    LABEL_NAME, LABEL_REASON, TOKEN_BUCKET_ADMITTED, TOKEN_BUCKET_REJECTED, TOKEN_BUCKET_WAITED,
+};
+use metrics::Counter;
+use tower_layer::Layer;
+
+use crate::{Keyed, KeyedTokenBucket, Quota, TokenBucket, TokenBucketService};
+
+/// The default name of a token-bucket layer (metric label and policy name).
+pub const DEFAULT_NAME: &str = "token_bucket";
+
+/// A Tower layer that rate-limits requests with a GCRA token bucket.
+///
+/// # Clone
+/// The layer owns the limiter state in an `Arc`: every service it builds,
+/// and every clone of those services, draws from the same bucket. Apply one
+/// layer value to several routes and they share one limit; build one layer
+/// per route for separate limits.
+///
+/// # Shedding and waiting
+/// By default a request without a token is refused at once in `call` with a
+/// [`RateLimited`](crate::error::RateLimited) error (readiness is the inner
+/// service's: no permit is ever held between `poll_ready` and `call`). With
+/// [`Builder::wait`] a request may instead wait up to a bound for its turn.
+///
+/// ```
+/// use floodwall_core::{BoxError, Rejected, RejectKind};
+/// use floodwall_token_bucket::{Quota, TokenBucketLayer};
+/// use tower::{ServiceBuilder, ServiceExt, service_fn};
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() -> Result<(), BoxError> {
+/// let layer = TokenBucketLayer::new(Quota::per_second(2)?);
+/// let svc = ServiceBuilder::new()
+///     .layer(layer)
+///     .service(service_fn(|req: &'static str| async move { Ok::<_, BoxError>(req) }));
+///
+/// assert_eq!(svc.clone().oneshot("a").await?, "a");
+/// assert_eq!(svc.clone().oneshot("b").await?, "b");
+/// let err = svc.clone().oneshot("c").await.unwrap_err();
+/// assert_eq!(Rejected::find(&*err).unwrap().kind(), RejectKind::RateLimited);
+/// # Ok(())
+/// # }
+/// ```
+pub struct TokenBucketLayer<L = TokenBucket> {
+    shared: Arc<Shared<L>>,
+}
+
+impl TokenBucketLayer<TokenBucket> {
+    /// A shedding layer with `quota`, named [`DEFAULT_NAME`].
+    pub fn new(quota: Quota) -> Self {
+        Self::builder(quota).build()
+    }
+
+    /// A builder to set the name, a wait bound, or keys.
+    pub fn builder(quota: Quota) -> Builder {
+        Builder {
+            quota,
+            name: Arc::from(DEFAULT_NAME),
+            max_wait: Duration::ZERO,
+        }
+    }
+}
+
+impl<L> TokenBucketLayer<L> {
+    /// A cheap handle on the live limiter state (tokens available, keys).
+    pub fn handle(&self) -> TokenBucketHandle<L> {
+        TokenBucketHandle {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<L> Clone for TokenBucketLayer<L> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<L: fmt::Debug> fmt::Debug for TokenBucketLayer<L> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenBucketLayer")
+            .field("name", &self.shared.name)
+            .field("max_wait", &self.shared.max_wait)
+            .field("limiter", &self.shared.limiter)
+            .finish()
+    }
+}
+
+impl<S, L> Layer<S> for TokenBucketLayer<L> {
+    type Service = TokenBucketService<S, L>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        TokenBucketService::from_shared(inner, self.shared.clone())
+    }
+}
+
+/// Builds a [`TokenBucketLayer`]; from [`TokenBucketLayer::builder`].
+#[derive(Debug, Clone)]
+pub struct Builder {
+    quota: Quota,
+    name: Arc<str>,
+    max_wait: Duration,
+}
+
+impl Builder {
+    /// The layer's name: the `name` label of its metrics and the policy name
+    /// in `RateLimit` header fields. Default [`DEFAULT_NAME`].
+    pub fn name(mut self, name: impl Into<Arc<str>>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Wait mode: a request without a token waits for its turn if that comes
+    /// within `max_wait`, and is refused at once otherwise. Waiting requests
+    /// queue in arrival order (each reserves its token when it arrives);
+    /// a waiter that is dropped gives its token back. Zero (the default)
+    /// means never wait.
+    ///
+    /// The service must be `Clone` to call the inner service after the wait.
+    pub fn wait(mut self, max_wait: Duration) -> Self {
+        self.max_wait = max_wait;
+        self
+    }
+
+    /// One bucket shared by every request.
+    pub fn build(self) -> TokenBucketLayer<TokenBucket> {
+        let bucket = TokenBucket::new(self.quota);
+        self.finish(bucket)
+    }
+
+    /// One bucket per key, `extract(&request)` giving the key, remembering at
+    /// most `capacity` keys (see [`KeyedTokenBucket`] for the eviction rule).
+    /// Requests for which `extract` returns `None` are not limited.
+    pub fn build_keyed<K, X>(self, capacity: usize, extract: X) -> TokenBucketLayer<Keyed<K, X>>
+    where
+        K: Hash + Eq,
+    {
+        let buckets = KeyedTokenBucket::new(self.quota, capacity);
+        self.finish(Keyed::new(buckets, extract))
+    }
+
+    fn finish<L>(self, limiter: L) -> TokenBucketLayer<L> {
+        let policy = Arc::new(RateLimitPolicy::new(
+            self.name.clone(),
+            u64::from(self.quota.tokens()),
+            self.quota.period(),
+        ));
+        TokenBucketLayer {
+            shared: Arc::new(Shared {
+                metrics: Metrics::new(&self.name),
+                limiter,
+                name: self.name,
+                policy,
+                max_wait: self.max_wait,
+            }),
+        }
+    }
+}
+
+/// The state every service of one layer shares.
+pub(crate) struct Shared<L> {
+    pub(crate) limiter: L,
+    pub(crate) name: Arc<str>,
+    pub(crate) policy: Arc<RateLimitPolicy>,
+    pub(crate) max_wait: Duration,
+    pub(crate) metrics: Metrics,
+}
+
+/// Metric handles, registered once when the layer is built.
+pub(crate) struct Metrics {
+    pub(crate) admitted: Counter,
+    pub(crate) rate_limited: Counter,
+    pub(crate) exceeds_burst: Counter,
+    pub(crate) waited: Counter,
+}
+
+impl Metrics {
+    fn new(name: &Arc<str>) -> Self {
+        let name = name.to_string();
+        let rejected = |reason: &'static str| {
+            metrics::counter!(TOKEN_BUCKET_REJECTED, LABEL_NAME => name.clone(), LABEL_REASON => reason)
+        };
+        Self {
+            admitted: metrics::counter!(TOKEN_BUCKET_ADMITTED, LABEL_NAME => name.clone()),
+            rate_limited: rejected("rate_limited"),
+            exceeds_burst: rejected("exceeds_burst"),
+            waited: metrics::counter!(TOKEN_BUCKET_WAITED, LABEL_NAME => name.clone()),
+        }
+    }
+}
+
+/// A cheap, cloneable view of a token-bucket layer's live state.
+pub struct TokenBucketHandle<L = TokenBucket> {
+    shared: Arc<Shared<L>>,
+}
+
+impl<L> TokenBucketHandle<L> {
+    /// The layer's name.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// The limiter: a [`TokenBucket`] or a [`Keyed`] set of buckets.
+    pub fn limiter(&self) -> &L {
+        &self.shared.limiter
+    }
+}
+
+impl TokenBucketHandle<TokenBucket> {
+    /// Whole tokens available now.
+    pub fn available(&self) -> u32 {
+        self.shared.limiter.available(tokio::time::Instant::now())
+    }
+}
+
+impl<K: Hash + Eq, X> TokenBucketHandle<Keyed<K, X>> {
+    /// Whole tokens available now to `key`.
+    pub fn available(&self, key: &K) -> u32 {
+        self.shared
+            .limiter
+            .buckets()
+            .available(key, tokio::time::Instant::now())
+    }
+
+    /// Keys currently remembered.
+    pub fn keys(&self) -> usize {
+        self.shared.limiter.buckets().len()
+    }
+}
+
+impl<L> Clone for TokenBucketHandle<L> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<L: fmt::Debug> fmt::Debug for TokenBucketHandle<L> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenBucketHandle")
+            .field("name", &self.shared.name)
+            .field("limiter", &self.shared.limiter)
+            .finish()
+    }
+}

@@ -1,0 +1,124 @@
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use floodwall_core::{BoxError, Rejected};
+use tokio::time::Instant;
+use tower_service::Service;
+
+use crate::error::{ExceedsBurst, RateLimited};
+use crate::future::{RefundGuard, ResponseFuture};
+use crate::layer::Shared;
+use crate::{Denied, Limiter, TokenBucket};
+
+/// A service rate-limited by a token bucket; built by
+/// [`TokenBucketLayer`](crate::TokenBucketLayer).
+///
+/// Readiness is the inner service's; the decision is made in `call`. A
+/// refused request gets a ready error future carrying a
+/// [`Rejected`] with a [`RateLimited`] or [`ExceedsBurst`] inside.
+///
+/// # Clone
+/// Clones share the layer's bucket (they clone an `Arc`).
+pub struct TokenBucketService<S, L = TokenBucket> {
+    inner: S,
+    shared: Arc<Shared<L>>,
+}
+
+impl<S, L> TokenBucketService<S, L> {
+    pub(crate) fn from_shared(inner: S, shared: Arc<Shared<L>>) -> Self {
+        Self { inner, shared }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Consumes the limiter, returning the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, L, Req> Service<Req> for TokenBucketService<S, L>
+where
+    S: Service<Req> + Clone,
+    S::Error: Into<BoxError>,
+    L: Limiter<Req>,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = ResponseFuture<S, Req, L>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    #[inline]
+    fn call(&mut self, req: Req) -> Self::Future {
+        let now = Instant::now();
+        let shared = &self.shared;
+        match shared.limiter.acquire(&req, now, shared.max_wait) {
+            Ok((wait, permit)) => {
+                if wait.is_zero() {
+                    shared.metrics.admitted.increment(1);
+                    return ResponseFuture::called(self.inner.call(req));
+                }
+                shared.metrics.waited.increment(1);
+                tracing::trace!(name = %shared.name, ?wait, "token bucket: request waits for its turn");
+                // Take the service that was polled ready; leave a clone behind.
+                let clone = self.inner.clone();
+                let svc = std::mem::replace(&mut self.inner, clone);
+                let guard = RefundGuard::new(self.shared.clone(), permit);
+                ResponseFuture::waiting(now + wait, svc, req, guard)
+            }
+            Err(denied) => ResponseFuture::rejected(self.reject(denied)),
+        }
+    }
+}
+
+impl<S, L> TokenBucketService<S, L> {
+    #[cold]
+    fn reject(&self, denied: Denied) -> BoxError {
+        let shared = &self.shared;
+        let policy = shared.policy.clone();
+        match denied {
+            Denied::RateLimited { retry_after } => {
+                shared.metrics.rate_limited.increment(1);
+                tracing::debug!(name = %shared.name, ?retry_after, "token bucket: rate limited");
+                Rejected::boxed(RateLimited::new(retry_after, policy))
+            }
+            Denied::ExceedsBurst { requested, burst } => {
+                shared.metrics.exceeds_burst.increment(1);
+                tracing::debug!(name = %shared.name, requested, burst, "token bucket: exceeds burst");
+                Rejected::boxed(ExceedsBurst::new(requested, burst, policy))
+            }
+        }
+    }
+}
+
+impl<S: Clone, L> Clone for TokenBucketService<S, L> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug, L: fmt::Debug> fmt::Debug for TokenBucketService<S, L> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenBucketService")
+            .field("inner", &self.inner)
+            .field("name", &self.shared.name)
+            .field("limiter", &self.shared.limiter)
+            .finish()
+    }
+}
