@@ -12,7 +12,7 @@ use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
 use crate::layer::Shared;
-use crate::{Limiter, Refund};
+use crate::{Limiter, Refund, Weigh};
 
 pin_project! {
     /// The response future of [`TokenBucketService`](crate::TokenBucketService):
@@ -20,22 +20,24 @@ pin_project! {
     /// request's turn followed by the inner call.
     ///
     /// Dropping it while it waits gives the request's token back.
-    pub struct ResponseFuture<S, Req, L>
+    pub struct ResponseFuture<S, Req, L, W>
     where
         S: Service<Req>,
         L: Limiter<Req>,
+        W: Weigh<Req>,
     {
         #[pin]
-        state: State<S, Req, L>,
+        state: State<S, Req, L, W>,
     }
 }
 
 pin_project! {
     #[project = StateProj]
-    enum State<S, Req, L>
+    enum State<S, Req, L, W>
     where
         S: Service<Req>,
         L: Limiter<Req>,
+        W: Weigh<Req>,
     {
         Called { #[pin] fut: S::Future },
         Rejected { error: Option<BoxError> },
@@ -43,15 +45,16 @@ pin_project! {
             sleep: Pin<Box<Sleep>>,
             svc: S,
             req: Option<Req>,
-            guard: RefundGuard<L>,
+            guard: RefundGuard<L, W>,
         },
     }
 }
 
-impl<S, Req, L> ResponseFuture<S, Req, L>
+impl<S, Req, L, W> ResponseFuture<S, Req, L, W>
 where
     S: Service<Req>,
     L: Limiter<Req>,
+    W: Weigh<Req>,
 {
     #[inline]
     pub(crate) fn called(fut: S::Future) -> Self {
@@ -66,7 +69,7 @@ where
         }
     }
 
-    pub(crate) fn waiting(until: Instant, svc: S, req: Req, guard: RefundGuard<L>) -> Self {
+    pub(crate) fn waiting(until: Instant, svc: S, req: Req, guard: RefundGuard<L, W>) -> Self {
         Self {
             state: State::Waiting {
                 sleep: Box::pin(tokio::time::sleep_until(until)),
@@ -78,11 +81,12 @@ where
     }
 }
 
-impl<S, Req, L> Future for ResponseFuture<S, Req, L>
+impl<S, Req, L, W> Future for ResponseFuture<S, Req, L, W>
 where
     S: Service<Req>,
     S::Error: Into<BoxError>,
     L: Limiter<Req>,
+    W: Weigh<Req>,
 {
     type Output = Result<S::Response, BoxError>;
 
@@ -115,10 +119,11 @@ where
     }
 }
 
-impl<S, Req, L> fmt::Debug for ResponseFuture<S, Req, L>
+impl<S, Req, L, W> fmt::Debug for ResponseFuture<S, Req, L, W>
 where
     S: Service<Req>,
     L: Limiter<Req>,
+    W: Weigh<Req>,
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = match &self.state {
@@ -133,13 +138,13 @@ where
 }
 
 /// Returns a waiting request's token unless the request got to run.
-pub(crate) struct RefundGuard<L: Refund> {
-    shared: Arc<Shared<L>>,
+pub(crate) struct RefundGuard<L: Refund, W> {
+    shared: Arc<Shared<L, W>>,
     permit: Option<L::Permit>,
 }
 
-impl<L: Refund> RefundGuard<L> {
-    pub(crate) fn new(shared: Arc<Shared<L>>, permit: L::Permit) -> Self {
+impl<L: Refund, W> RefundGuard<L, W> {
+    pub(crate) fn new(shared: Arc<Shared<L, W>>, permit: L::Permit) -> Self {
         Self {
             shared,
             permit: Some(permit),
@@ -151,7 +156,7 @@ impl<L: Refund> RefundGuard<L> {
     }
 }
 
-impl<L: Refund> Drop for RefundGuard<L> {
+impl<L: Refund, W> Drop for RefundGuard<L, W> {
     fn drop(&mut self) {
         if let Some(permit) = self.permit.take() {
             self.shared.limiter.refund(permit, Instant::now());

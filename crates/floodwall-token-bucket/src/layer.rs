@@ -10,7 +10,7 @@ use floodwall_core::metrics::{
 use metrics::Counter;
 use tower_layer::Layer;
 
-use crate::{Keyed, KeyedTokenBucket, Quota, TokenBucket, TokenBucketService};
+use crate::{Keyed, KeyedTokenBucket, One, Quota, TokenBucket, TokenBucketService};
 
 /// The default name of a token-bucket layer (metric label and policy name).
 pub const DEFAULT_NAME: &str = "token_bucket";
@@ -48,8 +48,8 @@ pub const DEFAULT_NAME: &str = "token_bucket";
 /// # Ok(())
 /// # }
 /// ```
-pub struct TokenBucketLayer<L = TokenBucket> {
-    shared: Arc<Shared<L>>,
+pub struct TokenBucketLayer<L = TokenBucket, W = One> {
+    shared: Arc<Shared<L, W>>,
 }
 
 impl TokenBucketLayer<TokenBucket> {
@@ -64,20 +64,21 @@ impl TokenBucketLayer<TokenBucket> {
             quota,
             name: Arc::from(DEFAULT_NAME),
             max_wait: Duration::ZERO,
+            weigh: One,
         }
     }
 }
 
-impl<L> TokenBucketLayer<L> {
+impl<L, W> TokenBucketLayer<L, W> {
     /// A cheap handle on the live limiter state (tokens available, keys).
-    pub fn handle(&self) -> TokenBucketHandle<L> {
+    pub fn handle(&self) -> TokenBucketHandle<L, W> {
         TokenBucketHandle {
             shared: self.shared.clone(),
         }
     }
 }
 
-impl<L> Clone for TokenBucketLayer<L> {
+impl<L, W> Clone for TokenBucketLayer<L, W> {
     fn clone(&self) -> Self {
         Self {
             shared: self.shared.clone(),
@@ -85,7 +86,7 @@ impl<L> Clone for TokenBucketLayer<L> {
     }
 }
 
-impl<L: fmt::Debug> fmt::Debug for TokenBucketLayer<L> {
+impl<L: fmt::Debug, W> fmt::Debug for TokenBucketLayer<L, W> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TokenBucketLayer")
             .field("name", &self.shared.name)
@@ -95,8 +96,8 @@ impl<L: fmt::Debug> fmt::Debug for TokenBucketLayer<L> {
     }
 }
 
-impl<S, L> Layer<S> for TokenBucketLayer<L> {
-    type Service = TokenBucketService<S, L>;
+impl<S, L, W> Layer<S> for TokenBucketLayer<L, W> {
+    type Service = TokenBucketService<S, L, W>;
 
     fn layer(&self, inner: S) -> Self::Service {
         TokenBucketService::from_shared(inner, self.shared.clone())
@@ -105,13 +106,14 @@ impl<S, L> Layer<S> for TokenBucketLayer<L> {
 
 /// Builds a [`TokenBucketLayer`]; from [`TokenBucketLayer::builder`].
 #[derive(Debug, Clone)]
-pub struct Builder {
+pub struct Builder<W = One> {
     quota: Quota,
     name: Arc<str>,
     max_wait: Duration,
+    weigh: W,
 }
 
-impl Builder {
+impl<W> Builder<W> {
     /// The layer's name: the `name` label of its metrics and the policy name
     /// in `RateLimit` header fields. Default [`DEFAULT_NAME`].
     pub fn name(mut self, name: impl Into<Arc<str>>) -> Self {
@@ -131,8 +133,20 @@ impl Builder {
         self
     }
 
+    /// Charge each request `weigh(&request)` tokens instead of one (a batch
+    /// call of 50 items might cost 50). A request costing more than the
+    /// burst is refused with [`ExceedsBurst`](crate::error::ExceedsBurst).
+    pub fn weigh<W2>(self, weigh: W2) -> Builder<W2> {
+        Builder {
+            quota: self.quota,
+            name: self.name,
+            max_wait: self.max_wait,
+            weigh,
+        }
+    }
+
     /// One bucket shared by every request.
-    pub fn build(self) -> TokenBucketLayer<TokenBucket> {
+    pub fn build(self) -> TokenBucketLayer<TokenBucket, W> {
         let bucket = TokenBucket::new(self.quota);
         self.finish(bucket)
     }
@@ -140,7 +154,7 @@ impl Builder {
     /// One bucket per key, `extract(&request)` giving the key, remembering at
     /// most `capacity` keys (see [`KeyedTokenBucket`] for the eviction rule).
     /// Requests for which `extract` returns `None` are not limited.
-    pub fn build_keyed<K, X>(self, capacity: usize, extract: X) -> TokenBucketLayer<Keyed<K, X>>
+    pub fn build_keyed<K, X>(self, capacity: usize, extract: X) -> TokenBucketLayer<Keyed<K, X>, W>
     where
         K: Hash + Eq,
     {
@@ -148,7 +162,7 @@ impl Builder {
         self.finish(Keyed::new(buckets, extract))
     }
 
-    fn finish<L>(self, limiter: L) -> TokenBucketLayer<L> {
+    fn finish<L>(self, limiter: L) -> TokenBucketLayer<L, W> {
         let policy = Arc::new(RateLimitPolicy::new(
             self.name.clone(),
             u64::from(self.quota.tokens()),
@@ -161,14 +175,16 @@ impl Builder {
                 name: self.name,
                 policy,
                 max_wait: self.max_wait,
+                weigh: self.weigh,
             }),
         }
     }
 }
 
 /// The state every service of one layer shares.
-pub(crate) struct Shared<L> {
+pub(crate) struct Shared<L, W> {
     pub(crate) limiter: L,
+    pub(crate) weigh: W,
     pub(crate) name: Arc<str>,
     pub(crate) policy: Arc<RateLimitPolicy>,
     pub(crate) max_wait: Duration,
@@ -199,11 +215,11 @@ impl Metrics {
 }
 
 /// A cheap, cloneable view of a token-bucket layer's live state.
-pub struct TokenBucketHandle<L = TokenBucket> {
-    shared: Arc<Shared<L>>,
+pub struct TokenBucketHandle<L = TokenBucket, W = One> {
+    shared: Arc<Shared<L, W>>,
 }
 
-impl<L> TokenBucketHandle<L> {
+impl<L, W> TokenBucketHandle<L, W> {
     /// The layer's name.
     pub fn name(&self) -> &str {
         &self.shared.name
@@ -215,14 +231,14 @@ impl<L> TokenBucketHandle<L> {
     }
 }
 
-impl TokenBucketHandle<TokenBucket> {
+impl<W> TokenBucketHandle<TokenBucket, W> {
     /// Whole tokens available now.
     pub fn available(&self) -> u32 {
         self.shared.limiter.available(tokio::time::Instant::now())
     }
 }
 
-impl<K: Hash + Eq, X> TokenBucketHandle<Keyed<K, X>> {
+impl<K: Hash + Eq, X, W> TokenBucketHandle<Keyed<K, X>, W> {
     /// Whole tokens available now to `key`.
     pub fn available(&self, key: &K) -> u32 {
         self.shared
@@ -237,7 +253,7 @@ impl<K: Hash + Eq, X> TokenBucketHandle<Keyed<K, X>> {
     }
 }
 
-impl<L> Clone for TokenBucketHandle<L> {
+impl<L, W> Clone for TokenBucketHandle<L, W> {
     fn clone(&self) -> Self {
         Self {
             shared: self.shared.clone(),
@@ -245,7 +261,7 @@ impl<L> Clone for TokenBucketHandle<L> {
     }
 }
 
-impl<L: fmt::Debug> fmt::Debug for TokenBucketHandle<L> {
+impl<L: fmt::Debug, W> fmt::Debug for TokenBucketHandle<L, W> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TokenBucketHandle")
             .field("name", &self.shared.name)

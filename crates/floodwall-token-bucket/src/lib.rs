@@ -63,6 +63,6 @@ pub use bucket::{Denied, TokenBucket};
 pub use config::TokenBucketConfig;
 pub use keyed::KeyedTokenBucket;
 pub use layer::{Builder, DEFAULT_NAME, TokenBucketHandle, TokenBucketLayer};
-pub use limiter::{Keyed, Limiter, Refund};
+pub use limiter::{Keyed, Limiter, One, Refund, Weigh};
 pub use quota::{Quota, QuotaError};
 pub use service::TokenBucketService;

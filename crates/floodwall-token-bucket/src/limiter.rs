@@ -8,11 +8,11 @@ use crate::{Denied, KeyedTokenBucket, TokenBucket};
 /// What a token-bucket service asks of its limiter: one bucket for every
 /// request ([`TokenBucket`]) or one per key ([`Keyed`]).
 ///
-/// `acquire` takes one token for `req` at `now`, allowing a start up to
+/// `acquire` takes `n` tokens for `req` at `now`, allowing a start up to
 /// `max_wait` later, and returns the wait and what a cancelled waiter needs
-/// to [`refund`](Refund::refund) its token.
+/// to [`refund`](Refund::refund) its tokens.
 pub trait Limiter<Req>: Refund {
-    /// Takes a token for `req`.
+    /// Takes `n` tokens for `req`.
     ///
     /// # Errors
     /// [`Denied`] when the request does not conform within `max_wait`.
@@ -20,35 +20,42 @@ pub trait Limiter<Req>: Refund {
         &self,
         req: &Req,
         now: Instant,
+        n: u32,
         max_wait: Duration,
     ) -> Result<(Duration, Self::Permit), Denied>;
 }
 
-/// Giving back the token of a request that waited and never ran.
+/// Giving back the tokens of a request that waited and never ran.
 pub trait Refund: Send + Sync + 'static {
-    /// What identifies the bucket to refund.
+    /// What identifies the bucket and the tokens to refund.
     type Permit: Send + 'static;
 
-    /// Returns the token taken under `permit`.
+    /// Returns the tokens taken under `permit`.
     fn refund(&self, permit: Self::Permit, now: Instant);
 }
 
 impl<Req> Limiter<Req> for TokenBucket {
     #[inline]
-    fn acquire(&self, _req: &Req, now: Instant, max_wait: Duration) -> Result<(Duration, ()), Denied> {
+    fn acquire(
+        &self,
+        _req: &Req,
+        now: Instant,
+        n: u32,
+        max_wait: Duration,
+    ) -> Result<(Duration, u32), Denied> {
         if max_wait.is_zero() {
-            self.try_acquire(now, 1).map(|()| (Duration::ZERO, ()))
+            self.try_acquire(now, n).map(|()| (Duration::ZERO, n))
         } else {
-            self.reserve(now, 1, max_wait).map(|w| (w, ()))
+            self.reserve(now, n, max_wait).map(|w| (w, n))
         }
     }
 }
 
 impl Refund for TokenBucket {
-    type Permit = ();
+    type Permit = u32;
 
-    fn refund(&self, (): (), now: Instant) {
-        TokenBucket::refund(self, now, 1);
+    fn refund(&self, n: u32, now: Instant) {
+        TokenBucket::refund(self, now, n);
     }
 }
 
@@ -92,19 +99,20 @@ where
         &self,
         req: &Req,
         now: Instant,
+        n: u32,
         max_wait: Duration,
-    ) -> Result<(Duration, Option<K>), Denied> {
+    ) -> Result<(Duration, Option<(K, u32)>), Denied> {
         let Some(key) = (self.extract)(req) else {
             return Ok((Duration::ZERO, None));
         };
         if max_wait.is_zero() {
             return self
                 .buckets
-                .try_acquire(&key, now, 1)
+                .try_acquire(&key, now, n)
                 .map(|()| (Duration::ZERO, None));
         }
-        let wait = self.buckets.reserve(&key, now, 1, max_wait)?;
-        Ok((wait, (!wait.is_zero()).then_some(key)))
+        let wait = self.buckets.reserve(&key, now, n, max_wait)?;
+        Ok((wait, (!wait.is_zero()).then_some((key, n))))
     }
 }
 
@@ -113,11 +121,40 @@ where
     K: Hash + Eq + Clone + Send + Sync + 'static,
     X: Send + Sync + 'static,
 {
-    type Permit = Option<K>;
+    type Permit = Option<(K, u32)>;
 
-    fn refund(&self, permit: Option<K>, now: Instant) {
-        if let Some(key) = permit {
-            self.buckets.refund(&key, now, 1);
+    fn refund(&self, permit: Option<(K, u32)>, now: Instant) {
+        if let Some((key, n)) = permit {
+            self.buckets.refund(&key, now, n);
         }
+    }
+}
+
+/// How many tokens a request costs. Closures `Fn(&Req) -> u32` implement it;
+/// [`One`] (the default) charges one token per request.
+pub trait Weigh<Req>: Send + Sync + 'static {
+    /// The request's cost in tokens. A cost above the burst can never be
+    /// admitted and is refused with [`ExceedsBurst`](crate::error::ExceedsBurst).
+    fn weigh(&self, req: &Req) -> u32;
+}
+
+/// Every request costs one token.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct One;
+
+impl<Req> Weigh<Req> for One {
+    #[inline]
+    fn weigh(&self, _: &Req) -> u32 {
+        1
+    }
+}
+
+impl<Req, F> Weigh<Req> for F
+where
+    F: Fn(&Req) -> u32 + Send + Sync + 'static,
+{
+    #[inline]
+    fn weigh(&self, req: &Req) -> u32 {
+        self(req)
     }
 }

@@ -9,7 +9,7 @@ use tower_service::Service;
 use crate::error::{ExceedsBurst, RateLimited};
 use crate::future::{RefundGuard, ResponseFuture};
 use crate::layer::Shared;
-use crate::{Denied, Limiter, TokenBucket};
+use crate::{Denied, Limiter, One, TokenBucket, Weigh};
 
 /// A service rate-limited by a token bucket; built by
 /// [`TokenBucketLayer`](crate::TokenBucketLayer).
@@ -20,13 +20,13 @@ use crate::{Denied, Limiter, TokenBucket};
 ///
 /// # Clone
 /// Clones share the layer's bucket (they clone an `Arc`).
-pub struct TokenBucketService<S, L = TokenBucket> {
+pub struct TokenBucketService<S, L = TokenBucket, W = One> {
     inner: S,
-    shared: Arc<Shared<L>>,
+    shared: Arc<Shared<L, W>>,
 }
 
-impl<S, L> TokenBucketService<S, L> {
-    pub(crate) fn from_shared(inner: S, shared: Arc<Shared<L>>) -> Self {
+impl<S, L, W> TokenBucketService<S, L, W> {
+    pub(crate) fn from_shared(inner: S, shared: Arc<Shared<L, W>>) -> Self {
         Self { inner, shared }
     }
 
@@ -46,15 +46,16 @@ impl<S, L> TokenBucketService<S, L> {
     }
 }
 
-impl<S, L, Req> Service<Req> for TokenBucketService<S, L>
+impl<S, L, W, Req> Service<Req> for TokenBucketService<S, L, W>
 where
     S: Service<Req> + Clone,
     S::Error: Into<BoxError>,
     L: Limiter<Req>,
+    W: Weigh<Req>,
 {
     type Response = S::Response;
     type Error = BoxError;
-    type Future = ResponseFuture<S, Req, L>;
+    type Future = ResponseFuture<S, Req, L, W>;
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
@@ -65,7 +66,8 @@ where
     fn call(&mut self, req: Req) -> Self::Future {
         let now = Instant::now();
         let shared = &self.shared;
-        match shared.limiter.acquire(&req, now, shared.max_wait) {
+        let n = shared.weigh.weigh(&req);
+        match shared.limiter.acquire(&req, now, n, shared.max_wait) {
             Ok((wait, permit)) => {
                 if wait.is_zero() {
                     shared.metrics.admitted.increment(1);
@@ -84,7 +86,7 @@ where
     }
 }
 
-impl<S, L> TokenBucketService<S, L> {
+impl<S, L, W> TokenBucketService<S, L, W> {
     #[cold]
     fn reject(&self, denied: Denied) -> BoxError {
         let shared = &self.shared;
@@ -104,7 +106,7 @@ impl<S, L> TokenBucketService<S, L> {
     }
 }
 
-impl<S: Clone, L> Clone for TokenBucketService<S, L> {
+impl<S: Clone, L, W> Clone for TokenBucketService<S, L, W> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
@@ -113,7 +115,7 @@ impl<S: Clone, L> Clone for TokenBucketService<S, L> {
     }
 }
 
-impl<S: fmt::Debug, L: fmt::Debug> fmt::Debug for TokenBucketService<S, L> {
+impl<S: fmt::Debug, L: fmt::Debug, W> fmt::Debug for TokenBucketService<S, L, W> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TokenBucketService")
             .field("inner", &self.inner)
