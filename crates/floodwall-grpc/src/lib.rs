@@ -1,1 +1,347 @@
-//! wip
+//! floodwall rejections as gRPC statuses.
+//!
+//! | [`RejectKind`] | gRPC code |
+//! |---|---|
+//! | `RateLimited` | `RESOURCE_EXHAUSTED` |
+//! | `Overloaded`, `Throttled`, `CircuitOpen`, `Prioritized` | `UNAVAILABLE` |
+//! | `DeadlineExceeded` | `DEADLINE_EXCEEDED` (never `CANCELLED`) |
+//!
+//! When the rejection knows how long to wait, the status carries
+//! `grpc-retry-pushback-ms` (milliseconds, rounded up), which gRPC clients
+//! with retry policies honour (gRPC proposal A6).
+//!
+//! - [`status_for`]: the `tonic::Status` for a rejection.
+//! - [`GrpcRejectionLayer`]: for servers. Wraps an HTTP-level service (as
+//!   tonic's `Server::layer` sees it) and answers rejections with a
+//!   trailers-only gRPC response.
+//! - [`StatusErrorLayer`]: for clients. Wraps a channel-level service and
+//!   turns rejections into a boxed `tonic::Status` error, which tonic's
+//!   generated clients hand back as is.
+//!
+//! Errors that are not floodwall rejections pass through untouched.
+//!
+//! ```
+//! use floodwall_core::BoxError;
+//! use floodwall_grpc::GrpcRejectionLayer;
+//! use floodwall_token_bucket::{Quota, TokenBucketLayer};
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), BoxError> {
+//! let svc = ServiceBuilder::new()
+//!     .layer(GrpcRejectionLayer::new())
+//!     .layer(TokenBucketLayer::new(Quota::per_second(1)?))
+//!     .service(service_fn(|_: http::Request<()>| async {
+//!         Ok::<_, BoxError>(http::Response::new(()))
+//!     }));
+//! svc.clone().oneshot(http::Request::new(())).await?;
+//! let res = svc.clone().oneshot(http::Request::new(())).await?;
+//! assert_eq!(res.headers()["grpc-status"], "8"); // RESOURCE_EXHAUSTED
+//! assert_eq!(res.headers()["grpc-retry-pushback-ms"], "1000");
+//! # Ok(())
+//! # }
+//! ```
+#![forbid(unsafe_code)]
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use floodwall_core::{BoxError, RejectKind, Rejected};
+use pin_project_lite::pin_project;
+use tonic::metadata::MetadataValue;
+use tonic::{Code, Status};
+use tower_layer::Layer;
+use tower_service::Service;
+
+/// The metadata key gRPC clients read for server pushback (proposal A6).
+pub const RETRY_PUSHBACK_MS: &str = "grpc-retry-pushback-ms";
+
+/// The gRPC code for a rejection kind.
+pub fn code_for(kind: RejectKind) -> Code {
+    match kind {
+        RejectKind::RateLimited => Code::ResourceExhausted,
+        RejectKind::DeadlineExceeded => Code::DeadlineExceeded,
+        _ => Code::Unavailable,
+    }
+}
+
+/// Milliseconds for `grpc-retry-pushback-ms`, rounded up.
+pub fn pushback_ms(wait: Duration) -> u64 {
+    let ms = wait.as_millis();
+    let ms = ms + u128::from(wait.as_nanos() % 1_000_000 != 0);
+    u64::try_from(ms).unwrap_or(u64::MAX)
+}
+
+/// The status for a rejection: its code, the rejection's message, and
+/// `grpc-retry-pushback-ms` when a wait is known.
+pub fn status_for(rejection: &Rejected) -> Status {
+    let message = match std::error::Error::source(rejection) {
+        Some(inner) => inner.to_string(),
+        None => rejection.to_string(),
+    };
+    let mut status = Status::new(code_for(rejection.kind()), message);
+    if let Some(wait) = rejection.retry_after() {
+        status
+            .metadata_mut()
+            .insert(RETRY_PUSHBACK_MS, MetadataValue::from(pushback_ms(wait)));
+    }
+    status
+}
+
+/// Turns a service error into a status if it is a floodwall rejection,
+/// keeping the rejection as the status's source; otherwise returns the error.
+fn into_status(err: BoxError) -> Result<Status, BoxError> {
+    let Some(rejection) = Rejected::find(&*err) else {
+        return Err(err);
+    };
+    let mut status = status_for(rejection);
+    status.set_source(Arc::from(err));
+    Ok(status)
+}
+
+/// A server-side layer answering floodwall rejections with trailers-only
+/// gRPC responses (`grpc-status`, `grpc-message`, pushback metadata).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GrpcRejectionLayer {
+    _priv: (),
+}
+
+impl GrpcRejectionLayer {
+    /// The layer.
+    pub const fn new() -> Self {
+        Self { _priv: () }
+    }
+}
+
+impl<S> Layer<S> for GrpcRejectionLayer {
+    type Service = GrpcRejection<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        GrpcRejection { inner }
+    }
+}
+
+/// Built by [`GrpcRejectionLayer`].
+#[derive(Debug, Clone)]
+pub struct GrpcRejection<S> {
+    inner: S,
+}
+
+impl<S> GrpcRejection<S> {
+    /// Wraps `inner`.
+    pub const fn new(inner: S) -> Self {
+        Self { inner }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// Consumes the layer, returning the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, Req, B> Service<Req> for GrpcRejection<S>
+where
+    S: Service<Req, Response = http::Response<B>>,
+    S::Error: Into<BoxError>,
+    B: Default,
+{
+    type Response = http::Response<B>;
+    type Error = BoxError;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        ResponseFuture {
+            inner: self.inner.call(req),
+        }
+    }
+}
+
+pin_project! {
+    /// Response future of [`GrpcRejection`].
+    pub struct ResponseFuture<F> {
+        #[pin]
+        inner: F,
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<http::Response<B>, E>>,
+    E: Into<BoxError>,
+    B: Default,
+{
+    type Output = Result<http::Response<B>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Poll::Ready(match ready!(self.project().inner.poll(cx)) {
+            Ok(res) => Ok(res),
+            Err(err) => into_status(err.into()).map(Status::into_http),
+        })
+    }
+}
+
+impl<F> fmt::Debug for ResponseFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+/// A client-side layer turning floodwall rejections into boxed
+/// `tonic::Status` errors (tonic's generated clients return a `Status` found
+/// in the error unchanged, instead of `UNKNOWN`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StatusErrorLayer {
+    _priv: (),
+}
+
+impl StatusErrorLayer {
+    /// The layer.
+    pub const fn new() -> Self {
+        Self { _priv: () }
+    }
+}
+
+impl<S> Layer<S> for StatusErrorLayer {
+    type Service = StatusError<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        StatusError { inner }
+    }
+}
+
+/// Built by [`StatusErrorLayer`].
+#[derive(Debug, Clone)]
+pub struct StatusError<S> {
+    inner: S,
+}
+
+impl<S, Req> Service<Req> for StatusError<S>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = StatusErrorFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        StatusErrorFuture {
+            inner: self.inner.call(req),
+        }
+    }
+}
+
+pin_project! {
+    /// Response future of [`StatusError`].
+    pub struct StatusErrorFuture<F> {
+        #[pin]
+        inner: F,
+    }
+}
+
+impl<F, T, E> Future for StatusErrorFuture<F>
+where
+    F: Future<Output = Result<T, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<T, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let res = ready!(self.project().inner.poll(cx));
+        Poll::Ready(res.map_err(|err| match into_status(err.into()) {
+            Ok(status) => Box::new(status) as BoxError,
+            Err(err) => err,
+        }))
+    }
+}
+
+impl<F> fmt::Debug for StatusErrorFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StatusErrorFuture").finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use floodwall_core::Rejection;
+
+    #[derive(Debug)]
+    struct Stub(RejectKind, Option<Duration>);
+    impl fmt::Display for Stub {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "stub {}", self.0)
+        }
+    }
+    impl std::error::Error for Stub {}
+    impl Rejection for Stub {
+        fn kind(&self) -> RejectKind {
+            self.0
+        }
+        fn retry_after(&self) -> Option<Duration> {
+            self.1
+        }
+    }
+
+    #[test]
+    fn codes() {
+        use RejectKind::*;
+        let cases = [
+            (RateLimited, Code::ResourceExhausted),
+            (Overloaded, Code::Unavailable),
+            (Throttled, Code::Unavailable),
+            (CircuitOpen, Code::Unavailable),
+            (Prioritized, Code::Unavailable),
+            (DeadlineExceeded, Code::DeadlineExceeded),
+        ];
+        for (kind, code) in cases {
+            let status = status_for(&Rejected::new(Stub(kind, None)));
+            assert_eq!(status.code(), code, "{kind:?}");
+            assert!(status.metadata().get(RETRY_PUSHBACK_MS).is_none());
+        }
+    }
+
+    #[test]
+    fn pushback_rounds_up() {
+        assert_eq!(pushback_ms(Duration::from_nanos(1)), 1);
+        assert_eq!(pushback_ms(Duration::from_millis(250)), 250);
+        assert_eq!(pushback_ms(Duration::from_micros(250_001)), 251);
+        let status = status_for(&Rejected::new(Stub(
+            RejectKind::Overloaded,
+            Some(Duration::from_micros(1500)),
+        )));
+        assert_eq!(status.metadata().get(RETRY_PUSHBACK_MS).unwrap(), "2");
+        assert_eq!(status.message(), "stub overloaded");
+    }
+
+    #[test]
+    fn non_rejections_pass_through() {
+        let err: BoxError = Box::new(std::io::Error::other("reset"));
+        let err = into_status(err).unwrap_err();
+        assert!(err.downcast_ref::<std::io::Error>().is_some());
+    }
+
+    #[test]
+    fn the_status_keeps_the_rejection_as_source() {
+        let status = into_status(Rejected::boxed(Stub(RejectKind::Throttled, None))).unwrap();
+        let source = std::error::Error::source(&status).unwrap();
+        assert!(Rejected::find(source).is_some());
+    }
+}

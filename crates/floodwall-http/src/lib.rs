@@ -1,1 +1,329 @@
-//! wip
+//! floodwall rejections as HTTP responses.
+//!
+//! Any floodwall layer refuses a request by returning a
+//! [`Rejected`](floodwall_core::Rejected) error. [`HttpRejectionLayer`] turns
+//! such errors into responses, the way tower-http turns a timeout into a
+//! status code instead of an error:
+//!
+//! | [`RejectKind`] | status |
+//! |---|---|
+//! | `RateLimited` | 429 Too Many Requests |
+//! | `Overloaded`, `Throttled`, `CircuitOpen`, `Prioritized` | 503 Service Unavailable |
+//! | `DeadlineExceeded` | 504 Gateway Timeout |
+//!
+//! with `Retry-After` in whole seconds rounded up (never `0` while any wait
+//! remains), and for rate limiters the `RateLimit-Policy` and `RateLimit`
+//! fields of draft-ietf-httpapi-ratelimit-headers
+//! (`RateLimit-Policy: "api";q=100;w=1`, `RateLimit: "api";r=0;t=1`).
+//! Errors of the inner service are not rejections and pass through untouched.
+//!
+//! ```
+//! use floodwall_http::HttpRejectionLayer;
+//! use floodwall_token_bucket::{Quota, TokenBucketLayer};
+//! use http::{Request, Response, StatusCode};
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//! # use floodwall_core::BoxError;
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), BoxError> {
+//! let svc = ServiceBuilder::new()
+//!     .layer(HttpRejectionLayer::new())
+//!     .layer(TokenBucketLayer::builder(Quota::per_second(1)?).name("api").build())
+//!     .service(service_fn(|_: Request<()>| async {
+//!         Ok::<_, BoxError>(Response::new(String::from("hello")))
+//!     }));
+//!
+//! let ok = svc.clone().oneshot(Request::new(())).await?;
+//! assert_eq!(ok.status(), StatusCode::OK);
+//!
+//! let limited = svc.clone().oneshot(Request::new(())).await?;
+//! assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
+//! assert_eq!(limited.headers()["retry-after"], "1");
+//! assert_eq!(limited.headers()["ratelimit-policy"], "\"api\";q=1;w=1");
+//! assert_eq!(limited.headers()["ratelimit"], "\"api\";r=0;t=1");
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! With axum, whose routes must not fail, put axum's `HandleErrorLayer`
+//! outside this layer to answer the inner service's own errors.
+#![forbid(unsafe_code)]
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use floodwall_core::{BoxError, RejectKind, Rejected};
+use http::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
+use http::{Response, StatusCode};
+use pin_project_lite::pin_project;
+use tower_layer::Layer;
+use tower_service::Service;
+
+/// The `RateLimit-Policy` header field name.
+pub static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+/// The `RateLimit` header field name.
+pub static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+
+/// The HTTP status for a rejection kind.
+pub fn status_for(kind: RejectKind) -> StatusCode {
+    match kind {
+        RejectKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+        RejectKind::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+        _ => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
+/// Whole seconds for `Retry-After`: rounded up, so a wait of 1 ns is `1`;
+/// `0` only when no wait remains at all.
+pub fn retry_after_secs(wait: Duration) -> u64 {
+    wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
+}
+
+/// The response for a rejection: its status, `Retry-After`, the rate-limit
+/// fields where they apply, and an empty (default) body.
+pub fn response_for<B: Default>(rejection: &Rejected) -> Response<B> {
+    let mut res = Response::new(B::default());
+    *res.status_mut() = status_for(rejection.kind());
+    insert_headers(rejection, res.headers_mut());
+    res
+}
+
+/// Adds `Retry-After` and, for rate limiters, `RateLimit-Policy` and
+/// `RateLimit` to `headers`.
+pub fn insert_headers(rejection: &Rejected, headers: &mut HeaderMap) {
+    let retry_after = rejection.retry_after().map(retry_after_secs);
+    if let Some(secs) = retry_after {
+        headers.insert(RETRY_AFTER, HeaderValue::from(secs));
+    }
+    if let Some(policy) = rejection.rate_limit() {
+        let name = sf_string(policy.name());
+        let window = retry_after_secs(policy.window()).max(1);
+        let value = format!("{name};q={};w={window}", policy.quota());
+        if let Ok(v) = HeaderValue::try_from(value) {
+            headers.insert(RATELIMIT_POLICY.clone(), v);
+        }
+        let value = match retry_after {
+            Some(t) => format!("{name};r=0;t={t}"),
+            None => format!("{name};r=0"),
+        };
+        if let Ok(v) = HeaderValue::try_from(value) {
+            headers.insert(RATELIMIT.clone(), v);
+        }
+    }
+}
+
+/// A structured-field string (RFC 8941 §3.3.3): quoted, with `"` and `\`
+/// escaped and anything outside printable ASCII replaced by `_`.
+fn sf_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            ' '..='~' => out.push(c),
+            _ => out.push('_'),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// A layer that turns floodwall rejections into HTTP responses.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HttpRejectionLayer {
+    _priv: (),
+}
+
+impl HttpRejectionLayer {
+    /// The layer.
+    pub const fn new() -> Self {
+        Self { _priv: () }
+    }
+}
+
+impl<S> Layer<S> for HttpRejectionLayer {
+    type Service = HttpRejection<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        HttpRejection { inner }
+    }
+}
+
+/// A service that answers floodwall rejections from its inner service with
+/// HTTP responses; built by [`HttpRejectionLayer`].
+#[derive(Debug, Clone)]
+pub struct HttpRejection<S> {
+    inner: S,
+}
+
+impl<S> HttpRejection<S> {
+    /// Wraps `inner`.
+    pub const fn new(inner: S) -> Self {
+        Self { inner }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Consumes the layer, returning the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, Req, B> Service<Req> for HttpRejection<S>
+where
+    S: Service<Req, Response = Response<B>>,
+    S::Error: Into<BoxError>,
+    B: Default,
+{
+    type Response = Response<B>;
+    type Error = BoxError;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        ResponseFuture {
+            inner: self.inner.call(req),
+        }
+    }
+}
+
+pin_project! {
+    /// Response future of [`HttpRejection`].
+    pub struct ResponseFuture<F> {
+        #[pin]
+        inner: F,
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    E: Into<BoxError>,
+    B: Default,
+{
+    type Output = Result<Response<B>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match ready!(self.project().inner.poll(cx)) {
+            Ok(res) => Poll::Ready(Ok(res)),
+            Err(err) => {
+                let err = err.into();
+                match Rejected::find(&*err) {
+                    Some(rejection) => Poll::Ready(Ok(response_for(rejection))),
+                    None => Poll::Ready(Err(err)),
+                }
+            }
+        }
+    }
+}
+
+impl<F> fmt::Debug for ResponseFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use floodwall_core::{RateLimitPolicy, Rejection};
+    use std::sync::Arc;
+
+    #[derive(Debug)]
+    struct Stub(RejectKind, Option<Duration>, Option<Arc<RateLimitPolicy>>);
+    impl fmt::Display for Stub {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("stub")
+        }
+    }
+    impl std::error::Error for Stub {}
+    impl Rejection for Stub {
+        fn kind(&self) -> RejectKind {
+            self.0
+        }
+        fn retry_after(&self) -> Option<Duration> {
+            self.1
+        }
+        fn rate_limit(&self) -> Option<&RateLimitPolicy> {
+            self.2.as_deref()
+        }
+    }
+
+    fn respond(kind: RejectKind, wait: Option<Duration>) -> Response<()> {
+        response_for(&Rejected::new(Stub(kind, wait, None)))
+    }
+
+    #[test]
+    fn statuses() {
+        use RejectKind::*;
+        let cases = [
+            (RateLimited, 429),
+            (Overloaded, 503),
+            (Throttled, 503),
+            (CircuitOpen, 503),
+            (Prioritized, 503),
+            (DeadlineExceeded, 504),
+        ];
+        for (kind, status) in cases {
+            assert_eq!(respond(kind, None).status().as_u16(), status, "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn retry_after_rounds_up_and_is_never_zero_while_waiting() {
+        let secs = |d| respond(RejectKind::Overloaded, Some(d)).headers()[RETRY_AFTER].clone();
+        assert_eq!(secs(Duration::from_nanos(1)), "1");
+        assert_eq!(secs(Duration::from_millis(999)), "1");
+        assert_eq!(secs(Duration::from_secs(1)), "1");
+        assert_eq!(secs(Duration::from_millis(1001)), "2");
+        assert_eq!(secs(Duration::from_secs(120)), "120");
+        assert_eq!(secs(Duration::ZERO), "0", "only when nothing remains");
+        let none = respond(RejectKind::Overloaded, None);
+        assert!(none.headers().get(RETRY_AFTER).is_none());
+    }
+
+    #[test]
+    fn ratelimit_fields() {
+        let policy = Arc::new(RateLimitPolicy::new("per-ip", 100, Duration::from_secs(60)));
+        let r = Rejected::new(Stub(
+            RejectKind::RateLimited,
+            Some(Duration::from_millis(1500)),
+            Some(policy.clone()),
+        ));
+        let res: Response<()> = response_for(&r);
+        assert_eq!(res.headers()[&RATELIMIT_POLICY], "\"per-ip\";q=100;w=60");
+        assert_eq!(res.headers()[&RATELIMIT], "\"per-ip\";r=0;t=2");
+        let never = Rejected::new(Stub(RejectKind::RateLimited, None, Some(policy)));
+        let res: Response<()> = response_for(&never);
+        assert_eq!(res.headers()[&RATELIMIT], "\"per-ip\";r=0");
+        assert!(res.headers().get(RETRY_AFTER).is_none());
+    }
+
+    #[test]
+    fn policy_names_are_escaped() {
+        assert_eq!(sf_string("a\"b\\c"), "\"a\\\"b\\\\c\"");
+        assert_eq!(sf_string("zü\n"), "\"z__\"");
+        let policy = Arc::new(RateLimitPolicy::new("x\"y", 5, Duration::from_millis(500)));
+        let r = Rejected::new(Stub(RejectKind::RateLimited, None, Some(policy)));
+        let res: Response<()> = response_for(&r);
+        assert_eq!(res.headers()[&RATELIMIT_POLICY], "\"x\\\"y\";q=5;w=1");
+    }
+}

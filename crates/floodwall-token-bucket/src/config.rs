@@ -110,12 +110,13 @@ impl TokenBucketConfig {
     ///
     /// # Errors
     /// As [`quota`](Self::quota).
-    pub fn build_keyed<K, X>(
+    pub fn build_keyed<Req, K, X>(
         &self,
         extract: X,
     ) -> Result<TokenBucketLayer<crate::Keyed<K, X>>, QuotaError>
     where
         K: std::hash::Hash + Eq,
+        X: Fn(&Req) -> Option<K>,
     {
         Ok(self.builder()?.build_keyed(self.capacity, extract))
     }

@@ -154,9 +154,14 @@ impl<W> Builder<W> {
     /// One bucket per key, `extract(&request)` giving the key, remembering at
     /// most `capacity` keys (see [`KeyedTokenBucket`] for the eviction rule).
     /// Requests for which `extract` returns `None` are not limited.
-    pub fn build_keyed<K, X>(self, capacity: usize, extract: X) -> TokenBucketLayer<Keyed<K, X>, W>
+    pub fn build_keyed<Req, K, X>(
+        self,
+        capacity: usize,
+        extract: X,
+    ) -> TokenBucketLayer<Keyed<K, X>, W>
     where
         K: Hash + Eq,
+        X: Fn(&Req) -> Option<K>,
     {
         let buckets = KeyedTokenBucket::new(self.quota, capacity);
         self.finish(Keyed::new(buckets, extract))

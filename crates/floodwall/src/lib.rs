@@ -1,1 +1,61 @@
-//! wip
+//! **floodwall**: Tower layers that keep services alive under overload.
+//!
+//! Each layer is its own crate, re-exported here behind a feature:
+//!
+//! | module | feature | what it does |
+//! |---|---|---|
+//! | [`core`] | always | shared vocabulary: rejections, classification, arrival, deadline, priority |
+//! | `token_bucket` | `token-bucket` (default) | GCRA token-bucket rate limiter, single or keyed |
+//! | `http` | `http` | rejections as HTTP 429/503/504 with `Retry-After` and `RateLimit` fields |
+//! | `grpc` | `grpc` | rejections as `tonic::Status` with `grpc-retry-pushback-ms` |
+//!
+//! `full` enables everything, `serde` the configuration types'
+//! `Deserialize`. The leaky bucket, sliding window, adaptive throttling,
+//! circuit breaker, CoDel queue, deadline and priority layers are planned
+//! (see the README's layer table).
+//!
+//! # Example
+//!
+//! A per-client-IP limit on an HTTP service, rejections answered with 429:
+//!
+//! ```
+//! # #[cfg(all(feature = "token-bucket", feature = "http"))] {
+//! use std::net::{IpAddr, SocketAddr};
+//! use floodwall::core::BoxError;
+//! use floodwall::http::HttpRejectionLayer;
+//! use floodwall::token_bucket::{Quota, TokenBucketLayer};
+//! use tower::{ServiceBuilder, service_fn};
+//!
+//! fn client_ip(req: &http::Request<()>) -> Option<IpAddr> {
+//!     req.extensions().get::<SocketAddr>().map(SocketAddr::ip)
+//! }
+//!
+//! let per_ip = TokenBucketLayer::builder(Quota::per_second(10).unwrap().with_burst(20).unwrap())
+//!     .name("per_ip")
+//!     .build_keyed(100_000, client_ip);
+//!
+//! let svc = ServiceBuilder::new()
+//!     .layer(HttpRejectionLayer::new())
+//!     .layer(per_ip)
+//!     .service(service_fn(|_: http::Request<()>| async {
+//!         Ok::<_, BoxError>(http::Response::new(String::new()))
+//!     }));
+//! # let _ = svc;
+//! # }
+//! ```
+#![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub use floodwall_core as core;
+
+#[cfg(feature = "token-bucket")]
+#[cfg_attr(docsrs, doc(cfg(feature = "token-bucket")))]
+pub use floodwall_token_bucket as token_bucket;
+
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+pub use floodwall_http as http;
+
+#[cfg(feature = "grpc")]
+#[cfg_attr(docsrs, doc(cfg(feature = "grpc")))]
+pub use floodwall_grpc as grpc;
