@@ -1,1 +1,1 @@
-//! test crate
+//! Cross-layer integration tests for floodwall; the tests live in `tests/`.
