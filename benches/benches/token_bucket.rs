@@ -1,1 +1,237 @@
-fn main(){}
+//! Token bucket: core decisions and per-request layer overhead, next to
+//! governor, tower's `RateLimit` and tower-resilience's rate limiter, in one
+//! run. `cargo bench -p floodwall-benches --bench token_bucket`.
+
+use std::hint::black_box;
+use std::net::{IpAddr, Ipv6Addr};
+use std::num::NonZeroU32;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use floodwall::token_bucket::{KeyedTokenBucket, Quota, TokenBucket, TokenBucketLayer};
+use floodwall_benches::{ReadyService, poll_once};
+use governor::{Quota as GQuota, RateLimiter};
+use tokio::time::Instant;
+use tower::{Layer, Service, ServiceExt};
+
+/// Fast enough that the admit loops never run dry: 1e9 tokens/s, burst 2^32−1.
+fn open_quota() -> Quota {
+    Quota::per_second(1_000_000_000)
+        .unwrap()
+        .with_burst(u32::MAX)
+        .unwrap()
+}
+
+fn open_gquota() -> GQuota {
+    GQuota::per_second(NonZeroU32::new(1_000_000_000).unwrap()).allow_burst(NonZeroU32::MAX)
+}
+
+/// One token an hour, already spent: every check is a rejection.
+fn closed_quota() -> Quota {
+    Quota::per_hour(1).unwrap()
+}
+
+fn closed_gquota() -> GQuota {
+    GQuota::per_hour(NonZeroU32::new(1).unwrap())
+}
+
+const KEYS: u64 = 1024;
+
+fn key(i: u64) -> u64 {
+    i.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
+fn core(c: &mut Criterion) {
+    let mut g = c.benchmark_group("core");
+
+    let bucket = TokenBucket::new(open_quota());
+    g.bench_function("floodwall/admit", |b| {
+        b.iter_custom(|iters| {
+            let now = Instant::now();
+            let start = std::time::Instant::now();
+            for _ in 0..iters {
+                black_box(bucket.try_acquire(black_box(now), 1)).unwrap();
+            }
+            start.elapsed()
+        })
+    });
+    g.bench_function("floodwall/admit+clock", |b| {
+        b.iter(|| black_box(bucket.try_acquire(Instant::now(), 1)).unwrap())
+    });
+    let gov = RateLimiter::direct(open_gquota());
+    g.bench_function("governor/admit", |b| {
+        b.iter(|| black_box(gov.check()).unwrap())
+    });
+
+    let bucket = TokenBucket::new(closed_quota());
+    let now = Instant::now();
+    bucket.try_acquire(now, 1).unwrap();
+    g.bench_function("floodwall/reject", |b| {
+        b.iter(|| black_box(bucket.try_acquire(black_box(now), 1)).unwrap_err())
+    });
+    g.bench_function("floodwall/reject+clock", |b| {
+        b.iter(|| black_box(bucket.try_acquire(Instant::now(), 1)).unwrap_err())
+    });
+    let gov = RateLimiter::direct(closed_gquota());
+    gov.check().unwrap();
+    g.bench_function("governor/reject", |b| {
+        b.iter(|| black_box(gov.check()).unwrap_err())
+    });
+    g.finish();
+}
+
+fn keyed(c: &mut Criterion) {
+    let mut g = c.benchmark_group("keyed");
+
+    let keyed = KeyedTokenBucket::new(open_quota(), 100_000);
+    let gov = RateLimiter::keyed(open_gquota());
+    for i in 0..KEYS {
+        keyed.try_acquire(&key(i), Instant::now(), 1).unwrap();
+        gov.check_key(&key(i)).unwrap();
+    }
+    g.bench_function("floodwall/admit", |b| {
+        b.iter_custom(|iters| {
+            let now = Instant::now();
+            let start = std::time::Instant::now();
+            for i in 0..iters {
+                black_box(keyed.try_acquire(&key(i % KEYS), black_box(now), 1)).unwrap();
+            }
+            start.elapsed()
+        })
+    });
+    g.bench_function("floodwall/admit+clock", |b| {
+        let mut i = 0;
+        b.iter(|| {
+            i += 1;
+            black_box(keyed.try_acquire(&key(i % KEYS), Instant::now(), 1)).unwrap()
+        })
+    });
+    g.bench_function("governor/admit", |b| {
+        let mut i = 0;
+        b.iter(|| {
+            i += 1;
+            black_box(gov.check_key(&key(i % KEYS))).unwrap()
+        })
+    });
+
+    let keyed = KeyedTokenBucket::new(closed_quota(), 100_000);
+    let gov = RateLimiter::keyed(closed_gquota());
+    let now = Instant::now();
+    for i in 0..KEYS {
+        keyed.try_acquire(&key(i), now, 1).unwrap();
+        gov.check_key(&key(i)).unwrap();
+    }
+    g.bench_function("floodwall/reject", |b| {
+        let mut i = 0;
+        b.iter(|| {
+            i += 1;
+            black_box(keyed.try_acquire(&key(i % KEYS), black_box(now), 1)).unwrap_err()
+        })
+    });
+    g.bench_function("governor/reject", |b| {
+        let mut i = 0;
+        b.iter(|| {
+            i += 1;
+            black_box(gov.check_key(&key(i % KEYS))).unwrap_err()
+        })
+    });
+    g.finish();
+}
+
+fn layer(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let _guard = rt.enter();
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut g = c.benchmark_group("layer");
+
+    // Clone + oneshot, the way a server calls a shared service per request.
+    let bare = ReadyService;
+    g.bench_function("bare/clone+oneshot", |b| {
+        b.iter(|| poll_once(&mut cx, bare.clone().oneshot(black_box(1u32))).unwrap())
+    });
+    let floodwall = TokenBucketLayer::new(open_quota()).layer(ReadyService);
+    g.bench_function("floodwall/clone+oneshot", |b| {
+        b.iter(|| poll_once(&mut cx, floodwall.clone().oneshot(black_box(1u32))).unwrap())
+    });
+    let resilience = tower_resilience_ratelimiter::RateLimiterLayer::builder()
+        .limit_for_period(usize::MAX / 2)
+        .refresh_period(Duration::from_secs(1))
+        .timeout_duration(Duration::ZERO)
+        .build()
+        .unwrap()
+        .layer(ReadyService);
+    g.bench_function("tower-resilience/clone+oneshot", |b| {
+        b.iter(|| poll_once(&mut cx, resilience.clone().oneshot(black_box(1u32))).unwrap())
+    });
+
+    // poll_ready + call on one instance: the only way to drive tower's
+    // RateLimit, which is not Clone.
+    let mut bare = ReadyService;
+    g.bench_function("bare/ready+call", |b| {
+        b.iter(|| ready_call(&mut cx, &mut bare, 1))
+    });
+    let mut floodwall = TokenBucketLayer::new(open_quota()).layer(ReadyService);
+    g.bench_function("floodwall/ready+call", |b| {
+        b.iter(|| ready_call(&mut cx, &mut floodwall, 1))
+    });
+    let mut tower_rl = tower::limit::RateLimit::new(
+        ReadyService,
+        tower::limit::rate::Rate::new(u64::MAX, Duration::from_secs(1)),
+    );
+    g.bench_function("tower/ready+call", |b| {
+        b.iter(|| ready_call(&mut cx, &mut tower_rl, 1))
+    });
+    g.finish();
+}
+
+fn ready_call<S>(cx: &mut Context<'_>, svc: &mut S, req: u32) -> u32
+where
+    S: Service<u32, Response = u32>,
+    S::Error: std::fmt::Debug,
+{
+    match svc.poll_ready(cx) {
+        Poll::Ready(Ok(())) => {}
+        other => panic!("not ready: {other:?}"),
+    }
+    poll_once(cx, svc.call(black_box(req))).unwrap()
+}
+
+/// Bytes per key of the keyed limiter, printed with the results.
+fn memory_report(_: &mut Criterion) {
+    fn report<K: std::hash::Hash + Eq + Clone>(
+        label: &str,
+        capacity: usize,
+        make: impl Fn(u64) -> K,
+    ) {
+        let keyed = KeyedTokenBucket::new(Quota::per_minute(1).unwrap(), capacity);
+        let now = Instant::now();
+        for i in 0..capacity as u64 * 3 {
+            keyed.try_acquire(&make(i), now, 1).unwrap();
+        }
+        println!(
+            "keyed memory: {label:<8} capacity {capacity:>7}: {:>9} bytes for {:>7} keys = {:.1} bytes/key",
+            keyed.memory_bytes(),
+            keyed.len(),
+            keyed.memory_bytes() as f64 / keyed.len() as f64
+        );
+    }
+    for capacity in [10_000, 100_000, 1_000_000] {
+        report("u64", capacity, key);
+        report("IpAddr", capacity, |i| {
+            IpAddr::V6(Ipv6Addr::from(u128::from(key(i))))
+        });
+    }
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
+    targets = memory_report, core, keyed, layer
+}
+criterion_main!(benches);

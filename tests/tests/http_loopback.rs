@@ -92,12 +92,18 @@ async fn per_ip_limit_over_loopback() {
     let res = get(&mut a, addr).await;
     assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(res.headers()["retry-after"], "1");
-    assert_eq!(res.headers()["ratelimit-policy"], "\"per_ip\";q=3600;w=3600");
+    assert_eq!(
+        res.headers()["ratelimit-policy"],
+        "\"per_ip\";q=3600;w=3600"
+    );
     assert_eq!(res.headers()["ratelimit"], "\"per_ip\";r=0;t=1");
 
     // A second connection from the same IP shares the budget.
     let mut a2 = connect(Ipv4Addr::LOCALHOST, addr).await.unwrap();
-    assert_eq!(get(&mut a2, addr).await.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        get(&mut a2, addr).await.status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
 
     // Another loopback address is another client with its own budget (Linux
     // routes all of 127/8 to loopback; skip this part where it does not).
@@ -105,6 +111,9 @@ async fn per_ip_limit_over_loopback() {
         for _ in 0..3 {
             assert_eq!(get(&mut b, addr).await.status(), StatusCode::OK);
         }
-        assert_eq!(get(&mut b, addr).await.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(
+            get(&mut b, addr).await.status(),
+            StatusCode::TOO_MANY_REQUESTS
+        );
     }
 }

@@ -274,6 +274,9 @@ mod tests {
     fn kinds_have_stable_labels() {
         assert_eq!(RejectKind::RateLimited.as_str(), "rate_limited");
         assert_eq!(RejectKind::DeadlineExceeded.as_str(), "deadline_exceeded");
-        assert_eq!(RejectKind::Prioritized.to_string(), "dropped by priority admission");
+        assert_eq!(
+            RejectKind::Prioritized.to_string(),
+            "dropped by priority admission"
+        );
     }
 }

@@ -71,9 +71,7 @@ pub fn code_for(kind: RejectKind) -> Code {
 
 /// Milliseconds for `grpc-retry-pushback-ms`, rounded up.
 pub fn pushback_ms(wait: Duration) -> u64 {
-    let ms = wait.as_millis();
-    let ms = ms + u128::from(wait.as_nanos() % 1_000_000 != 0);
-    u64::try_from(ms).unwrap_or(u64::MAX)
+    u64::try_from(wait.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX)
 }
 
 /// The status for a rejection: its code, the rejection's message, and

@@ -19,13 +19,21 @@ async fn server_layer_answers_with_a_trailers_only_response() {
         assert!(res.headers().get("grpc-status").is_none());
     }
     let res = svc.clone().oneshot(http::Request::new(())).await.unwrap();
-    assert_eq!(res.status(), http::StatusCode::OK, "gRPC errors ride on HTTP 200");
+    assert_eq!(
+        res.status(),
+        http::StatusCode::OK,
+        "gRPC errors ride on HTTP 200"
+    );
     assert_eq!(res.headers()["content-type"], "application/grpc");
     assert_eq!(res.headers()["grpc-status"], "8");
     assert_eq!(res.headers()["grpc-retry-pushback-ms"], "250");
     let status = Status::from_header_map(res.headers()).unwrap();
     assert_eq!(status.code(), Code::ResourceExhausted);
-    assert!(status.message().contains("rate limit"), "{}", status.message());
+    assert!(
+        status.message().contains("rate limit"),
+        "{}",
+        status.message()
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -39,7 +47,10 @@ async fn client_layer_turns_rejections_into_status_errors() {
     // What a tonic generated client does with a transport error:
     let status = Status::from_error(err);
     assert_eq!(status.code(), Code::ResourceExhausted);
-    assert_eq!(status.metadata().get("grpc-retry-pushback-ms").unwrap(), "1000");
+    assert_eq!(
+        status.metadata().get("grpc-retry-pushback-ms").unwrap(),
+        "1000"
+    );
 
     let failing = StatusErrorLayer::new().layer(service_fn(|_: ()| async {
         Err::<(), _>(std::io::Error::other("connection reset"))

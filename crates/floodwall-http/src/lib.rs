@@ -1,7 +1,7 @@
 //! floodwall rejections as HTTP responses.
 //!
 //! Any floodwall layer refuses a request by returning a
-//! [`Rejected`](floodwall_core::Rejected) error. [`HttpRejectionLayer`] turns
+//! [`Rejected`] error. [`HttpRejectionLayer`] turns
 //! such errors into responses, the way tower-http turns a timeout into a
 //! status code instead of an error:
 //!

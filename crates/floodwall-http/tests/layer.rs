@@ -24,17 +24,29 @@ async fn rate_limited_requests_become_429_with_headers() {
             Ok::<_, BoxError>(Response::new(Body::from("room")))
         }));
     for _ in 0..2 {
-        let res = svc.clone().oneshot(Request::new(Body::default())).await.unwrap();
+        let res = svc
+            .clone()
+            .oneshot(Request::new(Body::default()))
+            .await
+            .unwrap();
         assert_eq!(res.status(), StatusCode::OK);
     }
-    let res = svc.clone().oneshot(Request::new(Body::default())).await.unwrap();
+    let res = svc
+        .clone()
+        .oneshot(Request::new(Body::default()))
+        .await
+        .unwrap();
     assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
     // 500 ms until the next token: rounded up to one second.
     assert_eq!(res.headers()["retry-after"], "1");
     assert_eq!(res.headers()["ratelimit-policy"], "\"rooms\";q=2;w=1");
     assert_eq!(res.headers()["ratelimit"], "\"rooms\";r=0;t=1");
     tokio::time::advance(Duration::from_millis(500)).await;
-    let res = svc.clone().oneshot(Request::new(Body::default())).await.unwrap();
+    let res = svc
+        .clone()
+        .oneshot(Request::new(Body::default()))
+        .await
+        .unwrap();
     assert_eq!(res.status(), StatusCode::OK);
 }
 
@@ -43,7 +55,10 @@ async fn inner_errors_pass_through() {
     let svc = floodwall_http::HttpRejection::new(service_fn(|_: Request<Body>| async {
         Err::<Response<Body>, _>(std::io::Error::other("upstream reset"))
     }));
-    let err = svc.oneshot(Request::new(Body::default())).await.unwrap_err();
+    let err = svc
+        .oneshot(Request::new(Body::default()))
+        .await
+        .unwrap_err();
     assert_eq!(
         err.downcast_ref::<std::io::Error>().unwrap().to_string(),
         "upstream reset"

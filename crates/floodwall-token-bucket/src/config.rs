@@ -31,7 +31,10 @@ pub struct TokenBucketConfig {
     /// Tokens refilled per [`per`](Self::per).
     pub rate: u32,
     /// The refill period. Default one second.
-    #[cfg_attr(feature = "serde", serde(default = "one_second", with = "humantime_serde"))]
+    #[cfg_attr(
+        feature = "serde",
+        serde(default = "one_second", with = "humantime_serde")
+    )]
     pub per: Duration,
     /// Bucket capacity. Default: `rate`.
     #[cfg_attr(feature = "serde", serde(default))]

@@ -156,8 +156,7 @@ impl<K: Hash + Eq> KeyedTokenBucket<K> {
         K: Clone,
     {
         let max_wait = u64::try_from(max_wait.as_nanos()).unwrap_or(u64::MAX);
-        self.step(key, now, n, max_wait)
-            .map(|wait| Duration::from_nanos(wait))
+        self.step(key, now, n, max_wait).map(Duration::from_nanos)
     }
 
     fn step(&self, key: &K, now: Instant, n: u32, max_wait: u64) -> Result<u64, Denied>
@@ -195,7 +194,10 @@ impl<K: Hash + Eq> KeyedTokenBucket<K> {
     {
         let mut guard = shard.write();
         let shard = &mut *guard;
-        if let Some(&i) = shard.table.find(hash, |&i| shard.slots[i as usize].key == *key) {
+        if let Some(&i) = shard
+            .table
+            .find(hash, |&i| shard.slots[i as usize].key == *key)
+        {
             let cell = &shard.slots[i as usize].tat;
             return self.params.step(cell, t, n, max_wait).map(|r| r.wait);
         }
@@ -220,9 +222,9 @@ impl<K: Hash + Eq> KeyedTokenBucket<K> {
             tat: cell,
         });
         let slots = &shard.slots;
-        shard.table.insert_unique(hash, idx, |&i| {
-            self.hasher.hash_one(&slots[i as usize].key)
-        });
+        shard
+            .table
+            .insert_unique(hash, idx, |&i| self.hasher.hash_one(&slots[i as usize].key));
         Ok(reserved.wait)
     }
 
@@ -314,9 +316,9 @@ impl<K: Hash + Eq> KeyedTokenBucket<K> {
                 let slots = &shard.slots;
                 for (i, s) in slots.iter().enumerate() {
                     let h = self.hasher.hash_one(&s.key);
-                    shard
-                        .table
-                        .insert_unique(h, i as u32, |&j| self.hasher.hash_one(&slots[j as usize].key));
+                    shard.table.insert_unique(h, i as u32, |&j| {
+                        self.hasher.hash_one(&slots[j as usize].key)
+                    });
                 }
             }
         }

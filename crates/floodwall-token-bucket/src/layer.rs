@@ -207,9 +207,7 @@ pub(crate) struct Metrics {
 impl Metrics {
     fn new(name: &Arc<str>) -> Self {
         let name = name.to_string();
-        let rejected = |reason: &'static str| {
-            metrics::counter!(TOKEN_BUCKET_REJECTED, LABEL_NAME => name.clone(), LABEL_REASON => reason)
-        };
+        let rejected = |reason: &'static str| metrics::counter!(TOKEN_BUCKET_REJECTED, LABEL_NAME => name.clone(), LABEL_REASON => reason);
         Self {
             admitted: metrics::counter!(TOKEN_BUCKET_ADMITTED, LABEL_NAME => name.clone()),
             rate_limited: rejected("rate_limited"),

@@ -255,7 +255,10 @@ mod tests {
         assert_eq!(half.period(), Duration::from_secs(2));
         assert_eq!(half.burst(), 1);
         let q = Quota::per_second_f64(2.5).unwrap();
-        assert_eq!((q.tokens(), q.period(), q.burst()), (5, Duration::from_secs(2), 3));
+        assert_eq!(
+            (q.tokens(), q.period(), q.burst()),
+            (5, Duration::from_secs(2), 3)
+        );
         let odd = Quota::per_second_f64(1.0 / 7200.0).unwrap();
         assert_eq!(odd.interval(), Duration::from_secs(7200));
     }

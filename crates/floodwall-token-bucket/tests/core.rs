@@ -19,7 +19,9 @@ fn limited<T>(d: Duration) -> Result<T, Denied> {
 async fn spec_example_25_calls_admit_exactly_10() {
     let bucket = TokenBucket::new(quota(100, 10));
     let now = Instant::now();
-    let admitted = (0..25).filter(|_| bucket.try_acquire(now, 1).is_ok()).count();
+    let admitted = (0..25)
+        .filter(|_| bucket.try_acquire(now, 1).is_ok())
+        .count();
     assert_eq!(admitted, 10);
 }
 
@@ -89,8 +91,13 @@ async fn burst_caps_after_long_idleness() {
     advance(Duration::from_secs(3600)).await;
     let now = Instant::now();
     assert_eq!(bucket.available(now), 10);
-    let admitted = (0..1000).filter(|_| bucket.try_acquire(now, 1).is_ok()).count();
-    assert_eq!(admitted, 10, "an hour of idleness still holds only b tokens");
+    let admitted = (0..1000)
+        .filter(|_| bucket.try_acquire(now, 1).is_ok())
+        .count();
+    assert_eq!(
+        admitted, 10,
+        "an hour of idleness still holds only b tokens"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -187,7 +194,9 @@ async fn refund_never_raises_the_bucket_above_its_burst() {
     let now = Instant::now();
     bucket.refund(now, 5);
     assert_eq!(bucket.available(now), 3);
-    let admitted = (0..10).filter(|_| bucket.try_acquire(now, 1).is_ok()).count();
+    let admitted = (0..10)
+        .filter(|_| bucket.try_acquire(now, 1).is_ok())
+        .count();
     assert_eq!(admitted, 3);
 }
 
@@ -228,7 +237,10 @@ async fn keyed_buckets_follow_the_same_rules_per_key() {
     assert_eq!(keyed.try_acquire(&"a", Instant::now(), 0), Ok(()));
     // Reserve and refund per key.
     let max = Duration::from_millis(100);
-    assert_eq!(keyed.reserve(&"b", Instant::now(), 1, max), Ok(Duration::ZERO));
+    assert_eq!(
+        keyed.reserve(&"b", Instant::now(), 1, max),
+        Ok(Duration::ZERO)
+    );
     assert_eq!(keyed.reserve(&"b", Instant::now(), 1, max), Ok(10 * MS));
     keyed.refund(&"b", Instant::now(), 1);
     assert_eq!(keyed.reserve(&"b", Instant::now(), 1, max), Ok(10 * MS));

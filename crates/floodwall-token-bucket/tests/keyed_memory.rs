@@ -43,7 +43,10 @@ fn a_million_keys_in_debt_stay_within_capacity() {
     assert_eq!(keyed.len(), CAPACITY, "full, and not one key more");
     let memory = keyed.memory_bytes();
     assert!(memory <= memory_bound::<IpAddr>(CAPACITY), "{memory} bytes");
-    assert!(peak_memory <= memory_bound::<IpAddr>(CAPACITY), "{peak_memory} bytes");
+    assert!(
+        peak_memory <= memory_bound::<IpAddr>(CAPACITY),
+        "{peak_memory} bytes"
+    );
     assert_eq!(
         keyed.evicted_in_debt() + keyed.evicted_idle(),
         1_000_000 - CAPACITY as u64

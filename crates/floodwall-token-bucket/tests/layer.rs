@@ -31,7 +31,9 @@ fn rejection(err: &BoxError) -> &Rejected {
 
 #[tokio::test(start_paused = true)]
 async fn sheds_with_a_typed_rate_limited_error() {
-    let layer = TokenBucketLayer::builder(quota(100, 10)).name("api").build();
+    let layer = TokenBucketLayer::builder(quota(100, 10))
+        .name("api")
+        .build();
     let svc = layer.layer(echo());
     for i in 0..10 {
         assert_eq!(svc.clone().oneshot(i).await.unwrap(), i);
@@ -61,7 +63,9 @@ async fn inner_errors_pass_through_untouched() {
     let failing = service_fn(|_: ()| async { Err::<(), _>(std::io::Error::other("backend down")) });
     let err = layer.layer(failing).oneshot(()).await.unwrap_err();
     assert!(Rejected::find(&*err).is_none());
-    let io = err.downcast_ref::<std::io::Error>().expect("the inner error");
+    let io = err
+        .downcast_ref::<std::io::Error>()
+        .expect("the inner error");
     assert_eq!(io.to_string(), "backend down");
 }
 
@@ -154,8 +158,11 @@ async fn weighted_requests_and_exceeds_burst() {
     );
 }
 
+/// Which request reached the inner service, and when (since the test began).
+type CallLog = Arc<Mutex<Vec<(u32, Duration)>>>;
+
 /// Records when the inner service was called.
-fn recording() -> (Echo, Arc<Mutex<Vec<(u32, Duration)>>>) {
+fn recording() -> (Echo, CallLog) {
     let t0 = Instant::now();
     let log = Arc::new(Mutex::new(Vec::new()));
     let l = log.clone();
@@ -173,7 +180,9 @@ async fn wait_mode_starts_requests_one_interval_apart() {
         .build();
     let (inner, log) = recording();
     let svc = layer.layer(inner);
-    let futs: Vec<_> = (0..3).map(|i| tokio::spawn(svc.clone().oneshot(i))).collect();
+    let futs: Vec<_> = (0..3)
+        .map(|i| tokio::spawn(svc.clone().oneshot(i)))
+        .collect();
     tokio::task::yield_now().await;
     // The fourth would need to wait 300 ms > 250 ms: refused at once.
     let err = svc.clone().oneshot(3).await.unwrap_err();
@@ -237,9 +246,7 @@ async fn dropped_waiters_leak_nothing() {
     let mut completed = 0u64;
     for round in 0..20 {
         // A burst of waiters, each dropped after a random amount of waiting.
-        let mut futs: Vec<_> = (0..50)
-            .map(|i| Box::pin(svc.clone().oneshot(i)))
-            .collect();
+        let mut futs: Vec<_> = (0..50).map(|i| Box::pin(svc.clone().oneshot(i))).collect();
         let mut deadlines: Vec<u64> = futs.iter().map(|_| next() % 400).collect();
         for step_ms in 0..400u64 {
             let mut i = 0;
@@ -265,8 +272,16 @@ async fn dropped_waiters_leak_nothing() {
         advance(Duration::from_millis(50)).await;
         assert_eq!(handle.available(), 5, "round {round}");
     }
-    assert_eq!(Arc::strong_count(&counted.token), baseline, "no service clone leaked");
-    assert_eq!(counted.calls.load(Ordering::Relaxed), completed, "dropped waiters never ran");
+    assert_eq!(
+        Arc::strong_count(&counted.token),
+        baseline,
+        "no service clone leaked"
+    );
+    assert_eq!(
+        counted.calls.load(Ordering::Relaxed),
+        completed,
+        "dropped waiters never ran"
+    );
     assert!(completed > 0);
 }
 
@@ -310,14 +325,19 @@ async fn keyed_layer_limits_each_client_ip_separately() {
         .name("per_ip")
         .build_keyed(1000, client_ip);
     let handle = layer.handle();
-    let svc = layer.layer(service_fn(|_: http::Request<()>| async { Ok::<_, BoxError>(()) }));
+    let svc = layer.layer(service_fn(|_: http::Request<()>| async {
+        Ok::<_, BoxError>(())
+    }));
     let mut admitted = HashMap::new();
     for i in 0..30u8 {
         let ip = [10, 0, 0, i % 3];
         let ok = svc.clone().oneshot(from(ip)).await.is_ok();
         *admitted.entry(i % 3).or_insert(0) += usize::from(ok);
     }
-    assert_eq!(admitted.values().copied().collect::<Vec<_>>(), vec![2, 2, 2]);
+    assert_eq!(
+        admitted.values().copied().collect::<Vec<_>>(),
+        vec![2, 2, 2]
+    );
     assert_eq!(handle.keys(), 3);
     assert_eq!(handle.available(&IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1))), 0);
     // No key, no limit.
@@ -339,7 +359,11 @@ async fn keyed_wait_mode_refunds_per_key() {
     waiter.abort();
     let _ = waiter.await;
     advance(Duration::from_millis(100)).await;
-    assert_eq!(handle.available(&0), 1, "the aborted waiter's token came back");
+    assert_eq!(
+        handle.available(&0),
+        1,
+        "the aborted waiter's token came back"
+    );
     assert_eq!(handle.available(&1), 1);
 }
 
@@ -363,7 +387,8 @@ async fn config_as_data() {
         bad.unwrap().build().unwrap_err().to_string(),
         "rate must be positive (at least one token per period)"
     );
-    let unknown: Result<TokenBucketConfig, _> = serde_json::from_str(r#"{ "rate": 1, "burts": 2 }"#);
+    let unknown: Result<TokenBucketConfig, _> =
+        serde_json::from_str(r#"{ "rate": 1, "burts": 2 }"#);
     assert!(unknown.is_err(), "typos are errors, not silently ignored");
 }
 
@@ -381,7 +406,9 @@ fn config_presets() {
 
 mod metrics_recording {
     use super::*;
-    use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit};
+    use metrics::{
+        Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit,
+    };
 
     #[derive(Default)]
     struct Counting {
@@ -393,7 +420,10 @@ mod metrics_recording {
         fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
         fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
         fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
-            let mut labels: Vec<String> = key.labels().map(|l| format!("{}={}", l.key(), l.value())).collect();
+            let mut labels: Vec<String> = key
+                .labels()
+                .map(|l| format!("{}={}", l.key(), l.value()))
+                .collect();
             labels.sort();
             let id = format!("{}{{{}}}", key.name(), labels.join(","));
             let c = self.counters.lock().unwrap().entry(id).or_default().clone();
@@ -411,7 +441,9 @@ mod metrics_recording {
     async fn decisions_are_counted_under_the_layer_name() {
         let rec = Counting::default();
         let layer = metrics::with_local_recorder(&rec, || {
-            TokenBucketLayer::builder(quota(10, 3)).name("rooms").build()
+            TokenBucketLayer::builder(quota(10, 3))
+                .name("rooms")
+                .build()
         });
         let svc = layer.layer(echo());
         for _ in 0..5 {
@@ -419,7 +451,10 @@ mod metrics_recording {
         }
         let counters = rec.counters.lock().unwrap();
         let get = |k: &str| counters.get(k).map(|c| c.load(Ordering::Relaxed));
-        assert_eq!(get("floodwall_token_bucket_admitted_total{name=rooms}"), Some(3));
+        assert_eq!(
+            get("floodwall_token_bucket_admitted_total{name=rooms}"),
+            Some(3)
+        );
         assert_eq!(
             get("floodwall_token_bucket_rejected_total{name=rooms,reason=rate_limited}"),
             Some(2)

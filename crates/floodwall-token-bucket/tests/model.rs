@@ -55,10 +55,13 @@ impl ReferenceBucket {
 
 fn quota_strategy() -> impl Strategy<Value = Quota> {
     (1u32..=1000, 1u64..=5_000_000_000, 1u32..=50).prop_map(|(tokens, period_ns, burst)| {
-        Quota::new(tokens, Duration::from_nanos(period_ns.max(u64::from(tokens))))
-            .unwrap()
-            .with_burst(burst)
-            .unwrap()
+        Quota::new(
+            tokens,
+            Duration::from_nanos(period_ns.max(u64::from(tokens))),
+        )
+        .unwrap()
+        .with_burst(burst)
+        .unwrap()
     })
 }
 

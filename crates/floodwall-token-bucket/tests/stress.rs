@@ -66,8 +66,12 @@ fn virtual_clock_threads_admit_exactly_the_bound() {
     let steps = 1000u64; // 1 second in 1 ms steps
     let workers: Vec<_> = (0..THREADS)
         .map(|_| {
-            let (bucket, clock, done, admitted) =
-                (bucket.clone(), clock.clone(), done.clone(), admitted.clone());
+            let (bucket, clock, done, admitted) = (
+                bucket.clone(),
+                clock.clone(),
+                done.clone(),
+                admitted.clone(),
+            );
             thread::spawn(move || {
                 while done.load(Ordering::Acquire) == 0 {
                     let now = epoch + Duration::from_nanos(clock.load(Ordering::Acquire));

@@ -32,7 +32,9 @@ fn client_ip(req: &Request<Incoming>) -> Option<IpAddr> {
 }
 
 async fn handler(_req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
-    Ok(Response::new(Full::from("hello from the protected service\n")))
+    Ok(Response::new(Full::from(
+        "hello from the protected service\n",
+    )))
 }
 
 #[tokio::main]
@@ -84,7 +86,10 @@ async fn main() -> Result<(), BoxError> {
     let polite = polite.await??;
 
     println!();
-    println!("{:<8} {:<11} {:>5} {:>9} {:>8}", "client", "source ip", "sent", "admitted", "429");
+    println!(
+        "{:<8} {:<11} {:>5} {:>9} {:>8}",
+        "client", "source ip", "sent", "admitted", "429"
+    );
     for r in [&greedy, &polite] {
         println!(
             "{:<8} {:<11} {:>5} {:>9} {:>8}",
