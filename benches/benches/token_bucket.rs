@@ -2,8 +2,9 @@
 //! governor, tower's `RateLimit` and tower-resilience's rate limiter, in one
 //! run. `cargo bench -p floodwall-benches --bench token_bucket`.
 
+use std::convert::Infallible;
 use std::hint::black_box;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::num::NonZeroU32;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -63,6 +64,19 @@ fn core(c: &mut Criterion) {
     g.bench_function("governor/admit", |b| {
         b.iter(|| black_box(gov.check()).unwrap())
     });
+    // governor's decision alone: its fake clock is one atomic load.
+    let fake = governor::clock::FakeRelativeClock::default();
+    let gov_fake = RateLimiter::direct_with_clock(open_gquota(), fake.clone());
+    g.bench_function("governor/admit-fakeclock", |b| {
+        b.iter_custom(|iters| {
+            fake.advance(Duration::from_secs(10));
+            let start = std::time::Instant::now();
+            for _ in 0..iters {
+                black_box(gov_fake.check()).unwrap();
+            }
+            start.elapsed()
+        })
+    });
 
     let bucket = TokenBucket::new(closed_quota());
     let now = Instant::now();
@@ -77,6 +91,12 @@ fn core(c: &mut Criterion) {
     gov.check().unwrap();
     g.bench_function("governor/reject", |b| {
         b.iter(|| black_box(gov.check()).unwrap_err())
+    });
+    let fake = governor::clock::FakeRelativeClock::default();
+    let gov_fake = RateLimiter::direct_with_clock(closed_gquota(), fake);
+    gov_fake.check().unwrap();
+    g.bench_function("governor/reject-fakeclock", |b| {
+        b.iter(|| black_box(gov_fake.check()).unwrap_err())
     });
     g.finish();
 }
@@ -188,6 +208,83 @@ fn layer(c: &mut Criterion) {
     g.finish();
 }
 
+/// The same comparison on HTTP requests, so governor's own Tower layer
+/// (tower_governor, which only takes `http::Request`) can join: a single
+/// global limit, then one limit per client IP read from the request's
+/// `SocketAddr` extension.
+fn layer_http(c: &mut Criterion) {
+    type Body = tonic::body::Body;
+    type Req = http::Request<()>;
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut g = c.benchmark_group("layer_http");
+    let ok = || {
+        tower::service_fn(|_: Req| {
+            std::future::ready(Ok::<_, Infallible>(http::Response::new(Body::default())))
+        })
+    };
+    let req = || {
+        let mut r = http::Request::new(());
+        r.extensions_mut()
+            .insert(SocketAddr::from(([10, 1, 2, 3], 4567)));
+        r
+    };
+
+    let bare = ok();
+    g.bench_function("bare/clone+oneshot", |b| {
+        b.iter(|| poll_once(&mut cx, bare.clone().oneshot(req())).unwrap())
+    });
+    let floodwall = TokenBucketLayer::new(open_quota()).layer(ok());
+    g.bench_function("floodwall/clone+oneshot", |b| {
+        b.iter(|| poll_once(&mut cx, floodwall.clone().oneshot(req())).unwrap())
+    });
+    let config = tower_governor::governor::GovernorConfigBuilder::default()
+        .per_nanosecond(1)
+        .burst_size(u32::MAX)
+        .key_extractor(tower_governor::key_extractor::GlobalKeyExtractor)
+        .finish()
+        .unwrap();
+    let tg = tower_governor::GovernorLayer::<_, _, Body>::new(config).layer(ok());
+    g.bench_function("tower_governor/clone+oneshot", |b| {
+        b.iter(|| poll_once(&mut cx, tg.clone().oneshot(req())).unwrap())
+    });
+
+    let floodwall_ip = TokenBucketLayer::builder(open_quota())
+        .build_keyed(100_000, |r: &Req| {
+            r.extensions().get::<SocketAddr>().map(SocketAddr::ip)
+        })
+        .layer(ok());
+    g.bench_function("floodwall/per-ip/clone+oneshot", |b| {
+        b.iter(|| poll_once(&mut cx, floodwall_ip.clone().oneshot(req())).unwrap())
+    });
+    let config = tower_governor::governor::GovernorConfigBuilder::default()
+        .per_nanosecond(1)
+        .burst_size(u32::MAX)
+        .key_extractor(SocketAddrKey)
+        .finish()
+        .unwrap();
+    let tg_ip = tower_governor::GovernorLayer::<_, _, Body>::new(config).layer(ok());
+    g.bench_function("tower_governor/per-ip/clone+oneshot", |b| {
+        b.iter(|| poll_once(&mut cx, tg_ip.clone().oneshot(req())).unwrap())
+    });
+    g.finish();
+}
+
+/// tower_governor's peer-IP extractor reads axum's `ConnectInfo`; this one
+/// reads the plain `SocketAddr` extension floodwall's example uses.
+#[derive(Debug, Clone, Copy)]
+struct SocketAddrKey;
+
+impl tower_governor::key_extractor::KeyExtractor for SocketAddrKey {
+    type Key = IpAddr;
+
+    fn extract<T>(&self, req: &http::Request<T>) -> Result<IpAddr, tower_governor::GovernorError> {
+        req.extensions()
+            .get::<SocketAddr>()
+            .map(SocketAddr::ip)
+            .ok_or(tower_governor::GovernorError::UnableToExtractKey)
+    }
+}
+
 fn ready_call<S>(cx: &mut Context<'_>, svc: &mut S, req: u32) -> u32
 where
     S: Service<u32, Response = u32>,
@@ -232,6 +329,6 @@ criterion_group! {
     config = Criterion::default()
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2));
-    targets = memory_report, core, keyed, layer
+    targets = memory_report, core, keyed, layer, layer_http
 }
 criterion_main!(benches);
