@@ -114,6 +114,13 @@ pub trait Rejection: Error + Send + Sync + 'static {
     fn rate_limit(&self) -> Option<&RateLimitPolicy> {
         None
     }
+
+    /// Whether retrying the same request can never succeed (a request above
+    /// a token bucket's burst, say). Response mappers then tell clients not
+    /// to retry: no `Retry-After`, gRPC `grpc-retry-pushback-ms: -1`.
+    fn is_permanent(&self) -> bool {
+        false
+    }
 }
 
 /// The envelope in which every floodwall layer returns its rejections.
@@ -155,6 +162,11 @@ impl Rejected {
     /// The rate-limit policy that was exceeded, for rate limiters.
     pub fn rate_limit(&self) -> Option<&RateLimitPolicy> {
         self.inner.rate_limit()
+    }
+
+    /// Whether retrying the same request can never succeed.
+    pub fn is_permanent(&self) -> bool {
+        self.inner.is_permanent()
     }
 
     /// The concrete rejection, if it is an `R`.

@@ -75,14 +75,19 @@ pub fn pushback_ms(wait: Duration) -> u64 {
 }
 
 /// The status for a rejection: its code, the rejection's message, and
-/// `grpc-retry-pushback-ms` when a wait is known.
+/// `grpc-retry-pushback-ms` when a wait is known, or `-1` (do not retry)
+/// when retrying can never succeed.
 pub fn status_for(rejection: &Rejected) -> Status {
     let message = match std::error::Error::source(rejection) {
         Some(inner) => inner.to_string(),
         None => rejection.to_string(),
     };
     let mut status = Status::new(code_for(rejection.kind()), message);
-    if let Some(wait) = rejection.retry_after() {
+    if rejection.is_permanent() {
+        status
+            .metadata_mut()
+            .insert(RETRY_PUSHBACK_MS, MetadataValue::from(-1i64));
+    } else if let Some(wait) = rejection.retry_after() {
         status
             .metadata_mut()
             .insert(RETRY_PUSHBACK_MS, MetadataValue::from(pushback_ms(wait)));
@@ -138,6 +143,11 @@ impl<S> GrpcRejection<S> {
     /// The inner service.
     pub fn get_ref(&self) -> &S {
         &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
     }
 
     /// Consumes the layer, returning the inner service.
@@ -226,6 +236,28 @@ pub struct StatusError<S> {
     inner: S,
 }
 
+impl<S> StatusError<S> {
+    /// Wraps `inner`.
+    pub const fn new(inner: S) -> Self {
+        Self { inner }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Consumes the layer, returning the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
 impl<S, Req> Service<Req> for StatusError<S>
 where
     S: Service<Req>,
@@ -283,6 +315,30 @@ mod tests {
 
     #[derive(Debug)]
     struct Stub(RejectKind, Option<Duration>);
+
+    #[derive(Debug)]
+    struct Never;
+    impl fmt::Display for Never {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("never")
+        }
+    }
+    impl std::error::Error for Never {}
+    impl Rejection for Never {
+        fn kind(&self) -> RejectKind {
+            RejectKind::RateLimited
+        }
+        fn is_permanent(&self) -> bool {
+            true
+        }
+    }
+
+    #[test]
+    fn permanent_rejections_say_do_not_retry() {
+        let status = status_for(&Rejected::new(Never));
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert_eq!(status.metadata().get(RETRY_PUSHBACK_MS).unwrap(), "-1");
+    }
     impl fmt::Display for Stub {
         fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
             write!(f, "stub {}", self.0)

@@ -16,6 +16,14 @@
 //! fields of draft-ietf-httpapi-ratelimit-headers
 //! (`RateLimit-Policy: "api";q=100;w=1`, `RateLimit: "api";r=0;t=1`).
 //! Errors of the inner service are not rejections and pass through untouched.
+//! A rejection that can never succeed on retry (such as a request above a
+//! token bucket's burst) gets no `Retry-After`.
+//!
+//! The layer finds a rejection anywhere in an error's source chain, so one
+//! wrapped by another layer (tower's `Buffer`, say) is still answered. That
+//! includes a rejection your handler got from an outbound floodwall layer
+//! and returned as its own error: the caller then sees it as this service's
+//! 429/503. Map such errors in the handler if that is not what you want.
 //!
 //! ```
 //! use floodwall_http::HttpRejectionLayer;
@@ -79,7 +87,8 @@ pub fn status_for(kind: RejectKind) -> StatusCode {
 /// Whole seconds for `Retry-After`: rounded up, so a wait of 1 ns is `1`;
 /// `0` only when no wait remains at all.
 pub fn retry_after_secs(wait: Duration) -> u64 {
-    wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
+    wait.as_secs()
+        .saturating_add(u64::from(wait.subsec_nanos() > 0))
 }
 
 /// The response for a rejection: its status, `Retry-After`, the rate-limit
@@ -94,7 +103,11 @@ pub fn response_for<B: Default>(rejection: &Rejected) -> Response<B> {
 /// Adds `Retry-After` and, for rate limiters, `RateLimit-Policy` and
 /// `RateLimit` to `headers`.
 pub fn insert_headers(rejection: &Rejected, headers: &mut HeaderMap) {
-    let retry_after = rejection.retry_after().map(retry_after_secs);
+    let retry_after = if rejection.is_permanent() {
+        None
+    } else {
+        rejection.retry_after().map(retry_after_secs)
+    };
     if let Some(secs) = retry_after {
         headers.insert(RETRY_AFTER, HeaderValue::from(secs));
     }
@@ -296,6 +309,11 @@ mod tests {
         assert_eq!(secs(Duration::from_millis(1001)), "2");
         assert_eq!(secs(Duration::from_secs(120)), "120");
         assert_eq!(secs(Duration::ZERO), "0", "only when nothing remains");
+        assert_eq!(
+            secs(Duration::MAX),
+            u64::MAX.to_string().as_str(),
+            "saturates, never wraps to 0"
+        );
         let none = respond(RejectKind::Overloaded, None);
         assert!(none.headers().get(RETRY_AFTER).is_none());
     }

@@ -5,7 +5,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::Quota;
-use crate::gcra::{Params, nanos_since};
+use crate::gcra::{Params, Reservation, max_wait_ns, nanos_since};
 
 /// A lock-free token bucket in GCRA form: the sans-IO core of the
 /// token-bucket layer.
@@ -79,27 +79,31 @@ impl TokenBucket {
     }
 
     /// Reserves `n` tokens at `now`, allowing the request to start up to
-    /// `max_wait` later: returns how long the caller must wait before it
-    /// conforms (zero if it conforms now). Reserved tokens are spent at once,
-    /// so later requests queue behind this one; if the caller gives up,
-    /// [`refund`](Self::refund) returns them.
+    /// `max_wait` later (at most about 36 years). The reservation's
+    /// [`wait`](Reservation::wait) says how long the caller must wait before
+    /// it conforms (zero if it conforms now). Reserved tokens are spent at
+    /// once, so later requests queue behind this one, one interval apart.
+    /// If the caller gives up, [`cancel`](Self::cancel) gives them back.
     ///
     /// # Errors
     /// [`Denied::RateLimited`] if the wait would exceed `max_wait` (nothing is
     /// reserved); [`Denied::ExceedsBurst`] if `n` is above the burst.
-    pub fn reserve(&self, now: Instant, n: u32, max_wait: Duration) -> Result<Duration, Denied> {
+    pub fn reserve(&self, now: Instant, n: u32, max_wait: Duration) -> Result<Reservation, Denied> {
         let t = nanos_since(self.epoch, now);
-        let max_wait = u64::try_from(max_wait.as_nanos()).unwrap_or(u64::MAX);
-        self.params
-            .step(&self.tat, t, n, max_wait)
-            .map(|r| Duration::from_nanos(r.wait))
+        self.params.step(&self.tat, t, n, max_wait_ns(max_wait))
     }
 
-    /// Gives back `n` tokens reserved by [`reserve`](Self::reserve) for a
-    /// request that never ran. The bucket never holds more than its burst.
-    pub fn refund(&self, now: Instant, n: u32) {
+    /// Gives back the tokens of a reservation whose request never ran, if it
+    /// is still the newest reservation; returns whether it was.
+    ///
+    /// Only the newest reservation can be undone: every later one was
+    /// scheduled after it, so handing an earlier slot to a newcomer would
+    /// start two requests where the rate allows one. An older cancelled
+    /// slot simply goes unused; the bucket is whole again once its time has
+    /// passed. Either way the bucket never admits more than its rate.
+    pub fn cancel(&self, reservation: Reservation, now: Instant) -> bool {
         let t = nanos_since(self.epoch, now);
-        self.params.refund(&self.tat, t, n);
+        self.params.cancel(&self.tat, reservation, t)
     }
 
     /// Whole tokens available at `now` (0 to burst).

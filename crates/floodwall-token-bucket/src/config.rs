@@ -95,7 +95,7 @@ impl TokenBucketConfig {
     ///
     /// # Errors
     /// As [`quota`](Self::quota).
-    pub fn builder(&self) -> Result<Builder, QuotaError> {
+    pub fn builder(&self) -> Result<Builder, ConfigError> {
         Ok(TokenBucketLayer::builder(self.quota()?)
             .name(Arc::<str>::from(self.name.as_str()))
             .wait(self.max_wait))
@@ -105,22 +105,53 @@ impl TokenBucketConfig {
     ///
     /// # Errors
     /// As [`quota`](Self::quota).
-    pub fn build(&self) -> Result<TokenBucketLayer, QuotaError> {
+    pub fn build(&self) -> Result<TokenBucketLayer, ConfigError> {
         Ok(self.builder()?.build())
     }
 
     /// A keyed layer remembering [`capacity`](Self::capacity) keys.
     ///
     /// # Errors
-    /// As [`quota`](Self::quota).
+    /// As [`quota`](Self::quota), and [`ConfigError::ZeroCapacity`].
     pub fn build_keyed<Req, K, X>(
         &self,
         extract: X,
-    ) -> Result<TokenBucketLayer<crate::Keyed<K, X>>, QuotaError>
+    ) -> Result<TokenBucketLayer<crate::Keyed<K, X>>, ConfigError>
     where
-        K: std::hash::Hash + Eq,
-        X: Fn(&Req) -> Option<K>,
+        K: std::hash::Hash + Eq + Clone + Send + Sync + 'static,
+        X: Fn(&Req) -> Option<K> + Send + Sync + 'static,
     {
+        if self.capacity == 0 {
+            return Err(ConfigError::ZeroCapacity);
+        }
         Ok(self.builder()?.build_keyed(self.capacity, extract))
     }
 }
+
+/// Why a [`TokenBucketConfig`] could not be built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The rate, period or burst is invalid.
+    Quota(QuotaError),
+    /// A keyed layer must remember at least one key.
+    ZeroCapacity,
+}
+
+impl From<QuotaError> for ConfigError {
+    fn from(err: QuotaError) -> Self {
+        ConfigError::Quota(err)
+    }
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConfigError::Quota(err) => std::fmt::Display::fmt(err, f),
+            ConfigError::ZeroCapacity => f.write_str("capacity must be at least 1 key"),
+        }
+    }
+}
+
+/// `Quota` is transparent: its message is this error's message.
+impl std::error::Error for ConfigError {}

@@ -111,6 +111,10 @@ impl Rejection for ExceedsBurst {
         RejectKind::RateLimited
     }
 
+    fn is_permanent(&self) -> bool {
+        true
+    }
+
     fn rate_limit(&self) -> Option<&RateLimitPolicy> {
         Some(&self.policy)
     }

@@ -19,7 +19,9 @@ pin_project! {
     /// the inner call, a ready rejection, or (in wait mode) a wait for the
     /// request's turn followed by the inner call.
     ///
-    /// Dropping it while it waits gives the request's token back.
+    /// Dropping it while it waits cancels the request's reservation (see
+    /// [`TokenBucket::cancel`](crate::TokenBucket::cancel)); the inner
+    /// service is never called for it.
     pub struct ResponseFuture<S, Req, L, W>
     where
         S: Service<Req>,
@@ -106,11 +108,13 @@ where
                     guard,
                 } => {
                     ready!(sleep.as_mut().poll(cx));
-                    // If the inner service fails to become ready, the guard
-                    // still holds the token and returns it on drop.
-                    ready!(svc.poll_ready(cx)).map_err(Into::into)?;
+                    if let Err(err) = ready!(svc.poll_ready(cx)) {
+                        // The request will never run: give its tokens back now.
+                        guard.refund();
+                        return Poll::Ready(Err(err.into()));
+                    }
                     let req = req.take().expect("polled after completion");
-                    guard.disarm();
+                    guard.admitted();
                     let fut = svc.call(req);
                     state.set(State::Called { fut });
                 }
@@ -151,15 +155,22 @@ impl<L: Refund, W> RefundGuard<L, W> {
         }
     }
 
-    fn disarm(&mut self) {
+    /// The request reached the inner service: its tokens are spent.
+    fn admitted(&mut self) {
         self.permit = None;
+        self.shared.metrics.waited.increment(1);
+    }
+
+    /// The request will never run: return its tokens (once).
+    fn refund(&mut self) {
+        if let Some(permit) = self.permit.take() {
+            self.shared.limiter.refund(permit, Instant::now());
+        }
     }
 }
 
 impl<L: Refund, W> Drop for RefundGuard<L, W> {
     fn drop(&mut self) {
-        if let Some(permit) = self.permit.take() {
-            self.shared.limiter.refund(permit, Instant::now());
-        }
+        self.refund();
     }
 }

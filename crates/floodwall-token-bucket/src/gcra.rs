@@ -7,6 +7,12 @@ use tokio::time::Instant;
 
 use crate::Denied;
 
+/// The longest wait a reservation may ask for, in nanoseconds (~36 years).
+/// With the quota's tolerance capped at the same value, `TAT` stays below
+/// `t + 2^63` and `TAT + n·I` cannot overflow for any clock value below
+/// ~146 years.
+pub(crate) const MAX_WAIT_NS: u64 = u64::MAX / 16;
+
 /// Nanoseconds from `epoch` to `now`, saturating at both ends.
 #[inline]
 pub(crate) fn nanos_since(epoch: Instant, now: Instant) -> u64 {
@@ -15,6 +21,15 @@ pub(crate) fn nanos_since(epoch: Instant, now: Instant) -> u64 {
     d.as_secs()
         .saturating_mul(1_000_000_000)
         .saturating_add(u64::from(d.subsec_nanos()))
+}
+
+/// A wait bound in nanoseconds, capped at [`MAX_WAIT_NS`].
+#[inline]
+pub(crate) fn max_wait_ns(max_wait: Duration) -> u64 {
+    if max_wait.as_secs() >= MAX_WAIT_NS / 1_000_000_000 {
+        return MAX_WAIT_NS;
+    }
+    max_wait.as_secs() * 1_000_000_000 + u64::from(max_wait.subsec_nanos())
 }
 
 /// The parameters of one GCRA decision, in nanoseconds.
@@ -28,20 +43,41 @@ pub(crate) struct Params {
     pub(crate) burst: u32,
 }
 
-/// A conforming reservation: the request may start after `wait` nanoseconds.
+/// Tokens taken, possibly for a start in the future.
+///
+/// Returned by `reserve`; give it back to `cancel` if the request never
+/// runs. It remembers the TAT its reservation set, so a cancellation can
+/// only undo the newest reservation (see `Params::cancel`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Reserved {
-    pub(crate) wait: u64,
+#[must_use = "a reservation that is neither used nor cancelled wastes its tokens"]
+pub struct Reservation {
+    wait: Duration,
+    tat: u64,
+    tokens: u32,
+}
+
+impl Reservation {
+    /// How long after the reservation's instant the request may start
+    /// (zero: at once).
+    pub fn wait(&self) -> Duration {
+        self.wait
+    }
+
+    /// The tokens reserved.
+    pub fn tokens(&self) -> u32 {
+        self.tokens
+    }
 }
 
 impl Params {
     /// Decides a request of weight `n` at `t`, allowing it to be scheduled up
-    /// to `max_wait` ns in the future, and updates `cell` on success.
+    /// to `max_wait` ns in the future (at most [`MAX_WAIT_NS`]), and updates
+    /// `cell` on success.
     ///
-    /// `tat' = max(TAT, t) + n·I`; the request conforms at
-    /// `tat' − b·I` (its earliest start), so it is admitted now iff
-    /// `tat' − t ≤ b·I`, and reserved for later iff
-    /// `tat' − t ≤ b·I + max_wait`. On refusal nothing changes.
+    /// `tat' = max(TAT, t) + n·I`; the request conforms at `tat' − b·I` (its
+    /// earliest start), so it is admitted now iff `tat' − t ≤ b·I`, and
+    /// reserved for later iff `tat' − t ≤ b·I + max_wait`. On refusal
+    /// nothing changes and `retry_after = tat' − b·I − t`.
     #[inline]
     pub(crate) fn step(
         self,
@@ -49,7 +85,7 @@ impl Params {
         t: u64,
         n: u32,
         max_wait: u64,
-    ) -> Result<Reserved, Denied> {
+    ) -> Result<Reservation, Denied> {
         if n > self.burst {
             return Err(Denied::ExceedsBurst {
                 requested: n,
@@ -57,42 +93,55 @@ impl Params {
             });
         }
         let cost = u64::from(n) * self.interval;
-        let limit = self.tolerance.saturating_add(max_wait);
+        let limit = self.tolerance + max_wait.min(MAX_WAIT_NS);
         // Relaxed is enough: the TAT is the only shared datum and every
         // read-modify-write of one atomic is totally ordered.
         let mut tat = cell.load(Ordering::Relaxed);
         loop {
-            let new_tat = tat.max(t) + cost;
+            let new_tat = tat.max(t).saturating_add(cost);
             let ahead = new_tat - t;
             if ahead > limit {
                 return Err(Denied::RateLimited {
                     retry_after: Duration::from_nanos(ahead - self.tolerance),
                 });
             }
+            let reservation = Reservation {
+                wait: Duration::from_nanos(ahead.saturating_sub(self.tolerance)),
+                tat: new_tat,
+                tokens: n,
+            };
             if cost == 0 {
-                return Ok(Reserved { wait: 0 });
+                return Ok(reservation);
             }
             match cell.compare_exchange_weak(tat, new_tat, Ordering::Relaxed, Ordering::Relaxed) {
-                Ok(_) => {
-                    return Ok(Reserved {
-                        wait: ahead.saturating_sub(self.tolerance),
-                    });
-                }
+                Ok(_) => return Ok(reservation),
                 Err(actual) => tat = actual,
             }
         }
     }
 
-    /// Gives back the tokens of a reservation of weight `n` whose request
-    /// never ran (its waiter was cancelled).
+    /// Undoes `reservation` at `t` if it is still the newest one on `cell`
+    /// (the TAT is still what it set), and reports whether it did.
     ///
-    /// Subtracts `n·I` from the TAT, never below `t`: the cancelled request's
-    /// start lay in the future, so the schedule is simply one request shorter.
-    pub(crate) fn refund(self, cell: &AtomicU64, t: u64, n: u32) {
-        let cost = u64::from(n) * self.interval;
-        let _ = cell.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |tat| {
-            (tat > t).then(|| tat.saturating_sub(cost).max(t))
-        });
+    /// Only the newest reservation can be undone exactly: later ones have
+    /// start times that were computed from it, so taking an earlier one out
+    /// would let a newcomer start at the same instant as a waiter. A
+    /// cancelled reservation that is not the newest simply lets its slot
+    /// pass unused: the bucket never admits more than its rate, and it is
+    /// whole again once that slot's time has passed.
+    pub(crate) fn cancel(self, cell: &AtomicU64, reservation: Reservation, t: u64) -> bool {
+        let cost = u64::from(reservation.tokens) * self.interval;
+        if cost == 0 || reservation.tat <= t {
+            return false;
+        }
+        let restored = reservation.tat.saturating_sub(cost).max(t);
+        cell.compare_exchange(
+            reservation.tat,
+            restored,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        )
+        .is_ok()
     }
 
     /// Whole tokens available at `t`: `b − ⌈(max(TAT, t) − t) / I⌉`.

@@ -3,12 +3,14 @@ use std::hash::{BuildHasher, Hash};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use floodwall_core::metrics::{LABEL_NAME, LABEL_REASON, TOKEN_BUCKET_EVICTED, TOKEN_BUCKET_KEYS};
 use hashbrown::{DefaultHashBuilder, HashTable};
+use metrics::{Counter, Gauge};
 use parking_lot::RwLock;
 use tokio::time::Instant;
 
 use crate::bucket::params_of;
-use crate::gcra::{Params, nanos_since};
+use crate::gcra::{Params, Reservation, max_wait_ns, nanos_since};
 use crate::{Denied, Quota};
 
 /// How many slots an insertion into a full shard inspects.
@@ -19,23 +21,28 @@ const EVICTION_SAMPLE: usize = 5;
 ///
 /// Each key's state is one atomic TAT, exactly as in
 /// [`TokenBucket`](crate::TokenBucket). The map is split into shards behind
-/// read-write locks: a known key is decided under a shared read lock with a
-/// CAS (no allocation, no exclusive lock); only a key seen for the first time
-/// takes its shard's write lock.
+/// read-write locks: a known key is decided under its shard's shared read
+/// lock with one CAS (no allocation, no exclusive lock); only a key seen for
+/// the first time takes its shard's write lock, briefly. The locks are
+/// `parking_lot`'s, which are fair: while a writer waits, new readers of that
+/// shard wait too, so a flood of new keys slows decisions for known keys in
+/// the same shard by the length of an insertion.
 ///
 /// # Memory
-/// At most `capacity` keys are stored, never more. A key whose bucket has
-/// refilled (TAT ≤ now) is indistinguishable from an absent key, so it can be
-/// dropped without changing any decision: every insertion samples a few
-/// slots of its shard and drops such idle keys. When a shard is full of keys
-/// still in debt, the sampled key closest to refilling is forgotten; that key
-/// may then be admitted up to its remaining debt early. The
-/// [`evicted_in_debt`](Self::evicted_in_debt) counter tells how often that
-/// happens: size `capacity` above the number of keys active within one
-/// burst window and it stays at zero.
+/// At most `capacity` keys are stored, never more; the capacity is split
+/// evenly over the shards. A key whose bucket has refilled (TAT ≤ now) is
+/// indistinguishable from an absent key, so dropping it changes no
+/// decision. Every insertion into a full shard samples a few of its slots
+/// and drops the idle ones; if it finds none, and the shard has not been
+/// swept recently, it sweeps the whole shard for idle keys. Only when the
+/// shard is still full of keys in debt does it forget the sampled key
+/// closest to refilling; that key may then be admitted early by up to its
+/// remaining debt (at most one burst). [`evicted_in_debt`](Self::evicted_in_debt)
+/// counts these. Give `capacity` comfortable headroom (about twice the
+/// number of keys that can be in debt at the same moment, that is keys
+/// active within one burst window) and it stays at zero.
 ///
 /// ```
-/// use std::time::Duration;
 /// use floodwall_token_bucket::{KeyedTokenBucket, Quota};
 /// use tokio::time::Instant;
 ///
@@ -58,18 +65,51 @@ pub struct KeyedTokenBucket<K> {
     capacity: usize,
     evicted_idle: AtomicU64,
     evicted_in_debt: AtomicU64,
+    metrics: KeyedMetrics,
 }
 
 struct Shard<K> {
     table: HashTable<u32>,
     slots: Vec<Slot<K>>,
     capacity: usize,
+    /// Insertions since the shard was last swept for idle keys.
+    since_sweep: usize,
     rng: u64,
 }
 
 struct Slot<K> {
     key: K,
     tat: AtomicU64,
+}
+
+/// Metric handles of a keyed limiter (no-ops unless named by a layer).
+struct KeyedMetrics {
+    keys: Gauge,
+    evicted_idle: Counter,
+    evicted_in_debt: Counter,
+}
+
+impl KeyedMetrics {
+    fn noop() -> Self {
+        Self {
+            keys: Gauge::noop(),
+            evicted_idle: Counter::noop(),
+            evicted_in_debt: Counter::noop(),
+        }
+    }
+
+    fn named(name: &str) -> Self {
+        let name = name.to_owned();
+        Self {
+            keys: metrics::gauge!(TOKEN_BUCKET_KEYS, LABEL_NAME => name.clone()),
+            evicted_idle: metrics::counter!(
+                TOKEN_BUCKET_EVICTED, LABEL_NAME => name.clone(), LABEL_REASON => "idle"
+            ),
+            evicted_in_debt: metrics::counter!(
+                TOKEN_BUCKET_EVICTED, LABEL_NAME => name, LABEL_REASON => "capacity"
+            ),
+        }
+    }
 }
 
 impl<K: Hash + Eq> KeyedTokenBucket<K> {
@@ -98,6 +138,7 @@ impl<K: Hash + Eq> KeyedTokenBucket<K> {
                     table: HashTable::new(),
                     slots: Vec::new(),
                     capacity: base + usize::from(i < extra),
+                    since_sweep: 0,
                     rng: 0x9E37_79B9_7F4A_7C15 ^ (i as u64),
                 })
             })
@@ -112,13 +153,22 @@ impl<K: Hash + Eq> KeyedTokenBucket<K> {
             capacity,
             evicted_idle: AtomicU64::new(0),
             evicted_in_debt: AtomicU64::new(0),
+            metrics: KeyedMetrics::noop(),
         }
+    }
+
+    /// Reports the key count and evictions as metrics labelled `name`
+    /// (`floodwall_token_bucket_keys`, `floodwall_token_bucket_evicted_total`).
+    /// Token-bucket layers do this with their own name.
+    pub fn with_metrics(mut self, name: &str) -> Self {
+        self.metrics = KeyedMetrics::named(name);
+        self
     }
 
     #[inline]
     fn shard(&self, hash: u64) -> &RwLock<Shard<K>> {
-        // The top bits pick the shard; hashbrown uses the low bits for the
-        // bucket and the top 7 for its tag, so skip those too.
+        // Bits just below hashbrown's 7-bit tag pick the shard; hashbrown
+        // uses the low bits for the bucket.
         let idx = if self.shard_shift == 64 {
             0
         } else {
@@ -140,8 +190,7 @@ impl<K: Hash + Eq> KeyedTokenBucket<K> {
     }
 
     /// Reserves `n` tokens from `key`'s bucket, allowing a start up to
-    /// `max_wait` later; returns the wait. See
-    /// [`TokenBucket::reserve`](crate::TokenBucket::reserve).
+    /// `max_wait` later. See [`TokenBucket::reserve`](crate::TokenBucket::reserve).
     ///
     /// # Errors
     /// As [`TokenBucket::reserve`](crate::TokenBucket::reserve).
@@ -151,15 +200,14 @@ impl<K: Hash + Eq> KeyedTokenBucket<K> {
         now: Instant,
         n: u32,
         max_wait: Duration,
-    ) -> Result<Duration, Denied>
+    ) -> Result<Reservation, Denied>
     where
         K: Clone,
     {
-        let max_wait = u64::try_from(max_wait.as_nanos()).unwrap_or(u64::MAX);
-        self.step(key, now, n, max_wait).map(Duration::from_nanos)
+        self.step(key, now, n, max_wait_ns(max_wait))
     }
 
-    fn step(&self, key: &K, now: Instant, n: u32, max_wait: u64) -> Result<u64, Denied>
+    fn step(&self, key: &K, now: Instant, n: u32, max_wait: u64) -> Result<Reservation, Denied>
     where
         K: Clone,
     {
@@ -173,7 +221,7 @@ impl<K: Hash + Eq> KeyedTokenBucket<K> {
                 .find(hash, |&i| guard.slots[i as usize].key == *key)
             {
                 let cell = &guard.slots[i as usize].tat;
-                return self.params.step(cell, t, n, max_wait).map(|r| r.wait);
+                return self.params.step(cell, t, n, max_wait);
             }
         }
         self.insert_slow(shard, hash, key, t, n, max_wait)
@@ -188,7 +236,7 @@ impl<K: Hash + Eq> KeyedTokenBucket<K> {
         t: u64,
         n: u32,
         max_wait: u64,
-    ) -> Result<u64, Denied>
+    ) -> Result<Reservation, Denied>
     where
         K: Clone,
     {
@@ -199,16 +247,18 @@ impl<K: Hash + Eq> KeyedTokenBucket<K> {
             .find(hash, |&i| shard.slots[i as usize].key == *key)
         {
             let cell = &shard.slots[i as usize].tat;
-            return self.params.step(cell, t, n, max_wait).map(|r| r.wait);
+            return self.params.step(cell, t, n, max_wait);
         }
         // An absent key has a full bucket: decide on a fresh cell.
         let cell = AtomicU64::new(0);
-        let reserved = self.params.step(&cell, t, n, max_wait)?;
+        let reservation = self.params.step(&cell, t, n, max_wait)?;
         if cell.load(Ordering::Relaxed) <= t {
             // Weight 0: the bucket is still full, so there is nothing to remember.
-            return Ok(reserved.wait);
+            return Ok(reservation);
         }
-        self.make_room(shard, t);
+        if shard.slots.len() >= shard.capacity {
+            self.make_room(shard, t);
+        }
         let idx = shard.slots.len() as u32;
         if shard.slots.len() == shard.slots.capacity() {
             // Grow by doubling, but never past the shard's share of the cap.
@@ -221,26 +271,33 @@ impl<K: Hash + Eq> KeyedTokenBucket<K> {
             key: key.clone(),
             tat: cell,
         });
+        shard.since_sweep += 1;
         let slots = &shard.slots;
         shard
             .table
             .insert_unique(hash, idx, |&i| self.hasher.hash_one(&slots[i as usize].key));
-        Ok(reserved.wait)
+        self.metrics.keys.increment(1.0);
+        Ok(reservation)
     }
 
-    /// Drops idle keys among a few sampled slots; if the shard is still full,
-    /// forgets the sampled key closest to refilling.
+    /// Makes room in a full shard: drops idle keys among a few sampled slots,
+    /// else sweeps the shard if it has not been swept for a quarter of its
+    /// capacity's worth of insertions, else forgets the sampled key closest
+    /// to refilling.
     fn make_room(&self, shard: &mut Shard<K>, t: u64) {
         let mut victim: Option<(usize, u64)> = None;
+        let mut dropped = false;
         for _ in 0..EVICTION_SAMPLE {
             if shard.slots.is_empty() {
-                return;
+                break;
             }
             let i = (next_random(&mut shard.rng) % shard.slots.len() as u64) as usize;
             let tat = shard.slots[i].tat.load(Ordering::Relaxed);
             if tat <= t {
                 self.remove_slot(shard, i);
-                self.evicted_idle.fetch_add(1, Ordering::Relaxed);
+                self.count_idle(1);
+                dropped = true;
+                // Indices past a removal may have moved.
                 victim = None;
                 continue;
             }
@@ -248,14 +305,26 @@ impl<K: Hash + Eq> KeyedTokenBucket<K> {
                 victim = Some((i, tat));
             }
         }
-        if shard.slots.len() >= shard.capacity {
-            let i = match victim {
-                Some((i, _)) if i < shard.slots.len() => i,
-                _ => (next_random(&mut shard.rng) % shard.slots.len() as u64) as usize,
-            };
-            self.remove_slot(shard, i);
-            self.evicted_in_debt.fetch_add(1, Ordering::Relaxed);
+        if dropped || shard.slots.len() < shard.capacity {
+            return;
         }
+        if shard.since_sweep >= shard.capacity.div_ceil(4) && self.sweep_shard(shard, t) > 0 {
+            return;
+        }
+        let i = match victim {
+            Some((i, _)) => i,
+            None => (next_random(&mut shard.rng) % shard.slots.len() as u64) as usize,
+        };
+        self.remove_slot(shard, i);
+        self.evicted_in_debt.fetch_add(1, Ordering::Relaxed);
+        self.metrics.evicted_in_debt.increment(1);
+        self.metrics.keys.decrement(1.0);
+    }
+
+    fn count_idle(&self, n: usize) {
+        self.evicted_idle.fetch_add(n as u64, Ordering::Relaxed);
+        self.metrics.evicted_idle.increment(n as u64);
+        self.metrics.keys.decrement(n as f64);
     }
 
     /// Removes slot `i`, moving the last slot into its place.
@@ -274,18 +343,42 @@ impl<K: Hash + Eq> KeyedTokenBucket<K> {
         shard.slots.swap_remove(i);
     }
 
-    /// Gives back `n` tokens reserved for `key` by a request that never ran.
-    /// Does nothing if the key has since been forgotten.
-    pub fn refund(&self, key: &K, now: Instant, n: u32) {
+    /// Drops every idle key of one shard and rebuilds its table; returns how
+    /// many were dropped.
+    fn sweep_shard(&self, shard: &mut Shard<K>, t: u64) -> usize {
+        shard.since_sweep = 0;
+        let before = shard.slots.len();
+        shard.slots.retain(|s| s.tat.load(Ordering::Relaxed) > t);
+        let dropped = before - shard.slots.len();
+        if dropped > 0 {
+            shard.table.clear();
+            let slots = &shard.slots;
+            for (i, s) in slots.iter().enumerate() {
+                let h = self.hasher.hash_one(&s.key);
+                shard.table.insert_unique(h, i as u32, |&j| {
+                    self.hasher.hash_one(&slots[j as usize].key)
+                });
+            }
+            self.count_idle(dropped);
+        }
+        dropped
+    }
+
+    /// Gives back the tokens of `key`'s reservation if it is still that
+    /// key's newest; returns whether it was. See
+    /// [`TokenBucket::cancel`](crate::TokenBucket::cancel). Does nothing if
+    /// the key has since been forgotten.
+    pub fn cancel(&self, key: &K, reservation: Reservation, now: Instant) -> bool {
         let t = nanos_since(self.epoch, now);
         let hash = self.hasher.hash_one(key);
         let guard = self.shard(hash).read();
-        if let Some(&i) = guard
+        guard
             .table
             .find(hash, |&i| guard.slots[i as usize].key == *key)
-        {
-            self.params.refund(&guard.slots[i as usize].tat, t, n);
-        }
+            .is_some_and(|&i| {
+                self.params
+                    .cancel(&guard.slots[i as usize].tat, reservation, t)
+            })
     }
 
     /// Whole tokens available to `key` at `now` (the burst for an unknown key).
@@ -300,26 +393,20 @@ impl<K: Hash + Eq> KeyedTokenBucket<K> {
         self.params.available(tat, t)
     }
 
-    /// Drops every key whose bucket has refilled by `now`. Decisions do not
-    /// change; only memory is returned. Takes each shard's write lock in turn.
+    /// Drops every key whose bucket has refilled by `now` and releases the
+    /// memory they held. Decisions do not change. Takes each shard's write
+    /// lock in turn.
     pub fn sweep(&self, now: Instant) {
         let t = nanos_since(self.epoch, now);
         for shard in self.shards.iter() {
             let mut guard = shard.write();
             let shard = &mut *guard;
-            let before = shard.slots.len();
-            shard.slots.retain(|s| s.tat.load(Ordering::Relaxed) > t);
-            if shard.slots.len() != before {
-                self.evicted_idle
-                    .fetch_add((before - shard.slots.len()) as u64, Ordering::Relaxed);
-                shard.table.clear();
+            if self.sweep_shard(shard, t) > 0 {
+                shard.slots.shrink_to_fit();
                 let slots = &shard.slots;
-                for (i, s) in slots.iter().enumerate() {
-                    let h = self.hasher.hash_one(&s.key);
-                    shard.table.insert_unique(h, i as u32, |&j| {
-                        self.hasher.hash_one(&slots[j as usize].key)
-                    });
-                }
+                shard
+                    .table
+                    .shrink_to_fit(|&j| self.hasher.hash_one(&slots[j as usize].key));
             }
         }
     }
@@ -341,7 +428,9 @@ impl<K> KeyedTokenBucket<K> {
         self.capacity
     }
 
-    /// Heap bytes held by the key map right now (slots and hash tables).
+    /// Heap bytes held by the key map right now: the slots (each a key and
+    /// an 8-byte TAT) and the hash tables. Heap owned by the keys themselves
+    /// (a `String`'s buffer) is not included.
     pub fn memory_bytes(&self) -> usize {
         self.shards
             .iter()
@@ -357,8 +446,8 @@ impl<K> KeyedTokenBucket<K> {
         self.evicted_idle.load(Ordering::Relaxed)
     }
 
-    /// Keys forgotten while still in debt because the map was full (each may
-    /// be admitted early by up to its debt).
+    /// Keys forgotten while still in debt because their shard was full (each
+    /// may be admitted early by up to its debt).
     pub fn evicted_in_debt(&self) -> u64 {
         self.evicted_in_debt.load(Ordering::Relaxed)
     }

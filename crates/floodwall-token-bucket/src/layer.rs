@@ -122,12 +122,13 @@ impl<W> Builder<W> {
     }
 
     /// Wait mode: a request without a token waits for its turn if that comes
-    /// within `max_wait`, and is refused at once otherwise. Waiting requests
-    /// queue in arrival order (each reserves its token when it arrives);
-    /// a waiter that is dropped gives its token back. Zero (the default)
-    /// means never wait.
-    ///
-    /// The service must be `Clone` to call the inner service after the wait.
+    /// within `max_wait` (capped at about 36 years), and is refused at once
+    /// otherwise. Waiting requests queue in arrival order, one interval
+    /// apart (each reserves its tokens when it arrives). A waiter that is
+    /// dropped never reaches the inner service and cancels its reservation:
+    /// the newest waiter's tokens go back at once; an earlier waiter's slot
+    /// goes unused, because the waiters behind it keep their start times.
+    /// Zero (the default) means never wait.
     pub fn wait(mut self, max_wait: Duration) -> Self {
         self.max_wait = max_wait;
         self
@@ -160,10 +161,10 @@ impl<W> Builder<W> {
         extract: X,
     ) -> TokenBucketLayer<Keyed<K, X>, W>
     where
-        K: Hash + Eq,
-        X: Fn(&Req) -> Option<K>,
+        K: Hash + Eq + Clone + Send + Sync + 'static,
+        X: Fn(&Req) -> Option<K> + Send + Sync + 'static,
     {
-        let buckets = KeyedTokenBucket::new(self.quota, capacity);
+        let buckets = KeyedTokenBucket::new(self.quota, capacity).with_metrics(&self.name);
         self.finish(Keyed::new(buckets, extract))
     }
 
@@ -200,6 +201,7 @@ pub(crate) struct Shared<L, W> {
 pub(crate) struct Metrics {
     pub(crate) admitted: Counter,
     pub(crate) rate_limited: Counter,
+    pub(crate) wait_too_long: Counter,
     pub(crate) exceeds_burst: Counter,
     pub(crate) waited: Counter,
 }
@@ -211,6 +213,7 @@ impl Metrics {
         Self {
             admitted: metrics::counter!(TOKEN_BUCKET_ADMITTED, LABEL_NAME => name.clone()),
             rate_limited: rejected("rate_limited"),
+            wait_too_long: rejected("wait_too_long"),
             exceeds_burst: rejected("exceeds_burst"),
             waited: metrics::counter!(TOKEN_BUCKET_WAITED, LABEL_NAME => name.clone()),
         }

@@ -60,7 +60,8 @@ mod quota;
 mod service;
 
 pub use bucket::{Denied, TokenBucket};
-pub use config::TokenBucketConfig;
+pub use config::{ConfigError, TokenBucketConfig};
+pub use gcra::Reservation;
 pub use keyed::KeyedTokenBucket;
 pub use layer::{Builder, DEFAULT_NAME, TokenBucketHandle, TokenBucketLayer};
 pub use limiter::{Keyed, Limiter, One, Refund, Weigh};

@@ -3,7 +3,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::{Denied, KeyedTokenBucket, TokenBucket};
+use crate::{Denied, KeyedTokenBucket, Reservation, TokenBucket};
 
 /// What a token-bucket service asks of its limiter: one bucket for every
 /// request ([`TokenBucket`]) or one per key ([`Keyed`]).
@@ -11,6 +11,9 @@ use crate::{Denied, KeyedTokenBucket, TokenBucket};
 /// `acquire` takes `n` tokens for `req` at `now`, allowing a start up to
 /// `max_wait` later, and returns the wait and what a cancelled waiter needs
 /// to [`refund`](Refund::refund) its tokens.
+///
+/// Implemented by [`TokenBucket`] and [`Keyed`]; the trait is public so the
+/// service's bounds can name it, and so other limiters can reuse the layer.
 pub trait Limiter<Req>: Refund {
     /// Takes `n` tokens for `req`.
     ///
@@ -42,20 +45,17 @@ impl<Req> Limiter<Req> for TokenBucket {
         now: Instant,
         n: u32,
         max_wait: Duration,
-    ) -> Result<(Duration, u32), Denied> {
-        if max_wait.is_zero() {
-            self.try_acquire(now, n).map(|()| (Duration::ZERO, n))
-        } else {
-            self.reserve(now, n, max_wait).map(|w| (w, n))
-        }
+    ) -> Result<(Duration, Reservation), Denied> {
+        let reservation = self.reserve(now, n, max_wait)?;
+        Ok((reservation.wait(), reservation))
     }
 }
 
 impl Refund for TokenBucket {
-    type Permit = u32;
+    type Permit = Reservation;
 
-    fn refund(&self, n: u32, now: Instant) {
-        TokenBucket::refund(self, now, n);
+    fn refund(&self, reservation: Reservation, now: Instant) {
+        self.cancel(reservation, now);
     }
 }
 
@@ -101,18 +101,13 @@ where
         now: Instant,
         n: u32,
         max_wait: Duration,
-    ) -> Result<(Duration, Option<(K, u32)>), Denied> {
+    ) -> Result<(Duration, Option<(K, Reservation)>), Denied> {
         let Some(key) = (self.extract)(req) else {
             return Ok((Duration::ZERO, None));
         };
-        if max_wait.is_zero() {
-            return self
-                .buckets
-                .try_acquire(&key, now, n)
-                .map(|()| (Duration::ZERO, None));
-        }
-        let wait = self.buckets.reserve(&key, now, n, max_wait)?;
-        Ok((wait, (!wait.is_zero()).then_some((key, n))))
+        let reservation = self.buckets.reserve(&key, now, n, max_wait)?;
+        let wait = reservation.wait();
+        Ok((wait, (!wait.is_zero()).then_some((key, reservation))))
     }
 }
 
@@ -121,11 +116,11 @@ where
     K: Hash + Eq + Clone + Send + Sync + 'static,
     X: Send + Sync + 'static,
 {
-    type Permit = Option<(K, u32)>;
+    type Permit = Option<(K, Reservation)>;
 
-    fn refund(&self, permit: Option<(K, u32)>, now: Instant) {
-        if let Some((key, n)) = permit {
-            self.buckets.refund(&key, now, n);
+    fn refund(&self, permit: Option<(K, Reservation)>, now: Instant) {
+        if let Some((key, reservation)) = permit {
+            self.buckets.cancel(&key, reservation, now);
         }
     }
 }

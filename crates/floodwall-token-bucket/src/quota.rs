@@ -119,9 +119,13 @@ impl Quota {
                 return q.with_burst(burst);
             }
         }
-        let interval = Duration::try_from_secs_f64(1.0 / rate).map_err(|_| QuotaError::TooSlow)?;
-        let interval = interval.max(Duration::from_nanos(1));
-        let q = Self::new(1, interval)?;
+        // Round the interval up, never down: the limiter must not admit
+        // faster than asked.
+        let interval_ns = (1e9 / rate).ceil();
+        if interval_ns >= u64::MAX as f64 {
+            return Err(QuotaError::TooSlow);
+        }
+        let q = Self::new(1, Duration::from_nanos((interval_ns as u64).max(1)))?;
         q.with_burst((rate.ceil() as u32).max(1))
     }
 
@@ -138,10 +142,10 @@ impl Quota {
     }
 
     fn checked(self) -> Result<Self, QuotaError> {
-        // `burst × I` is the GCRA tolerance; keep a factor 4 of headroom so
-        // `TAT + n·I` can never overflow for any clock value below ~146 years.
+        // `burst × I` is the GCRA tolerance. Capping it (like the wait bound)
+        // at ~36 years keeps `TAT + n·I` far from overflow.
         match u64::from(self.burst).checked_mul(self.interval_ns) {
-            Some(tol) if tol <= u64::MAX / 4 => Ok(self),
+            Some(tol) if tol <= crate::gcra::MAX_WAIT_NS => Ok(self),
             _ => Err(QuotaError::TooSlow),
         }
     }
@@ -189,7 +193,7 @@ pub enum QuotaError {
     ZeroBurst,
     /// More than one token per nanosecond: the clock cannot express it.
     TooFast,
-    /// The interval, or burst × interval, does not fit the nanosecond clock.
+    /// The interval, or burst × interval, is longer than about 36 years.
     TooSlow,
 }
 
@@ -200,7 +204,9 @@ impl fmt::Display for QuotaError {
             QuotaError::ZeroPeriod => "period must be longer than zero",
             QuotaError::ZeroBurst => "burst must be at least 1",
             QuotaError::TooFast => "rate is above one token per nanosecond",
-            QuotaError::TooSlow => "burst × interval is too long for the nanosecond clock",
+            QuotaError::TooSlow => {
+                "the interval, or burst × interval, is longer than the clock supports (about 36 years)"
+            }
         })
     }
 }
@@ -261,5 +267,9 @@ mod tests {
         );
         let odd = Quota::per_second_f64(1.0 / 7200.0).unwrap();
         assert_eq!(odd.interval(), Duration::from_secs(7200));
+        // pi per second has no whole-second form: 318,309,886.18 ns rounds up.
+        let pi = Quota::per_second_f64(std::f64::consts::PI).unwrap();
+        assert_eq!(pi.interval(), Duration::from_nanos(318_309_887));
+        assert_eq!(pi.burst(), 4);
     }
 }

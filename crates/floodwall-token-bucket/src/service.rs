@@ -18,6 +18,10 @@ use crate::{Denied, Limiter, One, TokenBucket, Weigh};
 /// refused request gets a ready error future carrying a
 /// [`Rejected`] with a [`RateLimited`] or [`ExceedsBurst`] inside.
 ///
+/// The inner service must be `Clone` (in wait mode a waiting request calls
+/// a clone of it after the wait); services from hyper, tonic, axum and
+/// `tower::service_fn` are.
+///
 /// # Clone
 /// Clones share the layer's bucket (they clone an `Arc`).
 pub struct TokenBucketService<S, L = TokenBucket, W = One> {
@@ -73,13 +77,16 @@ where
                     shared.metrics.admitted.increment(1);
                     return ResponseFuture::called(self.inner.call(req));
                 }
-                shared.metrics.waited.increment(1);
                 tracing::trace!(name = %shared.name, ?wait, "token bucket: request waits for its turn");
-                // Take the service that was polled ready; leave a clone behind.
-                let clone = self.inner.clone();
-                let svc = std::mem::replace(&mut self.inner, clone);
+                // The waiter gets its own clone and polls it ready after the
+                // wait. The instance polled ready for this call is dropped
+                // (left behind is an unpolled clone), so no readiness
+                // reservation of the inner service, such as a concurrency
+                // permit, is held while the request sleeps.
+                let waiter = self.inner.clone();
+                drop(std::mem::replace(&mut self.inner, waiter.clone()));
                 let guard = RefundGuard::new(self.shared.clone(), permit);
-                ResponseFuture::waiting(now + wait, svc, req, guard)
+                ResponseFuture::waiting(now + wait, waiter, req, guard)
             }
             Err(denied) => ResponseFuture::rejected(self.reject(denied)),
         }
@@ -93,7 +100,11 @@ impl<S, L, W> TokenBucketService<S, L, W> {
         let policy = shared.policy.clone();
         match denied {
             Denied::RateLimited { retry_after } => {
-                shared.metrics.rate_limited.increment(1);
+                if shared.max_wait.is_zero() {
+                    shared.metrics.rate_limited.increment(1);
+                } else {
+                    shared.metrics.wait_too_long.increment(1);
+                }
                 tracing::debug!(name = %shared.name, ?retry_after, "token bucket: rate limited");
                 Rejected::boxed(RateLimited::new(retry_after, policy))
             }

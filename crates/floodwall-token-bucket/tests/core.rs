@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use floodwall_token_bucket::{Denied, KeyedTokenBucket, Quota, TokenBucket};
+use floodwall_token_bucket::{Denied, KeyedTokenBucket, Quota, Reservation, TokenBucket};
 use tokio::time::{Instant, advance};
 
 const MS: Duration = Duration::from_millis(1);
@@ -138,8 +138,10 @@ async fn exceeding_the_burst_is_its_own_error_and_not_a_wait() {
     );
 }
 
+/// Without wait-mode reservations the TAT never runs more than one burst
+/// ahead, so a request of weight 0 always conforms.
 #[tokio::test(start_paused = true)]
-async fn weight_zero_always_conforms() {
+async fn weight_zero_conforms_without_reservations() {
     let bucket = TokenBucket::new(quota(1, 1));
     let now = Instant::now();
     bucket.try_acquire(now, 1).unwrap();
@@ -164,40 +166,101 @@ async fn fractional_rate_half_per_second() {
     assert_eq!(bucket.try_acquire(Instant::now(), 1), Ok(()));
 }
 
-#[tokio::test(start_paused = true)]
-async fn reservations_queue_one_interval_apart_and_refunds_return_tokens() {
-    let bucket = TokenBucket::new(quota(10, 1));
-    let t0 = Instant::now();
-    let max = Duration::from_millis(250);
-    assert_eq!(bucket.reserve(t0, 1, max), Ok(Duration::ZERO));
-    assert_eq!(bucket.reserve(t0, 1, max), Ok(100 * MS));
-    assert_eq!(bucket.reserve(t0, 1, max), Ok(200 * MS));
-    assert_eq!(
-        bucket.reserve(t0, 1, max),
-        limited(300 * MS),
-        "a wait above the bound is refused, with the wait it would have needed"
-    );
-    // The last waiter gives up: the next reservation takes its place.
-    bucket.refund(t0, 1);
-    assert_eq!(bucket.reserve(t0, 1, max), Ok(200 * MS));
-    // Both waiters give up: the bucket is as if only the first had come.
-    bucket.refund(t0, 1);
-    bucket.refund(t0, 1);
-    assert_eq!(bucket.try_acquire(t0, 1), limited(100 * MS));
-    advance(100 * MS).await;
-    assert_eq!(bucket.try_acquire(Instant::now(), 1), Ok(()));
+fn wait_of(r: Result<Reservation, Denied>) -> Result<Duration, Denied> {
+    r.map(|r| r.wait())
 }
 
 #[tokio::test(start_paused = true)]
-async fn refund_never_raises_the_bucket_above_its_burst() {
-    let bucket = TokenBucket::new(quota(10, 3));
-    let now = Instant::now();
-    bucket.refund(now, 5);
-    assert_eq!(bucket.available(now), 3);
+async fn reservations_queue_one_interval_apart() {
+    let bucket = TokenBucket::new(quota(10, 1));
+    let t0 = Instant::now();
+    let max = Duration::from_millis(250);
+    assert_eq!(wait_of(bucket.reserve(t0, 1, max)), Ok(Duration::ZERO));
+    assert_eq!(wait_of(bucket.reserve(t0, 1, max)), Ok(100 * MS));
+    assert_eq!(wait_of(bucket.reserve(t0, 1, max)), Ok(200 * MS));
+    assert_eq!(
+        wait_of(bucket.reserve(t0, 1, max)),
+        limited(300 * MS),
+        "a wait above the bound is refused, with the wait it would have needed"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancelling_the_newest_reservation_gives_its_slot_back() {
+    let bucket = TokenBucket::new(quota(10, 1));
+    let t0 = Instant::now();
+    let max = Duration::from_millis(250);
+    let _first = bucket.reserve(t0, 1, max).unwrap();
+    let second = bucket.reserve(t0, 1, max).unwrap();
+    let third = bucket.reserve(t0, 1, max).unwrap();
+    assert!(bucket.cancel(third, t0));
+    assert!(
+        !bucket.cancel(third, t0),
+        "a reservation is given back once"
+    );
+    // The next request takes the cancelled slot, exactly.
+    let again = bucket.reserve(t0, 1, max).unwrap();
+    assert_eq!(again.wait(), 200 * MS);
+    assert!(bucket.cancel(again, t0));
+    assert!(bucket.cancel(second, t0));
+    // Back to the state after the first request alone.
+    assert_eq!(bucket.try_acquire(t0, 1), limited(100 * MS));
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancelling_an_earlier_reservation_never_doubles_a_slot() {
+    let bucket = TokenBucket::new(quota(10, 1));
+    let t0 = Instant::now();
+    let max = Duration::from_secs(1);
+    bucket.try_acquire(t0, 1).unwrap();
+    let w1 = bucket.reserve(t0, 1, max).unwrap(); // starts at +100 ms
+    let w2 = bucket.reserve(t0, 1, max).unwrap(); // starts at +200 ms
+    assert_eq!((w1.wait(), w2.wait()), (100 * MS, 200 * MS));
+    advance(10 * MS).await;
+    // w1 gives up, but w2 keeps its start: the slot at +100 ms goes unused
+    // rather than being handed to a newcomer who would start with w2.
+    assert!(!bucket.cancel(w1, Instant::now()));
+    let newcomer = bucket.reserve(Instant::now(), 1, max).unwrap();
+    assert_eq!(newcomer.wait(), 290 * MS, "starts at +300 ms, after w2");
+    // Once the unused slot's time has passed, the bucket is whole again.
+    advance(Duration::from_secs(1)).await;
+    assert_eq!(bucket.available(Instant::now()), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancelling_after_the_start_time_changes_nothing() {
+    let bucket = TokenBucket::new(quota(10, 2));
+    let t0 = Instant::now();
+    let r = bucket.reserve(t0, 2, Duration::ZERO).unwrap();
+    advance(300 * MS).await;
+    assert!(!bucket.cancel(r, Instant::now()), "already refilled");
+    assert_eq!(bucket.available(Instant::now()), 2);
     let admitted = (0..10)
-        .filter(|_| bucket.try_acquire(now, 1).is_ok())
+        .filter(|_| bucket.try_acquire(Instant::now(), 1).is_ok())
         .count();
-    assert_eq!(admitted, 3);
+    assert_eq!(admitted, 2, "never more than the burst");
+}
+
+#[tokio::test(start_paused = true)]
+async fn huge_wait_bounds_are_capped_not_overflowed() {
+    let slow = Quota::every(Duration::from_secs(86_400 * 365 * 30)).unwrap();
+    let bucket = TokenBucket::new(slow);
+    let t0 = Instant::now();
+    let mut waits = Vec::new();
+    for _ in 0..4 {
+        match bucket.reserve(t0, 1, Duration::MAX) {
+            Ok(r) => waits.push(r.wait()),
+            Err(Denied::RateLimited { .. }) => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(
+        waits.len(),
+        2,
+        "30 years of burst plus a capped ~36 year wait"
+    );
+    assert!(waits.windows(2).all(|w| w[0] < w[1]));
+    assert!(bucket.try_acquire(t0, 1).is_err());
 }
 
 #[tokio::test(start_paused = true)]
@@ -235,15 +298,21 @@ async fn keyed_buckets_follow_the_same_rules_per_key() {
     advance(10 * MS).await;
     assert_eq!(keyed.try_acquire(&"a", Instant::now(), 1), Ok(()));
     assert_eq!(keyed.try_acquire(&"a", Instant::now(), 0), Ok(()));
-    // Reserve and refund per key.
+    // Reserve and cancel per key.
     let max = Duration::from_millis(100);
-    assert_eq!(
-        keyed.reserve(&"b", Instant::now(), 1, max),
-        Ok(Duration::ZERO)
+    let first = keyed.reserve(&"b", Instant::now(), 1, max).unwrap();
+    assert_eq!(first.wait(), Duration::ZERO);
+    let r = keyed.reserve(&"b", Instant::now(), 1, max).unwrap();
+    assert_eq!(r.wait(), 10 * MS);
+    assert!(
+        !keyed.cancel(&"a", r, Instant::now()),
+        "another key's bucket is untouched"
     );
-    assert_eq!(keyed.reserve(&"b", Instant::now(), 1, max), Ok(10 * MS));
-    keyed.refund(&"b", Instant::now(), 1);
-    assert_eq!(keyed.reserve(&"b", Instant::now(), 1, max), Ok(10 * MS));
+    assert!(keyed.cancel(&"b", r, Instant::now()));
+    assert_eq!(
+        wait_of(keyed.reserve(&"b", Instant::now(), 1, max)),
+        Ok(10 * MS)
+    );
 }
 
 #[tokio::test(start_paused = true)]

@@ -35,7 +35,7 @@ fn a_million_keys_in_debt_stay_within_capacity() {
     for i in 0..1_000_000u64 {
         let now = t0 + Duration::from_micros(i);
         keyed.try_acquire(&ip(i), now, 1).unwrap();
-        if i % 50_000 == 0 {
+        if i % 1_000 == 0 {
             assert!(keyed.len() <= CAPACITY, "{} keys after {i}", keyed.len());
             peak_memory = peak_memory.max(keyed.memory_bytes());
         }
@@ -69,10 +69,17 @@ fn a_million_short_lived_keys_are_dropped_losslessly() {
         // 100 new keys per millisecond: about 1,000 keys in debt at a time.
         let now = t0 + Duration::from_micros(i * 10);
         keyed.try_acquire(&i, now, 1).unwrap();
-        assert!(keyed.len() <= CAPACITY);
+        if i % 1_000 == 0 {
+            assert!(keyed.len() <= CAPACITY);
+        }
     }
     assert_eq!(keyed.evicted_in_debt(), 0, "only idle keys were dropped");
     assert!(keyed.memory_bytes() <= memory_bound::<u64>(CAPACITY));
     keyed.sweep(t0 + Duration::from_secs(3600));
     assert!(keyed.is_empty());
+    assert!(
+        keyed.memory_bytes() < 64 * 1024,
+        "sweep released the memory: {} bytes left",
+        keyed.memory_bytes()
+    );
 }

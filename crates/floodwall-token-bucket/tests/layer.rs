@@ -198,12 +198,12 @@ async fn wait_mode_starts_requests_one_interval_apart() {
     assert_eq!(log, vec![(0, ms(0)), (1, ms(100)), (2, ms(200))]);
 }
 
-/// A service whose clones are counted, to see that a dropped waiter
-/// releases the service clone it held.
+/// A service whose clones are counted and whose calls are timed, to see that
+/// dropped waiters release the service clone they held and never run.
 #[derive(Clone)]
 struct Counted {
     token: Arc<()>,
-    calls: Arc<AtomicU64>,
+    starts: Arc<Mutex<Vec<Instant>>>,
 }
 
 impl Service<u32> for Counted {
@@ -216,21 +216,39 @@ impl Service<u32> for Counted {
     }
 
     fn call(&mut self, n: u32) -> Self::Future {
-        self.calls.fetch_add(1, Ordering::Relaxed);
+        self.starts.lock().unwrap().push(Instant::now());
         std::future::ready(Ok(n))
     }
 }
 
+/// Every window of starts obeys the GCRA bound: j − i + 1 starts between
+/// `s_i` and `s_j` need `(j − i + 1 − burst) · I ≤ s_j − s_i`.
+fn assert_conforming(starts: &[Instant], q: Quota) {
+    let interval = q.interval().as_nanos();
+    for i in 0..starts.len() {
+        for j in i..starts.len() {
+            let n = (j - i + 1) as u128;
+            let span = starts[j].duration_since(starts[i]).as_nanos();
+            assert!(
+                n <= u128::from(q.burst()) + span / interval,
+                "{n} starts within {span} ns"
+            );
+        }
+    }
+}
+
 #[tokio::test(start_paused = true)]
-async fn dropped_waiters_leak_nothing() {
-    let q = quota(100, 5);
+async fn dropped_waiters_leak_nothing_and_never_overadmit() {
+    // Burst 1 makes the window bound tight: two starts closer than one
+    // interval are already a violation.
+    let q = quota(100, 1);
     let layer = TokenBucketLayer::builder(q)
-        .wait(Duration::from_secs(10))
+        .wait(Duration::from_millis(400))
         .build();
     let handle = layer.handle();
     let counted = Counted {
         token: Arc::new(()),
-        calls: Arc::new(AtomicU64::new(0)),
+        starts: Arc::new(Mutex::new(Vec::new())),
     };
     let svc = layer.layer(counted.clone());
     let baseline = Arc::strong_count(&counted.token);
@@ -243,46 +261,64 @@ async fn dropped_waiters_leak_nothing() {
         rng ^= rng << 17;
         rng
     };
-    let mut completed = 0u64;
-    for round in 0..20 {
-        // A burst of waiters, each dropped after a random amount of waiting.
-        let mut futs: Vec<_> = (0..50).map(|i| Box::pin(svc.clone().oneshot(i))).collect();
-        let mut deadlines: Vec<u64> = futs.iter().map(|_| next() % 400).collect();
-        for step_ms in 0..400u64 {
+    let (mut completed, mut rejected, mut dropped) = (0u64, 0u64, 0u64);
+    let mut id = 0u32;
+    for round in 0..10 {
+        // Requests keep arriving (0–3 a millisecond, against 1 token per
+        // 10 ms), each giving up after a random 0–800 ms (the longest wait
+        // is 400 ms) unless it is served first; every fourth round nobody
+        // gives up. So waiters give up from anywhere in the queue while
+        // newcomers keep coming.
+        let mut futs = Vec::new();
+        let mut give_up: Vec<u64> = Vec::new();
+        for step_ms in 0..1000u64 {
+            if step_ms < 500 {
+                for _ in 0..next() % 4 {
+                    futs.push(Box::pin(svc.clone().oneshot(id)));
+                    id += 1;
+                    give_up.push(if round % 4 == 3 {
+                        u64::MAX
+                    } else {
+                        step_ms + next() % 800
+                    });
+                }
+            }
             let mut i = 0;
             while i < futs.len() {
-                if deadlines[i] == step_ms && round % 4 != 3 {
+                if give_up[i] == step_ms {
                     drop(futs.swap_remove(i));
-                    deadlines.swap_remove(i);
+                    give_up.swap_remove(i);
+                    dropped += 1;
                     continue;
                 }
-                if futs[i].as_mut().poll(&mut cx).is_ready() {
-                    completed += 1;
+                if let Poll::Ready(res) = futs[i].as_mut().poll(&mut cx) {
+                    if res.is_ok() {
+                        completed += 1;
+                    } else {
+                        rejected += 1;
+                    }
                     drop(futs.swap_remove(i));
-                    deadlines.swap_remove(i);
+                    give_up.swap_remove(i);
                     continue;
                 }
                 i += 1;
             }
             advance(Duration::from_millis(1)).await;
         }
-        drop(futs);
-        // Whatever was dropped gave its token back: after one burst window
-        // the bucket is exactly full again and serves a full burst at once.
-        advance(Duration::from_millis(50)).await;
-        assert_eq!(handle.available(), 5, "round {round}");
+        assert!(futs.is_empty(), "every waiter finished or gave up");
+        // Nothing stays reserved: after the longest wait the bucket is full.
+        advance(Duration::from_millis(450)).await;
+        assert_eq!(handle.available(), 1, "round {round}");
     }
+    let starts = counted.starts.lock().unwrap().clone();
+    assert_eq!(starts.len() as u64, completed, "dropped waiters never ran");
+    assert_conforming(&starts, q);
     assert_eq!(
         Arc::strong_count(&counted.token),
         baseline,
         "no service clone leaked"
     );
-    assert_eq!(
-        counted.calls.load(Ordering::Relaxed),
-        completed,
-        "dropped waiters never ran"
-    );
-    assert!(completed > 0);
+    assert!(completed > 0 && rejected > 0 && dropped > 0);
 }
 
 #[tokio::test(start_paused = true)]
@@ -347,24 +383,90 @@ async fn keyed_layer_limits_each_client_ip_separately() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn keyed_wait_mode_refunds_per_key() {
+async fn keyed_wait_mode_cancels_per_key() {
     let layer = TokenBucketLayer::builder(quota(10, 1))
         .wait(Duration::from_secs(1))
         .build_keyed(100, |n: &u32| Some(*n % 2));
     let handle = layer.handle();
-    let svc = layer.layer(echo());
+    let (inner, log) = recording();
+    let svc = layer.layer(inner);
     svc.clone().oneshot(0).await.unwrap();
+    svc.clone().oneshot(1).await.unwrap();
+    // Key 0's next request would start at 100 ms; it gives up at once.
     let waiter = tokio::spawn(svc.clone().oneshot(2));
     tokio::task::yield_now().await;
     waiter.abort();
     let _ = waiter.await;
-    advance(Duration::from_millis(100)).await;
+    // Its slot went back to key 0, and key 1 was never touched.
+    let late = tokio::spawn(svc.clone().oneshot(4));
+    let other = tokio::spawn(svc.clone().oneshot(3));
+    late.await.unwrap().unwrap();
+    other.await.unwrap().unwrap();
+    let log = log.lock().unwrap().clone();
+    let ms = |m| Duration::from_millis(m);
     assert_eq!(
-        handle.available(&0),
-        1,
-        "the aborted waiter's token came back"
+        log,
+        vec![(0, ms(0)), (1, ms(0)), (4, ms(100)), (3, ms(100))]
     );
-    assert_eq!(handle.available(&1), 1);
+    assert_eq!(handle.keys(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn waiters_hold_no_readiness_of_the_inner_service() {
+    // The mock hands out one readiness reservation; a waiter that kept the
+    // instance it was called on would hold it for its whole wait.
+    let layer = TokenBucketLayer::builder(quota(10, 1))
+        .wait(Duration::from_secs(1))
+        .build();
+    let (mut svc, mut inner) = tower_test::mock::spawn_layer::<u32, u32, _>(layer);
+    inner.allow(1);
+    assert_ready!(svc.poll_ready()).unwrap();
+    let first = svc.call(1);
+    let (_, respond) = inner.next_request().await.unwrap();
+    respond.send_response(1);
+    first.await.unwrap();
+
+    inner.allow(1);
+    assert_ready!(svc.poll_ready()).unwrap();
+    let waiting = tokio::spawn(svc.call(2)); // bucket empty: waits 100 ms
+    tokio::task::yield_now().await;
+    assert_ready!(svc.poll_ready()).expect("the reservation was released, not held by the waiter");
+    drop(svc);
+    advance(Duration::from_millis(100)).await;
+    let (req, respond) = inner.next_request().await.unwrap();
+    assert_eq!(req, 2);
+    respond.send_response(2);
+    assert_eq!(waiting.await.unwrap().unwrap(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_waiter_whose_inner_service_fails_gives_its_tokens_back() {
+    let layer = TokenBucketLayer::builder(quota(10, 1))
+        .wait(Duration::from_secs(1))
+        .build();
+    let handle = layer.handle();
+    let (mut svc, mut inner) = tower_test::mock::spawn_layer::<u32, u32, _>(layer);
+    inner.allow(2);
+    assert_ready!(svc.poll_ready()).unwrap();
+    let first = svc.call(1);
+    let (_, respond) = inner.next_request().await.unwrap();
+    respond.send_response(1);
+    first.await.unwrap();
+    assert_ready!(svc.poll_ready()).unwrap();
+    let waiting = tokio::spawn(svc.call(2));
+    tokio::task::yield_now().await;
+    inner.send_error(std::io::Error::other("backend gone"));
+    advance(Duration::from_millis(100)).await;
+    let err = waiting.await.unwrap().unwrap_err();
+    assert!(
+        Rejected::find(&*err).is_none(),
+        "the inner error, not a rejection"
+    );
+    assert_eq!(
+        handle.available(),
+        1,
+        "the token came back when the error did"
+    );
 }
 
 #[cfg(feature = "serde")]
