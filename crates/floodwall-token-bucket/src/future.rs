@@ -43,12 +43,22 @@ pin_project! {
     {
         Called { #[pin] fut: S::Future },
         Rejected { error: Option<BoxError> },
-        Waiting {
-            sleep: Pin<Box<Sleep>>,
-            svc: S,
-            req: Option<Req>,
-            guard: RefundGuard<L, W>,
-        },
+        // Boxed, in one allocation, so that the common cases stay small.
+        Waiting { wait: Pin<Box<Wait<S, Req, L, W>>> },
+    }
+}
+
+pin_project! {
+    /// A request waiting for its turn in wait mode.
+    struct Wait<S, Req, L, W>
+    where
+        L: Limiter<Req>,
+    {
+        #[pin]
+        sleep: Sleep,
+        svc: S,
+        req: Option<Req>,
+        guard: RefundGuard<L, W>,
     }
 }
 
@@ -74,10 +84,12 @@ where
     pub(crate) fn waiting(until: Instant, svc: S, req: Req, guard: RefundGuard<L, W>) -> Self {
         Self {
             state: State::Waiting {
-                sleep: Box::pin(tokio::time::sleep_until(until)),
-                svc,
-                req: Some(req),
-                guard,
+                wait: Box::pin(Wait {
+                    sleep: tokio::time::sleep_until(until),
+                    svc,
+                    req: Some(req),
+                    guard,
+                }),
             },
         }
     }
@@ -101,21 +113,17 @@ where
                     let error = error.take().expect("polled after completion");
                     return Poll::Ready(Err(error));
                 }
-                StateProj::Waiting {
-                    sleep,
-                    svc,
-                    req,
-                    guard,
-                } => {
-                    ready!(sleep.as_mut().poll(cx));
-                    if let Err(err) = ready!(svc.poll_ready(cx)) {
+                StateProj::Waiting { wait } => {
+                    let wait = wait.as_mut().project();
+                    ready!(wait.sleep.poll(cx));
+                    if let Err(err) = ready!(wait.svc.poll_ready(cx)) {
                         // The request will never run: give its tokens back now.
-                        guard.refund();
+                        wait.guard.refund();
                         return Poll::Ready(Err(err.into()));
                     }
-                    let req = req.take().expect("polled after completion");
-                    guard.admitted();
-                    let fut = svc.call(req);
+                    let req = wait.req.take().expect("polled after completion");
+                    wait.guard.admitted();
+                    let fut = wait.svc.call(req);
                     state.set(State::Called { fut });
                 }
             }

@@ -51,7 +51,7 @@ pub(crate) struct Params {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[must_use = "a reservation that is neither used nor cancelled wastes its tokens"]
 pub struct Reservation {
-    wait: Duration,
+    wait_ns: u64,
     tat: u64,
     tokens: u32,
 }
@@ -60,7 +60,12 @@ impl Reservation {
     /// How long after the reservation's instant the request may start
     /// (zero: at once).
     pub fn wait(&self) -> Duration {
-        self.wait
+        Duration::from_nanos(self.wait_ns)
+    }
+
+    /// Whether the request may start at once.
+    pub fn is_immediate(&self) -> bool {
+        self.wait_ns == 0
     }
 
     /// The tokens reserved.
@@ -106,7 +111,7 @@ impl Params {
                 });
             }
             let reservation = Reservation {
-                wait: Duration::from_nanos(ahead.saturating_sub(self.tolerance)),
+                wait_ns: ahead.saturating_sub(self.tolerance),
                 tat: new_tat,
                 tokens: n,
             };

@@ -15,11 +15,18 @@ use crate::{Denied, KeyedTokenBucket, Reservation, TokenBucket};
 /// Implemented by [`TokenBucket`] and [`Keyed`]; the trait is public so the
 /// service's bounds can name it, and so other limiters can reuse the layer.
 pub trait Limiter<Req>: Refund {
-    /// Takes `n` tokens for `req`.
+    /// Takes `n` tokens for `req` now, or refuses.
+    ///
+    /// # Errors
+    /// [`Denied`] when the request does not conform now.
+    fn acquire(&self, req: &Req, now: Instant, n: u32) -> Result<(), Denied>;
+
+    /// Takes `n` tokens for `req`, for a start at most `max_wait` away;
+    /// returns the wait and what cancelling the reservation needs.
     ///
     /// # Errors
     /// [`Denied`] when the request does not conform within `max_wait`.
-    fn acquire(
+    fn reserve(
         &self,
         req: &Req,
         now: Instant,
@@ -30,23 +37,28 @@ pub trait Limiter<Req>: Refund {
 
 /// Giving back the tokens of a request that waited and never ran.
 pub trait Refund: Send + Sync + 'static {
-    /// What identifies the bucket and the tokens to refund.
+    /// What identifies the bucket and the reservation to cancel.
     type Permit: Send + 'static;
 
-    /// Returns the tokens taken under `permit`.
+    /// Cancels the reservation held under `permit`; its tokens go back if
+    /// it is still the newest (see [`TokenBucket::cancel`]).
     fn refund(&self, permit: Self::Permit, now: Instant);
 }
 
 impl<Req> Limiter<Req> for TokenBucket {
     #[inline]
-    fn acquire(
+    fn acquire(&self, _req: &Req, now: Instant, n: u32) -> Result<(), Denied> {
+        self.try_acquire(now, n)
+    }
+
+    fn reserve(
         &self,
         _req: &Req,
         now: Instant,
         n: u32,
         max_wait: Duration,
     ) -> Result<(Duration, Reservation), Denied> {
-        let reservation = self.reserve(now, n, max_wait)?;
+        let reservation = TokenBucket::reserve(self, now, n, max_wait)?;
         Ok((reservation.wait(), reservation))
     }
 }
@@ -95,7 +107,14 @@ where
     X: Fn(&Req) -> Option<K> + Send + Sync + 'static,
 {
     #[inline]
-    fn acquire(
+    fn acquire(&self, req: &Req, now: Instant, n: u32) -> Result<(), Denied> {
+        match (self.extract)(req) {
+            Some(key) => self.buckets.try_acquire(&key, now, n),
+            None => Ok(()),
+        }
+    }
+
+    fn reserve(
         &self,
         req: &Req,
         now: Instant,

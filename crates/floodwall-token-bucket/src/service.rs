@@ -69,14 +69,23 @@ where
     #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
         let now = Instant::now();
-        let shared = &self.shared;
+        let shared = &*self.shared;
         let n = shared.weigh.weigh(&req);
-        match shared.limiter.acquire(&req, now, n, shared.max_wait) {
-            Ok((wait, permit)) => {
-                if wait.is_zero() {
+        if shared.max_wait.is_zero() {
+            return match shared.limiter.acquire(&req, now, n) {
+                Ok(()) => {
                     shared.metrics.admitted.increment(1);
-                    return ResponseFuture::called(self.inner.call(req));
+                    ResponseFuture::called(self.inner.call(req))
                 }
+                Err(denied) => ResponseFuture::rejected(self.reject(denied)),
+            };
+        }
+        match shared.limiter.reserve(&req, now, n, shared.max_wait) {
+            Ok((wait, _)) if wait.is_zero() => {
+                shared.metrics.admitted.increment(1);
+                ResponseFuture::called(self.inner.call(req))
+            }
+            Ok((wait, permit)) => {
                 tracing::trace!(name = %shared.name, ?wait, "token bucket: request waits for its turn");
                 // The waiter gets its own clone and polls it ready after the
                 // wait. The instance polled ready for this call is dropped
