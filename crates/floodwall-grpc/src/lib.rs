@@ -29,7 +29,7 @@
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)]
 //! # async fn main() -> Result<(), BoxError> {
 //! let svc = ServiceBuilder::new()
-//!     .layer(GrpcRejectionLayer::new())
+//!     .layer(GrpcRejectionLayer::default())
 //!     .layer(TokenBucketLayer::new(Quota::per_second(1)?))
 //!     .service(service_fn(|_: http::Request<()>| async {
 //!         Ok::<_, BoxError>(http::Response::new(()))
@@ -51,6 +51,7 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use floodwall_core::{BoxError, RejectKind, Rejected};
+use floodwall_http::{RejectionLayer, RejectionService, Respond};
 use pin_project_lite::pin_project;
 use tonic::metadata::MetadataValue;
 use tonic::{Code, Status};
@@ -106,106 +107,25 @@ fn into_status(err: BoxError) -> Result<Status, BoxError> {
     Ok(status)
 }
 
-/// A server-side layer answering floodwall rejections with trailers-only
-/// gRPC responses (`grpc-status`, `grpc-message`, pushback metadata).
+/// Answers a rejection with a trailers-only gRPC response: HTTP 200,
+/// `content-type: application/grpc`, `grpc-status`, `grpc-message` and the
+/// pushback metadata of [`status_for`], and an empty body.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct GrpcRejectionLayer {
-    _priv: (),
-}
+pub struct GrpcResponder;
 
-impl GrpcRejectionLayer {
-    /// The layer.
-    pub const fn new() -> Self {
-        Self { _priv: () }
+impl<B: Default> Respond<B> for GrpcResponder {
+    fn respond(&self, rejection: &Rejected) -> http::Response<B> {
+        status_for(rejection).into_http()
     }
 }
 
-impl<S> Layer<S> for GrpcRejectionLayer {
-    type Service = GrpcRejection<S>;
+/// A server-side layer answering floodwall rejections with trailers-only
+/// gRPC responses: `floodwall-http`'s [`RejectionLayer`] with the
+/// [`GrpcResponder`]. Build it with `GrpcRejectionLayer::default()`.
+pub type GrpcRejectionLayer = RejectionLayer<GrpcResponder>;
 
-    fn layer(&self, inner: S) -> Self::Service {
-        GrpcRejection { inner }
-    }
-}
-
-/// Built by [`GrpcRejectionLayer`].
-#[derive(Debug, Clone)]
-pub struct GrpcRejection<S> {
-    inner: S,
-}
-
-impl<S> GrpcRejection<S> {
-    /// Wraps `inner`.
-    pub const fn new(inner: S) -> Self {
-        Self { inner }
-    }
-
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Consumes the layer, returning the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
-}
-
-impl<S, Req, B> Service<Req> for GrpcRejection<S>
-where
-    S: Service<Req, Response = http::Response<B>>,
-    S::Error: Into<BoxError>,
-    B: Default,
-{
-    type Response = http::Response<B>;
-    type Error = BoxError;
-    type Future = ResponseFuture<S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx).map_err(Into::into)
-    }
-
-    fn call(&mut self, req: Req) -> Self::Future {
-        ResponseFuture {
-            inner: self.inner.call(req),
-        }
-    }
-}
-
-pin_project! {
-    /// Response future of [`GrpcRejection`].
-    pub struct ResponseFuture<F> {
-        #[pin]
-        inner: F,
-    }
-}
-
-impl<F, B, E> Future for ResponseFuture<F>
-where
-    F: Future<Output = Result<http::Response<B>, E>>,
-    E: Into<BoxError>,
-    B: Default,
-{
-    type Output = Result<http::Response<B>, BoxError>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Poll::Ready(match ready!(self.project().inner.poll(cx)) {
-            Ok(res) => Ok(res),
-            Err(err) => into_status(err.into()).map(Status::into_http),
-        })
-    }
-}
-
-impl<F> fmt::Debug for ResponseFuture<F> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ResponseFuture").finish_non_exhaustive()
-    }
-}
+/// The service built by [`GrpcRejectionLayer`].
+pub type GrpcRejection<S> = RejectionService<S, GrpcResponder>;
 
 /// A client-side layer turning floodwall rejections into boxed
 /// `tonic::Status` errors (tonic's generated clients return a `Status` found

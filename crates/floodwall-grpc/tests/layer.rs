@@ -9,7 +9,7 @@ use tower::{Layer, ServiceBuilder, ServiceExt, service_fn};
 #[tokio::test(start_paused = true)]
 async fn server_layer_answers_with_a_trailers_only_response() {
     let svc = ServiceBuilder::new()
-        .layer(GrpcRejectionLayer::new())
+        .layer(GrpcRejectionLayer::default())
         .layer(TokenBucketLayer::new(Quota::per_second(4).unwrap()))
         .service(service_fn(|_: http::Request<()>| async {
             Ok::<_, BoxError>(http::Response::new(()))

@@ -147,38 +147,84 @@ fn sf_string(s: &str) -> String {
     out
 }
 
-/// A layer that turns floodwall rejections into HTTP responses.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct HttpRejectionLayer {
-    _priv: (),
+/// How a rejection becomes a response with body `B`.
+///
+/// [`HttpResponder`] is this crate's (status, `Retry-After`, rate-limit
+/// fields); `floodwall-grpc` supplies one that answers with a gRPC status.
+/// Implement it to render rejections your own way (a JSON problem body,
+/// say) and keep the same layer.
+pub trait Respond<B> {
+    /// The response for `rejection`.
+    fn respond(&self, rejection: &Rejected) -> Response<B>;
 }
 
-impl HttpRejectionLayer {
-    /// The layer.
-    pub const fn new() -> Self {
-        Self { _priv: () }
+/// Answers with [`response_for`]: the status for the kind, `Retry-After`,
+/// the rate-limit fields, and an empty (default) body.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HttpResponder;
+
+impl<B: Default> Respond<B> for HttpResponder {
+    fn respond(&self, rejection: &Rejected) -> Response<B> {
+        response_for(rejection)
     }
 }
 
-impl<S> Layer<S> for HttpRejectionLayer {
-    type Service = HttpRejection<S>;
+/// A layer that answers floodwall rejections from the inner service with
+/// responses made by a [`Respond`]er; other errors pass through.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RejectionLayer<R = HttpResponder> {
+    respond: R,
+}
+
+/// The layer answering rejections with HTTP responses ([`HttpResponder`]).
+pub type HttpRejectionLayer = RejectionLayer<HttpResponder>;
+
+impl RejectionLayer<HttpResponder> {
+    /// The layer answering rejections with HTTP responses.
+    pub const fn new() -> Self {
+        Self {
+            respond: HttpResponder,
+        }
+    }
+}
+
+impl<R> RejectionLayer<R> {
+    /// A layer answering rejections with `respond`.
+    pub const fn with(respond: R) -> Self {
+        Self { respond }
+    }
+}
+
+impl<S, R: Clone> Layer<S> for RejectionLayer<R> {
+    type Service = RejectionService<S, R>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        HttpRejection { inner }
+        RejectionService::with(inner, self.respond.clone())
     }
 }
 
 /// A service that answers floodwall rejections from its inner service with
-/// HTTP responses; built by [`HttpRejectionLayer`].
+/// responses; built by [`RejectionLayer`].
 #[derive(Debug, Clone)]
-pub struct HttpRejection<S> {
+pub struct RejectionService<S, R = HttpResponder> {
     inner: S,
+    respond: R,
 }
 
-impl<S> HttpRejection<S> {
-    /// Wraps `inner`.
+/// The service answering rejections with HTTP responses.
+pub type HttpRejection<S> = RejectionService<S, HttpResponder>;
+
+impl<S> RejectionService<S, HttpResponder> {
+    /// Wraps `inner`, answering rejections with HTTP responses.
     pub const fn new(inner: S) -> Self {
-        Self { inner }
+        Self::with(inner, HttpResponder)
+    }
+}
+
+impl<S, R> RejectionService<S, R> {
+    /// Wraps `inner`, answering rejections with `respond`.
+    pub const fn with(inner: S, respond: R) -> Self {
+        Self { inner, respond }
     }
 
     /// The inner service.
@@ -197,15 +243,15 @@ impl<S> HttpRejection<S> {
     }
 }
 
-impl<S, Req, B> Service<Req> for HttpRejection<S>
+impl<S, R, Req, B> Service<Req> for RejectionService<S, R>
 where
     S: Service<Req, Response = Response<B>>,
     S::Error: Into<BoxError>,
-    B: Default,
+    R: Respond<B> + Clone,
 {
     type Response = Response<B>;
     type Error = BoxError;
-    type Future = ResponseFuture<S::Future>;
+    type Future = ResponseFuture<S::Future, R>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(Into::into)
@@ -214,41 +260,44 @@ where
     fn call(&mut self, req: Req) -> Self::Future {
         ResponseFuture {
             inner: self.inner.call(req),
+            respond: self.respond.clone(),
         }
     }
 }
 
 pin_project! {
-    /// Response future of [`HttpRejection`].
-    pub struct ResponseFuture<F> {
+    /// Response future of [`RejectionService`].
+    pub struct ResponseFuture<F, R> {
         #[pin]
         inner: F,
+        respond: R,
     }
 }
 
-impl<F, B, E> Future for ResponseFuture<F>
+impl<F, R, B, E> Future for ResponseFuture<F, R>
 where
     F: Future<Output = Result<Response<B>, E>>,
     E: Into<BoxError>,
-    B: Default,
+    R: Respond<B>,
 {
     type Output = Result<Response<B>, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match ready!(self.project().inner.poll(cx)) {
-            Ok(res) => Poll::Ready(Ok(res)),
+        let this = self.project();
+        Poll::Ready(match ready!(this.inner.poll(cx)) {
+            Ok(res) => Ok(res),
             Err(err) => {
                 let err = err.into();
                 match Rejected::find(&*err) {
-                    Some(rejection) => Poll::Ready(Ok(response_for(rejection))),
-                    None => Poll::Ready(Err(err)),
+                    Some(rejection) => Ok(this.respond.respond(rejection)),
+                    None => Err(err),
                 }
             }
-        }
+        })
     }
 }
 
-impl<F> fmt::Debug for ResponseFuture<F> {
+impl<F, R> fmt::Debug for ResponseFuture<F, R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResponseFuture").finish_non_exhaustive()
     }

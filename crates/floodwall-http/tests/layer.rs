@@ -23,31 +23,18 @@ async fn rate_limited_requests_become_429_with_headers() {
         .service(service_fn(|_: Request<Body>| async {
             Ok::<_, BoxError>(Response::new(Body::from("room")))
         }));
+    let get = || svc.clone().oneshot(Request::new(Body::default()));
     for _ in 0..2 {
-        let res = svc
-            .clone()
-            .oneshot(Request::new(Body::default()))
-            .await
-            .unwrap();
-        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(get().await.unwrap().status(), StatusCode::OK);
     }
-    let res = svc
-        .clone()
-        .oneshot(Request::new(Body::default()))
-        .await
-        .unwrap();
+    let res = get().await.unwrap();
     assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
     // 500 ms until the next token: rounded up to one second.
     assert_eq!(res.headers()["retry-after"], "1");
     assert_eq!(res.headers()["ratelimit-policy"], "\"rooms\";q=2;w=1");
     assert_eq!(res.headers()["ratelimit"], "\"rooms\";r=0;t=1");
     tokio::time::advance(Duration::from_millis(500)).await;
-    let res = svc
-        .clone()
-        .oneshot(Request::new(Body::default()))
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(get().await.unwrap().status(), StatusCode::OK);
 }
 
 #[tokio::test]
