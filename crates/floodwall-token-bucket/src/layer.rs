@@ -129,6 +129,40 @@ impl<W> Builder<W> {
     /// the newest waiter's tokens go back at once; an earlier waiter's slot
     /// goes unused, because the waiters behind it keep their start times.
     /// Zero (the default) means never wait.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use floodwall_core::{BoxError, Rejected};
+    /// use floodwall_token_bucket::{Quota, TokenBucketLayer};
+    /// use tokio::time::Instant;
+    /// use tower::{Layer, ServiceExt, service_fn};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), BoxError> {
+    /// // One request every 100 ms; wait up to 250 ms for a turn.
+    /// let layer = TokenBucketLayer::builder(Quota::per_second(10)?.with_burst(1)?)
+    ///     .wait(Duration::from_millis(250))
+    ///     .build();
+    /// let t0 = Instant::now();
+    /// let svc = layer.layer(service_fn(move |_: ()| async move {
+    ///     Ok::<_, BoxError>(t0.elapsed())
+    /// }));
+    ///
+    /// let calls: Vec<_> = (0..3).map(|_| tokio::spawn(svc.clone().oneshot(()))).collect();
+    /// tokio::task::yield_now().await;
+    /// // A fourth would wait 300 ms: refused at once, told how long it would take.
+    /// let err = svc.clone().oneshot(()).await.unwrap_err();
+    /// assert_eq!(Rejected::find(&*err).unwrap().retry_after(), Some(Duration::from_millis(300)));
+    ///
+    /// let mut started = Vec::new();
+    /// for call in calls {
+    ///     started.push(call.await??);
+    /// }
+    /// let ms = Duration::from_millis;
+    /// assert_eq!(started, [ms(0), ms(100), ms(200)]);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn wait(mut self, max_wait: Duration) -> Self {
         self.max_wait = max_wait;
         self
