@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use floodwall_ratelimit::{Denied, Limiter, Refund};
+
 use crate::Quota;
 use crate::gcra::{Params, Reservation, max_wait_ns, nanos_since};
 
@@ -135,45 +137,28 @@ pub(crate) fn params_of(quota: &Quota) -> Params {
     }
 }
 
-/// Why a token-bucket core refused a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Denied {
-    /// Not enough tokens now; they will be there after `retry_after`.
-    RateLimited {
-        /// Exactly how long until the request would conform.
-        retry_after: Duration,
-    },
-    /// The request asks for more tokens than the bucket can ever hold.
-    ExceedsBurst {
-        /// Tokens asked for.
-        requested: u32,
-        /// The bucket's capacity.
-        burst: u32,
-    },
-}
+impl<Req> Limiter<Req> for TokenBucket {
+    #[inline]
+    fn acquire(&self, _req: &Req, now: Instant, n: u32) -> Result<(), Denied> {
+        self.try_acquire(now, n)
+    }
 
-impl Denied {
-    /// How long until the request would conform; `None` if it never will.
-    pub fn retry_after(&self) -> Option<Duration> {
-        match self {
-            Denied::RateLimited { retry_after } => Some(*retry_after),
-            Denied::ExceedsBurst { .. } => None,
-        }
+    fn reserve(
+        &self,
+        _req: &Req,
+        now: Instant,
+        n: u32,
+        max_wait: Duration,
+    ) -> Result<(Duration, Reservation), Denied> {
+        let reservation = TokenBucket::reserve(self, now, n, max_wait)?;
+        Ok((reservation.wait(), reservation))
     }
 }
 
-impl fmt::Display for Denied {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Denied::RateLimited { retry_after } => {
-                write!(f, "rate limit exceeded, retry after {retry_after:?}")
-            }
-            Denied::ExceedsBurst { requested, burst } => write!(
-                f,
-                "request of {requested} tokens exceeds the burst of {burst} and can never conform"
-            ),
-        }
+impl Refund for TokenBucket {
+    type Permit = Reservation;
+
+    fn refund(&self, reservation: Reservation, now: Instant) {
+        self.cancel(reservation, now);
     }
 }
-
-impl std::error::Error for Denied {}

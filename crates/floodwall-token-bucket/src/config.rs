@@ -116,7 +116,7 @@ impl TokenBucketConfig {
     pub fn build_keyed<Req, K, X>(
         &self,
         extract: X,
-    ) -> Result<TokenBucketLayer<crate::Keyed<K, X>>, ConfigError>
+    ) -> Result<TokenBucketLayer<crate::Keyed<crate::KeyedTokenBucket<K>, X>>, ConfigError>
     where
         K: std::hash::Hash + Eq + Clone + Send + Sync + 'static,
         X: Fn(&Req) -> Option<K> + Send + Sync + 'static,

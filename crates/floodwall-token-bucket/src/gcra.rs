@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::Denied;
+use floodwall_ratelimit::Denied;
 
 /// The longest wait a reservation may ask for, in nanoseconds (~36 years).
 /// With the quota's tolerance capped at the same value, `TAT` stays below

@@ -4,16 +4,84 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use floodwall_core::RateLimitPolicy;
-use floodwall_core::metrics::{
-    LABEL_NAME, LABEL_REASON, TOKEN_BUCKET_ADMITTED, TOKEN_BUCKET_REJECTED, TOKEN_BUCKET_WAITED,
+use floodwall_core::metrics::{TOKEN_BUCKET_ADMITTED, TOKEN_BUCKET_REJECTED, TOKEN_BUCKET_WAITED};
+use floodwall_ratelimit::{
+    Keyed, MetricNames, One, RateLimitHandle, RateLimitLayer, RateLimitService,
 };
-use metrics::Counter;
+use tokio::time::Instant;
 use tower_layer::Layer;
 
-use crate::{Keyed, KeyedTokenBucket, One, Quota, TokenBucket, TokenBucketService};
+use crate::{KeyedTokenBucket, Quota, TokenBucket};
 
 /// The default name of a token-bucket layer (metric label and policy name).
 pub const DEFAULT_NAME: &str = "token_bucket";
+
+/// The token bucket's metric names.
+const NAMES: MetricNames = MetricNames {
+    admitted: TOKEN_BUCKET_ADMITTED,
+    rejected: TOKEN_BUCKET_REJECTED,
+    waited: TOKEN_BUCKET_WAITED,
+};
+
+/// The service a [`TokenBucketLayer`] builds.
+pub type TokenBucketService<S, L = TokenBucket, W = One> = RateLimitService<S, L, W>;
+
+/// A cheap, cloneable view of a [`TokenBucketLayer`]'s live state.
+pub struct TokenBucketHandle<L = TokenBucket, W = One> {
+    inner: RateLimitHandle<L, W>,
+}
+
+impl<L, W> TokenBucketHandle<L, W> {
+    /// The layer's name.
+    pub fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    /// The policy the layer reports in `RateLimit` header fields.
+    pub fn policy(&self) -> &RateLimitPolicy {
+        self.inner.policy()
+    }
+
+    /// The limiter: a [`TokenBucket`] or [`Keyed`] buckets.
+    pub fn limiter(&self) -> &L {
+        self.inner.limiter()
+    }
+}
+
+impl<W> TokenBucketHandle<TokenBucket, W> {
+    /// Whole tokens available now.
+    pub fn available(&self) -> u32 {
+        self.limiter().available(Instant::now())
+    }
+}
+
+impl<K: Hash + Eq, X, W> TokenBucketHandle<Keyed<KeyedTokenBucket<K>, X>, W> {
+    /// Whole tokens available now to `key`.
+    pub fn available(&self, key: &K) -> u32 {
+        self.limiter().limiter().available(key, Instant::now())
+    }
+
+    /// Keys currently remembered.
+    pub fn keys(&self) -> usize {
+        self.limiter().limiter().len()
+    }
+}
+
+impl<L, W> Clone for TokenBucketHandle<L, W> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<L: fmt::Debug, W> fmt::Debug for TokenBucketHandle<L, W> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("TokenBucketHandle")
+            .field(&self.inner)
+            .finish()
+    }
+}
 
 /// A Tower layer that rate-limits requests with a GCRA token bucket.
 ///
@@ -49,7 +117,7 @@ pub const DEFAULT_NAME: &str = "token_bucket";
 /// # }
 /// ```
 pub struct TokenBucketLayer<L = TokenBucket, W = One> {
-    shared: Arc<Shared<L, W>>,
+    inner: RateLimitLayer<L, W>,
 }
 
 impl TokenBucketLayer<TokenBucket> {
@@ -58,7 +126,7 @@ impl TokenBucketLayer<TokenBucket> {
         Self::builder(quota).build()
     }
 
-    /// A builder to set the name, a wait bound, or keys.
+    /// A builder to set the name, a wait bound, weights or keys.
     pub fn builder(quota: Quota) -> Builder {
         Builder {
             quota,
@@ -73,7 +141,7 @@ impl<L, W> TokenBucketLayer<L, W> {
     /// A cheap handle on the live limiter state (tokens available, keys).
     pub fn handle(&self) -> TokenBucketHandle<L, W> {
         TokenBucketHandle {
-            shared: self.shared.clone(),
+            inner: self.inner.handle(),
         }
     }
 }
@@ -81,17 +149,15 @@ impl<L, W> TokenBucketLayer<L, W> {
 impl<L, W> Clone for TokenBucketLayer<L, W> {
     fn clone(&self) -> Self {
         Self {
-            shared: self.shared.clone(),
+            inner: self.inner.clone(),
         }
     }
 }
 
 impl<L: fmt::Debug, W> fmt::Debug for TokenBucketLayer<L, W> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TokenBucketLayer")
-            .field("name", &self.shared.name)
-            .field("max_wait", &self.shared.max_wait)
-            .field("limiter", &self.shared.limiter)
+        f.debug_tuple("TokenBucketLayer")
+            .field(&self.inner)
             .finish()
     }
 }
@@ -100,7 +166,7 @@ impl<S, L, W> Layer<S> for TokenBucketLayer<L, W> {
     type Service = TokenBucketService<S, L, W>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        TokenBucketService::from_shared(inner, self.shared.clone())
+        self.inner.layer(inner)
     }
 }
 
@@ -124,7 +190,8 @@ impl<W> Builder<W> {
     /// Wait mode: a request without a token waits for its turn if that comes
     /// within `max_wait` (capped at about 36 years), and is refused at once
     /// otherwise. Waiting requests queue in arrival order, one interval
-    /// apart (each reserves its tokens when it arrives). A waiter that is
+    /// apart (each reserves its tokens when it arrives), and hold no
+    /// readiness of the inner service while they wait. A waiter that is
     /// dropped never reaches the inner service and cancels its reservation:
     /// the newest waiter's tokens go back at once; an earlier waiter's slot
     /// goes unused, because the waiters behind it keep their start times.
@@ -193,7 +260,7 @@ impl<W> Builder<W> {
         self,
         capacity: usize,
         extract: X,
-    ) -> TokenBucketLayer<Keyed<K, X>, W>
+    ) -> TokenBucketLayer<Keyed<KeyedTokenBucket<K>, X>, W>
     where
         K: Hash + Eq + Clone + Send + Sync + 'static,
         X: Fn(&Req) -> Option<K> + Send + Sync + 'static,
@@ -203,109 +270,15 @@ impl<W> Builder<W> {
     }
 
     fn finish<L>(self, limiter: L) -> TokenBucketLayer<L, W> {
-        let policy = Arc::new(RateLimitPolicy::new(
-            self.name.clone(),
+        let policy = RateLimitPolicy::new(
+            self.name,
             u64::from(self.quota.tokens()),
             self.quota.period(),
-        ));
-        TokenBucketLayer {
-            shared: Arc::new(Shared {
-                metrics: Metrics::new(&self.name),
-                limiter,
-                name: self.name,
-                policy,
-                max_wait: self.max_wait,
-                weigh: self.weigh,
-            }),
-        }
-    }
-}
-
-/// The state every service of one layer shares.
-pub(crate) struct Shared<L, W> {
-    pub(crate) limiter: L,
-    pub(crate) weigh: W,
-    pub(crate) name: Arc<str>,
-    pub(crate) policy: Arc<RateLimitPolicy>,
-    pub(crate) max_wait: Duration,
-    pub(crate) metrics: Metrics,
-}
-
-/// Metric handles, registered once when the layer is built.
-pub(crate) struct Metrics {
-    pub(crate) admitted: Counter,
-    pub(crate) rate_limited: Counter,
-    pub(crate) wait_too_long: Counter,
-    pub(crate) exceeds_burst: Counter,
-    pub(crate) waited: Counter,
-}
-
-impl Metrics {
-    fn new(name: &Arc<str>) -> Self {
-        let name = name.to_string();
-        let rejected = |reason: &'static str| metrics::counter!(TOKEN_BUCKET_REJECTED, LABEL_NAME => name.clone(), LABEL_REASON => reason);
-        Self {
-            admitted: metrics::counter!(TOKEN_BUCKET_ADMITTED, LABEL_NAME => name.clone()),
-            rate_limited: rejected("rate_limited"),
-            wait_too_long: rejected("wait_too_long"),
-            exceeds_burst: rejected("exceeds_burst"),
-            waited: metrics::counter!(TOKEN_BUCKET_WAITED, LABEL_NAME => name.clone()),
-        }
-    }
-}
-
-/// A cheap, cloneable view of a token-bucket layer's live state.
-pub struct TokenBucketHandle<L = TokenBucket, W = One> {
-    shared: Arc<Shared<L, W>>,
-}
-
-impl<L, W> TokenBucketHandle<L, W> {
-    /// The layer's name.
-    pub fn name(&self) -> &str {
-        &self.shared.name
-    }
-
-    /// The limiter: a [`TokenBucket`] or a [`Keyed`] set of buckets.
-    pub fn limiter(&self) -> &L {
-        &self.shared.limiter
-    }
-}
-
-impl<W> TokenBucketHandle<TokenBucket, W> {
-    /// Whole tokens available now.
-    pub fn available(&self) -> u32 {
-        self.shared.limiter.available(tokio::time::Instant::now())
-    }
-}
-
-impl<K: Hash + Eq, X, W> TokenBucketHandle<Keyed<K, X>, W> {
-    /// Whole tokens available now to `key`.
-    pub fn available(&self, key: &K) -> u32 {
-        self.shared
-            .limiter
-            .buckets()
-            .available(key, tokio::time::Instant::now())
-    }
-
-    /// Keys currently remembered.
-    pub fn keys(&self) -> usize {
-        self.shared.limiter.buckets().len()
-    }
-}
-
-impl<L, W> Clone for TokenBucketHandle<L, W> {
-    fn clone(&self) -> Self {
-        Self {
-            shared: self.shared.clone(),
-        }
-    }
-}
-
-impl<L: fmt::Debug, W> fmt::Debug for TokenBucketHandle<L, W> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TokenBucketHandle")
-            .field("name", &self.shared.name)
-            .field("limiter", &self.shared.limiter)
-            .finish()
+        );
+        let inner = RateLimitLayer::builder(limiter, policy, NAMES)
+            .wait(self.max_wait)
+            .weigh(self.weigh)
+            .build();
+        TokenBucketLayer { inner }
     }
 }

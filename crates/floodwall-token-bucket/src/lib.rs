@@ -11,6 +11,9 @@
 //!   [`floodwall_core::Rejected`] so `floodwall-http` and `floodwall-grpc`
 //!   turn them into 429 / `RESOURCE_EXHAUSTED` with `Retry-After`.
 //!
+//! The Tower adapter and the keyed map are `floodwall-ratelimit`'s, shared
+//! with the other rate limiters; this crate re-exports what its users need.
+//!
 //! # Semantics
 //! For a rate `r` (interval `I = 1/r`) and burst `b`, a request of weight `n`
 //! at `t` computes `tat' = max(TAT, t) + n·I` and conforms iff
@@ -50,20 +53,15 @@
 
 mod bucket;
 mod config;
-pub mod error;
-pub mod future;
 mod gcra;
 mod keyed;
 mod layer;
-mod limiter;
 mod quota;
-mod service;
 
-pub use bucket::{Denied, TokenBucket};
+pub use bucket::TokenBucket;
 pub use config::{ConfigError, TokenBucketConfig};
+pub use floodwall_ratelimit::{Denied, Keyed, Limiter, One, Refund, Weigh, error, future};
 pub use gcra::Reservation;
 pub use keyed::KeyedTokenBucket;
-pub use layer::{Builder, DEFAULT_NAME, TokenBucketHandle, TokenBucketLayer};
-pub use limiter::{Keyed, Limiter, One, Refund, Weigh};
+pub use layer::{Builder, DEFAULT_NAME, TokenBucketHandle, TokenBucketLayer, TokenBucketService};
 pub use quota::{Quota, QuotaError};
-pub use service::TokenBucketService;

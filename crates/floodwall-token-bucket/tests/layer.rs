@@ -154,7 +154,7 @@ async fn weighted_requests_and_exceeds_burst() {
     assert_eq!((e.requested(), e.burst()), (11, 10));
     assert_eq!(
         e.to_string(),
-        "request of 11 tokens exceeds the burst of 10 of rate limit \"batch\""
+        "request of 11 units exceeds the most allowed at once (10) by rate limit \"batch\""
     );
 }
 

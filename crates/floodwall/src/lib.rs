@@ -6,6 +6,7 @@
 //! |---|---|---|
 //! | [`core`] | always | shared vocabulary: rejections, classification, arrival, deadline, priority |
 //! | `token_bucket` | `token-bucket` (default) | GCRA token-bucket rate limiter, single or keyed |
+//! | `ratelimit` | any rate limiter | the Tower adapter and bounded keyed map the rate limiters share |
 //! | `http` | `http` | rejections as HTTP 429/503/504 with `Retry-After` and `RateLimit` fields |
 //! | `grpc` | `grpc` | rejections as `tonic::Status` with `grpc-retry-pushback-ms` |
 //!
@@ -51,6 +52,12 @@ pub use floodwall_core as core;
 #[cfg(feature = "token-bucket")]
 #[cfg_attr(docsrs, doc(cfg(feature = "token-bucket")))]
 pub use floodwall_token_bucket as token_bucket;
+
+/// The Tower adapter and keyed state shared by the rate limiters, for
+/// plugging in a limiter of your own.
+#[cfg(feature = "token-bucket")]
+#[cfg_attr(docsrs, doc(cfg(feature = "token-bucket")))]
+pub use floodwall_ratelimit as ratelimit;
 
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]

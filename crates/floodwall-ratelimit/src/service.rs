@@ -9,10 +9,10 @@ use tower_service::Service;
 use crate::error::{ExceedsBurst, RateLimited};
 use crate::future::{RefundGuard, ResponseFuture};
 use crate::layer::Shared;
-use crate::{Denied, Limiter, One, TokenBucket, Weigh};
+use crate::{Denied, Limiter, One, Weigh};
 
-/// A service rate-limited by a token bucket; built by
-/// [`TokenBucketLayer`](crate::TokenBucketLayer).
+/// A service rate-limited by a [`Limiter`]; built by
+/// [`RateLimitLayer`](crate::RateLimitLayer).
 ///
 /// Readiness is the inner service's; the decision is made in `call`. A
 /// refused request gets a ready error future carrying a
@@ -23,13 +23,13 @@ use crate::{Denied, Limiter, One, TokenBucket, Weigh};
 /// `tower::service_fn` are.
 ///
 /// # Clone
-/// Clones share the layer's bucket (they clone an `Arc`).
-pub struct TokenBucketService<S, L = TokenBucket, W = One> {
+/// Clones share the layer's limiter (they clone an `Arc`).
+pub struct RateLimitService<S, L, W = One> {
     inner: S,
     shared: Arc<Shared<L, W>>,
 }
 
-impl<S, L, W> TokenBucketService<S, L, W> {
+impl<S, L, W> RateLimitService<S, L, W> {
     pub(crate) fn from_shared(inner: S, shared: Arc<Shared<L, W>>) -> Self {
         Self { inner, shared }
     }
@@ -50,7 +50,7 @@ impl<S, L, W> TokenBucketService<S, L, W> {
     }
 }
 
-impl<S, L, W, Req> Service<Req> for TokenBucketService<S, L, W>
+impl<S, L, W, Req> Service<Req> for RateLimitService<S, L, W>
 where
     S: Service<Req> + Clone,
     S::Error: Into<BoxError>,
@@ -86,7 +86,11 @@ where
                 ResponseFuture::called(self.inner.call(req))
             }
             Ok((wait, permit)) => {
-                tracing::trace!(name = %shared.name, ?wait, "token bucket: request waits for its turn");
+                tracing::trace!(
+                    name = shared.policy.name(),
+                    ?wait,
+                    "rate limit: request waits for its turn"
+                );
                 // The waiter gets its own clone and polls it ready after the
                 // wait. The instance polled ready for this call is dropped
                 // (left behind is an unpolled clone), so no readiness
@@ -102,7 +106,7 @@ where
     }
 }
 
-impl<S, L, W> TokenBucketService<S, L, W> {
+impl<S, L, W> RateLimitService<S, L, W> {
     #[cold]
     fn reject(&self, denied: Denied) -> BoxError {
         let shared = &self.shared;
@@ -114,19 +118,28 @@ impl<S, L, W> TokenBucketService<S, L, W> {
                 } else {
                     shared.metrics.wait_too_long.increment(1);
                 }
-                tracing::debug!(name = %shared.name, ?retry_after, "token bucket: rate limited");
+                tracing::debug!(
+                    name = shared.policy.name(),
+                    ?retry_after,
+                    "rate limit: refused"
+                );
                 Rejected::boxed(RateLimited::new(retry_after, policy))
             }
             Denied::ExceedsBurst { requested, burst } => {
                 shared.metrics.exceeds_burst.increment(1);
-                tracing::debug!(name = %shared.name, requested, burst, "token bucket: exceeds burst");
+                tracing::debug!(
+                    name = shared.policy.name(),
+                    requested,
+                    burst,
+                    "rate limit: exceeds burst"
+                );
                 Rejected::boxed(ExceedsBurst::new(requested, burst, policy))
             }
         }
     }
 }
 
-impl<S: Clone, L, W> Clone for TokenBucketService<S, L, W> {
+impl<S: Clone, L, W> Clone for RateLimitService<S, L, W> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
@@ -135,11 +148,11 @@ impl<S: Clone, L, W> Clone for TokenBucketService<S, L, W> {
     }
 }
 
-impl<S: fmt::Debug, L: fmt::Debug, W> fmt::Debug for TokenBucketService<S, L, W> {
+impl<S: fmt::Debug, L: fmt::Debug, W> fmt::Debug for RateLimitService<S, L, W> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TokenBucketService")
+        f.debug_struct("RateLimitService")
             .field("inner", &self.inner)
-            .field("name", &self.shared.name)
+            .field("name", &self.shared.policy.name())
             .field("limiter", &self.shared.limiter)
             .finish()
     }

@@ -1,4 +1,4 @@
-//! Response futures of the token-bucket service.
+//! The response future of the rate-limit service.
 
 use std::fmt;
 use std::future::Future;
@@ -15,13 +15,13 @@ use crate::layer::Shared;
 use crate::{Limiter, Refund, Weigh};
 
 pin_project! {
-    /// The response future of [`TokenBucketService`](crate::TokenBucketService):
+    /// The response future of [`RateLimitService`](crate::RateLimitService):
     /// the inner call, a ready rejection, or (in wait mode) a wait for the
     /// request's turn followed by the inner call.
     ///
-    /// Dropping it while it waits cancels the request's reservation (see
-    /// [`TokenBucket::cancel`](crate::TokenBucket::cancel)); the inner
-    /// service is never called for it.
+    /// Dropping it while it waits cancels the request's reservation (as far
+    /// as the limiter's [`Refund`] rule allows); the inner service is never
+    /// called for it.
     pub struct ResponseFuture<S, Req, L, W>
     where
         S: Service<Req>,

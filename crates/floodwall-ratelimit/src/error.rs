@@ -1,4 +1,4 @@
-//! Errors the token-bucket layer returns, boxed in [`floodwall_core::Rejected`].
+//! Errors the rate-limit layers return, boxed in [`floodwall_core::Rejected`].
 
 use std::fmt;
 use std::sync::Arc;
@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use floodwall_core::{RateLimitPolicy, RejectKind, Rejection};
 
-/// The request was refused because the bucket had too few tokens; it would
-/// conform after [`retry_after`](Self::retry_after).
+/// The request was refused by a rate limiter; it would conform after
+/// [`retry_after`](Self::retry_after).
 ///
 /// In wait mode this means the wait would have exceeded the configured
 /// maximum.
@@ -63,8 +63,9 @@ impl Rejection for RateLimited {
     }
 }
 
-/// The request asked for more tokens than the bucket holds, so it can never
-/// conform. Not a wait: retrying will not help.
+/// The request asked for more than the limiter allows at once (more tokens
+/// than the burst, more than a window's limit), so it can never conform. Not
+/// a wait: retrying will not help.
 #[derive(Debug, Clone)]
 pub struct ExceedsBurst {
     requested: u32,
@@ -81,12 +82,12 @@ impl ExceedsBurst {
         }
     }
 
-    /// Tokens the request asked for.
+    /// Units the request asked for.
     pub fn requested(&self) -> u32 {
         self.requested
     }
 
-    /// The bucket's capacity.
+    /// The most the limiter allows at once.
     pub fn burst(&self) -> u32 {
         self.burst
     }
@@ -96,7 +97,7 @@ impl fmt::Display for ExceedsBurst {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "request of {} tokens exceeds the burst of {} of rate limit \"{}\"",
+            "request of {} units exceeds the most allowed at once ({}) by rate limit \"{}\"",
             self.requested,
             self.burst,
             self.policy.name()
