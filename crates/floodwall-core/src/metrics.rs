@@ -26,3 +26,18 @@ pub const TOKEN_BUCKET_KEYS: &str = "floodwall_token_bucket_keys";
 /// key's bucket had refilled, which changes no decision; `capacity` when the
 /// map was full and a key still in debt had to go).
 pub const TOKEN_BUCKET_EVICTED: &str = "floodwall_token_bucket_evicted_total";
+
+/// Counter: requests the leaky bucket admitted at once (meter, or a shaper
+/// with an empty queue).
+pub const LEAKY_BUCKET_ADMITTED: &str = "floodwall_leaky_bucket_admitted_total";
+/// Counter: requests the leaky bucket refused (label `reason`:
+/// `rate_limited` for a full meter, `wait_too_long` for a full shaper
+/// queue, `exceeds_burst`).
+pub const LEAKY_BUCKET_REJECTED: &str = "floodwall_leaky_bucket_rejected_total";
+/// Counter: requests the shaper delayed to their start slot, then admitted.
+pub const LEAKY_BUCKET_WAITED: &str = "floodwall_leaky_bucket_waited_total";
+/// Gauge: keys currently tracked by a keyed leaky bucket.
+pub const LEAKY_BUCKET_KEYS: &str = "floodwall_leaky_bucket_keys";
+/// Counter: keys a keyed leaky bucket forgot (label `reason`: `idle`,
+/// `capacity`).
+pub const LEAKY_BUCKET_EVICTED: &str = "floodwall_leaky_bucket_evicted_total";

@@ -108,6 +108,13 @@ impl TokenBucket {
         self.params.cancel(&self.tat, reservation, t)
     }
 
+    /// How long until the bucket is full again (zero if it is full): with a
+    /// burst of 1, how long a request arriving now would wait for its slot.
+    pub fn time_to_full(&self, now: Instant) -> Duration {
+        let t = nanos_since(self.epoch, now);
+        Duration::from_nanos(self.tat.load(Ordering::Relaxed).saturating_sub(t))
+    }
+
     /// Whole tokens available at `now` (0 to burst).
     pub fn available(&self, now: Instant) -> u32 {
         let t = nanos_since(self.epoch, now);

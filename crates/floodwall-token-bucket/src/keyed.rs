@@ -87,8 +87,14 @@ impl<K: Hash + Eq> KeyedTokenBucket<K> {
     /// Reports the key count and evictions as metrics labelled `name`
     /// (`floodwall_token_bucket_keys`, `floodwall_token_bucket_evicted_total`).
     /// Token-bucket layers do this with their own name.
-    pub fn with_metrics(mut self, name: &str) -> Self {
-        self.map = self.map.with_metrics(KEYED_NAMES, name);
+    pub fn with_metrics(self, name: &str) -> Self {
+        self.with_metric_names(KEYED_NAMES, name)
+    }
+
+    /// Reports the key count and evictions under other metric `names`
+    /// (for limiters built on this one, such as the leaky bucket).
+    pub fn with_metric_names(mut self, names: KeyedMetricNames, name: &str) -> Self {
+        self.map = self.map.with_metrics(names, name);
         self
     }
 
@@ -136,6 +142,13 @@ impl<K: Hash + Eq> KeyedTokenBucket<K> {
         self.map
             .get(key, |tat| self.params.cancel(&tat.0, reservation, t))
             .unwrap_or(false)
+    }
+
+    /// How long until `key`'s bucket is full again (zero for an unknown key).
+    pub fn time_to_full(&self, key: &K, now: Instant) -> Duration {
+        let t = nanos_since(self.epoch, now);
+        let tat = self.map.get(key, Tat::idle_at).unwrap_or(0);
+        Duration::from_nanos(tat.saturating_sub(t))
     }
 
     /// Whole tokens available to `key` at `now` (the burst for an unknown key).

@@ -6,12 +6,13 @@
 //! |---|---|---|
 //! | [`core`] | always | shared vocabulary: rejections, classification, arrival, deadline, priority |
 //! | `token_bucket` | `token-bucket` (default) | GCRA token-bucket rate limiter, single or keyed |
+//! | `leaky_bucket` | `leaky-bucket` | leaky bucket as a meter (refuses overflow) or a shaper (queues, spaces starts) |
 //! | `ratelimit` | any rate limiter | the Tower adapter and bounded keyed map the rate limiters share |
 //! | `http` | `http` | rejections as HTTP 429/503/504 with `Retry-After` and `RateLimit` fields |
 //! | `grpc` | `grpc` | rejections as `tonic::Status` with `grpc-retry-pushback-ms` |
 //!
 //! `full` enables everything, `serde` the configuration types'
-//! `Deserialize`. The leaky bucket, sliding window, adaptive throttling,
+//! `Deserialize`. The sliding window, adaptive throttling,
 //! circuit breaker, CoDel queue, deadline and priority layers are planned
 //! (see the README's layer table).
 //!
@@ -53,10 +54,17 @@ pub use floodwall_core as core;
 #[cfg_attr(docsrs, doc(cfg(feature = "token-bucket")))]
 pub use floodwall_token_bucket as token_bucket;
 
+#[cfg(feature = "leaky-bucket")]
+#[cfg_attr(docsrs, doc(cfg(feature = "leaky-bucket")))]
+pub use floodwall_leaky_bucket as leaky_bucket;
+
 /// The Tower adapter and keyed state shared by the rate limiters, for
 /// plugging in a limiter of your own.
-#[cfg(feature = "token-bucket")]
-#[cfg_attr(docsrs, doc(cfg(feature = "token-bucket")))]
+#[cfg(any(feature = "token-bucket", feature = "leaky-bucket"))]
+#[cfg_attr(
+    docsrs,
+    doc(cfg(any(feature = "token-bucket", feature = "leaky-bucket")))
+)]
 pub use floodwall_ratelimit as ratelimit;
 
 #[cfg(feature = "http")]

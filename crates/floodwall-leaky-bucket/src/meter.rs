@@ -1,0 +1,192 @@
+use std::fmt;
+use std::hash::Hash;
+use std::time::Duration;
+
+use floodwall_ratelimit::{Denied, KeyedLimit, KeyedMetricNames, Limiter, Refund};
+use floodwall_token_bucket::{KeyedTokenBucket, Quota, TokenBucket};
+use tokio::time::Instant;
+
+/// A leaky bucket as a meter: water drains at the rate, each request pours
+/// in its units, and a request that would overflow the capacity is refused
+/// (nothing waits).
+///
+/// The decisions are exactly those of a token bucket with the same rate and
+/// a burst equal to the capacity (the two are the two faces of GCRA,
+/// ITU-T I.371's continuous-state leaky bucket and virtual scheduling), so
+/// the meter is built on [`TokenBucket`]: one `AtomicU64`, one CAS.
+///
+/// ```
+/// use std::time::Duration;
+/// use floodwall_leaky_bucket::LeakyMeter;
+/// use floodwall_token_bucket::Quota;
+/// use tokio::time::Instant;
+///
+/// // Drains 10 units a second, holds 5.
+/// let t0 = Instant::now();
+/// let meter = LeakyMeter::with_epoch(Quota::per_second(10)?.with_burst(5)?, t0);
+/// for _ in 0..5 {
+///     meter.try_acquire(t0, 1).unwrap();
+/// }
+/// assert_eq!(meter.level(t0), 5);
+/// let overflow = meter.try_acquire(t0, 1).unwrap_err();
+/// assert_eq!(overflow.retry_after(), Some(Duration::from_millis(100)));
+/// assert_eq!(meter.level(t0 + Duration::from_millis(250)), 3);
+/// # Ok::<(), floodwall_token_bucket::QuotaError>(())
+/// ```
+pub struct LeakyMeter {
+    bucket: TokenBucket,
+}
+
+impl LeakyMeter {
+    /// A meter draining at `rate`'s tokens per period, holding
+    /// `rate.burst()` units; empty, with the clock starting now.
+    pub fn new(rate: Quota) -> Self {
+        Self::with_epoch(rate, Instant::now())
+    }
+
+    /// As [`new`](Self::new), with the clock starting at `epoch`.
+    pub fn with_epoch(rate: Quota, epoch: Instant) -> Self {
+        Self {
+            bucket: TokenBucket::with_epoch(rate, epoch),
+        }
+    }
+
+    /// Pours `n` units in at `now` if they fit.
+    ///
+    /// # Errors
+    /// [`Denied::RateLimited`] with the exact time until they would fit;
+    /// [`Denied::ExceedsBurst`] if `n` is above the capacity.
+    #[inline]
+    pub fn try_acquire(&self, now: Instant, n: u32) -> Result<(), Denied> {
+        self.bucket.try_acquire(now, n)
+    }
+
+    /// Units in the bucket at `now`, rounded up (0 to capacity).
+    pub fn level(&self, now: Instant) -> u32 {
+        self.capacity() - self.bucket.available(now)
+    }
+
+    /// How many units the bucket holds.
+    pub fn capacity(&self) -> u32 {
+        self.bucket.quota().burst()
+    }
+
+    /// The drain rate and capacity.
+    pub fn quota(&self) -> &Quota {
+        self.bucket.quota()
+    }
+}
+
+impl fmt::Debug for LeakyMeter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LeakyMeter")
+            .field("quota", self.quota())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<Req> Limiter<Req> for LeakyMeter {
+    #[inline]
+    fn acquire(&self, _req: &Req, now: Instant, n: u32) -> Result<(), Denied> {
+        self.try_acquire(now, n)
+    }
+
+    /// A meter never schedules ahead: it decides now.
+    fn reserve(
+        &self,
+        _req: &Req,
+        now: Instant,
+        n: u32,
+        _max_wait: Duration,
+    ) -> Result<(Duration, ()), Denied> {
+        self.try_acquire(now, n).map(|()| (Duration::ZERO, ()))
+    }
+}
+
+impl Refund for LeakyMeter {
+    type Permit = ();
+
+    fn refund(&self, (): (), _now: Instant) {}
+}
+
+/// One [`LeakyMeter`] per key, at most `capacity` keys remembered (see
+/// [`KeyedTokenBucket`] for the eviction rule and memory per key).
+pub struct KeyedLeakyMeter<K> {
+    buckets: KeyedTokenBucket<K>,
+}
+
+impl<K: Hash + Eq> KeyedLeakyMeter<K> {
+    /// Per-key meters with `rate` (capacity `rate.burst()`), remembering at
+    /// most `capacity` keys, with the clock starting now.
+    pub fn new(rate: Quota, capacity: usize) -> Self {
+        Self::with_epoch(rate, capacity, Instant::now())
+    }
+
+    /// As [`new`](Self::new), with the clock starting at `epoch`.
+    pub fn with_epoch(rate: Quota, capacity: usize, epoch: Instant) -> Self {
+        Self {
+            buckets: KeyedTokenBucket::with_epoch(rate, capacity, epoch),
+        }
+    }
+
+    pub(crate) fn with_metric_names(self, names: KeyedMetricNames, name: &str) -> Self {
+        Self {
+            buckets: self.buckets.with_metric_names(names, name),
+        }
+    }
+
+    /// Pours `n` units into `key`'s bucket at `now` if they fit.
+    ///
+    /// # Errors
+    /// As [`LeakyMeter::try_acquire`].
+    #[inline]
+    pub fn try_acquire(&self, key: &K, now: Instant, n: u32) -> Result<(), Denied>
+    where
+        K: Clone,
+    {
+        self.buckets.try_acquire(key, now, n)
+    }
+
+    /// Units in `key`'s bucket at `now` (0 for an unknown key).
+    pub fn level(&self, key: &K, now: Instant) -> u32 {
+        self.buckets.quota().burst() - self.buckets.available(key, now)
+    }
+
+    /// The per-key buckets (key count, memory, evictions).
+    pub fn buckets(&self) -> &KeyedTokenBucket<K> {
+        &self.buckets
+    }
+}
+
+impl<K> fmt::Debug for KeyedLeakyMeter<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyedLeakyMeter")
+            .field("buckets", &self.buckets)
+            .finish()
+    }
+}
+
+impl<K> KeyedLimit for KeyedLeakyMeter<K>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+{
+    type Key = K;
+    type Permit = ();
+
+    #[inline]
+    fn acquire_key(&self, key: &K, now: Instant, n: u32) -> Result<(), Denied> {
+        self.try_acquire(key, now, n)
+    }
+
+    fn reserve_key(
+        &self,
+        key: &K,
+        now: Instant,
+        n: u32,
+        _max_wait: Duration,
+    ) -> Result<(Duration, ()), Denied> {
+        self.try_acquire(key, now, n).map(|()| (Duration::ZERO, ()))
+    }
+
+    fn refund_key(&self, _key: &K, (): (), _now: Instant) {}
+}
