@@ -41,3 +41,17 @@ pub const LEAKY_BUCKET_KEYS: &str = "floodwall_leaky_bucket_keys";
 /// Counter: keys a keyed leaky bucket forgot (label `reason`: `idle`,
 /// `capacity`).
 pub const LEAKY_BUCKET_EVICTED: &str = "floodwall_leaky_bucket_evicted_total";
+
+/// Counter: requests a sliding-window limiter admitted.
+pub const SLIDING_WINDOW_ADMITTED: &str = "floodwall_sliding_window_admitted_total";
+/// Counter: requests a sliding-window limiter refused (label `reason`:
+/// `rate_limited`, `exceeds_burst`).
+pub const SLIDING_WINDOW_REJECTED: &str = "floodwall_sliding_window_rejected_total";
+/// Counter: never incremented by the sliding window, which does not wait;
+/// named for symmetry with the other rate limiters.
+pub const SLIDING_WINDOW_WAITED: &str = "floodwall_sliding_window_waited_total";
+/// Gauge: keys currently tracked by a keyed sliding-window limiter.
+pub const SLIDING_WINDOW_KEYS: &str = "floodwall_sliding_window_keys";
+/// Counter: keys a keyed sliding-window limiter forgot (label `reason`:
+/// `idle`, `capacity`).
+pub const SLIDING_WINDOW_EVICTED: &str = "floodwall_sliding_window_evicted_total";

@@ -18,16 +18,20 @@ const EVICTION_SAMPLE: usize = 5;
 /// The state is updated through `&self` (atomics), so known keys are decided
 /// under a shared read lock.
 pub trait KeyState: Send + Sync + 'static {
+    /// What every key's state shares (a window length, a log size), held
+    /// once by the map.
+    type Params: Send + Sync + 'static;
+
     /// A fresh state, equivalent to a key never seen.
-    fn fresh() -> Self;
+    fn fresh(params: &Self::Params) -> Self;
 
     /// The instant (nanoseconds since the limiter's epoch) from which this
-    /// state is again equivalent to a fresh one: a bucket's TAT, the end of
-    /// a window count's relevance, the expiry of a log's newest entry. A key
-    /// whose state is idle at `t` may be dropped without changing any
-    /// decision; among keys still in debt, the one idle soonest is the
-    /// cheapest to forget.
-    fn idle_at(&self) -> u64;
+    /// state is again equivalent to a fresh one, as seen at `t`: a bucket's
+    /// TAT, the end of a window count's relevance, the expiry of a log's
+    /// newest entry. A key whose state is idle at `t` may be dropped without
+    /// changing any decision; among keys still in debt, the one idle soonest
+    /// is the cheapest to forget.
+    fn idle_at(&self, params: &Self::Params, t: u64) -> u64;
 }
 
 /// The metric names a keyed map reports under (label `name`).
@@ -61,7 +65,8 @@ pub struct KeyedMetricNames {
 /// [`evicted_in_debt`](Self::evicted_in_debt) counts these. Give `capacity`
 /// about twice the number of keys that can be in debt at the same moment
 /// and it stays near zero.
-pub struct KeyedMap<K, S> {
+pub struct KeyedMap<K, S: KeyState> {
+    params: S::Params,
     shards: Box<[RwLock<Shard<K, S>>]>,
     shard_shift: u32,
     hasher: DefaultHashBuilder,
@@ -92,8 +97,9 @@ struct KeyedMetrics {
 }
 
 impl<K: Hash + Eq, S: KeyState> KeyedMap<K, S> {
-    /// A map of at most `capacity` keys (at least 1).
-    pub fn new(capacity: usize) -> Self {
+    /// A map of at most `capacity` keys (at least 1) whose states share
+    /// `params`.
+    pub fn new(capacity: usize, params: S::Params) -> Self {
         let capacity = capacity.clamp(1, u32::MAX as usize);
         let parallelism = std::thread::available_parallelism().map_or(4, |n| n.get());
         // Enough shards that threads rarely meet on one lock, few enough that
@@ -117,6 +123,7 @@ impl<K: Hash + Eq, S: KeyState> KeyedMap<K, S> {
             })
             .collect();
         Self {
+            params,
             shard_shift: 64 - shards.len().trailing_zeros(),
             shards,
             hasher: DefaultHashBuilder::default(),
@@ -200,9 +207,9 @@ impl<K: Hash + Eq, S: KeyState> KeyedMap<K, S> {
         {
             return decide(&shard.slots[i as usize].state);
         }
-        let state = S::fresh();
+        let state = S::fresh(&self.params);
         let outcome = decide(&state);
-        if state.idle_at() <= t {
+        if state.idle_at(&self.params, t) <= t {
             // Still equivalent to a fresh state: nothing to remember.
             return outcome;
         }
@@ -253,7 +260,7 @@ impl<K: Hash + Eq, S: KeyState> KeyedMap<K, S> {
                 break;
             }
             let i = (next_random(&mut shard.rng) % shard.slots.len() as u64) as usize;
-            let idle_at = shard.slots[i].state.idle_at();
+            let idle_at = shard.slots[i].state.idle_at(&self.params, t);
             if idle_at <= t {
                 self.remove_slot(shard, i);
                 self.count_idle(1);
@@ -309,7 +316,8 @@ impl<K: Hash + Eq, S: KeyState> KeyedMap<K, S> {
     fn sweep_shard(&self, shard: &mut Shard<K, S>, t: u64) -> usize {
         shard.since_sweep = 0;
         let before = shard.slots.len();
-        shard.slots.retain(|s| s.state.idle_at() > t);
+        let params = &self.params;
+        shard.slots.retain(|s| s.state.idle_at(params, t) > t);
         let dropped = before - shard.slots.len();
         if dropped > 0 {
             shard.table.clear();
@@ -343,7 +351,12 @@ impl<K: Hash + Eq, S: KeyState> KeyedMap<K, S> {
     }
 }
 
-impl<K, S> KeyedMap<K, S> {
+impl<K, S: KeyState> KeyedMap<K, S> {
+    /// What every key's state shares.
+    pub fn params(&self) -> &S::Params {
+        &self.params
+    }
+
     /// Keys currently remembered (never more than [`capacity`](Self::capacity)).
     pub fn len(&self) -> usize {
         self.shards.iter().map(|s| s.read().slots.len()).sum()
@@ -383,7 +396,7 @@ impl<K, S> KeyedMap<K, S> {
     }
 }
 
-impl<K, S> fmt::Debug for KeyedMap<K, S> {
+impl<K, S: KeyState> fmt::Debug for KeyedMap<K, S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KeyedMap")
             .field("capacity", &self.capacity)

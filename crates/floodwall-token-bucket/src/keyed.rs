@@ -15,11 +15,13 @@ use crate::gcra::{Params, Reservation, max_wait_ns, nanos_since};
 struct Tat(AtomicU64);
 
 impl KeyState for Tat {
-    fn fresh() -> Self {
+    type Params = ();
+
+    fn fresh((): &()) -> Self {
         Tat(AtomicU64::new(0))
     }
 
-    fn idle_at(&self) -> u64 {
+    fn idle_at(&self, (): &(), _t: u64) -> u64 {
         self.0.load(Ordering::Relaxed)
     }
 }
@@ -77,7 +79,7 @@ impl<K: Hash + Eq> KeyedTokenBucket<K> {
     /// As [`new`](Self::new), with the clock starting at `epoch`.
     pub fn with_epoch(quota: Quota, capacity: usize, epoch: Instant) -> Self {
         Self {
-            map: KeyedMap::new(capacity),
+            map: KeyedMap::new(capacity, ()),
             epoch,
             params: params_of(&quota),
             quota,
@@ -147,14 +149,20 @@ impl<K: Hash + Eq> KeyedTokenBucket<K> {
     /// How long until `key`'s bucket is full again (zero for an unknown key).
     pub fn time_to_full(&self, key: &K, now: Instant) -> Duration {
         let t = nanos_since(self.epoch, now);
-        let tat = self.map.get(key, Tat::idle_at).unwrap_or(0);
+        let tat = self
+            .map
+            .get(key, |tat| tat.0.load(Ordering::Relaxed))
+            .unwrap_or(0);
         Duration::from_nanos(tat.saturating_sub(t))
     }
 
     /// Whole tokens available to `key` at `now` (the burst for an unknown key).
     pub fn available(&self, key: &K, now: Instant) -> u32 {
         let t = nanos_since(self.epoch, now);
-        let tat = self.map.get(key, Tat::idle_at).unwrap_or(0);
+        let tat = self
+            .map
+            .get(key, |tat| tat.0.load(Ordering::Relaxed))
+            .unwrap_or(0);
         self.params.available(tat, t)
     }
 

@@ -7,14 +7,15 @@
 //! | [`core`] | always | shared vocabulary: rejections, classification, arrival, deadline, priority |
 //! | `token_bucket` | `token-bucket` (default) | GCRA token-bucket rate limiter, single or keyed |
 //! | `leaky_bucket` | `leaky-bucket` | leaky bucket as a meter (refuses overflow) or a shaper (queues, spaces starts) |
+//! | `sliding_window` | `sliding-window` | two-window counter, exact sliding log, fixed window |
 //! | `ratelimit` | any rate limiter | the Tower adapter and bounded keyed map the rate limiters share |
 //! | `http` | `http` | rejections as HTTP 429/503/504 with `Retry-After` and `RateLimit` fields |
 //! | `grpc` | `grpc` | rejections as `tonic::Status` with `grpc-retry-pushback-ms` |
 //!
 //! `full` enables everything, `serde` the configuration types'
-//! `Deserialize`. The sliding window, adaptive throttling,
-//! circuit breaker, CoDel queue, deadline and priority layers are planned
-//! (see the README's layer table).
+//! `Deserialize`. Adaptive throttling, the circuit breaker, the CoDel queue,
+//! deadline propagation and priority admission are planned (see the README's
+//! layer table).
 //!
 //! # Example
 //!

@@ -1,0 +1,435 @@
+use std::fmt;
+use std::hash::Hash;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use floodwall_ratelimit::{
+    Denied, KeyState, KeyedLimit, KeyedMap, KeyedMetricNames, Limiter, Refund,
+};
+use tokio::time::Instant;
+
+use crate::window::{Window, nanos_since};
+
+/// What a counter decides with: the window and whether the previous
+/// window counts (sliding) or not (fixed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CounterParams {
+    window: u64,
+    limit: u32,
+    fixed: bool,
+}
+
+/// A counter's state in one word: the window index (its low 32 bits), the
+/// previous window's count and the current window's count (16 bits each).
+#[derive(Debug)]
+pub struct CounterState(AtomicU64);
+
+/// The counts a state word means at window `w`.
+#[derive(Debug, Clone, Copy)]
+struct View {
+    w: u64,
+    e: u64,
+    prev: u32,
+    cur: u32,
+}
+
+fn pack(w: u64, prev: u32, cur: u32) -> u64 {
+    ((w & 0xFFFF_FFFF) << 32) | (u64::from(prev) << 16) | u64::from(cur)
+}
+
+impl CounterParams {
+    fn new(window: Window, fixed: bool) -> Self {
+        Self {
+            window: window.length_ns(),
+            limit: window.limit(),
+            fixed,
+        }
+    }
+
+    /// Reads a state word at `t`: a word from the previous window shifts its
+    /// count to `prev`; anything older (idle for two windows or more) is
+    /// empty. Windows are aligned to the limiter's epoch.
+    ///
+    /// A caller whose clock reading is a little behind another's (threads
+    /// read the clock before they race for the CAS) may see a word from a
+    /// later window; it is then treated as arriving at the start of that
+    /// window, which can only be stricter, never as an old empty window.
+    #[inline]
+    fn view(self, word: u64, t: u64) -> View {
+        let mut w = t / self.window;
+        let mut e = t % self.window;
+        let stored = (word >> 32) as u32;
+        let p = ((word >> 16) & 0xFFFF) as u32;
+        let c = (word & 0xFFFF) as u32;
+        let ahead = stored.wrapping_sub(w as u32);
+        if ahead != 0 && ahead < 1 << 31 {
+            w += u64::from(ahead);
+            e = 0;
+        }
+        let (prev, cur) = match (w as u32).wrapping_sub(stored) {
+            0 => (p, c),
+            1 => (c, 0),
+            _ => (0, 0),
+        };
+        View {
+            w,
+            e,
+            prev: if self.fixed { 0 } else { prev },
+            cur,
+        }
+    }
+
+    /// `prev·(W−e)/W + cur + (n − 1) < N`, in integers:
+    /// `prev·(W−e) + (cur + n − 1)·W < N·W`.
+    #[inline]
+    fn admits(self, v: View, n: u32) -> bool {
+        let w = u128::from(self.window);
+        let lhs =
+            u128::from(v.prev) * u128::from(self.window - v.e) + u128::from(v.cur + n - 1) * w;
+        lhs < u128::from(self.limit) * w
+    }
+
+    /// The exact wait until a request of weight `n`, refused at view `v`,
+    /// would be admitted if nothing else arrived.
+    fn retry_after(self, v: View, n: u32) -> u64 {
+        let big_w = u128::from(self.window);
+        let limit = u128::from(self.limit);
+        let a = u128::from(v.cur + n - 1);
+        // Later in this window, as the previous window's weight fades: the
+        // smallest e' with prev·(W − e') < (N − a)·W.
+        if a < limit && v.prev > 0 {
+            let m = ((limit - a) * big_w - 1) / u128::from(v.prev);
+            if m > 0 && m < big_w {
+                let e1 = (big_w - m) as u64;
+                return e1 - v.e;
+            }
+        }
+        let to_next = self.window - v.e;
+        // In the next window, where this window's count becomes `prev`.
+        if self.fixed || v.cur == 0 {
+            return to_next;
+        }
+        let b = u128::from(n - 1);
+        let m = ((limit - b) * big_w - 1) / u128::from(v.cur);
+        if m >= big_w {
+            return to_next;
+        }
+        if m == 0 {
+            // Not within the next window either: two windows on, all is clear.
+            return to_next + self.window;
+        }
+        to_next + (big_w - m) as u64
+    }
+
+    /// Decides a request of weight `n` at `t` against `state`.
+    #[inline]
+    fn decide(self, state: &CounterState, t: u64, n: u32) -> Result<(), Denied> {
+        if n > self.limit {
+            return Err(Denied::ExceedsBurst {
+                requested: n,
+                burst: self.limit,
+            });
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        let mut word = state.0.load(Ordering::Relaxed);
+        loop {
+            let v = self.view(word, t);
+            if !self.admits(v, n) {
+                return Err(Denied::RateLimited {
+                    retry_after: Duration::from_nanos(self.retry_after(v, n)),
+                });
+            }
+            let next = pack(v.w, v.prev, v.cur + n);
+            match state
+                .0
+                .compare_exchange_weak(word, next, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => return Ok(()),
+                Err(actual) => word = actual,
+            }
+        }
+    }
+
+    /// Requests of weight 1 that would be admitted at `t`, one after another.
+    fn remaining(self, state: &CounterState, t: u64) -> u32 {
+        let v = self.view(state.0.load(Ordering::Relaxed), t);
+        let w = u128::from(self.window);
+        let room = (u128::from(self.limit) * w)
+            .saturating_sub(u128::from(v.prev) * u128::from(self.window - v.e));
+        let fits = room.div_ceil(w).saturating_sub(u128::from(v.cur));
+        fits.min(u128::from(self.limit)) as u32
+    }
+
+    /// The estimate `prev·(W−e)/W + cur` at `t`.
+    fn estimate(self, state: &CounterState, t: u64) -> f64 {
+        let v = self.view(state.0.load(Ordering::Relaxed), t);
+        let fade = (self.window - v.e) as f64 / self.window as f64;
+        f64::from(v.prev) * fade + f64::from(v.cur)
+    }
+}
+
+impl KeyState for CounterState {
+    type Params = CounterParams;
+
+    fn fresh(_: &CounterParams) -> Self {
+        CounterState(AtomicU64::new(0))
+    }
+
+    /// A count stops mattering two windows after the window it was made in.
+    fn idle_at(&self, params: &CounterParams, t: u64) -> u64 {
+        let word = self.0.load(Ordering::Relaxed);
+        let v = params.view(word, t);
+        if v.prev == 0 && v.cur == 0 {
+            return 0;
+        }
+        let windows_ago = u64::from((v.w as u32).wrapping_sub((word >> 32) as u32));
+        (v.w - windows_ago.min(v.w) + 2).saturating_mul(params.window)
+    }
+}
+
+/// The two-window sliding counter (Cloudflare's): a count for the current
+/// window and the previous one, and the estimate
+/// `prev·(W − e)/W + cur` of requests in the last `W`, where `e` is the time
+/// elapsed in the current window.
+///
+/// A request is admitted iff the estimate is below the limit before it is
+/// counted (SPECS.md convention); refused requests are not counted. Windows
+/// are aligned to the limiter's epoch; after two idle windows both counts are
+/// zero. The whole state is one `AtomicU64` (window index, two 16-bit
+/// counts), updated with one CAS, so the limit is at most 65,535 per window.
+/// A refused request learns the exact time at which the estimate will let it
+/// in, if nothing else arrives.
+///
+/// The estimate assumes the previous window's requests were spread evenly,
+/// so the counter can admit up to twice the limit within one window-length
+/// span that straddles two windows (all of one window's requests at its
+/// end, all of the next's at its start); on realistic traffic it tracks the
+/// exact log closely (see `docs/sliding-window.md`). [`fixed`](Self::fixed)
+/// ignores the previous window: a plain fixed window.
+///
+/// ```
+/// use std::time::Duration;
+/// use floodwall_sliding_window::{SlidingWindowCounter, Window};
+/// use tokio::time::Instant;
+///
+/// let t0 = Instant::now();
+/// let counter = SlidingWindowCounter::with_epoch(Window::per_second(10)?, t0);
+/// for _ in 0..10 {
+///     counter.try_acquire(t0, 1).unwrap();
+/// }
+/// // Half-way through the next window, the previous one weighs half: 5.
+/// let mid = t0 + Duration::from_millis(1500);
+/// assert_eq!(counter.estimate(mid), 5.0);
+/// assert_eq!(counter.remaining(mid), 5);
+/// # Ok::<(), floodwall_sliding_window::WindowError>(())
+/// ```
+pub struct SlidingWindowCounter {
+    state: CounterState,
+    params: CounterParams,
+    epoch: Instant,
+    window: Window,
+}
+
+impl SlidingWindowCounter {
+    /// A sliding counter for `window`, its windows aligned to now.
+    pub fn new(window: Window) -> Self {
+        Self::with_epoch(window, Instant::now())
+    }
+
+    /// As [`new`](Self::new), aligned to `epoch`.
+    pub fn with_epoch(window: Window, epoch: Instant) -> Self {
+        Self::build(window, epoch, false)
+    }
+
+    /// A fixed-window counter (the previous window does not count), aligned
+    /// to now.
+    pub fn fixed(window: Window) -> Self {
+        Self::fixed_with_epoch(window, Instant::now())
+    }
+
+    /// As [`fixed`](Self::fixed), aligned to `epoch`.
+    pub fn fixed_with_epoch(window: Window, epoch: Instant) -> Self {
+        Self::build(window, epoch, true)
+    }
+
+    fn build(window: Window, epoch: Instant, fixed: bool) -> Self {
+        Self {
+            state: CounterState(AtomicU64::new(0)),
+            params: CounterParams::new(window, fixed),
+            epoch,
+            window,
+        }
+    }
+
+    /// Counts `n` requests at `now` if the estimate allows them.
+    ///
+    /// # Errors
+    /// [`Denied::RateLimited`] with the exact wait; [`Denied::ExceedsBurst`]
+    /// if `n` is above the limit.
+    #[inline]
+    pub fn try_acquire(&self, now: Instant, n: u32) -> Result<(), Denied> {
+        let t = nanos_since(self.epoch, now);
+        self.params.decide(&self.state, t, n)
+    }
+
+    /// The estimate of requests in the last window at `now`.
+    pub fn estimate(&self, now: Instant) -> f64 {
+        self.params
+            .estimate(&self.state, nanos_since(self.epoch, now))
+    }
+
+    /// How many single requests would be admitted at `now`.
+    pub fn remaining(&self, now: Instant) -> u32 {
+        self.params
+            .remaining(&self.state, nanos_since(self.epoch, now))
+    }
+
+    /// The limit and window length.
+    pub fn window(&self) -> &Window {
+        &self.window
+    }
+
+    /// Whether this is a fixed window.
+    pub fn is_fixed(&self) -> bool {
+        self.params.fixed
+    }
+}
+
+impl fmt::Debug for SlidingWindowCounter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SlidingWindowCounter")
+            .field("window", &self.window)
+            .field("fixed", &self.params.fixed)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<Req> Limiter<Req> for SlidingWindowCounter {
+    #[inline]
+    fn acquire(&self, _req: &Req, now: Instant, n: u32) -> Result<(), Denied> {
+        self.try_acquire(now, n)
+    }
+
+    /// A counter does not schedule ahead: it decides now.
+    fn reserve(
+        &self,
+        _req: &Req,
+        now: Instant,
+        n: u32,
+        _max_wait: Duration,
+    ) -> Result<(Duration, ()), Denied> {
+        self.try_acquire(now, n).map(|()| (Duration::ZERO, ()))
+    }
+}
+
+impl Refund for SlidingWindowCounter {
+    type Permit = ();
+
+    fn refund(&self, (): (), _now: Instant) {}
+}
+
+/// One [`SlidingWindowCounter`] per key, at most `capacity` keys remembered
+/// (see [`KeyedMap`] for the eviction rule). A key's state is one
+/// `AtomicU64`; a key idle for two windows is dropped without changing any
+/// decision.
+pub struct KeyedSlidingWindowCounter<K> {
+    map: KeyedMap<K, CounterState>,
+    epoch: Instant,
+    window: Window,
+}
+
+impl<K: Hash + Eq> KeyedSlidingWindowCounter<K> {
+    /// Per-key sliding counters, windows aligned to now.
+    pub fn new(window: Window, capacity: usize) -> Self {
+        Self::with_epoch(window, capacity, Instant::now(), false)
+    }
+
+    /// Per-key fixed-window counters, windows aligned to now.
+    pub fn fixed(window: Window, capacity: usize) -> Self {
+        Self::with_epoch(window, capacity, Instant::now(), true)
+    }
+
+    /// Per-key counters aligned to `epoch`; `fixed` ignores the previous
+    /// window.
+    pub fn with_epoch(window: Window, capacity: usize, epoch: Instant, fixed: bool) -> Self {
+        Self {
+            map: KeyedMap::new(capacity, CounterParams::new(window, fixed)),
+            epoch,
+            window,
+        }
+    }
+
+    pub(crate) fn with_metric_names(mut self, names: KeyedMetricNames, name: &str) -> Self {
+        self.map = self.map.with_metrics(names, name);
+        self
+    }
+
+    /// Counts `n` requests for `key` at `now` if its estimate allows them.
+    ///
+    /// # Errors
+    /// As [`SlidingWindowCounter::try_acquire`].
+    #[inline]
+    pub fn try_acquire(&self, key: &K, now: Instant, n: u32) -> Result<(), Denied>
+    where
+        K: Clone,
+    {
+        let t = nanos_since(self.epoch, now);
+        let params = *self.map.params();
+        self.map.with(key, t, |state| params.decide(state, t, n))
+    }
+
+    /// How many single requests `key` may make at `now`.
+    pub fn remaining(&self, key: &K, now: Instant) -> u32 {
+        let t = nanos_since(self.epoch, now);
+        let params = *self.map.params();
+        self.map
+            .get(key, |state| params.remaining(state, t))
+            .unwrap_or(self.window.limit())
+    }
+
+    /// Drops every key idle at `now`, releasing its memory.
+    pub fn sweep(&self, now: Instant) {
+        self.map.sweep(nanos_since(self.epoch, now));
+    }
+
+    /// The key map (count, capacity, memory, evictions).
+    pub fn keys(&self) -> &KeyedMap<K, CounterState> {
+        &self.map
+    }
+}
+
+impl<K> fmt::Debug for KeyedSlidingWindowCounter<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyedSlidingWindowCounter")
+            .field("window", &self.window)
+            .field("map", &self.map)
+            .finish()
+    }
+}
+
+impl<K> KeyedLimit for KeyedSlidingWindowCounter<K>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+{
+    type Key = K;
+    type Permit = ();
+
+    #[inline]
+    fn acquire_key(&self, key: &K, now: Instant, n: u32) -> Result<(), Denied> {
+        self.try_acquire(key, now, n)
+    }
+
+    fn reserve_key(
+        &self,
+        key: &K,
+        now: Instant,
+        n: u32,
+        _max_wait: Duration,
+    ) -> Result<(Duration, ()), Denied> {
+        self.try_acquire(key, now, n).map(|()| (Duration::ZERO, ()))
+    }
+
+    fn refund_key(&self, _key: &K, (): (), _now: Instant) {}
+}

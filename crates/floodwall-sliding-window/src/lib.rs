@@ -1,0 +1,52 @@
+//! Sliding-window rate limiting for Tower: at most `limit` requests per
+//! window.
+//!
+//! - [`SlidingWindowCounter`]: Cloudflare's two-window estimate
+//!   `prev·(W − e)/W + cur`, admitting iff the estimate is below the limit;
+//!   one `AtomicU64` per limit (or key), one CAS per decision.
+//! - [`SlidingLog`]: the exact log; never more than `limit` in any window,
+//!   at `limit × 8` bytes per limit (or key).
+//! - Fixed window ([`SlidingWindowCounter::fixed`]): the degenerate counter,
+//!   for completeness.
+//!
+//! Each has a keyed form with bounded memory, and a Tower layer
+//! ([`SlidingWindowLayer`]) built on `floodwall-ratelimit`: refusals in
+//! `call` with the exact retry-after, in a [`floodwall_core::Rejected`], so
+//! `floodwall-http` answers 429 with `Retry-After` and `RateLimit` fields
+//! (`q` = limit, `w` = window).
+//!
+//! ```
+//! use std::time::Duration;
+//! use floodwall_core::BoxError;
+//! use floodwall_sliding_window::{SlidingWindowLayer, Window};
+//! use tower::{Layer, ServiceExt, service_fn};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), BoxError> {
+//! let per_minute = SlidingWindowLayer::counter(Window::per_minute(100)?)
+//!     .name("api")
+//!     .build();
+//! let handle = per_minute.handle();
+//! let svc = per_minute.layer(service_fn(|n: u32| async move { Ok::<_, BoxError>(n) }));
+//! svc.clone().oneshot(1).await?;
+//! assert_eq!(handle.limiter().remaining(tokio::time::Instant::now()), 99);
+//! # Ok(())
+//! # }
+//! ```
+#![forbid(unsafe_code)]
+
+mod config;
+mod counter;
+mod layer;
+mod log;
+mod window;
+
+pub use config::{ConfigError, SlidingWindowConfig};
+pub use counter::{CounterParams, CounterState, KeyedSlidingWindowCounter, SlidingWindowCounter};
+pub use floodwall_ratelimit::{Denied, Keyed, error, future};
+pub use layer::{
+    Builder, Counter, DEFAULT_NAME, Log, SlidingWindowHandle, SlidingWindowLayer,
+    SlidingWindowService,
+};
+pub use log::{KeyedSlidingLog, LogParams, LogState, SlidingLog};
+pub use window::{MAX_LENGTH, MAX_LIMIT, Window, WindowError};

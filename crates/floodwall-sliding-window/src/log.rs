@@ -1,0 +1,314 @@
+use std::fmt;
+use std::hash::Hash;
+use std::time::Duration;
+
+use floodwall_ratelimit::{
+    Denied, KeyState, KeyedLimit, KeyedMap, KeyedMetricNames, Limiter, Refund,
+};
+use parking_lot::Mutex;
+use tokio::time::Instant;
+
+use crate::window::{Window, nanos_since};
+
+/// What every log shares: the window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogParams {
+    window: u64,
+    limit: u32,
+}
+
+/// The last `limit` admission times, oldest first from `head`.
+struct Ring {
+    /// Admission time + 1 (so 0 is an empty slot); non-decreasing from
+    /// `head` around the ring.
+    slots: Box<[u64]>,
+    head: usize,
+}
+
+/// One log's state. The exact log must read its oldest entry and append in
+/// one step, so it takes a short lock (a few instructions, no allocation);
+/// it is the one floodwall limiter whose decision is not a single CAS.
+pub struct LogState(Mutex<Ring>);
+
+impl fmt::Debug for LogState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LogState").finish_non_exhaustive()
+    }
+}
+
+impl LogParams {
+    fn new(window: Window) -> Self {
+        Self {
+            window: window.length_ns(),
+            limit: window.limit(),
+        }
+    }
+
+    fn fresh(self) -> LogState {
+        LogState(Mutex::new(Ring {
+            slots: vec![0; self.limit as usize].into_boxed_slice(),
+            head: 0,
+        }))
+    }
+
+    /// Admits `n` requests at `t` iff fewer than `limit − n + 1` were
+    /// admitted in `(t − W, t]`: the `n`-th oldest of the last `limit`
+    /// admissions must be at or before `t − W`.
+    fn decide(self, state: &LogState, t: u64, n: u32) -> Result<(), Denied> {
+        if n > self.limit {
+            return Err(Denied::ExceedsBurst {
+                requested: n,
+                burst: self.limit,
+            });
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        let len = self.limit as usize;
+        let mut ring = state.0.lock();
+        let nth_oldest = ring.slots[(ring.head + n as usize - 1) % len];
+        if nth_oldest != 0 {
+            let expires = (nth_oldest - 1) + self.window;
+            if expires > t {
+                return Err(Denied::RateLimited {
+                    retry_after: Duration::from_nanos(expires - t),
+                });
+            }
+        }
+        // Keep the log in order even if this caller read the clock a moment
+        // before one that got the lock first.
+        let newest = ring.slots[(ring.head + len - 1) % len];
+        let stamp = (t + 1).max(newest);
+        for _ in 0..n {
+            let head = ring.head;
+            ring.slots[head] = stamp;
+            ring.head = (head + 1) % len;
+        }
+        Ok(())
+    }
+
+    /// Admissions in `(t − W, t]`.
+    fn count(self, state: &LogState, t: u64) -> u32 {
+        let ring = state.0.lock();
+        ring.slots
+            .iter()
+            .filter(|&&s| s != 0 && (s - 1) + self.window > t && s - 1 <= t)
+            .count() as u32
+    }
+}
+
+impl KeyState for LogState {
+    type Params = LogParams;
+
+    fn fresh(params: &LogParams) -> Self {
+        params.fresh()
+    }
+
+    /// A log stops mattering one window after its newest entry.
+    fn idle_at(&self, params: &LogParams, _t: u64) -> u64 {
+        let ring = self.0.lock();
+        let len = ring.slots.len();
+        match ring.slots[(ring.head + len - 1) % len] {
+            0 => 0,
+            newest => (newest - 1).saturating_add(params.window),
+        }
+    }
+}
+
+/// The exact sliding log: a request is admitted iff fewer than `limit`
+/// requests were admitted in the last window `(t − W, t]`.
+///
+/// It keeps the last `limit` admission times in a ring (memory O(limit), 8
+/// bytes each), so it never admits more than `limit` in any window of length
+/// `W`, and a refused request learns exactly when the oldest admission in
+/// its way leaves the window. A request exactly `W` after an admission no
+/// longer sees it (the window is open on the left). Use it where the limit is
+/// small and must hold exactly (logins, password resets, an upstream's hard
+/// quota); use the counter where memory per key matters.
+///
+/// ```
+/// use std::time::Duration;
+/// use floodwall_sliding_window::{SlidingLog, Window};
+/// use tokio::time::Instant;
+///
+/// let t0 = Instant::now();
+/// let log = SlidingLog::with_epoch(Window::new(2, Duration::from_secs(10))?, t0);
+/// log.try_acquire(t0, 1).unwrap();
+/// log.try_acquire(t0 + Duration::from_secs(4), 1).unwrap();
+/// let refused = log.try_acquire(t0 + Duration::from_secs(9), 1).unwrap_err();
+/// assert_eq!(refused.retry_after(), Some(Duration::from_secs(1)));
+/// assert!(log.try_acquire(t0 + Duration::from_secs(10), 1).is_ok());
+/// # Ok::<(), floodwall_sliding_window::WindowError>(())
+/// ```
+pub struct SlidingLog {
+    state: LogState,
+    params: LogParams,
+    epoch: Instant,
+    window: Window,
+}
+
+impl SlidingLog {
+    /// An empty log for `window`, its clock starting now.
+    pub fn new(window: Window) -> Self {
+        Self::with_epoch(window, Instant::now())
+    }
+
+    /// As [`new`](Self::new), with the clock starting at `epoch`.
+    pub fn with_epoch(window: Window, epoch: Instant) -> Self {
+        let params = LogParams::new(window);
+        Self {
+            state: params.fresh(),
+            params,
+            epoch,
+            window,
+        }
+    }
+
+    /// Admits `n` requests at `now` if the window has room for them.
+    ///
+    /// # Errors
+    /// [`Denied::RateLimited`] with the exact wait; [`Denied::ExceedsBurst`]
+    /// if `n` is above the limit.
+    pub fn try_acquire(&self, now: Instant, n: u32) -> Result<(), Denied> {
+        self.params
+            .decide(&self.state, nanos_since(self.epoch, now), n)
+    }
+
+    /// Admissions in the window ending at `now`.
+    pub fn count(&self, now: Instant) -> u32 {
+        self.params.count(&self.state, nanos_since(self.epoch, now))
+    }
+
+    /// The limit and window length.
+    pub fn window(&self) -> &Window {
+        &self.window
+    }
+}
+
+impl fmt::Debug for SlidingLog {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SlidingLog")
+            .field("window", &self.window)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<Req> Limiter<Req> for SlidingLog {
+    fn acquire(&self, _req: &Req, now: Instant, n: u32) -> Result<(), Denied> {
+        self.try_acquire(now, n)
+    }
+
+    /// A log does not schedule ahead: it decides now.
+    fn reserve(
+        &self,
+        _req: &Req,
+        now: Instant,
+        n: u32,
+        _max_wait: Duration,
+    ) -> Result<(Duration, ()), Denied> {
+        self.try_acquire(now, n).map(|()| (Duration::ZERO, ()))
+    }
+}
+
+impl Refund for SlidingLog {
+    type Permit = ();
+
+    fn refund(&self, (): (), _now: Instant) {}
+}
+
+/// One [`SlidingLog`] per key, at most `capacity` keys remembered (see
+/// [`KeyedMap`] for the eviction rule). Each key holds a ring of `limit`
+/// timestamps (8 bytes each); a key idle for one window is dropped without
+/// changing any decision.
+pub struct KeyedSlidingLog<K> {
+    map: KeyedMap<K, LogState>,
+    epoch: Instant,
+    window: Window,
+}
+
+impl<K: Hash + Eq> KeyedSlidingLog<K> {
+    /// Per-key logs, clock starting now.
+    pub fn new(window: Window, capacity: usize) -> Self {
+        Self::with_epoch(window, capacity, Instant::now())
+    }
+
+    /// As [`new`](Self::new), with the clock starting at `epoch`.
+    pub fn with_epoch(window: Window, capacity: usize, epoch: Instant) -> Self {
+        Self {
+            map: KeyedMap::new(capacity, LogParams::new(window)),
+            epoch,
+            window,
+        }
+    }
+
+    pub(crate) fn with_metric_names(mut self, names: KeyedMetricNames, name: &str) -> Self {
+        self.map = self.map.with_metrics(names, name);
+        self
+    }
+
+    /// Admits `n` requests for `key` at `now` if its window has room.
+    ///
+    /// # Errors
+    /// As [`SlidingLog::try_acquire`].
+    pub fn try_acquire(&self, key: &K, now: Instant, n: u32) -> Result<(), Denied>
+    where
+        K: Clone,
+    {
+        let t = nanos_since(self.epoch, now);
+        let params = *self.map.params();
+        self.map.with(key, t, |state| params.decide(state, t, n))
+    }
+
+    /// Admissions for `key` in the window ending at `now`.
+    pub fn count(&self, key: &K, now: Instant) -> u32 {
+        let t = nanos_since(self.epoch, now);
+        let params = *self.map.params();
+        self.map
+            .get(key, |state| params.count(state, t))
+            .unwrap_or(0)
+    }
+
+    /// Drops every key idle at `now`, releasing its memory.
+    pub fn sweep(&self, now: Instant) {
+        self.map.sweep(nanos_since(self.epoch, now));
+    }
+
+    /// The key map (count, capacity, memory, evictions). Its
+    /// `memory_bytes` excludes the rings: add `limit × 8` bytes per key.
+    pub fn keys(&self) -> &KeyedMap<K, LogState> {
+        &self.map
+    }
+}
+
+impl<K> fmt::Debug for KeyedSlidingLog<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyedSlidingLog")
+            .field("window", &self.window)
+            .field("map", &self.map)
+            .finish()
+    }
+}
+
+impl<K> KeyedLimit for KeyedSlidingLog<K>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+{
+    type Key = K;
+    type Permit = ();
+
+    fn acquire_key(&self, key: &K, now: Instant, n: u32) -> Result<(), Denied> {
+        self.try_acquire(key, now, n)
+    }
+
+    fn reserve_key(
+        &self,
+        key: &K,
+        now: Instant,
+        n: u32,
+        _max_wait: Duration,
+    ) -> Result<(Duration, ()), Denied> {
+        self.try_acquire(key, now, n).map(|()| (Duration::ZERO, ()))
+    }
+
+    fn refund_key(&self, _key: &K, (): (), _now: Instant) {}
+}
