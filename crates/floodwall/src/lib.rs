@@ -59,13 +59,17 @@ pub use floodwall_token_bucket as token_bucket;
 #[cfg_attr(docsrs, doc(cfg(feature = "leaky-bucket")))]
 pub use floodwall_leaky_bucket as leaky_bucket;
 
+#[cfg(feature = "sliding-window")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sliding-window")))]
+pub use floodwall_sliding_window as sliding_window;
+
 /// The Tower adapter and keyed state shared by the rate limiters, for
 /// plugging in a limiter of your own.
-#[cfg(any(feature = "token-bucket", feature = "leaky-bucket"))]
-#[cfg_attr(
-    docsrs,
-    doc(cfg(any(feature = "token-bucket", feature = "leaky-bucket")))
-)]
+#[cfg(any(
+    feature = "token-bucket",
+    feature = "leaky-bucket",
+    feature = "sliding-window"
+))]
 pub use floodwall_ratelimit as ratelimit;
 
 #[cfg(feature = "http")]

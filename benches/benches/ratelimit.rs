@@ -1,6 +1,7 @@
-//! Token bucket: core decisions and per-request layer overhead, next to
-//! governor, tower's `RateLimit` and tower-resilience's rate limiter, in one
-//! run. `cargo bench -p floodwall-benches --bench token_bucket`.
+//! The rate limiters (token bucket, leaky bucket, sliding window): core
+//! decisions and per-request layer overhead, next to governor, tower's
+//! `RateLimit`, tower-resilience's rate limiter and tower_governor, in one
+//! run. `cargo bench -p floodwall-benches --bench ratelimit`.
 
 use std::convert::Infallible;
 use std::hint::black_box;
@@ -10,11 +11,17 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use floodwall::leaky_bucket::{LeakyBucketLayer, LeakyMeter, LeakyShaper};
+use floodwall::sliding_window::{
+    KeyedSlidingLog, KeyedSlidingWindowCounter, SlidingLog, SlidingWindowCounter,
+    SlidingWindowLayer, Window,
+};
 use floodwall::token_bucket::{KeyedTokenBucket, Quota, TokenBucket, TokenBucketLayer};
 use floodwall_benches::{ReadyService, poll_once};
 use governor::{Quota as GQuota, RateLimiter};
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
+use tower_resilience_ratelimiter::WindowType;
 
 /// Fast enough that the admit loops never run dry: 1e9 tokens/s, burst 2^32−1.
 fn open_quota() -> Quota {
@@ -98,7 +105,87 @@ fn core(c: &mut Criterion) {
     g.bench_function("governor/reject-fakeclock", |b| {
         b.iter(|| black_box(gov_fake.check()).unwrap_err())
     });
+
+    // The leaky meter (GCRA with the leaky-bucket vocabulary).
+    let meter = LeakyMeter::new(open_quota());
+    g.bench_function("floodwall-meter/admit", |b| {
+        b.iter_custom(|iters| {
+            let now = Instant::now();
+            let start = std::time::Instant::now();
+            for _ in 0..iters {
+                black_box(meter.try_acquire(black_box(now), 1)).unwrap();
+            }
+            start.elapsed()
+        })
+    });
+    // The shaper's admission (a reservation, no waiting in the benchmark).
+    let shaper = LeakyShaper::new(open_quota(), u32::MAX);
+    g.bench_function("floodwall-shaper/admit", |b| {
+        b.iter_custom(|iters| {
+            let now = Instant::now();
+            let start = std::time::Instant::now();
+            for _ in 0..iters {
+                black_box(shaper.admit(black_box(now))).unwrap();
+            }
+            start.elapsed()
+        })
+    });
+    // The sliding counter: batches of 1,000 within one 10 µs window, two
+    // windows apart, so it always admits (65,535 per window).
+    let counter = SlidingWindowCounter::new(wide_window(Duration::from_micros(10)));
+    let mut clock = Instant::now();
+    g.bench_function("floodwall-counter/admit", |b| {
+        b.iter_custom(|iters| {
+            windowed(iters, Duration::from_micros(20), &mut clock, |now| {
+                black_box(counter.try_acquire(black_box(now), 1)).unwrap();
+            })
+        })
+    });
+    let counter = SlidingWindowCounter::new(Window::per_minute(1).unwrap());
+    let now = Instant::now();
+    counter.try_acquire(now, 1).unwrap();
+    g.bench_function("floodwall-counter/reject", |b| {
+        b.iter(|| black_box(counter.try_acquire(black_box(now), 1)).unwrap_err())
+    });
+    let log = SlidingLog::new(Window::new(1_000, Duration::from_micros(10)).unwrap());
+    // The simulated clock must not start before the log's epoch.
+    let mut clock = Instant::now();
+    g.bench_function("floodwall-log/admit", |b| {
+        b.iter_custom(|iters| {
+            windowed(iters, Duration::from_micros(20), &mut clock, |now| {
+                black_box(log.try_acquire(black_box(now), 1)).unwrap();
+            })
+        })
+    });
+    let log = SlidingLog::new(Window::per_minute(1).unwrap());
+    log.try_acquire(now, 1).unwrap();
+    g.bench_function("floodwall-log/reject", |b| {
+        b.iter(|| black_box(log.try_acquire(black_box(now), 1)).unwrap_err())
+    });
     g.finish();
+}
+
+/// The most a sliding window allows, over `length`.
+fn wide_window(length: Duration) -> Window {
+    Window::new(floodwall::sliding_window::MAX_LIMIT, length).unwrap()
+}
+
+/// Runs `f` `iters` times in batches of 1,000 at one instant, moving the
+/// simulated clock `now` on by `gap` between batches (so window limiters
+/// start each batch afresh); returns the time spent in `f`. The clock is the
+/// caller's, kept across calls, so it never steps back.
+fn windowed(iters: u64, gap: Duration, now: &mut Instant, mut f: impl FnMut(Instant)) -> Duration {
+    let mut left = iters;
+    let start = std::time::Instant::now();
+    while left > 0 {
+        let batch = left.min(1_000);
+        for _ in 0..batch {
+            f(*now);
+        }
+        left -= batch;
+        *now += gap;
+    }
+    start.elapsed()
 }
 
 fn keyed(c: &mut Criterion) {
@@ -156,6 +243,18 @@ fn keyed(c: &mut Criterion) {
             black_box(gov.check_key(&key(i % KEYS))).unwrap_err()
         })
     });
+
+    let counters = KeyedSlidingWindowCounter::new(wide_window(Duration::from_micros(10)), 100_000);
+    let mut clock = Instant::now();
+    g.bench_function("floodwall-counter/admit", |b| {
+        let mut i = 0;
+        b.iter_custom(|iters| {
+            windowed(iters, Duration::from_micros(20), &mut clock, |now| {
+                i += 1;
+                black_box(counters.try_acquire(&key(i % KEYS), black_box(now), 1)).unwrap();
+            })
+        })
+    });
     g.finish();
 }
 
@@ -187,6 +286,43 @@ fn layer(c: &mut Criterion) {
     g.bench_function("tower-resilience/clone+oneshot", |b| {
         b.iter(|| poll_once(&mut cx, resilience.clone().oneshot(black_box(1u32))).unwrap())
     });
+    let meter = LeakyBucketLayer::meter(open_quota())
+        .build()
+        .layer(ReadyService);
+    g.bench_function("floodwall-meter/clone+oneshot", |b| {
+        b.iter(|| poll_once(&mut cx, meter.clone().oneshot(black_box(1u32))).unwrap())
+    });
+    let counter = SlidingWindowLayer::counter(wide_window(Duration::from_millis(1)))
+        .build()
+        .layer(ReadyService);
+    g.bench_function("floodwall-counter/clone+oneshot", |b| {
+        b.iter(|| poll_once(&mut cx, counter.clone().oneshot(black_box(1u32))).unwrap())
+    });
+    let log = SlidingWindowLayer::log(Window::new(1_000, Duration::from_micros(1)).unwrap())
+        .build()
+        .layer(ReadyService);
+    g.bench_function("floodwall-log/clone+oneshot", |b| {
+        b.iter(|| poll_once(&mut cx, log.clone().oneshot(black_box(1u32))).unwrap())
+    });
+    for (name, window) in [
+        (
+            "tower-resilience-counter/clone+oneshot",
+            WindowType::SlidingCounter,
+        ),
+        ("tower-resilience-log/clone+oneshot", WindowType::SlidingLog),
+    ] {
+        let svc = tower_resilience_ratelimiter::RateLimiterLayer::builder()
+            .limit_for_period(1_000_000)
+            .refresh_period(Duration::from_millis(1))
+            .timeout_duration(Duration::ZERO)
+            .window_type(window)
+            .build()
+            .unwrap()
+            .layer(ReadyService);
+        g.bench_function(name, |b| {
+            b.iter(|| poll_once(&mut cx, svc.clone().oneshot(black_box(1u32))).unwrap())
+        });
+    }
 
     // poll_ready + call on one instance: the only way to drive tower's
     // RateLimit, which is not Clone.
@@ -349,6 +485,32 @@ fn memory_report(_: &mut Criterion) {
             IpAddr::V6(Ipv6Addr::from(u128::from(key(i))))
         });
     }
+    let ip = |i: u64| IpAddr::V6(Ipv6Addr::from(u128::from(key(i))));
+    let capacity = 100_000;
+    let now = Instant::now();
+    let counters = KeyedSlidingWindowCounter::new(Window::per_minute(100).unwrap(), capacity);
+    for i in 0..capacity as u64 * 3 {
+        counters.try_acquire(&ip(i), now, 1).unwrap();
+    }
+    let keys = counters.keys();
+    println!(
+        "keyed memory: sliding counter, IpAddr, capacity {capacity}: {} bytes for {} keys = {:.1} bytes/key",
+        keys.memory_bytes(),
+        keys.len(),
+        keys.memory_bytes() as f64 / keys.len() as f64
+    );
+    let logs = KeyedSlidingLog::new(Window::per_minute(10).unwrap(), capacity);
+    for i in 0..capacity as u64 * 3 {
+        logs.try_acquire(&ip(i), now, 1).unwrap();
+    }
+    let keys = logs.keys();
+    println!(
+        "keyed memory: sliding log (limit 10), IpAddr, capacity {capacity}: {} bytes for {} keys = {:.1} bytes/key + 10 x 8 bytes of ring = {:.1} bytes/key",
+        keys.memory_bytes(),
+        keys.len(),
+        keys.memory_bytes() as f64 / keys.len() as f64,
+        keys.memory_bytes() as f64 / keys.len() as f64 + 80.0
+    );
 }
 
 criterion_group! {
