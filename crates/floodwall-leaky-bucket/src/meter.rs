@@ -1,6 +1,5 @@
 use std::fmt;
 use std::hash::Hash;
-use std::time::Duration;
 
 use floodwall_ratelimit::{Denied, KeyedLimit, KeyedMetricNames, Limiter, Refund};
 use floodwall_token_bucket::{KeyedTokenBucket, Quota, TokenBucket};
@@ -85,28 +84,16 @@ impl fmt::Debug for LeakyMeter {
     }
 }
 
+/// A meter never schedules ahead: it decides now.
 impl<Req> Limiter<Req> for LeakyMeter {
     #[inline]
     fn acquire(&self, _req: &Req, now: Instant, n: u32) -> Result<(), Denied> {
         self.try_acquire(now, n)
     }
-
-    /// A meter never schedules ahead: it decides now.
-    fn reserve(
-        &self,
-        _req: &Req,
-        now: Instant,
-        n: u32,
-        _max_wait: Duration,
-    ) -> Result<(Duration, ()), Denied> {
-        self.try_acquire(now, n).map(|()| (Duration::ZERO, ()))
-    }
 }
 
 impl Refund for LeakyMeter {
     type Permit = ();
-
-    fn refund(&self, (): (), _now: Instant) {}
 }
 
 /// One [`LeakyMeter`] per key, at most `capacity` keys remembered (see
@@ -177,16 +164,4 @@ where
     fn acquire_key(&self, key: &K, now: Instant, n: u32) -> Result<(), Denied> {
         self.try_acquire(key, now, n)
     }
-
-    fn reserve_key(
-        &self,
-        key: &K,
-        now: Instant,
-        n: u32,
-        _max_wait: Duration,
-    ) -> Result<(Duration, ()), Denied> {
-        self.try_acquire(key, now, n).map(|()| (Duration::ZERO, ()))
-    }
-
-    fn refund_key(&self, _key: &K, (): (), _now: Instant) {}
 }

@@ -158,8 +158,6 @@ impl<Req> Limiter<Req> for LeakyShaper {
 /// A cancelled waiter's slot is not given back (see [`LeakyShaper`]).
 impl Refund for LeakyShaper {
     type Permit = ();
-
-    fn refund(&self, (): (), _now: Instant) {}
 }
 
 /// One [`LeakyShaper`] per key, at most `capacity` keys remembered (see
@@ -258,6 +256,7 @@ where
         self.buckets.try_acquire(key, now, n)
     }
 
+    /// A cancelled waiter's slot is not given back (see [`LeakyShaper`]).
     fn reserve_key(
         &self,
         key: &K,
@@ -267,6 +266,4 @@ where
     ) -> Result<(Duration, ()), Denied> {
         self.reserve(key, now, n).map(|wait| (wait, ()))
     }
-
-    fn refund_key(&self, _key: &K, (): (), _now: Instant) {}
 }

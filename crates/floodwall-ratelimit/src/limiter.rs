@@ -53,7 +53,8 @@ impl std::error::Error for Denied {}
 /// `acquire` decides now; `reserve` may schedule the request up to
 /// `max_wait` ahead (for wait and shaping modes) and returns the wait and
 /// what [`Refund::refund`] needs if the waiter gives up. A limiter that
-/// cannot schedule ahead implements `reserve` as `acquire` with no wait.
+/// never schedules ahead implements only `acquire` (and an empty
+/// [`Refund`] with `type Permit = ()`): `reserve` then decides now.
 pub trait Limiter<Req>: Refund {
     /// Takes `n` units for `req` now, or refuses.
     ///
@@ -62,7 +63,8 @@ pub trait Limiter<Req>: Refund {
     fn acquire(&self, req: &Req, now: Instant, n: u32) -> Result<(), Denied>;
 
     /// Takes `n` units for `req`, for a start at most `max_wait` away;
-    /// returns the wait and what cancelling the reservation needs.
+    /// returns the wait and what cancelling the reservation needs. By
+    /// default the limiter does not schedule ahead: it decides now.
     ///
     /// # Errors
     /// [`Denied`] when the request does not conform within `max_wait`.
@@ -72,26 +74,35 @@ pub trait Limiter<Req>: Refund {
         now: Instant,
         n: u32,
         max_wait: Duration,
-    ) -> Result<(Duration, Self::Permit), Denied>;
+    ) -> Result<(Duration, Self::Permit), Denied> {
+        let _ = max_wait;
+        self.acquire(req, now, n)
+            .map(|()| (Duration::ZERO, Self::Permit::default()))
+    }
 }
 
 /// Giving back what a request that waited and never ran had reserved.
 pub trait Refund: Send + Sync + 'static {
-    /// What identifies the reservation to cancel.
-    type Permit: Send + 'static;
+    /// What identifies the reservation to cancel (`()` for limiters that
+    /// never schedule ahead).
+    type Permit: Send + Default + 'static;
 
     /// Cancels the reservation held under `permit`, as far as the algorithm
-    /// allows (see each limiter's documentation).
-    fn refund(&self, permit: Self::Permit, now: Instant);
+    /// allows (see each limiter's documentation). By default: nothing to
+    /// give back.
+    fn refund(&self, permit: Self::Permit, now: Instant) {
+        let _ = (permit, now);
+    }
 }
 
 /// A limiter with one state per key; [`Keyed`] turns it into a [`Limiter`]
-/// by extracting each request's key.
+/// by extracting each request's key. As with [`Limiter`], one that never
+/// schedules ahead implements only `acquire_key`.
 pub trait KeyedLimit: Send + Sync + 'static {
     /// The key type.
     type Key: Send + 'static;
     /// What cancelling a keyed reservation needs.
-    type Permit: Send + 'static;
+    type Permit: Send + Default + 'static;
 
     /// Takes `n` units from `key`'s state now, or refuses.
     ///
@@ -99,7 +110,8 @@ pub trait KeyedLimit: Send + Sync + 'static {
     /// [`Denied`] when the request does not conform now.
     fn acquire_key(&self, key: &Self::Key, now: Instant, n: u32) -> Result<(), Denied>;
 
-    /// Takes `n` units from `key`'s state for a start at most `max_wait` away.
+    /// Takes `n` units from `key`'s state for a start at most `max_wait`
+    /// away. By default: decides now.
     ///
     /// # Errors
     /// [`Denied`] when the request does not conform within `max_wait`.
@@ -109,10 +121,17 @@ pub trait KeyedLimit: Send + Sync + 'static {
         now: Instant,
         n: u32,
         max_wait: Duration,
-    ) -> Result<(Duration, Self::Permit), Denied>;
+    ) -> Result<(Duration, Self::Permit), Denied> {
+        let _ = max_wait;
+        self.acquire_key(key, now, n)
+            .map(|()| (Duration::ZERO, Self::Permit::default()))
+    }
 
-    /// Cancels `key`'s reservation held under `permit`.
-    fn refund_key(&self, key: &Self::Key, permit: Self::Permit, now: Instant);
+    /// Cancels `key`'s reservation held under `permit`. By default: nothing
+    /// to give back.
+    fn refund_key(&self, key: &Self::Key, permit: Self::Permit, now: Instant) {
+        let _ = (key, permit, now);
+    }
 }
 
 /// A keyed limiter together with the function that extracts each request's

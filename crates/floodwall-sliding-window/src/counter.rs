@@ -306,28 +306,16 @@ impl fmt::Debug for SlidingWindowCounter {
     }
 }
 
+/// A counter does not schedule ahead: it decides now.
 impl<Req> Limiter<Req> for SlidingWindowCounter {
     #[inline]
     fn acquire(&self, _req: &Req, now: Instant, n: u32) -> Result<(), Denied> {
         self.try_acquire(now, n)
     }
-
-    /// A counter does not schedule ahead: it decides now.
-    fn reserve(
-        &self,
-        _req: &Req,
-        now: Instant,
-        n: u32,
-        _max_wait: Duration,
-    ) -> Result<(Duration, ()), Denied> {
-        self.try_acquire(now, n).map(|()| (Duration::ZERO, ()))
-    }
 }
 
 impl Refund for SlidingWindowCounter {
     type Permit = ();
-
-    fn refund(&self, (): (), _now: Instant) {}
 }
 
 /// One [`SlidingWindowCounter`] per key, at most `capacity` keys remembered
@@ -420,16 +408,4 @@ where
     fn acquire_key(&self, key: &K, now: Instant, n: u32) -> Result<(), Denied> {
         self.try_acquire(key, now, n)
     }
-
-    fn reserve_key(
-        &self,
-        key: &K,
-        now: Instant,
-        n: u32,
-        _max_wait: Duration,
-    ) -> Result<(Duration, ()), Denied> {
-        self.try_acquire(key, now, n).map(|()| (Duration::ZERO, ()))
-    }
-
-    fn refund_key(&self, _key: &K, (): (), _now: Instant) {}
 }

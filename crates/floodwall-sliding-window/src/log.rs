@@ -193,27 +193,15 @@ impl fmt::Debug for SlidingLog {
     }
 }
 
+/// A log does not schedule ahead: it decides now.
 impl<Req> Limiter<Req> for SlidingLog {
     fn acquire(&self, _req: &Req, now: Instant, n: u32) -> Result<(), Denied> {
         self.try_acquire(now, n)
-    }
-
-    /// A log does not schedule ahead: it decides now.
-    fn reserve(
-        &self,
-        _req: &Req,
-        now: Instant,
-        n: u32,
-        _max_wait: Duration,
-    ) -> Result<(Duration, ()), Denied> {
-        self.try_acquire(now, n).map(|()| (Duration::ZERO, ()))
     }
 }
 
 impl Refund for SlidingLog {
     type Permit = ();
-
-    fn refund(&self, (): (), _now: Instant) {}
 }
 
 /// One [`SlidingLog`] per key, at most `capacity` keys remembered (see
@@ -299,16 +287,4 @@ where
     fn acquire_key(&self, key: &K, now: Instant, n: u32) -> Result<(), Denied> {
         self.try_acquire(key, now, n)
     }
-
-    fn reserve_key(
-        &self,
-        key: &K,
-        now: Instant,
-        n: u32,
-        _max_wait: Duration,
-    ) -> Result<(Duration, ()), Denied> {
-        self.try_acquire(key, now, n).map(|()| (Duration::ZERO, ()))
-    }
-
-    fn refund_key(&self, _key: &K, (): (), _now: Instant) {}
 }

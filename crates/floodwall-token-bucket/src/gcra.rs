@@ -48,7 +48,8 @@ pub(crate) struct Params {
 /// Returned by `reserve`; give it back to `cancel` if the request never
 /// runs. It remembers the TAT its reservation set, so a cancellation can
 /// only undo the newest reservation (see `Params::cancel`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The default reservation holds nothing: cancelling it changes nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[must_use = "a reservation that is neither used nor cancelled wastes its tokens"]
 pub struct Reservation {
     wait_ns: u64,
