@@ -191,17 +191,10 @@ impl Builder<Meter> {
 }
 
 impl Builder<Shaper> {
-    fn horizon(&self) -> Duration {
-        self.rate
-            .interval()
-            .checked_mul(self.mode.queue)
-            .unwrap_or(Duration::MAX)
-    }
-
     /// One queue for every request.
     pub fn build(self) -> LeakyBucketLayer<LeakyShaper> {
         let shaper = LeakyShaper::new(self.rate, self.mode.queue);
-        let horizon = self.horizon();
+        let horizon = shaper.horizon();
         self.finish(shaper, horizon)
     }
 
@@ -218,7 +211,7 @@ impl Builder<Shaper> {
     {
         let shapers = KeyedLeakyShaper::new(self.rate, self.mode.queue, capacity)
             .with_metric_names(KEYED_NAMES, &self.name);
-        let horizon = self.horizon();
+        let horizon = shapers.horizon();
         self.finish(Keyed::new(shapers, extract), horizon)
     }
 }

@@ -3,7 +3,7 @@ use std::hash::Hash;
 use std::time::Duration;
 
 use floodwall_ratelimit::{Denied, KeyedLimit, KeyedMetricNames, Limiter, Refund};
-use floodwall_token_bucket::{KeyedTokenBucket, Quota, TokenBucket};
+use floodwall_token_bucket::{KeyedTokenBucket, MAX_WAIT, Quota, TokenBucket};
 use tokio::time::Instant;
 
 /// A leaky bucket as a shaper (a queue): requests leave one interval apart,
@@ -45,9 +45,12 @@ pub struct LeakyShaper {
     horizon: Duration,
 }
 
-/// `q·I`, the furthest ahead a start slot may be.
+/// `q·I`, the furthest ahead a start slot may be (at most
+/// [`MAX_WAIT`], about 36 years).
 fn horizon(rate: &Quota, queue: u32) -> Duration {
-    rate.interval().checked_mul(queue).unwrap_or(Duration::MAX)
+    rate.interval()
+        .checked_mul(queue)
+        .map_or(MAX_WAIT, |h| h.min(MAX_WAIT))
 }
 
 /// The rate with a burst of one: requests leave one interval apart. (A
@@ -96,9 +99,16 @@ impl LeakyShaper {
         }
     }
 
-    /// How long a request arriving at `now` would wait for its slot.
+    /// How long a request arriving at `now` would wait for its slot if it
+    /// were admitted; it is admitted only while this is at most
+    /// [`horizon`](Self::horizon).
     pub fn delay(&self, now: Instant) -> Duration {
         self.bucket.time_to_full(now)
+    }
+
+    /// The longest wait the queue allows, `q·I` (capped at about 36 years).
+    pub fn horizon(&self) -> Duration {
+        self.horizon
     }
 
     /// Requests waiting at `now` for their start slot.
@@ -227,6 +237,11 @@ impl<K: Hash + Eq> KeyedLeakyShaper<K> {
     /// The per-key queues' capacity.
     pub fn queue(&self) -> u32 {
         self.queue
+    }
+
+    /// The longest wait a key's queue allows, `q·I`.
+    pub fn horizon(&self) -> Duration {
+        self.horizon
     }
 
     /// The per-key state (key count, memory, evictions).

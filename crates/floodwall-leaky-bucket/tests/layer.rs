@@ -141,6 +141,27 @@ async fn dropped_shaper_waiters_leak_nothing_and_starts_stay_spaced() {
     assert!(done > 0 && dropped > 0 && refused > 0);
 }
 
+/// SPECS convention: a waiter that gives up does not give its slot back.
+#[tokio::test(start_paused = true)]
+async fn a_cancelled_waiter_keeps_its_slot_unused() {
+    let layer = LeakyBucketLayer::shaper(Quota::per_second(10).unwrap(), 5).build();
+    let (inner, starts) = recording(Arc::new(()));
+    let svc = layer.layer(inner);
+    let t0 = Instant::now();
+    let a = tokio::spawn(svc.clone().oneshot(1)); // starts at 0 ms
+    let b = tokio::spawn(svc.clone().oneshot(2)); // slot at 100 ms
+    tokio::task::yield_now().await;
+    b.abort();
+    let _ = b.await;
+    // The newcomer is given the slot after B's, not B's.
+    let c = tokio::spawn(svc.clone().oneshot(3));
+    a.await.unwrap().unwrap();
+    c.await.unwrap().unwrap();
+    let starts: Vec<_> = starts.lock().unwrap().iter().map(|s| *s - t0).collect();
+    let ms = Duration::from_millis;
+    assert_eq!(starts, [ms(0), ms(200)]);
+}
+
 #[tokio::test(start_paused = true)]
 async fn keyed_shaper_queues_each_key_separately() {
     let layer = LeakyBucketLayer::shaper(Quota::per_second(10).unwrap(), 1)

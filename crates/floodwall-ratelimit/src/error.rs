@@ -6,8 +6,12 @@ use std::time::Duration;
 
 use floodwall_core::{RateLimitPolicy, RejectKind, Rejection};
 
-/// The request was refused by a rate limiter; it would conform after
-/// [`retry_after`](Self::retry_after).
+/// The request was refused by a rate limiter; it would be admitted after
+/// [`retry_after`](Self::retry_after) if nothing else arrived.
+///
+/// What "admitted" means depends on the limiter: for a token bucket (also in
+/// wait mode), the sliding window and the leaky meter, admitted at once;
+/// for the leaky shaper, accepted into its queue.
 ///
 /// In wait mode this means the wait would have exceeded the configured
 /// maximum.

@@ -17,6 +17,11 @@ pub struct CounterParams {
     window: u64,
     limit: u32,
     fixed: bool,
+    /// How many windows a word may be ahead of a caller's clock reading and
+    /// still be taken as newer (clock skew between racing threads): one
+    /// second's worth, at least 2 and at most 2^24 (so that at most 1/256 of
+    /// the 32-bit window cycle is read as "ahead").
+    skew: u32,
 }
 
 /// A counter's state in one word: the window index (its low 32 bits), the
@@ -39,10 +44,12 @@ fn pack(w: u64, prev: u32, cur: u32) -> u64 {
 
 impl CounterParams {
     fn new(window: Window, fixed: bool) -> Self {
+        let one_second = 1_000_000_000u64.div_ceil(window.length_ns());
         Self {
             window: window.length_ns(),
             limit: window.limit(),
             fixed,
+            skew: one_second.clamp(2, 1 << 24) as u32,
         }
     }
 
@@ -52,8 +59,13 @@ impl CounterParams {
     ///
     /// A caller whose clock reading is a little behind another's (threads
     /// read the clock before they race for the CAS) may see a word from a
-    /// later window; it is then treated as arriving at the start of that
-    /// window, which can only be stricter, never as an old empty window.
+    /// later window, at most [`skew`](Self::skew) windows ahead; it is then
+    /// treated as arriving at the start of that window, which can only be
+    /// stricter, never as an old empty window.
+    ///
+    /// The word keeps the window index's low 32 bits: a word left idle for
+    /// almost exactly a multiple of 2^32 windows (49.7 days at 1 ms windows)
+    /// aliases a recent one, and its old counts apply for at most a second.
     #[inline]
     fn view(self, word: u64, t: u64) -> View {
         let mut w = t / self.window;
@@ -62,7 +74,7 @@ impl CounterParams {
         let p = ((word >> 16) & 0xFFFF) as u32;
         let c = (word & 0xFFFF) as u32;
         let ahead = stored.wrapping_sub(w as u32);
-        if ahead != 0 && ahead < 1 << 31 {
+        if ahead != 0 && ahead <= self.skew && (p != 0 || c != 0) {
             w += u64::from(ahead);
             e = 0;
         }
@@ -177,7 +189,8 @@ impl KeyState for CounterState {
         CounterState(AtomicU64::new(0))
     }
 
-    /// A count stops mattering two windows after the window it was made in.
+    /// A count stops mattering two windows after the window it was made in
+    /// (one, for a fixed window).
     fn idle_at(&self, params: &CounterParams, t: u64) -> u64 {
         let word = self.0.load(Ordering::Relaxed);
         let v = params.view(word, t);
@@ -185,7 +198,8 @@ impl KeyState for CounterState {
             return 0;
         }
         let windows_ago = u64::from((v.w as u32).wrapping_sub((word >> 32) as u32));
-        (v.w - windows_ago.min(v.w) + 2).saturating_mul(params.window)
+        let relevant = if params.fixed { 1 } else { 2 };
+        (v.w - windows_ago.min(v.w) + relevant).saturating_mul(params.window)
     }
 }
 
@@ -263,7 +277,9 @@ impl SlidingWindowCounter {
         }
     }
 
-    /// Counts `n` requests at `now` if the estimate allows them.
+    /// Counts `n` requests at `now` if the estimate allows them: admitted
+    /// iff `estimate + n − 1 < limit` (for one request, the estimate is below
+    /// the limit before it is counted).
     ///
     /// # Errors
     /// [`Denied::RateLimited`] with the exact wait; [`Denied::ExceedsBurst`]

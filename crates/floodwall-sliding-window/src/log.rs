@@ -26,8 +26,9 @@ struct Ring {
 }
 
 /// One log's state. The exact log must read its oldest entry and append in
-/// one step, so it takes a short lock (a few instructions, no allocation);
-/// it is the one floodwall limiter whose decision is not a single CAS.
+/// one step, so it takes a short lock (no allocation, no waiting; work
+/// proportional to the request's weight, and `count` scans the ring); it is
+/// the one floodwall limiter whose decision is not a single CAS.
 pub struct LogState(Mutex<Ring>);
 
 impl fmt::Debug for LogState {
@@ -68,7 +69,7 @@ impl LogParams {
         let mut ring = state.0.lock();
         let nth_oldest = ring.slots[(ring.head + n as usize - 1) % len];
         if nth_oldest != 0 {
-            let expires = (nth_oldest - 1) + self.window;
+            let expires = (nth_oldest - 1).saturating_add(self.window);
             if expires > t {
                 return Err(Denied::RateLimited {
                     retry_after: Duration::from_nanos(expires - t),
@@ -78,7 +79,7 @@ impl LogParams {
         // Keep the log in order even if this caller read the clock a moment
         // before one that got the lock first.
         let newest = ring.slots[(ring.head + len - 1) % len];
-        let stamp = (t + 1).max(newest);
+        let stamp = t.saturating_add(1).max(newest);
         for _ in 0..n {
             let head = ring.head;
             ring.slots[head] = stamp;
@@ -92,7 +93,7 @@ impl LogParams {
         let ring = state.0.lock();
         ring.slots
             .iter()
-            .filter(|&&s| s != 0 && (s - 1) + self.window > t && s - 1 <= t)
+            .filter(|&&s| s != 0 && (s - 1).saturating_add(self.window) > t && s - 1 <= t)
             .count() as u32
     }
 }
@@ -164,7 +165,9 @@ impl SlidingLog {
         }
     }
 
-    /// Admits `n` requests at `now` if the window has room for them.
+    /// Admits `n` requests at `now` if the window has room for all of them:
+    /// the `n`-th oldest of the last `limit` admissions must have left the
+    /// window.
     ///
     /// # Errors
     /// [`Denied::RateLimited`] with the exact wait; [`Denied::ExceedsBurst`]
@@ -244,6 +247,13 @@ impl<K: Hash + Eq> KeyedSlidingLog<K> {
     {
         let t = nanos_since(self.epoch, now);
         let params = *self.map.params();
+        if n > params.limit {
+            // Refused whatever the key's state: allocate no ring for it.
+            return Err(Denied::ExceedsBurst {
+                requested: n,
+                burst: params.limit,
+            });
+        }
         self.map.with(key, t, |state| params.decide(state, t, n))
     }
 

@@ -122,7 +122,50 @@ async fn the_fixed_window_forgets_at_each_boundary() {
     for _ in 0..3 {
         fixed.try_acquire(Instant::now(), 1).unwrap();
     }
-    assert!(Instant::now() - t0 == Duration::from_secs(1));
+    assert_eq!(
+        Instant::now() - t0,
+        Duration::from_secs(1),
+        "a window boundary"
+    );
+    assert!(fixed.try_acquire(Instant::now(), 1).is_err());
+}
+
+/// The word keeps the window index's low 32 bits; a fresh word (index 0)
+/// must never look like a word from a later window once the real index is
+/// past 2^31.
+#[test]
+fn fresh_state_after_two_to_the_31_windows_is_empty() {
+    let epoch = Instant::now();
+    let at = |ns: u64| epoch + Duration::from_nanos(ns);
+    let w = Window::new(1, Duration::from_nanos(1)).unwrap();
+    let counter = SlidingWindowCounter::with_epoch(w, epoch);
+    let late = (1u64 << 31) + 1;
+    assert_eq!(counter.try_acquire(at(late), 1), Ok(()));
+    assert!(counter.try_acquire(at(late), 1).is_err());
+    assert_eq!(
+        counter.try_acquire(at(late + 10), 1),
+        Ok(()),
+        "ten windows later"
+    );
+    assert_eq!(counter.try_acquire(at(late + 1_000_000), 1), Ok(()));
+    let keyed = KeyedSlidingWindowCounter::with_epoch(w, 100, epoch, false);
+    for key in 0..50u32 {
+        assert_eq!(keyed.try_acquire(&key, at(late), 1), Ok(()), "key {key}");
+    }
+    for key in 0..50u32 {
+        assert_eq!(
+            keyed.try_acquire(&key, at(late + 10), 1),
+            Ok(()),
+            "key {key}"
+        );
+    }
+    // A 1 ms window at 25 days of uptime (2^31 windows): same story.
+    let w = Window::new(100, Duration::from_millis(1)).unwrap();
+    let keyed = KeyedSlidingWindowCounter::with_epoch(w, 100, epoch, false);
+    let days_25 = (1u64 << 31) * 1_000_000 + 5;
+    assert_eq!(keyed.try_acquire(&1, at(days_25), 100), Ok(()));
+    assert!(keyed.try_acquire(&1, at(days_25), 1).is_err());
+    assert_eq!(keyed.try_acquire(&1, at(days_25 + 2_000_000), 100), Ok(()));
 }
 
 #[tokio::test(start_paused = true)]
@@ -146,14 +189,16 @@ struct Reference {
     counts: HashMap<u64, u64>,
     window: u64,
     limit: u64,
+    fixed: bool,
 }
 
 impl Reference {
     fn admits(&self, t: u64, n: u32) -> bool {
         let (w, e) = (t / self.window, t % self.window);
-        let prev = w
-            .checked_sub(1)
-            .map_or(0, |p| self.counts.get(&p).copied().unwrap_or(0));
+        let prev = match w.checked_sub(1) {
+            Some(p) if !self.fixed => self.counts.get(&p).copied().unwrap_or(0),
+            _ => 0,
+        };
         let cur = self.counts.get(&w).copied().unwrap_or(0);
         // prev·(W − e)/W + cur + (n − 1) < N
         u128::from(prev) * u128::from(self.window - e)
@@ -174,18 +219,25 @@ proptest! {
     #[test]
     fn matches_the_reference_with_exact_retry_after(
         limit in 1u32..=20,
-        window_ms in 1u64..=2000,
+        window_ns in prop_oneof![1u64..=5_000, 1_000_000u64..=2_000_000_000],
+        fixed in any::<bool>(),
+        start in prop_oneof![Just(0u64), 0u64..(1 << 40)],
         trace in prop::collection::vec((0u64..300_000_000, 1u32..=3), 1..300),
     ) {
-        let window = Window::new(limit, Duration::from_millis(window_ms)).unwrap();
+        let window = Window::new(limit, Duration::from_nanos(window_ns)).unwrap();
         let epoch = Instant::now();
-        let counter = SlidingWindowCounter::with_epoch(window, epoch);
+        let counter = if fixed {
+            SlidingWindowCounter::fixed_with_epoch(window, epoch)
+        } else {
+            SlidingWindowCounter::with_epoch(window, epoch)
+        };
         let mut reference = Reference {
             counts: HashMap::new(),
-            window: window_ms * 1_000_000,
+            window: window_ns,
             limit: u64::from(limit),
+            fixed,
         };
-        let mut t = 0u64;
+        let mut t = start;
         for (dt, n) in trace {
             t += dt;
             let now = epoch + Duration::from_nanos(t);

@@ -13,6 +13,10 @@ use floodwall_ratelimit::Denied;
 /// ~146 years.
 pub(crate) const MAX_WAIT_NS: u64 = u64::MAX / 16;
 
+/// The longest wait a reservation may ask for (about 36 years); longer
+/// bounds are capped to it.
+pub const MAX_WAIT: Duration = Duration::from_nanos(MAX_WAIT_NS);
+
 /// Nanoseconds from `epoch` to `now`, saturating at both ends.
 #[inline]
 pub(crate) fn nanos_since(epoch: Instant, now: Instant) -> u64 {

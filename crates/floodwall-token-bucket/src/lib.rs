@@ -61,7 +61,7 @@ mod quota;
 pub use bucket::TokenBucket;
 pub use config::{ConfigError, TokenBucketConfig};
 pub use floodwall_ratelimit::{Denied, Keyed, Limiter, One, Refund, Weigh, error, future};
-pub use gcra::Reservation;
+pub use gcra::{MAX_WAIT, Reservation};
 pub use keyed::KeyedTokenBucket;
 pub use layer::{Builder, DEFAULT_NAME, TokenBucketHandle, TokenBucketLayer, TokenBucketService};
 pub use quota::{Quota, QuotaError};
