@@ -156,6 +156,51 @@ impl Priority {
     }
 }
 
+/// The four request criticality classes of Google's SRE practice, most
+/// important first: adaptive throttling keeps separate statistics per class,
+/// and criticality-based shedding drops every lower class before a higher
+/// one.
+///
+/// The derived order is by importance: `CriticalPlus < Critical <
+/// SheddablePlus < Sheddable` ("less" is more important), like [`Priority`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub enum Criticality {
+    /// The most critical: user-visible and must not fail.
+    CriticalPlus,
+    /// The default for user-visible requests.
+    #[default]
+    Critical,
+    /// Batch or background work that tolerates some unavailability.
+    SheddablePlus,
+    /// Work that may be dropped freely under load.
+    Sheddable,
+}
+
+impl Criticality {
+    /// All classes, most important first.
+    pub const ALL: [Criticality; 4] = [
+        Criticality::CriticalPlus,
+        Criticality::Critical,
+        Criticality::SheddablePlus,
+        Criticality::Sheddable,
+    ];
+
+    /// The class's position in [`ALL`](Self::ALL) (0 = most important).
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+
+    /// A short, stable, lower-case name, used as a metric label value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Criticality::CriticalPlus => "critical_plus",
+            Criticality::Critical => "critical",
+            Criticality::SheddablePlus => "sheddable_plus",
+            Criticality::Sheddable => "sheddable",
+        }
+    }
+}
+
 /// Returned by [`Priority::new`] for a user priority above 127.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct InvalidPriority {

@@ -10,8 +10,9 @@
 //!   and, for rate limiters, the [`RateLimitPolicy`] that was exceeded.
 //! - [`Classify`] and [`Outcome`]: whether a response (or error) counts as a
 //!   success, a failure, or a sign that the backend is overloaded.
-//! - [`Arrival`], [`Deadline`] and [`Priority`]: request extensions shared by
-//!   the queueing, deadline and admission layers.
+//! - [`Arrival`], [`Deadline`], [`Priority`] and [`Criticality`]: request
+//!   extensions shared by the queueing, deadline, throttling and admission
+//!   layers.
 //! - [`metrics`]: the metric names every layer reports under.
 //!
 //! ```
@@ -53,7 +54,7 @@ pub mod metrics;
 mod rejection;
 
 pub use classify::{Classify, GrpcClassifier, GrpcCode, HttpClassifier, Outcome, ResultClassifier};
-pub use extensions::{Arrival, Deadline, InvalidPriority, Priority};
+pub use extensions::{Arrival, Criticality, Deadline, InvalidPriority, Priority};
 pub use rejection::{RateLimitPolicy, RejectKind, Rejected, Rejection};
 
 /// The boxed error type returned by every floodwall service.

@@ -55,3 +55,21 @@ pub const SLIDING_WINDOW_KEYS: &str = "floodwall_sliding_window_keys";
 /// Counter: keys a keyed sliding-window limiter forgot (label `reason`:
 /// `idle`, `capacity`).
 pub const SLIDING_WINDOW_EVICTED: &str = "floodwall_sliding_window_evicted_total";
+
+/// Label naming a request's criticality class.
+pub const LABEL_CRITICALITY: &str = "criticality";
+
+/// Counter: requests adaptive throttling dropped locally (label
+/// `criticality`).
+pub const THROTTLE_REJECTED: &str = "floodwall_throttle_rejected_total";
+/// Counter: requests adaptive throttling let through to the backend.
+pub const THROTTLE_ADMITTED: &str = "floodwall_throttle_admitted_total";
+/// Gauge: the current local rejection probability (label `criticality`).
+pub const THROTTLE_PROBABILITY: &str = "floodwall_throttle_probability";
+/// Counter: retries the retry layer sent.
+pub const RETRY_ATTEMPTS: &str = "floodwall_retry_attempts_total";
+/// Counter: retries the retry layer wanted but the budget or a don't-retry
+/// signal refused (label `reason`: `budget`, `attempts`, `do_not_retry`).
+pub const RETRY_SKIPPED: &str = "floodwall_retry_skipped_total";
+/// Gauge: the retry budget's tokens.
+pub const RETRY_TOKENS: &str = "floodwall_retry_tokens";

@@ -1,0 +1,124 @@
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The retry budget of gRPC proposal A6 ("retry throttling").
+///
+/// A token count starts at `max_tokens`; every failed attempt takes one
+/// token, every successful one gives back `token_ratio`; the count stays in
+/// `[0, max_tokens]`. Retries (and hedges) are allowed only while the count
+/// is **above** `max_tokens / 2`. So when failures outnumber successes the
+/// client stops retrying, and retries can never more than about double the
+/// load on a failing backend.
+///
+/// Tokens are kept in thousandths, as A6 specifies three decimal places, in
+/// one `AtomicU64`, so the arithmetic is exact and lock-free.
+///
+/// ```
+/// use floodwall_throttle::RetryBudget;
+///
+/// let budget = RetryBudget::new(10.0, 0.1)?;
+/// assert!(budget.can_retry());
+/// for _ in 0..5 {
+///     budget.on_failure();
+/// }
+/// assert_eq!(budget.tokens(), 5.0);
+/// assert!(!budget.can_retry(), "5 is not above 10 / 2");
+/// budget.on_success();
+/// assert_eq!(budget.tokens(), 5.1);
+/// assert!(budget.can_retry());
+/// # Ok::<(), floodwall_throttle::BudgetError>(())
+/// ```
+pub struct RetryBudget {
+    milli_tokens: AtomicU64,
+    max: u64,
+    ratio: u64,
+}
+
+impl RetryBudget {
+    /// A full budget of `max_tokens` (A6: in `(0, 1000]`) refilled by
+    /// `token_ratio` per success (A6: positive, three decimal places kept).
+    ///
+    /// # Errors
+    /// [`BudgetError`] for values outside those ranges.
+    pub fn new(max_tokens: f64, token_ratio: f64) -> Result<Self, BudgetError> {
+        if !(max_tokens > 0.0 && max_tokens <= 1000.0) {
+            return Err(BudgetError::MaxTokens(max_tokens));
+        }
+        let ratio = (token_ratio * 1000.0).round();
+        if !(token_ratio.is_finite() && ratio >= 1.0) {
+            return Err(BudgetError::TokenRatio(token_ratio));
+        }
+        let max = (max_tokens * 1000.0).round() as u64;
+        Ok(Self {
+            milli_tokens: AtomicU64::new(max),
+            max,
+            ratio: ratio as u64,
+        })
+    }
+
+    /// Records a failed attempt: one token less (not below zero).
+    pub fn on_failure(&self) {
+        let _ = self
+            .milli_tokens
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| {
+                Some(t.saturating_sub(1000))
+            });
+    }
+
+    /// Records a successful attempt: `token_ratio` more (not above the max).
+    pub fn on_success(&self) {
+        let max = self.max;
+        let ratio = self.ratio;
+        let _ = self
+            .milli_tokens
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| {
+                (t < max).then(|| (t + ratio).min(max))
+            });
+    }
+
+    /// Whether a retry may be sent now: tokens above `max_tokens / 2`.
+    pub fn can_retry(&self) -> bool {
+        self.milli_tokens.load(Ordering::Acquire) * 2 > self.max
+    }
+
+    /// The token count.
+    pub fn tokens(&self) -> f64 {
+        self.milli_tokens.load(Ordering::Acquire) as f64 / 1000.0
+    }
+
+    /// The maximum token count.
+    pub fn max_tokens(&self) -> f64 {
+        self.max as f64 / 1000.0
+    }
+}
+
+impl fmt::Debug for RetryBudget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RetryBudget")
+            .field("tokens", &self.tokens())
+            .field("max_tokens", &self.max_tokens())
+            .field("token_ratio", &(self.ratio as f64 / 1000.0))
+            .finish()
+    }
+}
+
+/// Why a [`RetryBudget`] could not be built.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
+pub enum BudgetError {
+    /// `max_tokens` must be in `(0, 1000]`.
+    MaxTokens(f64),
+    /// `token_ratio` must be at least 0.001.
+    TokenRatio(f64),
+}
+
+impl fmt::Display for BudgetError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BudgetError::MaxTokens(m) => write!(f, "max_tokens must be in (0, 1000], not {m}"),
+            BudgetError::TokenRatio(r) => write!(f, "token_ratio must be at least 0.001, not {r}"),
+        }
+    }
+}
+
+impl std::error::Error for BudgetError {}

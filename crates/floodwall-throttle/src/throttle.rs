@@ -1,0 +1,298 @@
+use std::fmt;
+use std::time::Duration;
+
+use floodwall_core::Criticality;
+use tokio::time::Instant;
+
+use crate::random::{Random, SplitMix};
+use crate::window::{ACCEPT, REQUEST, TrailingCounts};
+
+/// The knobs of adaptive throttling, with the SRE book's defaults.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
+pub struct ThrottleConfig {
+    /// The trailing window the counts cover. Default 120 s.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
+    pub window: Duration,
+    /// How many buckets the window is kept in. Default 120 (one a second).
+    pub buckets: u32,
+    /// The multiplier `K`: the client sends until requests reach `K` times
+    /// accepts. Default 2.0 (lower is more aggressive).
+    pub k: f64,
+    /// Below this many requests per second over the window nothing is
+    /// rejected (Envoy's `rps_threshold`). Default 0: off.
+    pub min_rps: f64,
+    /// The most the rejection probability may be (Envoy's
+    /// `max_rejection_probability`). Default 1.0: off.
+    pub max_probability: f64,
+}
+
+impl Default for ThrottleConfig {
+    fn default() -> Self {
+        Self {
+            window: Duration::from_secs(120),
+            buckets: 120,
+            k: 2.0,
+            min_rps: 0.0,
+            max_probability: 1.0,
+        }
+    }
+}
+
+impl ThrottleConfig {
+    /// Checks the values.
+    ///
+    /// # Errors
+    /// [`ConfigError`] for a zero window or bucket count, more buckets than
+    /// nanoseconds in the window, `K < 1`, or a negative or non-finite value.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.window.is_zero() || self.buckets == 0 {
+            return Err(ConfigError::EmptyWindow);
+        }
+        if self.window.as_nanos() < u128::from(self.buckets) {
+            return Err(ConfigError::EmptyWindow);
+        }
+        if !(self.k.is_finite() && self.k >= 1.0) {
+            return Err(ConfigError::K(self.k));
+        }
+        if !(self.min_rps.is_finite() && self.min_rps >= 0.0) {
+            return Err(ConfigError::MinRps(self.min_rps));
+        }
+        if !(0.0..=1.0).contains(&self.max_probability) {
+            return Err(ConfigError::MaxProbability(self.max_probability));
+        }
+        Ok(())
+    }
+}
+
+/// Why a [`ThrottleConfig`] is invalid.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The window or its bucket count is zero, or the buckets are shorter
+    /// than a nanosecond.
+    EmptyWindow,
+    /// `K` must be finite and at least 1.
+    K(f64),
+    /// The minimum rate must be finite and not negative.
+    MinRps(f64),
+    /// The maximum probability must be in `[0, 1]`.
+    MaxProbability(f64),
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::EmptyWindow => f.write_str(
+                "the window and its bucket count must be positive (buckets of 1 ns or more)",
+            ),
+            ConfigError::K(k) => write!(f, "K must be finite and at least 1, not {k}"),
+            ConfigError::MinRps(r) => write!(f, "min_rps must be finite and not negative, not {r}"),
+            ConfigError::MaxProbability(p) => {
+                write!(f, "max_probability must be between 0 and 1, not {p}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// An admitted attempt, to [`accept`](AdaptiveThrottle::accept) when the
+/// backend accepts it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Ticket {
+    bucket: u64,
+    class: Option<Criticality>,
+    probability: f64,
+}
+
+impl Ticket {
+    /// The rejection probability the attempt was admitted under.
+    pub fn probability(&self) -> f64 {
+        self.probability
+    }
+}
+
+/// The statistics a decision was made from.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Stats {
+    /// Attempts in the window, including those rejected locally.
+    pub requests: u64,
+    /// Attempts the backend accepted.
+    pub accepts: u64,
+    /// The rejection probability they give.
+    pub probability: f64,
+}
+
+/// Google SRE adaptive client throttling: the sans-IO core.
+///
+/// Over a trailing window (default 120 s, kept in buckets) the client counts
+/// `requests` (every attempt, including those it rejected itself) and
+/// `accepts` (attempts the backend accepted: anything that is not an
+/// overload signal). Each new request is rejected locally with probability
+///
+/// ```text
+/// p = max(0, (requests − K·accepts) / (requests + 1))
+/// ```
+///
+/// so that once the backend starts refusing, the client sends it only about
+/// `K` times what it accepts. Statistics are kept separately per
+/// [`Criticality`] (and for requests without one). The optional guards are
+/// off by default: below `min_rps` nothing is rejected; `p` is capped at
+/// `max_probability`. The random source is injectable ([`Random`]).
+///
+/// Recording is lock-free (two `fetch_add`s); crossing into a new bucket
+/// expires old buckets under a lock, once per bucket.
+///
+/// ```
+/// use std::time::Duration;
+/// use floodwall_throttle::{AdaptiveThrottle, SplitMix, ThrottleConfig};
+/// use tokio::time::Instant;
+///
+/// let t0 = Instant::now();
+/// let throttle = AdaptiveThrottle::with_rng(ThrottleConfig::default(), SplitMix::new(7), t0)?;
+/// // 100 attempts, 10 accepted: p = (100 − 2·10) / 101.
+/// for i in 0..100 {
+///     throttle.record_request(t0, None);
+///     if i < 10 {
+///         throttle.record_accept(t0, None);
+///     }
+/// }
+/// let p = throttle.stats(t0, None).probability;
+/// assert!((p - 80.0 / 101.0).abs() < 1e-12);
+/// # Ok::<(), floodwall_throttle::ConfigError>(())
+/// ```
+pub struct AdaptiveThrottle<R = SplitMix> {
+    classes: [TrailingCounts; 5],
+    config: ThrottleConfig,
+    bucket_ns: u64,
+    epoch: Instant,
+    rng: R,
+}
+
+impl AdaptiveThrottle<SplitMix> {
+    /// A throttle with `config`, randomness from the clock, clock starting
+    /// now.
+    ///
+    /// # Errors
+    /// As [`ThrottleConfig::validate`].
+    pub fn new(config: ThrottleConfig) -> Result<Self, ConfigError> {
+        Self::with_rng(config, SplitMix::from_entropy(), Instant::now())
+    }
+}
+
+impl<R: Random> AdaptiveThrottle<R> {
+    /// A throttle with `config`, random draws from `rng`, clock starting at
+    /// `epoch`.
+    ///
+    /// # Errors
+    /// As [`ThrottleConfig::validate`].
+    pub fn with_rng(config: ThrottleConfig, rng: R, epoch: Instant) -> Result<Self, ConfigError> {
+        config.validate()?;
+        let buckets = config.buckets as usize;
+        let bucket_ns = (config.window.as_nanos() / u128::from(config.buckets)) as u64;
+        Ok(Self {
+            classes: std::array::from_fn(|_| TrailingCounts::new(buckets)),
+            config,
+            bucket_ns,
+            epoch,
+            rng,
+        })
+    }
+
+    #[inline]
+    fn bucket(&self, now: Instant) -> u64 {
+        let d = now.saturating_duration_since(self.epoch);
+        let ns = d
+            .as_secs()
+            .saturating_mul(1_000_000_000)
+            .saturating_add(u64::from(d.subsec_nanos()));
+        ns / self.bucket_ns
+    }
+
+    #[inline]
+    fn counts(&self, class: Option<Criticality>) -> &TrailingCounts {
+        &self.classes[class.map_or(4, Criticality::index)]
+    }
+
+    /// The statistics and rejection probability for `class` at `now`.
+    pub fn stats(&self, now: Instant, class: Option<Criticality>) -> Stats {
+        let (requests, accepts) = self.counts(class).totals(self.bucket(now));
+        Stats {
+            requests,
+            accepts,
+            probability: self.probability(requests, accepts),
+        }
+    }
+
+    /// `max(0, (requests − K·accepts) / (requests + 1))`, with the guards.
+    fn probability(&self, requests: u64, accepts: u64) -> f64 {
+        let c = &self.config;
+        if c.min_rps > 0.0 && (requests as f64) < c.min_rps * c.window.as_secs_f64() {
+            return 0.0;
+        }
+        let p = (requests as f64 - c.k * accepts as f64) / (requests as f64 + 1.0);
+        p.clamp(0.0, c.max_probability)
+    }
+
+    /// Decides a new attempt for `class` at `now` and records it as a
+    /// request either way: `Ok` to send it, `Err(p)` with the probability it
+    /// was rejected with. Call [`record_accept`](Self::record_accept) when
+    /// the backend accepts a sent attempt.
+    #[inline]
+    pub fn admit(&self, now: Instant, class: Option<Criticality>) -> Result<(), f64> {
+        self.admit_ticket(now, class).map(|_| ())
+    }
+
+    /// As [`admit`](Self::admit), returning the [`Ticket`] to
+    /// [`accept`](Self::accept) with: the accept is counted in the bucket of
+    /// the request, and no second clock read is needed.
+    #[inline]
+    pub fn admit_ticket(&self, now: Instant, class: Option<Criticality>) -> Result<Ticket, f64> {
+        let bucket = self.bucket(now);
+        let counts = self.counts(class);
+        let (requests, accepts) = counts.totals(bucket);
+        counts.add(bucket, REQUEST);
+        let p = self.probability(requests, accepts);
+        if p > 0.0 && self.rng.next_f64() < p {
+            Err(p)
+        } else {
+            Ok(Ticket {
+                bucket,
+                class,
+                probability: p,
+            })
+        }
+    }
+
+    /// Records that the backend accepted the attempt admitted with `ticket`.
+    #[inline]
+    pub fn accept(&self, ticket: Ticket) {
+        self.counts(ticket.class).add(ticket.bucket, ACCEPT);
+    }
+
+    /// Records an attempt for `class` at `now` without deciding it.
+    pub fn record_request(&self, now: Instant, class: Option<Criticality>) {
+        self.counts(class).add(self.bucket(now), REQUEST);
+    }
+
+    /// Records that the backend accepted an attempt of `class`.
+    #[inline]
+    pub fn record_accept(&self, now: Instant, class: Option<Criticality>) {
+        self.counts(class).add(self.bucket(now), ACCEPT);
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ThrottleConfig {
+        &self.config
+    }
+}
+
+impl<R> fmt::Debug for AdaptiveThrottle<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AdaptiveThrottle")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
