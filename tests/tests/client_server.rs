@@ -1,0 +1,154 @@
+//! Client and server layers composed over loopback: a server limited by a
+//! sliding window answers 429 with `Retry-After`; a client with adaptive
+//! throttling and a budgeted retry layer honours it.
+
+use std::convert::Infallible;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use floodwall::core::{BoxError, HttpClassifier};
+use floodwall::http::HttpRejectionLayer;
+use floodwall::sliding_window::{SlidingWindowLayer, Window};
+use floodwall::throttle::{
+    NO_RETRY_HEADER, RetryBudget, RetryHttp, RetryLayer, SplitMix, ThrottleConfig, ThrottleLayer,
+};
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::{TcpListener, TcpStream};
+use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
+
+/// A server allowing `limit` requests per second (exact log), counting the
+/// requests that reach its handler.
+async fn serve(limit: u32, handled: Arc<AtomicU32>) -> SocketAddr {
+    let stack = ServiceBuilder::new()
+        .layer(HttpRejectionLayer::new())
+        .layer(
+            SlidingWindowLayer::log(Window::new(limit, Duration::from_secs(1)).unwrap())
+                .name("rooms")
+                .build(),
+        )
+        .service(service_fn(move |_: Request<Incoming>| {
+            handled.fetch_add(1, Ordering::Relaxed);
+            async { Ok::<_, Infallible>(Response::new(Full::<Bytes>::from("room"))) }
+        }));
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let svc = TowerToHyperService::new(stack.clone());
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc),
+            );
+        }
+    });
+    addr
+}
+
+/// A minimal HTTP client service over one fresh connection per request.
+fn client(
+    addr: SocketAddr,
+) -> impl Service<Request<()>, Response = Response<Bytes>, Error = BoxError, Future = impl Send> + Clone
+{
+    service_fn(move |req: Request<()>| async move {
+        let stream = TcpStream::connect(addr).await?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(conn);
+        let req = req.map(|()| Empty::<Bytes>::new());
+        let res = sender.send_request(req).await?;
+        let (parts, body) = res.into_parts();
+        Ok::<_, BoxError>(Response::from_parts(
+            parts,
+            body.collect().await?.to_bytes(),
+        ))
+    })
+}
+
+fn get(addr: SocketAddr) -> Request<()> {
+    Request::get(format!("http://{addr}/"))
+        .header("host", addr.to_string())
+        .body(())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_client_retries_after_the_servers_retry_after() {
+    let handled = Arc::new(AtomicU32::new(0));
+    let addr = serve(1, handled.clone()).await;
+    let budget = Arc::new(RetryBudget::new(10.0, 0.1).unwrap());
+    let svc = ServiceBuilder::new()
+        .layer(
+            RetryLayer::builder()
+                .budget(budget.clone())
+                .policy(RetryHttp)
+                .rng(SplitMix::new(1))
+                .build(),
+        )
+        .service(client(addr));
+    // The first request takes the window's only slot; the second is refused
+    // with Retry-After: 1 and retried a second later, successfully.
+    let first = svc.clone().oneshot(get(addr)).await.unwrap();
+    assert_eq!(first.status(), StatusCode::OK);
+    let started = std::time::Instant::now();
+    let second = svc.clone().oneshot(get(addr)).await.unwrap();
+    assert_eq!(second.status(), StatusCode::OK);
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "waited for Retry-After"
+    );
+    assert_eq!(handled.load(Ordering::Relaxed), 2);
+    assert!(
+        (budget.tokens() - 9.1).abs() < 1e-9,
+        "full at 10, one failure (9), one success after it (9.1)"
+    );
+}
+
+#[tokio::test]
+async fn a_throttled_client_stops_sending_to_a_refusing_server() {
+    let handled = Arc::new(AtomicU32::new(0));
+    let addr = serve(1, handled.clone()).await;
+    let throttle = ThrottleLayer::builder(ThrottleConfig::default())
+        .classify(HttpClassifier)
+        .rng(SplitMix::new(2))
+        .build()
+        .unwrap();
+    let stats = throttle.handle();
+    // No retries here: every 429 is a refusal the throttle sees.
+    let retry = RetryLayer::builder()
+        .policy(RetryHttp)
+        .max_attempts(1)
+        .build();
+    let svc = ServiceBuilder::new()
+        .layer(retry)
+        .layer(throttle)
+        .service(client(addr));
+    let (mut sent_ok, mut refused, mut throttled) = (0, 0, 0);
+    for _ in 0..60 {
+        match svc.clone().oneshot(get(addr)).await {
+            Ok(res) if res.status() == StatusCode::OK => sent_ok += 1,
+            Ok(res) => {
+                assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+                assert_eq!(
+                    res.headers()[NO_RETRY_HEADER],
+                    "1",
+                    "marked for callers above"
+                );
+                refused += 1;
+            }
+            Err(_) => throttled += 1,
+        }
+    }
+    let s = stats.stats(None);
+    assert_eq!(s.requests, 60);
+    assert_eq!(s.accepts, sent_ok);
+    assert!(throttled > 0, "the client started dropping locally");
+    assert_eq!(handled.load(Ordering::Relaxed) as u64, sent_ok);
+    assert_eq!(sent_ok + refused + throttled, 60);
+}
