@@ -105,5 +105,7 @@ fn the_log_never_admits_more_than_the_limit_in_any_window() {
             last - first + 1
         );
     }
-    assert!(admitted.len() as u32 > LIMIT * 20);
+    // More than one window's worth: the race crossed windows (a sanity
+    // bound only; how many the threads get depends on the scheduler).
+    assert!(admitted.len() as u32 > LIMIT, "{} admitted", admitted.len());
 }

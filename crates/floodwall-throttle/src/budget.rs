@@ -49,10 +49,15 @@ impl RetryBudget {
             return Err(BudgetError::TokenRatio(token_ratio));
         }
         let max = (max_tokens * 1000.0).round() as u64;
+        if max == 0 {
+            return Err(BudgetError::MaxTokens(max_tokens));
+        }
         Ok(Self {
             milli_tokens: AtomicU64::new(max),
             max,
-            ratio: ratio as u64,
+            // More than the max at once changes nothing; it also keeps the
+            // sum below overflow.
+            ratio: (ratio as u64).min(max),
         })
     }
 

@@ -406,7 +406,7 @@ where
                     state: State::Sent {
                         fut: self.inner.call(req),
                         shared: self.shared.clone(),
-                        ticket,
+                        ticket: Some(ticket),
                     },
                 }
             }
@@ -435,7 +435,7 @@ pin_project! {
 pin_project! {
     #[project = StateProj]
     enum State<F, C, X> {
-        Sent { #[pin] fut: F, shared: Arc<Shared<C, X>>, ticket: Ticket },
+        Sent { #[pin] fut: F, shared: Arc<Shared<C, X>>, ticket: Option<Ticket> },
         Dropped { error: Option<BoxError> },
     }
 }
@@ -456,11 +456,16 @@ where
                 ticket,
             } => {
                 let result = ready!(fut.poll(cx)).map_err(Into::into);
-                // An error means no response came back: not an accept.
-                if let Ok(res) = &result
-                    && shared.classify.classify(Ok(res)) != Outcome::Overloaded
-                {
-                    shared.throttle.accept(*ticket);
+                // A response is an accept unless it is an overload signal.
+                // An error is one only if the classifier calls it a success
+                // (an application status carried as an error); by default
+                // no response came back, so it is not.
+                let accepted = match &result {
+                    Ok(res) => shared.classify.classify(Ok(res)) != Outcome::Overloaded,
+                    Err(err) => shared.classify.classify(Err(err)) == Outcome::Success,
+                };
+                if accepted && let Some(ticket) = ticket.take() {
+                    shared.throttle.accept(ticket);
                 }
                 Poll::Ready(result)
             }

@@ -21,6 +21,11 @@ use crate::{Random, RetryBudget, SplitMix};
 pub const NO_RETRY_HEADER: &str = "x-floodwall-no-retry";
 
 /// What a finished attempt means for retrying.
+///
+/// Following gRPC A6, only failures that could be retried (and server
+/// pushback saying not to) count against the budget: a failure that is
+/// final by nature (a bad request, an unimplemented method) is
+/// [`Fatal`](Verdict::Fatal) and leaves the budget alone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
     /// The attempt succeeded (for the budget: a success).
@@ -28,6 +33,9 @@ pub enum Verdict {
     /// The attempt failed (for the budget: a failure); `hint` says whether
     /// and when it may be retried.
     Failure(RetryHint),
+    /// The attempt failed in a way retrying cannot fix: not retried, not
+    /// counted by the budget.
+    Fatal,
 }
 
 /// Whether a failed attempt may be retried.
@@ -55,10 +63,10 @@ pub trait RetryPolicy<Resp>: Send + Sync + 'static {
     }
 }
 
-/// The verdict on an error: [`DoNotRetry`] anywhere in its chain, or a
-/// permanent floodwall rejection, is never retried; a rejection with a
-/// retry-after is retried after exactly that; anything else after the
-/// backoff.
+/// The verdict on an error: [`DoNotRetry`] anywhere in its chain is never
+/// retried; a permanent floodwall rejection is [`Fatal`](Verdict::Fatal); a
+/// rejection with a retry-after is retried after exactly that; anything
+/// else after the backoff.
 pub fn error_verdict(err: &BoxError) -> Verdict {
     let mut cur: Option<&(dyn Error + 'static)> = Some(&**err);
     while let Some(e) = cur {
@@ -68,7 +76,7 @@ pub fn error_verdict(err: &BoxError) -> Verdict {
         cur = e.source();
     }
     match Rejected::find(&**err) {
-        Some(r) if r.is_permanent() => Verdict::Failure(RetryHint::DoNotRetry),
+        Some(r) if r.is_permanent() => Verdict::Fatal,
         Some(r) => match r.retry_after() {
             Some(d) => Verdict::Failure(RetryHint::RetryAfter(d)),
             None => Verdict::Failure(RetryHint::Retry),
@@ -92,10 +100,10 @@ impl<Resp> RetryPolicy<Resp> for RetryErrors {
 
 /// HTTP and gRPC-over-HTTP responses: 429, 502, 503 and 504, and gRPC
 /// `UNAVAILABLE` and `RESOURCE_EXHAUSTED` (in a trailers-only response), are
-/// retried, honouring `grpc-retry-pushback-ms` (negative: never) and
-/// `Retry-After` (seconds); other server errors are failures that are not
-/// retried; a response marked with [`NO_RETRY_HEADER`] is never retried.
-/// Errors as [`error_verdict`].
+/// retried, honouring `grpc-retry-pushback-ms` (negative or unparseable:
+/// never) and `Retry-After` (seconds); other server errors are
+/// [`Fatal`](Verdict::Fatal); a response marked with [`NO_RETRY_HEADER`] is
+/// never retried. Errors as [`error_verdict`].
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RetryHttp;
 
@@ -116,13 +124,13 @@ impl<B> RetryPolicy<http::Response<B>> for RetryHttp {
                     .map_or(GrpcCode::Unknown, GrpcCode::from_i32);
                 match Outcome::from_grpc_code(code) {
                     Outcome::Success => return Verdict::Success,
-                    Outcome::Failure => return Verdict::Failure(RetryHint::DoNotRetry),
+                    Outcome::Failure => return Verdict::Fatal,
                     Outcome::Overloaded => {}
                 }
             }
             None => match res.status().as_u16() {
                 429 | 502 | 503 | 504 => {}
-                500..=599 => return Verdict::Failure(RetryHint::DoNotRetry),
+                500..=599 => return Verdict::Fatal,
                 _ => return Verdict::Success,
             },
         }
@@ -135,10 +143,11 @@ impl<B> RetryPolicy<http::Response<B>> for RetryHttp {
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.trim().parse::<i64>().ok())
         };
-        if let Some(ms) = number("grpc-retry-pushback-ms") {
-            return Verdict::Failure(match u64::try_from(ms) {
-                Ok(ms) => RetryHint::RetryAfter(Duration::from_millis(ms)),
-                Err(_) => RetryHint::DoNotRetry,
+        if headers.contains_key("grpc-retry-pushback-ms") {
+            // A6: a negative or unparseable pushback means do not retry.
+            return Verdict::Failure(match number("grpc-retry-pushback-ms").map(u64::try_from) {
+                Some(Ok(ms)) => RetryHint::RetryAfter(Duration::from_millis(ms)),
+                _ => RetryHint::DoNotRetry,
             });
         }
         match number("retry-after").and_then(|s| u64::try_from(s).ok()) {
@@ -211,10 +220,24 @@ impl Default for Backoff {
 impl Backoff {
     /// The wait before retry `n` (1-based) given a uniform draw in `[0, 1)`.
     pub fn delay(&self, n: u32, draw: f64) -> Duration {
-        let growth = self.multiplier.max(1.0).powi(n.saturating_sub(1) as i32);
-        let bound = self.initial.as_secs_f64() * growth;
-        let bound = bound.min(self.max.as_secs_f64());
-        Duration::try_from_secs_f64(bound * draw.clamp(0.0, 1.0)).unwrap_or(self.max)
+        let multiplier = if self.multiplier.is_finite() {
+            self.multiplier.max(1.0)
+        } else {
+            1.0
+        };
+        let exponent = i32::try_from(n.saturating_sub(1)).unwrap_or(i32::MAX);
+        let bound = self.initial.as_secs_f64() * multiplier.powi(exponent);
+        let bound = if bound.is_nan() {
+            self.max.as_secs_f64()
+        } else {
+            bound.min(self.max.as_secs_f64())
+        };
+        let draw = if draw.is_nan() {
+            0.0
+        } else {
+            draw.clamp(0.0, 1.0)
+        };
+        Duration::try_from_secs_f64(bound * draw).unwrap_or(self.max)
     }
 }
 
@@ -223,6 +246,7 @@ struct Shared<P> {
     budget: Arc<RetryBudget>,
     max_attempts: u32,
     backoff: Backoff,
+    max_pushback: Duration,
     rng: Box<dyn Random>,
     name: Arc<str>,
     metrics: Metrics,
@@ -256,7 +280,12 @@ impl Metrics {
 /// - A retry is sent only while the shared [`RetryBudget`] allows it; every
 ///   attempt's outcome feeds the budget.
 /// - Server pushback wins over the backoff: a rejection's retry-after,
-///   `Retry-After`, `grpc-retry-pushback-ms` (negative: never retry).
+///   `Retry-After`, `grpc-retry-pushback-ms` (negative or unparseable: never
+///   retry; longer than [`max_pushback`](Builder::max_pushback): give up),
+///   and resets the backoff to its first step.
+/// - Only retryable failures (and pushback saying not to retry) count
+///   against the budget; [`Verdict::Fatal`] failures are returned as they
+///   are.
 /// - A failure it gives up on is marked "do not retry" ([`DoNotRetry`] for
 ///   errors, [`NO_RETRY_HEADER`] for HTTP responses with [`RetryHttp`]), and
 ///   a marked failure is never retried: only the layer directly above a
@@ -304,6 +333,7 @@ impl RetryLayer {
             budget: None,
             max_attempts: 3,
             backoff: Backoff::default(),
+            max_pushback: Duration::from_secs(30),
             rng: None,
             name: Arc::from("retry"),
         }
@@ -353,6 +383,7 @@ pub struct Builder<P = RetryErrors> {
     budget: Option<Arc<RetryBudget>>,
     max_attempts: u32,
     backoff: Backoff,
+    max_pushback: Duration,
     rng: Option<Box<dyn Random>>,
     name: Arc<str>,
 }
@@ -386,6 +417,14 @@ impl<P> Builder<P> {
         self
     }
 
+    /// The longest server pushback (`Retry-After`, `grpc-retry-pushback-ms`,
+    /// a rejection's retry-after) worth waiting for; a longer one ends the
+    /// retries. Default 30 s.
+    pub fn max_pushback(mut self, max: Duration) -> Self {
+        self.max_pushback = max;
+        self
+    }
+
     /// The random source of the jitter. Default: [`SplitMix`] from the clock.
     pub fn rng(mut self, rng: impl Random) -> Self {
         self.rng = Some(Box::new(rng));
@@ -405,6 +444,7 @@ impl<P> Builder<P> {
             budget: self.budget,
             max_attempts: self.max_attempts,
             backoff: self.backoff,
+            max_pushback: self.max_pushback,
             rng: self.rng,
             name: self.name,
         }
@@ -422,6 +462,7 @@ impl<P> Builder<P> {
                 budget,
                 max_attempts: self.max_attempts,
                 backoff: self.backoff,
+                max_pushback: self.max_pushback,
                 rng: self
                     .rng
                     .unwrap_or_else(|| Box::new(SplitMix::from_entropy())),
@@ -498,6 +539,7 @@ where
             req,
             shared: self.shared.clone(),
             attempt: 1,
+            backoff_step: 1,
             state: State::Calling { fut },
         }
     }
@@ -513,6 +555,9 @@ pin_project! {
         req: Req,
         shared: Arc<Shared<P>>,
         attempt: u32,
+        // The exponent of the next backoff; reset after a server pushback
+        // (A6).
+        backoff_step: u32,
         #[pin]
         state: State<S::Future>,
     }
@@ -548,11 +593,15 @@ where
                             shared.budget.on_success();
                             return Poll::Ready(result);
                         }
+                        Verdict::Fatal => return Poll::Ready(give_up(&shared.policy, result)),
                         Verdict::Failure(hint) => hint,
                     };
                     shared.budget.on_failure();
                     let skipped = match hint {
                         RetryHint::DoNotRetry => Some(&shared.metrics.skipped_do_not_retry),
+                        RetryHint::RetryAfter(d) if d > shared.max_pushback => {
+                            Some(&shared.metrics.skipped_do_not_retry)
+                        }
                         _ if *this.attempt >= shared.max_attempts => {
                             Some(&shared.metrics.skipped_attempts)
                         }
@@ -564,8 +613,15 @@ where
                         return Poll::Ready(give_up(&shared.policy, result));
                     }
                     let delay = match hint {
-                        RetryHint::RetryAfter(d) => d,
-                        _ => shared.backoff.delay(*this.attempt, shared.rng.next_f64()),
+                        RetryHint::RetryAfter(d) => {
+                            *this.backoff_step = 1;
+                            d
+                        }
+                        _ => {
+                            let step = *this.backoff_step;
+                            *this.backoff_step = step.saturating_add(1);
+                            shared.backoff.delay(step, shared.rng.next_f64())
+                        }
                     };
                     *this.attempt += 1;
                     shared.metrics.attempts.increment(1);
@@ -579,7 +635,11 @@ where
                     this.state.set(State::Ready);
                 }
                 StateProj::Ready => {
-                    ready!(this.svc.poll_ready(cx)).map_err(Into::into)?;
+                    if let Err(err) = ready!(this.svc.poll_ready(cx)) {
+                        // The service cannot take the retry: end here, marked
+                        // so that layers above do not retry either.
+                        return Poll::Ready(give_up(&this.shared.policy, Err(err.into())));
+                    }
                     let fut = this.svc.call(this.req.clone());
                     this.state.set(State::Calling { fut });
                 }
@@ -595,7 +655,7 @@ fn give_up<P: RetryPolicy<R>, R>(policy: &P, result: Result<R, BoxError>) -> Res
             policy.mark(&mut res);
             Ok(res)
         }
-        Err(err) if err.is::<DoNotRetry>() => Err(err),
+        Err(err) if error_verdict(&err) == Verdict::Failure(RetryHint::DoNotRetry) => Err(err),
         Err(err) => Err(Box::new(DoNotRetry::new(err))),
     }
 }

@@ -5,7 +5,7 @@ use floodwall_core::Criticality;
 use tokio::time::Instant;
 
 use crate::random::{Random, SplitMix};
-use crate::window::{ACCEPT, REQUEST, TrailingCounts};
+use crate::window::{Count, TrailingCounts};
 
 /// The knobs of adaptive throttling, with the SRE book's defaults.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -41,6 +41,12 @@ impl Default for ThrottleConfig {
 }
 
 impl ThrottleConfig {
+    /// The longest window: one day.
+    pub const MAX_WINDOW: Duration = Duration::from_secs(86_400);
+
+    /// The most buckets a window may be kept in.
+    pub const MAX_BUCKETS: u32 = 65_536;
+
     /// Checks the values.
     ///
     /// # Errors
@@ -52,6 +58,9 @@ impl ThrottleConfig {
         }
         if self.window.as_nanos() < u128::from(self.buckets) {
             return Err(ConfigError::EmptyWindow);
+        }
+        if self.window > Self::MAX_WINDOW || self.buckets > Self::MAX_BUCKETS {
+            return Err(ConfigError::TooLarge);
         }
         if !(self.k.is_finite() && self.k >= 1.0) {
             return Err(ConfigError::K(self.k));
@@ -79,6 +88,8 @@ pub enum ConfigError {
     MinRps(f64),
     /// The maximum probability must be in `[0, 1]`.
     MaxProbability(f64),
+    /// The window is above a day, or kept in more than 65,536 buckets.
+    TooLarge,
 }
 
 impl fmt::Display for ConfigError {
@@ -92,15 +103,18 @@ impl fmt::Display for ConfigError {
             ConfigError::MaxProbability(p) => {
                 write!(f, "max_probability must be between 0 and 1, not {p}")
             }
+            ConfigError::TooLarge => {
+                f.write_str("the window may be at most a day, in at most 65,536 buckets")
+            }
         }
     }
 }
 
 impl std::error::Error for ConfigError {}
 
-/// An admitted attempt, to [`accept`](AdaptiveThrottle::accept) when the
-/// backend accepts it.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// An admitted attempt, to [`accept`](AdaptiveThrottle::accept) (once) when
+/// the backend accepts it.
+#[derive(Debug, PartialEq)]
 pub struct Ticket {
     bucket: u64,
     class: Option<Criticality>,
@@ -246,14 +260,16 @@ impl<R: Random> AdaptiveThrottle<R> {
     }
 
     /// As [`admit`](Self::admit), returning the [`Ticket`] to
-    /// [`accept`](Self::accept) with: the accept is counted in the bucket of
-    /// the request, and no second clock read is needed.
+    /// [`accept`](Self::accept) with, so that no second clock read is
+    /// needed: the accept is counted in the request's bucket, or in the
+    /// current one if time has moved on (an accept whose request already
+    /// left the window still counts until its own bucket leaves).
     #[inline]
     pub fn admit_ticket(&self, now: Instant, class: Option<Criticality>) -> Result<Ticket, f64> {
         let bucket = self.bucket(now);
         let counts = self.counts(class);
         let (requests, accepts) = counts.totals(bucket);
-        counts.add(bucket, REQUEST);
+        counts.add(bucket, Count::Request);
         let p = self.probability(requests, accepts);
         if p > 0.0 && self.rng.next_f64() < p {
             Err(p)
@@ -269,18 +285,18 @@ impl<R: Random> AdaptiveThrottle<R> {
     /// Records that the backend accepted the attempt admitted with `ticket`.
     #[inline]
     pub fn accept(&self, ticket: Ticket) {
-        self.counts(ticket.class).add(ticket.bucket, ACCEPT);
+        self.counts(ticket.class).add(ticket.bucket, Count::Accept);
     }
 
     /// Records an attempt for `class` at `now` without deciding it.
     pub fn record_request(&self, now: Instant, class: Option<Criticality>) {
-        self.counts(class).add(self.bucket(now), REQUEST);
+        self.counts(class).add(self.bucket(now), Count::Request);
     }
 
     /// Records that the backend accepted an attempt of `class`.
     #[inline]
     pub fn record_accept(&self, now: Instant, class: Option<Criticality>) {
-        self.counts(class).add(self.bucket(now), ACCEPT);
+        self.counts(class).add(self.bucket(now), Count::Accept);
     }
 
     /// The configuration.

@@ -13,26 +13,42 @@ use tokio::time::{Instant, advance};
 use tower::{Layer, ServiceExt, service_fn};
 
 #[test]
-fn concurrent_records_all_count_across_bucket_changes() {
-    // 1 ms buckets, 1 s window: the threads cross hundreds of buckets.
+fn concurrent_records_and_expiry_never_lose_or_corrupt_counts() {
+    // A 10 s window in 1 s buckets; four threads record 40 requests (20
+    // accepted) per bucket through 200 buckets, meeting at a barrier after
+    // each bucket. Buckets expire while the others record, yet after every
+    // barrier the totals are exact.
     let config = ThrottleConfig {
-        window: Duration::from_secs(1000),
-        buckets: 1000,
+        window: Duration::from_secs(10),
+        buckets: 10,
         ..Default::default()
     };
     let epoch = Instant::now();
     let th = Arc::new(AdaptiveThrottle::with_rng(config, SplitMix::new(1), epoch).unwrap());
+    let barrier = Arc::new(std::sync::Barrier::new(4));
     let handles: Vec<_> = (0..4u64)
         .map(|id| {
-            let th = th.clone();
+            let (th, barrier) = (th.clone(), barrier.clone());
             thread::spawn(move || {
-                for i in 0..20_000u64 {
-                    // Each thread walks its own path through 500 buckets.
-                    let now = epoch + Duration::from_millis((i * 500 / 20_000) * 1000 + id);
-                    th.record_request(now, None);
-                    if i.is_multiple_of(2) {
-                        th.record_accept(now, None);
+                for bucket in 0..200u64 {
+                    for i in 0..40u64 {
+                        let now = epoch + Duration::from_millis(bucket * 1000 + id * 10 + i);
+                        th.record_request(now, None);
+                        if i.is_multiple_of(2) {
+                            th.record_accept(now, None);
+                        }
                     }
+                    barrier.wait();
+                    if id == 0 {
+                        let live = (bucket + 1).min(10);
+                        let s = th.stats(epoch + Duration::from_millis(bucket * 1000 + 999), None);
+                        assert_eq!(
+                            (s.requests, s.accepts),
+                            (live * 160, live * 80),
+                            "after bucket {bucket}"
+                        );
+                    }
+                    barrier.wait();
                 }
             })
         })
@@ -40,12 +56,12 @@ fn concurrent_records_all_count_across_bucket_changes() {
     for h in handles {
         h.join().unwrap();
     }
-    // Nothing has left the 1000 s window: every record is still counted.
-    let s = th.stats(epoch + Duration::from_secs(500), None);
-    assert_eq!((s.requests, s.accepts), (80_000, 40_000));
-    // And everything leaves once the window has passed.
-    let s = th.stats(epoch + Duration::from_secs(2000), None);
-    assert_eq!((s.requests, s.accepts), (0, 0));
+    let s = th.stats(epoch + Duration::from_secs(600), None);
+    assert_eq!(
+        (s.requests, s.accepts),
+        (0, 0),
+        "everything leaves with the window"
+    );
 }
 
 #[test]

@@ -201,15 +201,109 @@ async fn an_empty_budget_stops_retries() {
 /// gives up marks the failure, and a retry layer above never retries it.
 #[tokio::test(start_paused = true)]
 async fn only_the_layer_directly_above_a_failing_service_retries() {
-    let budget = Arc::new(RetryBudget::new(100.0, 0.1).unwrap());
+    let inner_budget = Arc::new(RetryBudget::new(100.0, 0.1).unwrap());
+    let outer_budget = Arc::new(RetryBudget::new(100.0, 0.1).unwrap());
     let (svc, log) = backend(|_| Some(Rejected::boxed(Busy(None, false))));
-    let stack = retry(&budget).layer(retry(&budget).layer(svc));
+    let stack = retry(&outer_budget).layer(retry(&inner_budget).layer(svc));
     let err = stack.oneshot(1).await.unwrap_err();
     assert_eq!(log.times().len(), 3, "3 attempts, not 3 × 3");
+    assert_eq!(
+        inner_budget.tokens(),
+        97.0,
+        "the inner layer saw three failures"
+    );
+    assert_eq!(
+        outer_budget.tokens(),
+        99.0,
+        "the outer layer saw one, and sent nothing more"
+    );
     assert!(err.is::<DoNotRetry>());
+    assert_eq!(
+        err.to_string(),
+        "request rejected (overloaded) (not retried further)",
+        "marked once, not once per layer"
+    );
     assert_eq!(
         Rejected::find(&*err).unwrap().kind(),
         RejectKind::Overloaded
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn backoff_resets_after_pushback_and_long_pushback_ends_retries() {
+    let budget = Arc::new(RetryBudget::new(100.0, 0.1).unwrap());
+    // Attempt 1: plain failure (backoff step 1: 50 ms); attempt 2: pushback
+    // 300 ms; attempt 3: plain failure again, backoff back at step 1: 50 ms.
+    let (svc, log) = backend(|attempt| match attempt {
+        2 => Some(Rejected::boxed(Busy(
+            Some(Duration::from_millis(300)),
+            false,
+        ))),
+        1 | 3 => Some("reset".into()),
+        _ => None,
+    });
+    let t0 = Instant::now();
+    let layer = RetryLayer::builder()
+        .budget(budget.clone())
+        .max_attempts(4)
+        .rng(|| 0.5)
+        .build();
+    assert_eq!(layer.layer(svc).oneshot(1).await.unwrap(), 1);
+    let gaps: Vec<_> = log.times().iter().map(|t| *t - t0).collect();
+    let ms = Duration::from_millis;
+    assert_eq!(gaps, [ms(0), ms(50), ms(350), ms(400)]);
+
+    let (svc, log) = backend(|_| Some(Rejected::boxed(Busy(Some(Duration::from_secs(60)), false))));
+    let err = retry(&budget).layer(svc).oneshot(1).await.unwrap_err();
+    assert_eq!(
+        log.times().len(),
+        1,
+        "a minute of pushback is beyond the 30 s default"
+    );
+    assert!(err.is::<DoNotRetry>());
+}
+
+/// A service that answers every call with a failure and whose readiness
+/// fails after the first call.
+#[derive(Clone)]
+struct BreaksAfterOne(Arc<AtomicU32>);
+
+impl tower::Service<u32> for BreaksAfterOne {
+    type Response = u32;
+    type Error = BoxError;
+    type Future = std::future::Ready<Result<u32, BoxError>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        if self.0.load(Ordering::Relaxed) == 0 {
+            std::task::Poll::Ready(Ok(()))
+        } else {
+            std::task::Poll::Ready(Err("connection pool closed".into()))
+        }
+    }
+
+    fn call(&mut self, _: u32) -> Self::Future {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        std::future::ready(Err("reset".into()))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_readiness_error_before_a_retry_ends_it_marked() {
+    let budget = Arc::new(RetryBudget::new(100.0, 0.1).unwrap());
+    let calls = Arc::new(AtomicU32::new(0));
+    let err = retry(&budget)
+        .layer(BreaksAfterOne(calls.clone()))
+        .oneshot(1)
+        .await
+        .unwrap_err();
+    assert_eq!(calls.load(Ordering::Relaxed), 1);
+    assert!(err.is::<DoNotRetry>());
+    assert_eq!(
+        err.to_string(),
+        "connection pool closed (not retried further)"
     );
 }
 

@@ -267,7 +267,23 @@ async fn errors_are_not_accepts_and_pass_through() {
 }
 
 #[test]
-fn invalid_configs_are_errors() {
+fn invalid_configs_are_errors_not_panics() {
+    let too_long = ThrottleConfig {
+        window: Duration::from_secs(86_401),
+        ..Default::default()
+    };
+    assert!(
+        too_long
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("at most a day")
+    );
+    let too_many = ThrottleConfig {
+        buckets: u32::MAX,
+        ..Default::default()
+    };
+    assert!(too_many.validate().is_err());
     let bad = |c: ThrottleConfig| c.validate().unwrap_err().to_string();
     assert!(
         bad(ThrottleConfig {
