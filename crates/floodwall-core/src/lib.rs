@@ -14,6 +14,7 @@
 //!   extensions shared by the queueing, deadline, throttling and admission
 //!   layers.
 //! - [`metrics`]: the metric names every layer reports under.
+//! - [`random`]: an injectable, seedable random source.
 //!
 //! ```
 //! use std::time::Duration;
@@ -51,6 +52,7 @@
 mod classify;
 mod extensions;
 pub mod metrics;
+pub mod random;
 mod rejection;
 
 pub use classify::{Classify, GrpcClassifier, GrpcCode, HttpClassifier, Outcome, ResultClassifier};

@@ -73,3 +73,14 @@ pub const RETRY_ATTEMPTS: &str = "floodwall_retry_attempts_total";
 pub const RETRY_SKIPPED: &str = "floodwall_retry_skipped_total";
 /// Gauge: the retry budget's tokens.
 pub const RETRY_TOKENS: &str = "floodwall_retry_tokens";
+
+/// Counter: calls a circuit breaker let through, by outcome (label
+/// `outcome`: `success`, `failure`, `cancelled`).
+pub const BREAKER_CALLS: &str = "floodwall_breaker_calls_total";
+/// Counter: calls a circuit breaker refused (label `state`).
+pub const BREAKER_REJECTED: &str = "floodwall_breaker_rejected_total";
+/// Gauge: the breaker's state (0 closed, 1 open, 2 half-open, 3 forced
+/// open, 4 disabled).
+pub const BREAKER_STATE: &str = "floodwall_breaker_state";
+/// Counter: state transitions (labels `from`, `to`).
+pub const BREAKER_TRANSITIONS: &str = "floodwall_breaker_transitions_total";

@@ -17,17 +17,16 @@
 
 mod budget;
 mod layer;
-mod random;
 mod retry;
 mod throttle;
 mod window;
 
 pub use budget::{BudgetError, RetryBudget};
+pub use floodwall_core::random::{Random, SplitMix};
 pub use layer::{
     Builder, CriticalityOf, DEFAULT_NAME, FromExtensions, NoCriticality, ResponseFuture,
     ThrottleHandle, ThrottleLayer, ThrottleService, Throttled,
 };
-pub use random::{Random, SplitMix};
 pub use retry::{
     Backoff, Builder as RetryBuilder, DoNotRetry, NO_RETRY_HEADER, RetryErrors, RetryFuture,
     RetryHint, RetryHttp, RetryLayer, RetryPolicy, RetryService, Verdict, error_verdict,

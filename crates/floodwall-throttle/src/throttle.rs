@@ -4,8 +4,8 @@ use std::time::Duration;
 use floodwall_core::Criticality;
 use tokio::time::Instant;
 
-use crate::random::{Random, SplitMix};
 use crate::window::{Count, TrailingCounts};
+use floodwall_core::random::{Random, SplitMix};
 
 /// The knobs of adaptive throttling, with the SRE book's defaults.
 #[derive(Debug, Clone, Copy, PartialEq)]

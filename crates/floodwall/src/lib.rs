@@ -9,12 +9,13 @@
 //! | `leaky_bucket` | `leaky-bucket` | leaky bucket as a meter (refuses overflow) or a shaper (queues, spaces starts) |
 //! | `sliding_window` | `sliding-window` | two-window counter, exact sliding log, fixed window |
 //! | `throttle` | `throttle` | Google-SRE adaptive client throttling, gRPC-A6 retry budget and retries |
+//! | `breaker` | `breaker` | circuit breaker: count and time windows, failure and slow-call rates, half-open probes, ramp |
 //! | `ratelimit` | any rate limiter | the Tower adapter and bounded keyed map the rate limiters share |
 //! | `http` | `http` | rejections as HTTP 429/503/504 with `Retry-After` and `RateLimit` fields |
 //! | `grpc` | `grpc` | rejections as `tonic::Status` with `grpc-retry-pushback-ms` |
 //!
 //! `full` enables everything, `serde` the configuration types'
-//! `Deserialize`. The circuit breaker, the CoDel queue,
+//! `Deserialize`. The CoDel queue,
 //! deadline propagation and priority admission are planned (see the README's
 //! layer table).
 //!
@@ -76,6 +77,10 @@ pub use floodwall_ratelimit as ratelimit;
 #[cfg(feature = "throttle")]
 #[cfg_attr(docsrs, doc(cfg(feature = "throttle")))]
 pub use floodwall_throttle as throttle;
+
+#[cfg(feature = "breaker")]
+#[cfg_attr(docsrs, doc(cfg(feature = "breaker")))]
+pub use floodwall_breaker as breaker;
 
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]

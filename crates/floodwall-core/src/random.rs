@@ -1,3 +1,6 @@
+//! Injectable random numbers, for the layers that draw them (throttling,
+//! jitter, ramps), so that tests and simulations are deterministic.
+
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 

@@ -1,0 +1,41 @@
+//! A circuit breaker for Tower.
+//!
+//! - [`CircuitBreaker`]: the sans-IO state machine (Closed, Open, HalfOpen,
+//!   ForcedOpen, Disabled) over a count or time window, with failure and
+//!   slow-call rates, consecutive failures, growing open durations, half-open
+//!   probes, a ramp after closing, and generations.
+//! - [`BreakerLayer`] / [`BreakerService`]: the Tower adapter; refusals are
+//!   [`CircuitOpen`] rejections, outcomes come from a
+//!   [`Classify`](floodwall_core::Classify), dropped calls give their permit
+//!   back; [`BreakerHandle`] reads the state and controls it.
+//!
+//! ```
+//! use std::time::Duration;
+//! use floodwall_breaker::{BreakerConfig, CircuitBreaker, State, WindowKind};
+//! use tokio::time::Instant;
+//!
+//! let t0 = Instant::now();
+//! let config = BreakerConfig { window: WindowKind::Count(4), minimum_calls: 4, ..Default::default() };
+//! let breaker = CircuitBreaker::with_epoch(config, t0)?;
+//! for failed in [false, true, false, true] {
+//!     let permit = breaker.try_acquire(t0).unwrap();
+//!     if failed { breaker.on_failure(permit, t0) } else { breaker.on_success(permit, t0) }
+//! }
+//! assert_eq!(breaker.state(), State::Open, "2 of the last 4 failed: 50 %");
+//! let refused = breaker.try_acquire(t0).unwrap_err();
+//! assert_eq!(refused.retry_after, Some(Duration::from_secs(60)));
+//! # Ok::<(), floodwall_breaker::ConfigError>(())
+//! ```
+#![forbid(unsafe_code)]
+
+mod breaker;
+mod config;
+mod layer;
+mod window;
+
+pub use breaker::{CircuitBreaker, Permit, Refused, State, StateChange};
+pub use config::{BreakerConfig, ConfigError, Growth, WindowKind};
+pub use layer::{
+    BreakerHandle, BreakerLayer, BreakerService, Builder, CircuitOpen, DEFAULT_NAME, ResponseFuture,
+};
+pub use window::WindowCounts;

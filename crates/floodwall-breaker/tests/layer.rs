@@ -1,0 +1,184 @@
+//! The Tower layer: refusals, classification, cancellation, sharing.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use floodwall_breaker::{BreakerConfig, BreakerLayer, CircuitOpen, State, WindowKind};
+use floodwall_core::{BoxError, HttpClassifier, RejectKind, Rejected};
+use tokio::time::advance;
+use tower::{Layer, ServiceExt, service_fn};
+
+fn small() -> BreakerConfig {
+    BreakerConfig {
+        window: WindowKind::Count(4),
+        minimum_calls: 4,
+        half_open_calls: 1,
+        open_duration: Duration::from_secs(5),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn refused_calls_never_reach_the_service_and_never_count() {
+    let calls = Arc::new(AtomicU32::new(0));
+    let c = calls.clone();
+    let layer = BreakerLayer::builder(small())
+        .name("rooms")
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let svc = layer.layer(service_fn(move |_: ()| {
+        c.fetch_add(1, Ordering::Relaxed);
+        async { Err::<(), BoxError>("down".into()) }
+    }));
+    for _ in 0..4 {
+        svc.clone().oneshot(()).await.unwrap_err();
+    }
+    assert_eq!(handle.state(), State::Open);
+    for _ in 0..100 {
+        let err = svc.clone().oneshot(()).await.unwrap_err();
+        let r = Rejected::find(&*err).unwrap();
+        assert_eq!(r.kind(), RejectKind::CircuitOpen);
+        assert_eq!(r.retry_after(), Some(Duration::from_secs(5)));
+        assert_eq!(r.get::<CircuitOpen>().unwrap().state(), State::Open);
+    }
+    assert_eq!(
+        calls.load(Ordering::Relaxed),
+        4,
+        "nothing was sent while open"
+    );
+    assert_eq!(
+        handle.counts().failures,
+        4,
+        "its own refusals are not failures"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_probe_that_succeeds_closes_the_breaker() {
+    let fail = Arc::new(AtomicU32::new(1));
+    let f = fail.clone();
+    let layer = BreakerLayer::new(small()).unwrap();
+    let handle = layer.handle();
+    let svc = layer.layer(service_fn(move |_: ()| {
+        let failing = f.load(Ordering::Relaxed) == 1;
+        async move {
+            if failing {
+                Err::<(), BoxError>("down".into())
+            } else {
+                Ok(())
+            }
+        }
+    }));
+    for _ in 0..4 {
+        let _ = svc.clone().oneshot(()).await;
+    }
+    assert_eq!(handle.state(), State::Open);
+    fail.store(0, Ordering::Relaxed);
+    advance(Duration::from_secs(5)).await;
+    svc.clone().oneshot(()).await.unwrap();
+    assert_eq!(handle.state(), State::Closed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dropped_probe_frees_its_slot_and_decides_nothing() {
+    let layer = BreakerLayer::new(small()).unwrap();
+    let handle = layer.handle();
+    let slow = Arc::new(AtomicU32::new(0));
+    let s = slow.clone();
+    let svc = layer.layer(service_fn(move |_: ()| {
+        let slow = s.load(Ordering::Relaxed) == 1;
+        async move {
+            if slow {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                Ok(())
+            } else {
+                Err::<(), BoxError>("down".into())
+            }
+        }
+    }));
+    for _ in 0..4 {
+        let _ = svc.clone().oneshot(()).await;
+    }
+    advance(Duration::from_secs(5)).await;
+    slow.store(1, Ordering::Relaxed);
+    let probe = tokio::spawn(svc.clone().oneshot(()));
+    tokio::task::yield_now().await;
+    assert_eq!(handle.state(), State::HalfOpen);
+    assert!(
+        svc.clone().oneshot(()).await.is_err(),
+        "the only probe slot is taken"
+    );
+    probe.abort();
+    let _ = probe.await;
+    assert_eq!(
+        handle.state(),
+        State::HalfOpen,
+        "the dropped probe decided nothing"
+    );
+    slow.store(0, Ordering::Relaxed);
+    // The slot is free again: this probe fails and reopens the breaker.
+    let err = svc.clone().oneshot(()).await.unwrap_err();
+    assert!(
+        Rejected::find(&*err).is_none(),
+        "it was sent: the service's own error"
+    );
+    assert_eq!(handle.state(), State::Open);
+}
+
+#[tokio::test(start_paused = true)]
+async fn http_5xx_counts_4xx_does_not() {
+    let layer = BreakerLayer::builder(small())
+        .classify(HttpClassifier)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let svc = layer.layer(service_fn(|status: u16| async move {
+        Ok::<_, BoxError>(http::Response::builder().status(status).body(()).unwrap())
+    }));
+    for status in [404, 400, 200, 404, 500] {
+        svc.clone().oneshot(status).await.unwrap();
+    }
+    assert_eq!(handle.counts().failures, 1);
+    assert_eq!(handle.state(), State::Closed);
+    svc.clone().oneshot(503).await.unwrap();
+    assert_eq!(
+        handle.state(),
+        State::Open,
+        "500 and 503 are 2 of the last 4: 50 %"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn handles_control_every_clone() {
+    let layer = BreakerLayer::new(BreakerConfig::default()).unwrap();
+    let handle = layer.handle();
+    let a = layer.layer(service_fn(|_: ()| async { Ok::<_, BoxError>(()) }));
+    let b = layer
+        .clone()
+        .layer(service_fn(|_: ()| async { Ok::<_, BoxError>(()) }));
+    let mut rx = handle.subscribe();
+    handle.force_open();
+    assert!(a.clone().oneshot(()).await.is_err());
+    assert!(b.clone().oneshot(()).await.is_err());
+    assert_eq!(*rx.borrow_and_update(), State::ForcedOpen);
+    handle.reset();
+    a.clone().oneshot(()).await.unwrap();
+    b.clone().oneshot(()).await.unwrap();
+    assert_eq!(handle.counts().calls, 2);
+}
+
+#[cfg(feature = "serde")]
+#[test]
+fn config_as_data() {
+    let config: BreakerConfig = serde_json::from_str(
+        r#"{ "window": { "count": 20 }, "minimum_calls": 10, "open_duration": "30s",
+             "growth": { "multiplier": 2.0, "max": "5m", "jitter": 0.1 }, "ramp": "10s" }"#,
+    )
+    .unwrap();
+    assert_eq!(config.window, WindowKind::Count(20));
+    assert_eq!(config.open_duration, Duration::from_secs(30));
+    assert!(config.validate().is_ok());
+    assert!(serde_json::from_str::<BreakerConfig>(r#"{ "windw": { "count": 1 } }"#).is_err());
+}
