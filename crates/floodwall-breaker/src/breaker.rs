@@ -21,7 +21,8 @@ pub enum State {
     HalfOpen,
     /// Refused until a handle says otherwise.
     ForcedOpen,
-    /// Everything passes and nothing is recorded.
+    /// Metrics only: everything passes, outcomes are counted, nothing is
+    /// decided.
     Disabled,
 }
 
@@ -121,8 +122,9 @@ type Listener = Box<dyn Fn(&StateChange) + Send + Sync>;
 ///   cancelled frees its slot and decides nothing.
 /// - **Closed again**, optionally ramping: a fraction of calls growing
 ///   linearly from `ramp_start` to all over `ramp`; the rest are refused.
-/// - **ForcedOpen** / **Disabled**: set through [`force_open`](Self::force_open)
-///   / [`disable`](Self::disable); [`reset`](Self::reset) closes.
+/// - **ForcedOpen** / **Disabled** (metrics only): set through
+///   [`force_open`](Self::force_open) / [`disable`](Self::disable);
+///   [`reset`](Self::reset) closes.
 ///
 /// Every transition starts a new **generation**; a call's outcome counts
 /// only in the generation it was permitted in, so a slow call from before a
@@ -131,7 +133,10 @@ type Listener = Box<dyn Fn(&StateChange) + Send + Sync>;
 ///
 /// The closed path is lock-free: a load of the state word, and on the
 /// outcome a `fetch_add` and a `swap` on the count window (a counter update
-/// only when the record leaving the window differs). Transitions take a lock.
+/// only when the record leaving the window differs). Transitions, and the
+/// open and half-open states' decisions, take a lock. A call that reports
+/// just as the window is reset may count on either side of the reset (never
+/// corrupting a count).
 pub struct CircuitBreaker {
     word: AtomicU64,
     config: BreakerConfig,
@@ -176,6 +181,10 @@ impl CircuitBreaker {
     /// As [`BreakerConfig::validate`].
     pub fn with_epoch(config: BreakerConfig, epoch: Instant) -> Result<Self, ConfigError> {
         config.validate()?;
+        let mut config = config;
+        if let WindowKind::Count(n) = config.window {
+            config.minimum_calls = config.minimum_calls.min(n);
+        }
         Ok(Self {
             word: AtomicU64::new(pack(0, State::Closed)),
             window: match config.window {
@@ -206,8 +215,11 @@ impl CircuitBreaker {
     }
 
     /// Calls `listener` after every transition. Listeners run on the thread
-    /// that made the transition, after the breaker's lock is released; keep
-    /// them quick.
+    /// that made the transition, after the breaker's lock is released, so
+    /// two quick transitions on two threads may reach a listener out of
+    /// order: order them by [`StateChange::generation`]. Keep them quick.
+    /// (The [`subscribe`](Self::subscribe) channel is updated under the lock
+    /// and always ends on the current state.)
     pub fn on_state_change(
         mut self,
         listener: impl Fn(&StateChange) + Send + Sync + 'static,
@@ -252,15 +264,10 @@ impl CircuitBreaker {
         }
     }
 
-    /// The configuration.
+    /// The configuration (with `minimum_calls` clamped to a count window's
+    /// size).
     pub fn config(&self) -> &BreakerConfig {
         &self.config
-    }
-
-    /// Whether reporting an outcome needs the current time (slow-call
-    /// timing or a time window); if not, any instant will do.
-    pub fn needs_clock_to_record(&self) -> bool {
-        self.config.detect_slow_calls || matches!(self.window, Window::Time(_))
     }
 
     /// Asks to make a call at `now`.
@@ -275,12 +282,12 @@ impl CircuitBreaker {
     }
 
     /// As [`try_acquire`](Self::try_acquire), reading the time from `clock`
-    /// only when the decision needs it: a closed breaker with a count
-    /// window, no ramp under way and no slow-call timing decides without it.
+    /// only when the decision needs it: a closed breaker with no ramp under
+    /// way and no slow-call timing decides without it.
     #[inline]
     pub fn try_acquire_with(&self, clock: impl Fn() -> Instant) -> Result<Permit, Refused> {
         let (generation, state) = unpack(self.word.load(Ordering::Acquire));
-        let started = self.config.detect_slow_calls.then(&clock);
+        let started = || self.config.detect_slow_calls.then(&clock);
         match state {
             State::Closed => {
                 let closed_at = self.closed_at.load(Ordering::Acquire);
@@ -293,56 +300,79 @@ impl CircuitBreaker {
                 Ok(Permit {
                     generation,
                     kind: PermitKind::Call,
-                    started,
+                    started: started(),
                 })
             }
             State::Disabled => Ok(Permit {
                 generation,
                 kind: PermitKind::Untracked,
-                started: None,
+                started: started(),
             }),
             State::ForcedOpen => Err(Refused {
                 state,
                 retry_after: None,
             }),
+            State::Open | State::HalfOpen => self.acquire_slow(clock()),
+        }
+    }
+
+    /// Open and half-open decisions, under the transition lock: they are
+    /// rare, and the lock keeps the probe counters tied to their generation.
+    #[cold]
+    fn acquire_slow(&self, now: Instant) -> Result<Permit, Refused> {
+        let guard = self.transition.lock();
+        let (generation, state) = unpack(self.word.load(Ordering::Acquire));
+        let mut change = None;
+        let result = match state {
+            State::Closed | State::Disabled | State::ForcedOpen => {
+                // A transition happened since the caller looked: start over.
+                drop(guard);
+                return self.try_acquire_with(|| now);
+            }
             State::Open => {
-                let now = clock();
                 let t = self.nanos(now);
                 let until = self.open_until.load(Ordering::Acquire);
                 if t < until {
-                    return Err(Refused {
+                    Err(Refused {
                         state,
                         retry_after: Some(Duration::from_nanos(until - t)),
-                    });
+                    })
+                } else {
+                    self.probes_started.store(1, Ordering::Release);
+                    self.probes_done.store(0, Ordering::Release);
+                    self.probe_failures.store(0, Ordering::Release);
+                    self.probe_slow.store(0, Ordering::Release);
+                    let c = self.set(generation, state, State::HalfOpen);
+                    change = Some(c);
+                    Ok(Permit {
+                        generation: c.generation,
+                        kind: PermitKind::Probe,
+                        started: self.config.detect_slow_calls.then_some(now),
+                    })
                 }
-                self.to_half_open(generation);
-                self.try_acquire(now)
             }
             State::HalfOpen => {
-                let limit = self.config.half_open_calls;
-                let taken =
-                    self.probes_started
-                        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| {
-                            (s < limit).then_some(s + 1)
-                        });
-                if taken.is_err() {
-                    return Err(Refused {
+                let started = self.probes_started.load(Ordering::Acquire);
+                if started < self.config.half_open_calls {
+                    self.probes_started.store(started + 1, Ordering::Release);
+                    Ok(Permit {
+                        generation,
+                        kind: PermitKind::Probe,
+                        started: self.config.detect_slow_calls.then_some(now),
+                    })
+                } else {
+                    Err(Refused {
                         state,
                         retry_after: None,
-                    });
+                    })
                 }
-                if self.generation() != generation {
-                    // The half-open state ended while the slot was taken.
-                    self.probes_started.fetch_sub(1, Ordering::AcqRel);
-                    return self.try_acquire_with(clock);
-                }
-                Ok(Permit {
-                    generation,
-                    kind: PermitKind::Probe,
-                    started,
-                })
             }
+        };
+        drop(guard);
+        if let Some(c) = change {
+            self.notify(c);
         }
+        result
     }
 
     /// Whether a ramp that began at `closed_at` admits a call at `now`.
@@ -367,7 +397,8 @@ impl CircuitBreaker {
         self.rng.next_f64() < fraction
     }
 
-    /// The fraction of calls admitted at `now` (1 outside a ramp).
+    /// The fraction of calls admitted at `now`: 1 when closed outside a
+    /// ramp or disabled, the ramp's fraction while it lasts, 0 otherwise.
     pub fn admitted_fraction(&self, now: Instant) -> f64 {
         let closed_at = self.closed_at.load(Ordering::Acquire);
         match (self.state(), self.config.ramp) {
@@ -383,58 +414,84 @@ impl CircuitBreaker {
 
     /// Reports that the call permitted by `permit` succeeded, at `now`.
     pub fn on_success(&self, permit: Permit, now: Instant) {
-        self.record(permit, now, false);
+        self.record(permit, &|| now, false);
     }
 
     /// Reports that the call permitted by `permit` failed, at `now`.
     pub fn on_failure(&self, permit: Permit, now: Instant) {
-        self.record(permit, now, true);
+        self.record(permit, &|| now, true);
+    }
+
+    /// As [`on_success`](Self::on_success) / [`on_failure`](Self::on_failure),
+    /// reading the time from `clock` only when needed: to time a slow call,
+    /// to find a time window's bucket, or for a transition the outcome
+    /// causes.
+    pub fn on_outcome_with(&self, permit: Permit, failed: bool, clock: impl Fn() -> Instant) {
+        self.record(permit, &clock, failed);
     }
 
     /// Gives back the permit of a call that was abandoned: a half-open probe
     /// frees its slot; nothing is recorded either way.
     pub fn on_cancel(&self, permit: Permit) {
-        if permit.kind == PermitKind::Probe && self.generation() == permit.generation {
-            let _ = self
-                .probes_started
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| s.checked_sub(1));
+        if permit.kind != PermitKind::Probe {
+            return;
+        }
+        let _guard = self.transition.lock();
+        let (generation, state) = unpack(self.word.load(Ordering::Acquire));
+        if generation == permit.generation && state == State::HalfOpen {
+            let started = self.probes_started.load(Ordering::Acquire);
+            self.probes_started
+                .store(started.saturating_sub(1), Ordering::Release);
         }
     }
 
-    fn record(&self, permit: Permit, now: Instant, failed: bool) {
+    fn record(&self, permit: Permit, clock: &dyn Fn() -> Instant, failed: bool) {
         let (generation, state) = unpack(self.word.load(Ordering::Acquire));
-        if permit.generation != generation || permit.kind == PermitKind::Untracked {
+        if permit.generation != generation {
             // From an earlier generation: it must not decide this one.
             return;
         }
+        // Slow means strictly longer than the threshold.
         let slow = permit
             .started
-            .is_some_and(|s| now.saturating_duration_since(s) >= self.config.slow_call_duration);
+            .is_some_and(|s| clock().saturating_duration_since(s) > self.config.slow_call_duration);
         match (state, permit.kind) {
-            (State::Closed, PermitKind::Call) => self.record_closed(generation, now, failed, slow),
+            (State::Closed, PermitKind::Call) => {
+                let counts = self.record_window(clock, failed, slow);
+                let run = self.count_run(failed);
+                if run || self.over_threshold(counts) {
+                    self.trip(generation, clock());
+                }
+            }
+            (State::Disabled, PermitKind::Untracked) => {
+                // Metrics only: counted, never acted on.
+                self.record_window(clock, failed, slow);
+            }
             (State::HalfOpen, PermitKind::Probe) => {
-                self.record_probe(generation, now, failed, slow)
+                self.record_probe(generation, clock, failed, slow)
             }
             _ => {}
         }
     }
 
     #[inline]
-    fn record_closed(&self, generation: u64, now: Instant, failed: bool, slow: bool) {
-        let counts = match &self.window {
+    fn record_window(&self, clock: &dyn Fn() -> Instant, failed: bool, slow: bool) -> WindowCounts {
+        match &self.window {
             Window::Count(w) => w.record(code(failed, slow)),
-            Window::Time(w) => w.record(self.nanos(now) / 1_000_000_000, code(failed, slow)),
-        };
-        let consecutive_trip = match self.config.consecutive_failures {
+            Window::Time(w) => w.record(self.nanos(clock()) / 1_000_000_000, code(failed, slow)),
+        }
+    }
+
+    /// Updates the run of consecutive failures; whether it reached the limit.
+    #[inline]
+    fn count_run(&self, failed: bool) -> bool {
+        match self.config.consecutive_failures {
             Some(limit) if failed => self.consecutive.fetch_add(1, Ordering::AcqRel) + 1 >= limit,
             Some(_) => {
                 self.consecutive.store(0, Ordering::Release);
                 false
             }
             None => false,
-        };
-        if consecutive_trip || self.over_threshold(counts) {
-            self.trip(generation, now);
         }
     }
 
@@ -442,20 +499,28 @@ impl CircuitBreaker {
     /// `minimum_calls` calls in it).
     #[inline]
     fn over_threshold(&self, c: WindowCounts) -> bool {
-        if (c.failures == 0 && c.slow == 0) || c.calls < self.config.minimum_calls {
+        if !self.config.rates
+            || (c.failures == 0 && c.slow == 0)
+            || c.calls < u64::from(self.config.minimum_calls)
+        {
             return false;
         }
         self.rates_trip(c.calls, c.failures, c.slow)
     }
 
-    fn rates_trip(&self, calls: u32, failures: u32, slow: u32) -> bool {
-        let calls = f64::from(calls);
-        f64::from(failures) * 100.0 >= self.config.failure_rate_threshold * calls
+    fn rates_trip(&self, calls: u64, failures: u64, slow: u64) -> bool {
+        let calls = calls as f64;
+        failures as f64 * 100.0 >= self.config.failure_rate_threshold * calls
             || (self.config.detect_slow_calls
-                && f64::from(slow) * 100.0 >= self.config.slow_call_rate_threshold * calls)
+                && slow as f64 * 100.0 >= self.config.slow_call_rate_threshold * calls)
     }
 
-    fn record_probe(&self, generation: u64, now: Instant, failed: bool, slow: bool) {
+    fn record_probe(&self, generation: u64, clock: &dyn Fn() -> Instant, failed: bool, slow: bool) {
+        let guard = self.transition.lock();
+        let (current, state) = unpack(self.word.load(Ordering::Acquire));
+        if current != generation || state != State::HalfOpen {
+            return;
+        }
         if failed {
             self.probe_failures.fetch_add(1, Ordering::AcqRel);
         }
@@ -468,73 +533,59 @@ impl CircuitBreaker {
             return;
         }
         let failures = self.probe_failures.load(Ordering::Acquire);
-        let slow = self.probe_slow.load(Ordering::Acquire);
-        if self.rates_trip(n, failures, slow) {
-            self.trip(generation, now);
+        let slows = self.probe_slow.load(Ordering::Acquire);
+        let now = clock();
+        let change = if self.rates_trip(u64::from(n), u64::from(failures), u64::from(slows)) {
+            self.open_locked(generation, state, now)
         } else {
-            self.close(generation, now);
-        }
+            self.clear_closed_state();
+            if self.config.ramp.is_some() {
+                self.closed_at.store(self.nanos(now), Ordering::Release);
+            }
+            self.set(generation, state, State::Closed)
+        };
+        drop(guard);
+        self.notify(change);
     }
 
-    /// The open duration for the `k`-th consecutive open.
+    /// The open duration for the `k`-th consecutive open: grown, spread by
+    /// the jitter, and capped.
     fn open_duration(&self, k: u32) -> Duration {
         let base = self.config.open_duration;
         let Some(g) = self.config.growth else {
             return base;
         };
         let grown = base.as_secs_f64() * g.multiplier.powi(i32::try_from(k).unwrap_or(i32::MAX));
-        let capped = grown.min(g.max.as_secs_f64()).max(0.0);
         let spread = 1.0 + g.jitter * (2.0 * self.rng.next_f64() - 1.0);
-        Duration::try_from_secs_f64(capped * spread).unwrap_or(g.max)
+        let max = g.max.as_secs_f64();
+        let secs = if (grown * spread).is_nan() {
+            max
+        } else {
+            (grown * spread).clamp(0.0, max)
+        };
+        Duration::try_from_secs_f64(secs).unwrap_or(g.max)
     }
 
-    /// Moves from `from_generation` (Closed or HalfOpen) to Open.
+    /// Moves from Closed (generation `from_generation`) to Open.
     fn trip(&self, from_generation: u64, now: Instant) {
         let guard = self.transition.lock();
         let (generation, state) = unpack(self.word.load(Ordering::Acquire));
-        if generation != from_generation || !matches!(state, State::Closed | State::HalfOpen) {
+        if generation != from_generation || state != State::Closed {
             return;
         }
+        let change = self.open_locked(generation, state, now);
+        drop(guard);
+        self.notify(change);
+    }
+
+    /// Opens (the lock held).
+    fn open_locked(&self, generation: u64, from: State, now: Instant) -> StateChange {
         let k = self.opens.fetch_add(1, Ordering::AcqRel);
         let until = self
             .nanos(now)
             .saturating_add(self.open_duration(k).as_nanos() as u64);
         self.open_until.store(until, Ordering::Release);
-        let change = self.set(generation, state, State::Open);
-        drop(guard);
-        self.notify(change);
-    }
-
-    /// Moves from Open to HalfOpen once the open duration has passed.
-    fn to_half_open(&self, from_generation: u64) {
-        let guard = self.transition.lock();
-        let (generation, state) = unpack(self.word.load(Ordering::Acquire));
-        if generation != from_generation || state != State::Open {
-            return;
-        }
-        self.probes_started.store(0, Ordering::Release);
-        self.probes_done.store(0, Ordering::Release);
-        self.probe_failures.store(0, Ordering::Release);
-        self.probe_slow.store(0, Ordering::Release);
-        let change = self.set(generation, state, State::HalfOpen);
-        drop(guard);
-        self.notify(change);
-    }
-
-    /// Moves from HalfOpen to Closed, starting the ramp if configured.
-    fn close(&self, from_generation: u64, now: Instant) {
-        let guard = self.transition.lock();
-        let (generation, state) = unpack(self.word.load(Ordering::Acquire));
-        if generation != from_generation || state != State::HalfOpen {
-            return;
-        }
-        self.clear_closed_state();
-        if self.config.ramp.is_some() {
-            self.closed_at.store(self.nanos(now), Ordering::Release);
-        }
-        let change = self.set(generation, state, State::Closed);
-        drop(guard);
-        self.notify(change);
+        self.set(generation, from, State::Open)
     }
 
     fn clear_closed_state(&self) {
@@ -547,10 +598,12 @@ impl CircuitBreaker {
         self.closed_at.store(NO_RAMP, Ordering::Release);
     }
 
-    /// Publishes the new state with the next generation (under the lock).
+    /// Publishes the new state with the next generation (the lock held),
+    /// and updates the subscription channel.
     fn set(&self, generation: u64, from: State, to: State) -> StateChange {
         let next = generation + 1;
         self.word.store(pack(next, to), Ordering::Release);
+        self.watch.send_replace(to);
         StateChange {
             from,
             to,
@@ -558,11 +611,12 @@ impl CircuitBreaker {
         }
     }
 
+    /// Tells the listeners (after the lock is released).
     fn notify(&self, change: StateChange) {
-        self.watch.send_replace(change.to);
         tracing::info!(
             from = change.from.as_str(),
             to = change.to.as_str(),
+            generation = change.generation,
             "circuit breaker state change"
         );
         for listener in &self.listeners {
@@ -573,7 +627,10 @@ impl CircuitBreaker {
     fn force(&self, to: State) {
         let guard = self.transition.lock();
         let (generation, from) = unpack(self.word.load(Ordering::Acquire));
-        if to == State::Closed {
+        if from == to && to != State::Closed {
+            return;
+        }
+        if to == State::Closed || to == State::Disabled {
             self.clear_closed_state();
         }
         let change = self.set(generation, from, to);
@@ -587,8 +644,9 @@ impl CircuitBreaker {
         self.force(State::ForcedOpen);
     }
 
-    /// Lets every call through and records nothing, until
-    /// [`reset`](Self::reset) or [`force_open`](Self::force_open).
+    /// Metrics only: lets every call through and keeps counting outcomes in
+    /// the window, but never opens, until [`reset`](Self::reset) or
+    /// [`force_open`](Self::force_open).
     pub fn disable(&self) {
         self.force(State::Disabled);
     }

@@ -37,15 +37,19 @@ pub struct Growth {
 pub struct BreakerConfig {
     /// The closed state's window. Default: the last 100 calls.
     pub window: WindowKind,
-    /// No decision on rates before the window holds this many calls.
-    /// Default 100.
+    /// No decision on rates before the window holds this many calls (for a
+    /// count window, at most its size: a larger value is clamped to it, as
+    /// resilience4j does). Default 100.
     pub minimum_calls: u32,
+    /// Whether the failure and slow-call rates can open the breaker. Default
+    /// true; [`consecutive`](Self::consecutive) turns them off.
+    pub rates: bool,
     /// Opens when failures are at least this percentage of the window's
     /// calls. Default 50.
     pub failure_rate_threshold: f64,
     /// Opens when slow calls are at least this percentage. Default 100.
     pub slow_call_rate_threshold: f64,
-    /// A call at least this long is slow. Default 60 s.
+    /// A call slower than this (strictly longer) is slow. Default 60 s.
     #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub slow_call_duration: Duration,
     /// Whether to time calls at all. Default true; off saves two clock reads
@@ -74,6 +78,7 @@ impl Default for BreakerConfig {
         Self {
             window: WindowKind::Count(100),
             minimum_calls: 100,
+            rates: true,
             failure_rate_threshold: 50.0,
             slow_call_rate_threshold: 100.0,
             slow_call_duration: Duration::from_secs(60),
@@ -112,7 +117,7 @@ impl BreakerConfig {
     pub fn consecutive(n: u32) -> Self {
         Self {
             consecutive_failures: Some(n),
-            minimum_calls: u32::MAX,
+            rates: false,
             ..Self::default()
         }
     }
@@ -179,6 +184,29 @@ impl BreakerConfig {
         const LONG: Duration = Duration::from_secs(365 * 86_400);
         if self.open_duration > LONG || self.growth.is_some_and(|g| g.max > LONG) {
             return Err(ConfigError::new("open_duration", "may be at most a year"));
+        }
+        if self.growth.is_some_and(|g| g.max < self.open_duration) {
+            return Err(ConfigError::new(
+                "growth.max",
+                "must be at least open_duration",
+            ));
+        }
+        if self.minimum_calls == 0 {
+            return Err(ConfigError::new("minimum_calls", "must be at least 1"));
+        }
+        if self.detect_slow_calls && self.slow_call_duration.is_zero() {
+            return Err(ConfigError::new(
+                "slow_call_duration",
+                "must be longer than zero",
+            ));
+        }
+        if let Some(ramp) = self.ramp
+            && (ramp.is_zero() || ramp > LONG)
+        {
+            return Err(ConfigError::new(
+                "ramp",
+                "must be longer than zero and at most a year",
+            ));
         }
         Ok(())
     }

@@ -236,8 +236,15 @@ impl<C> Builder<C> {
         let name = self.name.to_string();
         let transitions = name.clone();
         let state_gauge = metrics::gauge!(BREAKER_STATE, LABEL_NAME => name.clone());
+        state_gauge.set(0.0);
+        let newest = std::sync::atomic::AtomicU64::new(0);
         let mut breaker = CircuitBreaker::new(self.config)?.on_state_change(move |c| {
-            state_gauge.set(c.to as u8 as f64);
+            // Listeners may see two quick changes out of order: the gauge
+            // keeps the newest generation's state.
+            let prev = newest.fetch_max(c.generation, std::sync::atomic::Ordering::AcqRel);
+            if c.generation > prev {
+                state_gauge.set(c.to as u8 as f64);
+            }
             metrics::counter!(
                 BREAKER_TRANSITIONS,
                 LABEL_NAME => transitions.clone(),
@@ -409,15 +416,20 @@ where
     #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
         match self.shared.breaker.try_acquire_with(Instant::now) {
-            Ok(permit) => ResponseFuture {
-                state: State_::Called {
-                    fut: self.inner.call(req),
-                    guard: Guard {
-                        shared: self.shared.clone(),
-                        permit: Some(permit),
+            Ok(permit) => {
+                // The guard first: if the inner call panics, the permit (a
+                // half-open slot, maybe) is still given back.
+                let guard = Guard {
+                    shared: self.shared.clone(),
+                    permit: Some(permit),
+                };
+                ResponseFuture {
+                    state: State_::Called {
+                        fut: self.inner.call(req),
+                        guard,
                     },
-                },
-            },
+                }
+            }
             Err(refused) => {
                 self.shared.rejected[refused.state as usize].increment(1);
                 ResponseFuture {
@@ -444,21 +456,16 @@ impl<C> Guard<C> {
         let Some(permit) = self.permit.take() else {
             return;
         };
-        let breaker = &self.shared.breaker;
-        // Read the clock only if the breaker needs the time: with a count
-        // window and no slow-call timing, any instant will do.
-        let now = if breaker.needs_clock_to_record() {
-            Instant::now()
-        } else {
-            breaker.epoch()
-        };
-        if outcome == Outcome::Success {
-            self.shared.success.increment(1);
-            breaker.on_success(permit, now);
-        } else {
+        let failed = outcome != Outcome::Success;
+        if failed {
             self.shared.failure.increment(1);
-            breaker.on_failure(permit, now);
+        } else {
+            self.shared.success.increment(1);
         }
+        // The clock is read only if the outcome needs the time.
+        self.shared
+            .breaker
+            .on_outcome_with(permit, failed, Instant::now);
     }
 }
 

@@ -1,7 +1,11 @@
 //! The closed state's sliding windows: the last N calls (a ring), or the
 //! last T seconds (one-second buckets).
+//!
+//! Counters are signed and reads are clamped: a call that reports while the
+//! breaker resets its window (a transition, a handle's reset) may land on
+//! either side of the reset, and must never make a count wrap.
 
-use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 
@@ -15,15 +19,37 @@ const SLOW: u8 = 0b010;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct WindowCounts {
     /// Calls recorded.
-    pub calls: u32,
+    pub calls: u64,
     /// Of which failed.
-    pub failures: u32,
+    pub failures: u64,
     /// Of which were slow.
-    pub slow: u32,
+    pub slow: u64,
+}
+
+impl WindowCounts {
+    fn clamped(calls: i64, failures: i64, slow: i64) -> Self {
+        let calls = calls.max(0) as u64;
+        Self {
+            calls,
+            failures: (failures.max(0) as u64).min(calls),
+            slow: (slow.max(0) as u64).min(calls),
+        }
+    }
 }
 
 pub(crate) fn code(failed: bool, slow: bool) -> u8 {
     PRESENT | if failed { FAILED } else { 0 } | if slow { SLOW } else { 0 }
+}
+
+/// Adds `+1`, `−1` or nothing to `counter` as `bit` appears in or leaves a
+/// slot; returns the counter's value afterwards.
+#[inline]
+fn adjust(counter: &AtomicI64, old: u8, new: u8, bit: u8) -> i64 {
+    match (old & bit != 0, new & bit != 0) {
+        (false, true) => counter.fetch_add(1, Ordering::AcqRel).wrapping_add(1),
+        (true, false) => counter.fetch_sub(1, Ordering::AcqRel).wrapping_sub(1),
+        _ => counter.load(Ordering::Acquire),
+    }
 }
 
 /// The last `n` calls exactly: a ring of `n` one-byte records and running
@@ -32,8 +58,8 @@ pub(crate) fn code(failed: bool, slow: bool) -> u8 {
 pub(crate) struct CountWindow {
     slots: Box<[AtomicU8]>,
     head: AtomicU64,
-    failures: AtomicU32,
-    slow: AtomicU32,
+    failures: AtomicI64,
+    slow: AtomicI64,
 }
 
 impl CountWindow {
@@ -41,8 +67,8 @@ impl CountWindow {
         Self {
             slots: (0..n.max(1)).map(|_| AtomicU8::new(0)).collect(),
             head: AtomicU64::new(0),
-            failures: AtomicU32::new(0),
-            slow: AtomicU32::new(0),
+            failures: AtomicI64::new(0),
+            slow: AtomicI64::new(0),
         }
     }
 
@@ -51,53 +77,36 @@ impl CountWindow {
         let n = self.slots.len() as u64;
         let i = self.head.fetch_add(1, Ordering::AcqRel);
         let old = self.slots[(i % n) as usize].swap(code, Ordering::AcqRel);
-        let changed = old ^ code;
-        let failures = if changed & FAILED == 0 {
-            self.failures.load(Ordering::Acquire)
-        } else if code & FAILED != 0 {
-            self.failures.fetch_add(1, Ordering::AcqRel) + 1
-        } else {
-            self.failures.fetch_sub(1, Ordering::AcqRel) - 1
-        };
-        let slow = if changed & SLOW == 0 {
-            self.slow.load(Ordering::Acquire)
-        } else if code & SLOW != 0 {
-            self.slow.fetch_add(1, Ordering::AcqRel) + 1
-        } else {
-            self.slow.fetch_sub(1, Ordering::AcqRel) - 1
-        };
-        WindowCounts {
-            calls: (i + 1).min(n) as u32,
-            failures,
-            slow,
-        }
+        let failures = adjust(&self.failures, old, code, FAILED);
+        let slow = adjust(&self.slow, old, code, SLOW);
+        WindowCounts::clamped((i + 1).min(n) as i64, failures, slow)
     }
 
     pub(crate) fn counts(&self) -> WindowCounts {
         let n = self.slots.len() as u64;
-        WindowCounts {
-            calls: self.head.load(Ordering::Acquire).min(n) as u32,
-            failures: self.failures.load(Ordering::Acquire),
-            slow: self.slow.load(Ordering::Acquire),
-        }
+        WindowCounts::clamped(
+            self.head.load(Ordering::Acquire).min(n) as i64,
+            self.failures.load(Ordering::Acquire),
+            self.slow.load(Ordering::Acquire),
+        )
     }
 
-    /// Empties the window (under the breaker's transition lock).
+    /// Empties the window.
     pub(crate) fn reset(&self) {
+        self.head.store(0, Ordering::Release);
         for s in self.slots.iter() {
             s.store(0, Ordering::Release);
         }
         self.failures.store(0, Ordering::Release);
         self.slow.store(0, Ordering::Release);
-        self.head.store(0, Ordering::Release);
     }
 }
 
 #[derive(Default)]
 struct Bucket {
-    calls: AtomicU32,
-    failures: AtomicU32,
-    slow: AtomicU32,
+    calls: AtomicI64,
+    failures: AtomicI64,
+    slow: AtomicI64,
 }
 
 /// The last `n` seconds, in one-second buckets, with running totals;
@@ -147,9 +156,9 @@ impl TimeWindow {
     pub(crate) fn record(&self, second: u64, code: u8) -> WindowCounts {
         let second = self.at(second);
         let b = &self.buckets[(second % self.buckets.len() as u64) as usize];
-        let add = |slot: &AtomicU32, total: &AtomicU32| {
+        let add = |slot: &AtomicI64, total: &AtomicI64| {
             // The total first, so expiry never takes it below zero.
-            let t = total.fetch_add(1, Ordering::AcqRel) + 1;
+            let t = total.fetch_add(1, Ordering::AcqRel).wrapping_add(1);
             slot.fetch_add(1, Ordering::AcqRel);
             t
         };
@@ -164,23 +173,19 @@ impl TimeWindow {
         } else {
             self.total.slow.load(Ordering::Acquire)
         };
-        WindowCounts {
-            calls,
-            failures,
-            slow,
-        }
+        WindowCounts::clamped(calls, failures, slow)
     }
 
     pub(crate) fn counts(&self, second: u64) -> WindowCounts {
         self.at(second);
-        WindowCounts {
-            calls: self.total.calls.load(Ordering::Acquire),
-            failures: self.total.failures.load(Ordering::Acquire),
-            slow: self.total.slow.load(Ordering::Acquire),
-        }
+        WindowCounts::clamped(
+            self.total.calls.load(Ordering::Acquire),
+            self.total.failures.load(Ordering::Acquire),
+            self.total.slow.load(Ordering::Acquire),
+        )
     }
 
-    /// Empties the window (under the breaker's transition lock).
+    /// Empties the window.
     pub(crate) fn reset(&self) {
         let _guard = self.advance.lock();
         for b in self.buckets.iter().chain(std::iter::once(&self.total)) {
@@ -209,7 +214,6 @@ mod tests {
                 slow: 0
             }
         );
-        // The two failures leave as two successes arrive.
         w.record(code(false, true));
         assert_eq!(
             w.counts(),
@@ -230,6 +234,24 @@ mod tests {
         );
         w.reset();
         assert_eq!(w.counts(), WindowCounts::default());
+    }
+
+    #[test]
+    fn a_record_racing_a_reset_never_wraps() {
+        let w = CountWindow::new(1);
+        // A failure recorded, then a reset that zeroes the counter after the
+        // slot: the next record evicts the old failure from a zero counter.
+        w.record(code(true, false));
+        w.failures.store(0, Ordering::Release);
+        let c = w.record(code(false, false));
+        assert_eq!(
+            c,
+            WindowCounts {
+                calls: 1,
+                failures: 0,
+                slow: 0
+            }
+        );
     }
 
     #[test]

@@ -78,19 +78,26 @@ async fn slow_calls_open_at_their_own_threshold() {
         ..Default::default()
     };
     let b = breaker(config);
-    for slow in [false, true, false] {
-        let permit = b.try_acquire(Instant::now()).unwrap();
-        advance(if slow { Duration::from_secs(2) } else { MS }).await;
-        b.on_success(permit, Instant::now());
-    }
+    let timed = |d: Duration| {
+        let b = &b;
+        async move {
+            let permit = b.try_acquire(Instant::now()).unwrap();
+            advance(d).await;
+            b.on_success(permit, Instant::now());
+        }
+    };
+    timed(MS).await;
+    timed(Duration::from_millis(2001)).await;
+    timed(MS).await;
     assert_eq!(b.state(), State::Closed);
-    let permit = b.try_acquire(Instant::now()).unwrap();
-    advance(Duration::from_millis(1999)).await;
-    b.on_success(permit, Instant::now());
-    assert_eq!(b.state(), State::Closed, "1999 ms is not slow: 1 of 4");
-    let permit = b.try_acquire(Instant::now()).unwrap();
-    advance(Duration::from_secs(2)).await;
-    b.on_success(permit, Instant::now());
+    timed(Duration::from_secs(2)).await;
+    assert_eq!(
+        b.state(),
+        State::Closed,
+        "exactly 2 s is not slower than 2 s: 1 of 4"
+    );
+    assert_eq!(b.counts(Instant::now()).slow, 1);
+    timed(Duration::from_millis(2001)).await;
     assert_eq!(b.state(), State::Open, "2 slow of the last 4: 50 %");
 }
 
@@ -182,23 +189,28 @@ async fn a_cancelled_probe_frees_its_slot_and_decides_nothing() {
 #[tokio::test(start_paused = true)]
 async fn outcomes_from_an_earlier_generation_are_ignored() {
     let config = BreakerConfig {
-        minimum_calls: 2,
-        window: WindowKind::Count(2),
+        minimum_calls: 1,
+        window: WindowKind::Count(1),
         half_open_calls: 1,
         ..Default::default()
     };
     let b = breaker(config);
-    let slow_call = b.try_acquire(Instant::now()).unwrap(); // started while closed
-    calls(&b, 2, 2);
+    let stale = b.try_acquire(Instant::now()).unwrap(); // started while closed
+    calls(&b, 1, 1);
     assert_eq!(b.state(), State::Open);
     advance(Duration::from_secs(60)).await;
     let probe = b.try_acquire(Instant::now()).unwrap();
-    assert_eq!(b.state(), State::HalfOpen);
-    // The call from before the trip fails now: it must not decide.
-    b.on_failure(slow_call, Instant::now());
-    assert_eq!(b.state(), State::HalfOpen);
     b.on_success(probe, Instant::now());
+    assert_eq!(
+        b.state(),
+        State::Closed,
+        "closed again, two generations later"
+    );
+    // The call from before the trip fails now. Without the generation check
+    // it would land in the new window (minimum 1, window 1) and reopen it.
+    b.on_failure(stale, Instant::now());
     assert_eq!(b.state(), State::Closed);
+    assert_eq!(b.counts(Instant::now()).calls, 0);
 }
 
 #[tokio::test(start_paused = true)]
@@ -276,7 +288,10 @@ async fn jitter_spreads_open_durations() {
             .unwrap_err()
             .retry_after
             .unwrap();
-        assert!((80.0..=120.0).contains(&wait.as_secs_f64()), "{wait:?}");
+        assert!(
+            (80.0..=100.0).contains(&wait.as_secs_f64()),
+            "{wait:?}: spread, then capped"
+        );
         seen.push(wait);
     }
     seen.dedup();
@@ -353,7 +368,8 @@ async fn manual_control_listeners_and_subscribers() {
     assert_eq!(*rx.borrow_and_update(), State::ForcedOpen);
     b.disable();
     calls(&b, 200, 200);
-    assert_eq!(b.state(), State::Disabled, "disabled records nothing");
+    assert_eq!(b.state(), State::Disabled, "metrics only: never opens");
+    assert_eq!(b.counts(Instant::now()).failures, 100, "but counts");
     b.reset();
     assert_eq!(b.state(), State::Closed);
     assert!(rx.has_changed().unwrap());
@@ -406,4 +422,19 @@ fn invalid_configs_name_their_field() {
         "ramp_start"
     );
     assert!(BreakerConfig::responsive().validate().is_ok());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_minimum_above_the_window_is_clamped_to_it() {
+    let b = breaker(BreakerConfig {
+        window: WindowKind::Count(20),
+        ..Default::default() // minimum 100
+    });
+    assert_eq!(b.config().minimum_calls, 20);
+    calls(&b, 20, 10);
+    assert_eq!(
+        b.state(),
+        State::Open,
+        "10 of 20, with the minimum clamped to 20"
+    );
 }

@@ -182,3 +182,29 @@ fn config_as_data() {
     assert!(config.validate().is_ok());
     assert!(serde_json::from_str::<BreakerConfig>(r#"{ "windw": { "count": 1 } }"#).is_err());
 }
+
+/// With slow-call timing off the layer reads no clock on the closed path;
+/// a trip must still time the open state from the moment it happens.
+#[tokio::test(start_paused = true)]
+async fn without_slow_call_timing_the_open_state_still_lasts_its_duration() {
+    let layer = BreakerLayer::new(BreakerConfig {
+        detect_slow_calls: false,
+        ..small()
+    })
+    .unwrap();
+    let handle = layer.handle();
+    let svc = layer.layer(service_fn(|_: ()| async {
+        Err::<(), BoxError>("down".into())
+    }));
+    advance(Duration::from_secs(3600)).await; // long after the breaker was built
+    for _ in 0..4 {
+        let _ = svc.clone().oneshot(()).await;
+    }
+    assert_eq!(handle.state(), State::Open);
+    let err = svc.clone().oneshot(()).await.unwrap_err();
+    assert_eq!(
+        Rejected::find(&*err).unwrap().retry_after(),
+        Some(Duration::from_secs(5)),
+        "open for its full duration from the trip"
+    );
+}

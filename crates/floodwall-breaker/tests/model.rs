@@ -79,7 +79,8 @@ impl Model {
     fn trips(&self, calls: usize, failures: usize, slow: usize) -> bool {
         let calls = calls as f64;
         failures as f64 * 100.0 >= self.config.failure_rate_threshold * calls
-            || slow as f64 * 100.0 >= self.config.slow_call_rate_threshold * calls
+            || (self.config.detect_slow_calls
+                && slow as f64 * 100.0 >= self.config.slow_call_rate_threshold * calls)
     }
 
     fn open(&mut self, t: u64) {
@@ -91,7 +92,8 @@ impl Model {
         if p.generation != self.generation {
             return;
         }
-        let slow = t - p.started >= self.config.slow_call_duration.as_nanos() as u64;
+        let slow = self.config.detect_slow_calls
+            && t - p.started > self.config.slow_call_duration.as_nanos() as u64;
         match (self.state, p.kind) {
             (State::Closed, Kind::Call) => {
                 let WindowKind::Count(n) = self.config.window else {
@@ -115,8 +117,11 @@ impl Model {
                 let calls = self.window.len();
                 let failures = self.window.iter().filter(|w| w.0).count();
                 let slows = self.window.iter().filter(|w| w.1).count();
-                let rates =
-                    calls as u32 >= self.config.minimum_calls && self.trips(calls, failures, slows);
+                // A count window of n calls can never hold more than n, so
+                // the breaker clamps the minimum to the window.
+                let rates = self.config.rates
+                    && calls as u32 >= self.config.minimum_calls.min(n)
+                    && self.trips(calls, failures, slows);
                 if run || rates {
                     self.open(t);
                 }
@@ -141,7 +146,8 @@ impl Model {
     }
 
     fn cancel(&mut self, p: ModelPermit) {
-        if p.kind == Kind::Probe && p.generation == self.generation {
+        if p.kind == Kind::Probe && p.generation == self.generation && self.state == State::HalfOpen
+        {
             self.probes_started -= 1;
         }
     }
@@ -176,18 +182,22 @@ fn config() -> impl Strategy<Value = BreakerConfig> {
         10u32..=100,
         1u32..=4,
         prop::option::of(1u32..=5),
+        any::<bool>(),
     )
-        .prop_map(|(n, minimum, failure, slow, probes, run)| BreakerConfig {
-            window: WindowKind::Count(n),
-            minimum_calls: minimum,
-            failure_rate_threshold: f64::from(failure),
-            slow_call_rate_threshold: f64::from(slow),
-            slow_call_duration: Duration::from_millis(20),
-            open_duration: Duration::from_millis(100),
-            half_open_calls: probes,
-            consecutive_failures: run,
-            ..Default::default()
-        })
+        .prop_map(
+            |(n, minimum, failure, slow, probes, run, timed)| BreakerConfig {
+                window: WindowKind::Count(n),
+                minimum_calls: minimum,
+                failure_rate_threshold: f64::from(failure),
+                slow_call_rate_threshold: f64::from(slow),
+                slow_call_duration: Duration::from_millis(20),
+                open_duration: Duration::from_millis(100),
+                half_open_calls: probes,
+                consecutive_failures: run,
+                detect_slow_calls: timed,
+                ..Default::default()
+            },
+        )
 }
 
 proptest! {
