@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use floodwall::breaker::{BreakerConfig, BreakerLayer};
-use floodwall_benches::{ReadyService, poll_once};
+use floodwall_benches::{ReadyService, poll_once, ready_call};
 use tower::{Layer, ServiceExt};
 
 fn closed(c: &mut Criterion) {
@@ -47,6 +47,24 @@ fn closed(c: &mut Criterion) {
         .layer(ReadyService);
     g.bench_function("tower-resilience/clone+oneshot", |b| {
         b.iter(|| poll_once(&mut cx, resilience.clone().oneshot(black_box(1u32))).unwrap())
+    });
+
+    // The same services driven in place (no clone per request).
+    let mut bare = bare;
+    g.bench_function("bare/ready+call", |b| {
+        b.iter(|| ready_call(&mut cx, &mut bare, black_box(1u32)).unwrap())
+    });
+    let mut timed = timed;
+    g.bench_function("floodwall/ready+call", |b| {
+        b.iter(|| ready_call(&mut cx, &mut timed, black_box(1u32)).unwrap())
+    });
+    let mut untimed = untimed;
+    g.bench_function("floodwall-no-slow-calls/ready+call", |b| {
+        b.iter(|| ready_call(&mut cx, &mut untimed, black_box(1u32)).unwrap())
+    });
+    let mut resilience = resilience;
+    g.bench_function("tower-resilience/ready+call", |b| {
+        b.iter(|| ready_call(&mut cx, &mut resilience, black_box(1u32)).unwrap())
     });
     g.finish();
 }

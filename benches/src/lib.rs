@@ -39,3 +39,24 @@ pub fn poll_once<F: Future>(cx: &mut Context<'_>, fut: F) -> F::Output {
         Poll::Pending => panic!("benchmarked future was pending"),
     }
 }
+
+/// Drives one request through a service that is already built, the way a
+/// connection's service is driven request after request (hyper keeps one
+/// service per connection): `poll_ready`, then `call`, then one poll of the
+/// response future. No clone, so only the layer's own per-request work is
+/// measured.
+///
+/// # Panics
+/// If the service is not ready at once, or its future is pending.
+#[inline]
+pub fn ready_call<S: Service<Req>, Req>(
+    cx: &mut Context<'_>,
+    service: &mut S,
+    req: Req,
+) -> Result<S::Response, S::Error> {
+    match service.poll_ready(cx) {
+        Poll::Ready(Ok(())) => poll_once(cx, service.call(req)),
+        Poll::Ready(Err(e)) => Err(e),
+        Poll::Pending => panic!("benchmarked service was not ready"),
+    }
+}

@@ -325,7 +325,8 @@ impl BreakerHandle {
         self.shared.breaker().force_open();
     }
 
-    /// Lets every call through, recording nothing, until [`reset`](Self::reset).
+    /// Lets every call through until [`reset`](Self::reset); outcomes are
+    /// still counted (for metrics) but never trip the breaker.
     pub fn disable(&self) {
         self.shared.breaker().disable();
     }
