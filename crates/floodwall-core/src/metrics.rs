@@ -84,3 +84,13 @@ pub const BREAKER_REJECTED: &str = "floodwall_breaker_rejected_total";
 pub const BREAKER_STATE: &str = "floodwall_breaker_state";
 /// Counter: state transitions (labels `from`, `to`).
 pub const BREAKER_TRANSITIONS: &str = "floodwall_breaker_transitions_total";
+
+/// Gauge: requests waiting in an admission queue.
+pub const CODEL_QUEUE_LENGTH: &str = "floodwall_codel_queue_length";
+/// Histogram: seconds each served request waited in the queue.
+pub const CODEL_SOJOURN_SECONDS: &str = "floodwall_codel_sojourn_seconds";
+/// Counter: requests dropped instead of served (label `reason`: `timeout`,
+/// `codel`, `deadline`, `full`).
+pub const CODEL_DROPPED: &str = "floodwall_codel_dropped_total";
+/// Gauge: 1 while the queue serves newest first, else 0.
+pub const CODEL_LIFO: &str = "floodwall_codel_lifo";

@@ -1,0 +1,44 @@
+//! A CoDel + adaptive LIFO admission queue for Tower servers.
+//!
+//! - [`AdmissionQueue`]: the sans-IO queue. Fail-at-Scale queue timeouts
+//!   ([`Policy::FailAtScale`], the default) or the RFC 8289 state machine
+//!   and control law ([`Policy::Codel`]) on request sojourn times; newest
+//!   first while congested ([`Lifo`]); requests whose deadline cannot be met
+//!   dropped before they run.
+//! - [`CodelLayer`] / [`CodelService`]: at most `workers` requests in the
+//!   inner service, the rest in the queue; dropped requests fail with a
+//!   [`Shed`] rejection and never reach the service; a cancelled waiter
+//!   leaves the queue at once. [`CodelHandle`] reads the live state.
+//!
+//! ```
+//! use std::time::Duration;
+//! use floodwall_codel::{AdmissionQueue, CodelConfig, DropReason, Lifo, Policy};
+//! use tokio::time::Instant;
+//!
+//! let t0 = Instant::now();
+//! let ms = Duration::from_millis;
+//! let config = CodelConfig { policy: Policy::codel(), lifo: Lifo::Never, ..Default::default() };
+//! let mut q = AdmissionQueue::new(&config);
+//! for i in 0..10 {
+//!     q.push(t0, i, t0, None).unwrap();
+//! }
+//! let mut drops = Vec::new();
+//! // Sojourn 10 ms ≥ TARGET: the first interval starts.
+//! assert_eq!(q.pop(t0 + ms(10), |i, r| drops.push((i, r))), Some(0));
+//! // Still above TARGET an INTERVAL later: drop one, serve the next.
+//! assert_eq!(q.pop(t0 + ms(110), |i, r| drops.push((i, r))), Some(2));
+//! assert_eq!(drops, [(1, DropReason::Codel)]);
+//! assert!(q.is_dropping());
+//! ```
+#![forbid(unsafe_code)]
+
+mod config;
+mod layer;
+mod queue;
+
+pub use config::{CodelConfig, ConfigError, Lifo, Policy};
+pub use layer::{
+    Builder, CodelHandle, CodelLayer, CodelService, DEFAULT_NAME, FromExtensions, NoTiming,
+    ResponseFuture, Shed, TimingOf,
+};
+pub use queue::{AdmissionQueue, DropReason, Popped, control_law};
