@@ -380,6 +380,7 @@ trait Target: Send + Sync {
     fn busy(&self) -> usize;
     fn queue_len(&self) -> usize;
     fn is_lifo(&self) -> bool;
+    fn waiters(&self) -> usize;
 }
 
 impl<X: Send + Sync> Target for Shared<X> {
@@ -401,6 +402,10 @@ impl<X: Send + Sync> Target for Shared<X> {
 
     fn is_lifo(&self) -> bool {
         self.waiters.lock().queue.is_lifo(Instant::now())
+    }
+
+    fn waiters(&self) -> usize {
+        self.waiters.lock().slots.len()
     }
 }
 
@@ -428,6 +433,13 @@ impl CodelHandle {
     /// Whether the queue would serve newest first now.
     pub fn is_lifo(&self) -> bool {
         self.shared.is_lifo()
+    }
+
+    /// Response futures that are waiting: queued, or granted a worker they
+    /// have not started on yet, or dropped by the queue and not yet told.
+    /// Zero once every response future has finished or been dropped.
+    pub fn waiters(&self) -> usize {
+        self.shared.waiters()
     }
 }
 
@@ -507,6 +519,14 @@ where
     #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
         let shared = &self.shared;
+        // A deadline that cannot be met is refused even with a worker free
+        // (no clock read when requests carry no deadline).
+        if let Some(d) = shared.timing.deadline(&req)
+            && Instant::now() + shared.min_remaining >= d
+        {
+            shared.metrics.dropped[DropReason::Deadline.index()].increment(1);
+            return ResponseFuture::shed(DropReason::Deadline);
+        }
         if shared.queued.load(Ordering::SeqCst) == 0 && shared.try_take() {
             // A free worker and nobody waiting: run at once.
             let permit = Permit {
@@ -530,6 +550,10 @@ impl<S, X> CodelService<S, X> {
         S: Service<Req> + Clone,
         X: TimingOf<Req>,
     {
+        // Cloned first: nothing may fail between queueing the request and
+        // arming its guard.
+        let clone = self.inner.clone();
+        let service = std::mem::replace(&mut self.inner, clone);
         let shared = &self.shared;
         let now = Instant::now();
         let start = shared.timing.arrival(&req).unwrap_or(now);
@@ -546,6 +570,10 @@ impl<S, X> CodelService<S, X> {
             }
         };
         w.slots.insert(id, Slot::default());
+        let waiter = Waiter {
+            shared: shared.clone(),
+            id: Some(id),
+        };
         shared.queued.store(w.queue.len(), Ordering::SeqCst);
         // A worker may have come free since the fast path looked.
         shared.dispatch(&mut w, now);
@@ -561,17 +589,13 @@ impl<S, X> CodelService<S, X> {
             (Some(a), Some(b)) => Some(if b.0 <= a.0 { b } else { a }),
             (a, b) => a.or(b),
         };
-        let clone = self.inner.clone();
-        let service = std::mem::replace(&mut self.inner, clone);
         ResponseFuture {
             state: State::Waiting {
-                waiter: Waiter {
-                    shared: shared.clone(),
-                    id: Some(id),
-                },
+                waiter,
                 service: Some(service),
                 req: Some(req),
-                timer: timer.map(|(at, reason)| (Box::pin(tokio::time::sleep_until(at)), reason)),
+                timer,
+                sleep: None,
             },
         }
     }
@@ -623,7 +647,9 @@ pin_project! {
             waiter: Waiter<X>,
             service: Option<S>,
             req: Option<Req>,
-            timer: Option<(Pin<Box<Sleep>>, DropReason)>,
+            timer: Option<(Instant, DropReason)>,
+            // Made on first poll, so `call` works outside a runtime.
+            sleep: Option<Pin<Box<Sleep>>>,
         },
         Running { #[pin] fut: S::Future, permit: Permit<X> },
         Shed { reason: Option<DropReason> },
@@ -667,6 +693,7 @@ where
                     service,
                     req,
                     timer,
+                    sleep,
                 } => {
                     let id = waiter.id.expect("a waiting request has an id");
                     let shared = &waiter.shared;
@@ -692,10 +719,13 @@ where
                             return Poll::Ready(Err(shed_error(reason)));
                         }
                         None => {
-                            if let Some((sleep, reason)) = timer
-                                && sleep.as_mut().poll(cx).is_ready()
+                            if let Some((at, reason)) = *timer
+                                && sleep
+                                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)))
+                                    .as_mut()
+                                    .poll(cx)
+                                    .is_ready()
                             {
-                                let reason = *reason;
                                 w.slots.remove(&id);
                                 w.queue.remove(|x| *x == id);
                                 shared.queued.store(w.queue.len(), Ordering::SeqCst);

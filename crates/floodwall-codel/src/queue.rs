@@ -231,9 +231,10 @@ impl<T> AdmissionQueue<T> {
     /// The next request to serve at `now` (a worker is free), if any.
     ///
     /// Expired requests (past their queue timeout, or whose deadline can no
-    /// longer be met) are dropped first, oldest first; then the newest or
-    /// the oldest is chosen by the LIFO rule; under the RFC 8289 policy its
-    /// state machine may drop more. Every dropped item goes to `on_drop`.
+    /// longer be met) are dropped first, oldest first; under the RFC 8289
+    /// policy its state machine may then drop the oldest requests; then the
+    /// newest or the oldest is served by the LIFO rule. Every dropped item
+    /// goes to `on_drop`.
     pub fn pop(&mut self, now: Instant, mut on_drop: impl FnMut(T, DropReason)) -> Option<T> {
         self.pop_timed(now, &mut on_drop).map(|p| p.item)
     }
@@ -244,21 +245,12 @@ impl<T> AdmissionQueue<T> {
         now: Instant,
         on_drop: &mut impl FnMut(T, DropReason),
     ) -> Option<Popped<T>> {
-        while let Some(front) = self.entries.front() {
-            match self.expired(front, now) {
-                Some(reason) => {
-                    let e = self.entries.pop_front().expect("front exists");
-                    on_drop(e.item, reason);
-                }
-                None => break,
-            }
-        }
-        self.note_if_empty();
         let lifo = self.is_lifo(now);
-        let popped = match self.policy {
-            Policy::FailAtScale { .. } => self.take(now, lifo, on_drop).map(|(p, _)| p),
-            Policy::Codel { interval, .. } => self.codel_dequeue(now, lifo, interval, on_drop),
-        };
+        self.purge_front(now, on_drop);
+        if let Policy::Codel { interval, .. } = self.policy {
+            self.codel_dequeue(now, interval, on_drop);
+        }
+        let popped = self.take(now, lifo, on_drop);
         self.note_if_empty();
         popped
     }
@@ -278,106 +270,117 @@ impl<T> AdmissionQueue<T> {
         }
     }
 
+    /// Drops expired requests from the front (oldest first).
+    fn purge_front(&mut self, now: Instant, on_drop: &mut impl FnMut(T, DropReason)) {
+        while let Some(reason) = self.entries.front().and_then(|e| self.expired(e, now)) {
+            let e = self.entries.pop_front().expect("front exists");
+            on_drop(e.item, reason);
+        }
+    }
+
+    /// An empty queue resets the RFC 8289 state, as the RFC's dequeue of an
+    /// empty queue does (`first_above_time = 0`, `dropping = false`), and
+    /// forgets when the queue became non-empty.
     fn note_if_empty(&mut self) {
         if self.entries.is_empty() {
             self.nonempty_since = None;
+            self.codel.first_above = None;
+            self.codel.dropping = false;
         }
     }
 
     /// Takes the next live entry from the chosen end, dropping expired ones
-    /// met on the way; with it, RFC 8289's `ok_to_drop` for it.
+    /// met on the way.
     fn take(
         &mut self,
         now: Instant,
         lifo: bool,
         on_drop: &mut impl FnMut(T, DropReason),
-    ) -> Option<(Popped<T>, bool)> {
+    ) -> Option<Popped<T>> {
         loop {
             let e = if lifo {
                 self.entries.pop_back()
             } else {
                 self.entries.pop_front()
-            };
-            let Some(e) = e else {
-                // The RFC's dodequeue of an empty queue.
-                self.codel.first_above = None;
-                return None;
-            };
+            }?;
             if let Some(reason) = self.expired(&e, now) {
                 on_drop(e.item, reason);
                 continue;
             }
-            let sojourn = now.saturating_duration_since(e.start);
-            let ok_to_drop = self.codel_ok_to_drop(now, sojourn);
-            return Some((
-                Popped {
-                    item: e.item,
-                    sojourn,
-                },
-                ok_to_drop,
-            ));
+            return Some(Popped {
+                item: e.item,
+                sojourn: now.saturating_duration_since(e.start),
+            });
         }
     }
 
-    /// RFC 8289 `dodequeue`'s decision for a request that waited `sojourn`.
-    /// A sojourn equal to TARGET counts as above it; "no other request
+    /// RFC 8289 `dodequeue` on the oldest waiting request (after dropping
+    /// expired ones): `None` for an empty queue, else `ok_to_drop`. A
+    /// sojourn equal to TARGET counts as above it; "no other request
     /// queued" stands for the RFC's `bytes <= maxpacket`.
-    fn codel_ok_to_drop(&mut self, now: Instant, sojourn: Duration) -> bool {
+    fn judge(&mut self, now: Instant, on_drop: &mut impl FnMut(T, DropReason)) -> Option<bool> {
         let Policy::Codel { target, interval } = self.policy else {
-            return false;
+            return Some(false);
         };
-        if sojourn < target || self.entries.is_empty() {
+        self.purge_front(now, on_drop);
+        let Some(head) = self.entries.front() else {
             self.codel.first_above = None;
-            return false;
+            return None;
+        };
+        let sojourn = now.saturating_duration_since(head.start);
+        if sojourn < target || self.entries.len() == 1 {
+            self.codel.first_above = None;
+            return Some(false);
         }
-        match self.codel.first_above {
+        Some(match self.codel.first_above {
             None => {
                 self.codel.first_above = Some(now + interval);
                 false
             }
             Some(t) => now >= t,
+        })
+    }
+
+    /// Drops the oldest waiting request by the control law.
+    fn drop_head(&mut self, on_drop: &mut impl FnMut(T, DropReason)) {
+        if let Some(e) = self.entries.pop_front() {
+            on_drop(e.item, DropReason::Codel);
         }
     }
 
-    /// RFC 8289 `dequeue`.
+    /// RFC 8289 `dequeue`, up to the packet it would send: the drops. The
+    /// control law judges and drops the oldest request (the head, whose
+    /// sojourn is the standing queue delay); which request is then served
+    /// is the LIFO rule's choice. With FIFO service this is the RFC
+    /// exactly: the judged head is the request served.
     fn codel_dequeue(
         &mut self,
         now: Instant,
-        lifo: bool,
         interval: Duration,
         on_drop: &mut impl FnMut(T, DropReason),
-    ) -> Option<Popped<T>> {
-        let Some((mut r, ok_to_drop)) = self.take(now, lifo, on_drop) else {
+    ) {
+        let Some(ok_to_drop) = self.judge(now, on_drop) else {
             self.codel.dropping = false;
-            return None;
+            return;
         };
         if self.codel.dropping {
             if !ok_to_drop {
                 self.codel.dropping = false;
             }
             while self.codel.dropping && self.codel.drop_next.is_some_and(|t| now >= t) {
-                on_drop(r.item, DropReason::Codel);
+                self.drop_head(on_drop);
                 self.codel.count = self.codel.count.saturating_add(1);
-                match self.take(now, lifo, on_drop) {
-                    None => {
-                        self.codel.dropping = false;
-                        return None;
-                    }
-                    Some((next, ok)) => {
-                        r = next;
-                        if ok {
-                            let t = self.codel.drop_next.expect("dropping has a schedule");
-                            self.codel.drop_next = Some(control_law(t, interval, self.codel.count));
-                        } else {
-                            self.codel.dropping = false;
-                        }
+                match self.judge(now, on_drop) {
+                    None | Some(false) => self.codel.dropping = false,
+                    Some(true) => {
+                        let t = self.codel.drop_next.expect("dropping has a schedule");
+                        self.codel.drop_next = Some(control_law(t, interval, self.codel.count));
                     }
                 }
             }
-            Some(r)
         } else if ok_to_drop {
-            on_drop(r.item, DropReason::Codel);
-            let next = self.take(now, lifo, on_drop);
+            self.drop_head(on_drop);
+            self.judge(now, on_drop);
             self.codel.dropping = true;
             let delta = self.codel.count.saturating_sub(self.codel.lastcount);
             let recent = self
@@ -387,9 +390,6 @@ impl<T> AdmissionQueue<T> {
             self.codel.count = if delta > 1 && recent { delta } else { 1 };
             self.codel.drop_next = Some(control_law(now, interval, self.codel.count));
             self.codel.lastcount = self.codel.count;
-            next.map(|(p, _)| p)
-        } else {
-            Some(r)
         }
     }
 }

@@ -30,6 +30,14 @@ fn sleeper(
     })
 }
 
+/// A service that yields once, then answers.
+fn yielder() -> impl Service<Req, Response = (), Error = BoxError, Future: Send> + Clone + Send {
+    service_fn(|_: Req| async {
+        tokio::task::yield_now().await;
+        Ok::<_, BoxError>(())
+    })
+}
+
 fn shed_reason(err: &BoxError) -> DropReason {
     Rejected::find(err.as_ref())
         .expect("a floodwall rejection")
@@ -250,5 +258,89 @@ async fn random_cancellation_leaves_nothing_behind() {
     }
     assert_eq!(handle.in_flight(), 0);
     assert_eq!(handle.queue_len(), 0);
+    assert_eq!(handle.waiters(), 0);
     assert!(started.load(Ordering::SeqCst) > 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_expired_deadline_is_refused_even_with_a_free_worker() {
+    let started = Arc::new(AtomicUsize::new(0));
+    let layer = CodelLayer::builder(CodelConfig::with_workers(4))
+        .timing(FromExtensions)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let svc = layer.layer(sleeper(started.clone()));
+    let t = Instant::now();
+    let mut req = http::Request::new(1);
+    req.extensions_mut().insert(Deadline::new(t));
+    let err = svc.clone().oneshot(req).await.unwrap_err();
+    assert_eq!(Instant::now(), t, "refused at once");
+    assert_eq!(shed_reason(&err), DropReason::Deadline);
+    assert_eq!(started.load(Ordering::SeqCst), 0);
+    assert_eq!(handle.in_flight(), 0);
+}
+
+/// Real threads, real races: every call that is not cancelled completes
+/// (no lost wake-ups, no worker stranded), and nothing is left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn threads_racing_lose_no_wakeup_and_leak_nothing() {
+    let hour = Duration::from_secs(3600);
+    let layer = CodelLayer::new(CodelConfig {
+        workers: 3,
+        max_queue: 100_000,
+        // Nothing times out: every waiter must be served.
+        policy: floodwall_codel::Policy::FailAtScale {
+            target: hour,
+            interval: hour,
+        },
+        ..Default::default()
+    })
+    .unwrap();
+    let handle = layer.handle();
+    let completed = Arc::new(AtomicUsize::new(0));
+    let svc = layer.layer(yielder());
+    let tasks: Vec<_> = (0..8u64)
+        .map(|id| {
+            let (svc, completed) = (svc.clone(), completed.clone());
+            tokio::spawn(async move {
+                let rng = floodwall_core::random::SplitMix::new(id);
+                let mut kept = 0;
+                for _ in 0..2_000 {
+                    let call = svc.clone().oneshot(http::Request::new(0));
+                    if rng.next_u64().is_multiple_of(5) {
+                        // Poll once, then give up wherever it is.
+                        let mut call = Box::pin(call);
+                        let _ = futures_poll_once(call.as_mut()).await;
+                    } else {
+                        call.await.unwrap();
+                        kept += 1;
+                    }
+                }
+                completed.fetch_add(kept, Ordering::SeqCst);
+                kept
+            })
+        })
+        .collect();
+    let mut kept = 0;
+    for t in tasks {
+        kept += tokio::time::timeout(Duration::from_secs(60), t)
+            .await
+            .expect("a call never completed: lost wake-up or stranded worker")
+            .unwrap();
+    }
+    assert_eq!(completed.load(Ordering::SeqCst), kept);
+    assert_eq!(handle.in_flight(), 0);
+    assert_eq!(handle.queue_len(), 0);
+    assert_eq!(handle.waiters(), 0);
+}
+
+/// Polls a future once; whether it finished.
+async fn futures_poll_once<F: std::future::Future + ?Sized>(fut: std::pin::Pin<&mut F>) -> bool {
+    let mut fut = Some(fut);
+    std::future::poll_fn(move |cx| {
+        let done = fut.take().unwrap().poll(cx).is_ready();
+        std::task::Poll::Ready(done)
+    })
+    .await
 }

@@ -385,3 +385,90 @@ fn config_deserializes_with_human_durations() {
     );
     assert!(serde_json::from_str::<CodelConfig>(r#"{ "wrokers": 1 }"#).is_err());
 }
+
+#[test]
+fn a_queue_emptied_by_cancellations_starts_the_next_episode_afresh() {
+    let t0 = Instant::now();
+    let mut q = AdmissionQueue::new(&codel_fifo());
+    for i in 0..1_000 {
+        q.push(t0, i, t0, None).unwrap();
+    }
+    pop_every_ms(&mut q, t0, 10, 400);
+    assert!(q.is_dropping());
+    // Every waiter gives up; no pop ever sees the empty queue.
+    while q.remove(|_| true).is_some() {}
+    assert!(!q.is_dropping());
+
+    // The next episode must wait a whole INTERVAL above TARGET again.
+    let t1 = t0 + ms(500);
+    for i in 0..100 {
+        q.push(t1, i, t1 - ms(10), None).unwrap();
+    }
+    assert_eq!(q.pop(t1, |_, _| panic!("first above")), Some(0));
+    assert_eq!(
+        q.pop(t1 + ms(99), |_, _| panic!("within the interval")),
+        Some(1)
+    );
+    let mut dropped = Vec::new();
+    assert_eq!(q.pop(t1 + ms(100), |i, _| dropped.push(i)), Some(3));
+    assert_eq!(dropped, [2]);
+    assert_eq!(q.drop_count(), 4, "the count is still reused");
+}
+
+#[test]
+fn several_drops_are_due_in_one_dequeue() {
+    let t0 = Instant::now();
+    let mut q = AdmissionQueue::new(&codel_fifo());
+    for i in 0..100 {
+        q.push(t0, i, t0, None).unwrap();
+    }
+    assert_eq!(q.pop(t0 + ms(10), |_, _| panic!()), Some(0));
+    let mut dropped = Vec::new();
+    assert_eq!(q.pop(t0 + ms(110), |i, _| dropped.push(i)), Some(2));
+    // Next drops due at 210 and 210 + 100/sqrt(2) = 280.7: a dequeue at
+    // 300 ms makes both, then serves.
+    assert_eq!(q.pop(t0 + ms(300), |i, _| dropped.push(i)), Some(5));
+    assert_eq!(dropped, [1, 3, 4]);
+    assert_eq!(q.drop_count(), 3);
+}
+
+#[test]
+fn a_sojourn_below_target_leaves_the_dropping_state() {
+    let t0 = Instant::now();
+    let mut q = AdmissionQueue::new(&codel_fifo());
+    for i in 0..10 {
+        q.push(t0, i, t0, None).unwrap();
+    }
+    q.pop(t0 + ms(10), |_, _| {});
+    q.pop(t0 + ms(110), |_, _| {});
+    assert!(q.is_dropping());
+    // A fresh head (the old requests gave up; the queue never emptied):
+    // its sojourn is below TARGET.
+    let t = t0 + ms(120);
+    q.push(t, 10, t, None).unwrap();
+    q.push(t, 11, t, None).unwrap();
+    while q.remove(|&i| i < 10).is_some() {}
+    assert!(q.is_dropping());
+    assert_eq!(q.pop(t + ms(1), |_, _| panic!()), Some(10));
+    assert!(!q.is_dropping());
+}
+
+#[test]
+fn codel_with_lifo_drops_the_oldest_and_serves_the_newest() {
+    let t0 = Instant::now();
+    let mut q = AdmissionQueue::new(&CodelConfig {
+        policy: Policy::codel(),
+        lifo: Lifo::Length(2),
+        ..Default::default()
+    });
+    for i in 0..10 {
+        q.push(t0, i, t0, None).unwrap();
+    }
+    // Judged on the oldest request's sojourn, whatever is served.
+    assert_eq!(q.pop(t0 + ms(10), |_, _| panic!()), Some(9));
+    q.push(t0 + ms(100), 10, t0 + ms(100), None).unwrap();
+    let mut dropped = Vec::new();
+    assert_eq!(q.pop(t0 + ms(110), |i, r| dropped.push((i, r))), Some(10));
+    assert_eq!(dropped, [(0, DropReason::Codel)], "the oldest goes");
+    assert!(q.is_dropping());
+}
