@@ -1,5 +1,6 @@
-use std::fmt;
 use std::time::Duration;
+
+pub use floodwall_core::ConfigError;
 
 /// Which calls the closed state's failure and slow-call rates cover.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -211,29 +212,3 @@ impl BreakerConfig {
         Ok(())
     }
 }
-
-/// An invalid [`BreakerConfig`] field.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    field: &'static str,
-    problem: &'static str,
-}
-
-impl ConfigError {
-    fn new(field: &'static str, problem: &'static str) -> Self {
-        Self { field, problem }
-    }
-
-    /// The field at fault.
-    pub fn field(&self) -> &'static str {
-        self.field
-    }
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}", self.field, self.problem)
-    }
-}
-
-impl std::error::Error for ConfigError {}

@@ -1,5 +1,6 @@
-use std::fmt;
 use std::time::Duration;
+
+pub use floodwall_core::ConfigError;
 
 /// How long a request may wait, and which waiting requests are dropped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -174,29 +175,3 @@ impl CodelConfig {
         Ok(())
     }
 }
-
-/// An invalid [`CodelConfig`]: which field, and what is wrong with it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    field: &'static str,
-    problem: &'static str,
-}
-
-impl ConfigError {
-    fn new(field: &'static str, problem: &'static str) -> Self {
-        Self { field, problem }
-    }
-
-    /// The field at fault.
-    pub fn field(&self) -> &'static str {
-        self.field
-    }
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}", self.field, self.problem)
-    }
-}
-
-impl std::error::Error for ConfigError {}

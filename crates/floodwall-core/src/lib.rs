@@ -50,12 +50,14 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod classify;
+mod config;
 mod extensions;
 pub mod metrics;
 pub mod random;
 mod rejection;
 
 pub use classify::{Classify, GrpcClassifier, GrpcCode, HttpClassifier, Outcome, ResultClassifier};
+pub use config::ConfigError;
 pub use extensions::{Arrival, Criticality, Deadline, InvalidPriority, Priority};
 pub use rejection::{RateLimitPolicy, RejectKind, Rejected, Rejection};
 
