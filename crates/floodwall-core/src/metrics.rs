@@ -94,3 +94,10 @@ pub const CODEL_SOJOURN_SECONDS: &str = "floodwall_codel_sojourn_seconds";
 pub const CODEL_DROPPED: &str = "floodwall_codel_dropped_total";
 /// Gauge: 1 while the queue serves newest first, else 0.
 pub const CODEL_LIFO: &str = "floodwall_codel_lifo";
+
+/// Counter: deadlines that ran out (label `phase`: `on_arrival`,
+/// `in_flight`, `before_send`, `awaiting_response`).
+pub const DEADLINE_EXCEEDED: &str = "floodwall_deadline_exceeded_total";
+/// Histogram: seconds left on inbound requests' deadlines when they arrive
+/// at the server layer.
+pub const DEADLINE_INBOUND_SECONDS: &str = "floodwall_deadline_inbound_seconds";

@@ -1,0 +1,587 @@
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use floodwall_core::metrics::{DEADLINE_EXCEEDED, DEADLINE_INBOUND_SECONDS, LABEL_NAME};
+use floodwall_core::{Arrival, BoxError, Deadline, RejectKind, Rejected, Rejection};
+use http::header::{HeaderName, HeaderValue};
+use metrics::{Counter, Histogram};
+use pin_project_lite::pin_project;
+use tokio::task::futures::TaskLocalFuture;
+use tokio::time::{Instant, Sleep, sleep_until};
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::scope;
+use crate::timeout::{
+    DEFAULT_HTTP_HEADER, GRPC_TIMEOUT_HEADER, encode_grpc_timeout, encode_http_timeout,
+    parse_grpc_timeout, parse_http_timeout,
+};
+
+/// How a timeout travels on the wire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Wire {
+    /// `grpc-timeout` (gRPC over HTTP/2, tonic).
+    Grpc,
+    /// An HTTP header of integer milliseconds ([`DEFAULT_HTTP_HEADER`] by
+    /// default).
+    Http(HeaderName),
+}
+
+impl Wire {
+    /// The HTTP form under its default name, `x-request-timeout-ms`.
+    pub fn http() -> Self {
+        Wire::Http(HeaderName::from_static(DEFAULT_HTTP_HEADER))
+    }
+
+    fn header(&self) -> HeaderName {
+        match self {
+            Wire::Grpc => HeaderName::from_static(GRPC_TIMEOUT_HEADER),
+            Wire::Http(name) => name.clone(),
+        }
+    }
+
+    fn parse(&self, value: &HeaderValue) -> Option<Duration> {
+        match self {
+            Wire::Grpc => parse_grpc_timeout(value.as_bytes()).ok(),
+            Wire::Http(_) => parse_http_timeout(value.as_bytes()).ok(),
+        }
+    }
+
+    fn encode(&self, timeout: Duration) -> HeaderValue {
+        let text = match self {
+            Wire::Grpc => encode_grpc_timeout(timeout),
+            Wire::Http(_) => encode_http_timeout(timeout),
+        };
+        HeaderValue::try_from(text).expect("digits and a unit letter are a valid header value")
+    }
+}
+
+/// Where a deadline ran out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Phase {
+    /// The request arrived with no time left; its handler never ran.
+    OnArrival,
+    /// The handler was still running at the deadline; it was dropped.
+    InFlight,
+    /// An outbound call had no time left; it was not sent.
+    BeforeSend,
+    /// An outbound call's response did not come back in time.
+    AwaitingResponse,
+}
+
+impl Phase {
+    /// All phases, in metric-label order.
+    pub const ALL: [Phase; 4] = [
+        Phase::OnArrival,
+        Phase::InFlight,
+        Phase::BeforeSend,
+        Phase::AwaitingResponse,
+    ];
+
+    /// A short lowercase name, for metric labels.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Phase::OnArrival => "on_arrival",
+            Phase::InFlight => "in_flight",
+            Phase::BeforeSend => "before_send",
+            Phase::AwaitingResponse => "awaiting_response",
+        }
+    }
+}
+
+/// The request's deadline passed. HTTP 504, gRPC `DEADLINE_EXCEEDED` (never
+/// `CANCELLED`) through floodwall-http / floodwall-grpc.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeadlineExceeded {
+    phase: Phase,
+}
+
+impl DeadlineExceeded {
+    /// Where it ran out.
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+}
+
+impl fmt::Display for DeadlineExceeded {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.phase {
+            Phase::OnArrival => f.write_str("deadline exceeded before the request arrived"),
+            Phase::InFlight => f.write_str("deadline exceeded while handling the request"),
+            Phase::BeforeSend => f.write_str("deadline exceeded: outbound call not sent"),
+            Phase::AwaitingResponse => {
+                f.write_str("deadline exceeded while waiting for the response")
+            }
+        }
+    }
+}
+
+impl std::error::Error for DeadlineExceeded {}
+
+impl Rejection for DeadlineExceeded {
+    fn kind(&self) -> RejectKind {
+        RejectKind::DeadlineExceeded
+    }
+}
+
+fn exceeded(phase: Phase) -> BoxError {
+    Rejected::boxed(DeadlineExceeded { phase })
+}
+
+/// The default name of a deadline layer (metric label).
+pub const DEFAULT_NAME: &str = "deadline";
+
+struct Metrics {
+    exceeded: [Counter; 4],
+    inbound: Histogram,
+}
+
+impl Metrics {
+    fn new(name: &str) -> Self {
+        Self {
+            exceeded: Phase::ALL.map(|p| {
+                metrics::counter!(DEADLINE_EXCEEDED, LABEL_NAME => name.to_owned(), "phase" => p.as_str())
+            }),
+            inbound: metrics::histogram!(DEADLINE_INBOUND_SECONDS, LABEL_NAME => name.to_owned()),
+        }
+    }
+
+    fn exceeded(&self, phase: Phase) -> BoxError {
+        self.exceeded[phase as usize].increment(1);
+        exceeded(phase)
+    }
+}
+
+/// A server's deadline policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// Where the inbound timeout is read. Default [`Wire::Grpc`].
+    pub wire: Wire,
+    /// Whether the inbound timeout header is believed. Edge services facing
+    /// untrusted clients set this to false (and rely on `max`). Default true.
+    pub trust_inbound: bool,
+    /// The longest any request may take here, header or not. Default none.
+    pub max: Option<Duration>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            wire: Wire::Grpc,
+            trust_inbound: true,
+            max: None,
+        }
+    }
+}
+
+struct ServerShared {
+    config: ServerConfig,
+    header: HeaderName,
+    metrics: Metrics,
+}
+
+/// The server side: reads the inbound timeout, fixes the request's
+/// [`Deadline`] as `arrival + min(header, max)`, refuses a request that
+/// arrives with no time left, and drops the handler at the deadline. The
+/// handler sees the deadline in its request extensions and, for the
+/// outbound calls it makes, in the task scope ([`current`](crate::current)).
+///
+/// ```
+/// use std::time::Duration;
+/// use floodwall_deadline::{ServerConfig, ServerDeadlineLayer, current};
+/// use tower::{ServiceBuilder, ServiceExt, service_fn};
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() {
+/// let svc = ServiceBuilder::new()
+///     .layer(ServerDeadlineLayer::new(ServerConfig::default()))
+///     .service(service_fn(|_req: http::Request<()>| async {
+///         // What an outbound call made here would send on:
+///         Ok::<_, floodwall_core::BoxError>(current().map(|d| d.remaining(tokio::time::Instant::now())))
+///     }));
+/// let req = http::Request::builder().header("grpc-timeout", "2S").body(()).unwrap();
+/// assert_eq!(svc.oneshot(req).await.unwrap(), Some(Duration::from_secs(2)));
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct ServerDeadlineLayer {
+    shared: Arc<ServerShared>,
+}
+
+impl ServerDeadlineLayer {
+    /// A layer for `config`, metric label [`DEFAULT_NAME`].
+    pub fn new(config: ServerConfig) -> Self {
+        Self::named(config, DEFAULT_NAME)
+    }
+
+    /// A layer for `config` with metric label `name`.
+    pub fn named(config: ServerConfig, name: &str) -> Self {
+        Self {
+            shared: Arc::new(ServerShared {
+                header: config.wire.header(),
+                config,
+                metrics: Metrics::new(name),
+            }),
+        }
+    }
+}
+
+impl fmt::Debug for ServerDeadlineLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerDeadlineLayer")
+            .field("config", &self.shared.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> Layer<S> for ServerDeadlineLayer {
+    type Service = ServerDeadline<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ServerDeadline {
+            inner,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// The service a [`ServerDeadlineLayer`] builds.
+#[derive(Clone)]
+pub struct ServerDeadline<S> {
+    inner: S,
+    shared: Arc<ServerShared>,
+}
+
+impl<S: fmt::Debug> fmt::Debug for ServerDeadline<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerDeadline")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, B> Service<http::Request<B>> for ServerDeadline<S>
+where
+    S: Service<http::Request<B>>,
+    S::Error: Into<BoxError>,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = ServerFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        let shared = &self.shared;
+        let arrival = match req.extensions().get::<Arrival>() {
+            Some(a) => a.instant(),
+            None => Arrival::stamp(req.extensions_mut(), Instant::now()).instant(),
+        };
+        let inbound = if shared.config.trust_inbound {
+            req.headers()
+                .get(&shared.header)
+                .and_then(|v| shared.config.wire.parse(v))
+        } else {
+            None
+        };
+        let timeout = match (inbound, shared.config.max) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let Some(timeout) = timeout else {
+            return ServerFuture {
+                kind: ServerKind::Open {
+                    fut: self.inner.call(req),
+                },
+            };
+        };
+        let deadline = Deadline::after(arrival, timeout);
+        let now = Instant::now();
+        shared
+            .metrics
+            .inbound
+            .record(deadline.remaining(now).as_secs_f64());
+        if deadline.is_expired(now) {
+            return ServerFuture {
+                kind: ServerKind::Expired {
+                    error: Some(shared.metrics.exceeded(Phase::OnArrival)),
+                },
+            };
+        }
+        req.extensions_mut().insert(deadline);
+        ServerFuture {
+            kind: ServerKind::Timed {
+                fut: scope::scope(deadline, self.inner.call(req)),
+                sleep: sleep_until(deadline.instant()),
+                counter: shared.metrics.exceeded[Phase::InFlight as usize].clone(),
+            },
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of [`ServerDeadline`].
+    pub struct ServerFuture<F> {
+        #[pin]
+        kind: ServerKind<F>,
+    }
+}
+
+pin_project! {
+    #[project = ServerKindProj]
+    enum ServerKind<F> {
+        Open { #[pin] fut: F },
+        Timed {
+            #[pin] fut: TaskLocalFuture<Deadline, F>,
+            #[pin] sleep: Sleep,
+            counter: Counter,
+        },
+        Expired { error: Option<BoxError> },
+    }
+}
+
+impl<F, T, E> Future for ServerFuture<F>
+where
+    F: Future<Output = Result<T, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<T, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            ServerKindProj::Open { fut } => fut.poll(cx).map_err(Into::into),
+            ServerKindProj::Timed {
+                fut,
+                sleep,
+                counter,
+            } => {
+                if let Poll::Ready(out) = fut.poll(cx) {
+                    return Poll::Ready(out.map_err(Into::into));
+                }
+                ready!(sleep.poll(cx));
+                counter.increment(1);
+                Poll::Ready(Err(exceeded(Phase::InFlight)))
+            }
+            ServerKindProj::Expired { error } => {
+                Poll::Ready(Err(error.take().expect("polled after completion")))
+            }
+        }
+    }
+}
+
+impl<F> fmt::Debug for ServerFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerFuture").finish_non_exhaustive()
+    }
+}
+
+/// A client's propagation policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientConfig {
+    /// How the remaining time is sent. Default [`Wire::Grpc`].
+    pub wire: Wire,
+    /// Subtracted from the remaining time before sending, for the network
+    /// and the response's way back. Default zero.
+    pub margin: Duration,
+    /// This call's own timeout, which caps what is sent. Default none.
+    pub timeout: Option<Duration>,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            wire: Wire::Grpc,
+            margin: Duration::ZERO,
+            timeout: None,
+        }
+    }
+}
+
+struct ClientShared {
+    config: ClientConfig,
+    header: HeaderName,
+    metrics: Metrics,
+}
+
+/// The client side: an outbound request made while a deadline is in scope
+/// (or carried in its extensions) is sent with the time that remains, less
+/// the margin, capped by the call's own timeout; with nothing left it fails
+/// at once with [`DeadlineExceeded`] and is not sent. The response is
+/// awaited until that same instant.
+#[derive(Clone)]
+pub struct PropagateDeadlineLayer {
+    shared: Arc<ClientShared>,
+}
+
+impl PropagateDeadlineLayer {
+    /// A layer for `config`, metric label [`DEFAULT_NAME`].
+    pub fn new(config: ClientConfig) -> Self {
+        Self::named(config, DEFAULT_NAME)
+    }
+
+    /// A layer for `config` with metric label `name`.
+    pub fn named(config: ClientConfig, name: &str) -> Self {
+        Self {
+            shared: Arc::new(ClientShared {
+                header: config.wire.header(),
+                config,
+                metrics: Metrics::new(name),
+            }),
+        }
+    }
+}
+
+impl fmt::Debug for PropagateDeadlineLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PropagateDeadlineLayer")
+            .field("config", &self.shared.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> Layer<S> for PropagateDeadlineLayer {
+    type Service = PropagateDeadline<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        PropagateDeadline {
+            inner,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// The service a [`PropagateDeadlineLayer`] builds.
+#[derive(Clone)]
+pub struct PropagateDeadline<S> {
+    inner: S,
+    shared: Arc<ClientShared>,
+}
+
+impl<S: fmt::Debug> fmt::Debug for PropagateDeadline<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PropagateDeadline")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, B> Service<http::Request<B>> for PropagateDeadline<S>
+where
+    S: Service<http::Request<B>>,
+    S::Error: Into<BoxError>,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = ClientFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        let shared = &self.shared;
+        let inherited = match (scope::current(), req.extensions().get::<Deadline>()) {
+            (Some(a), Some(&b)) => Some(a.min(b)),
+            (a, b) => a.or(b.copied()),
+        };
+        if inherited.is_none() && shared.config.timeout.is_none() {
+            return ClientFuture {
+                kind: ClientKind::Open {
+                    fut: self.inner.call(req),
+                },
+            };
+        }
+        let now = Instant::now();
+        // The caller's deadline, brought forward by the margin.
+        let inherited = inherited.map(|d| bring_forward(d, shared.config.margin, now));
+        let own = shared.config.timeout.map(|t| Deadline::after(now, t));
+        let deadline = match (inherited, own) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => a.or(b).expect("one of them is set"),
+        };
+        let remaining = deadline.remaining(now);
+        if remaining.is_zero() {
+            return ClientFuture {
+                kind: ClientKind::Expired {
+                    error: Some(shared.metrics.exceeded(Phase::BeforeSend)),
+                },
+            };
+        }
+        req.headers_mut()
+            .insert(shared.header.clone(), shared.config.wire.encode(remaining));
+        req.extensions_mut().insert(deadline);
+        ClientFuture {
+            kind: ClientKind::Timed {
+                fut: self.inner.call(req),
+                sleep: sleep_until(deadline.instant()),
+                counter: shared.metrics.exceeded[Phase::AwaitingResponse as usize].clone(),
+            },
+        }
+    }
+}
+
+/// `deadline − margin`, but never before `now`.
+fn bring_forward(deadline: Deadline, margin: Duration, now: Instant) -> Deadline {
+    match deadline.instant().checked_sub(margin) {
+        Some(at) if at > now => Deadline::new(at),
+        _ => Deadline::new(now),
+    }
+}
+
+pin_project! {
+    /// The response future of [`PropagateDeadline`].
+    pub struct ClientFuture<F> {
+        #[pin]
+        kind: ClientKind<F>,
+    }
+}
+
+pin_project! {
+    #[project = ClientKindProj]
+    enum ClientKind<F> {
+        Open { #[pin] fut: F },
+        Timed { #[pin] fut: F, #[pin] sleep: Sleep, counter: Counter },
+        Expired { error: Option<BoxError> },
+    }
+}
+
+impl<F, T, E> Future for ClientFuture<F>
+where
+    F: Future<Output = Result<T, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<T, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            ClientKindProj::Open { fut } => fut.poll(cx).map_err(Into::into),
+            ClientKindProj::Timed {
+                fut,
+                sleep,
+                counter,
+            } => {
+                if let Poll::Ready(out) = fut.poll(cx) {
+                    return Poll::Ready(out.map_err(Into::into));
+                }
+                ready!(sleep.poll(cx));
+                counter.increment(1);
+                Poll::Ready(Err(exceeded(Phase::AwaitingResponse)))
+            }
+            ClientKindProj::Expired { error } => {
+                Poll::Ready(Err(error.take().expect("polled after completion")))
+            }
+        }
+    }
+}
+
+impl<F> fmt::Debug for ClientFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientFuture").finish_non_exhaustive()
+    }
+}

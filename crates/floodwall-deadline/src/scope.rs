@@ -1,0 +1,91 @@
+//! The task-scoped deadline: outbound calls made while handling a request
+//! see the request's deadline without threading it through every function.
+
+use std::future::Future;
+
+use floodwall_core::Deadline;
+use tokio::task::futures::TaskLocalFuture;
+
+tokio::task_local! {
+    static CURRENT: Deadline;
+}
+
+/// The deadline in scope for the running task, if any.
+///
+/// The server layer puts each request's deadline in scope for its handler;
+/// [`scope`] does it by hand; [`spawn`] carries it into a new task.
+pub fn current() -> Option<Deadline> {
+    CURRENT.try_with(|d| *d).ok()
+}
+
+/// Runs `fut` with `deadline` in scope, or with the deadline already in
+/// scope if that one is earlier (a callee never gets more time than its
+/// caller).
+pub fn scope<F: Future>(deadline: Deadline, fut: F) -> TaskLocalFuture<Deadline, F> {
+    let deadline = current().map_or(deadline, |outer| outer.min(deadline));
+    CURRENT.scope(deadline, fut)
+}
+
+/// Wraps `fut` so that it runs with the current deadline (if any) in scope,
+/// wherever it is polled: for work handed to another task.
+pub fn carry<F: Future>(fut: F) -> Carried<F> {
+    match current() {
+        Some(d) => Carried {
+            inner: CarriedInner::Scoped {
+                fut: CURRENT.scope(d, fut),
+            },
+        },
+        None => Carried {
+            inner: CarriedInner::Bare { fut },
+        },
+    }
+}
+
+/// Spawns `fut` on the Tokio runtime with the current deadline in scope.
+///
+/// # Panics
+/// As `tokio::spawn`: outside a Tokio runtime.
+pub fn spawn<F>(fut: F) -> tokio::task::JoinHandle<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    tokio::spawn(carry(fut))
+}
+
+pin_project_lite::pin_project! {
+    /// A future carrying the deadline that was in scope when it was made;
+    /// see [`carry`].
+    pub struct Carried<F: Future> {
+        #[pin]
+        inner: CarriedInner<F>,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = CarriedProj]
+    enum CarriedInner<F: Future> {
+        Scoped { #[pin] fut: TaskLocalFuture<Deadline, F> },
+        Bare { #[pin] fut: F },
+    }
+}
+
+impl<F: Future> Future for Carried<F> {
+    type Output = F::Output;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        match self.project().inner.project() {
+            CarriedProj::Scoped { fut } => fut.poll(cx),
+            CarriedProj::Bare { fut } => fut.poll(cx),
+        }
+    }
+}
+
+impl<F: Future> std::fmt::Debug for Carried<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Carried").finish_non_exhaustive()
+    }
+}
