@@ -279,9 +279,10 @@ where
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
         let shared = &self.shared;
+        let now = Instant::now();
         let arrival = match req.extensions().get::<Arrival>() {
             Some(a) => a.instant(),
-            None => Arrival::stamp(req.extensions_mut(), Instant::now()).instant(),
+            None => Arrival::stamp(req.extensions_mut(), now).instant(),
         };
         let inbound = if shared.config.trust_inbound {
             req.headers()
@@ -302,7 +303,6 @@ where
             };
         };
         let deadline = Deadline::after(arrival, timeout);
-        let now = Instant::now();
         shared
             .metrics
             .inbound

@@ -18,9 +18,10 @@ pub fn current() -> Option<Deadline> {
     CURRENT.try_with(|d| *d).ok()
 }
 
-/// Runs `fut` with `deadline` in scope, or with the deadline already in
-/// scope if that one is earlier (a callee never gets more time than its
-/// caller).
+/// Runs `fut` with `deadline` in scope, or with the deadline in scope where
+/// `scope` is called if that one is earlier (a callee never gets more time
+/// than its caller). Call it inside the scoped code, not as an argument
+/// built before the outer scope is entered.
 pub fn scope<F: Future>(deadline: Deadline, fut: F) -> TaskLocalFuture<Deadline, F> {
     let deadline = current().map_or(deadline, |outer| outer.min(deadline));
     CURRENT.scope(deadline, fut)

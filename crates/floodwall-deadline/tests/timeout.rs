@@ -4,8 +4,7 @@
 use std::time::Duration;
 
 use floodwall_deadline::{
-    TimeoutError, encode_grpc_timeout, encode_http_timeout, parse_grpc_timeout,
-    parse_http_timeout,
+    TimeoutError, encode_grpc_timeout, encode_http_timeout, parse_grpc_timeout, parse_http_timeout,
 };
 use proptest::prelude::*;
 
@@ -114,11 +113,24 @@ fn http_form() {
         Err(TimeoutError::TooManyDigits)
     );
     assert_eq!(parse_http_timeout(b""), Err(TimeoutError::Empty));
-    assert_eq!(parse_http_timeout(b"1ms"), Err(TimeoutError::InvalidByte(b'm')));
-    assert_eq!(parse_http_timeout(b"-5"), Err(TimeoutError::InvalidByte(b'-')));
-    assert_eq!(parse_http_timeout(b"1.5"), Err(TimeoutError::InvalidByte(b'.')));
+    assert_eq!(
+        parse_http_timeout(b"1ms"),
+        Err(TimeoutError::InvalidByte(b'm'))
+    );
+    assert_eq!(
+        parse_http_timeout(b"-5"),
+        Err(TimeoutError::InvalidByte(b'-'))
+    );
+    assert_eq!(
+        parse_http_timeout(b"1.5"),
+        Err(TimeoutError::InvalidByte(b'.'))
+    );
     assert_eq!(encode_http_timeout(Duration::ZERO), "0");
-    assert_eq!(encode_http_timeout(Duration::from_micros(1)), "1", "rounded up");
+    assert_eq!(
+        encode_http_timeout(Duration::from_micros(1)),
+        "1",
+        "rounded up"
+    );
     assert_eq!(encode_http_timeout(Duration::from_millis(1500)), "1500");
 }
 

@@ -10,6 +10,7 @@
 //! | `sliding_window` | `sliding-window` | two-window counter, exact sliding log, fixed window |
 //! | `throttle` | `throttle` | Google-SRE adaptive client throttling, gRPC-A6 retry budget and retries |
 //! | `breaker` | `breaker` | circuit breaker: count and time windows, failure and slow-call rates, half-open probes, ramp |
+//! | `deadline` | `deadline` | deadline propagation: `grpc-timeout` and an HTTP header, server enforcement, task-scoped deadlines for outbound calls |
 //! | `codel` | `codel` | server admission queue: worker limit, Fail-at-Scale timeouts or RFC 8289 CoDel, adaptive LIFO, deadline-aware drops |
 //! | `ratelimit` | any rate limiter | the Tower adapter and bounded keyed map the rate limiters share |
 //! | `http` | `http` | rejections as HTTP 429/503/504 with `Retry-After` and `RateLimit` fields |
@@ -86,6 +87,10 @@ pub use floodwall_breaker as breaker;
 #[cfg(feature = "codel")]
 #[cfg_attr(docsrs, doc(cfg(feature = "codel")))]
 pub use floodwall_codel as codel;
+
+#[cfg(feature = "deadline")]
+#[cfg_attr(docsrs, doc(cfg(feature = "deadline")))]
+pub use floodwall_deadline as deadline;
 
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]

@@ -1,0 +1,347 @@
+//! The server and client layers under virtual time, and the SRE book's
+//! walk-through: a 30 s deadline reaches the third hop as 19 s.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use floodwall_core::{BoxError, Deadline, RejectKind, Rejected};
+use floodwall_deadline::{
+    ClientConfig, DeadlineExceeded, Phase, PropagateDeadlineLayer, ServerConfig,
+    ServerDeadlineLayer, Wire, current,
+};
+use tokio::time::{Instant, sleep};
+use tower::{Layer, Service, ServiceExt, service_fn};
+
+type Req = http::Request<()>;
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+fn phase(err: &BoxError) -> Phase {
+    let rejected = Rejected::find(err.as_ref()).expect("a floodwall rejection");
+    assert_eq!(rejected.kind(), RejectKind::DeadlineExceeded);
+    rejected
+        .get::<DeadlineExceeded>()
+        .expect("DeadlineExceeded")
+        .phase()
+}
+
+fn with_header(name: &str, value: &str) -> Req {
+    http::Request::builder()
+        .header(name, value)
+        .body(())
+        .unwrap()
+}
+
+/// A handler that records the deadline it sees, sleeps `work`, and counts
+/// its runs; `finished` is set only if it was not dropped first.
+type Seen = (Option<Duration>, Option<Duration>);
+
+#[derive(Clone, Default)]
+struct Probe {
+    runs: Arc<AtomicUsize>,
+    finished: Arc<AtomicBool>,
+    /// The remaining time the handler saw, in scope and in its request.
+    seen: Arc<std::sync::Mutex<Option<Seen>>>,
+}
+
+impl Probe {
+    fn service(
+        &self,
+        work: Duration,
+    ) -> impl Service<Req, Response = (), Error = BoxError, Future: Send> + Clone {
+        let probe = self.clone();
+        service_fn(move |req: Req| {
+            let probe = probe.clone();
+            async move {
+                probe.runs.fetch_add(1, Ordering::SeqCst);
+                let now = Instant::now();
+                let scoped = current().map(|d| d.remaining(now));
+                let extension = req.extensions().get::<Deadline>().map(|d| d.remaining(now));
+                *probe.seen.lock().unwrap() = Some((scoped, extension));
+                sleep(work).await;
+                probe.finished.store(true, Ordering::SeqCst);
+                Ok::<_, BoxError>(())
+            }
+        })
+    }
+
+    fn seen(&self) -> Option<Seen> {
+        *self.seen.lock().unwrap()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_inbound_timeout_becomes_the_handlers_deadline() {
+    let probe = Probe::default();
+    let svc = ServerDeadlineLayer::new(ServerConfig::default()).layer(probe.service(secs(1)));
+    svc.oneshot(with_header("grpc-timeout", "2S"))
+        .await
+        .unwrap();
+    assert_eq!(probe.seen(), Some((Some(secs(2)), Some(secs(2)))));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_expired_request_never_reaches_the_handler() {
+    let probe = Probe::default();
+    let svc = ServerDeadlineLayer::new(ServerConfig::default()).layer(probe.service(secs(1)));
+    let err = svc
+        .oneshot(with_header("grpc-timeout", "0n"))
+        .await
+        .unwrap_err();
+    assert_eq!(phase(&err), Phase::OnArrival);
+    assert_eq!(probe.runs.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_handler_is_dropped_at_the_deadline() {
+    let probe = Probe::default();
+    let svc = ServerDeadlineLayer::new(ServerConfig::default()).layer(probe.service(secs(5)));
+    let t0 = Instant::now();
+    let err = svc
+        .oneshot(with_header("grpc-timeout", "2S"))
+        .await
+        .unwrap_err();
+    assert_eq!(Instant::now() - t0, secs(2));
+    assert_eq!(phase(&err), Phase::InFlight);
+    assert_eq!(probe.runs.load(Ordering::SeqCst), 1);
+    sleep(secs(10)).await;
+    assert!(
+        !probe.finished.load(Ordering::SeqCst),
+        "the handler was dropped"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_server_max_caps_and_untrusted_headers_are_ignored() {
+    let probe = Probe::default();
+    let capped = ServerDeadlineLayer::new(ServerConfig {
+        max: Some(secs(1)),
+        ..Default::default()
+    })
+    .layer(probe.service(Duration::ZERO));
+    capped
+        .oneshot(with_header("grpc-timeout", "60S"))
+        .await
+        .unwrap();
+    assert_eq!(probe.seen(), Some((Some(secs(1)), Some(secs(1)))));
+
+    let edge = ServerDeadlineLayer::new(ServerConfig {
+        trust_inbound: false,
+        max: Some(secs(3)),
+        ..Default::default()
+    })
+    .layer(probe.service(Duration::ZERO));
+    edge.oneshot(with_header("grpc-timeout", "1m"))
+        .await
+        .unwrap();
+    assert_eq!(probe.seen(), Some((Some(secs(3)), Some(secs(3)))));
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_header_and_no_max_means_no_deadline() {
+    let probe = Probe::default();
+    let svc = ServerDeadlineLayer::new(ServerConfig::default()).layer(probe.service(secs(100)));
+    svc.oneshot(http::Request::new(())).await.unwrap();
+    assert_eq!(probe.seen(), Some((None, None)));
+    // A malformed header is no header.
+    let svc = ServerDeadlineLayer::new(ServerConfig::default()).layer(probe.service(secs(0)));
+    svc.oneshot(with_header("grpc-timeout", "1.5S"))
+        .await
+        .unwrap();
+    assert_eq!(probe.seen(), Some((None, None)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn queueing_before_the_layer_counts_from_arrival() {
+    let probe = Probe::default();
+    let svc = ServerDeadlineLayer::new(ServerConfig::default()).layer(probe.service(secs(0)));
+    let mut req = with_header("grpc-timeout", "2S");
+    floodwall_core::Arrival::stamp(req.extensions_mut(), Instant::now());
+    sleep(Duration::from_millis(500)).await;
+    svc.oneshot(req).await.unwrap();
+    let left = Duration::from_millis(1500);
+    assert_eq!(probe.seen(), Some((Some(left), Some(left))));
+}
+
+/// A client service that records the headers it was sent.
+fn recorder(
+    sent: Arc<std::sync::Mutex<Vec<http::HeaderMap>>>,
+    work: Duration,
+) -> impl Service<Req, Response = (), Error = BoxError, Future: Send> + Clone {
+    service_fn(move |req: Req| {
+        sent.lock().unwrap().push(req.headers().clone());
+        async move {
+            sleep(work).await;
+            Ok::<_, BoxError>(())
+        }
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn outbound_calls_send_what_remains_less_the_margin() {
+    let sent = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let client = PropagateDeadlineLayer::new(ClientConfig {
+        margin: Duration::from_millis(100),
+        ..Default::default()
+    })
+    .layer(recorder(sent.clone(), Duration::ZERO));
+    // No deadline in scope: nothing sent.
+    client
+        .clone()
+        .oneshot(http::Request::new(()))
+        .await
+        .unwrap();
+    let deadline = Deadline::after(Instant::now(), secs(2));
+    floodwall_deadline::scope(deadline, client.clone().oneshot(http::Request::new(())))
+        .await
+        .unwrap();
+    let sent = sent.lock().unwrap();
+    assert!(sent[0].get("grpc-timeout").is_none());
+    assert_eq!(sent[1]["grpc-timeout"], "1900000u");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_calls_own_timeout_caps_what_is_sent_and_awaited() {
+    let sent = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let client = PropagateDeadlineLayer::new(ClientConfig {
+        wire: Wire::http(),
+        timeout: Some(secs(1)),
+        ..Default::default()
+    })
+    .layer(recorder(sent.clone(), secs(5)));
+    let deadline = Deadline::after(Instant::now(), secs(30));
+    let t0 = Instant::now();
+    let err = floodwall_deadline::scope(deadline, client.oneshot(http::Request::new(())))
+        .await
+        .unwrap_err();
+    assert_eq!(Instant::now() - t0, secs(1));
+    assert_eq!(phase(&err), Phase::AwaitingResponse);
+    assert_eq!(sent.lock().unwrap()[0]["x-request-timeout-ms"], "1000");
+}
+
+#[tokio::test(start_paused = true)]
+async fn nothing_left_fails_locally_without_sending() {
+    let sent = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let client = PropagateDeadlineLayer::new(ClientConfig {
+        margin: Duration::from_millis(100),
+        ..Default::default()
+    })
+    .layer(recorder(sent.clone(), Duration::ZERO));
+    // 100 ms left, all of it margin.
+    let deadline = Deadline::after(Instant::now(), Duration::from_millis(100));
+    let err = floodwall_deadline::scope(deadline, client.oneshot(http::Request::new(())))
+        .await
+        .unwrap_err();
+    assert_eq!(phase(&err), Phase::BeforeSend);
+    assert!(sent.lock().unwrap().is_empty(), "not sent");
+}
+
+#[tokio::test(start_paused = true)]
+async fn spawned_work_carries_the_deadline() {
+    let deadline = Deadline::after(Instant::now(), secs(5));
+    let seen = floodwall_deadline::scope(deadline, async {
+        floodwall_deadline::spawn(async { current() })
+            .await
+            .unwrap()
+    })
+    .await;
+    assert_eq!(seen, Some(deadline));
+    let bare = floodwall_deadline::scope(deadline, async {
+        tokio::spawn(async { current() }).await.unwrap()
+    })
+    .await;
+    assert_eq!(bare, None, "a plain spawn does not");
+    // A nested scope never extends the outer deadline.
+    let later = Deadline::after(Instant::now(), secs(50));
+    let inner = floodwall_deadline::scope(deadline, async {
+        floodwall_deadline::scope(later, async { current() }).await
+    })
+    .await;
+    assert_eq!(inner, Some(deadline));
+}
+
+/// One hop: the server layer, a handler that works `work` then calls the
+/// next hop through the client layer (if any).
+fn hop<N>(
+    work: Duration,
+    next: Option<N>,
+    seen: Arc<std::sync::Mutex<Vec<(String, Duration)>>>,
+) -> impl Service<Req, Response = (), Error = BoxError, Future: Send> + Clone
+where
+    N: Service<Req, Response = (), Error = BoxError, Future: Send> + Clone + Send + 'static,
+{
+    let handler = service_fn(move |req: Req| {
+        let (next, seen) = (next.clone(), seen.clone());
+        async move {
+            let header = req.headers()["grpc-timeout"].to_str().unwrap().to_owned();
+            let remaining = current().unwrap().remaining(Instant::now());
+            seen.lock().unwrap().push((header, remaining));
+            sleep(work).await;
+            if let Some(next) = next {
+                let client = PropagateDeadlineLayer::new(ClientConfig::default()).layer(next);
+                client.oneshot(http::Request::new(())).await?;
+            }
+            Ok::<_, BoxError>(())
+        }
+    });
+    ServerDeadlineLayer::new(ServerConfig::default()).layer(handler)
+}
+
+#[tokio::test(start_paused = true)]
+async fn sre_walk_through_30s_then_23s_then_19s() {
+    // "Handling Overload": the frontend gives 30 s; A spends 7 s before
+    // calling B, which gets 23 s; B spends 4 s before calling C: 19 s.
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let c = hop::<tower::util::BoxCloneSyncService<Req, (), BoxError>>(
+        Duration::ZERO,
+        None,
+        seen.clone(),
+    );
+    let b = hop(
+        secs(4),
+        Some(tower::util::BoxCloneSyncService::new(c)),
+        seen.clone(),
+    );
+    let a = hop(
+        secs(7),
+        Some(tower::util::BoxCloneSyncService::new(b)),
+        seen.clone(),
+    );
+    a.oneshot(with_header("grpc-timeout", "30S")).await.unwrap();
+    let seen = seen.lock().unwrap();
+    assert_eq!(
+        *seen,
+        [
+            ("30S".to_owned(), secs(30)),
+            ("23000000u".to_owned(), secs(23)),
+            ("19000000u".to_owned(), secs(19)),
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hop_with_no_time_left_is_not_called() {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let c = hop::<tower::util::BoxCloneSyncService<Req, (), BoxError>>(
+        Duration::ZERO,
+        None,
+        seen.clone(),
+    );
+    // B works for its whole deadline: its outbound call has nothing left.
+    let b = hop(
+        secs(2),
+        Some(tower::util::BoxCloneSyncService::new(c)),
+        seen.clone(),
+    );
+    let err = b
+        .oneshot(with_header("grpc-timeout", "2S"))
+        .await
+        .unwrap_err();
+    // B's handler and its deadline end at the same instant: either B is
+    // dropped, or its call to C fails before sending. C never runs.
+    assert!(matches!(phase(&err), Phase::InFlight | Phase::BeforeSend));
+    assert_eq!(seen.lock().unwrap().len(), 1, "C never ran");
+}
