@@ -2,6 +2,10 @@
 //! sliding window answers 429 with `Retry-After`; a client with adaptive
 //! throttling and a budgeted retry layer honours it.
 
+mod common;
+
+use common::{client, get};
+
 use std::convert::Infallible;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -9,19 +13,19 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use floodwall::core::{BoxError, HttpClassifier};
+use floodwall::core::HttpClassifier;
 use floodwall::http::HttpRejectionLayer;
 use floodwall::sliding_window::{SlidingWindowLayer, Window};
 use floodwall::throttle::{
     NO_RETRY_HEADER, RetryBudget, RetryHttp, RetryLayer, SplitMix, ThrottleConfig, ThrottleLayer,
 };
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
-use tokio::net::{TcpListener, TcpStream};
-use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
+use tokio::net::TcpListener;
+use tower::{ServiceBuilder, ServiceExt, service_fn};
 
 /// A server allowing `limit` requests per second (exact log), counting the
 /// requests that reach its handler.
@@ -49,33 +53,6 @@ async fn serve(limit: u32, handled: Arc<AtomicU32>) -> SocketAddr {
         }
     });
     addr
-}
-
-/// A minimal HTTP client service over one fresh connection per request.
-fn client(
-    addr: SocketAddr,
-) -> impl Service<Request<()>, Response = Response<Bytes>, Error = BoxError, Future = impl Send> + Clone
-{
-    service_fn(move |req: Request<()>| async move {
-        let stream = TcpStream::connect(addr).await?;
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(conn);
-        let req = req.map(|()| Empty::<Bytes>::new());
-        let res = sender.send_request(req).await?;
-        let (parts, body) = res.into_parts();
-        Ok::<_, BoxError>(Response::from_parts(
-            parts,
-            body.collect().await?.to_bytes(),
-        ))
-    })
-}
-
-fn get(addr: SocketAddr) -> Request<()> {
-    Request::get(format!("http://{addr}/"))
-        .header("host", addr.to_string())
-        .body(())
-        .unwrap()
 }
 
 #[tokio::test]
