@@ -296,11 +296,7 @@ where
             (a, b) => a.or(b),
         };
         let Some(timeout) = timeout else {
-            return ServerFuture {
-                kind: ServerKind::Open {
-                    fut: self.inner.call(req),
-                },
-            };
+            return ResponseFuture::open(self.inner.call(req));
         };
         let deadline = Deadline::after(arrival, timeout);
         shared
@@ -308,76 +304,109 @@ where
             .inbound
             .record(deadline.remaining(now).as_secs_f64());
         if deadline.is_expired(now) {
-            return ServerFuture {
-                kind: ServerKind::Expired {
-                    error: Some(shared.metrics.exceeded(Phase::OnArrival)),
-                },
-            };
+            return ResponseFuture::expired(&shared.metrics, Phase::OnArrival);
         }
         req.extensions_mut().insert(deadline);
-        ServerFuture {
-            kind: ServerKind::Timed {
-                fut: scope::scope(deadline, self.inner.call(req)),
+        let fut = scope::scope(deadline, self.inner.call(req));
+        ResponseFuture::timed(fut, deadline, &shared.metrics, Phase::InFlight)
+    }
+}
+
+pin_project! {
+    /// The response future of both layers: the inner future, raced against
+    /// the deadline's timer when there is one.
+    pub struct ResponseFuture<O, T> {
+        #[pin]
+        kind: Kind<O, T>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<O, T> {
+        // No deadline: the inner future as it is.
+        Open { #[pin] fut: O },
+        // A deadline: the inner future (in the deadline's task scope, on
+        // the server) until the timer fires.
+        Timed {
+            #[pin] fut: T,
+            #[pin] sleep: Sleep,
+            counter: Counter,
+            phase: Phase,
+        },
+        // Refused before calling the inner service.
+        Expired { error: Option<BoxError> },
+    }
+}
+
+/// The response future of [`ServerDeadline`]: the handler runs with its
+/// deadline in the task scope.
+pub type ServerFuture<F> = ResponseFuture<F, TaskLocalFuture<Deadline, F>>;
+
+/// The response future of [`PropagateDeadline`].
+pub type ClientFuture<F> = ResponseFuture<F, F>;
+
+impl<O, T> ResponseFuture<O, T> {
+    fn open(fut: O) -> Self {
+        Self {
+            kind: Kind::Open { fut },
+        }
+    }
+
+    fn timed(fut: T, deadline: Deadline, metrics: &Metrics, phase: Phase) -> Self {
+        Self {
+            kind: Kind::Timed {
+                fut,
                 sleep: sleep_until(deadline.instant()),
-                counter: shared.metrics.exceeded[Phase::InFlight as usize].clone(),
+                counter: metrics.exceeded[phase as usize].clone(),
+                phase,
+            },
+        }
+    }
+
+    fn expired(metrics: &Metrics, phase: Phase) -> Self {
+        Self {
+            kind: Kind::Expired {
+                error: Some(metrics.exceeded(phase)),
             },
         }
     }
 }
 
-pin_project! {
-    /// The response future of [`ServerDeadline`].
-    pub struct ServerFuture<F> {
-        #[pin]
-        kind: ServerKind<F>,
-    }
-}
-
-pin_project! {
-    #[project = ServerKindProj]
-    enum ServerKind<F> {
-        Open { #[pin] fut: F },
-        Timed {
-            #[pin] fut: TaskLocalFuture<Deadline, F>,
-            #[pin] sleep: Sleep,
-            counter: Counter,
-        },
-        Expired { error: Option<BoxError> },
-    }
-}
-
-impl<F, T, E> Future for ServerFuture<F>
+impl<O, T, R, E> Future for ResponseFuture<O, T>
 where
-    F: Future<Output = Result<T, E>>,
+    O: Future<Output = Result<R, E>>,
+    T: Future<Output = Result<R, E>>,
     E: Into<BoxError>,
 {
-    type Output = Result<T, BoxError>;
+    type Output = Result<R, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
-            ServerKindProj::Open { fut } => fut.poll(cx).map_err(Into::into),
-            ServerKindProj::Timed {
+            KindProj::Open { fut } => fut.poll(cx).map_err(Into::into),
+            KindProj::Timed {
                 fut,
                 sleep,
                 counter,
+                phase,
             } => {
                 if let Poll::Ready(out) = fut.poll(cx) {
                     return Poll::Ready(out.map_err(Into::into));
                 }
                 ready!(sleep.poll(cx));
                 counter.increment(1);
-                Poll::Ready(Err(exceeded(Phase::InFlight)))
+                Poll::Ready(Err(exceeded(*phase)))
             }
-            ServerKindProj::Expired { error } => {
+            KindProj::Expired { error } => {
                 Poll::Ready(Err(error.take().expect("polled after completion")))
             }
         }
     }
 }
 
-impl<F> fmt::Debug for ServerFuture<F> {
+impl<O, T> fmt::Debug for ResponseFuture<O, T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ServerFuture").finish_non_exhaustive()
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
     }
 }
 
@@ -491,11 +520,7 @@ where
             (a, b) => a.or(b.copied()),
         };
         if inherited.is_none() && shared.config.timeout.is_none() {
-            return ClientFuture {
-                kind: ClientKind::Open {
-                    fut: self.inner.call(req),
-                },
-            };
+            return ResponseFuture::open(self.inner.call(req));
         }
         let now = Instant::now();
         // The caller's deadline, brought forward by the margin.
@@ -507,22 +532,17 @@ where
         };
         let remaining = deadline.remaining(now);
         if remaining.is_zero() {
-            return ClientFuture {
-                kind: ClientKind::Expired {
-                    error: Some(shared.metrics.exceeded(Phase::BeforeSend)),
-                },
-            };
+            return ResponseFuture::expired(&shared.metrics, Phase::BeforeSend);
         }
         req.headers_mut()
             .insert(shared.header.clone(), shared.config.wire.encode(remaining));
         req.extensions_mut().insert(deadline);
-        ClientFuture {
-            kind: ClientKind::Timed {
-                fut: self.inner.call(req),
-                sleep: sleep_until(deadline.instant()),
-                counter: shared.metrics.exceeded[Phase::AwaitingResponse as usize].clone(),
-            },
-        }
+        ResponseFuture::timed(
+            self.inner.call(req),
+            deadline,
+            &shared.metrics,
+            Phase::AwaitingResponse,
+        )
     }
 }
 
@@ -531,57 +551,5 @@ fn bring_forward(deadline: Deadline, margin: Duration, now: Instant) -> Deadline
     match deadline.instant().checked_sub(margin) {
         Some(at) if at > now => Deadline::new(at),
         _ => Deadline::new(now),
-    }
-}
-
-pin_project! {
-    /// The response future of [`PropagateDeadline`].
-    pub struct ClientFuture<F> {
-        #[pin]
-        kind: ClientKind<F>,
-    }
-}
-
-pin_project! {
-    #[project = ClientKindProj]
-    enum ClientKind<F> {
-        Open { #[pin] fut: F },
-        Timed { #[pin] fut: F, #[pin] sleep: Sleep, counter: Counter },
-        Expired { error: Option<BoxError> },
-    }
-}
-
-impl<F, T, E> Future for ClientFuture<F>
-where
-    F: Future<Output = Result<T, E>>,
-    E: Into<BoxError>,
-{
-    type Output = Result<T, BoxError>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().kind.project() {
-            ClientKindProj::Open { fut } => fut.poll(cx).map_err(Into::into),
-            ClientKindProj::Timed {
-                fut,
-                sleep,
-                counter,
-            } => {
-                if let Poll::Ready(out) = fut.poll(cx) {
-                    return Poll::Ready(out.map_err(Into::into));
-                }
-                ready!(sleep.poll(cx));
-                counter.increment(1);
-                Poll::Ready(Err(exceeded(Phase::AwaitingResponse)))
-            }
-            ClientKindProj::Expired { error } => {
-                Poll::Ready(Err(error.take().expect("polled after completion")))
-            }
-        }
-    }
-}
-
-impl<F> fmt::Debug for ClientFuture<F> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ClientFuture").finish_non_exhaustive()
     }
 }

@@ -24,7 +24,8 @@ mod timeout;
 
 pub use layer::{
     ClientConfig, ClientFuture, DEFAULT_NAME, DeadlineExceeded, Phase, PropagateDeadline,
-    PropagateDeadlineLayer, ServerConfig, ServerDeadline, ServerDeadlineLayer, ServerFuture, Wire,
+    PropagateDeadlineLayer, ResponseFuture, ServerConfig, ServerDeadline, ServerDeadlineLayer,
+    ServerFuture, Wire,
 };
 pub use scope::{Carried, carry, current, scope, spawn};
 pub use timeout::{
