@@ -4,10 +4,10 @@
 
 mod common;
 
-use common::{client, get};
+use common::{Protocol, client, get};
 
 use std::convert::Infallible;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -22,14 +22,11 @@ use floodwall::throttle::{
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
-use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
 use tower::{ServiceBuilder, ServiceExt, service_fn};
 
 /// A server allowing `limit` requests per second (exact log), counting the
 /// requests that reach its handler.
-async fn serve(limit: u32, handled: Arc<AtomicU32>) -> SocketAddr {
+async fn limited_server(limit: u32, handled: Arc<AtomicU32>) -> SocketAddr {
     let stack = ServiceBuilder::new()
         .layer(HttpRejectionLayer::new())
         .layer(
@@ -41,24 +38,13 @@ async fn serve(limit: u32, handled: Arc<AtomicU32>) -> SocketAddr {
             handled.fetch_add(1, Ordering::Relaxed);
             async { Ok::<_, Infallible>(Response::new(Full::<Bytes>::from("room"))) }
         }));
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let svc = TowerToHyperService::new(stack.clone());
-            tokio::spawn(
-                hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc),
-            );
-        }
-    });
-    addr
+    common::serve(stack, Protocol::Http1).await
 }
 
 #[tokio::test]
 async fn the_client_retries_after_the_servers_retry_after() {
     let handled = Arc::new(AtomicU32::new(0));
-    let addr = serve(1, handled.clone()).await;
+    let addr = limited_server(1, handled.clone()).await;
     let budget = Arc::new(RetryBudget::new(10.0, 0.1).unwrap());
     let svc = ServiceBuilder::new()
         .layer(
@@ -90,7 +76,7 @@ async fn the_client_retries_after_the_servers_retry_after() {
 #[tokio::test]
 async fn a_throttled_client_stops_sending_to_a_refusing_server() {
     let handled = Arc::new(AtomicU32::new(0));
-    let addr = serve(1, handled.clone()).await;
+    let addr = limited_server(1, handled.clone()).await;
     let throttle = ThrottleLayer::builder(ThrottleConfig::default())
         .classify(HttpClassifier)
         .rng(SplitMix::new(2))

@@ -5,9 +5,13 @@
 //! 19 s; a hop reached with no time left answers DEADLINE_EXCEEDED without
 //! running its handler.
 
+mod common;
+
+use common::{Protocol, serve};
+
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -21,8 +25,7 @@ use floodwall::grpc::{GrpcRejectionLayer, StatusErrorLayer};
 use http::uri::PathAndQuery;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::service::TowerToHyperService;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::time::{Instant, sleep};
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::{Code, Status};
@@ -159,18 +162,7 @@ async fn hop(work: Duration, next: Option<SocketAddr>, seen: Seen) -> SocketAddr
         .layer(GrpcRejectionLayer::default())
         .layer(ServerDeadlineLayer::new(ServerConfig::default()))
         .service(handler);
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let svc = TowerToHyperService::new(stack.clone());
-            tokio::spawn(
-                hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), svc),
-            );
-        }
-    });
-    addr
+    serve(stack, Protocol::Http2).await
 }
 
 /// On the real clock: with a paused clock, tokio advances time whenever

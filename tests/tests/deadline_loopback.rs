@@ -6,12 +6,12 @@
 
 mod common;
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{client, get};
+use common::{Protocol, client, get, serve};
 use floodwall::core::BoxError;
 use floodwall::deadline::{
     ClientConfig, PropagateDeadlineLayer, ServerConfig, ServerDeadlineLayer, Wire, current,
@@ -20,9 +20,6 @@ use floodwall::http::HttpRejectionLayer;
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
-use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
 use tokio::time::{Instant, sleep};
 use tower::{Layer, ServiceBuilder, ServiceExt, service_fn};
 
@@ -63,18 +60,7 @@ async fn hop(work: Duration, next: Option<SocketAddr>, seen: Seen) -> SocketAddr
             ..Default::default()
         }))
         .service(handler);
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let svc = TowerToHyperService::new(stack.clone());
-            tokio::spawn(
-                hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc),
-            );
-        }
-    });
-    addr
+    serve(stack, Protocol::Http1).await
 }
 
 fn with_timeout(addr: SocketAddr, ms: &str) -> Request<()> {

@@ -1,14 +1,16 @@
 //! Helpers shared by the loopback tests.
 #![allow(dead_code, unreachable_pub)]
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 
 use bytes::Bytes;
 use floodwall::core::BoxError;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::{TcpListener, TcpStream};
 use tower::{Service, service_fn};
 
 /// A minimal HTTP client service over one fresh connection per request.
@@ -36,4 +38,45 @@ pub fn get(addr: SocketAddr) -> Request<()> {
         .header("host", addr.to_string())
         .body(())
         .unwrap()
+}
+
+/// Which HTTP version a test server speaks.
+#[derive(Debug, Clone, Copy)]
+pub enum Protocol {
+    Http1,
+    Http2,
+}
+
+/// Serves `stack` on an ephemeral loopback port until the test ends.
+pub async fn serve<S, B>(stack: S, protocol: Protocol) -> SocketAddr
+where
+    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let svc = TowerToHyperService::new(stack.clone());
+            let io = TokioIo::new(stream);
+            match protocol {
+                Protocol::Http1 => {
+                    tokio::spawn(
+                        hyper::server::conn::http1::Builder::new().serve_connection(io, svc),
+                    );
+                }
+                Protocol::Http2 => {
+                    tokio::spawn(
+                        hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                            .serve_connection(io, svc),
+                    );
+                }
+            }
+        }
+    });
+    addr
 }
