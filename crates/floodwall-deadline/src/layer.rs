@@ -298,7 +298,15 @@ where
         let Some(timeout) = timeout else {
             return ResponseFuture::open(self.inner.call(req));
         };
-        let deadline = Deadline::after(arrival, timeout);
+        // An outer layer's deadline (in the extensions or the task scope)
+        // is never extended.
+        let deadline = [
+            req.extensions().get::<Deadline>().copied(),
+            scope::current(),
+        ]
+        .into_iter()
+        .flatten()
+        .fold(Deadline::after(arrival, timeout), Deadline::min);
         shared
             .metrics
             .inbound
@@ -307,8 +315,9 @@ where
             return ResponseFuture::expired(&shared.metrics, Phase::OnArrival);
         }
         req.extensions_mut().insert(deadline);
-        let fut = scope::scope(deadline, self.inner.call(req));
-        ResponseFuture::timed(fut, deadline, &shared.metrics, Phase::InFlight)
+        // In scope for the inner `call` as well as for its future.
+        let fut = scope::enter(deadline, || self.inner.call(req));
+        ResponseFuture::timed(fut, deadline, now, &shared.metrics, Phase::InFlight)
     }
 }
 
@@ -353,11 +362,17 @@ impl<O, T> ResponseFuture<O, T> {
         }
     }
 
-    fn timed(fut: T, deadline: Deadline, metrics: &Metrics, phase: Phase) -> Self {
+    fn timed(fut: T, deadline: Deadline, now: Instant, metrics: &Metrics, phase: Phase) -> Self {
+        // Tokio's timer cannot take instants near the clock's end; thirty
+        // years is forever here.
+        const FAR: Duration = Duration::from_secs(86_400 * 365 * 30);
+        let at = now
+            .checked_add(FAR)
+            .map_or(deadline.instant(), |far| deadline.instant().min(far));
         Self {
             kind: Kind::Timed {
                 fut,
-                sleep: sleep_until(deadline.instant()),
+                sleep: sleep_until(at),
                 counter: metrics.exceeded[phase as usize].clone(),
                 phase,
             },
@@ -382,7 +397,8 @@ where
     type Output = Result<R, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().kind.project() {
+        let mut kind = self.project().kind;
+        match kind.as_mut().project() {
             KindProj::Open { fut } => fut.poll(cx).map_err(Into::into),
             KindProj::Timed {
                 fut,
@@ -395,7 +411,10 @@ where
                 }
                 ready!(sleep.poll(cx));
                 counter.increment(1);
-                Poll::Ready(Err(exceeded(*phase)))
+                let phase = *phase;
+                // Drop the inner future now, not when the caller drops us.
+                kind.set(Kind::Expired { error: None });
+                Poll::Ready(Err(exceeded(phase)))
             }
             KindProj::Expired { error } => {
                 Poll::Ready(Err(error.take().expect("polled after completion")))
@@ -519,27 +538,44 @@ where
             (Some(a), Some(&b)) => Some(a.min(b)),
             (a, b) => a.or(b.copied()),
         };
-        if inherited.is_none() && shared.config.timeout.is_none() {
+        // A timeout the caller already put on this request (tonic's
+        // `Request::set_timeout`, say) caps it like the configured one.
+        let explicit = req
+            .headers()
+            .get(&shared.header)
+            .and_then(|v| shared.config.wire.parse(v));
+        if inherited.is_none() && shared.config.timeout.is_none() && explicit.is_none() {
             return ResponseFuture::open(self.inner.call(req));
         }
         let now = Instant::now();
-        // The caller's deadline, brought forward by the margin.
-        let inherited = inherited.map(|d| bring_forward(d, shared.config.margin, now));
-        let own = shared.config.timeout.map(|t| Deadline::after(now, t));
-        let deadline = match (inherited, own) {
-            (Some(a), Some(b)) => a.min(b),
-            (a, b) => a.or(b).expect("one of them is set"),
+        let cap = [shared.config.timeout, explicit]
+            .into_iter()
+            .flatten()
+            .map(|t| Deadline::after(now, t))
+            .reduce(Deadline::min);
+        let earliest = |a: Option<Deadline>, b: Option<Deadline>| match (a, b) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         };
-        let remaining = deadline.remaining(now);
+        // Wait until the caller's deadline; tell the callee `margin` less,
+        // so that its answer (or its DEADLINE_EXCEEDED) can come back.
+        let wait = earliest(inherited, cap).expect("one of them is set");
+        let send = earliest(
+            inherited.map(|d| bring_forward(d, shared.config.margin, now)),
+            cap,
+        )
+        .expect("one of them is set");
+        let remaining = send.remaining(now);
         if remaining.is_zero() {
             return ResponseFuture::expired(&shared.metrics, Phase::BeforeSend);
         }
         req.headers_mut()
             .insert(shared.header.clone(), shared.config.wire.encode(remaining));
-        req.extensions_mut().insert(deadline);
+        req.extensions_mut().insert(wait);
         ResponseFuture::timed(
             self.inner.call(req),
-            deadline,
+            wait,
+            now,
             &shared.metrics,
             Phase::AwaitingResponse,
         )

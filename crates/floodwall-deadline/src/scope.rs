@@ -27,6 +27,16 @@ pub fn scope<F: Future>(deadline: Deadline, fut: F) -> TaskLocalFuture<Deadline,
     CURRENT.scope(deadline, fut)
 }
 
+/// Calls `call` with `deadline` in scope, and runs the future it returns in
+/// that scope too (for services that start work in `call`).
+pub(crate) fn enter<F: Future>(
+    deadline: Deadline,
+    call: impl FnOnce() -> F,
+) -> TaskLocalFuture<Deadline, F> {
+    let fut = CURRENT.sync_scope(deadline, call);
+    CURRENT.scope(deadline, fut)
+}
+
 /// Wraps `fut` so that it runs with the current deadline (if any) in scope,
 /// wherever it is polled: for work handed to another task.
 pub fn carry<F: Future>(fut: F) -> Carried<F> {

@@ -95,23 +95,36 @@ async fn an_expired_request_never_reaches_the_handler() {
     assert_eq!(probe.runs.load(Ordering::SeqCst), 0);
 }
 
+/// Sets its flag when dropped.
+struct DropFlag(Arc<AtomicBool>);
+
+impl Drop for DropFlag {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_slow_handler_is_dropped_at_the_deadline() {
-    let probe = Probe::default();
-    let svc = ServerDeadlineLayer::new(ServerConfig::default()).layer(probe.service(secs(5)));
+    let dropped = Arc::new(AtomicBool::new(false));
+    let flag = dropped.clone();
+    let handler = service_fn(move |_: Req| {
+        let guard = DropFlag(flag.clone());
+        async move {
+            sleep(secs(5)).await;
+            drop(guard);
+            Ok::<_, BoxError>(())
+        }
+    });
+    let svc = ServerDeadlineLayer::new(ServerConfig::default()).layer(handler);
+    let mut call = Box::pin(svc.oneshot(with_header("grpc-timeout", "2S")));
     let t0 = Instant::now();
-    let err = svc
-        .oneshot(with_header("grpc-timeout", "2S"))
-        .await
-        .unwrap_err();
+    let err = (&mut call).await.unwrap_err();
     assert_eq!(Instant::now() - t0, secs(2));
     assert_eq!(phase(&err), Phase::InFlight);
-    assert_eq!(probe.runs.load(Ordering::SeqCst), 1);
-    sleep(secs(10)).await;
-    assert!(
-        !probe.finished.load(Ordering::SeqCst),
-        "the handler was dropped"
-    );
+    // Dropped at the deadline, while the response future still exists.
+    assert!(dropped.load(Ordering::SeqCst), "the handler was dropped");
+    drop(call);
 }
 
 #[tokio::test(start_paused = true)]
@@ -127,6 +140,18 @@ async fn the_server_max_caps_and_untrusted_headers_are_ignored() {
         .await
         .unwrap();
     assert_eq!(probe.seen(), Some((Some(secs(1)), Some(secs(1)))));
+    // A header shorter than the max wins.
+    let capped = ServerDeadlineLayer::new(ServerConfig {
+        max: Some(secs(1)),
+        ..Default::default()
+    })
+    .layer(probe.service(Duration::ZERO));
+    capped
+        .oneshot(with_header("grpc-timeout", "300m"))
+        .await
+        .unwrap();
+    let short = Duration::from_millis(300);
+    assert_eq!(probe.seen(), Some((Some(short), Some(short))));
 
     let edge = ServerDeadlineLayer::new(ServerConfig {
         trust_inbound: false,
@@ -263,6 +288,42 @@ async fn spawned_work_carries_the_deadline() {
     assert_eq!(inner, Some(deadline));
 }
 
+/// Calls `N` in a task of its own, as if on another server.
+#[derive(Clone)]
+struct Remote<N>(N);
+
+type RemoteFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), BoxError>> + Send>>;
+
+impl<N> Service<Req> for Remote<N>
+where
+    N: Service<Req, Response = (), Error = BoxError, Future: Send + 'static>
+        + Clone
+        + Send
+        + 'static,
+{
+    type Response = ();
+    type Error = BoxError;
+    type Future = RemoteFuture;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Req) -> RemoteFuture {
+        let task = tokio::spawn(self.0.clone().oneshot(req));
+        Box::pin(async move {
+            match task.await {
+                Ok(result) => result,
+                Err(join) => Err(Box::new(join) as BoxError),
+            }
+        })
+    }
+}
+
 /// One hop: the server layer, a handler that works `work` then calls the
 /// next hop through the client layer (if any).
 fn hop<N>(
@@ -271,7 +332,11 @@ fn hop<N>(
     seen: Arc<std::sync::Mutex<Vec<(String, Duration)>>>,
 ) -> impl Service<Req, Response = (), Error = BoxError, Future: Send> + Clone
 where
-    N: Service<Req, Response = (), Error = BoxError, Future: Send> + Clone + Send + 'static,
+    N: Service<Req, Response = (), Error = BoxError, Future: Send + 'static>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
 {
     let handler = service_fn(move |req: Req| {
         let (next, seen) = (next.clone(), seen.clone());
@@ -281,7 +346,10 @@ where
             seen.lock().unwrap().push((header, remaining));
             sleep(work).await;
             if let Some(next) = next {
-                let client = PropagateDeadlineLayer::new(ClientConfig::default()).layer(next);
+                // The next hop runs in a task of its own, as on another
+                // server: it cannot see this task's scope, only the header.
+                let remote = Remote(next);
+                let client = PropagateDeadlineLayer::new(ClientConfig::default()).layer(remote);
                 client.oneshot(http::Request::new(())).await?;
             }
             Ok::<_, BoxError>(())
@@ -344,4 +412,52 @@ async fn a_hop_with_no_time_left_is_not_called() {
     // dropped, or its call to C fails before sending. C never runs.
     assert!(matches!(phase(&err), Phase::InFlight | Phase::BeforeSend));
     assert_eq!(seen.lock().unwrap().len(), 1, "C never ran");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_inner_server_layer_never_extends_the_outer_deadline() {
+    let probe = Probe::default();
+    // A global cap of 1 s outside a per-route cap of 5 s.
+    let inner = ServerDeadlineLayer::new(ServerConfig {
+        max: Some(secs(5)),
+        ..Default::default()
+    })
+    .layer(probe.service(Duration::ZERO));
+    let svc = ServerDeadlineLayer::new(ServerConfig {
+        max: Some(secs(1)),
+        trust_inbound: false,
+        ..Default::default()
+    })
+    .layer(inner);
+    svc.oneshot(http::Request::new(())).await.unwrap();
+    assert_eq!(probe.seen(), Some((Some(secs(1)), Some(secs(1)))));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_margin_shortens_what_is_sent_not_how_long_the_caller_waits() {
+    let sent = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let client = PropagateDeadlineLayer::new(ClientConfig {
+        margin: Duration::from_millis(500),
+        ..Default::default()
+    })
+    .layer(recorder(sent.clone(), Duration::from_millis(1_800)));
+    let deadline = Deadline::after(Instant::now(), secs(2));
+    // The callee is told 1.5 s; its answer at 1.8 s is still awaited.
+    floodwall_deadline::scope(deadline, client.oneshot(http::Request::new(())))
+        .await
+        .unwrap();
+    assert_eq!(sent.lock().unwrap()[0]["grpc-timeout"], "1500000u");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_timeout_already_on_the_request_caps_what_is_sent() {
+    let sent = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let client = PropagateDeadlineLayer::new(ClientConfig::default())
+        .layer(recorder(sent.clone(), Duration::ZERO));
+    let deadline = Deadline::after(Instant::now(), secs(30));
+    let req = with_header("grpc-timeout", "100m");
+    floodwall_deadline::scope(deadline, client.oneshot(req))
+        .await
+        .unwrap();
+    assert_eq!(sent.lock().unwrap()[0]["grpc-timeout"], "100000u");
 }
