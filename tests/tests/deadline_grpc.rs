@@ -178,39 +178,53 @@ async fn hop(work: Duration, next: Option<SocketAddr>, seen: Seen) -> SocketAddr
     serve(stack, Protocol::Http2).await
 }
 
-/// On the real clock: with a paused clock, tokio advances time whenever
-/// every task waits, and h2 connections on loopback do wait on I/O between
-/// frames, so a virtual-time chain over HTTP/2 stalls until the deadline.
-/// The HTTP/1 chain (`deadline_loopback.rs`) and the expiry test below run
-/// on virtual time. Bounds here allow half a second of scheduling slack.
-#[tokio::test]
+/// Virtual time, ticked by hand. With a paused clock tokio jumps to the
+/// next timer whenever its thread would park, and a wake-up from I/O does
+/// not stop the jump, so an HTTP/2 exchange on loopback would jump straight
+/// to the deadline. A task that always has work keeps the runtime from
+/// parking, and moves the clock 1 ms every 200 scheduler turns instead:
+/// network transit then costs a little virtual time (at most 200 ms a hop
+/// here), and the hops' own work is exact.
+#[tokio::test(start_paused = true)]
 async fn grpc_timeout_shrinks_at_each_hop() {
-    let ms = Duration::from_millis;
+    let ticker = tokio::spawn(async {
+        loop {
+            for _ in 0..200 {
+                tokio::task::yield_now().await;
+            }
+            tokio::time::advance(Duration::from_millis(1)).await;
+        }
+    });
     let seen: Seen = Arc::default();
     let c = hop(Duration::ZERO, None, seen.clone()).await;
-    let b = hop(ms(400), Some(c), seen.clone()).await;
-    let a = hop(ms(700), Some(b), seen.clone()).await;
-    let deadline = Deadline::after(Instant::now(), ms(3_000));
-    let reply = scope(deadline, call(a)).await.unwrap();
-    assert_eq!(reply, "done");
+    let b = hop(Duration::from_secs(4), Some(c), seen.clone()).await;
+    let a = hop(Duration::from_secs(7), Some(b), seen.clone()).await;
+    let deadline = Deadline::after(Instant::now(), Duration::from_secs(30));
+    let reply = scope(deadline, call(a)).await;
+    ticker.abort();
+    assert_eq!(reply.unwrap(), "done");
     let seen = seen.lock().unwrap();
+    assert_eq!(seen[0].0, "30000000u");
     let sent: Vec<Duration> = seen
         .iter()
         .map(|(h, _)| floodwall::deadline::parse_grpc_timeout(h.as_bytes()).unwrap())
         .collect();
-    // Each hop was sent what its caller had left: at most the caller's
-    // time less the caller's work, and not much less.
-    let expected = [ms(3_000), ms(2_300), ms(1_900)];
+    // Each hop was sent what its caller had left after its work: 30 s,
+    // 23 s, 19 s, less the virtual transit.
+    let ms = Duration::from_millis;
+    let transit = ms(200);
+    let expected = [ms(30_000), ms(23_000), ms(19_000)];
     for (i, (got, want)) in sent.iter().zip(expected).enumerate() {
+        let slack = transit * i as u32;
         assert!(
-            *got <= want && want - *got < ms(500),
-            "hop {i}: sent {got:?}, expected about {want:?}"
+            *got <= want && want - *got <= slack,
+            "hop {i}: sent {got:?}, expected {want:?} less at most {slack:?}"
         );
     }
-    // And each hop's scope held what it was sent (less transit time).
+    // And each hop's scope held what it was sent, less the transit.
     for (i, ((_, left), got)) in seen.iter().zip(&sent).enumerate() {
         assert!(
-            left <= got && *got - *left < ms(500),
+            left <= got && *got - *left <= transit,
             "hop {i}: {left:?} of {got:?}"
         );
     }
