@@ -60,3 +60,33 @@ pub fn ready_call<S: Service<Req>, Req>(
         Poll::Pending => panic!("benchmarked service was not ready"),
     }
 }
+
+/// Benchmarks one already-built service both ways, as
+/// `{name}/clone+oneshot` (a clone per request, as the other tables) and
+/// `{name}/ready+call` (driven in place, see [`ready_call`]), with `u32`
+/// requests.
+///
+/// # Panics
+/// If the service fails, is not ready at once, or its future is pending.
+pub fn both_ways<S>(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    cx: &mut Context<'_>,
+    name: &str,
+    mut service: S,
+) where
+    S: Service<u32> + Clone,
+    S::Error: std::fmt::Debug,
+{
+    g.bench_function(format!("{name}/clone+oneshot"), |b| {
+        b.iter(|| {
+            poll_once(
+                cx,
+                tower::ServiceExt::oneshot(service.clone(), std::hint::black_box(1u32)),
+            )
+            .unwrap()
+        })
+    });
+    g.bench_function(format!("{name}/ready+call"), |b| {
+        b.iter(|| ready_call(cx, &mut service, std::hint::black_box(1u32)).unwrap())
+    });
+}
