@@ -138,7 +138,12 @@ struct Shared<X> {
     timing: X,
     name: Arc<str>,
     metrics: Metrics,
+    on_sojourn: Option<SojournHook>,
 }
+
+/// Called with each served request's queuing time (see
+/// [`Builder::on_sojourn`]).
+type SojournHook = Arc<dyn Fn(Duration) + Send + Sync>;
 
 impl<X> Shared<X> {
     /// Takes a worker if one is free.
@@ -184,6 +189,9 @@ impl<X> Shared<X> {
             match popped {
                 Some(p) => {
                     metrics.sojourn.record(p.sojourn.as_secs_f64());
+                    if let Some(hook) = &self.on_sojourn {
+                        hook(p.sojourn);
+                    }
                     finish(slots, p.item, Ok(()));
                 }
                 None => {
@@ -268,6 +276,7 @@ impl CodelLayer {
             config,
             timing: NoTiming,
             name: Arc::from(DEFAULT_NAME),
+            on_sojourn: None,
         }
     }
 }
@@ -310,11 +319,22 @@ impl<S, X> Layer<S> for CodelLayer<X> {
 }
 
 /// Builds a [`CodelLayer`].
-#[derive(Debug)]
 pub struct Builder<X = NoTiming> {
     config: CodelConfig,
     timing: X,
     name: Arc<str>,
+    on_sojourn: Option<SojournHook>,
+}
+
+impl<X: fmt::Debug> fmt::Debug for Builder<X> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Builder")
+            .field("config", &self.config)
+            .field("timing", &self.timing)
+            .field("name", &self.name)
+            .field("on_sojourn", &self.on_sojourn.is_some())
+            .finish()
+    }
 }
 
 impl<X> Builder<X> {
@@ -331,7 +351,19 @@ impl<X> Builder<X> {
             config: self.config,
             timing,
             name: self.name,
+            on_sojourn: self.on_sojourn,
         }
+    }
+
+    /// Calls `hook` with every served request's queuing time, measured from
+    /// its arrival (see [`timing`](Self::timing)) to the moment it gets a
+    /// worker; a request served at once reports its time since arrival, or
+    /// zero without one. This is how priority admission
+    /// (`floodwall-priority`) can detect overload from the queue's sojourn
+    /// times instead of its own measurement.
+    pub fn on_sojourn(mut self, hook: impl Fn(Duration) + Send + Sync + 'static) -> Self {
+        self.on_sojourn = Some(Arc::new(hook));
+        self
     }
 
     /// The layer. Metric handles are registered now.
@@ -364,6 +396,7 @@ impl<X> Builder<X> {
                 timing: self.timing,
                 name: self.name,
                 metrics,
+                on_sojourn: self.on_sojourn,
             }),
         })
     }
@@ -529,6 +562,12 @@ where
         }
         if shared.queued.load(Ordering::SeqCst) == 0 && shared.try_take() {
             // A free worker and nobody waiting: run at once.
+            if let Some(hook) = &shared.on_sojourn {
+                let waited = shared.timing.arrival(&req).map_or(Duration::ZERO, |a| {
+                    Instant::now().saturating_duration_since(a)
+                });
+                hook(waited);
+            }
             let permit = Permit {
                 shared: shared.clone(),
             };

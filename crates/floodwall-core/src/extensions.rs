@@ -156,6 +156,97 @@ impl Priority {
     }
 }
 
+/// `business-user`, the wire form of [`PRIORITY_HEADER`](crate::wire::PRIORITY_HEADER)
+/// and [`ADMISSION_LEVEL_HEADER`](crate::wire::ADMISSION_LEVEL_HEADER).
+impl fmt::Display for Priority {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.business, self.user)
+    }
+}
+
+/// Parses the `business-user` wire form: two decimal numbers of at most three
+/// digits each, `business` in `0..=255`, `user` in `0..=127`, joined by `-`,
+/// nothing else (no spaces, signs or leading `+`).
+///
+/// ```
+/// use floodwall_core::Priority;
+///
+/// let p: Priority = "3-87".parse()?;
+/// assert_eq!((p.business(), p.user()), (3, 87));
+/// assert_eq!(p.to_string(), "3-87");
+/// assert!("3-128".parse::<Priority>().is_err());
+/// assert!(" 3-1".parse::<Priority>().is_err());
+/// # Ok::<(), floodwall_core::ParsePriorityError>(())
+/// ```
+impl std::str::FromStr for Priority {
+    type Err = ParsePriorityError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s.as_bytes())
+    }
+}
+
+impl Priority {
+    /// Parses the `business-user` wire form from raw header bytes (see the
+    /// [`FromStr`](std::str::FromStr) impl).
+    ///
+    /// # Errors
+    /// [`ParsePriorityError`] for anything but the exact form.
+    pub fn parse(bytes: &[u8]) -> Result<Self, ParsePriorityError> {
+        fn number(digits: &[u8], max: u8) -> Option<u8> {
+            if digits.is_empty() || digits.len() > 3 {
+                return None;
+            }
+            let mut n: u16 = 0;
+            for &d in digits {
+                if !d.is_ascii_digit() {
+                    return None;
+                }
+                n = n * 10 + u16::from(d - b'0');
+            }
+            u8::try_from(n).ok().filter(|&n| n <= max)
+        }
+        let dash = bytes
+            .iter()
+            .position(|&b| b == b'-')
+            .ok_or(ParsePriorityError(()))?;
+        let business = number(&bytes[..dash], u8::MAX).ok_or(ParsePriorityError(()))?;
+        let user = number(&bytes[dash + 1..], Self::MAX_USER).ok_or(ParsePriorityError(()))?;
+        Ok(Self { business, user })
+    }
+
+    /// The priority's position in the compound order, `business * 128 +
+    /// user`: 0 for [`HIGHEST`](Self::HIGHEST), 32767 for
+    /// [`LOWEST`](Self::LOWEST).
+    pub const fn index(self) -> u16 {
+        (self.business as u16) * 128 + self.user as u16
+    }
+
+    /// The priority at `index` in the compound order (indices above 32767
+    /// saturate to [`LOWEST`](Self::LOWEST)).
+    pub const fn from_index(index: u16) -> Self {
+        if index > Self::LOWEST.index() {
+            return Self::LOWEST;
+        }
+        Self {
+            business: (index / 128) as u8,
+            user: (index % 128) as u8,
+        }
+    }
+}
+
+/// Returned when a priority's wire form (`business-user`) does not parse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ParsePriorityError(());
+
+impl fmt::Display for ParsePriorityError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("invalid priority: expected `business-user`, business 0..=255, user 0..=127")
+    }
+}
+
+impl std::error::Error for ParsePriorityError {}
+
 /// The four request criticality classes of Google's SRE practice, most
 /// important first: adaptive throttling keeps separate statistics per class,
 /// and criticality-based shedding drops every lower class before a higher
@@ -263,6 +354,19 @@ mod tests {
         assert!(p(3, 4) < p(3, 5));
         assert_eq!(Priority::HIGHEST, p(0, 0));
         assert!(Priority::LOWEST > p(254, 127));
+        for (text, b, u) in [("0-0", 0, 0), ("255-127", 255, 127), ("007-12", 7, 12)] {
+            let parsed: Priority = text.parse().unwrap();
+            assert_eq!((parsed.business(), parsed.user()), (b, u));
+            assert_eq!(Priority::from_index(parsed.index()), parsed);
+        }
+        for bad in [
+            "", "-", "1-", "-1", "256-0", "1-128", "1-2-3", "+1-2", "1 -2", "1-2 ", "1234-1", "a-1",
+        ] {
+            assert!(bad.parse::<Priority>().is_err(), "{bad:?} must not parse");
+        }
+        assert_eq!(Priority::LOWEST.index(), 32767);
+        assert_eq!(Priority::from_index(u16::MAX), Priority::LOWEST);
+        assert_eq!(Priority::LOWEST.to_string(), "255-127");
         let err = Priority::new(0, 128).unwrap_err();
         assert_eq!(err.to_string(), "user priority 128 is out of range 0..=127");
     }

@@ -15,6 +15,7 @@
 //!   layers.
 //! - [`metrics`]: the metric names every layer reports under.
 //! - [`random`]: an injectable, seedable random source.
+//! - [`wire`]: the header names floodwall layers exchange between services.
 //!
 //! ```
 //! use std::time::Duration;
@@ -55,10 +56,13 @@ mod extensions;
 pub mod metrics;
 pub mod random;
 mod rejection;
+pub mod wire;
 
 pub use classify::{Classify, GrpcClassifier, GrpcCode, HttpClassifier, Outcome, ResultClassifier};
 pub use config::ConfigError;
-pub use extensions::{Arrival, Criticality, Deadline, InvalidPriority, Priority};
+pub use extensions::{
+    Arrival, Criticality, Deadline, InvalidPriority, ParsePriorityError, Priority,
+};
 pub use rejection::{RateLimitPolicy, RejectKind, Rejected, Rejection};
 
 /// The boxed error type returned by every floodwall service.

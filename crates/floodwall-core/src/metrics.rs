@@ -101,3 +101,20 @@ pub const DEADLINE_EXCEEDED: &str = "floodwall_deadline_exceeded_total";
 /// Histogram: seconds left on inbound requests' deadlines when they arrive
 /// at the server layer.
 pub const DEADLINE_INBOUND_SECONDS: &str = "floodwall_deadline_inbound_seconds";
+
+/// Label naming a request's business priority (its value, `"0"`..`"255"`),
+/// or its criticality class in criticality mode.
+pub const LABEL_PRIORITY: &str = "priority";
+
+/// Counter: requests priority admission let through (label `priority`).
+pub const PRIORITY_ADMITTED: &str = "floodwall_priority_admitted_total";
+/// Counter: requests priority admission refused (label `priority`).
+pub const PRIORITY_DROPPED: &str = "floodwall_priority_dropped_total";
+/// Gauge: the admission level as one number, `business * 128 + user`
+/// (32767 admits everything).
+pub const PRIORITY_LEVEL: &str = "floodwall_priority_level";
+/// Gauge: the average queuing time, in seconds, of the last closed window.
+pub const PRIORITY_QUEUING_SECONDS: &str = "floodwall_priority_queuing_seconds";
+/// Counter: requests a collaborative client dropped locally because the
+/// downstream's admission level would refuse them (label `priority`).
+pub const PRIORITY_LOCAL_DROPPED: &str = "floodwall_priority_local_dropped_total";

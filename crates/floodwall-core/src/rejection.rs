@@ -121,6 +121,14 @@ pub trait Rejection: Error + Send + Sync + 'static {
     fn is_permanent(&self) -> bool {
         false
     }
+
+    /// For priority admission: the server's admission level when it refused
+    /// the request. Response mappers send it back in
+    /// [`ADMISSION_LEVEL_HEADER`](crate::wire::ADMISSION_LEVEL_HEADER) so
+    /// collaborative clients stop sending what would be refused.
+    fn admission_level(&self) -> Option<crate::Priority> {
+        None
+    }
 }
 
 /// The envelope in which every floodwall layer returns its rejections.
@@ -167,6 +175,11 @@ impl Rejected {
     /// Whether retrying the same request can never succeed.
     pub fn is_permanent(&self) -> bool {
         self.inner.is_permanent()
+    }
+
+    /// The admission level in force, for priority-admission rejections.
+    pub fn admission_level(&self) -> Option<crate::Priority> {
+        self.inner.admission_level()
     }
 
     /// The concrete rejection, if it is an `R`.

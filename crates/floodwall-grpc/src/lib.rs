@@ -84,6 +84,13 @@ pub fn status_for(rejection: &Rejected) -> Status {
         None => rejection.to_string(),
     };
     let mut status = Status::new(code_for(rejection.kind()), message);
+    if let Some(level) = rejection.admission_level()
+        && let Ok(v) = MetadataValue::try_from(level.to_string())
+    {
+        status
+            .metadata_mut()
+            .insert(floodwall_core::wire::ADMISSION_LEVEL_HEADER, v);
+    }
     if rejection.is_permanent() {
         status
             .metadata_mut()

@@ -74,6 +74,10 @@ use tower_service::Service;
 pub static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 /// The `RateLimit` header field name.
 pub static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+/// The header carrying a server's admission level
+/// ([`floodwall_core::wire::ADMISSION_LEVEL_HEADER`]).
+pub static ADMISSION_LEVEL: HeaderName =
+    HeaderName::from_static(floodwall_core::wire::ADMISSION_LEVEL_HEADER);
 
 /// The HTTP status for a rejection kind.
 pub fn status_for(kind: RejectKind) -> StatusCode {
@@ -100,9 +104,15 @@ pub fn response_for<B: Default>(rejection: &Rejected) -> Response<B> {
     res
 }
 
-/// Adds `Retry-After` and, for rate limiters, `RateLimit-Policy` and
-/// `RateLimit` to `headers`.
+/// Adds `Retry-After`; for rate limiters, `RateLimit-Policy` and
+/// `RateLimit`; for priority admission, the server's admission level
+/// ([`floodwall_core::wire::ADMISSION_LEVEL_HEADER`]).
 pub fn insert_headers(rejection: &Rejected, headers: &mut HeaderMap) {
+    if let Some(level) = rejection.admission_level()
+        && let Ok(v) = HeaderValue::try_from(level.to_string())
+    {
+        headers.insert(ADMISSION_LEVEL.clone(), v);
+    }
     let retry_after = if rejection.is_permanent() {
         None
     } else {

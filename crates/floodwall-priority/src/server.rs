@@ -1,0 +1,539 @@
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use floodwall_core::metrics::{
+    LABEL_NAME, LABEL_PRIORITY, PRIORITY_ADMITTED, PRIORITY_DROPPED, PRIORITY_LEVEL,
+    PRIORITY_QUEUING_SECONDS,
+};
+use floodwall_core::wire::{ADMISSION_LEVEL_HEADER, PRIORITY_HEADER, UPSTREAM_DROPS_HEADER};
+use floodwall_core::{Arrival, BoxError, Criticality, Priority, Rejected};
+use http::header::{HeaderName, HeaderValue};
+use http::{Request, Response};
+use metrics::{Counter, Gauge};
+use pin_project_lite::pin_project;
+use tokio::task::futures::TaskLocalFuture;
+use tokio::time::Instant;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::config::{AdmissionConfig, ConfigError};
+use crate::controller::{AdmissionController, WindowReport};
+use crate::error::Prioritized;
+
+/// The default name of a priority admission layer (metric label).
+pub const DEFAULT_NAME: &str = "priority";
+
+static LEVEL_HEADER: HeaderName = HeaderName::from_static(ADMISSION_LEVEL_HEADER);
+static PRIORITY: HeaderName = HeaderName::from_static(PRIORITY_HEADER);
+static DROPS: HeaderName = HeaderName::from_static(UPSTREAM_DROPS_HEADER);
+static ADMIT_ALL_VALUE: HeaderValue = HeaderValue::from_static("255-127");
+
+/// How a request's place in the admission order is found.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
+pub enum Mode {
+    /// DAGOR (the default): the request's [`Priority`] (business, user).
+    #[default]
+    Dagor,
+    /// The four SRE criticality classes from the request's [`Criticality`]
+    /// extension (default `Critical`): every lower class is shed before any
+    /// higher one. Within a class, the user part of the request's
+    /// [`Priority`] orders requests if it has one; otherwise requests are
+    /// spread evenly over the 128 user values, so the level can shed part
+    /// of a class.
+    Criticality,
+}
+
+/// Where queuing time (arrival to start of processing) is measured.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
+pub enum Queuing {
+    /// From the request's [`Arrival`] extension (stamped by the outermost
+    /// floodwall layer; zero without one) to the moment this layer calls the
+    /// inner service. The default; put the layer inside whatever queues.
+    #[default]
+    AtCall,
+    /// Reported by someone else through [`AdmissionHandle::record_queuing`],
+    /// e.g. the CoDel queue's sojourn times
+    /// (`floodwall_codel::Builder::on_sojourn`). The layer measures nothing.
+    Reported,
+}
+
+struct Metrics {
+    admitted: [OnceLock<Counter>; 256],
+    dropped: [OnceLock<Counter>; 256],
+    level: Gauge,
+    queuing: Gauge,
+}
+
+pub(crate) fn label_of(mode: Mode, business: u8) -> String {
+    match mode {
+        Mode::Criticality => Criticality::ALL
+            .get(usize::from(business))
+            .map_or_else(|| business.to_string(), |c| c.as_str().to_owned()),
+        Mode::Dagor => business.to_string(),
+    }
+}
+
+struct Shared {
+    controller: AdmissionController,
+    name: Arc<str>,
+    mode: Mode,
+    queuing: Queuing,
+    trust_inbound: bool,
+    unprioritized: Priority,
+    criticality: Criticality,
+    spread: AtomicU64,
+    metrics: Metrics,
+}
+
+impl Shared {
+    fn counter(&self, which: &[OnceLock<Counter>; 256], metric: &'static str, p: Priority) {
+        let business = p.business();
+        which[usize::from(business)]
+            .get_or_init(|| {
+                metrics::counter!(metric, LABEL_NAME => self.name.to_string(),
+                    LABEL_PRIORITY => label_of(self.mode, business))
+            })
+            .increment(1);
+    }
+
+    /// The request's priority, read (and, from a trusted header, recorded
+    /// in the extensions).
+    #[inline]
+    fn priority_of<B>(&self, req: &mut Request<B>) -> Priority {
+        match self.mode {
+            Mode::Dagor => {
+                if let Some(p) = req.extensions().get::<Priority>() {
+                    return *p;
+                }
+                if self.trust_inbound
+                    && let Some(p) = req
+                        .headers()
+                        .get(&PRIORITY)
+                        .and_then(|v| Priority::parse(v.as_bytes()).ok())
+                {
+                    req.extensions_mut().insert(p);
+                    return p;
+                }
+                self.unprioritized
+            }
+            Mode::Criticality => {
+                let class = req
+                    .extensions()
+                    .get::<Criticality>()
+                    .copied()
+                    .unwrap_or(self.criticality);
+                let user = match req.extensions().get::<Priority>() {
+                    Some(p) => p.user(),
+                    None => {
+                        // An even spread over 0..=127: a Weyl sequence.
+                        let n = self.spread.fetch_add(1, Relaxed);
+                        (n.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 57) as u8
+                    }
+                };
+                Priority::new(class.index() as u8, user).unwrap_or(Priority::LOWEST)
+            }
+        }
+    }
+
+    fn level_value(&self) -> HeaderValue {
+        let level = self.controller.level();
+        if level == Priority::LOWEST {
+            return ADMIT_ALL_VALUE.clone();
+        }
+        HeaderValue::try_from(level.to_string()).unwrap_or_else(|_| ADMIT_ALL_VALUE.clone())
+    }
+
+    #[cold]
+    fn window_closed(&self, report: &WindowReport) {
+        self.metrics.level.set(f64::from(report.level.index()));
+        self.metrics
+            .queuing
+            .set(report.average_queuing.as_secs_f64());
+        if report.level != report.previous {
+            tracing::debug!(
+                name = %self.name,
+                previous = %report.previous,
+                level = %report.level,
+                overloaded = report.overloaded,
+                average_queuing_ms = report.average_queuing.as_secs_f64() * 1e3,
+                arrivals = report.arrivals,
+                admitted = report.admitted,
+                "admission level changed"
+            );
+        }
+    }
+}
+
+/// DAGOR-style priority admission for an HTTP or gRPC server.
+///
+/// Each request's [`Priority`] (from its extensions, set by
+/// [`AssignPriorityLayer`](crate::AssignPriorityLayer) at the edge; or, with
+/// [`trust_inbound`](AdmissionBuilder::trust_inbound), from the
+/// [`PRIORITY_HEADER`] an upstream floodwall service sent) is admitted iff it
+/// is at or above the adaptive admission level of an
+/// [`AdmissionController`]; otherwise the call fails at once with a
+/// [`Prioritized`] rejection (HTTP 503 / gRPC `UNAVAILABLE`) and never
+/// reaches the inner service.
+///
+/// Every response carries the current level in
+/// [`ADMISSION_LEVEL_HEADER`] for collaborative clients
+/// ([`PriorityClientLayer`](crate::PriorityClientLayer)); rejections carry it
+/// too once `floodwall-http` or `floodwall-grpc` turns them into responses.
+/// The inner service runs with the request's priority as the task's
+/// [`current`](crate::current) priority, so its outbound calls inherit it.
+///
+/// # Clone
+/// The layer, and every service it builds, share one controller.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+/// use floodwall_core::Priority;
+/// use floodwall_priority::{AdmissionConfig, AdmissionLayer};
+/// use tower::{ServiceBuilder, ServiceExt, service_fn};
+///
+/// let layer = AdmissionLayer::new(AdmissionConfig::default())?;
+/// let handle = layer.handle();
+/// let service = ServiceBuilder::new().layer(layer).service(service_fn(|_req: http::Request<()>| async {
+///     Ok::<_, std::convert::Infallible>(http::Response::new(()))
+/// }));
+/// let mut req = http::Request::new(());
+/// req.extensions_mut().insert(Priority::new(2, 40)?);
+/// let res = service.oneshot(req).await?;
+/// assert_eq!(res.headers()["x-floodwall-admission-level"], "255-127");
+/// assert_eq!(handle.level(), Priority::LOWEST);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct AdmissionLayer {
+    shared: Arc<Shared>,
+}
+
+impl AdmissionLayer {
+    /// A layer with the default name, DAGOR mode, queuing measured at call.
+    ///
+    /// # Errors
+    /// As [`AdmissionConfig::validate`].
+    pub fn new(config: AdmissionConfig) -> Result<Self, ConfigError> {
+        Self::builder(config).build()
+    }
+
+    /// A builder for the other options.
+    pub fn builder(config: AdmissionConfig) -> AdmissionBuilder {
+        AdmissionBuilder {
+            config,
+            name: Arc::from(DEFAULT_NAME),
+            mode: Mode::Dagor,
+            queuing: Queuing::AtCall,
+            trust_inbound: false,
+            unprioritized: Priority::LOWEST,
+            criticality: Criticality::Critical,
+        }
+    }
+
+    /// A handle on the live controller.
+    pub fn handle(&self) -> AdmissionHandle {
+        AdmissionHandle {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl fmt::Debug for AdmissionLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AdmissionLayer")
+            .field("name", &self.shared.name)
+            .field("level", &self.shared.controller.level())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> Layer<S> for AdmissionLayer {
+    type Service = AdmissionService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        AdmissionService {
+            inner,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// Builds an [`AdmissionLayer`].
+#[derive(Debug)]
+pub struct AdmissionBuilder {
+    config: AdmissionConfig,
+    name: Arc<str>,
+    mode: Mode,
+    queuing: Queuing,
+    trust_inbound: bool,
+    unprioritized: Priority,
+    criticality: Criticality,
+}
+
+impl AdmissionBuilder {
+    /// The metric label. Default [`DEFAULT_NAME`].
+    pub fn name(mut self, name: impl Into<Arc<str>>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// DAGOR priorities (default) or criticality classes.
+    pub fn mode(mut self, mode: Mode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// Where queuing time is measured. Default [`Queuing::AtCall`].
+    pub fn queuing(mut self, queuing: Queuing) -> Self {
+        self.queuing = queuing;
+        self
+    }
+
+    /// Whether to believe the [`PRIORITY_HEADER`] of requests without a
+    /// [`Priority`] extension. Default `false`: turn it on for internal
+    /// services whose callers are floodwall services; never on a server
+    /// that untrusted clients reach directly.
+    pub fn trust_inbound(mut self, trust: bool) -> Self {
+        self.trust_inbound = trust;
+        self
+    }
+
+    /// The priority of requests that carry none. Default
+    /// [`Priority::LOWEST`]: unlabelled traffic is shed first.
+    pub fn unprioritized(mut self, priority: Priority) -> Self {
+        self.unprioritized = priority;
+        self
+    }
+
+    /// In criticality mode, the class of requests without a [`Criticality`]
+    /// extension. Default `Critical`.
+    pub fn default_criticality(mut self, class: Criticality) -> Self {
+        self.criticality = class;
+        self
+    }
+
+    /// The layer, its first window starting now. Metric handles for the
+    /// level register now; per-priority counters on first use.
+    ///
+    /// # Errors
+    /// As [`AdmissionConfig::validate`].
+    pub fn build(self) -> Result<AdmissionLayer, ConfigError> {
+        let controller = AdmissionController::new(&self.config, Instant::now())?;
+        let label = || (LABEL_NAME, self.name.to_string());
+        let metrics = Metrics {
+            admitted: [const { OnceLock::new() }; 256],
+            dropped: [const { OnceLock::new() }; 256],
+            level: metrics::gauge!(PRIORITY_LEVEL, &[label()]),
+            queuing: metrics::gauge!(PRIORITY_QUEUING_SECONDS, &[label()]),
+        };
+        metrics.level.set(f64::from(Priority::LOWEST.index()));
+        Ok(AdmissionLayer {
+            shared: Arc::new(Shared {
+                controller,
+                name: self.name,
+                mode: self.mode,
+                queuing: self.queuing,
+                trust_inbound: self.trust_inbound,
+                unprioritized: self.unprioritized,
+                criticality: self.criticality,
+                spread: AtomicU64::new(0),
+                metrics,
+            }),
+        })
+    }
+}
+
+/// Reads (and feeds) an [`AdmissionLayer`]'s controller.
+#[derive(Clone)]
+pub struct AdmissionHandle {
+    shared: Arc<Shared>,
+}
+
+impl AdmissionHandle {
+    /// The layer's name.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// The admission level now ([`Priority::LOWEST`] admits everything).
+    pub fn level(&self) -> Priority {
+        self.shared.controller.level()
+    }
+
+    /// The last closed window's report.
+    pub fn last_window(&self) -> Option<WindowReport> {
+        self.shared.controller.last_window()
+    }
+
+    /// Records one request's queuing time, for [`Queuing::Reported`]. (With
+    /// [`Queuing::AtCall`] the layer records its own and this adds to them.)
+    pub fn record_queuing(&self, queued: Duration) {
+        let now = Instant::now();
+        self.shared.controller.record_queuing(now, queued);
+    }
+
+    /// The controller itself.
+    pub fn controller(&self) -> &AdmissionController {
+        &self.shared.controller
+    }
+}
+
+impl fmt::Debug for AdmissionHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AdmissionHandle")
+            .field("name", &self.shared.name)
+            .field("level", &self.level())
+            .finish()
+    }
+}
+
+/// The service an [`AdmissionLayer`] builds.
+#[derive(Clone)]
+pub struct AdmissionService<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S> AdmissionService<S> {
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Consumes the layer, returning the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for AdmissionService<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AdmissionService")
+            .field("inner", &self.inner)
+            .field("name", &self.shared.name)
+            .finish()
+    }
+}
+
+impl<S, B, RB> Service<Request<B>> for AdmissionService<S>
+where
+    S: Service<Request<B>, Response = Response<RB>>,
+    S::Error: Into<BoxError>,
+{
+    type Response = Response<RB>;
+    type Error = BoxError;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    #[inline]
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let shared = &*self.shared;
+        let now = Instant::now();
+        let priority = shared.priority_of(&mut req);
+        if shared.trust_inbound
+            && let Some(drops) = req.headers().get(&DROPS)
+            && let Some(n) = drops.to_str().ok().and_then(|s| s.parse::<u32>().ok())
+        {
+            shared.controller.record_upstream_drops(u64::from(n));
+        }
+        if let Err(level) = shared.controller.admit(now, priority) {
+            shared.counter(&shared.metrics.dropped, PRIORITY_DROPPED, priority);
+            return ResponseFuture::rejected(Prioritized::new(priority, level, false));
+        }
+        shared.counter(&shared.metrics.admitted, PRIORITY_ADMITTED, priority);
+        if shared.queuing == Queuing::AtCall {
+            let queued = req
+                .extensions()
+                .get::<Arrival>()
+                .map_or(Duration::ZERO, |a| a.elapsed(now));
+            shared.controller.record_queuing(now, queued);
+        }
+        if let Some(report) = shared.controller.take_report() {
+            shared.window_closed(&report);
+        }
+        ResponseFuture {
+            state: State::Admitted {
+                fut: crate::scope::scope(priority, self.inner.call(req)),
+                shared: self.shared.clone(),
+            },
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of [`AdmissionService`].
+    pub struct ResponseFuture<F> {
+        #[pin]
+        state: State<F>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F> {
+        Admitted {
+            #[pin]
+            fut: TaskLocalFuture<Priority, F>,
+            shared: Arc<Shared>,
+        },
+        Rejected { rejection: Option<Prioritized> },
+    }
+}
+
+impl<F> ResponseFuture<F> {
+    fn rejected(rejection: Prioritized) -> Self {
+        Self {
+            state: State::Rejected {
+                rejection: Some(rejection),
+            },
+        }
+    }
+}
+
+impl<F, RB, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<RB>, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<Response<RB>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            StateProj::Admitted { fut, shared } => {
+                let mut res = ready!(fut.poll(cx)).map_err(Into::into)?;
+                res.headers_mut()
+                    .insert(LEVEL_HEADER.clone(), shared.level_value());
+                Poll::Ready(Ok(res))
+            }
+            StateProj::Rejected { rejection } => {
+                let rejection = rejection.take().expect("polled after completion");
+                Poll::Ready(Err(Rejected::boxed(rejection)))
+            }
+        }
+    }
+}
+
+impl<F> fmt::Debug for ResponseFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
