@@ -168,20 +168,27 @@ impl AdmissionController {
     }
 
     /// Counts an arrival of `priority` at `now` and decides it: `Err` carries
-    /// the level that refused it. Closes the window first if it is over.
+    /// the level that refused it. A window whose time is up closes before
+    /// the arrival is counted; the arrival that fills a window closes it
+    /// after being decided.
     ///
     /// # Errors
     /// The admission level in force, when `priority` is below it.
     #[inline]
     pub fn admit(&self, now: Instant, priority: Priority) -> Result<(), Priority> {
+        // A window that is over by time closes before this arrival, which
+        // belongs to the next one; the arrival that fills a window by count
+        // is its last.
+        if self.nanos(now) >= self.window_end.load(Relaxed) {
+            self.close(now, false);
+        }
         let index = priority.index();
         let level = self.level.load(Relaxed);
         let cell = usize::from(index);
         if self.histogram[cell].fetch_add(1, Relaxed) == 0 {
             self.touched[cell / 64].fetch_or(1 << (cell % 64), Relaxed);
         }
-        let arrived = self.arrivals.fetch_add(1, Relaxed) + 1;
-        if arrived >= self.window_requests || self.nanos(now) >= self.window_end.load(Relaxed) {
+        if self.arrivals.fetch_add(1, Relaxed) + 1 >= self.window_requests {
             self.close(now, false);
         }
         if index <= level {
@@ -535,5 +542,133 @@ mod tests {
         assert_eq!(report.average_queuing, Duration::from_millis(20));
         assert!(!report.overloaded, "exactly the threshold is not above it");
         assert_eq!(report.level, Priority::LOWEST);
+    }
+
+    /// The spec read literally, over every cell (no skipping): the
+    /// reference the sparse walk must match.
+    fn reference(cells: &[(u16, u32)], old: u16, overloaded: bool, alpha: f64, beta: f64) -> u16 {
+        let mut dense = vec![0u64; CELLS];
+        for &(c, n) in cells {
+            dense[usize::from(c)] += u64::from(n);
+        }
+        let n: u64 = dense.iter().sum();
+        let n_adm: u64 = dense[..=usize::from(old)].iter().sum();
+        let expected = if overloaded {
+            (1.0 - alpha) * n_adm as f64
+        } else {
+            n_adm as f64 + beta * n as f64
+        };
+        let mut cumulative = 0.0;
+        let mut level = ADMIT_ALL;
+        for (cell, &count) in dense.iter().enumerate() {
+            cumulative += count as f64;
+            if cumulative > expected {
+                level = (cell as u16).saturating_sub(1);
+                break;
+            }
+        }
+        if !overloaded && old < ADMIT_ALL {
+            if let Some(next) = (usize::from(old) + 1..CELLS).find(|&c| dense[c] > 0) {
+                level = level.max(next as u16);
+            }
+        }
+        level
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn sparse_walk_matches_the_reference(
+            raw in proptest::collection::btree_map(0u16..600, 1u32..500, 0..40),
+            old in 0u16..700,
+            overloaded: bool,
+        ) {
+            let cells: Vec<(u16, u32)> = raw.into_iter().collect();
+            let w = Window { cells: &cells, upstream_drops: 0, overloaded, least_seen: 600 };
+            let (got, stats) = w.next_level(old, 0.05, 0.01);
+            proptest::prop_assert_eq!(got, reference(&cells, old, overloaded, 0.05, 0.01));
+            proptest::prop_assert_eq!(stats.arrivals, cells.iter().map(|c| u64::from(c.1)).sum::<u64>());
+        }
+    }
+
+    #[test]
+    fn window_closes_by_count() {
+        let t0 = Instant::now();
+        let config = AdmissionConfig {
+            window_requests: 10,
+            ..Default::default()
+        };
+        let c = AdmissionController::new(&config, t0).unwrap();
+        for _ in 0..9 {
+            c.admit(t0, p(1, 1)).unwrap();
+        }
+        assert!(c.last_window().is_none(), "9 of 10 arrivals: still open");
+        c.admit(t0, p(1, 1)).unwrap();
+        let report = c.last_window().expect("the 10th arrival closes it");
+        assert_eq!(report.arrivals, 10);
+        assert_eq!(report.admitted, 10);
+        assert!(c.take_report().is_some());
+        assert!(c.take_report().is_none(), "a report is taken once");
+    }
+
+    #[test]
+    fn window_closes_by_time() {
+        let t0 = Instant::now();
+        let c = AdmissionController::new(&AdmissionConfig::default(), t0).unwrap();
+        let s = Duration::from_secs;
+        c.admit(t0, p(3, 3)).unwrap();
+        c.record_queuing(t0, Duration::from_millis(25));
+        assert!(c.poll_window(t0 + Duration::from_millis(999)).is_none());
+        // The next arrival after 1 s closes the window first, then is
+        // decided by the new level: overloaded, N_adm = 1, N_exp = 0.95, so
+        // the level stops just above the one busy cell.
+        assert_eq!(c.admit(t0 + s(1), p(3, 3)), Err(p(3, 2)));
+        let report = c.last_window().unwrap();
+        assert!(report.overloaded);
+        assert_eq!(
+            (report.arrivals, report.samples),
+            (1, 1),
+            "the late arrival is in the next window"
+        );
+        assert_eq!(report.average_queuing, Duration::from_millis(25));
+        // The new window runs 1 s from its start: not overloaded (no
+        // samples), the refused cell is admitted again by the progress rule.
+        assert!(
+            c.poll_window(t0 + s(1) + Duration::from_millis(999))
+                .is_none()
+        );
+        let report = c.poll_window(t0 + s(2)).unwrap();
+        assert!(!report.overloaded);
+        assert_eq!((report.arrivals, report.admitted), (1, 0));
+        assert_eq!(c.level(), p(3, 3));
+    }
+
+    #[test]
+    fn concurrent_arrivals_are_all_counted() {
+        let t0 = Instant::now();
+        let config = AdmissionConfig {
+            window: Duration::from_secs(3600),
+            window_requests: AdmissionConfig::MAX_WINDOW_REQUESTS,
+            ..Default::default()
+        };
+        let c = std::sync::Arc::new(AdmissionController::new(&config, t0).unwrap());
+        let threads: Vec<_> = (0..4u8)
+            .map(|t| {
+                let c = c.clone();
+                std::thread::spawn(move || {
+                    for i in 0..50_000u32 {
+                        let user = ((i * 7 + u32::from(t)) % 128) as u8;
+                        c.admit(t0, p(t, user)).unwrap();
+                        c.record_queuing(t0, Duration::from_micros(u64::from(i % 3)));
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let report = c.poll_window(t0 + Duration::from_secs(3600)).unwrap();
+        assert_eq!(report.arrivals, 200_000);
+        assert_eq!(report.samples, 200_000);
+        assert_eq!(report.admitted, 200_000);
     }
 }
