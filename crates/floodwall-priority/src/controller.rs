@@ -567,10 +567,11 @@ mod tests {
                 break;
             }
         }
-        if !overloaded && old < ADMIT_ALL {
-            if let Some(next) = (usize::from(old) + 1..CELLS).find(|&c| dense[c] > 0) {
-                level = level.max(next as u16);
-            }
+        if !overloaded
+            && old < ADMIT_ALL
+            && let Some(next) = (usize::from(old) + 1..CELLS).find(|&c| dense[c] > 0)
+        {
+            level = level.max(next as u16);
         }
         level
     }
