@@ -344,3 +344,29 @@ async fn futures_poll_once<F: std::future::Future + ?Sized>(fut: std::pin::Pin<&
     })
     .await
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_sojourn_hook_hears_every_served_request() {
+    let heard = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let layer = CodelLayer::builder(CodelConfig::with_workers(1))
+        .timing(FromExtensions)
+        .on_sojourn({
+            let heard = heard.clone();
+            move |d| heard.lock().push(d)
+        })
+        .build()
+        .unwrap();
+    let svc = layer.layer(sleeper(Arc::new(AtomicUsize::new(0))));
+    // Served at once: reports its time since arrival (3 ms in outer layers).
+    let mut req = http::Request::new(4);
+    req.extensions_mut()
+        .insert(floodwall_core::Arrival::new(Instant::now()));
+    tokio::time::advance(ms(3)).await;
+    let first = tokio::spawn(svc.clone().oneshot(req));
+    tokio::task::yield_now().await;
+    // Queued behind it for the 4 ms it runs: reports the wait.
+    let second = tokio::spawn(svc.clone().oneshot(http::Request::new(1)));
+    first.await.unwrap().unwrap();
+    second.await.unwrap().unwrap();
+    assert_eq!(*heard.lock(), [ms(3), ms(4)]);
+}

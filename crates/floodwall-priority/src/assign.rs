@@ -9,7 +9,6 @@ use floodwall_core::wire::{PRIORITY_HEADER, UPSTREAM_DROPS_HEADER};
 use floodwall_core::{ConfigError, Priority};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Extensions, Request};
-use tokio::task::futures::TaskLocalFuture;
 use tokio::time::Instant;
 use tower_layer::Layer;
 use tower_service::Service;
@@ -349,7 +348,7 @@ where
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = TaskLocalFuture<Priority, S::Future>;
+    type Future = crate::scope::Scoped<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)

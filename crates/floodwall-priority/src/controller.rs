@@ -167,15 +167,15 @@ impl AdmissionController {
         priority.index() <= self.level.load(Relaxed)
     }
 
-    /// Counts an arrival of `priority` at `now` and decides it: `Err` carries
-    /// the level that refused it. A window whose time is up closes before
+    /// Counts an arrival of `priority` at `now` and decides it against the
+    /// level in force, which either variant carries. A window whose time is up closes before
     /// the arrival is counted; the arrival that fills a window closes it
     /// after being decided.
     ///
     /// # Errors
     /// The admission level in force, when `priority` is below it.
     #[inline]
-    pub fn admit(&self, now: Instant, priority: Priority) -> Result<(), Priority> {
+    pub fn admit(&self, now: Instant, priority: Priority) -> Result<Priority, Priority> {
         // A window that is over by time closes before this arrival, which
         // belongs to the next one; the arrival that fills a window by count
         // is its last.
@@ -192,7 +192,7 @@ impl AdmissionController {
             self.close(now, false);
         }
         if index <= level {
-            Ok(())
+            Ok(Priority::from_index(level))
         } else {
             Err(Priority::from_index(level))
         }

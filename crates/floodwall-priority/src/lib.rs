@@ -61,7 +61,7 @@ pub use config::{AdmissionConfig, ConfigError};
 pub use controller::{AdmissionController, WindowReport};
 pub use error::Prioritized;
 pub use floodwall_core::Priority;
-pub use scope::{current, scope};
+pub use scope::{Scoped, current, scope};
 pub use server::{
     AdmissionBuilder, AdmissionHandle, AdmissionLayer, AdmissionService, DEFAULT_NAME, Mode,
     Queuing, ResponseFuture,

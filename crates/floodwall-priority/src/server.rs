@@ -16,7 +16,6 @@ use http::header::{HeaderName, HeaderValue};
 use http::{Request, Response};
 use metrics::{Counter, Gauge};
 use pin_project_lite::pin_project;
-use tokio::task::futures::TaskLocalFuture;
 use tokio::time::Instant;
 use tower_layer::Layer;
 use tower_service::Service;
@@ -144,14 +143,6 @@ impl Shared {
         }
     }
 
-    fn level_value(&self) -> HeaderValue {
-        let level = self.controller.level();
-        if level == Priority::LOWEST {
-            return ADMIT_ALL_VALUE.clone();
-        }
-        HeaderValue::try_from(level.to_string()).unwrap_or_else(|_| ADMIT_ALL_VALUE.clone())
-    }
-
     #[cold]
     fn window_closed(&self, report: &WindowReport) {
         self.metrics.level.set(f64::from(report.level.index()));
@@ -184,8 +175,8 @@ impl Shared {
 /// [`Prioritized`] rejection (HTTP 503 / gRPC `UNAVAILABLE`) and never
 /// reaches the inner service.
 ///
-/// Every response carries the current level in
-/// [`ADMISSION_LEVEL_HEADER`] for collaborative clients
+/// Every response carries the level in force when its request was admitted
+/// in [`ADMISSION_LEVEL_HEADER`] for collaborative clients
 /// ([`PriorityClientLayer`](crate::PriorityClientLayer)); rejections carry it
 /// too once `floodwall-http` or `floodwall-grpc` turns them into responses.
 /// The inner service runs with the request's priority as the task's
@@ -455,10 +446,13 @@ where
         {
             shared.controller.record_upstream_drops(u64::from(n));
         }
-        if let Err(level) = shared.controller.admit(now, priority) {
-            shared.counter(&shared.metrics.dropped, PRIORITY_DROPPED, priority);
-            return ResponseFuture::rejected(Prioritized::new(priority, level, false));
-        }
+        let level = match shared.controller.admit(now, priority) {
+            Ok(level) => level,
+            Err(level) => {
+                shared.counter(&shared.metrics.dropped, PRIORITY_DROPPED, priority);
+                return ResponseFuture::rejected(Prioritized::new(priority, level, false));
+            }
+        };
         shared.counter(&shared.metrics.admitted, PRIORITY_ADMITTED, priority);
         if shared.queuing == Queuing::AtCall {
             let queued = req
@@ -473,7 +467,7 @@ where
         ResponseFuture {
             state: State::Admitted {
                 fut: crate::scope::scope(priority, self.inner.call(req)),
-                shared: self.shared.clone(),
+                level,
             },
         }
     }
@@ -492,11 +486,19 @@ pin_project! {
     enum State<F> {
         Admitted {
             #[pin]
-            fut: TaskLocalFuture<Priority, F>,
-            shared: Arc<Shared>,
+            fut: crate::scope::Scoped<F>,
+            level: Priority,
         },
         Rejected { rejection: Option<Prioritized> },
     }
+}
+
+/// The wire form of `level`; static for "admit all", the common case.
+fn level_value(level: Priority) -> HeaderValue {
+    if level == Priority::LOWEST {
+        return ADMIT_ALL_VALUE.clone();
+    }
+    HeaderValue::try_from(level.to_string()).unwrap_or_else(|_| ADMIT_ALL_VALUE.clone())
 }
 
 impl<F> ResponseFuture<F> {
@@ -518,10 +520,10 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().state.project() {
-            StateProj::Admitted { fut, shared } => {
+            StateProj::Admitted { fut, level } => {
                 let mut res = ready!(fut.poll(cx)).map_err(Into::into)?;
                 res.headers_mut()
-                    .insert(LEVEL_HEADER.clone(), shared.level_value());
+                    .insert(LEVEL_HEADER.clone(), level_value(*level));
                 Poll::Ready(Ok(res))
             }
             StateProj::Rejected { rejection } => {

@@ -435,3 +435,30 @@ async fn the_edge_assigns_and_strips() {
         .unwrap();
     assert_eq!(prio.business(), 2);
 }
+
+#[cfg(feature = "serde")]
+#[test]
+fn configs_deserialize_in_human_form() {
+    let config: AdmissionConfig = serde_json::from_str(
+        r#"{"window": "500ms", "window_requests": 1000, "threshold": "15ms", "alpha": 0.1}"#,
+    )
+    .unwrap();
+    assert_eq!(config.window, Duration::from_millis(500));
+    assert_eq!(config.threshold, Duration::from_millis(15));
+    assert_eq!(
+        (config.window_requests, config.alpha, config.beta),
+        (1000, 0.1, 0.01)
+    );
+    assert!(serde_json::from_str::<AdmissionConfig>(r#"{"windw": "1s"}"#).is_err());
+    let assign: AssignConfig = serde_json::from_str(
+        r#"{"business": {"default": 5, "routes": {"/pay": 0}, "prefixes": [["/room.Room/", 2]]},
+            "user_header": "x-user-id", "rotation": "30m"}"#,
+    )
+    .unwrap();
+    assert_eq!(assign.business.lookup("/pay"), 0);
+    assert_eq!(assign.business.lookup("/room.Room/Join"), 2);
+    assert_eq!(assign.rotation, Duration::from_secs(1800));
+    let client: ClientConfig = serde_json::from_str(r#"{"level_ttl": "250ms"}"#).unwrap();
+    assert!(client.collaborative);
+    assert_eq!(client.level_ttl, Duration::from_millis(250));
+}

@@ -12,14 +12,14 @@
 //! | `breaker` | `breaker` | circuit breaker: count and time windows, failure and slow-call rates, half-open probes, ramp |
 //! | `deadline` | `deadline` | deadline propagation: `grpc-timeout` and an HTTP header, server enforcement, task-scoped deadlines for outbound calls |
 //! | `codel` | `codel` | server admission queue: worker limit, Fail-at-Scale timeouts or RFC 8289 CoDel, adaptive LIFO, deadline-aware drops |
+//! | `priority` | `priority` | DAGOR priority admission: edge assignment, adaptive admission level, collaborative clients, criticality mode |
 //! | `ratelimit` | any rate limiter | the Tower adapter and bounded keyed map the rate limiters share |
 //! | `http` | `http` | rejections as HTTP 429/503/504 with `Retry-After` and `RateLimit` fields |
 //! | `grpc` | `grpc` | rejections as `tonic::Status` with `grpc-retry-pushback-ms` |
 //!
 //! `full` enables everything, `serde` the configuration types'
-//! `Deserialize`. The CoDel queue,
-//! deadline propagation and priority admission are planned (see the README's
-//! layer table).
+//! `Deserialize`. The distributed Redis limiter and adaptive concurrency
+//! limits are planned (see the README's layer table).
 //!
 //! # Example
 //!
@@ -91,6 +91,10 @@ pub use floodwall_codel as codel;
 #[cfg(feature = "deadline")]
 #[cfg_attr(docsrs, doc(cfg(feature = "deadline")))]
 pub use floodwall_deadline as deadline;
+
+#[cfg(feature = "priority")]
+#[cfg_attr(docsrs, doc(cfg(feature = "priority")))]
+pub use floodwall_priority as priority;
 
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
