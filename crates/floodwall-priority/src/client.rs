@@ -278,6 +278,8 @@ where
                     };
                 }
             }
+            // Only this client's own count may go downstream.
+            req.headers_mut().remove(&DROPS);
             if shared.unreported.load(Relaxed) > 0 {
                 let n = shared.unreported.swap(0, Relaxed);
                 let n = u32::try_from(n).unwrap_or(u32::MAX);

@@ -49,8 +49,8 @@ const SAMPLE_SOFT_CAP: u64 = 1 << 19;
 /// - **Upstream drops.** Requests that collaborative clients dropped locally
 ///   for this server ([`record_upstream_drops`](Self::record_upstream_drops))
 ///   count as arrivals; their cells are unknown, so they are spread evenly
-///   over the cells between the level and the least important cell seen so
-///   far. Without this, a server whose clients filter perfectly would see no
+///   over the cells between the level and the cell where 99.9 % of the
+///   arrivals of the last window that refused nothing ended. Without this, a server whose clients filter perfectly would see no
 ///   refused arrivals and jump back to admitting everything.
 ///
 /// All methods take `&self`: the per-request path is a few relaxed atomic
@@ -180,7 +180,7 @@ impl AdmissionController {
         // belongs to the next one; the arrival that fills a window by count
         // is its last.
         if self.nanos(now) >= self.window_end.load(Relaxed) {
-            self.close(now, false);
+            self.close(now);
         }
         let index = priority.index();
         let level = self.level.load(Relaxed);
@@ -189,7 +189,7 @@ impl AdmissionController {
             self.touched[cell / 64].fetch_or(1 << (cell % 64), Relaxed);
         }
         if self.arrivals.fetch_add(1, Relaxed) + 1 >= self.window_requests {
-            self.close(now, false);
+            self.close(now);
         }
         if index <= level {
             Ok(Priority::from_index(level))
@@ -205,7 +205,7 @@ impl AdmissionController {
         let us = micros(queued).min(MAX_SAMPLE_US);
         let before = self.samples.fetch_add((1 << SAMPLE_SHIFT) | us, Relaxed);
         if before >> SAMPLE_SHIFT >= SAMPLE_SOFT_CAP {
-            self.close(now, true);
+            self.close(now);
         }
     }
 
@@ -219,7 +219,7 @@ impl AdmissionController {
     /// otherwise. Arrivals do this themselves; call it to close a window
     /// during a lull.
     pub fn poll_window(&self, now: Instant) -> Option<WindowReport> {
-        self.close(now, false)
+        self.close(now)
     }
 
     /// The report of the last closed window, if any.
@@ -242,13 +242,14 @@ impl AdmissionController {
     }
 
     #[cold]
-    fn close(&self, now: Instant, force: bool) -> Option<WindowReport> {
+    fn close(&self, now: Instant) -> Option<WindowReport> {
         // Whoever holds the lock is closing this window already.
         let mut closing = self.closing.try_lock()?;
         let t = self.nanos(now);
         let due = self.arrivals.load(Relaxed) >= self.window_requests
-            || t >= self.window_end.load(Relaxed);
-        if !due && !force {
+            || t >= self.window_end.load(Relaxed)
+            || self.samples.load(Relaxed) >> SAMPLE_SHIFT >= SAMPLE_SOFT_CAP;
+        if !due {
             return None;
         }
         self.window_end
@@ -273,8 +274,20 @@ impl AdmissionController {
                 }
             }
         }
-        if let Some(&(cell, _)) = cells.last() {
-            *least_seen = (*least_seen).max(cell);
+        let previous = self.level.load(Relaxed);
+        if previous == ADMIT_ALL {
+            // Nothing was refused, so the histogram shows the whole range of
+            // priorities: remember where 99.9 % of it ends (a stray request
+            // at the very bottom must not stretch the range).
+            let total: u64 = cells.iter().map(|&(_, n)| u64::from(n)).sum();
+            let mut cumulative = 0;
+            for &(cell, n) in cells.iter() {
+                cumulative += u64::from(n);
+                if cumulative * 1000 >= total * 999 {
+                    *least_seen = cell;
+                    break;
+                }
+            }
         }
         let count = samples >> SAMPLE_SHIFT;
         let average_us = (samples & SUM_MASK).checked_div(count).unwrap_or(0);
@@ -284,7 +297,6 @@ impl AdmissionController {
             overloaded: average_us > self.threshold_us,
             least_seen: *least_seen,
         };
-        let previous = self.level.load(Relaxed);
         let (level, stats) = window.next_level(previous, self.alpha, self.beta);
         self.level.store(level, Relaxed);
         let report = WindowReport {

@@ -10,6 +10,7 @@ pub struct Prioritized {
     priority: Priority,
     level: Priority,
     local: bool,
+    advertise: bool,
 }
 
 impl Prioritized {
@@ -20,7 +21,16 @@ impl Prioritized {
             priority,
             level,
             local,
+            advertise: !local,
         }
+    }
+
+    /// The same refusal, but its level is not sent back to the caller (in
+    /// criticality mode the level is on the class scale, which DAGOR
+    /// clients would misread).
+    pub(crate) const fn unadvertised(mut self) -> Self {
+        self.advertise = false;
+        self
     }
 
     /// The request's priority.
@@ -64,7 +74,10 @@ impl Rejection for Prioritized {
         RejectKind::Prioritized
     }
 
+    /// The server's level, for refusals by this server. `None` for local
+    /// drops (the level is the downstream's, not this server's) and in
+    /// criticality mode.
     fn admission_level(&self) -> Option<Priority> {
-        Some(self.level)
+        self.advertise.then_some(self.level)
     }
 }

@@ -25,7 +25,19 @@ pub fn current() -> Option<Priority> {
 /// inner service's future; use it for work spawned off the request's task
 /// (`tokio::spawn(scope(p, fut))`).
 pub fn scope<F: Future>(priority: Priority, fut: F) -> Scoped<F> {
-    Scoped { fut, priority }
+    Scoped {
+        fut,
+        priority: Some(priority),
+    }
+}
+
+/// `fut` with no priority of its own: polled as is, leaving any outer
+/// scope's priority in place.
+pub(crate) fn unscoped<F: Future>(fut: F) -> Scoped<F> {
+    Scoped {
+        fut,
+        priority: None,
+    }
 }
 
 pin_project! {
@@ -33,7 +45,7 @@ pin_project! {
     pub struct Scoped<F> {
         #[pin]
         fut: F,
-        priority: Priority,
+        priority: Option<Priority>,
     }
 }
 
@@ -52,7 +64,10 @@ impl<F: Future> Future for Scoped<F> {
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let _restore = Restore(CURRENT.with(|c| c.replace(Some(*this.priority))));
+        let Some(priority) = *this.priority else {
+            return this.fut.poll(cx);
+        };
+        let _restore = Restore(CURRENT.with(|c| c.replace(Some(priority))));
         this.fut.poll(cx)
     }
 }

@@ -45,7 +45,9 @@ pub enum Mode {
     /// higher one. Within a class, the user part of the request's
     /// [`Priority`] orders requests if it has one; otherwise requests are
     /// spread evenly over the 128 user values, so the level can shed part
-    /// of a class.
+    /// of a class. Responses and rejections carry no admission level in
+    /// this mode (it is on the class scale, which DAGOR clients would
+    /// misread), and the handler runs with the request's own priority.
     Criticality,
 }
 
@@ -441,16 +443,26 @@ where
         let now = Instant::now();
         let priority = shared.priority_of(&mut req);
         if shared.trust_inbound
-            && let Some(drops) = req.headers().get(&DROPS)
+            && let Some(drops) = req.headers_mut().remove(&DROPS)
             && let Some(n) = drops.to_str().ok().and_then(|s| s.parse::<u32>().ok())
         {
             shared.controller.record_upstream_drops(u64::from(n));
         }
-        let level = match shared.controller.admit(now, priority) {
+        let decision = shared.controller.admit(now, priority);
+        if let Some(report) = shared.controller.take_report() {
+            shared.window_closed(&report);
+        }
+        let dagor = shared.mode == Mode::Dagor;
+        let level = match decision {
             Ok(level) => level,
             Err(level) => {
                 shared.counter(&shared.metrics.dropped, PRIORITY_DROPPED, priority);
-                return ResponseFuture::rejected(Prioritized::new(priority, level, false));
+                let rejection = Prioritized::new(priority, level, false);
+                return ResponseFuture::rejected(if dagor {
+                    rejection
+                } else {
+                    rejection.unadvertised()
+                });
             }
         };
         shared.counter(&shared.metrics.admitted, PRIORITY_ADMITTED, priority);
@@ -461,14 +473,25 @@ where
                 .map_or(Duration::ZERO, |a| a.elapsed(now));
             shared.controller.record_queuing(now, queued);
         }
-        if let Some(report) = shared.controller.take_report() {
-            shared.window_closed(&report);
-        }
+        // In criticality mode the priority above is made up: the handler
+        // keeps the request's own (if any), and no class-scale level is
+        // advertised to DAGOR clients.
+        let (fut, level) = if dagor {
+            (
+                crate::scope::scope(priority, self.inner.call(req)),
+                Some(level),
+            )
+        } else {
+            let own = req.extensions().get::<Priority>().copied();
+            let fut = self.inner.call(req);
+            let fut = match own {
+                Some(p) => crate::scope::scope(p, fut),
+                None => crate::scope::unscoped(fut),
+            };
+            (fut, None)
+        };
         ResponseFuture {
-            state: State::Admitted {
-                fut: crate::scope::scope(priority, self.inner.call(req)),
-                level,
-            },
+            state: State::Admitted { fut, level },
         }
     }
 }
@@ -487,7 +510,7 @@ pin_project! {
         Admitted {
             #[pin]
             fut: crate::scope::Scoped<F>,
-            level: Priority,
+            level: Option<Priority>,
         },
         Rejected { rejection: Option<Prioritized> },
     }
@@ -522,8 +545,10 @@ where
         match self.project().state.project() {
             StateProj::Admitted { fut, level } => {
                 let mut res = ready!(fut.poll(cx)).map_err(Into::into)?;
-                res.headers_mut()
-                    .insert(LEVEL_HEADER.clone(), level_value(*level));
+                if let Some(level) = *level {
+                    res.headers_mut()
+                        .insert(LEVEL_HEADER.clone(), level_value(level));
+                }
                 Poll::Ready(Ok(res))
             }
             StateProj::Rejected { rejection } => {

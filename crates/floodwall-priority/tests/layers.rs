@@ -210,6 +210,25 @@ async fn criticality_mode_sheds_lower_classes_first() {
             outcomes[i % 2] += 1;
         }
     }
+    let mut refused = None;
+    for _ in 0..50 {
+        let mut req = request(None, None);
+        req.extensions_mut().insert(Criticality::Sheddable);
+        if let Err(e) = svc.ready().await.unwrap().call(req).await {
+            refused = Some(e);
+            break;
+        }
+    }
+    let refused = refused.expect("some Sheddable request refused");
+    assert_eq!(
+        Rejected::find(&*refused).unwrap().admission_level(),
+        None,
+        "class-scale levels are not advertised"
+    );
+    let mut req = request(None, None);
+    req.extensions_mut().insert(Criticality::Critical);
+    let res = svc.ready().await.unwrap().call(req).await.unwrap();
+    assert!(res.headers().get("x-floodwall-admission-level").is_none());
     assert_eq!(outcomes[0], 100, "every Critical request admitted");
     assert!(
         outcomes[1] < 100,
@@ -284,7 +303,13 @@ async fn client_propagates_and_drops_collaboratively() {
             .call(request(Some(p(3, 0)), None))
             .await
             .unwrap_err();
-        let prioritized = *Rejected::find(&*err).unwrap().get::<Prioritized>().unwrap();
+        let rejected = Rejected::find(&*err).unwrap();
+        assert_eq!(
+            rejected.admission_level(),
+            None,
+            "the downstream's level is not ours to send"
+        );
+        let prioritized = *rejected.get::<Prioritized>().unwrap();
         assert!(prioritized.is_local());
         assert_eq!(prioritized.level(), p(2, 10));
     }
@@ -300,6 +325,14 @@ async fn client_propagates_and_drops_collaboratively() {
         .unwrap();
     assert_eq!(seen.lock()[1], (Some("0-0".into()), Some("2".into())));
     assert_eq!(layer.level(), Priority::LOWEST);
+    // A drop count already on a request (forwarded by a proxy) is not ours.
+    let mut forwarded = request(Some(p(0, 0)), None);
+    forwarded
+        .headers_mut()
+        .insert("x-floodwall-upstream-drops", "99".parse().unwrap());
+    client.ready().await.unwrap().call(forwarded).await.unwrap();
+    assert_eq!(seen.lock()[2], (Some("0-0".into()), None));
+    seen.lock().remove(2);
     // A restrictive level expires after its TTL: requests go out again.
     *level.lock() = "0-5".into();
     client
