@@ -215,6 +215,41 @@ impl Priority {
         Ok(Self { business, user })
     }
 
+    /// The wire form (`business-user`) as a header value, built without
+    /// formatting machinery (one allocation, for the value itself).
+    ///
+    /// ```
+    /// use floodwall_core::Priority;
+    ///
+    /// assert_eq!(Priority::new(3, 87)?.header_value(), "3-87");
+    /// assert_eq!(Priority::LOWEST.header_value(), "255-127");
+    /// # Ok::<(), floodwall_core::InvalidPriority>(())
+    /// ```
+    pub fn header_value(self) -> http::HeaderValue {
+        fn push(buf: &mut [u8; 7], len: &mut usize, n: u8) {
+            let digits = [n / 100, n / 10 % 10, n % 10];
+            let skip = if n >= 100 {
+                0
+            } else if n >= 10 {
+                1
+            } else {
+                2
+            };
+            for &d in &digits[skip..] {
+                buf[*len] = b'0' + d;
+                *len += 1;
+            }
+        }
+        let mut buf = [0u8; 7];
+        let mut len = 0;
+        push(&mut buf, &mut len, self.business);
+        buf[len] = b'-';
+        len += 1;
+        push(&mut buf, &mut len, self.user);
+        http::HeaderValue::from_bytes(&buf[..len])
+            .expect("digits and a dash are a valid header value")
+    }
+
     /// The priority's position in the compound order, `business * 128 +
     /// user`: 0 for [`HIGHEST`](Self::HIGHEST), 32767 for
     /// [`LOWEST`](Self::LOWEST).
@@ -367,6 +402,10 @@ mod tests {
         assert_eq!(Priority::LOWEST.index(), 32767);
         assert_eq!(Priority::from_index(u16::MAX), Priority::LOWEST);
         assert_eq!(Priority::LOWEST.to_string(), "255-127");
+        for index in [0u16, 9, 10, 99, 100, 127, 128, 1290, 12_800, 32_767] {
+            let p = Priority::from_index(index);
+            assert_eq!(p.header_value(), p.to_string().as_str());
+        }
         let err = Priority::new(0, 128).unwrap_err();
         assert_eq!(err.to_string(), "user priority 128 is out of range 0..=127");
     }

@@ -108,10 +108,8 @@ pub fn response_for<B: Default>(rejection: &Rejected) -> Response<B> {
 /// `RateLimit`; for priority admission, the server's admission level
 /// ([`floodwall_core::wire::ADMISSION_LEVEL_HEADER`]).
 pub fn insert_headers(rejection: &Rejected, headers: &mut HeaderMap) {
-    if let Some(level) = rejection.admission_level()
-        && let Ok(v) = HeaderValue::try_from(level.to_string())
-    {
-        headers.insert(ADMISSION_LEVEL.clone(), v);
+    if let Some(level) = rejection.admission_level() {
+        headers.insert(ADMISSION_LEVEL.clone(), level.header_value());
     }
     let retry_after = if rejection.is_permanent() {
         None

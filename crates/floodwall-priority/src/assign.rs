@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use floodwall_core::wire::{PRIORITY_HEADER, UPSTREAM_DROPS_HEADER};
 use floodwall_core::{ConfigError, Priority};
-use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::header::{HeaderMap, HeaderName};
 use http::{Extensions, Request};
 use tokio::time::Instant;
 use tower_layer::Layer;
@@ -357,9 +357,8 @@ where
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let priority = self.assigner.assign(&req);
         req.extensions_mut().insert(priority);
-        if let Ok(v) = HeaderValue::try_from(priority.to_string()) {
-            req.headers_mut().insert(PRIORITY.clone(), v);
-        }
+        req.headers_mut()
+            .insert(PRIORITY.clone(), priority.header_value());
         req.headers_mut().remove(&DROPS);
         crate::scope::scope(priority, self.inner.call(req))
     }

@@ -254,10 +254,8 @@ where
             .get::<Priority>()
             .copied()
             .or_else(crate::scope::current);
-        if let Some(p) = priority
-            && let Ok(v) = HeaderValue::try_from(p.to_string())
-        {
-            req.headers_mut().insert(PRIORITY.clone(), v);
+        if let Some(p) = priority {
+            req.headers_mut().insert(PRIORITY.clone(), p.header_value());
         }
         if shared.config.collaborative {
             let level = shared.level.load(Relaxed);

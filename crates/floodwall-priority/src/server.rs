@@ -521,7 +521,7 @@ fn level_value(level: Priority) -> HeaderValue {
     if level == Priority::LOWEST {
         return ADMIT_ALL_VALUE.clone();
     }
-    HeaderValue::try_from(level.to_string()).unwrap_or_else(|_| ADMIT_ALL_VALUE.clone())
+    level.header_value()
 }
 
 impl<F> ResponseFuture<F> {
