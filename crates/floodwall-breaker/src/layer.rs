@@ -84,7 +84,10 @@ struct Shared<C> {
 /// default: `Ok` succeeds, `Err` fails; `floodwall_core::HttpClassifier`
 /// counts 5xx, `GrpcClassifier` server-fault codes); a response future
 /// dropped before it finishes gives its permit back (a half-open probe
-/// frees its slot) and decides nothing.
+/// frees its slot) and decides nothing, and so does a call that a floodwall
+/// layer below refused before it reached the dependency (any [`Rejected`]
+/// error except `DeadlineExceeded`): a throttle or a shedding queue under
+/// the breaker never opens it.
 ///
 /// # Clone
 /// The breaker lives in an `Arc`: every service built from one layer value,
@@ -507,8 +510,24 @@ where
         match self.project().state.project() {
             StateProj::Called { fut, guard } => {
                 let result = ready!(fut.poll(cx)).map_err(Into::into);
-                let outcome = guard.shared.classify.classify(result.as_ref());
-                guard.finish(outcome);
+                if let Err(e) = &result
+                    && Rejected::find(&**e)
+                        .is_some_and(|r| r.kind() != RejectKind::DeadlineExceeded)
+                {
+                    // Refused by a floodwall layer below (throttled, shed,
+                    // dropped by priority, rate limited, another breaker):
+                    // the call never reached the dependency, so it says
+                    // nothing about its health. The permit goes back
+                    // undecided. A deadline that ran out still counts: it
+                    // may have run out waiting for the dependency.
+                    if let Some(permit) = guard.permit.take() {
+                        guard.shared.breaker.on_cancel(permit);
+                    }
+                    guard.shared.cancelled.increment(1);
+                } else {
+                    let outcome = guard.shared.classify.classify(result.as_ref());
+                    guard.finish(outcome);
+                }
                 Poll::Ready(result)
             }
             StateProj::Refused { error } => {

@@ -208,3 +208,62 @@ async fn without_slow_call_timing_the_open_state_still_lasts_its_duration() {
         "open for its full duration from the trip"
     );
 }
+
+/// A floodwall refusal made below the breaker (a throttle, say).
+#[derive(Debug)]
+struct Refusal(RejectKind);
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "refused below: {}", self.0.as_str())
+    }
+}
+
+impl std::error::Error for Refusal {}
+
+impl floodwall_core::Rejection for Refusal {
+    fn kind(&self) -> RejectKind {
+        self.0
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn refusals_from_layers_below_are_not_failures_but_deadlines_are() {
+    let layer = BreakerLayer::builder(small()).build().unwrap();
+    let handle = layer.handle();
+    for kind in [
+        RejectKind::Throttled,
+        RejectKind::Overloaded,
+        RejectKind::Prioritized,
+        RejectKind::RateLimited,
+        RejectKind::CircuitOpen,
+    ] {
+        let svc = layer.layer(service_fn(move |_: ()| async move {
+            Err::<(), BoxError>(Rejected::boxed(Refusal(kind)))
+        }));
+        for _ in 0..10 {
+            let err = svc.clone().oneshot(()).await.unwrap_err();
+            // The refusal passes through unchanged.
+            assert_eq!(Rejected::find(&*err).unwrap().kind(), kind);
+        }
+    }
+    assert_eq!(
+        handle.state(),
+        State::Closed,
+        "50 refusals from below opened it"
+    );
+    assert_eq!(
+        handle.counts().calls,
+        0,
+        "refusals from below were recorded"
+    );
+    // A deadline that ran out below may have run out waiting for the
+    // dependency: it counts as a failure.
+    let svc = layer.layer(service_fn(|_: ()| async {
+        Err::<(), BoxError>(Rejected::boxed(Refusal(RejectKind::DeadlineExceeded)))
+    }));
+    for _ in 0..4 {
+        svc.clone().oneshot(()).await.unwrap_err();
+    }
+    assert_eq!(handle.state(), State::Open);
+}

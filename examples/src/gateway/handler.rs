@@ -1,0 +1,458 @@
+//! The route handlers: room calls, the aggregated enter-room page, and the
+//! plain reverse proxy.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use floodwall::core::{BoxError, Deadline, Priority, Rejected};
+use http::{HeaderMap, HeaderName, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+use tonic::Code;
+use tower::{Service, ServiceExt};
+
+use super::config::HandlerKind;
+use super::upstream::{GrpcUpstream, HttpUpstream, Upstream};
+use super::{Body, GatewayResponder, json, refusal};
+use crate::proto::{BatchGetRoomsRequest, EnterRoomRequest, GetRoomRequest, RoomInfo};
+use floodwall::http::Respond;
+
+/// Largest request body the proxy forwards.
+const MAX_BODY: usize = 1 << 20;
+
+/// The innermost service of a route.
+#[derive(Clone)]
+pub(super) struct RouteHandler {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    kind: HandlerKind,
+    primary: Upstream,
+    overflow: Option<(Arc<floodwall::token_bucket::TokenBucket>, Upstream)>,
+    optional: Vec<(String, HttpUpstream)>,
+    user_header: String,
+}
+
+impl RouteHandler {
+    pub(super) fn new(
+        kind: HandlerKind,
+        primary: Upstream,
+        overflow: Option<(Arc<floodwall::token_bucket::TokenBucket>, Upstream)>,
+        optional: Vec<(String, HttpUpstream)>,
+        user_header: String,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                kind,
+                primary,
+                overflow,
+                optional,
+                user_header,
+            }),
+        }
+    }
+}
+
+impl Service<Request<Incoming>> for RouteHandler {
+    type Response = Response<Body>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+        let inner = self.inner.clone();
+        Box::pin(async move { Ok(inner.handle(req).await) })
+    }
+}
+
+/// The query parameter `name`, if present.
+fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
+    query?
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+fn fields_of(query: Option<&str>) -> Vec<String> {
+    query_param(query, "fields")
+        .map(|f| {
+            f.split(',')
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn mask(fields: &[String]) -> Option<prost_types::FieldMask> {
+    (!fields.is_empty()).then(|| prost_types::FieldMask {
+        paths: fields.to_vec(),
+    })
+}
+
+/// A room as JSON: the requested fields, or all of them.
+fn room_json(r: &RoomInfo, fields: &[String]) -> serde_json::Value {
+    let all = fields.is_empty();
+    let want = |f: &str| all || fields.iter().any(|x| x == f);
+    let mut m = serde_json::Map::new();
+    if want("room_id") {
+        m.insert("room_id".into(), r.room_id.into());
+    }
+    if want("title") {
+        m.insert("title".into(), r.title.clone().into());
+    }
+    if want("anchor") {
+        m.insert("anchor".into(), r.anchor.clone().into());
+    }
+    if want("viewers") {
+        m.insert("viewers".into(), r.viewers.into());
+    }
+    if want("live") {
+        m.insert("live".into(), r.live.into());
+    }
+    if want("tags") {
+        m.insert("tags".into(), r.tags.clone().into());
+    }
+    serde_json::Value::Object(m)
+}
+
+/// The response for a failed room call: a floodwall rejection made by the
+/// client stack renders as one (429/503/504 with its reason); the room
+/// service's own statuses map to HTTP.
+fn status_response(status: &tonic::Status) -> Response<Body> {
+    if let Some(r) = std::error::Error::source(status).and_then(Rejected::find) {
+        return GatewayResponder.respond(r);
+    }
+    let msg = status.message();
+    match status.code() {
+        Code::InvalidArgument => refusal(StatusCode::BAD_REQUEST, "bad_request", msg),
+        Code::NotFound => refusal(StatusCode::NOT_FOUND, "not_found", msg),
+        Code::DeadlineExceeded => refusal(StatusCode::GATEWAY_TIMEOUT, "deadline_exceeded", msg),
+        Code::Unavailable | Code::ResourceExhausted => {
+            refusal(StatusCode::SERVICE_UNAVAILABLE, "upstream_unavailable", msg)
+        }
+        _ => refusal(StatusCode::BAD_GATEWAY, "upstream_error", msg),
+    }
+}
+
+/// A tonic request carrying the inbound request's priority and deadline,
+/// which the client stack propagates.
+fn outbound<T>(
+    msg: T,
+    priority: Option<Priority>,
+    deadline: Option<Deadline>,
+) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    if let Some(p) = priority {
+        req.extensions_mut().insert(p);
+    }
+    if let Some(d) = deadline {
+        req.extensions_mut().insert(d);
+    }
+    req
+}
+
+/// Hop-by-hop headers a proxy must not forward (RFC 9110 §7.6.1).
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "host"
+    )
+}
+
+fn copy_end_to_end(from: &HeaderMap, to: &mut HeaderMap) {
+    for (k, v) in from {
+        if !is_hop_by_hop(k) {
+            to.append(k.clone(), v.clone());
+        }
+    }
+}
+
+impl Inner {
+    /// The primary upstream, or the overflow upstream once the primary's
+    /// share of the rate is used up.
+    fn pick(&self) -> &Upstream {
+        match &self.overflow {
+            Some((bucket, secondary)) if bucket.try_acquire(Instant::now(), 1).is_err() => {
+                secondary
+            }
+            _ => &self.primary,
+        }
+    }
+
+    async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+        let priority = req.extensions().get::<Priority>().copied();
+        let deadline = req.extensions().get::<Deadline>().copied();
+        let upstream = self.pick().clone();
+        match (self.kind, upstream) {
+            (HandlerKind::Proxy, Upstream::Http(h)) => proxy(&h, req).await,
+            (HandlerKind::GetRoom, Upstream::Grpc(g)) => {
+                get_room(&g, &req, priority, deadline).await
+            }
+            (HandlerKind::BatchRooms, Upstream::Grpc(g)) => {
+                batch_rooms(&g, &req, priority, deadline).await
+            }
+            (HandlerKind::EnterRoom, Upstream::Grpc(g)) => {
+                self.enter_room(&g, &req, priority, deadline).await
+            }
+            _ => refusal(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "misconfigured",
+                "route handler and upstream kind disagree",
+            ),
+        }
+    }
+
+    async fn enter_room(
+        &self,
+        g: &GrpcUpstream,
+        req: &Request<Incoming>,
+        priority: Option<Priority>,
+        deadline: Option<Deadline>,
+    ) -> Response<Body> {
+        let query = req.uri().query();
+        let Some(room_id) = query_param(query, "id").and_then(|v| v.parse::<u64>().ok()) else {
+            return refusal(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "`id` must be a room number",
+            );
+        };
+        let user_id = req
+            .headers()
+            .get(self.user_header.as_str())
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("anonymous")
+            .to_owned();
+        let mut client = g.client.clone();
+        let room_call = client.enter_room(outbound(
+            EnterRoomRequest { room_id, user_id },
+            priority,
+            deadline,
+        ));
+        let modules: Vec<ModuleFuture> = self
+            .optional
+            .iter()
+            .map(|(name, h)| -> ModuleFuture {
+                let path = format!("/{name}?room={room_id}");
+                let (name, h) = (name.clone(), h.clone());
+                Box::pin(async move {
+                    let r = fetch(h, path, priority, deadline).await;
+                    (name, r)
+                })
+            })
+            .collect();
+        let modules = join_all(modules);
+        let (room, modules) = tokio::join!(room_call, modules);
+        let reply = match room {
+            Ok(r) => r.into_inner(),
+            Err(status) => return status_response(&status),
+        };
+        let mut body = serde_json::Map::new();
+        body.insert(
+            "room".into(),
+            reply
+                .room
+                .as_ref()
+                .map_or(serde_json::Value::Null, |r| room_json(r, &[])),
+        );
+        body.insert("ticket".into(), reply.ticket.into());
+        let mut degraded = Vec::new();
+        for (name, r) in modules {
+            match r {
+                Ok(v) => {
+                    body.insert(name, v);
+                }
+                Err(_) => degraded.push(serde_json::Value::from(name)),
+            }
+        }
+        body.insert("degraded".into(), degraded.into());
+        json(StatusCode::OK, &serde_json::Value::Object(body))
+    }
+}
+
+type ModuleFuture =
+    Pin<Box<dyn Future<Output = (String, Result<serde_json::Value, BoxError>)> + Send>>;
+
+/// Runs futures concurrently on the current task, keeping their order.
+async fn join_all<T>(mut set: Vec<Pin<Box<dyn Future<Output = T> + Send>>>) -> Vec<T> {
+    let mut out: Vec<Option<T>> = set.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (i, f) in set.iter_mut().enumerate() {
+            if out[i].is_none() {
+                match f.as_mut().poll(cx) {
+                    Poll::Ready(v) => out[i] = Some(v),
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().flatten().collect()
+}
+
+/// GETs a JSON document from an optional module; any failure (status,
+/// transport, shed, deadline, bad JSON) is an error.
+async fn fetch(
+    h: HttpUpstream,
+    path: String,
+    priority: Option<Priority>,
+    deadline: Option<Deadline>,
+) -> Result<serde_json::Value, BoxError> {
+    let mut req = Request::get(h.uri(&path)?).body(Full::new(Bytes::new()))?;
+    if let Some(p) = priority {
+        req.extensions_mut().insert(p);
+    }
+    if let Some(d) = deadline {
+        req.extensions_mut().insert(d);
+    }
+    let res = h.transport.clone().oneshot(req).await?;
+    if !res.status().is_success() {
+        return Err(format!("module answered {}", res.status()).into());
+    }
+    Ok(serde_json::from_slice(res.body())?)
+}
+
+async fn get_room(
+    g: &GrpcUpstream,
+    req: &Request<Incoming>,
+    priority: Option<Priority>,
+    deadline: Option<Deadline>,
+) -> Response<Body> {
+    let query = req.uri().query();
+    let Some(room_id) = query_param(query, "id").and_then(|v| v.parse::<u64>().ok()) else {
+        return refusal(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "`id` must be a room number",
+        );
+    };
+    let fields = fields_of(query);
+    let mut client = g.client.clone();
+    let call = client.get_room(outbound(
+        GetRoomRequest {
+            room_id,
+            field_mask: mask(&fields),
+        },
+        priority,
+        deadline,
+    ));
+    match call.await {
+        Ok(r) => json(StatusCode::OK, &room_json(&r.into_inner(), &fields)),
+        Err(status) => status_response(&status),
+    }
+}
+
+async fn batch_rooms(
+    g: &GrpcUpstream,
+    req: &Request<Incoming>,
+    priority: Option<Priority>,
+    deadline: Option<Deadline>,
+) -> Response<Body> {
+    let query = req.uri().query();
+    let ids: Result<Vec<u64>, _> = query_param(query, "ids")
+        .unwrap_or("")
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(str::parse)
+        .collect();
+    let Ok(room_ids) = ids else {
+        return refusal(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "`ids` must be room numbers",
+        );
+    };
+    let fields = fields_of(query);
+    let mut client = g.client.clone();
+    let call = client.batch_get_rooms(outbound(
+        BatchGetRoomsRequest {
+            room_ids,
+            field_mask: mask(&fields),
+        },
+        priority,
+        deadline,
+    ));
+    match call.await {
+        Ok(r) => {
+            let rooms: Vec<_> = r
+                .into_inner()
+                .rooms
+                .iter()
+                .map(|r| room_json(r, &fields))
+                .collect();
+            json(StatusCode::OK, &serde_json::json!({ "rooms": rooms }))
+        }
+        Err(status) => status_response(&status),
+    }
+}
+
+/// Forwards the request to the upstream and its answer back.
+async fn proxy(h: &HttpUpstream, req: Request<Incoming>) -> Response<Body> {
+    let (parts, body) = req.into_parts();
+    let pq = parts
+        .uri
+        .path_and_query()
+        .map_or("/", http::uri::PathAndQuery::as_str);
+    let uri = match h.uri(pq) {
+        Ok(u) => u,
+        Err(e) => return refusal(StatusCode::BAD_REQUEST, "bad_request", &e.to_string()),
+    };
+    let body = match Limited::new(body, MAX_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return refusal(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                "request body above 1 MiB",
+            );
+        }
+    };
+    let mut out = Request::new(Full::new(body));
+    *out.method_mut() = parts.method;
+    *out.uri_mut() = uri;
+    copy_end_to_end(&parts.headers, out.headers_mut());
+    // Inbound priority headers were replaced at the edge; send ours on.
+    if let Some(p) = parts.extensions.get::<Priority>().copied() {
+        out.headers_mut()
+            .insert(floodwall::core::wire::PRIORITY_HEADER, p.header_value());
+    }
+    if let Some(d) = parts.extensions.get::<Deadline>().copied() {
+        out.extensions_mut().insert(d);
+    }
+    match h.transport.clone().oneshot(out).await {
+        Ok(res) => {
+            let (rp, rb) = res.into_parts();
+            let mut back = Response::new(Full::new(rb));
+            *back.status_mut() = rp.status;
+            copy_end_to_end(&rp.headers, back.headers_mut());
+            back
+        }
+        Err(e) => match Rejected::find(&*e) {
+            Some(r) => GatewayResponder.respond(r),
+            None => refusal(StatusCode::BAD_GATEWAY, "upstream_error", &e.to_string()),
+        },
+    }
+}

@@ -1,0 +1,586 @@
+//! The reference gateway: a hyper 1.x reverse proxy and aggregator in front
+//! of the room service.
+//!
+//! Per request, outermost first:
+//! 1. the arrival instant is stamped and the client IP resolved (the socket
+//!    peer, or `X-Forwarded-For` when the peer is a trusted proxy);
+//! 2. the route is found: exact paths in a hash map, then the longest
+//!    matching prefix;
+//! 3. the route's stack runs: per-client-IP token bucket → the route's
+//!    token bucket → DAGOR priority assignment (inbound priority headers from
+//!    outside are replaced) → the route deadline (a client `grpc-timeout`
+//!    may shorten it, never lengthen it) → the handler;
+//! 4. the handler calls upstreams through their client stacks
+//!    ([`upstream`]), sending excess above a route's overflow rate to its
+//!    secondary upstream.
+//!
+//! Rejections become 429/503/504 responses with `Retry-After` and an
+//! `x-floodwall-reason` header naming why. The admin listener ([`admin`])
+//! serves live state, Prometheus metrics and config reload.
+
+pub mod admin;
+pub mod config;
+mod handler;
+pub mod upstream;
+
+use std::collections::{BTreeMap, HashMap};
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use floodwall::core::{Arrival, BoxError, Rejected};
+use floodwall::deadline::{ServerConfig, ServerDeadlineLayer, Wire};
+use floodwall::http::{RejectionLayer, Respond};
+use floodwall::priority::{AssignConfig, AssignPriorityLayer, BusinessTable};
+use floodwall::token_bucket::{Keyed, KeyedTokenBucket, TokenBucket, TokenBucketLayer};
+use http::{HeaderValue, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use parking_lot::RwLock;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tower::util::BoxCloneSyncService;
+use tower::{Service, ServiceBuilder, ServiceExt};
+
+pub use config::{ConfigError, GatewayConfig};
+use handler::RouteHandler;
+use upstream::Upstream;
+
+use crate::tally::{Tally, TallySnapshot};
+
+/// The header naming why the gateway refused or could not serve a request:
+/// a floodwall rejection kind (`rate_limited`, `overloaded`, `prioritized`,
+/// `circuit_open`, `throttled`, `deadline_exceeded`) or an upstream failure
+/// (`upstream_unavailable`, `upstream_error`).
+pub const REASON_HEADER: &str = "x-floodwall-reason";
+
+/// The client IP the gateway decided on, in request extensions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientIp(pub IpAddr);
+
+/// A response body the gateway produces: small, fully buffered.
+pub type Body = Full<Bytes>;
+
+type RouteService = BoxCloneSyncService<Request<Incoming>, Response<Body>, BoxError>;
+
+type PerIpLayer =
+    TokenBucketLayer<Keyed<KeyedTokenBucket<IpAddr>, fn(&Request<Incoming>) -> Option<IpAddr>>>;
+
+fn client_ip_of(req: &Request<Incoming>) -> Option<IpAddr> {
+    req.extensions().get::<ClientIp>().map(|c| c.0)
+}
+
+/// A JSON response.
+pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+    let mut res = Response::new(Full::from(value.to_string()));
+    *res.status_mut() = status;
+    res.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    res
+}
+
+/// An error response with a reason header.
+pub fn refusal(status: StatusCode, reason: &'static str, message: &str) -> Response<Body> {
+    let mut res = json(
+        status,
+        &serde_json::json!({ "error": message, "reason": reason }),
+    );
+    res.headers_mut()
+        .insert(REASON_HEADER, HeaderValue::from_static(reason));
+    res
+}
+
+/// Renders rejections as floodwall-http does (status, `Retry-After`,
+/// `RateLimit` fields), plus a JSON body and the reason header.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GatewayResponder;
+
+impl Respond<Body> for GatewayResponder {
+    fn respond(&self, rejection: &Rejected) -> Response<Body> {
+        let mut res: Response<Body> = floodwall::http::response_for(rejection);
+        let kind = rejection.kind().as_str();
+        *res.body_mut() = Full::from(
+            serde_json::json!({ "error": rejection.to_string(), "reason": kind }).to_string(),
+        );
+        res.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        res.headers_mut()
+            .insert(REASON_HEADER, HeaderValue::from_static(kind));
+        res
+    }
+}
+
+/// One route, built from its config.
+struct Route {
+    config: config::RouteConfig,
+    service: RouteService,
+    limit: Option<floodwall::token_bucket::TokenBucketHandle>,
+    overflow: Option<Arc<TokenBucket>>,
+}
+
+/// Everything one configuration builds. Replaced whole on reload.
+pub struct Runtime {
+    config: GatewayConfig,
+    version: u64,
+    upstreams: BTreeMap<String, (config::UpstreamConfig, Upstream)>,
+    exact: HashMap<String, Arc<Route>>,
+    /// Longest first.
+    prefixes: Vec<(String, Arc<Route>)>,
+    per_ip: Option<PerIpLayer>,
+    trusted: Vec<IpAddr>,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("version", &self.version)
+            .field("routes", &self.config.routes.len())
+            .finish()
+    }
+}
+
+impl Runtime {
+    /// Builds a runtime. Upstream clients whose config is unchanged are
+    /// taken over from `previous`, keeping their breaker, throttle and
+    /// admission state.
+    ///
+    /// # Errors
+    /// A layer refused its configuration (the config was validated, so
+    /// this is rare).
+    pub fn build(
+        config: GatewayConfig,
+        version: u64,
+        previous: Option<&Runtime>,
+    ) -> Result<Self, BoxError> {
+        config.validate()?;
+        let protected = config.gateway.protected;
+        let mut upstreams = BTreeMap::new();
+        for (name, up) in &config.upstreams {
+            let kept = previous
+                .and_then(|p| p.upstreams.get(name))
+                .filter(|(c, _)| {
+                    c == up && previous.is_some_and(|p| p.config.gateway.protected == protected)
+                })
+                .map(|(_, u)| u.clone());
+            let client = match kept {
+                Some(u) => u,
+                None => Upstream::build(name, up, protected)?,
+            };
+            upstreams.insert(name.clone(), (up.clone(), client));
+        }
+        let per_ip = match (&config.per_ip, protected) {
+            (Some(c), true) => {
+                let mut c = c.clone();
+                if c.name == floodwall::token_bucket::DEFAULT_NAME {
+                    c.name = "per_ip".to_owned();
+                }
+                Some(c.build_keyed(client_ip_of as fn(&Request<Incoming>) -> Option<IpAddr>)?)
+            }
+            _ => None,
+        };
+        let mut business = BusinessTable::new(config.gateway.default_priority);
+        for r in &config.routes {
+            let b = r.priority.unwrap_or(config.gateway.default_priority);
+            business = match (&r.path, &r.prefix) {
+                (Some(p), _) => business.route(p.clone(), b),
+                (_, Some(p)) => business.prefix(p.clone(), b),
+                _ => business,
+            };
+        }
+        let assign = AssignPriorityLayer::new(AssignConfig {
+            business,
+            user_header: Some(config.gateway.user_header.clone()),
+            key_seed: config.gateway.key_seed,
+            ..AssignConfig::default()
+        })?;
+        let mut exact = HashMap::new();
+        let mut prefixes = Vec::new();
+        for r in &config.routes {
+            let route = Arc::new(build_route(
+                r,
+                &config,
+                &upstreams,
+                per_ip.clone(),
+                &assign,
+            )?);
+            match (&r.path, &r.prefix) {
+                (Some(p), _) => {
+                    exact.insert(p.clone(), route);
+                }
+                (_, Some(p)) => prefixes.push((p.clone(), route)),
+                _ => {}
+            }
+        }
+        prefixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        Ok(Self {
+            trusted: config.gateway.trusted_proxies.clone(),
+            config,
+            version,
+            upstreams,
+            exact,
+            prefixes,
+            per_ip,
+        })
+    }
+
+    fn route(&self, path: &str) -> Option<&Arc<Route>> {
+        self.exact.get(path).or_else(|| {
+            self.prefixes
+                .iter()
+                .find(|(p, _)| path.starts_with(p.as_str()))
+                .map(|(_, r)| r)
+        })
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &GatewayConfig {
+        &self.config
+    }
+
+    /// The configuration's version: 1 at start, +1 per applied reload.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// The client of the upstream named `name`.
+    pub fn upstream(&self, name: &str) -> Option<&Upstream> {
+        self.upstreams.get(name).map(|(_, u)| u)
+    }
+
+    /// The client IP: the peer, unless the peer is a trusted proxy and the
+    /// request carries `X-Forwarded-For`, in which case the right-most
+    /// address that is not itself a trusted proxy.
+    pub fn client_ip(&self, peer: IpAddr, headers: &http::HeaderMap) -> IpAddr {
+        if !self.trusted.contains(&peer) {
+            return peer;
+        }
+        let mut chain: Vec<IpAddr> = Vec::new();
+        for v in headers.get_all("x-forwarded-for") {
+            let Ok(s) = v.to_str() else { return peer };
+            for part in s.split(',') {
+                match part.trim().parse::<IpAddr>() {
+                    Ok(ip) => chain.push(ip),
+                    // A malformed hop: trust nothing to its left.
+                    Err(_) => chain.clear(),
+                }
+            }
+        }
+        chain
+            .into_iter()
+            .rev()
+            .find(|ip| !self.trusted.contains(ip))
+            .unwrap_or(peer)
+    }
+
+    /// The live state of every layer, as JSON.
+    pub fn state(&self) -> serde_json::Value {
+        let now = Instant::now();
+        let routes: Vec<_> = self
+            .config
+            .routes
+            .iter()
+            .filter_map(|c| {
+                let key = c.path.as_deref().or(c.prefix.as_deref())?;
+                let r = self.route(key)?;
+                Some(serde_json::json!({
+                    "route": key,
+                    "handler": format!("{:?}", r.config.handler),
+                    "upstream": r.config.upstream,
+                    "limit_tokens_left": r.limit.as_ref().map(|h| h.available()),
+                    "overflow_tokens_left": r.overflow.as_ref().map(|b| b.available(now)),
+                }))
+            })
+            .collect();
+        let upstreams: serde_json::Map<_, _> = self
+            .upstreams
+            .iter()
+            .map(|(n, (_, u))| (n.clone(), u.state()))
+            .collect();
+        serde_json::json!({
+            "config_version": self.version,
+            "protected": self.config.gateway.protected,
+            "per_ip": self.per_ip.as_ref().map(|l| {
+                let h = l.handle();
+                serde_json::json!({ "keys": h.keys(), "capacity": h.limiter().limiter().capacity() })
+            }),
+            "routes": routes,
+            "upstreams": upstreams,
+        })
+    }
+}
+
+fn build_route(
+    r: &config::RouteConfig,
+    config: &GatewayConfig,
+    upstreams: &BTreeMap<String, (config::UpstreamConfig, Upstream)>,
+    per_ip: Option<PerIpLayer>,
+    assign: &AssignPriorityLayer,
+) -> Result<Route, BoxError> {
+    let up = |name: &str| -> Result<Upstream, BoxError> {
+        upstreams
+            .get(name)
+            .map(|(_, u)| u.clone())
+            .ok_or_else(|| format!("unknown upstream {name:?}").into())
+    };
+    let protected = config.gateway.protected;
+    let overflow = match &r.overflow {
+        Some(o) => {
+            let quota = floodwall::token_bucket::Quota::per_second(o.rate)?
+                .with_burst(o.burst.unwrap_or(o.rate))?;
+            Some((Arc::new(TokenBucket::new(quota)), up(&o.upstream)?))
+        }
+        None => None,
+    };
+    let optional = r
+        .optional
+        .iter()
+        .map(|n| match up(n)? {
+            Upstream::Http(h) => Ok((n.clone(), h)),
+            Upstream::Grpc(_) => Err(BoxError::from(format!("{n:?} is not http"))),
+        })
+        .collect::<Result<Vec<_>, BoxError>>()?;
+    let overflow_bucket = overflow.as_ref().map(|(b, _)| b.clone());
+    let handler = RouteHandler::new(
+        r.handler,
+        up(&r.upstream)?,
+        overflow,
+        optional,
+        config.gateway.user_header.clone(),
+    );
+    let (service, limit) = if protected {
+        let limit = match &r.limit {
+            Some(c) => {
+                let mut c = c.clone();
+                if c.name == floodwall::token_bucket::DEFAULT_NAME {
+                    c.name = format!(
+                        "route:{}",
+                        r.path.as_deref().or(r.prefix.as_deref()).unwrap_or("")
+                    );
+                }
+                Some(c.build()?)
+            }
+            None => None,
+        };
+        let handle = limit.as_ref().map(TokenBucketLayer::handle);
+        let stack = ServiceBuilder::new()
+            .layer(RejectionLayer::with(GatewayResponder))
+            .option_layer(per_ip)
+            .option_layer(limit)
+            .layer(assign.clone())
+            .layer(ServerDeadlineLayer::new(ServerConfig {
+                wire: Wire::Grpc,
+                trust_inbound: true,
+                max: Some(r.timeout),
+                ..ServerConfig::default()
+            }))
+            .service(handler);
+        (BoxCloneSyncService::new(stack), handle)
+    } else {
+        (BoxCloneSyncService::new(handler), None)
+    };
+    Ok(Route {
+        config: r.clone(),
+        service,
+        limit,
+        overflow: overflow_bucket,
+    })
+}
+
+/// The shared state behind a running gateway.
+#[derive(Debug)]
+pub struct Shared {
+    runtime: RwLock<Arc<Runtime>>,
+    tally: Tally,
+    config_path: Option<std::path::PathBuf>,
+    reloads: AtomicU64,
+}
+
+impl Shared {
+    /// The runtime in force.
+    pub fn runtime(&self) -> Arc<Runtime> {
+        self.runtime.read().clone()
+    }
+
+    /// Validates `config` and, if it is good, puts it in force.
+    ///
+    /// # Errors
+    /// The config is invalid or a layer refused it; the old one stays.
+    pub fn apply(&self, config: GatewayConfig) -> Result<u64, BoxError> {
+        let mut slot = self.runtime.write();
+        let version = slot.version + 1;
+        let next = Runtime::build(config, version, Some(&slot))?;
+        *slot = Arc::new(next);
+        self.reloads.fetch_add(1, Ordering::Relaxed);
+        Ok(version)
+    }
+
+    /// Re-reads the config file the gateway started from and applies it.
+    ///
+    /// # Errors
+    /// No file, or as [`apply`](Self::apply).
+    pub fn reload_file(&self) -> Result<u64, BoxError> {
+        let path = self
+            .config_path
+            .as_deref()
+            .ok_or("the gateway was not started from a config file")?;
+        self.apply(GatewayConfig::load(path)?)
+    }
+
+    /// Responses by outcome since start.
+    pub fn tally(&self) -> TallySnapshot {
+        self.tally.snapshot()
+    }
+}
+
+/// A running gateway. Dropping it stops both listeners.
+#[derive(Debug)]
+pub struct Gateway {
+    addr: SocketAddr,
+    admin_addr: SocketAddr,
+    shared: Arc<Shared>,
+    _stop: watch::Sender<()>,
+}
+
+impl Gateway {
+    /// Starts the data and admin listeners of `config`. `config_path` is
+    /// what `POST /reload` re-reads.
+    ///
+    /// # Errors
+    /// An invalid config, or a port that cannot be bound.
+    pub async fn start(
+        config: GatewayConfig,
+        config_path: Option<std::path::PathBuf>,
+    ) -> Result<Self, BoxError> {
+        let listen = config.gateway.listen;
+        let admin_listen = config.gateway.admin;
+        let runtime = Runtime::build(config, 1, None)?;
+        let shared = Arc::new(Shared {
+            runtime: RwLock::new(Arc::new(runtime)),
+            tally: Tally::default(),
+            config_path,
+            reloads: AtomicU64::new(0),
+        });
+        let (stop, stopped) = watch::channel(());
+        let data = TcpListener::bind(listen).await?;
+        let addr = data.local_addr()?;
+        let admin = TcpListener::bind(admin_listen).await?;
+        let admin_addr = admin.local_addr()?;
+        tokio::spawn(serve(data, DataPlane::new(shared.clone()), stopped.clone()));
+        tokio::spawn(serve(admin, admin::Admin::new(shared.clone()), stopped));
+        Ok(Self {
+            addr,
+            admin_addr,
+            shared,
+            _stop: stop,
+        })
+    }
+
+    /// The data port's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The admin port's address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// The shared state (runtime, reload, tally).
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+}
+
+/// Accepts connections until `stop` fires, serving each with HTTP/1.1 and
+/// the peer address in request extensions.
+async fn serve<S>(listener: TcpListener, svc: S, mut stop: watch::Receiver<()>)
+where
+    S: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(_) => continue,
+            },
+            _ = stop.changed() => return,
+        };
+        let _ = stream.set_nodelay(true);
+        let svc = svc.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+                req.extensions_mut().insert(peer);
+                svc.clone().oneshot(req)
+            });
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+/// The data plane: arrival, client IP, route lookup, the route's stack.
+#[derive(Debug, Clone)]
+struct DataPlane {
+    shared: Arc<Shared>,
+}
+
+impl DataPlane {
+    fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+}
+
+impl Service<Request<Incoming>> for DataPlane {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut req: Request<Incoming>) -> Self::Future {
+        let now = Instant::now();
+        Arrival::stamp(req.extensions_mut(), now);
+        let runtime = self.shared.runtime();
+        let peer = req
+            .extensions()
+            .get::<SocketAddr>()
+            .map_or(IpAddr::from([0, 0, 0, 0]), SocketAddr::ip);
+        let ip = runtime.client_ip(peer, req.headers());
+        req.extensions_mut().insert(ClientIp(ip));
+        let shared = self.shared.clone();
+        let Some(route) = runtime.route(req.uri().path()) else {
+            let res = refusal(StatusCode::NOT_FOUND, "no_route", "no route for this path");
+            return Box::pin(async move { Ok(res) });
+        };
+        let svc = route.service.clone();
+        Box::pin(async move {
+            let res = match svc.oneshot(req).await {
+                Ok(res) => res,
+                Err(e) => match Rejected::find(&*e) {
+                    Some(r) => GatewayResponder.respond(r),
+                    None => refusal(StatusCode::BAD_GATEWAY, "upstream_error", &e.to_string()),
+                },
+            };
+            crate::tally::count_response(&shared.tally, &res);
+            Ok(res)
+        })
+    }
+}

@@ -1,0 +1,325 @@
+//! Clients toward the upstreams, each with its floodwall client stack.
+//!
+//! Toward a room service (gRPC), outermost first:
+//! deadline propagation → collaborative priority admission → circuit
+//! breaker → SRE adaptive throttling → tonic channel. Toward an HTTP
+//! upstream: deadline propagation (`x-request-timeout-ms`) → hyper client.
+//!
+//! The order matters. Requests dropped by collaborative admission never
+//! reach the throttle, so they do not count as requests the room service
+//! failed to accept. The breaker sits above the throttle: the throttle
+//! counts every request it sees and the room service's answers, while the
+//! breaker ignores the throttle's refusals (they never reached the room
+//! service) and counts only faults ([`FaultsOnly`]): overload answers are
+//! the throttle's business, and a breaker that opened on them would cut
+//! off the traffic the room service was still admitting.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use floodwall::breaker::{BreakerHandle, BreakerLayer, State};
+use floodwall::core::{BoxError, Classify, GrpcClassifier, Outcome};
+use floodwall::deadline::{ClientConfig as DeadlineClient, PropagateDeadlineLayer, Wire};
+use floodwall::grpc::StatusErrorLayer;
+use floodwall::priority::{ClientConfig as PriorityClient, PriorityClientLayer};
+use floodwall::throttle::{ThrottleHandle, ThrottleLayer};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use parking_lot::Mutex;
+use serde::Serialize;
+use tokio::time::Instant;
+use tower::ServiceBuilder;
+use tower::util::BoxCloneSyncService;
+
+use super::config::{UpstreamConfig, UpstreamKind};
+use crate::proto::room_client::RoomClient;
+
+/// The transport under a room client: the floodwall stack over a channel.
+/// Its errors are `tonic::Status` (a floodwall rejection rides as the
+/// status's source), a concrete type so the generated client's futures
+/// stay `Send` without higher-ranked trait trouble.
+pub type GrpcTransport = BoxCloneSyncService<
+    http::Request<tonic::body::Body>,
+    http::Response<tonic::body::Body>,
+    tonic::Status,
+>;
+
+/// The transport under an HTTP upstream: deadline propagation over hyper.
+pub type HttpTransport =
+    BoxCloneSyncService<http::Request<Full<Bytes>>, http::Response<Bytes>, BoxError>;
+
+/// One breaker state change, for the admin page and the demo report.
+#[derive(Debug, Clone, Serialize)]
+pub struct Transition {
+    /// Milliseconds since the upstream client was built.
+    pub at_ms: u64,
+    /// The state left.
+    pub from: String,
+    /// The state entered.
+    pub to: String,
+}
+
+/// A client toward one upstream. Cloning shares everything.
+#[derive(Debug, Clone)]
+pub enum Upstream {
+    /// A room service.
+    Grpc(GrpcUpstream),
+    /// An HTTP upstream.
+    Http(HttpUpstream),
+}
+
+impl Upstream {
+    /// Builds the client and its layers. Nothing connects until the first
+    /// call.
+    ///
+    /// # Errors
+    /// An invalid URL or layer configuration.
+    pub fn build(name: &str, config: &UpstreamConfig, protected: bool) -> Result<Self, BoxError> {
+        Ok(match config.kind {
+            UpstreamKind::Grpc => Upstream::Grpc(GrpcUpstream::build(name, config, protected)?),
+            UpstreamKind::Http => Upstream::Http(HttpUpstream::build(config, protected)),
+        })
+    }
+
+    /// The live state of the upstream's layers, as JSON.
+    pub fn state(&self) -> serde_json::Value {
+        match self {
+            Upstream::Grpc(g) => g.state(),
+            Upstream::Http(h) => serde_json::json!({ "kind": "http", "url": h.base.to_string() }),
+        }
+    }
+}
+
+/// A stack error as a status: the status a floodwall rejection was turned
+/// into, or UNAVAILABLE for a transport failure, the error as its source.
+fn into_status(e: BoxError) -> tonic::Status {
+    match e.downcast::<tonic::Status>() {
+        Ok(status) => *status,
+        Err(e) => {
+            let mut status = tonic::Status::unavailable(e.to_string());
+            status.set_source(Arc::from(e));
+            status
+        }
+    }
+}
+
+/// A room-service client.
+#[derive(Clone)]
+pub struct GrpcUpstream {
+    /// The generated client over the floodwall stack.
+    pub client: RoomClient<GrpcTransport>,
+    url: String,
+    breaker: Option<BreakerHandle>,
+    throttle: Option<ThrottleHandle<GrpcClassifier>>,
+    priority: Option<PriorityClientLayer>,
+    transitions: Arc<Mutex<Vec<Transition>>>,
+}
+
+impl std::fmt::Debug for GrpcUpstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GrpcUpstream")
+            .field("url", &self.url)
+            .finish()
+    }
+}
+
+/// The breaker's classifier: gRPC server faults fail, overload answers
+/// (`UNAVAILABLE`, `RESOURCE_EXHAUSTED`: the room service shedding) do not.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FaultsOnly;
+
+impl<B> Classify<http::Response<B>, BoxError> for FaultsOnly {
+    fn classify(&self, result: Result<&http::Response<B>, &BoxError>) -> Outcome {
+        match GrpcClassifier.classify(result) {
+            Outcome::Overloaded => Outcome::Success,
+            other => other,
+        }
+    }
+}
+
+fn state_name(s: State) -> String {
+    format!("{s:?}").to_lowercase()
+}
+
+impl GrpcUpstream {
+    fn build(name: &str, config: &UpstreamConfig, protected: bool) -> Result<Self, BoxError> {
+        let channel = tonic::transport::Endpoint::from_shared(config.url.clone())?
+            .tcp_nodelay(true)
+            .connect_lazy();
+        let transitions = Arc::new(Mutex::new(Vec::new()));
+        if !protected {
+            let transport = ServiceBuilder::new()
+                .map_err(|e: tonic::transport::Error| into_status(e.into()))
+                .service(channel);
+            return Ok(Self {
+                client: RoomClient::new(BoxCloneSyncService::new(transport)),
+                url: config.url.clone(),
+                breaker: None,
+                throttle: None,
+                priority: None,
+                transitions,
+            });
+        }
+        let breaker = config
+            .breaker
+            .map(|b| {
+                let log = transitions.clone();
+                let born = Instant::now();
+                BreakerLayer::builder(b)
+                    .name(name.to_owned())
+                    .classify(FaultsOnly)
+                    .on_state_change(move |c| {
+                        let at_ms = u64::try_from(born.elapsed().as_millis()).unwrap_or(u64::MAX);
+                        log.lock().push(Transition {
+                            at_ms,
+                            from: state_name(c.from),
+                            to: state_name(c.to),
+                        });
+                    })
+                    .build()
+            })
+            .transpose()?;
+        let throttle = config
+            .throttle
+            .map(|t| {
+                ThrottleLayer::builder(t)
+                    .name(name.to_owned())
+                    .classify(GrpcClassifier)
+                    .build()
+            })
+            .transpose()?;
+        let priority = PriorityClientLayer::with_options(
+            PriorityClient {
+                collaborative: config.collaborative,
+                ..PriorityClient::default()
+            },
+            name.to_owned(),
+            floodwall::core::Priority::LOWEST,
+        );
+        let breaker_handle = breaker.as_ref().map(BreakerLayer::handle);
+        let throttle_handle = throttle.as_ref().map(ThrottleLayer::handle);
+        let transport = ServiceBuilder::new()
+            .layer(StatusErrorLayer::new())
+            .layer(PropagateDeadlineLayer::new(DeadlineClient {
+                wire: Wire::Grpc,
+                timeout: Some(config.timeout),
+                ..DeadlineClient::default()
+            }))
+            .layer(priority.clone())
+            .option_layer(breaker)
+            .option_layer(throttle)
+            .map_err(|e: tonic::transport::Error| BoxError::from(e))
+            .service(channel);
+        let transport = ServiceBuilder::new()
+            .map_err(into_status)
+            .service(transport);
+        Ok(Self {
+            client: RoomClient::new(BoxCloneSyncService::new(transport)),
+            url: config.url.clone(),
+            breaker: breaker_handle,
+            throttle: throttle_handle,
+            priority: Some(priority),
+            transitions,
+        })
+    }
+
+    /// The breaker's state changes so far.
+    pub fn transitions(&self) -> Vec<Transition> {
+        self.transitions.lock().clone()
+    }
+
+    /// The breaker's state, if there is a breaker.
+    pub fn breaker_state(&self) -> Option<State> {
+        self.breaker.as_ref().map(BreakerHandle::state)
+    }
+
+    /// The breaker's manual controls, if there is a breaker.
+    pub fn breaker(&self) -> Option<&BreakerHandle> {
+        self.breaker.as_ref()
+    }
+
+    fn state(&self) -> serde_json::Value {
+        let throttle = self.throttle.as_ref().map(|t| {
+            let s = t.stats(None);
+            serde_json::json!({
+                "requests": s.requests,
+                "accepts": s.accepts,
+                "reject_probability": s.probability,
+            })
+        });
+        let breaker = self.breaker.as_ref().map(|b| {
+            let c = b.counts();
+            serde_json::json!({
+                "state": state_name(b.state()),
+                "window": format!("{c:?}"),
+                "transitions": self.transitions(),
+            })
+        });
+        let priority = self.priority.as_ref().map(|p| {
+            serde_json::json!({
+                "advertised_level": p.level().to_string(),
+                "local_drops": p.local_drops(),
+            })
+        });
+        serde_json::json!({
+            "kind": "grpc",
+            "url": self.url,
+            "breaker": breaker,
+            "throttle": throttle,
+            "priority": priority,
+        })
+    }
+}
+
+/// An HTTP upstream client.
+#[derive(Debug, Clone)]
+pub struct HttpUpstream {
+    /// The transport (deadline propagation over a pooled hyper client).
+    pub transport: HttpTransport,
+    base: http::Uri,
+}
+
+impl HttpUpstream {
+    fn build(config: &UpstreamConfig, protected: bool) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let client: Client<HttpConnector, Full<Bytes>> =
+            Client::builder(TokioExecutor::new()).build(connector);
+        let send = tower::service_fn(move |req: http::Request<Full<Bytes>>| {
+            let client = client.clone();
+            async move {
+                let res = client.request(req).await?;
+                let (parts, body) = res.into_parts();
+                let bytes = body.collect().await?.to_bytes();
+                Ok::<_, BoxError>(http::Response::from_parts(parts, bytes))
+            }
+        });
+        let timeout = config.timeout;
+        let transport = if protected {
+            BoxCloneSyncService::new(
+                ServiceBuilder::new()
+                    .layer(PropagateDeadlineLayer::new(DeadlineClient {
+                        wire: Wire::http(),
+                        timeout: Some(timeout),
+                        ..DeadlineClient::default()
+                    }))
+                    .service(send),
+            )
+        } else {
+            BoxCloneSyncService::new(send)
+        };
+        Self {
+            transport,
+            base: config.url.parse().unwrap_or_default(),
+        }
+    }
+
+    /// The absolute URI of `path_and_query` on this upstream.
+    pub fn uri(&self, path_and_query: &str) -> Result<http::Uri, BoxError> {
+        let mut parts = self.base.clone().into_parts();
+        parts.path_and_query = Some(path_and_query.parse()?);
+        Ok(http::Uri::from_parts(parts)?)
+    }
+}
