@@ -237,7 +237,7 @@ pub fn phase_stats(samples: &[Sample], phase: usize, duration: Duration) -> Phas
         *reasons.entry(key).or_default() += 1;
     }
     let mut reasons: Vec<_> = reasons.into_iter().collect();
-    reasons.sort_by(|a, b| b.1.cmp(&a.1));
+    reasons.sort_by_key(|r| std::cmp::Reverse(r.1));
     PhaseStats {
         sent: mine.len(),
         ok: ok.len(),

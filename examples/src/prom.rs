@@ -51,15 +51,18 @@ enum Entry {
     Histogram(Arc<Buckets>),
 }
 
+/// A metric's name and labels.
+type MetricKey = (String, Vec<(String, String)>);
+
 /// The registry behind the recorder.
 #[derive(Debug, Default)]
 pub struct Registry {
-    entries: Mutex<BTreeMap<(String, Vec<(String, String)>), Entry>>,
+    entries: Mutex<BTreeMap<MetricKey, Entry>>,
     help: Mutex<BTreeMap<String, String>>,
 }
 
 impl Registry {
-    fn key(key: &Key) -> (String, Vec<(String, String)>) {
+    fn key(key: &Key) -> MetricKey {
         let labels = key
             .labels()
             .map(|l| (l.key().to_owned(), l.value().to_owned()))

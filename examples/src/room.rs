@@ -126,6 +126,9 @@ pub struct RoomState {
     pub skipped_expired: u64,
     /// The longest `grpc-timeout` received, in milliseconds.
     pub max_grpc_timeout_ms: u64,
+    /// The most important business priority received in the priority
+    /// header (lowest value), if any came.
+    pub min_business_seen: Option<u8>,
     /// The priority admission level, `B-U`, when protected.
     pub admission_level: Option<String>,
     /// Requests waiting in the CoDel queue, when protected.
@@ -160,6 +163,7 @@ impl RoomService {
             waiting: AtomicU64::new(0),
             skipped: AtomicU64::new(0),
             max_timeout_ms: AtomicU64::new(0),
+            min_business: AtomicU64::new(u64::MAX),
             viewers: (0..ROOMS).map(|_| AtomicU64::new(0)).collect(),
             rng: SplitMix::from_entropy(),
             knobs: knobs.clone(),
@@ -203,7 +207,6 @@ impl RoomService {
                     wire: Wire::Grpc,
                     trust_inbound: true,
                     max: Some(config.max_timeout),
-                    ..ServerConfig::default()
                 }))
                 .layer(admit)
                 .layer(queue)
@@ -256,6 +259,7 @@ impl RoomService {
             tally: self.tally.snapshot(),
             skipped_expired: self.shared.skipped.load(Ordering::Relaxed),
             max_grpc_timeout_ms: self.shared.max_timeout_ms.load(Ordering::Relaxed),
+            min_business_seen: u8::try_from(self.shared.min_business.load(Ordering::Relaxed)).ok(),
             admission_level: self.admission.as_ref().map(|a| a.level().to_string()),
             queue_len: self.codel.as_ref().map(CodelHandle::queue_len),
             pool_waiting: self.shared.waiting.load(Ordering::Relaxed),
@@ -272,6 +276,7 @@ struct Shared {
     waiting: AtomicU64,
     skipped: AtomicU64,
     max_timeout_ms: AtomicU64,
+    min_business: AtomicU64,
     viewers: Vec<AtomicU64>,
     rng: SplitMix,
     knobs: Arc<Knobs>,
@@ -327,7 +332,7 @@ impl Shared {
             title: format!("Room {id}"),
             anchor: format!("anchor-{}", id % 97),
             viewers: slot.load(Ordering::Relaxed),
-            live: id % 5 != 0,
+            live: !id.is_multiple_of(5),
             tags: vec!["music".to_owned(), format!("tier-{}", id % 3)],
         };
         apply_mask(full, mask)
@@ -439,8 +444,8 @@ impl Room for Handler {
     }
 }
 
-/// Remembers the longest `grpc-timeout` received (so tests can check what
-/// upstreams send).
+/// Remembers the longest `grpc-timeout` and the most important priority
+/// received (so tests can check what upstreams send).
 #[derive(Debug, Clone)]
 struct RecordTimeout(Arc<Shared>);
 
@@ -484,6 +489,14 @@ where
         {
             let ms = u64::try_from(t.as_millis()).unwrap_or(u64::MAX);
             self.shared.max_timeout_ms.fetch_max(ms, Ordering::Relaxed);
+        }
+        if let Some(p) = req
+            .headers()
+            .get(floodwall::core::wire::PRIORITY_HEADER)
+            .and_then(|v| floodwall::core::Priority::parse(v.as_bytes()).ok())
+        {
+            let b = u64::from(p.business());
+            self.shared.min_business.fetch_min(b, Ordering::Relaxed);
         }
         self.inner.call(req)
     }

@@ -52,7 +52,7 @@ fn viewer(rng: &SplitMix, shot: Shot) -> Shot {
 
 fn normal(rng: &SplitMix, i: u64) -> Shot {
     let room = 2 + rng.next_u64() % 500;
-    let shot = if i % 3 == 0 {
+    let shot = if i.is_multiple_of(3) {
         Shot::get(format!("/api/room?id={room}&fields=title,viewers,live"))
     } else {
         Shot::post(format!("/api/room/enter?id={room}"))

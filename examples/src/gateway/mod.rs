@@ -222,7 +222,7 @@ impl Runtime {
                 _ => {}
             }
         }
-        prefixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        prefixes.sort_by_key(|p| std::cmp::Reverse(p.0.len()));
         Ok(Self {
             trusted: config.gateway.trusted_proxies.clone(),
             config,
@@ -382,7 +382,6 @@ fn build_route(
                 wire: Wire::Grpc,
                 trust_inbound: true,
                 max: Some(r.timeout),
-                ..ServerConfig::default()
             }))
             .service(handler);
         (BoxCloneSyncService::new(stack), handle)

@@ -93,16 +93,28 @@ impl Upstream {
 }
 
 /// A stack error as a status: the status a floodwall rejection was turned
-/// into, or UNAVAILABLE for a transport failure, the error as its source.
+/// into; DEADLINE_EXCEEDED when tonic's channel enforced the `grpc-timeout`
+/// we sent (it times the call out itself, at the same instant as the
+/// deadline layer); UNAVAILABLE for other transport failures. The error
+/// rides as the status's source.
 fn into_status(e: BoxError) -> tonic::Status {
-    match e.downcast::<tonic::Status>() {
-        Ok(status) => *status,
-        Err(e) => {
-            let mut status = tonic::Status::unavailable(e.to_string());
-            status.set_source(Arc::from(e));
-            status
-        }
+    let e = match e.downcast::<tonic::Status>() {
+        Ok(status) => return *status,
+        Err(e) => e,
+    };
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&*e);
+    let mut timed_out = false;
+    while let Some(c) = cause {
+        timed_out |= c.is::<tonic::TimeoutExpired>();
+        cause = c.source();
     }
+    let mut status = if timed_out {
+        tonic::Status::deadline_exceeded("the deadline passed waiting for the room service")
+    } else {
+        tonic::Status::unavailable(e.to_string())
+    };
+    status.set_source(Arc::from(e));
+    status
 }
 
 /// A room-service client.

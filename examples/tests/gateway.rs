@@ -1,0 +1,457 @@
+//! The reference deployment end to end on loopback: the room service, the
+//! simulated downstreams and the gateway, started on free ports, checked
+//! through the gateway's data and admin ports. Real time, bounded request
+//! counts; every test finishes in a few seconds.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use floodwall::breaker::State;
+use floodwall_examples::deploy::Deployment;
+use floodwall_examples::gateway::config::OverflowConfig;
+use floodwall_examples::gateway::upstream::Upstream;
+use floodwall_examples::gateway::{GatewayConfig, REASON_HEADER};
+use floodwall_examples::room::RoomConfig;
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: String,
+}
+
+impl Answer {
+    fn reason(&self) -> Option<&str> {
+        self.headers.get(REASON_HEADER)?.to_str().ok()
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).expect("a JSON body")
+    }
+}
+
+async fn call(method: Method, url: String, headers: &[(&str, &str)], body: &str) -> Answer {
+    let client: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+    let mut req = Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Full::from(body.to_owned())).unwrap();
+    let res = tokio::time::timeout(Duration::from_secs(5), client.request(req))
+        .await
+        .expect("the gateway answers within 5 s")
+        .expect("a response");
+    let (parts, body) = res.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    Answer {
+        status: parts.status,
+        headers: parts.headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
+
+async fn get(d: &Deployment, path: &str, headers: &[(&str, &str)]) -> Answer {
+    call(Method::GET, format!("{}{path}", d.url()), headers, "").await
+}
+
+async fn start(tweak: impl FnOnce(&mut GatewayConfig)) -> Deployment {
+    let room = RoomConfig {
+        service_time: Duration::from_millis(2),
+        jitter: 0.0,
+        ..RoomConfig::default()
+    };
+    Deployment::start(true, room, tweak).await.unwrap()
+}
+
+fn route<'a>(
+    c: &'a mut GatewayConfig,
+    path: &str,
+) -> &'a mut floodwall_examples::gateway::config::RouteConfig {
+    c.routes
+        .iter_mut()
+        .find(|r| r.path.as_deref() == Some(path) || r.prefix.as_deref() == Some(path))
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_room_returns_only_the_requested_fields() {
+    let d = start(|_| {}).await;
+    let a = get(&d, "/api/room?id=42&fields=title,viewers", &[]).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    let v = a.json();
+    assert_eq!(v["title"], "Room 42");
+    assert!(v.get("viewers").is_some());
+    assert!(v.get("anchor").is_none() && v.get("tags").is_none(), "{v}");
+    let a = get(&d, "/api/room?id=42&fields=colour", &[]).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    assert!(a.body.contains("colour"), "{}", a.body);
+    let a = get(&d, "/api/rooms?ids=1,2,3&fields=room_id", &[]).await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(
+        a.json()["rooms"],
+        serde_json::json!([{"room_id": 1}, {"room_id": 2}, {"room_id": 3}])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_limit_answers_429_with_retry_after() {
+    let d = start(|c| {
+        route(c, "/api/room").limit.as_mut().unwrap().rate = 2;
+        route(c, "/api/room").limit.as_mut().unwrap().burst = Some(2);
+    })
+    .await;
+    let mut limited = None;
+    for i in 0..6 {
+        // A different client each time: only the route limit applies.
+        let ip = format!("10.0.0.{i}");
+        let a = get(&d, "/api/room?id=1", &[("x-forwarded-for", &ip)]).await;
+        if a.status == StatusCode::TOO_MANY_REQUESTS {
+            limited = Some(a);
+            break;
+        }
+        assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    }
+    let a = limited.expect("the route limit refused within 6 requests");
+    assert_eq!(a.reason(), Some("rate_limited"));
+    let retry: u64 = a.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!(retry >= 1, "Retry-After {retry}");
+    assert!(
+        a.headers["ratelimit-policy"]
+            .to_str()
+            .unwrap()
+            .contains("\"get_room\"")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spoofed_forwarded_for_from_an_untrusted_peer_does_not_evade_the_per_ip_limit() {
+    let per_ip = |c: &mut GatewayConfig| {
+        let p = c.per_ip.as_mut().unwrap();
+        p.rate = 3;
+        p.burst = Some(3);
+    };
+    // 127.0.0.1 is not a trusted proxy: every request is the same client
+    // whatever X-Forwarded-For says.
+    let d = start(|c| {
+        per_ip(c);
+        c.gateway.trusted_proxies.clear();
+    })
+    .await;
+    let mut statuses = Vec::new();
+    for i in 0..6 {
+        let ip = format!("198.51.100.{i}");
+        statuses.push(
+            get(&d, "/api/room?id=1", &[("x-forwarded-for", &ip)])
+                .await
+                .status,
+        );
+    }
+    assert_eq!(&statuses[..3], [StatusCode::OK; 3]);
+    assert!(
+        statuses[3..]
+            .iter()
+            .all(|s| *s == StatusCode::TOO_MANY_REQUESTS),
+        "{statuses:?}"
+    );
+    // The same requests through a trusted proxy are six different clients.
+    let d = start(per_ip).await;
+    for i in 0..6 {
+        let ip = format!("198.51.100.{i}");
+        let a = get(&d, "/api/room?id=1", &[("x-forwarded-for", &ip)]).await;
+        assert_eq!(a.status, StatusCode::OK, "client {i}: {}", a.body);
+    }
+    // A trusted proxy cannot be named as the client either: the right-most
+    // untrusted hop is.
+    // 198.51.100.0 has 2 of its 3 tokens left.
+    let chain = [("x-forwarded-for", "198.51.100.0, 127.0.0.1")];
+    assert_eq!(
+        get(&d, "/api/room?id=1", &chain).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        get(&d, "/api/room?id=1", &chain).await.status,
+        StatusCode::OK
+    );
+    let a = get(&d, "/api/room?id=1", &chain).await;
+    assert_eq!(
+        a.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "198.51.100.0 spent its burst"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spoofed_priority_header_from_outside_cannot_raise_priority() {
+    let d = start(|_| {}).await;
+    for _ in 0..5 {
+        let a = get(
+            &d,
+            "/api/room?id=7",
+            &[("x-floodwall-priority", "0-0"), ("x-user-id", "mallory")],
+        )
+        .await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    }
+    // /api/room is business priority 4 in the reference config: that is
+    // what the room service was told, not the forged 0.
+    assert_eq!(d.room.state().min_business_seen, Some(4));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_grpc_timeout_longer_than_the_route_timeout_is_capped() {
+    let d = start(|_| {}).await;
+    // /api/room has a 300 ms route timeout; the client asks for 30 s.
+    let a = get(&d, "/api/room?id=3", &[("grpc-timeout", "30S")]).await;
+    assert_eq!(a.status, StatusCode::OK);
+    let sent = d.room.state().max_grpc_timeout_ms;
+    assert!(
+        sent > 0 && sent <= 300,
+        "the room service was given {sent} ms"
+    );
+    // A room service slower than the route timeout: the gateway answers
+    // 504 at the route deadline, not after the client's 30 s.
+    d.room.knobs().set_added_latency(Duration::from_secs(3));
+    let started = std::time::Instant::now();
+    let a = get(&d, "/api/room?id=3", &[("grpc-timeout", "30S")]).await;
+    assert_eq!(a.status, StatusCode::GATEWAY_TIMEOUT, "{}", a.body);
+    assert_eq!(a.reason(), Some("deadline_exceeded"));
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+fn breaker_state(d: &Deployment) -> State {
+    match d.gateway.shared().runtime().upstream("room") {
+        Some(Upstream::Grpc(g)) => g.breaker_state().unwrap(),
+        _ => panic!("no room upstream"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_breaker_opens_when_the_room_service_fails_and_closes_after_it_recovers() {
+    let d = start(|c| {
+        let b = c
+            .upstreams
+            .get_mut("room")
+            .unwrap()
+            .breaker
+            .as_mut()
+            .unwrap();
+        b.open_duration = Duration::from_millis(300);
+    })
+    .await;
+    d.room.knobs().set_error_rate(1.0);
+    let mut refused = 0;
+    for i in 0..30 {
+        let ip = format!("10.1.0.{i}");
+        let a = get(&d, "/api/room?id=5", &[("x-forwarded-for", &ip)]).await;
+        assert_ne!(a.status, StatusCode::OK);
+        if a.reason() == Some("circuit_open") {
+            refused += 1;
+        }
+    }
+    assert_eq!(breaker_state(&d), State::Open);
+    assert!(refused > 0, "the open breaker refused nothing");
+    let failed_calls = d.room.state().tally.failed;
+    assert!(
+        failed_calls <= 12,
+        "the room service still got {failed_calls} calls"
+    );
+
+    d.room.knobs().set_error_rate(0.0);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let mut ok = 0;
+    for i in 0..20 {
+        let ip = format!("10.2.0.{i}");
+        if get(&d, "/api/room?id=5", &[("x-forwarded-for", &ip)])
+            .await
+            .status
+            == StatusCode::OK
+        {
+            ok += 1;
+        }
+        if breaker_state(&d) == State::Closed {
+            break;
+        }
+    }
+    assert_eq!(breaker_state(&d), State::Closed, "{ok} successes");
+    let Some(Upstream::Grpc(g)) = d.gateway.shared().runtime().upstream("room").cloned() else {
+        unreachable!()
+    };
+    let moves: Vec<(String, String)> = g
+        .transitions()
+        .into_iter()
+        .map(|t| (t.from, t.to))
+        .collect();
+    assert_eq!(
+        moves.first(),
+        Some(&("closed".into(), "open".into())),
+        "{moves:?}"
+    );
+    assert_eq!(
+        moves.last(),
+        Some(&("halfopen".into(), "closed".into())),
+        "{moves:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overflow_routing_sends_the_excess_to_the_secondary_upstream() {
+    let d = start(|c| {
+        route(c, "/static/").overflow = Some(OverflowConfig {
+            rate: 1,
+            burst: Some(3),
+            upstream: "static_elastic".into(),
+        });
+    })
+    .await;
+    let mut served_by = Vec::new();
+    for _ in 0..8 {
+        let a = get(&d, "/static/logo.png", &[]).await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+        served_by.push(a.headers["x-served-by"].to_str().unwrap().to_owned());
+    }
+    assert_eq!(&served_by[..3], ["static_primary"; 3], "{served_by:?}");
+    let elastic = served_by[3..]
+        .iter()
+        .filter(|s| *s == "static_elastic")
+        .count();
+    // At 1/s the primary may regain one token during the run.
+    assert!(elastic >= 4, "{served_by:?}");
+    assert_eq!(
+        d.static_primary.served() + d.static_elastic.served(),
+        8,
+        "nothing rejected, nothing lost"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_enter_room_page_degrades_when_an_optional_module_fails() {
+    let d = start(|_| {}).await;
+    let a = call(
+        Method::POST,
+        format!("{}/api/room/enter?id=9", d.url()),
+        &[("x-user-id", "alice")],
+        "",
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    let v = a.json();
+    assert_eq!(v["degraded"], serde_json::json!([]));
+    assert_eq!(v["gifts"]["served_by"], "gifts");
+    assert!(v["ticket"].as_str().unwrap().starts_with("9:alice:"));
+
+    d.gifts.set_error_rate(1.0);
+    let a = call(
+        Method::POST,
+        format!("{}/api/room/enter?id=9", d.url()),
+        &[("x-user-id", "alice")],
+        "",
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    let v = a.json();
+    assert_eq!(v["degraded"], serde_json::json!(["gifts"]));
+    assert!(v.get("gifts").is_none());
+    assert_eq!(v["recommend"]["served_by"], "recommend");
+    assert_eq!(v["room"]["room_id"], 9);
+
+    // The room service itself is not optional.
+    d.room.knobs().set_error_rate(1.0);
+    let a = call(
+        Method::POST,
+        format!("{}/api/room/enter?id=9", d.url()),
+        &[("x-user-id", "alice")],
+        "",
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::BAD_GATEWAY, "{}", a.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_reload_applies_a_good_config_and_rejects_a_bad_one() {
+    let d = start(|_| {}).await;
+    let admin = d.admin_url();
+    assert_eq!(
+        get(&d, "/api/room-info?id=1", &[]).await.status,
+        StatusCode::NOT_FOUND
+    );
+
+    // The live config plus one route, with the deployment's upstream URLs.
+    let rt = d.gateway.shared().runtime();
+    let mut text = String::from("[gateway]\ntrusted_proxies = [\"127.0.0.1\"]\n\n");
+    for (name, up) in &rt.config().upstreams {
+        text.push_str(&format!(
+            "[upstreams.{name}]\nkind = \"{}\"\nurl = \"{}\"\n\n",
+            if name == "room" { "grpc" } else { "http" },
+            up.url
+        ));
+    }
+    let good = format!(
+        "{text}[[routes]]\npath = \"/api/room-info\"\nhandler = \"get_room\"\nupstream = \"room\"\ntimeout = \"300ms\"\n"
+    );
+    let a = call(Method::POST, format!("{admin}/config"), &[], &good).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert_eq!(a.json()["config_version"], 2);
+    assert_eq!(
+        get(&d, "/api/room-info?id=1", &[]).await.status,
+        StatusCode::OK
+    );
+
+    // Bad configs are refused with the reason, and the good one stays.
+    let unknown_upstream = good.replace("upstream = \"room\"", "upstream = \"rooms\"");
+    let bad_syntax = good.replace("timeout = \"300ms\"", "timeout = 300ms");
+    let bad_kind = good.replace("handler = \"get_room\"", "handler = \"proxy\"");
+    for (bad, expect) in [
+        (unknown_upstream, "unknown upstream \"rooms\""),
+        (bad_syntax, "timeout"),
+        (bad_kind, "needs a Http upstream"),
+    ] {
+        let a = call(Method::POST, format!("{admin}/config"), &[], &bad).await;
+        assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.body);
+        let v = a.json();
+        assert_eq!(v["applied"], false);
+        assert!(v["error"].as_str().unwrap().contains(expect), "{v}");
+    }
+    assert_eq!(
+        get(&d, "/api/room-info?id=1", &[]).await.status,
+        StatusCode::OK
+    );
+    let state = call(Method::GET, format!("{admin}/state"), &[], "").await;
+    assert_eq!(state.json()["config_version"], 2);
+    // The old routes are gone with the old config.
+    assert_eq!(
+        get(&d, "/api/room?id=1", &[]).await.status,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_port_serves_state_and_metrics() {
+    floodwall_examples::prom::install();
+    let d = start(|_| {}).await;
+    assert_eq!(get(&d, "/api/room?id=1", &[]).await.status, StatusCode::OK);
+    let admin = d.admin_url();
+    let state = call(Method::GET, format!("{admin}/state"), &[], "").await;
+    assert_eq!(state.status, StatusCode::OK);
+    let v = state.json();
+    assert_eq!(v["upstreams"]["room"]["breaker"]["state"], "closed");
+    assert!(v["per_ip"]["keys"].as_u64().unwrap() >= 1, "{v}");
+    assert!(v["responses"]["ok"].as_u64().unwrap() >= 1, "{v}");
+    let metrics = call(Method::GET, format!("{admin}/metrics"), &[], "").await;
+    assert_eq!(metrics.status, StatusCode::OK);
+    assert!(
+        metrics.body.contains("# TYPE floodwall_"),
+        "{}",
+        &metrics.body[..metrics.body.len().min(500)]
+    );
+    let none = call(Method::GET, format!("{admin}/nothing"), &[], "").await;
+    assert_eq!(none.status, StatusCode::NOT_FOUND);
+}
