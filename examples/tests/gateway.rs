@@ -59,6 +59,11 @@ async fn get(d: &Deployment, path: &str, headers: &[(&str, &str)]) -> Answer {
     call(Method::GET, format!("{}{path}", d.url()), headers, "").await
 }
 
+async fn enter(d: &Deployment, room: u64, user: &str) -> Answer {
+    let url = format!("{}/api/room/enter?id={room}", d.url());
+    call(Method::POST, url, &[("x-user-id", user)], "").await
+}
+
 async fn start(tweak: impl FnOnce(&mut GatewayConfig)) -> Deployment {
     let room = RoomConfig {
         service_time: Duration::from_millis(2),
@@ -335,13 +340,7 @@ async fn overflow_routing_sends_the_excess_to_the_secondary_upstream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_enter_room_page_degrades_when_an_optional_module_fails() {
     let d = start(|_| {}).await;
-    let a = call(
-        Method::POST,
-        format!("{}/api/room/enter?id=9", d.url()),
-        &[("x-user-id", "alice")],
-        "",
-    )
-    .await;
+    let a = enter(&d, 9, "alice").await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.body);
     let v = a.json();
     assert_eq!(v["degraded"], serde_json::json!([]));
@@ -349,13 +348,7 @@ async fn the_enter_room_page_degrades_when_an_optional_module_fails() {
     assert!(v["ticket"].as_str().unwrap().starts_with("9:alice:"));
 
     d.gifts.set_error_rate(1.0);
-    let a = call(
-        Method::POST,
-        format!("{}/api/room/enter?id=9", d.url()),
-        &[("x-user-id", "alice")],
-        "",
-    )
-    .await;
+    let a = enter(&d, 9, "alice").await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.body);
     let v = a.json();
     assert_eq!(v["degraded"], serde_json::json!(["gifts"]));
@@ -365,13 +358,7 @@ async fn the_enter_room_page_degrades_when_an_optional_module_fails() {
 
     // The room service itself is not optional.
     d.room.knobs().set_error_rate(1.0);
-    let a = call(
-        Method::POST,
-        format!("{}/api/room/enter?id=9", d.url()),
-        &[("x-user-id", "alice")],
-        "",
-    )
-    .await;
+    let a = enter(&d, 9, "alice").await;
     assert_eq!(a.status, StatusCode::BAD_GATEWAY, "{}", a.body);
 }
 

@@ -134,13 +134,29 @@ fn status_response(status: &tonic::Status) -> Response<Body> {
     }
     let msg = status.message();
     match status.code() {
-        Code::InvalidArgument => refusal(StatusCode::BAD_REQUEST, "bad_request", msg),
+        Code::InvalidArgument => bad_request(msg),
         Code::NotFound => refusal(StatusCode::NOT_FOUND, "not_found", msg),
         Code::DeadlineExceeded => refusal(StatusCode::GATEWAY_TIMEOUT, "deadline_exceeded", msg),
         Code::Unavailable | Code::ResourceExhausted => {
             refusal(StatusCode::SERVICE_UNAVAILABLE, "upstream_unavailable", msg)
         }
         _ => refusal(StatusCode::BAD_GATEWAY, "upstream_error", msg),
+    }
+}
+
+fn bad_request(message: &str) -> Response<Body> {
+    refusal(StatusCode::BAD_REQUEST, "bad_request", message)
+}
+
+/// A room call's answer: `render` of its reply as JSON, or the response
+/// for its failure.
+fn answer<T>(
+    result: Result<tonic::Response<T>, tonic::Status>,
+    render: impl FnOnce(T) -> serde_json::Value,
+) -> Response<Body> {
+    match result {
+        Ok(r) => json(StatusCode::OK, &render(r.into_inner())),
+        Err(status) => status_response(&status),
     }
 }
 
@@ -228,11 +244,7 @@ impl Inner {
     ) -> Response<Body> {
         let query = req.uri().query();
         let Some(room_id) = query_param(query, "id").and_then(|v| v.parse::<u64>().ok()) else {
-            return refusal(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                "`id` must be a room number",
-            );
+            return bad_request("`id` must be a room number");
         };
         let user_id = req
             .headers()
@@ -343,11 +355,7 @@ async fn get_room(
 ) -> Response<Body> {
     let query = req.uri().query();
     let Some(room_id) = query_param(query, "id").and_then(|v| v.parse::<u64>().ok()) else {
-        return refusal(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            "`id` must be a room number",
-        );
+        return bad_request("`id` must be a room number");
     };
     let fields = fields_of(query);
     let mut client = g.client.clone();
@@ -359,10 +367,7 @@ async fn get_room(
         priority,
         deadline,
     ));
-    match call.await {
-        Ok(r) => json(StatusCode::OK, &room_json(&r.into_inner(), &fields)),
-        Err(status) => status_response(&status),
-    }
+    answer(call.await, |r| room_json(&r, &fields))
 }
 
 async fn batch_rooms(
@@ -379,11 +384,7 @@ async fn batch_rooms(
         .map(str::parse)
         .collect();
     let Ok(room_ids) = ids else {
-        return refusal(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            "`ids` must be room numbers",
-        );
+        return bad_request("`ids` must be room numbers");
     };
     let fields = fields_of(query);
     let mut client = g.client.clone();
@@ -395,18 +396,10 @@ async fn batch_rooms(
         priority,
         deadline,
     ));
-    match call.await {
-        Ok(r) => {
-            let rooms: Vec<_> = r
-                .into_inner()
-                .rooms
-                .iter()
-                .map(|r| room_json(r, &fields))
-                .collect();
-            json(StatusCode::OK, &serde_json::json!({ "rooms": rooms }))
-        }
-        Err(status) => status_response(&status),
-    }
+    answer(call.await, |r| {
+        let rooms: Vec<_> = r.rooms.iter().map(|r| room_json(r, &fields)).collect();
+        serde_json::json!({ "rooms": rooms })
+    })
 }
 
 /// Forwards the request to the upstream and its answer back.
@@ -418,7 +411,7 @@ async fn proxy(h: &HttpUpstream, req: Request<Incoming>) -> Response<Body> {
         .map_or("/", http::uri::PathAndQuery::as_str);
     let uri = match h.uri(pq) {
         Ok(u) => u,
-        Err(e) => return refusal(StatusCode::BAD_REQUEST, "bad_request", &e.to_string()),
+        Err(e) => return bad_request(&e.to_string()),
     };
     let body = match Limited::new(body, MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
