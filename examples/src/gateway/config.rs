@@ -348,3 +348,110 @@ impl GatewayConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+[upstreams.room]
+kind = "grpc"
+url = "http://127.0.0.1:1"
+
+[upstreams.cdn]
+kind = "http"
+url = "http://127.0.0.1:2"
+"#;
+
+    fn error_of(routes: &str) -> String {
+        GatewayConfig::parse(&format!("{BASE}{routes}"))
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn the_reference_config_is_valid() {
+        let c = GatewayConfig::parse(crate::deploy::REFERENCE_CONFIG).unwrap();
+        assert_eq!(c.routes.len(), 4);
+        assert_eq!(c.upstreams["room"].timeout, Duration::from_millis(400));
+    }
+
+    #[test]
+    fn bad_routes_are_refused_naming_the_route() {
+        let cases = [
+            (
+                "[[routes]]\nhandler = \"get_room\"\nupstream = \"room\"\n",
+                "routes[0] (?): give exactly one of `path` and `prefix`",
+            ),
+            (
+                "[[routes]]\npath = \"/a\"\nprefix = \"/b\"\nhandler = \"get_room\"\nupstream = \"room\"\n",
+                "give exactly one",
+            ),
+            (
+                "[[routes]]\npath = \"a\"\nhandler = \"get_room\"\nupstream = \"room\"\n",
+                "must start with '/'",
+            ),
+            (
+                "[[routes]]\npath = \"/a\"\nhandler = \"get_room\"\nupstream = \"room\"\n[[routes]]\npath = \"/a\"\nhandler = \"get_room\"\nupstream = \"room\"\n",
+                "routes[1] (/a): path defined twice",
+            ),
+            (
+                "[[routes]]\npath = \"/a\"\nhandler = \"proxy\"\nupstream = \"room\"\n",
+                "needs a Http upstream",
+            ),
+            (
+                "[[routes]]\npath = \"/a\"\nhandler = \"get_room\"\nupstream = \"nope\"\n",
+                "unknown upstream \"nope\"",
+            ),
+            (
+                "[[routes]]\npath = \"/a\"\nhandler = \"get_room\"\nupstream = \"room\"\ntimeout = \"0s\"\n",
+                "timeout must be above zero",
+            ),
+            (
+                "[[routes]]\npath = \"/a\"\nhandler = \"get_room\"\nupstream = \"room\"\npriority = 200\n",
+                "priority 200 is above 127",
+            ),
+            (
+                "[[routes]]\npath = \"/a\"\nhandler = \"get_room\"\nupstream = \"room\"\noptional = [\"cdn\"]\n",
+                "only enter_room routes have optional modules",
+            ),
+            (
+                "[[routes]]\npath = \"/a\"\nhandler = \"get_room\"\nupstream = \"room\"\noverflow = { rate = 5, upstream = \"cdn\" }\n",
+                "must be Grpc like the primary",
+            ),
+            (
+                "[[routes]]\npath = \"/a\"\nhandler = \"get_room\"\nupstream = \"room\"\nlimit = { rate = 0 }\n",
+                "routes[0] (/a): limit:",
+            ),
+            (
+                "[[routes]]\npath = \"/a\"\nhandler = \"teleport\"\nupstream = \"room\"\n",
+                "unknown variant `teleport`",
+            ),
+        ];
+        for (routes, expect) in cases {
+            let e = error_of(routes);
+            assert!(e.contains(expect), "{routes}\n→ {e}\n(expected {expect:?})");
+        }
+    }
+
+    #[test]
+    fn bad_upstreams_are_refused() {
+        let e = GatewayConfig::parse("[upstreams.x]\nkind = \"http\"\nurl = \"ftp://h:1\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("upstreams.x: url \"ftp://h:1\" must be http://host:port"),
+            "{e}"
+        );
+        let e = GatewayConfig::parse(
+            "[upstreams.x]\nkind = \"grpc\"\nurl = \"http://h:1\"\nbreaker = { failure_rate_threshold = 150.0 }\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("upstreams.x: breaker:"), "{e}");
+        let e = GatewayConfig::parse("[gateway]\nlisten = \"nowhere\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("listen"), "{e}");
+    }
+}

@@ -583,3 +583,76 @@ impl Service<Request<Incoming>> for DataPlane {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn runtime(trusted: &[&str]) -> Runtime {
+        let mut c = GatewayConfig::parse(crate::deploy::REFERENCE_CONFIG).unwrap();
+        c.gateway.trusted_proxies = trusted.iter().map(|t| t.parse().unwrap()).collect();
+        Runtime::build(c, 1, None).unwrap()
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn xff(values: &[&str]) -> http::HeaderMap {
+        let mut h = http::HeaderMap::new();
+        for v in values {
+            h.append("x-forwarded-for", HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[tokio::test]
+    async fn forwarded_for_is_believed_only_from_trusted_proxies() {
+        let rt = runtime(&["10.0.0.1", "10.0.0.2"]);
+        let chain = xff(&["203.0.113.9, 198.51.100.4"]);
+        // An untrusted peer: the header is ignored.
+        assert_eq!(rt.client_ip(ip("192.0.2.1"), &chain), ip("192.0.2.1"));
+        // A trusted peer: the right-most hop that is not a trusted proxy.
+        assert_eq!(rt.client_ip(ip("10.0.0.1"), &chain), ip("198.51.100.4"));
+        let through_two = xff(&["203.0.113.9", "10.0.0.2"]);
+        assert_eq!(
+            rt.client_ip(ip("10.0.0.1"), &through_two),
+            ip("203.0.113.9")
+        );
+        // Only proxies in the chain, or no header: the peer.
+        assert_eq!(
+            rt.client_ip(ip("10.0.0.1"), &xff(&["10.0.0.2"])),
+            ip("10.0.0.1")
+        );
+        assert_eq!(rt.client_ip(ip("10.0.0.1"), &xff(&[])), ip("10.0.0.1"));
+        // A malformed hop: nothing left of it is believed.
+        let forged = xff(&["203.0.113.9, garbage, 198.51.100.4"]);
+        assert_eq!(rt.client_ip(ip("10.0.0.1"), &forged), ip("198.51.100.4"));
+        let forged = xff(&["203.0.113.9, 198.51.100.4, garbage"]);
+        assert_eq!(rt.client_ip(ip("10.0.0.1"), &forged), ip("10.0.0.1"));
+        // IPv6 works the same way.
+        assert_eq!(
+            rt.client_ip(ip("10.0.0.1"), &xff(&["2001:db8::7"])),
+            ip("2001:db8::7")
+        );
+    }
+
+    #[tokio::test]
+    async fn exact_routes_win_over_prefixes_and_the_longest_prefix_wins() {
+        let mut c = GatewayConfig::parse(crate::deploy::REFERENCE_CONFIG).unwrap();
+        let mut extra = c.routes[3].clone();
+        extra.prefix = Some("/static/big/".into());
+        c.routes.push(extra);
+        let rt = Runtime::build(c, 1, None).unwrap();
+        let key = |p: &str| {
+            rt.route(p)
+                .map(|r| r.config.path.clone().or(r.config.prefix.clone()).unwrap())
+        };
+        assert_eq!(key("/api/room").as_deref(), Some("/api/room"));
+        assert_eq!(key("/api/room/enter").as_deref(), Some("/api/room/enter"));
+        assert_eq!(key("/static/a.png").as_deref(), Some("/static/"));
+        assert_eq!(key("/static/big/b.mp4").as_deref(), Some("/static/big/"));
+        assert_eq!(key("/api/rooms/x"), None);
+        assert_eq!(key("/"), None);
+    }
+}
