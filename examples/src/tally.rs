@@ -22,7 +22,8 @@ pub struct Tally {
 /// A copy of a [`Tally`]'s counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct TallySnapshot {
-    /// Responses that were not errors (gRPC status OK or HTTP below 500).
+    /// Responses that were not refusals or errors (gRPC status OK, or HTTP
+    /// below 500 without a rejection reason).
     pub ok: u64,
     /// Rejected by a rate limiter.
     pub rate_limited: u64,
@@ -140,8 +141,17 @@ fn grpc_code(headers: &http::HeaderMap) -> Option<tonic::Code> {
     Some(tonic::Code::from_i32(v.parse().ok()?))
 }
 
-/// Counts one response into `tally`.
+/// Counts one response into `tally`: by the gateway's reason header when
+/// it names a rejection kind, else by gRPC status, else by HTTP status.
 pub fn count_response<B>(tally: &Tally, res: &http::Response<B>) {
+    let reason = res
+        .headers()
+        .get(crate::gateway::REASON_HEADER)
+        .and_then(|v| v.to_str().ok());
+    if let Some(kind) = KINDS.iter().find(|k| Some(k.as_str()) == reason) {
+        tally.rejected(*kind);
+        return;
+    }
     match grpc_code(res.headers()) {
         Some(tonic::Code::Ok) => tally.ok(),
         Some(tonic::Code::DeadlineExceeded) => tally.rejected(RejectKind::DeadlineExceeded),

@@ -168,10 +168,9 @@ impl Runtime {
         let mut upstreams = BTreeMap::new();
         for (name, up) in &config.upstreams {
             let kept = previous
+                .filter(|p| p.config.gateway.protected == protected)
                 .and_then(|p| p.upstreams.get(name))
-                .filter(|(c, _)| {
-                    c == up && previous.is_some_and(|p| p.config.gateway.protected == protected)
-                })
+                .filter(|(c, _)| c == up)
                 .map(|(_, u)| u.clone());
             let client = match kept {
                 Some(u) => u,
