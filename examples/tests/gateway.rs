@@ -131,6 +131,8 @@ async fn a_route_limit_answers_429_with_retry_after() {
             .unwrap()
             .contains("\"get_room\"")
     );
+    let tally = d.gateway.shared().tally();
+    assert_eq!(tally.rate_limited, 1, "{tally:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
