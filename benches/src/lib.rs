@@ -1,10 +1,13 @@
-//! Shared helpers for the floodwall benchmarks (and, later, the overload lab).
+//! Shared helpers for the floodwall benchmarks, and the overload lab
+//! ([`lab`]).
 
 use std::future::Future;
 use std::pin::pin;
 use std::task::{Context, Poll};
 
 use tower::Service;
+
+pub mod lab;
 
 /// A service that is always ready and answers at once: the baseline a
 /// layer's overhead is measured against.

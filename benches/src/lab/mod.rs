@@ -1,0 +1,16 @@
+//! The overload lab: an open-loop load generator, deterministic
+//! virtual-time scenarios comparing protection stacks side by side, and
+//! their CSV, SVG and Markdown outputs.
+//!
+//! `cargo run --release -p floodwall-benches --bin lab -- sim` runs every
+//! scenario; docs/performance.md explains the model and the results.
+
+pub mod hist;
+pub mod load;
+pub mod plot;
+pub mod report;
+pub mod sim;
+
+pub use hist::Histogram;
+pub use load::{Arrivals, open_loop};
+pub use sim::{Row, Scenario, SimConfig, Stack, run, run_all};

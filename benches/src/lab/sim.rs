@@ -1,0 +1,749 @@
+//! The overload lab's scenarios, in virtual time.
+//!
+//! A simulated server has `workers` workers, each taking `service_time`
+//! (± `jitter`) per request, and cannot be interrupted: a request it has
+//! started runs to the end whether or not its caller still waits, as a
+//! thread pool or a database does. The only thing it knows about a
+//! caller's patience is a [`Deadline`] in the request's extensions, which
+//! only a deadline-aware stack puts there: a job whose deadline has passed
+//! before it starts is skipped.
+//!
+//! Open-loop clients (Poisson arrivals) send requests of four business
+//! classes (equally likely, DAGOR business priority 0–3, random user
+//! priority) and give up after `deadline`. Naive clients optionally retry a
+//! failed or timed-out attempt at once, up to `max_attempts` in all, each
+//! attempt timing out after `try_timeout`. Every request crosses an
+//! in-process "network hop" that keeps only its headers, so whatever a
+//! stack needs downstream (deadline, priority) must travel on the wire.
+//!
+//! Each run builds a fresh paused current-thread runtime: the same
+//! configuration and seed give the same numbers.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use floodwall::codel::{CodelConfig, CodelLayer, FromExtensions, Lifo, Policy};
+use floodwall::core::random::SplitMix;
+use floodwall::core::wire::PRIORITY_HEADER;
+use floodwall::core::{Deadline, Priority, Rejected};
+use floodwall::deadline::{
+    ClientConfig as DeadlineClient, PropagateDeadlineLayer, ServerConfig, ServerDeadlineLayer, Wire,
+};
+use floodwall::priority::{
+    AdmissionConfig, AdmissionLayer, ClientConfig as PriorityClient, PriorityClientLayer, Queuing,
+};
+use floodwall::throttle::{Backoff, RetryBudget, RetryLayer, ThrottleConfig, ThrottleLayer};
+use http::{HeaderName, Request, Response};
+use parking_lot::Mutex;
+use tokio::sync::{Semaphore, oneshot};
+use tokio::time::{Instant, sleep, sleep_until, timeout_at};
+use tower::util::BoxCloneService;
+use tower::{BoxError, Layer, Service, ServiceBuilder, ServiceExt};
+use tower_resilience_adaptive::{AdaptiveError, AdaptiveLimiterLayer, Aimd};
+use tower_resilience_bulkhead::{BulkheadLayer, BulkheadServiceError};
+
+use super::hist::Histogram;
+use super::load::{Arrivals, open_loop};
+
+/// The simulated server and the clients' behaviour.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SimConfig {
+    /// Workers of the server. Default 8.
+    pub workers: usize,
+    /// Mean time a worker spends on a request. Default 20 ms (so the
+    /// default capacity is 400 requests/s).
+    pub service_time: Duration,
+    /// Each request's service time is uniform in `service_time · (1 ± jitter)`.
+    /// Default 0.25.
+    pub jitter: f64,
+    /// How long a client waits for an answer in all. Default 200 ms.
+    pub deadline: Duration,
+    /// With retries on, how long a naive client waits for one attempt.
+    /// Default 100 ms.
+    pub try_timeout: Duration,
+    /// With retries on, attempts per request, the first included. Default 4
+    /// (three retries).
+    pub max_attempts: u32,
+    /// Business priority classes (0 = most important). Default 4.
+    pub classes: u8,
+    /// Time before the measurement starts, for the adaptive layers to
+    /// settle. Default 30 s: DAGOR's admission level moves by α = 5 % of the
+    /// admitted requests per window (1 s or 2,000 requests), so from
+    /// admitting everything it needs about 30 windows to settle at 5×.
+    pub warmup: Duration,
+    /// The measured time. Default 10 s.
+    pub measure: Duration,
+    /// The seed of arrivals, priorities, service times and the layers'
+    /// random draws.
+    pub seed: u64,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        Self {
+            workers: 8,
+            service_time: Duration::from_millis(20),
+            jitter: 0.25,
+            deadline: Duration::from_millis(200),
+            try_timeout: Duration::from_millis(100),
+            max_attempts: 4,
+            classes: 4,
+            warmup: Duration::from_secs(30),
+            measure: Duration::from_secs(10),
+            seed: 2026,
+        }
+    }
+}
+
+impl SimConfig {
+    /// Requests per second the server completes when busy.
+    pub fn capacity(&self) -> f64 {
+        self.workers as f64 / self.service_time.as_secs_f64()
+    }
+}
+
+/// A stack in front of (and, for floodwall's full stack, also behind)
+/// the simulated server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Stack {
+    /// No protection: every request waits in the server's unbounded FIFO.
+    Unprotected,
+    /// tower's `LoadShed` over `ConcurrencyLimit(workers)`: no queue at all.
+    TowerShed,
+    /// tower-resilience's bulkhead: `workers` at once, others wait up to
+    /// 100 ms for a permit.
+    Bulkhead,
+    /// tower-resilience's adaptive limiter (AIMD) under tower's `LoadShed`.
+    Adaptive,
+    /// floodwall's CoDel + adaptive LIFO queue (Fail at Scale defaults).
+    Codel,
+    /// floodwall's DAGOR admission over its queue (FIFO, Fail-at-Scale
+    /// timeouts with M = 50 ms, see [`Stack::describe`]), the queue's
+    /// sojourns feeding the admission control.
+    CodelPriority,
+    /// Everything: clients with deadline propagation, collaborative
+    /// priority admission, SRE throttling and (with retries on) a retry
+    /// budget instead of naive retries; the server with the deadline
+    /// layer, DAGOR admission and the CoDel queue.
+    Full,
+}
+
+impl Stack {
+    /// Every stack, in report order.
+    pub const ALL: [Stack; 7] = [
+        Stack::Unprotected,
+        Stack::TowerShed,
+        Stack::Bulkhead,
+        Stack::Adaptive,
+        Stack::Codel,
+        Stack::CodelPriority,
+        Stack::Full,
+    ];
+
+    /// A short name (CSV and plot legends).
+    pub fn name(self) -> &'static str {
+        match self {
+            Stack::Unprotected => "unprotected",
+            Stack::TowerShed => "tower-shed",
+            Stack::Bulkhead => "tr-bulkhead",
+            Stack::Adaptive => "tr-adaptive",
+            Stack::Codel => "fw-codel",
+            Stack::CodelPriority => "fw-codel+priority",
+            Stack::Full => "fw-full",
+        }
+    }
+
+    /// What the stack is, in a few words.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Stack::Unprotected => "unbounded FIFO, no shedding",
+            Stack::TowerShed => "tower LoadShed + ConcurrencyLimit(workers)",
+            Stack::Bulkhead => "tower-resilience bulkhead (workers, 100 ms max wait)",
+            Stack::Adaptive => "tower LoadShed + tower-resilience adaptive limiter (AIMD)",
+            Stack::Codel => "floodwall CoDel + adaptive LIFO",
+            Stack::CodelPriority => "floodwall DAGOR admission + CoDel",
+            Stack::Full => {
+                "floodwall full: deadline, DAGOR + CoDel; clients: priority, throttle, retry budget"
+            }
+        }
+    }
+
+    /// The stack named `name` (as [`Stack::name`]).
+    pub fn from_name(name: &str) -> Option<Stack> {
+        Stack::ALL.into_iter().find(|s| s.name() == name)
+    }
+}
+
+impl fmt::Display for Stack {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One scenario: a stack at an offered load, with or without retries.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Scenario {
+    /// The stack.
+    pub stack: Stack,
+    /// Offered load as a multiple of the server's capacity.
+    pub load: f64,
+    /// Whether clients retry.
+    pub retries: bool,
+}
+
+/// What one scenario measured (requests scheduled in the measured time).
+#[derive(Debug, Clone)]
+pub struct Row {
+    /// The scenario.
+    pub scenario: Scenario,
+    /// The server's capacity, requests per second.
+    pub capacity: f64,
+    /// The measured time.
+    pub measure: Duration,
+    /// Requests offered.
+    pub offered: u64,
+    /// Requests answered successfully within their deadline.
+    pub ok: u64,
+    /// Offered and successful requests per business class.
+    pub classes: Vec<(u64, u64)>,
+    /// Latency (scheduled start to answer) of the successful requests.
+    pub latency: Histogram,
+    /// Why the failed requests failed (the last attempt's reason).
+    pub failures: BTreeMap<&'static str, u64>,
+    /// Attempts that reached the server (crossed the network hop).
+    pub attempts: u64,
+    /// Worker time spent on requests started in the measured time.
+    pub busy: Duration,
+    /// The part of `busy` whose answer nobody received in time.
+    pub wasted: Duration,
+}
+
+impl Row {
+    /// Successful requests per second as a fraction of capacity.
+    pub fn goodput(&self) -> f64 {
+        self.ok as f64 / self.measure.as_secs_f64() / self.capacity
+    }
+
+    /// Fraction of requests that succeeded.
+    pub fn success(&self) -> f64 {
+        ratio(self.ok, self.offered)
+    }
+
+    /// Fraction of the requests of business class `class` that succeeded.
+    pub fn class_success(&self, class: usize) -> f64 {
+        self.classes
+            .get(class)
+            .map_or(0.0, |&(offered, ok)| ratio(ok, offered))
+    }
+
+    /// Fraction of offered requests that failed for `reason`.
+    pub fn failed_for(&self, reason: &str) -> f64 {
+        ratio(
+            self.failures.get(reason).copied().unwrap_or(0),
+            self.offered,
+        )
+    }
+
+    /// Attempts that reached the server per offered request.
+    pub fn amplification(&self) -> f64 {
+        ratio(self.attempts, self.offered)
+    }
+
+    /// Fraction of the worker time spent on answers nobody received in time.
+    pub fn wasted_fraction(&self) -> f64 {
+        if self.busy.is_zero() {
+            0.0
+        } else {
+            self.wasted.as_secs_f64() / self.busy.as_secs_f64()
+        }
+    }
+}
+
+fn ratio(a: u64, b: u64) -> f64 {
+    if b == 0 { 0.0 } else { a as f64 / b as f64 }
+}
+
+/// Every reason a request can fail, as reported in [`Row::failures`]:
+/// floodwall's [`RejectKind`](floodwall::core::RejectKind) names, plus
+/// `timeout` (the client gave up), `expired` (the server skipped a job
+/// whose deadline had passed) and `other`.
+pub const REASONS: [&str; 9] = [
+    "overloaded",
+    "prioritized",
+    "throttled",
+    "deadline_exceeded",
+    "rate_limited",
+    "circuit_open",
+    "timeout",
+    "expired",
+    "other",
+];
+
+/// Runs one scenario on its own paused runtime.
+///
+/// # Errors
+/// If a layer's configuration is invalid (it is not, for the defaults).
+pub fn run(config: &SimConfig, scenario: Scenario) -> Result<Row, BoxError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()?;
+    rt.block_on(simulate(*config, scenario))
+}
+
+/// Runs every scenario, `threads` at a time (each on its own runtime, so
+/// the results do not depend on `threads`), in the order given.
+///
+/// # Errors
+/// The first scenario that failed to build.
+pub fn run_all(
+    config: &SimConfig,
+    scenarios: &[Scenario],
+    threads: usize,
+) -> Result<Vec<Row>, BoxError> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let out: Mutex<Vec<Option<Result<Row, String>>>> =
+        Mutex::new(scenarios.iter().map(|_| None).collect());
+    std::thread::scope(|s| {
+        for _ in 0..threads.max(1) {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Relaxed);
+                    let Some(sc) = scenarios.get(i) else { break };
+                    let row = run(config, *sc).map_err(|e| e.to_string());
+                    out.lock()[i] = Some(row);
+                }
+            });
+        }
+    });
+    out.into_inner()
+        .into_iter()
+        .map(|r| match r {
+            Some(Ok(row)) => Ok(row),
+            Some(Err(e)) => Err(e.into()),
+            None => Err("scenario not run".into()),
+        })
+        .collect()
+}
+
+type Svc = BoxCloneService<Request<()>, Response<()>, BoxError>;
+
+/// What the server and the hop count, for work started in the window.
+#[derive(Debug)]
+struct Counters {
+    from: Instant,
+    to: Instant,
+    attempts: AtomicU64,
+    busy_ns: AtomicU64,
+    wasted_ns: AtomicU64,
+}
+
+impl Counters {
+    fn in_window(&self, t: Instant) -> bool {
+        t >= self.from && t < self.to
+    }
+}
+
+/// A refusal by a third-party layer, with the reason it stands for.
+#[derive(Debug)]
+struct Shed(&'static str);
+
+impl fmt::Display for Shed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "shed: {}", self.0)
+    }
+}
+
+impl std::error::Error for Shed {}
+
+/// The reason an attempt failed.
+fn reason(err: &BoxError) -> &'static str {
+    if let Some(r) = Rejected::find(&**err) {
+        return r.kind().as_str();
+    }
+    if err.is::<tower::load_shed::error::Overloaded>() {
+        return "overloaded";
+    }
+    if let Some(Shed(reason)) = err.downcast_ref::<Shed>() {
+        return reason;
+    }
+    "other"
+}
+
+/// The simulated server: a pool of workers that cannot be interrupted.
+#[derive(Clone)]
+struct Server {
+    pool: Arc<Semaphore>,
+    rng: Arc<SplitMix>,
+    counters: Arc<Counters>,
+    config: SimConfig,
+}
+
+impl Service<Request<()>> for Server {
+    type Response = Response<()>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<()>, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<()>) -> Self::Future {
+        let deadline = req.extensions().get::<Deadline>().copied();
+        let draw = (self.rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+        let c = &self.config;
+        let work = c.service_time.mul_f64(1.0 + c.jitter * (2.0 * draw - 1.0));
+        let (tx, rx) = oneshot::channel();
+        let pool = self.pool.clone();
+        let counters = self.counters.clone();
+        tokio::spawn(async move {
+            let Ok(_worker) = pool.acquire_owned().await else {
+                return;
+            };
+            let start = Instant::now();
+            if deadline.is_some_and(|d| d.is_expired(start)) {
+                return; // dropping `tx` answers "expired"
+            }
+            sleep(work).await;
+            let counted = counters.in_window(start);
+            let ns = u64::try_from(work.as_nanos()).unwrap_or(u64::MAX);
+            if counted {
+                counters.busy_ns.fetch_add(ns, Relaxed);
+            }
+            if tx.send(Response::new(())).is_err() && counted {
+                counters.wasted_ns.fetch_add(ns, Relaxed);
+            }
+        });
+        Box::pin(async move { rx.await.map_err(|_| Shed("expired").into()) })
+    }
+}
+
+/// The network: only the headers cross it.
+#[derive(Clone)]
+struct Hop {
+    inner: Svc,
+    counters: Arc<Counters>,
+}
+
+impl Service<Request<()>> for Hop {
+    type Response = Response<()>;
+    type Error = BoxError;
+    type Future = <Svc as Service<Request<()>>>::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<()>) -> Self::Future {
+        if self.counters.in_window(Instant::now()) {
+            self.counters.attempts.fetch_add(1, Relaxed);
+        }
+        let (parts, ()) = req.into_parts();
+        let mut wire = Request::new(());
+        *wire.headers_mut() = parts.headers;
+        self.inner.call(wire)
+    }
+}
+
+/// The queue timeout under congestion (Fail-at-Scale M) when DAGOR admission
+/// sits in front of the queue: well above DAGOR's 20 ms overload threshold.
+/// With the default M = 5 ms (and LIFO, which serves the newest first) no
+/// served request ever waits 20 ms, so DAGOR never sees overload and sheds
+/// nothing by priority; the queue sheds at random instead.
+const DAGOR_QUEUE_TARGET: Duration = Duration::from_millis(50);
+
+/// The Fail-at-Scale N: the bulkhead's wait bound, for a like comparison.
+const QUEUE_BOUND: Duration = Duration::from_millis(100);
+
+fn server_stack(config: &SimConfig, stack: Stack, server: Server) -> Result<Svc, BoxError> {
+    let workers = config.workers;
+    let codel = || {
+        CodelLayer::builder(CodelConfig {
+            workers,
+            max_queue: workers * 64,
+            policy: Policy::fail_at_scale(),
+            lifo: Lifo::default(),
+            min_remaining: config.service_time / 2,
+        })
+        .timing(FromExtensions)
+    };
+    Ok(match stack {
+        Stack::Unprotected => BoxCloneService::new(server),
+        Stack::TowerShed => BoxCloneService::new(
+            ServiceBuilder::new()
+                .load_shed()
+                .concurrency_limit(workers)
+                .service(server),
+        ),
+        Stack::Bulkhead => {
+            let bulkhead = BulkheadLayer::builder()
+                .max_concurrent_calls(workers)
+                .max_wait_duration(QUEUE_BOUND)
+                .build()?;
+            BoxCloneService::new(
+                ServiceBuilder::new()
+                    .map_err(|e: BulkheadServiceError<BoxError>| match e {
+                        BulkheadServiceError::Inner(e) => e,
+                        BulkheadServiceError::Bulkhead(_) => Shed("overloaded").into(),
+                    })
+                    .layer(bulkhead)
+                    .service(server),
+            )
+        }
+        Stack::Adaptive => {
+            let aimd = Aimd::builder()
+                .initial_limit(workers)
+                .min_limit(1)
+                .max_limit(workers * 4)
+                .latency_threshold(QUEUE_BOUND)
+                .build()?;
+            BoxCloneService::new(
+                ServiceBuilder::new()
+                    .load_shed()
+                    .map_err(|e: AdaptiveError<BoxError>| match e {
+                        AdaptiveError::Service(e) => e,
+                        AdaptiveError::LimitReached => Shed("overloaded").into(),
+                    })
+                    .layer(AdaptiveLimiterLayer::new(aimd))
+                    .service(server),
+            )
+        }
+        Stack::Codel => BoxCloneService::new(codel().build()?.layer(server)),
+        Stack::CodelPriority | Stack::Full => {
+            let admit = AdmissionLayer::builder(AdmissionConfig::default())
+                .trust_inbound(true)
+                .queuing(Queuing::Reported)
+                .build()?;
+            let reporter = admit.handle();
+            let queue = CodelLayer::builder(CodelConfig {
+                workers,
+                max_queue: workers * 64,
+                policy: Policy::FailAtScale {
+                    target: DAGOR_QUEUE_TARGET,
+                    interval: Duration::from_millis(100),
+                },
+                lifo: Lifo::Never,
+                min_remaining: config.service_time / 2,
+            })
+            .timing(FromExtensions)
+            .on_sojourn(move |waited| reporter.record_queuing(waited))
+            .build()?;
+            let deadline = (stack == Stack::Full).then(|| {
+                ServerDeadlineLayer::new(ServerConfig {
+                    wire: Wire::Grpc,
+                    trust_inbound: true,
+                    max: Some(Duration::from_secs(2)),
+                })
+            });
+            BoxCloneService::new(
+                ServiceBuilder::new()
+                    .option_layer(deadline)
+                    .map_err(Into::<BoxError>::into)
+                    .layer(admit)
+                    .layer(queue)
+                    .service(server),
+            )
+        }
+    })
+}
+
+/// A client's request before it is put on the wire.
+#[derive(Debug, Clone, Copy)]
+struct Call {
+    priority: Priority,
+    deadline: Deadline,
+}
+
+impl Call {
+    /// As a naive client sends it: the priority header the entry service
+    /// assigned, nothing else.
+    fn plain(self) -> Request<()> {
+        let mut req = Request::new(());
+        req.headers_mut().insert(
+            HeaderName::from_static(PRIORITY_HEADER),
+            self.priority.header_value(),
+        );
+        req
+    }
+
+    /// As floodwall's client layers take it: priority and deadline in the
+    /// extensions, put on the wire by the layers.
+    fn extended(self) -> Request<()> {
+        let mut req = Request::new(());
+        req.extensions_mut().insert(self.priority);
+        req.extensions_mut().insert(self.deadline);
+        req
+    }
+}
+
+type ClientSvc = BoxCloneService<Call, Response<()>, BoxError>;
+
+fn full_client(config: &SimConfig, retries: bool, hop: Hop) -> Result<ClientSvc, BoxError> {
+    let throttle = ThrottleLayer::builder(ThrottleConfig {
+        window: Duration::from_secs(10),
+        buckets: 10,
+        ..ThrottleConfig::default()
+    })
+    .rng(SplitMix::new(config.seed ^ 0x7407))
+    .build()?;
+    let retry = retries.then(|| {
+        RetryLayer::builder()
+            .budget(Arc::new(
+                RetryBudget::new(10.0, 0.1).expect("valid retry budget"),
+            ))
+            .max_attempts(config.max_attempts)
+            .backoff(Backoff {
+                initial: Duration::from_millis(10),
+                max: Duration::from_millis(50),
+                multiplier: 2.0,
+            })
+            .rng(SplitMix::new(config.seed ^ 0x4e7))
+            .build()
+    });
+    Ok(BoxCloneService::new(
+        ServiceBuilder::new()
+            .option_layer(retry)
+            .map_err(Into::<BoxError>::into)
+            .map_request(Call::extended)
+            .layer(PriorityClientLayer::new(PriorityClient::default()))
+            .layer(throttle)
+            .layer(PropagateDeadlineLayer::new(DeadlineClient {
+                wire: Wire::Grpc,
+                ..DeadlineClient::default()
+            }))
+            .service(hop),
+    ))
+}
+
+#[derive(Clone)]
+enum Client {
+    Naive { hop: Hop, retries: bool },
+    Layered(ClientSvc),
+}
+
+impl Client {
+    /// Sends `call`, due at `due`: the latency of the answer, or why none
+    /// came in time.
+    async fn send(
+        self,
+        call: Call,
+        due: Instant,
+        config: SimConfig,
+    ) -> Result<Duration, &'static str> {
+        let deadline = call.deadline.instant();
+        match self {
+            Client::Layered(svc) => match timeout_at(deadline, svc.oneshot(call)).await {
+                Ok(Ok(_)) => Ok(Instant::now() - due),
+                Ok(Err(e)) => Err(reason(&e)),
+                Err(_) => Err("timeout"),
+            },
+            Client::Naive { hop, retries } => {
+                let mut attempt = 0;
+                loop {
+                    attempt += 1;
+                    let now = Instant::now();
+                    let give_up = if retries {
+                        (now + config.try_timeout).min(deadline)
+                    } else {
+                        deadline
+                    };
+                    let why = match timeout_at(give_up, hop.clone().oneshot(call.plain())).await {
+                        Ok(Ok(_)) => return Ok(Instant::now() - due),
+                        Ok(Err(e)) => reason(&e),
+                        Err(_) => "timeout",
+                    };
+                    if !retries || attempt >= config.max_attempts || Instant::now() >= deadline {
+                        return Err(why);
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn simulate(config: SimConfig, scenario: Scenario) -> Result<Row, BoxError> {
+    let t0 = Instant::now();
+    let from = t0 + config.warmup;
+    let to = from + config.measure;
+    let counters = Arc::new(Counters {
+        from,
+        to,
+        attempts: AtomicU64::new(0),
+        busy_ns: AtomicU64::new(0),
+        wasted_ns: AtomicU64::new(0),
+    });
+    let server = Server {
+        pool: Arc::new(Semaphore::new(config.workers)),
+        rng: Arc::new(SplitMix::new(config.seed ^ 0x5e7)),
+        counters: counters.clone(),
+        config,
+    };
+    let hop = Hop {
+        inner: server_stack(&config, scenario.stack, server)?,
+        counters: counters.clone(),
+    };
+    let client = match scenario.stack {
+        Stack::Full => Client::Layered(full_client(&config, scenario.retries, hop)?),
+        _ => Client::Naive {
+            hop,
+            retries: scenario.retries,
+        },
+    };
+    let draws = SplitMix::new(config.seed ^ 0xc1a55);
+    let classes = u64::from(config.classes.max(1));
+    let arrivals = Arrivals::Poisson {
+        rate: config.capacity() * scenario.load,
+        seed: config.seed,
+    };
+    let handles = open_loop(arrivals, config.warmup + config.measure, |_, due| {
+        let class = (draws.next_u64() % classes) as u8;
+        let user = (draws.next_u64() % (u64::from(Priority::MAX_USER) + 1)) as u8;
+        let call = Call {
+            priority: Priority::new(class, user).unwrap_or(Priority::LOWEST),
+            deadline: Deadline::after(due, config.deadline),
+        };
+        let client = client.clone();
+        async move { (due, class, client.send(call, due, config).await) }
+    })
+    .await;
+    // Every client gives up at its deadline, so all are done by then.
+    sleep_until(to + config.deadline).await;
+
+    let mut row = Row {
+        scenario,
+        capacity: config.capacity(),
+        measure: config.measure,
+        offered: 0,
+        ok: 0,
+        classes: vec![(0, 0); usize::from(config.classes.max(1))],
+        latency: Histogram::new(),
+        failures: BTreeMap::new(),
+        attempts: counters.attempts.load(Relaxed),
+        busy: Duration::from_nanos(counters.busy_ns.load(Relaxed)),
+        wasted: Duration::from_nanos(counters.wasted_ns.load(Relaxed)),
+    };
+    for h in handles {
+        let (due, class, result) = h.await?;
+        if due < from || due >= to {
+            continue;
+        }
+        row.offered += 1;
+        let cell = &mut row.classes[usize::from(class)];
+        cell.0 += 1;
+        match result {
+            Ok(latency) => {
+                row.ok += 1;
+                cell.1 += 1;
+                row.latency.record(latency);
+            }
+            Err(why) => *row.failures.entry(why).or_default() += 1,
+        }
+    }
+    Ok(row)
+}
