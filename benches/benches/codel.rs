@@ -1,5 +1,6 @@
 //! The admission queue's uncontended per-request overhead (a free worker,
-//! nobody waiting), next to tower's `ConcurrencyLimit`, in one run.
+//! nobody waiting), next to tower's `ConcurrencyLimit` and tower-resilience's
+//! bulkhead and adaptive limiter, in one run.
 //! `cargo bench -p floodwall-benches --bench codel`.
 
 use std::task::{Context, Waker};
@@ -27,6 +28,20 @@ fn uncontended(c: &mut Criterion) {
     both_ways(&mut g, &mut cx, "floodwall", codel);
     let limit = ConcurrencyLimitLayer::new(64).layer(ReadyService);
     both_ways(&mut g, &mut cx, "tower-concurrency-limit", limit);
+    let bulkhead = tower_resilience_bulkhead::BulkheadLayer::builder()
+        .max_concurrent_calls(64)
+        .reject_when_full()
+        .build()
+        .unwrap()
+        .layer(ReadyService);
+    both_ways(&mut g, &mut cx, "tower-resilience-bulkhead", bulkhead);
+    let aimd = tower_resilience_adaptive::Aimd::builder()
+        .initial_limit(64)
+        .max_limit(64)
+        .build()
+        .unwrap();
+    let adaptive = tower_resilience_adaptive::AdaptiveLimiterLayer::new(aimd).layer(ReadyService);
+    both_ways(&mut g, &mut cx, "tower-resilience-adaptive", adaptive);
     g.finish();
 }
 

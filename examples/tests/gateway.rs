@@ -340,6 +340,37 @@ async fn overflow_routing_sends_the_excess_to_the_secondary_upstream() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_breaker_configured_on_an_http_upstream_opens_on_its_faults() {
+    let d = start(|c| {
+        let up = c.upstreams.get_mut("static_primary").unwrap();
+        up.breaker = Some(floodwall::breaker::BreakerConfig {
+            window: floodwall::breaker::WindowKind::Count(4),
+            minimum_calls: 4,
+            failure_rate_threshold: 50.0,
+            open_duration: Duration::from_secs(60),
+            ..Default::default()
+        });
+    })
+    .await;
+    d.static_primary.set_error_rate(1.0);
+    for _ in 0..4 {
+        let a = get(&d, "/static/logo.png", &[]).await;
+        assert_eq!(a.status, StatusCode::INTERNAL_SERVER_ERROR, "{}", a.body);
+    }
+    let a = get(&d, "/static/logo.png", &[]).await;
+    assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE, "{}", a.body);
+    assert_eq!(a.reason(), Some("circuit_open"));
+    assert_eq!(
+        d.static_primary.served(),
+        4,
+        "the open breaker sent nothing"
+    );
+    let state = call(Method::GET, format!("{}/state", d.admin_url()), &[], "").await;
+    let up = &state.json()["upstreams"]["static_primary"];
+    assert_eq!(up["breaker"]["state"], "open", "{up}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_enter_room_page_degrades_when_an_optional_module_fails() {
     let d = start(|_| {}).await;
     let a = enter(&d, 9, "alice").await;

@@ -2,6 +2,8 @@
 //!
 //! ```text
 //! cargo run --release -p floodwall-benches --bin lab -- sim [--quick] [--out DIR]
+//! cargo run --release -p floodwall-benches --bin lab -- e2e [--quick]
+//! cargo run --release -p floodwall-benches --bin lab -- report
 //! ```
 //!
 //! `sim` runs every virtual-time scenario (each stack at every offered load,
@@ -9,12 +11,22 @@
 //! charts and `overload.md` (the Markdown tables) under `DIR` (default
 //! `target/lab`). `--quick` shortens the measured time (for a first
 //! look; the report uses the defaults).
+//!
+//! `e2e` compares, in real time over loopback, the reference gateway with
+//! every layer on, the same gateway with its layers off, a bare hyper proxy
+//! and (when installed) nginx, toward one upstream (see
+//! `floodwall_benches::lab::e2e`).
+//!
+//! `report` runs both and rewrites docs/performance.md: every
+//! `bench-table` block from criterion's last results (so run
+//! `cargo bench -p floodwall-benches` first: `benches/report.sh` does both),
+//! the lab's sections, the machine line, and the plots under `docs/img/lab`.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use floodwall_benches::lab::report;
-use floodwall_benches::lab::{Scenario, SimConfig, Stack, run_all};
+use floodwall_benches::lab::e2e::{E2eConfig, compare, table as e2e_table};
+use floodwall_benches::lab::{Row, Scenario, SimConfig, Stack, docs, report, run_all};
 
 /// Offered loads, as multiples of capacity.
 const LOADS: [f64; 7] = [0.5, 1.0, 2.0, 3.0, 5.0, 7.0, 10.0];
@@ -52,7 +64,7 @@ fn write(path: &Path, contents: &str) -> Result<(), Error> {
     std::fs::write(path, contents).map_err(|e| format!("{}: {e}", path.display()).into())
 }
 
-fn sim(args: &Args) -> Result<(), Error> {
+fn sim(args: &Args) -> Result<(SimConfig, Vec<Row>, String), Error> {
     let mut config = SimConfig::default();
     if args.quick {
         config.measure = std::time::Duration::from_secs(2);
@@ -104,16 +116,109 @@ fn sim(args: &Args) -> Result<(), Error> {
         }
     }
     write(&args.out.join("overload.md"), &md)?;
-    println!("{md}");
     eprintln!("lab: wrote {}", args.out.display());
+    Ok((config, rows, md))
+}
+
+fn e2e(args: &Args) -> Result<String, Error> {
+    let mut config = E2eConfig::default();
+    if args.quick {
+        config.rounds = 2;
+        config.round = std::time::Duration::from_secs(1);
+        config.latency_run = std::time::Duration::from_secs(1);
+    }
+    eprintln!(
+        "lab e2e: {} connections, {} rounds of {:?} per proxy, then open loop at {:.0} % of the bare proxy's rate",
+        config.connections,
+        config.rounds,
+        config.round,
+        config.latency_load * 100.0
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let results = rt.block_on(compare(config))?;
+    let md = e2e_table(&results);
+    write(&args.out.join("e2e.md"), &md)?;
+    let mut csv = String::from("proxy,round,rps\n");
+    for r in &results {
+        for (i, rps) in r.rounds.iter().enumerate() {
+            csv.push_str(&format!("{},{i},{rps:.1}\n", r.name));
+        }
+    }
+    write(&args.out.join("e2e.csv"), &csv)?;
+    Ok(md)
+}
+
+/// The workspace root (the benches crate's parent).
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn report(args: &Args) -> Result<(), Error> {
+    let root = root();
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+    let doc_path = root.join("docs/performance.md");
+    let mut doc = std::fs::read_to_string(&doc_path)?;
+    // Criterion first: fail fast if its results are missing.
+    let medians = docs::criterion_medians(&target.join("criterion"));
+    doc = docs::fill_bench_tables(&doc, &medians)?;
+
+    let (config, rows, md) = sim(args)?;
+    let img = root.join("docs/img/lab");
+    std::fs::create_dir_all(&img)?;
+    for (stem, _) in report::charts(&rows) {
+        std::fs::copy(
+            args.out.join(format!("{stem}.svg")),
+            img.join(format!("{stem}.svg")),
+        )?;
+    }
+    let mut overload = format!(
+        "Server: {} workers × {:?} ± {:.0} % (capacity {:.0} requests/s), uninterruptible. Clients: Poisson \
+         arrivals, {} business classes in equal shares, deadline {:?}; with retries, naive clients retry at \
+         once up to {} attempts in all, each timing out after {:?}. {:?} of warm-up, then {:?} measured; seed {}. \
+         Offered loads {}× capacity.\n\n| stack | what it is |\n|---|---|\n",
+        config.workers,
+        config.service_time,
+        config.jitter * 100.0,
+        config.capacity(),
+        config.classes,
+        config.deadline,
+        config.max_attempts,
+        config.try_timeout,
+        config.warmup,
+        config.measure,
+        config.seed,
+        LOADS.map(|l| l.to_string()).join("×, ")
+    );
+    for stack in Stack::ALL {
+        overload.push_str(&format!("| `{}` | {} |\n", stack.name(), stack.describe()));
+    }
+    overload.push_str(
+        "\n![Goodput vs offered load](img/lab/goodput.svg)\n\n\
+         ![Goodput vs offered load, clients retrying](img/lab/goodput-retries.svg)\n\n\
+         ![p99 latency vs offered load](img/lab/latency.svg)\n\n\
+         ![p99 latency vs offered load, clients retrying](img/lab/latency-retries.svg)\n",
+    );
+    overload.push_str(&md);
+    doc = docs::replace_region(&doc, "overload", &overload)?;
+
+    let e2e_md = e2e(args)?;
+    doc = docs::replace_region(&doc, "e2e", &e2e_md)?;
+    doc = docs::replace_region(&doc, "machine", &docs::machine())?;
+    std::fs::write(&doc_path, doc)?;
+    eprintln!("lab: rewrote {}", doc_path.display());
     Ok(())
 }
 
 fn main() {
     let result = parse().and_then(|args| match args.command.as_str() {
-        "sim" => sim(&args),
+        "sim" => sim(&args).map(|(_, _, md)| println!("{md}")),
+        "e2e" => e2e(&args).map(|md| println!("{md}")),
+        "report" => report(&args),
         "help" | "--help" | "-h" => {
-            println!("usage: lab sim [--quick] [--out DIR]");
+            println!("usage: lab (sim | e2e | report) [--quick] [--out DIR]");
             Ok(())
         }
         other => Err(format!("unknown command {other:?} (try `lab help`)").into()),

@@ -5,6 +5,8 @@
 //! `cargo run --release -p floodwall-benches --bin lab -- sim` runs every
 //! scenario; docs/performance.md explains the model and the results.
 
+pub mod docs;
+pub mod e2e;
 pub mod hist;
 pub mod load;
 pub mod plot;

@@ -113,10 +113,10 @@ pub struct UpstreamConfig {
     /// deadline). Default 1 s.
     #[serde(default = "one_second", with = "humantime_serde")]
     pub timeout: Duration,
-    /// A circuit breaker in front of the upstream (gRPC upstreams).
+    /// A circuit breaker in front of the upstream.
     #[serde(default)]
     pub breaker: Option<BreakerConfig>,
-    /// SRE adaptive throttling toward the upstream (gRPC upstreams).
+    /// SRE adaptive throttling toward the upstream.
     #[serde(default)]
     pub throttle: Option<ThrottleConfig>,
     /// Drop locally what the upstream's advertised admission level would

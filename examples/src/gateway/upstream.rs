@@ -3,7 +3,8 @@
 //! Toward a room service (gRPC), outermost first:
 //! deadline propagation → collaborative priority admission → circuit
 //! breaker → SRE adaptive throttling → tonic channel. Toward an HTTP
-//! upstream: deadline propagation (`x-request-timeout-ms`) → hyper client.
+//! upstream the same, with the deadline sent as `x-request-timeout-ms` and
+//! responses read by HTTP status, over a pooled hyper client.
 //!
 //! The order matters. Requests dropped by collaborative admission never
 //! reach the throttle, so they do not count as requests the room service
@@ -18,11 +19,11 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use floodwall::breaker::{BreakerHandle, BreakerLayer, State};
-use floodwall::core::{BoxError, Classify, GrpcClassifier, Outcome};
+use floodwall::core::{BoxError, Classify, GrpcClassifier, HttpClassifier, Outcome};
 use floodwall::deadline::{ClientConfig as DeadlineClient, PropagateDeadlineLayer, Wire};
 use floodwall::grpc::StatusErrorLayer;
 use floodwall::priority::{ClientConfig as PriorityClient, PriorityClientLayer};
-use floodwall::throttle::{ThrottleHandle, ThrottleLayer};
+use floodwall::throttle::{Stats, ThrottleLayer};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -46,7 +47,7 @@ pub type GrpcTransport = BoxCloneSyncService<
     tonic::Status,
 >;
 
-/// The transport under an HTTP upstream: deadline propagation over hyper.
+/// The transport under an HTTP upstream: the floodwall stack over hyper.
 pub type HttpTransport =
     BoxCloneSyncService<http::Request<Full<Bytes>>, http::Response<Bytes>, BoxError>;
 
@@ -79,15 +80,15 @@ impl Upstream {
     pub fn build(name: &str, config: &UpstreamConfig, protected: bool) -> Result<Self, BoxError> {
         Ok(match config.kind {
             UpstreamKind::Grpc => Upstream::Grpc(GrpcUpstream::build(name, config, protected)?),
-            UpstreamKind::Http => Upstream::Http(HttpUpstream::build(config, protected)),
+            UpstreamKind::Http => Upstream::Http(HttpUpstream::build(name, config, protected)?),
         })
     }
 
     /// The live state of the upstream's layers, as JSON.
     pub fn state(&self) -> serde_json::Value {
         match self {
-            Upstream::Grpc(g) => g.state(),
-            Upstream::Http(h) => serde_json::json!({ "kind": "http", "url": h.base.to_string() }),
+            Upstream::Grpc(g) => g.guards.state("grpc", &g.url),
+            Upstream::Http(h) => h.guards.state("http", &h.base.to_string()),
         }
     }
 }
@@ -123,10 +124,7 @@ pub struct GrpcUpstream {
     /// The generated client over the floodwall stack.
     pub client: RoomClient<GrpcTransport>,
     url: String,
-    breaker: Option<BreakerHandle>,
-    throttle: Option<ThrottleHandle<GrpcClassifier>>,
-    priority: Option<PriorityClientLayer>,
-    transitions: Arc<Mutex<Vec<Transition>>>,
+    guards: Guards,
 }
 
 impl std::fmt::Debug for GrpcUpstream {
@@ -151,29 +149,51 @@ impl<B> Classify<http::Response<B>, BoxError> for FaultsOnly {
     }
 }
 
-fn state_name(s: State) -> String {
-    format!("{s:?}").to_lowercase()
+/// [`FaultsOnly`] for HTTP upstreams: 5xx answers fail, except 503 (the
+/// upstream shedding); 429 does not fail either.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HttpFaultsOnly;
+
+impl<B> Classify<http::Response<B>, BoxError> for HttpFaultsOnly {
+    fn classify(&self, result: Result<&http::Response<B>, &BoxError>) -> Outcome {
+        match HttpClassifier.classify(result) {
+            Outcome::Overloaded => Outcome::Success,
+            other => other,
+        }
+    }
 }
 
-impl GrpcUpstream {
-    fn build(name: &str, config: &UpstreamConfig, protected: bool) -> Result<Self, BoxError> {
-        let channel = tonic::transport::Endpoint::from_shared(config.url.clone())?
-            .tcp_nodelay(true)
-            .connect_lazy();
+/// The client-side guards toward one upstream (breaker, throttle,
+/// collaborative priority admission), as configured, and their handles.
+#[derive(Clone, Default)]
+struct Guards {
+    breaker: Option<BreakerHandle>,
+    throttle: Option<Arc<dyn Fn() -> Stats + Send + Sync>>,
+    priority: Option<PriorityClientLayer>,
+    transitions: Arc<Mutex<Vec<Transition>>>,
+}
+
+/// The layers [`Guards::build`] made, to put in a stack.
+struct GuardLayers<B, T> {
+    priority: PriorityClientLayer,
+    breaker: Option<BreakerLayer<B>>,
+    throttle: Option<ThrottleLayer<T>>,
+}
+
+impl Guards {
+    /// The layers `config` asks for toward upstream `name`; the breaker
+    /// reads answers with `faults`, the throttle with `overload`.
+    fn build<B, T>(
+        name: &str,
+        config: &UpstreamConfig,
+        faults: B,
+        overload: T,
+    ) -> Result<(Self, GuardLayers<B, T>), BoxError>
+    where
+        B: Send + Sync + 'static,
+        T: Send + Sync + 'static,
+    {
         let transitions = Arc::new(Mutex::new(Vec::new()));
-        if !protected {
-            let transport = ServiceBuilder::new()
-                .map_err(|e: tonic::transport::Error| into_status(e.into()))
-                .service(channel);
-            return Ok(Self {
-                client: RoomClient::new(BoxCloneSyncService::new(transport)),
-                url: config.url.clone(),
-                breaker: None,
-                throttle: None,
-                priority: None,
-                transitions,
-            });
-        }
         let breaker = config
             .breaker
             .map(|b| {
@@ -181,7 +201,7 @@ impl GrpcUpstream {
                 let born = Instant::now();
                 BreakerLayer::builder(b)
                     .name(name.to_owned())
-                    .classify(FaultsOnly)
+                    .classify(faults)
                     .on_state_change(move |c| {
                         let at_ms = u64::try_from(born.elapsed().as_millis()).unwrap_or(u64::MAX);
                         log.lock().push(Transition {
@@ -198,7 +218,7 @@ impl GrpcUpstream {
             .map(|t| {
                 ThrottleLayer::builder(t)
                     .name(name.to_owned())
-                    .classify(GrpcClassifier)
+                    .classify(overload)
                     .build()
             })
             .transpose()?;
@@ -210,51 +230,28 @@ impl GrpcUpstream {
             name.to_owned(),
             floodwall::core::Priority::LOWEST,
         );
-        let breaker_handle = breaker.as_ref().map(BreakerLayer::handle);
-        let throttle_handle = throttle.as_ref().map(ThrottleLayer::handle);
-        let transport = ServiceBuilder::new()
-            .layer(StatusErrorLayer::new())
-            .layer(PropagateDeadlineLayer::new(DeadlineClient {
-                wire: Wire::Grpc,
-                timeout: Some(config.timeout),
-                ..DeadlineClient::default()
-            }))
-            .layer(priority.clone())
-            .option_layer(breaker)
-            .option_layer(throttle)
-            .map_err(|e: tonic::transport::Error| BoxError::from(e))
-            .service(channel);
-        let transport = ServiceBuilder::new()
-            .map_err(into_status)
-            .service(transport);
-        Ok(Self {
-            client: RoomClient::new(BoxCloneSyncService::new(transport)),
-            url: config.url.clone(),
-            breaker: breaker_handle,
-            throttle: throttle_handle,
-            priority: Some(priority),
+        let guards = Guards {
+            breaker: breaker.as_ref().map(BreakerLayer::handle),
+            throttle: throttle.as_ref().map(|t| {
+                let handle = t.handle();
+                Arc::new(move || handle.stats(None)) as Arc<dyn Fn() -> Stats + Send + Sync>
+            }),
+            priority: Some(priority.clone()),
             transitions,
-        })
+        };
+        Ok((
+            guards,
+            GuardLayers {
+                priority,
+                breaker,
+                throttle,
+            },
+        ))
     }
 
-    /// The breaker's state changes so far.
-    pub fn transitions(&self) -> Vec<Transition> {
-        self.transitions.lock().clone()
-    }
-
-    /// The breaker's state, if there is a breaker.
-    pub fn breaker_state(&self) -> Option<State> {
-        self.breaker.as_ref().map(BreakerHandle::state)
-    }
-
-    /// The breaker's manual controls, if there is a breaker.
-    pub fn breaker(&self) -> Option<&BreakerHandle> {
-        self.breaker.as_ref()
-    }
-
-    fn state(&self) -> serde_json::Value {
-        let throttle = self.throttle.as_ref().map(|t| {
-            let s = t.stats(None);
+    fn state(&self, kind: &str, url: &str) -> serde_json::Value {
+        let throttle = self.throttle.as_ref().map(|stats| {
+            let s = stats();
             serde_json::json!({
                 "requests": s.requests,
                 "accepts": s.accepts,
@@ -266,7 +263,7 @@ impl GrpcUpstream {
             serde_json::json!({
                 "state": state_name(b.state()),
                 "window": format!("{c:?}"),
-                "transitions": self.transitions(),
+                "transitions": self.transitions.lock().clone(),
             })
         });
         let priority = self.priority.as_ref().map(|p| {
@@ -276,8 +273,8 @@ impl GrpcUpstream {
             })
         });
         serde_json::json!({
-            "kind": "grpc",
-            "url": self.url,
+            "kind": kind,
+            "url": url,
             "breaker": breaker,
             "throttle": throttle,
             "priority": priority,
@@ -285,16 +282,83 @@ impl GrpcUpstream {
     }
 }
 
+fn state_name(s: State) -> String {
+    format!("{s:?}").to_lowercase()
+}
+
+impl GrpcUpstream {
+    fn build(name: &str, config: &UpstreamConfig, protected: bool) -> Result<Self, BoxError> {
+        let channel = tonic::transport::Endpoint::from_shared(config.url.clone())?
+            .tcp_nodelay(true)
+            .connect_lazy();
+        if !protected {
+            let transport = ServiceBuilder::new()
+                .map_err(|e: tonic::transport::Error| into_status(e.into()))
+                .service(channel);
+            return Ok(Self {
+                client: RoomClient::new(BoxCloneSyncService::new(transport)),
+                url: config.url.clone(),
+                guards: Guards::default(),
+            });
+        }
+        let (guards, layers) = Guards::build(name, config, FaultsOnly, GrpcClassifier)?;
+        let transport = ServiceBuilder::new()
+            .layer(StatusErrorLayer::new())
+            .layer(PropagateDeadlineLayer::new(DeadlineClient {
+                wire: Wire::Grpc,
+                timeout: Some(config.timeout),
+                ..DeadlineClient::default()
+            }))
+            .layer(layers.priority)
+            .option_layer(layers.breaker)
+            .option_layer(layers.throttle)
+            .map_err(|e: tonic::transport::Error| BoxError::from(e))
+            .service(channel);
+        let transport = ServiceBuilder::new()
+            .map_err(into_status)
+            .service(transport);
+        Ok(Self {
+            client: RoomClient::new(BoxCloneSyncService::new(transport)),
+            url: config.url.clone(),
+            guards,
+        })
+    }
+
+    /// The breaker's state changes so far.
+    pub fn transitions(&self) -> Vec<Transition> {
+        self.guards.transitions.lock().clone()
+    }
+
+    /// The breaker's state, if there is a breaker.
+    pub fn breaker_state(&self) -> Option<State> {
+        self.guards.breaker.as_ref().map(BreakerHandle::state)
+    }
+
+    /// The breaker's manual controls, if there is a breaker.
+    pub fn breaker(&self) -> Option<&BreakerHandle> {
+        self.guards.breaker.as_ref()
+    }
+}
+
 /// An HTTP upstream client.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct HttpUpstream {
-    /// The transport (deadline propagation over a pooled hyper client).
+    /// The transport (the floodwall stack over a pooled hyper client).
     pub transport: HttpTransport,
     base: http::Uri,
+    guards: Guards,
+}
+
+impl std::fmt::Debug for HttpUpstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpUpstream")
+            .field("base", &self.base)
+            .finish()
+    }
 }
 
 impl HttpUpstream {
-    fn build(config: &UpstreamConfig, protected: bool) -> Self {
+    fn build(name: &str, config: &UpstreamConfig, protected: bool) -> Result<Self, BoxError> {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         let client: Client<HttpConnector, Full<Bytes>> =
@@ -308,24 +372,32 @@ impl HttpUpstream {
                 Ok::<_, BoxError>(http::Response::from_parts(parts, bytes))
             }
         });
-        let timeout = config.timeout;
-        let transport = if protected {
-            BoxCloneSyncService::new(
-                ServiceBuilder::new()
-                    .layer(PropagateDeadlineLayer::new(DeadlineClient {
-                        wire: Wire::http(),
-                        timeout: Some(timeout),
-                        ..DeadlineClient::default()
-                    }))
-                    .service(send),
-            )
-        } else {
-            BoxCloneSyncService::new(send)
-        };
-        Self {
-            transport,
-            base: config.url.parse().unwrap_or_default(),
+        let base = config.url.parse()?;
+        if !protected {
+            return Ok(Self {
+                transport: BoxCloneSyncService::new(send),
+                base,
+                guards: Guards::default(),
+            });
         }
+        let (guards, layers) = Guards::build(name, config, HttpFaultsOnly, HttpClassifier)?;
+        let transport = BoxCloneSyncService::new(
+            ServiceBuilder::new()
+                .layer(PropagateDeadlineLayer::new(DeadlineClient {
+                    wire: Wire::http(),
+                    timeout: Some(config.timeout),
+                    ..DeadlineClient::default()
+                }))
+                .layer(layers.priority)
+                .option_layer(layers.breaker)
+                .option_layer(layers.throttle)
+                .service(send),
+        );
+        Ok(Self {
+            transport,
+            base,
+            guards,
+        })
     }
 
     /// The absolute URI of `path_and_query` on this upstream.

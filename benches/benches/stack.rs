@@ -1,0 +1,179 @@
+//! The whole floodwall stack on one request path, next to the nearest
+//! stacks built from tower's and tower-resilience's middleware, in one run.
+//! `cargo bench -p floodwall-benches --bench stack`.
+//!
+//! The floodwall stack is what a service in the middle of a call graph runs
+//! (the room service's server side, then the gateway's client side toward
+//! the next service): the server deadline (`grpc-timeout`), a token bucket,
+//! DAGOR admission, the CoDel queue, and for the outbound call a retry with
+//! its budget, deadline propagation, collaborative priority admission, the
+//! circuit breaker and SRE throttling. Nothing is refused: every layer
+//! takes its admit path. Every iteration clones the inbound request (with
+//! its `grpc-timeout` and priority headers); `bare` is that clone and the
+//! answer alone.
+
+use std::convert::Infallible;
+use std::future::{Ready, ready};
+use std::hint::black_box;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use floodwall::breaker::{BreakerConfig, BreakerLayer};
+use floodwall::codel::{CodelConfig, CodelLayer, FromExtensions};
+use floodwall::deadline::{
+    ClientConfig as DeadlineClient, PropagateDeadlineLayer, ServerConfig, ServerDeadlineLayer, Wire,
+};
+use floodwall::priority::{
+    AdmissionConfig, AdmissionLayer, ClientConfig as PriorityClient, PriorityClientLayer,
+};
+use floodwall::throttle::{RetryLayer, ThrottleConfig, ThrottleLayer};
+use floodwall::token_bucket::{Quota, TokenBucketLayer};
+use floodwall_benches::ready_call;
+use tower::{Service, ServiceBuilder};
+
+/// Answers at once with a `content-type`, as real responses carry one.
+#[derive(Clone, Copy, Debug)]
+struct Respond;
+
+impl Service<http::Request<()>> for Respond {
+    type Response = http::Response<()>;
+    type Error = Infallible;
+    type Future = Ready<Result<http::Response<()>, Infallible>>;
+
+    #[inline]
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    #[inline]
+    fn call(&mut self, _: http::Request<()>) -> Self::Future {
+        let mut res = http::Response::new(());
+        res.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/grpc"),
+        );
+        ready(Ok(res))
+    }
+}
+
+fn stacks(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let _guard = rt.enter();
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut g = c.benchmark_group("stack");
+    let inbound = http::Request::builder()
+        .header("grpc-timeout", "2S")
+        .header("x-floodwall-priority", "3-40")
+        .body(())
+        .unwrap();
+
+    let mut bare = Respond;
+    g.bench_function("bare/ready+call", |b| {
+        b.iter(|| ready_call(&mut cx, &mut bare, black_box(inbound.clone())).unwrap())
+    });
+
+    let open = Quota::per_second(1_000_000_000)
+        .unwrap()
+        .with_burst(u32::MAX)
+        .unwrap();
+    let server = || {
+        ServiceBuilder::new()
+            .layer(ServerDeadlineLayer::new(ServerConfig {
+                wire: Wire::Grpc,
+                trust_inbound: true,
+                max: Some(Duration::from_secs(2)),
+            }))
+            .layer(TokenBucketLayer::new(open))
+            .layer(
+                AdmissionLayer::builder(AdmissionConfig::default())
+                    .trust_inbound(true)
+                    .build()
+                    .unwrap(),
+            )
+            .layer(
+                CodelLayer::builder(CodelConfig::with_workers(64))
+                    .timing(FromExtensions)
+                    .build()
+                    .unwrap(),
+            )
+    };
+    let client = || {
+        ServiceBuilder::new()
+            .layer(RetryLayer::builder().build())
+            .layer(PropagateDeadlineLayer::new(DeadlineClient {
+                wire: Wire::Grpc,
+                ..DeadlineClient::default()
+            }))
+            .layer(PriorityClientLayer::new(PriorityClient::default()))
+            .layer(BreakerLayer::new(BreakerConfig::default()).unwrap())
+            .layer(ThrottleLayer::new(ThrottleConfig::default()).unwrap())
+    };
+
+    let mut full = server().layer(client()).service(Respond);
+    g.bench_function("floodwall-full/ready+call", |b| {
+        b.iter(|| ready_call(&mut cx, &mut full, black_box(inbound.clone())).unwrap())
+    });
+    let mut server_half = server().service(Respond);
+    g.bench_function("floodwall-server/ready+call", |b| {
+        b.iter(|| ready_call(&mut cx, &mut server_half, black_box(inbound.clone())).unwrap())
+    });
+    let mut client_half = client().service(Respond);
+    g.bench_function("floodwall-client/ready+call", |b| {
+        b.iter(|| ready_call(&mut cx, &mut client_half, black_box(inbound.clone())).unwrap())
+    });
+
+    // tower's nearest: a timeout, load shedding over a concurrency limit, a
+    // rate limit (per instance: driven in place, as behind a `Buffer`).
+    let mut tower_stack = ServiceBuilder::new()
+        .timeout(Duration::from_secs(2))
+        .load_shed()
+        .concurrency_limit(64)
+        .rate_limit(u64::MAX, Duration::from_secs(1))
+        .service(Respond);
+    g.bench_function("tower/ready+call", |b| {
+        b.iter(|| ready_call(&mut cx, &mut tower_stack, black_box(inbound.clone())).unwrap())
+    });
+
+    // tower-resilience's nearest: rate limiter, bulkhead, circuit breaker.
+    let mut resilience = ServiceBuilder::new()
+        .layer(
+            tower_resilience_ratelimiter::RateLimiterLayer::builder()
+                .limit_for_period(usize::MAX / 2)
+                .refresh_period(Duration::from_secs(1))
+                .timeout_duration(Duration::ZERO)
+                .build()
+                .unwrap(),
+        )
+        .layer(
+            tower_resilience_bulkhead::BulkheadLayer::builder()
+                .max_concurrent_calls(64)
+                .reject_when_full()
+                .build()
+                .unwrap(),
+        )
+        .layer(
+            tower_resilience_circuitbreaker::CircuitBreakerLayer::builder()
+                .failure_rate_threshold(0.5)
+                .sliding_window_size(100)
+                .build()
+                .unwrap(),
+        )
+        .service(Respond);
+    g.bench_function("tower-resilience/ready+call", |b| {
+        b.iter(|| ready_call(&mut cx, &mut resilience, black_box(inbound.clone())).unwrap())
+    });
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
+    targets = stacks
+}
+criterion_main!(benches);
