@@ -3,7 +3,6 @@
 //! `cargo bench -p floodwall-benches --bench breaker`.
 
 use std::task::{Context, Waker};
-use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use floodwall::breaker::{BreakerConfig, BreakerLayer};
@@ -11,10 +10,7 @@ use floodwall_benches::{ReadyService, both_ways};
 use tower::Layer;
 
 fn closed(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .unwrap();
+    let rt = floodwall_benches::bench_runtime();
     let _guard = rt.enter();
     let mut cx = Context::from_waker(Waker::noop());
     let mut g = c.benchmark_group("breaker");
@@ -43,9 +39,7 @@ fn closed(c: &mut Criterion) {
 
 criterion_group! {
     name = benches;
-    config = Criterion::default()
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(2));
+    config = floodwall_benches::criterion_config();
     targets = closed
 }
 criterion_main!(benches);

@@ -4,7 +4,6 @@
 //! `cargo bench -p floodwall-benches --bench codel`.
 
 use std::task::{Context, Waker};
-use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use floodwall::codel::{CodelConfig, CodelLayer};
@@ -13,10 +12,7 @@ use tower::Layer;
 use tower::limit::ConcurrencyLimitLayer;
 
 fn uncontended(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .unwrap();
+    let rt = floodwall_benches::bench_runtime();
     let _guard = rt.enter();
     let mut cx = Context::from_waker(Waker::noop());
     let mut g = c.benchmark_group("codel");
@@ -47,9 +43,7 @@ fn uncontended(c: &mut Criterion) {
 
 criterion_group! {
     name = benches;
-    config = Criterion::default()
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(2));
+    config = floodwall_benches::criterion_config();
     targets = uncontended
 }
 criterion_main!(benches);

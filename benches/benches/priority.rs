@@ -2,51 +2,18 @@
 //! overloaded, next to tower's `LoadShed` (the nearest existing shedding
 //! layer), in one run. `cargo bench -p floodwall-benches --bench priority`.
 
-use std::convert::Infallible;
-use std::future::{Ready, ready};
 use std::hint::black_box;
-use std::task::{Context, Poll, Waker};
-use std::time::Duration;
+use std::task::{Context, Waker};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use floodwall::core::{Criticality, Priority};
 use floodwall::priority::{AdmissionConfig, AdmissionLayer, Mode};
-use floodwall_benches::ready_call;
+use floodwall_benches::{Respond, ready_call};
+use tower::Layer;
 use tower::load_shed::LoadShedLayer;
-use tower::{Layer, Service};
-
-/// Answers every request at once with an empty body and a `content-type`,
-/// as every gRPC response and nearly every HTTP response has (so the header
-/// map already exists, as in real servers).
-#[derive(Clone, Copy, Debug)]
-struct Respond;
-
-impl Service<http::Request<()>> for Respond {
-    type Response = http::Response<()>;
-    type Error = Infallible;
-    type Future = Ready<Result<http::Response<()>, Infallible>>;
-
-    #[inline]
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    #[inline]
-    fn call(&mut self, _: http::Request<()>) -> Self::Future {
-        let mut res = http::Response::new(());
-        res.headers_mut().insert(
-            http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static("application/grpc"),
-        );
-        ready(Ok(res))
-    }
-}
 
 fn server(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .unwrap();
+    let rt = floodwall_benches::bench_runtime();
     let _guard = rt.enter();
     let mut cx = Context::from_waker(Waker::noop());
     let mut g = c.benchmark_group("priority");
@@ -96,9 +63,7 @@ fn server(c: &mut Criterion) {
 
 criterion_group! {
     name = benches;
-    config = Criterion::default()
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(2));
+    config = floodwall_benches::criterion_config();
     targets = server
 }
 criterion_main!(benches);

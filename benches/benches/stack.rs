@@ -12,10 +12,8 @@
 //! its `grpc-timeout` and priority headers); `bare` is that clone and the
 //! answer alone.
 
-use std::convert::Infallible;
-use std::future::{Ready, ready};
 use std::hint::black_box;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Waker};
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -29,39 +27,11 @@ use floodwall::priority::{
 };
 use floodwall::throttle::{RetryLayer, ThrottleConfig, ThrottleLayer};
 use floodwall::token_bucket::{Quota, TokenBucketLayer};
-use floodwall_benches::ready_call;
-use tower::{Service, ServiceBuilder};
-
-/// Answers at once with a `content-type`, as real responses carry one.
-#[derive(Clone, Copy, Debug)]
-struct Respond;
-
-impl Service<http::Request<()>> for Respond {
-    type Response = http::Response<()>;
-    type Error = Infallible;
-    type Future = Ready<Result<http::Response<()>, Infallible>>;
-
-    #[inline]
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    #[inline]
-    fn call(&mut self, _: http::Request<()>) -> Self::Future {
-        let mut res = http::Response::new(());
-        res.headers_mut().insert(
-            http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static("application/grpc"),
-        );
-        ready(Ok(res))
-    }
-}
+use floodwall_benches::{Respond, ready_call};
+use tower::ServiceBuilder;
 
 fn stacks(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .unwrap();
+    let rt = floodwall_benches::bench_runtime();
     let _guard = rt.enter();
     let mut cx = Context::from_waker(Waker::noop());
     let mut g = c.benchmark_group("stack");
@@ -171,9 +141,7 @@ fn stacks(c: &mut Criterion) {
 
 criterion_group! {
     name = benches;
-    config = Criterion::default()
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(2));
+    config = floodwall_benches::criterion_config();
     targets = stacks
 }
 criterion_main!(benches);

@@ -38,10 +38,7 @@ impl<Req: Clone, Res, E> tower::retry::Policy<Req, Res, E> for BudgetPolicy {
 }
 
 fn overhead(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .unwrap();
+    let rt = floodwall_benches::bench_runtime();
     let _guard = rt.enter();
     let mut cx = Context::from_waker(Waker::noop());
     let mut g = c.benchmark_group("throttle");
@@ -79,9 +76,7 @@ fn overhead(c: &mut Criterion) {
 
 criterion_group! {
     name = benches;
-    config = Criterion::default()
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(2));
+    config = floodwall_benches::criterion_config();
     targets = overhead
 }
 criterion_main!(benches);

@@ -9,6 +9,53 @@ use tower::Service;
 
 pub mod lab;
 
+/// The criterion settings every floodwall bench uses: 0.5 s of warm-up and
+/// 2 s of measurement per benchmark.
+pub fn criterion_config() -> criterion::Criterion {
+    criterion::Criterion::default()
+        .warm_up_time(std::time::Duration::from_millis(500))
+        .measurement_time(std::time::Duration::from_secs(2))
+}
+
+/// A current-thread runtime with the time driver on: the benches enter it
+/// so that layers can read tokio's clock and create timers.
+///
+/// # Panics
+/// If the runtime cannot be built (the OS refuses a thread-local resource).
+pub fn bench_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("a current-thread runtime")
+}
+
+/// Answers every `http::Request` at once with an empty body and a
+/// `content-type`, as every gRPC response and nearly every HTTP response
+/// has (so the header map already exists, as in real servers).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Respond;
+
+impl<B> Service<http::Request<B>> for Respond {
+    type Response = http::Response<()>;
+    type Error = std::convert::Infallible;
+    type Future = std::future::Ready<Result<http::Response<()>, Self::Error>>;
+
+    #[inline]
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    #[inline]
+    fn call(&mut self, _: http::Request<B>) -> Self::Future {
+        let mut res = http::Response::new(());
+        res.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/grpc"),
+        );
+        std::future::ready(Ok(res))
+    }
+}
+
 /// A service that is always ready and answers at once: the baseline a
 /// layer's overhead is measured against.
 #[derive(Debug, Clone, Default)]
