@@ -118,3 +118,22 @@ pub const PRIORITY_QUEUING_SECONDS: &str = "floodwall_priority_queuing_seconds";
 /// Counter: requests a collaborative client dropped locally because the
 /// downstream's admission level would refuse them (label `priority`).
 pub const PRIORITY_LOCAL_DROPPED: &str = "floodwall_priority_local_dropped_total";
+
+/// Label naming who decided a distributed limiter's request: `redis`,
+/// `lease`, `cached`, `fallback`, `fail_open` or `fail_closed`.
+pub const LABEL_SOURCE: &str = "source";
+
+/// Counter: requests the Redis limiter admitted (label `source`).
+pub const REDIS_ADMITTED: &str = "floodwall_redis_admitted_total";
+/// Counter: requests the Redis limiter refused (label `source`).
+pub const REDIS_REJECTED: &str = "floodwall_redis_rejected_total";
+/// Counter: limiter script calls that got an answer from Redis.
+pub const REDIS_ROUND_TRIPS: &str = "floodwall_redis_round_trips_total";
+/// Histogram: seconds per limiter round trip to Redis, answered or not.
+pub const REDIS_ROUND_TRIP_SECONDS: &str = "floodwall_redis_round_trip_seconds";
+/// Counter: limiter round trips that failed (label `reason`: `timeout`,
+/// `io`, `server`, `protocol`, `busy`).
+pub const REDIS_ERRORS: &str = "floodwall_redis_errors_total";
+/// Gauge: 1 while the limiter decides without Redis (its breaker is not
+/// closed), else 0.
+pub const REDIS_FALLBACK: &str = "floodwall_redis_fallback";

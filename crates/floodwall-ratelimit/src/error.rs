@@ -22,7 +22,10 @@ pub struct RateLimited {
 }
 
 impl RateLimited {
-    pub(crate) fn new(retry_after: Duration, policy: Arc<RateLimitPolicy>) -> Self {
+    /// A refusal by the limiter enforcing `policy`, which would admit the
+    /// request after `retry_after`. For limiters outside this crate (such as
+    /// `floodwall-redis`) that report the same error.
+    pub fn new(retry_after: Duration, policy: Arc<RateLimitPolicy>) -> Self {
         Self {
             retry_after,
             policy,
@@ -78,7 +81,9 @@ pub struct ExceedsBurst {
 }
 
 impl ExceedsBurst {
-    pub(crate) fn new(requested: u32, burst: u32, policy: Arc<RateLimitPolicy>) -> Self {
+    /// A request of `requested` units refused by a limiter that allows at
+    /// most `burst` at once under `policy`.
+    pub fn new(requested: u32, burst: u32, policy: Arc<RateLimitPolicy>) -> Self {
         Self {
             requested,
             burst,

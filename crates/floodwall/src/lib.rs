@@ -16,10 +16,11 @@
 //! | `ratelimit` | any rate limiter | the Tower adapter and bounded keyed map the rate limiters share |
 //! | `http` | `http` | rejections as HTTP 429/503/504 with `Retry-After` and `RateLimit` fields |
 //! | `grpc` | `grpc` | rejections as `tonic::Status` with `grpc-retry-pushback-ms` |
+//! | `redis` | `redis` | distributed GCRA limiter on Redis: token leasing, per-call timeout, breaker, local fallback |
 //!
 //! `full` enables everything, `serde` the configuration types'
-//! `Deserialize`. The distributed Redis limiter and adaptive concurrency
-//! limits are planned (see the README's layer table).
+//! `Deserialize`. Adaptive concurrency limits are planned (see the README's
+//! layer table).
 //!
 //! # Example
 //!
@@ -103,3 +104,7 @@ pub use floodwall_http as http;
 #[cfg(feature = "grpc")]
 #[cfg_attr(docsrs, doc(cfg(feature = "grpc")))]
 pub use floodwall_grpc as grpc;
+
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use floodwall_redis as redis;

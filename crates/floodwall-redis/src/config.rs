@@ -1,0 +1,207 @@
+//! The limiter's configuration as plain data.
+
+use std::time::Duration;
+
+use floodwall_breaker::BreakerConfig;
+use floodwall_core::ConfigError;
+use floodwall_token_bucket::{Quota, QuotaError};
+
+use crate::{Builder, DEFAULT_NAME, Fallback, Key, RedisClient, RedisLimiter};
+
+/// A [`RedisLimiter`]'s configuration as plain data.
+///
+/// With the `serde` feature it deserializes, durations in human form:
+///
+/// ```
+/// # #[cfg(feature = "serde")] {
+/// use std::time::Duration;
+/// use floodwall_redis::{Fallback, RedisLimiterConfig};
+///
+/// let cfg: RedisLimiterConfig = serde_json::from_str(r#"{
+///     "name": "api", "rate": 1000, "burst": 100, "timeout": "10ms",
+///     "lease": { "max_tokens": 10, "max_age": "100ms" },
+///     "fallback": { "local": { "share": 0.25 } }
+/// }"#).unwrap();
+/// assert_eq!(cfg.timeout, Duration::from_millis(10));
+/// assert_eq!(cfg.fallback, Fallback::Local { share: 0.25 });
+/// # }
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(deny_unknown_fields))]
+pub struct RedisLimiterConfig {
+    /// Metric label, policy name and default key prefix. Default `"redis"`.
+    #[cfg_attr(feature = "serde", serde(default = "default_name"))]
+    pub name: String,
+    /// Redis key prefix. Default `"floodwall:{name}:"`.
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub prefix: Option<String>,
+    /// Tokens refilled per [`per`](Self::per), across all instances.
+    pub rate: u32,
+    /// The refill period. Default one second.
+    #[cfg_attr(
+        feature = "serde",
+        serde(default = "one_second", with = "humantime_serde")
+    )]
+    pub per: Duration,
+    /// Bucket capacity. Default: `rate`.
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub burst: Option<u32>,
+    /// How long one decision may wait for Redis. Default 20 ms.
+    #[cfg_attr(
+        feature = "serde",
+        serde(default = "twenty_ms", with = "humantime_serde")
+    )]
+    pub timeout: Duration,
+    /// Token leasing. Default off.
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub lease: Option<LeaseConfig>,
+    /// What to do without Redis. Default local at 10 %.
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub fallback: Fallback,
+    /// Keys remembered locally (leases, refusals, fallback buckets), each.
+    /// Default 100,000.
+    #[cfg_attr(feature = "serde", serde(default = "default_capacity"))]
+    pub capacity: usize,
+    /// The breaker guarding Redis. Default
+    /// [`RedisLimiter::default_breaker`].
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub breaker: Option<BreakerConfig>,
+}
+
+/// Token leasing settings; see [`Builder::lease`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(deny_unknown_fields))]
+pub struct LeaseConfig {
+    /// The most tokens one round trip takes.
+    pub max_tokens: u32,
+    /// How long leased tokens last; a lease is also never more than the
+    /// global rate refills in this time.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
+    pub max_age: Duration,
+}
+
+#[cfg(feature = "serde")]
+fn default_name() -> String {
+    DEFAULT_NAME.to_owned()
+}
+
+#[cfg(feature = "serde")]
+fn one_second() -> Duration {
+    Duration::from_secs(1)
+}
+
+#[cfg(feature = "serde")]
+fn twenty_ms() -> Duration {
+    Duration::from_millis(20)
+}
+
+#[cfg(feature = "serde")]
+fn default_capacity() -> usize {
+    RedisLimiterConfig::DEFAULT_CAPACITY
+}
+
+impl RedisLimiterConfig {
+    /// The default number of keys remembered locally.
+    pub const DEFAULT_CAPACITY: usize = 100_000;
+
+    /// `rate` per second across all instances, with every other field at
+    /// its default.
+    pub fn per_second(rate: u32) -> Self {
+        Self {
+            name: DEFAULT_NAME.to_owned(),
+            prefix: None,
+            rate,
+            per: Duration::from_secs(1),
+            burst: None,
+            timeout: Duration::from_millis(20),
+            lease: None,
+            fallback: Fallback::default(),
+            capacity: Self::DEFAULT_CAPACITY,
+            breaker: None,
+        }
+    }
+
+    /// The global quota.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming `rate`, `per` or `burst`.
+    pub fn quota(&self) -> Result<Quota, ConfigError> {
+        let quota = Quota::new(self.rate, self.per).map_err(quota_error)?;
+        match self.burst {
+            Some(burst) => quota.with_burst(burst).map_err(quota_error),
+            None => Ok(quota),
+        }
+    }
+
+    /// A builder for a limiter on `client` with this configuration.
+    ///
+    /// # Errors
+    /// As [`quota`](Self::quota).
+    pub fn builder(&self, client: RedisClient) -> Result<Builder, ConfigError> {
+        let mut builder = RedisLimiter::builder(client, self.quota()?)
+            .name(self.name.as_str())
+            .timeout(self.timeout)
+            .fallback(self.fallback)
+            .capacity(self.capacity);
+        if let Some(prefix) = &self.prefix {
+            builder = builder.prefix(prefix.clone());
+        }
+        if let Some(lease) = self.lease {
+            builder = builder.lease(lease.max_tokens, lease.max_age);
+        }
+        if let Some(breaker) = self.breaker {
+            builder = builder.breaker(breaker);
+        }
+        Ok(builder)
+    }
+
+    /// The limiter.
+    ///
+    /// # Errors
+    /// As [`quota`](Self::quota) and [`Builder::build`].
+    pub fn build<K: Key>(&self, client: RedisClient) -> Result<RedisLimiter<K>, ConfigError> {
+        self.builder(client)?.build()
+    }
+}
+
+fn quota_error(err: QuotaError) -> ConfigError {
+    match err {
+        QuotaError::ZeroRate => ConfigError::new("rate", "must be above zero"),
+        QuotaError::ZeroPeriod => ConfigError::new("per", "must be above zero"),
+        QuotaError::ZeroBurst => ConfigError::new("burst", "must be at least 1"),
+        QuotaError::TooFast => ConfigError::new("rate", "is more than one per nanosecond"),
+        _ => ConfigError::new("per", "is too long (burst × interval over ~36 years)"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quota_errors_name_the_field() {
+        let mut cfg = RedisLimiterConfig::per_second(0);
+        assert_eq!(cfg.quota().unwrap_err().field(), "rate");
+        cfg.rate = 10;
+        cfg.per = Duration::ZERO;
+        assert_eq!(cfg.quota().unwrap_err().field(), "per");
+        cfg.per = Duration::from_secs(1);
+        cfg.burst = Some(0);
+        assert_eq!(cfg.quota().unwrap_err().field(), "burst");
+        cfg.burst = Some(5);
+        assert_eq!(cfg.quota().unwrap().burst(), 5);
+    }
+
+    #[cfg(feature = "serde")]
+    #[test]
+    fn deserializes_with_defaults_and_refuses_unknown_fields() {
+        let cfg: RedisLimiterConfig = serde_json::from_str(r#"{ "rate": 50 }"#).unwrap();
+        assert_eq!(cfg, RedisLimiterConfig::per_second(50));
+        let open: RedisLimiterConfig =
+            serde_json::from_str(r#"{ "rate": 5, "fallback": "open" }"#).unwrap();
+        assert_eq!(open.fallback, Fallback::Open);
+        assert!(serde_json::from_str::<RedisLimiterConfig>(r#"{ "rate": 5, "rte": 1 }"#).is_err());
+    }
+}

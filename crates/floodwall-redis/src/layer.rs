@@ -1,0 +1,295 @@
+//! The Tower adapter.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use floodwall_core::BoxError;
+use floodwall_ratelimit::{One, Weigh};
+use pin_project_lite::pin_project;
+use tokio::time::Instant;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::limiter::Plan;
+use crate::{Key, RedisLimiter, Source, error};
+
+/// A Tower layer that rate-limits requests with a [`RedisLimiter`], keyed
+/// by `extract(&request)` (a request for which it returns `None` is not
+/// limited by this layer).
+///
+/// # Clone
+/// Every service the layer builds, and every clone of those, shares the
+/// limiter (an `Arc`). Instances share the limit through Redis.
+///
+/// # Shedding
+/// Readiness is the inner service's. The decision is made after `call`:
+/// at once from leased tokens, the breaker or the fallback, otherwise
+/// after one Redis round trip (bounded by the limiter's timeout). A refused
+/// request fails with a [`Rejected`](floodwall_core::Rejected) holding a
+/// [`RateLimited`](error::RateLimited),
+/// [`ExceedsBurst`](error::ExceedsBurst) or
+/// [`LimiterUnavailable`](error::LimiterUnavailable).
+pub struct RedisRateLimitLayer<K: Key, X, W = One> {
+    limiter: RedisLimiter<K>,
+    shared: Arc<(X, W)>,
+}
+
+impl<K: Key, X> RedisRateLimitLayer<K, X, One> {
+    /// A layer limiting each request under the key `extract` returns.
+    ///
+    /// ```no_run
+    /// use std::net::IpAddr;
+    /// use floodwall_redis::{RedisClient, RedisLimiter, RedisRateLimitLayer};
+    /// use floodwall_token_bucket::Quota;
+    /// use tower::{ServiceBuilder, service_fn};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let client = RedisClient::new("127.0.0.1:6379".parse()?);
+    /// let per_ip = RedisLimiter::builder(client, Quota::per_second(50)?).name("per-ip").build::<IpAddr>()?;
+    /// let svc = ServiceBuilder::new()
+    ///     .layer(RedisRateLimitLayer::new(per_ip, |ip: &IpAddr| Some(*ip)))
+    ///     .service(service_fn(|_: IpAddr| async { Ok::<_, floodwall_core::BoxError>("ok") }));
+    /// # let _ = svc;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn new(limiter: RedisLimiter<K>, extract: X) -> Self {
+        Self {
+            limiter,
+            shared: Arc::new((extract, One)),
+        }
+    }
+}
+
+impl<K: Key, X, W> RedisRateLimitLayer<K, X, W> {
+    /// Charges each request `weigh(&request)` tokens instead of one.
+    pub fn weigh<W2>(self, weigh: W2) -> RedisRateLimitLayer<K, X, W2>
+    where
+        X: Clone,
+    {
+        RedisRateLimitLayer {
+            limiter: self.limiter,
+            shared: Arc::new((self.shared.0.clone(), weigh)),
+        }
+    }
+
+    /// The shared limiter: its health, stats and breaker.
+    pub fn limiter(&self) -> &RedisLimiter<K> {
+        &self.limiter
+    }
+}
+
+impl<K: Key, X, W> Clone for RedisRateLimitLayer<K, X, W> {
+    fn clone(&self) -> Self {
+        Self {
+            limiter: self.limiter.clone(),
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<K: Key, X, W> fmt::Debug for RedisRateLimitLayer<K, X, W> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisRateLimitLayer")
+            .field("limiter", &self.limiter)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, K: Key, X, W> Layer<S> for RedisRateLimitLayer<K, X, W> {
+    type Service = RedisRateLimit<S, K, X, W>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RedisRateLimit {
+            inner,
+            limiter: self.limiter.clone(),
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// A service rate-limited through Redis; built by [`RedisRateLimitLayer`].
+///
+/// The inner service must be `Clone`: a request that waits for Redis takes
+/// the ready service with it and leaves a clone behind.
+pub struct RedisRateLimit<S, K: Key, X, W = One> {
+    inner: S,
+    limiter: RedisLimiter<K>,
+    shared: Arc<(X, W)>,
+}
+
+impl<S, K: Key, X, W> RedisRateLimit<S, K, X, W> {
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Consumes the limiter, returning the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: Clone, K: Key, X, W> Clone for RedisRateLimit<S, K, X, W> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            limiter: self.limiter.clone(),
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug, K: Key, X, W> fmt::Debug for RedisRateLimit<S, K, X, W> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisRateLimit")
+            .field("inner", &self.inner)
+            .field("limiter", &self.limiter)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, K, X, W, Req> Service<Req> for RedisRateLimit<S, K, X, W>
+where
+    S: Service<Req> + Clone,
+    S::Error: Into<BoxError>,
+    K: Key,
+    X: Fn(&Req) -> Option<K>,
+    W: Weigh<Req>,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = ResponseFuture<S, Req>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        let (extract, weigh) = &*self.shared;
+        let Some(key) = extract(&req) else {
+            return ResponseFuture::called(self.inner.call(req));
+        };
+        let n = weigh.weigh(&req);
+        match self.limiter.plan(key, n, Instant::now()) {
+            Plan::Decided(Ok(_)) => ResponseFuture::called(self.inner.call(req)),
+            Plan::Decided(Err(refusal)) => {
+                ResponseFuture::rejected(error::boxed(refusal, self.limiter.policy()))
+            }
+            Plan::Later(later) => {
+                // The ready service goes with the request; a clone stays.
+                let clone = self.inner.clone();
+                let svc = std::mem::replace(&mut self.inner, clone);
+                let policy = self.limiter.policy().clone();
+                ResponseFuture {
+                    state: State::Checking {
+                        check: Box::pin(async move {
+                            later.run().await.map_err(|r| error::boxed(r, &policy))
+                        }),
+                        svc: Some(svc),
+                        req: Some(req),
+                    },
+                }
+            }
+        }
+    }
+}
+
+type Check = Pin<Box<dyn Future<Output = Result<Source, BoxError>> + Send>>;
+
+pin_project! {
+    /// The response future of [`RedisRateLimit`]: a ready rejection, a
+    /// Redis round trip followed by the inner call, or the inner call.
+    ///
+    /// Dropping it during the round trip abandons the decision: the
+    /// breaker's probe slot and the lease claim are given back and the
+    /// inner service is never called.
+    pub struct ResponseFuture<S, Req>
+    where
+        S: Service<Req>,
+    {
+        #[pin]
+        state: State<S, Req>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<S, Req>
+    where
+        S: Service<Req>,
+    {
+        Called { #[pin] fut: S::Future },
+        Rejected { error: Option<BoxError> },
+        Checking { check: Check, svc: Option<S>, req: Option<Req> },
+    }
+}
+
+impl<S: Service<Req>, Req> ResponseFuture<S, Req> {
+    fn called(fut: S::Future) -> Self {
+        Self {
+            state: State::Called { fut },
+        }
+    }
+
+    fn rejected(error: BoxError) -> Self {
+        Self {
+            state: State::Rejected { error: Some(error) },
+        }
+    }
+}
+
+impl<S, Req> fmt::Debug for ResponseFuture<S, Req>
+where
+    S: Service<Req>,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match &self.state {
+            State::Called { .. } => "called",
+            State::Rejected { .. } => "rejected",
+            State::Checking { .. } => "checking",
+        };
+        f.debug_struct("ResponseFuture")
+            .field("state", &state)
+            .finish()
+    }
+}
+
+impl<S, Req> Future for ResponseFuture<S, Req>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+{
+    type Output = Result<S::Response, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut state = self.project().state;
+        loop {
+            match state.as_mut().project() {
+                StateProj::Called { fut } => return fut.poll(cx).map_err(Into::into),
+                StateProj::Rejected { error } => {
+                    return Poll::Ready(Err(error.take().expect("polled after completion")));
+                }
+                StateProj::Checking { check, svc, req } => {
+                    if let Err(err) = ready!(check.as_mut().poll(cx)) {
+                        state.set(State::Rejected { error: None });
+                        return Poll::Ready(Err(err));
+                    }
+                    let mut svc = svc.take().expect("polled after completion");
+                    let req = req.take().expect("polled after completion");
+                    let fut = svc.call(req);
+                    state.set(State::Called { fut });
+                }
+            }
+        }
+    }
+}

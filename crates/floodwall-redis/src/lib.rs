@@ -1,0 +1,133 @@
+//! Distributed GCRA rate limiting on Redis, with local fallback, for Tower.
+//!
+//! A per-instance limit cannot enforce a global quota once a service runs
+//! on many instances. This crate keeps the quota's state — one GCRA
+//! theoretical arrival time per key — in the Redis the deployment already
+//! runs, and updates it atomically with one Lua script per decision.
+//!
+//! - [`RedisLimiter`]: the limiter. One `EVALSHA` per decision (the script
+//!   is loaded once and reloaded on `NOSCRIPT`), Redis's own clock (`TIME`),
+//!   keys that expire as soon as their bucket is full again, optional token
+//!   **leasing**, a per-call **timeout** (20 ms by default), a
+//!   **circuit breaker** guarding Redis and a **fallback**: a local token
+//!   bucket at a share of the global rate, fail open, or fail closed.
+//! - [`RedisRateLimitLayer`]: the Tower adapter, keyed by any function of the
+//!   request; refusals are the same
+//!   [`RateLimited`](error::RateLimited) errors as every floodwall rate
+//!   limiter's, so `floodwall-http` and `floodwall-grpc` answer 429 /
+//!   `RESOURCE_EXHAUSTED` with `Retry-After`.
+//! - [`RedisClient`]: the small pipelined client it talks through (RESP2 on
+//!   one TCP connection, automatic pipelining, reconnect on demand).
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use floodwall_redis::{Fallback, RedisClient, RedisLimiter, RedisRateLimitLayer};
+//! use floodwall_token_bucket::Quota;
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! let redis = RedisClient::new("127.0.0.1:6379".parse()?);
+//! // 1,000 requests per second per room, across every instance.
+//! let per_room = RedisLimiter::builder(redis, Quota::per_second(1000)?.with_burst(100)?)
+//!     .name("room")
+//!     .lease(10, Duration::from_millis(100))
+//!     .fallback(Fallback::Local { share: 0.25 }) // four instances
+//!     .build()?;
+//! let svc = ServiceBuilder::new()
+//!     .layer(RedisRateLimitLayer::new(per_room, |room: &u64| Some(*room)))
+//!     .service(service_fn(|room: u64| async move { Ok::<_, floodwall_core::BoxError>(room) }));
+//! svc.oneshot(42).await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # The decision
+//! For a quota of rate `r` (interval `I = 1/r`) and burst `b`, the script
+//! reads `now` from Redis's `TIME` (so instances' clocks do not matter),
+//! computes `tat = max(TAT, now)` and the tokens available,
+//! `⌊(now + b·I − tat) / I⌋`, and grants `min(want, available)` tokens if
+//! that covers the request's weight `n`, moving the TAT by what it grants.
+//! Without leasing `want = n` and this is exactly the token bucket's GCRA
+//! step (a request conforms iff `tat + n·I − now ≤ b·I`; a refusal is told
+//! `retry_after = tat + n·I − b·I − now`). The key's TTL is `TAT − now`:
+//! once the bucket is full again the key disappears, so idle keys cost
+//! Redis nothing.
+//!
+//! # Leasing, and what it can over-admit
+//! With [`lease(max_tokens, max_age)`](Builder::lease), a request that finds
+//! no leased tokens asks Redis for a batch of `L = min(max_tokens, b,
+//! ⌊r·max_age⌋)` tokens, spends one and keeps the rest for the next
+//! requests on the same key, which need no round trip; leased tokens expire
+//! after `max_age`. At most one lease fetch per key is in flight per
+//! instance (others ask only for themselves), so an instance never holds
+//! more than `L − 1` unspent tokens of a key. Tokens are taken out of the
+//! global bucket when leased, so leasing never raises the long-run rate.
+//! The bound, for `N` instances sharing a key: over any interval the
+//! requests admitted exceed what the global bucket alone would admit by at
+//! most `N·(L − 1)` (tokens leased before the interval and spent in it),
+//! and fall short of it by at most `N·(L − 1)` (leased tokens that expire or
+//! are still held at the end). Redis round trips drop to about `1/L` of the
+//! requests. With `L < 2` (slow quotas) leasing is off.
+//!
+//! # Remembered refusals
+//! When Redis refuses a key it says when the key's next token conforms;
+//! until then the instance refuses that key's requests itself, with the
+//! exact remaining wait, and no round trip. This is exact — a GCRA bucket
+//! only refills with time, so Redis would refuse them too — and it means a
+//! key far over its quota costs Redis one call per token interval per
+//! instance, not one per request. (The wait is counted from when the
+//! refused call was sent, so a remembered refusal never outlasts Redis's.)
+//!
+//! # When Redis is away
+//! Every call is bounded by the timeout, script reload included. A failure
+//! or timeout is recorded by a circuit breaker
+//! ([`RedisLimiter::default_breaker`]: open after 3 failures in a row, 1 s
+//! growing to 30 s) and the request is decided by the [`Fallback`] at
+//! once. While the breaker is open no request touches Redis; after the open
+//! duration a few probes go through, and when they succeed Redis decides
+//! again. [`RedisLimiter::health`] and the `floodwall_redis_fallback` gauge
+//! tell which is deciding.
+//!
+//! # Redis Cluster
+//! The script touches exactly one key, passed in `KEYS[1]`, so every call
+//! stays within one hash slot, as Cluster requires. Keys are
+//! `{prefix}{key}`, by default `floodwall:{name}:{key}`; each key hashes on
+//! its own and different keys spread over the cluster. A hash tag in the
+//! key (`floodwall:room:{42}`) decides the slot by the tagged part only: use
+//! one to co-locate related limits with other data of the same entity, and
+//! never a tag shared by every key (`{floodwall}:…`), which would put the
+//! whole limiter on one node. [`hash_slot`] computes a key's slot.
+//! [`RedisClient`] speaks to one node; on a cluster, give it the node
+//! holding the limiter's keys, or run one limiter per node's key range.
+//!
+//! # Metrics
+//! `floodwall_redis_admitted_total` / `floodwall_redis_rejected_total`
+//! (labels `name`, `source`: `redis`, `lease`, `cached`, `fallback`,
+//! `fail_open`, `fail_closed`), `floodwall_redis_round_trips_total`,
+//! `floodwall_redis_round_trip_seconds`, `floodwall_redis_errors_total`
+//! (label `reason`) and the `floodwall_redis_fallback` gauge.
+#![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub mod client;
+mod cluster;
+mod config;
+pub mod error;
+mod layer;
+mod lease;
+mod limiter;
+pub mod resp;
+mod script;
+#[cfg(feature = "test-util")]
+#[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
+pub mod test_util;
+
+pub use client::{RedisClient, RedisError};
+pub use cluster::hash_slot;
+pub use config::{LeaseConfig, RedisLimiterConfig};
+pub use floodwall_ratelimit::{One, Weigh};
+pub use layer::{RedisRateLimit, RedisRateLimitLayer, ResponseFuture};
+pub use limiter::{
+    Builder, DEFAULT_NAME, Fallback, Health, Key, RedisLimiter, Refusal, Source, Stats,
+};

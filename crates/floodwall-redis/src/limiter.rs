@@ -1,0 +1,834 @@
+//! The distributed limiter: Redis decides, leases save round trips, a
+//! breaker and a local bucket take over when Redis cannot answer in time.
+
+use std::fmt;
+use std::hash::Hash;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use floodwall_breaker::{BreakerConfig, CircuitBreaker, Growth, Permit, State, WindowKind};
+use floodwall_core::metrics::{
+    LABEL_NAME, LABEL_REASON, LABEL_SOURCE, REDIS_ADMITTED, REDIS_ERRORS, REDIS_FALLBACK,
+    REDIS_REJECTED, REDIS_ROUND_TRIP_SECONDS, REDIS_ROUND_TRIPS,
+};
+use floodwall_core::{ConfigError, RateLimitPolicy};
+use floodwall_token_bucket::{Denied, KeyedTokenBucket, Quota};
+use metrics::{Counter, Histogram};
+use tokio::sync::futures::OwnedNotified;
+use tokio::time::Instant;
+
+use crate::client::{RedisClient, RedisError};
+use crate::lease::{Leases, Take};
+use crate::script::Script;
+
+/// What can key a [`RedisLimiter`]: hashable for the local lease and
+/// fallback maps, and `Display` for the Redis key. Implemented for every
+/// such type (`String`, `&'static str`, `IpAddr`, integers, …).
+pub trait Key: Hash + Eq + Clone + fmt::Display + Send + Sync + 'static {}
+
+impl<T: Hash + Eq + Clone + fmt::Display + Send + Sync + 'static> Key for T {}
+
+/// The default name (metric label, policy name, key prefix).
+pub const DEFAULT_NAME: &str = "redis";
+
+/// Who decided a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Source {
+    /// The limiter script in Redis (one round trip).
+    Redis,
+    /// Tokens this instance had leased from Redis earlier (no round trip).
+    Lease,
+    /// A refusal Redis gave for this key moments ago, remembered until the
+    /// key's next token conforms (no round trip; Redis would refuse too).
+    Cached,
+    /// The local fallback bucket, because Redis failed, timed out, or its
+    /// breaker is open.
+    Fallback,
+    /// Admitted without a decision, because Redis could not answer and the
+    /// limiter is configured to fail open.
+    FailOpen,
+    /// Refused without a decision, because Redis could not answer and the
+    /// limiter is configured to fail closed.
+    FailClosed,
+}
+
+impl Source {
+    /// A short, stable, lower-case name, used as a metric label value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Source::Redis => "redis",
+            Source::Lease => "lease",
+            Source::Cached => "cached",
+            Source::Fallback => "fallback",
+            Source::FailOpen => "fail_open",
+            Source::FailClosed => "fail_closed",
+        }
+    }
+}
+
+/// Why the limiter refused a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Over the quota: the global one (`Source::Redis`, or
+    /// `Source::Cached` when Redis refused the key moments ago) or, while
+    /// Redis is away, the local fallback's share of it
+    /// (`Source::Fallback`).
+    RateLimited {
+        /// How long until the request would conform.
+        retry_after: Duration,
+        /// Who decided.
+        source: Source,
+    },
+    /// The request weighs more than the burst and can never conform.
+    ExceedsBurst {
+        /// Units asked for.
+        requested: u32,
+        /// The most allowed at once.
+        burst: u32,
+    },
+    /// Redis could not decide and the limiter fails closed (or the request
+    /// is heavier than the local fallback's burst).
+    Unavailable {
+        /// When the limiter will try Redis again, if known.
+        retry_after: Option<Duration>,
+    },
+}
+
+/// What to do when Redis cannot answer within the timeout (or its breaker
+/// is open).
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
+pub enum Fallback {
+    /// Admit every request: availability over the quota.
+    Open,
+    /// Refuse every request (as [`Refusal::Unavailable`]): the quota over
+    /// availability.
+    Closed,
+    /// Decide with a local token bucket per key, at `share` of the global
+    /// rate and burst (the burst rounded up, at least 1). With `N`
+    /// instances, `share = 1/N` keeps the global rate roughly right.
+    Local {
+        /// The fraction of the global rate this instance allows on its own,
+        /// in `(0, 1]`.
+        share: f64,
+    },
+}
+
+impl Default for Fallback {
+    /// `Local { share: 0.1 }`: right for about ten instances.
+    fn default() -> Self {
+        Fallback::Local { share: 0.1 }
+    }
+}
+
+/// Counters of what the limiter did since it was built.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Script calls Redis answered.
+    pub round_trips: u64,
+    /// Script calls that failed or timed out.
+    pub errors: u64,
+    /// Requests decided from leased tokens.
+    pub lease_hits: u64,
+    /// Requests refused from a remembered refusal.
+    pub cached_refusals: u64,
+    /// Requests decided without Redis (local bucket, fail open, fail closed).
+    pub fallback_decisions: u64,
+    /// Requests admitted.
+    pub admitted: u64,
+    /// Requests refused.
+    pub rejected: u64,
+}
+
+/// Builds a [`RedisLimiter`]; from [`RedisLimiter::builder`].
+#[derive(Debug, Clone)]
+#[must_use = "call build()"]
+pub struct Builder {
+    client: RedisClient,
+    quota: Quota,
+    name: Arc<str>,
+    prefix: Option<String>,
+    timeout: Duration,
+    lease: Option<(u32, Duration)>,
+    fallback: Fallback,
+    capacity: usize,
+    breaker: BreakerConfig,
+}
+
+impl Builder {
+    /// The metric label and `RateLimit` policy name. Default `"redis"`.
+    pub fn name(mut self, name: impl Into<Arc<str>>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// What every Redis key starts with; a request's key is appended. Default
+    /// `"floodwall:{name}:"`. See the crate docs on Redis Cluster hash tags.
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = Some(prefix.into());
+        self
+    }
+
+    /// How long one decision may wait for Redis, script reload included.
+    /// Default 20 ms.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Turns on leasing: a round trip takes up to `max_tokens` tokens, never
+    /// more than the global rate refills in `max_age`, and unspent leased
+    /// tokens expire after `max_age`. Off by default.
+    pub fn lease(mut self, max_tokens: u32, max_age: Duration) -> Self {
+        self.lease = Some((max_tokens, max_age));
+        self
+    }
+
+    /// What to do without Redis. Default [`Fallback::Local`] at 10 %.
+    pub fn fallback(mut self, fallback: Fallback) -> Self {
+        self.fallback = fallback;
+        self
+    }
+
+    /// How many keys the lease map and the local fallback remember each.
+    /// Default 100,000.
+    pub fn capacity(mut self, keys: usize) -> Self {
+        self.capacity = keys;
+        self
+    }
+
+    /// The breaker guarding Redis. Default [`RedisLimiter::default_breaker`].
+    pub fn breaker(mut self, config: BreakerConfig) -> Self {
+        self.breaker = config;
+        self
+    }
+
+    /// Builds the limiter.
+    ///
+    /// # Errors
+    /// [`ConfigError`] for a zero timeout or capacity, a lease of
+    /// `max_tokens` 0 or `max_age` 0, a fallback share outside `(0, 1]`, or
+    /// an invalid breaker configuration.
+    pub fn build<K>(self) -> Result<RedisLimiter<K>, ConfigError>
+    where
+        K: Key,
+    {
+        if self.timeout.is_zero() {
+            return Err(ConfigError::new("timeout", "must be above zero"));
+        }
+        if self.capacity == 0 {
+            return Err(ConfigError::new("capacity", "must be at least 1 key"));
+        }
+        let rate_per_sec = f64::from(self.quota.tokens()) / self.quota.period().as_secs_f64();
+        let lease_size = match self.lease {
+            None => 1,
+            Some((0, _)) => {
+                return Err(ConfigError::new("lease.max_tokens", "must be at least 1"));
+            }
+            Some((_, age)) if age.is_zero() => {
+                return Err(ConfigError::new("lease.max_age", "must be above zero"));
+            }
+            Some((max_tokens, age)) => {
+                let refill = (rate_per_sec * age.as_secs_f64()).floor();
+                // A lease of one token is no lease: every request needs one.
+                (refill.min(f64::from(max_tokens)) as u32).clamp(1, self.quota.burst())
+            }
+        };
+        let lease_age = self.lease.map_or(Duration::ZERO, |(_, age)| age);
+        let leases = Leases::new(lease_size, lease_age, self.quota.interval(), self.capacity);
+        let local = match self.fallback {
+            Fallback::Local { share } => {
+                if !(share > 0.0 && share <= 1.0) {
+                    return Err(ConfigError::new("fallback.share", "must be in (0, 1]"));
+                }
+                let burst = (f64::from(self.quota.burst()) * share).ceil().max(1.0) as u32;
+                let quota = Quota::per_second_f64(rate_per_sec * share)
+                    .and_then(|q| q.with_burst(burst))
+                    .map_err(|_| {
+                        ConfigError::new("fallback.share", "gives a rate the clock cannot express")
+                    })?;
+                Some(KeyedTokenBucket::new(quota, self.capacity))
+            }
+            Fallback::Open | Fallback::Closed => None,
+        };
+        let metrics = Metrics::new(&self.name);
+        let fallback_gauge = metrics::gauge!(REDIS_FALLBACK, LABEL_NAME => self.name.to_string());
+        fallback_gauge.set(0.0);
+        let name = self.name.clone();
+        let breaker = CircuitBreaker::new(self.breaker)?.on_state_change(move |change| {
+            let away = change.to != State::Closed && change.to != State::Disabled;
+            fallback_gauge.set(if away { 1.0 } else { 0.0 });
+            if away {
+                tracing::warn!(limiter = %name, state = change.to.as_str(), "redis limiter deciding locally");
+            } else {
+                tracing::info!(limiter = %name, "redis limiter back on redis");
+            }
+        });
+        let interval_us = self.quota.interval().as_nanos() as f64 / 1000.0;
+        let prefix = self
+            .prefix
+            .unwrap_or_else(|| format!("floodwall:{}:", self.name));
+        let policy = Arc::new(RateLimitPolicy::new(
+            self.name.clone(),
+            u64::from(self.quota.tokens()),
+            self.quota.period(),
+        ));
+        Ok(RedisLimiter {
+            inner: Arc::new(Inner {
+                client: self.client,
+                script: Script::default(),
+                prefix,
+                interval_arg: format!("{interval_us}").into_bytes(),
+                burst_arg: self.quota.burst().to_string().into_bytes(),
+                quota: self.quota,
+                timeout: self.timeout,
+                leases,
+                fallback: self.fallback,
+                local,
+                breaker,
+                policy,
+                metrics,
+                stats: Counters::default(),
+            }),
+        })
+    }
+}
+
+/// A GCRA rate limiter whose state lives in Redis, shared by every instance
+/// that points at the same Redis and prefix.
+///
+/// One decision is one atomic script call (`EVALSHA`) on the request's key,
+/// bounded by a timeout; with leasing on, most decisions spend tokens taken
+/// ahead by an earlier call and need no round trip. When Redis errors or
+/// times out, a circuit breaker records it, the request is decided by the
+/// configured [`Fallback`], and once the breaker opens no request waits for
+/// Redis at all until its half-open probes find Redis answering again.
+///
+/// `K` is the key type (route, user, IP); its `Display` form, after the
+/// prefix, is the Redis key.
+///
+/// # Clone
+/// Clones share everything (an `Arc`).
+pub struct RedisLimiter<K> {
+    inner: Arc<Inner<K>>,
+}
+
+impl<K> Clone for RedisLimiter<K> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<K> fmt::Debug for RedisLimiter<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisLimiter")
+            .field("name", &self.inner.policy.name())
+            .field("redis", &self.inner.client.addr())
+            .field("prefix", &self.inner.prefix)
+            .field("quota", &self.inner.quota)
+            .field("timeout", &self.inner.timeout)
+            .field("lease", &self.inner.leases.size())
+            .field("fallback", &self.inner.fallback)
+            .field("breaker", &self.inner.breaker.state())
+            .finish()
+    }
+}
+
+struct Inner<K> {
+    client: RedisClient,
+    script: Script,
+    prefix: String,
+    interval_arg: Vec<u8>,
+    burst_arg: Vec<u8>,
+    quota: Quota,
+    timeout: Duration,
+    leases: Leases<K>,
+    fallback: Fallback,
+    local: Option<KeyedTokenBucket<K>>,
+    breaker: CircuitBreaker,
+    policy: Arc<RateLimitPolicy>,
+    metrics: Metrics,
+    stats: Counters,
+}
+
+#[derive(Default)]
+struct Counters {
+    round_trips: AtomicU64,
+    errors: AtomicU64,
+    lease_hits: AtomicU64,
+    cached_refusals: AtomicU64,
+    fallback: AtomicU64,
+    admitted: AtomicU64,
+    rejected: AtomicU64,
+}
+
+struct Metrics {
+    admitted: [Counter; 6],
+    rejected: [Counter; 6],
+    round_trips: Counter,
+    round_trip_seconds: Histogram,
+    errors: [Counter; 5],
+}
+
+const SOURCES: [Source; 6] = [
+    Source::Redis,
+    Source::Lease,
+    Source::Cached,
+    Source::Fallback,
+    Source::FailOpen,
+    Source::FailClosed,
+];
+
+const ERROR_REASONS: [&str; 5] = ["timeout", "io", "server", "protocol", "busy"];
+
+impl Metrics {
+    fn new(name: &str) -> Self {
+        let by_source = |metric: &'static str| {
+            SOURCES.map(|s| {
+                metrics::counter!(metric, LABEL_NAME => name.to_owned(), LABEL_SOURCE => s.as_str())
+            })
+        };
+        Self {
+            admitted: by_source(REDIS_ADMITTED),
+            rejected: by_source(REDIS_REJECTED),
+            round_trips: metrics::counter!(REDIS_ROUND_TRIPS, LABEL_NAME => name.to_owned()),
+            round_trip_seconds: metrics::histogram!(REDIS_ROUND_TRIP_SECONDS, LABEL_NAME => name.to_owned()),
+            errors: ERROR_REASONS.map(|r| {
+                metrics::counter!(REDIS_ERRORS, LABEL_NAME => name.to_owned(), LABEL_REASON => r)
+            }),
+        }
+    }
+}
+
+fn error_reason(err: &RedisError) -> usize {
+    match err {
+        RedisError::Timeout => 0,
+        RedisError::Io(_)
+        | RedisError::ConnectTimeout
+        | RedisError::Disconnected
+        | RedisError::Closed => 1,
+        RedisError::Server(_) => 2,
+        RedisError::Protocol(_) | RedisError::UnexpectedReply(_) => 3,
+        RedisError::Busy => 4,
+    }
+}
+
+/// Whether Redis is deciding, as the limiter's breaker sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    /// The breaker is closed: requests go to Redis.
+    Redis,
+    /// The breaker is open, half-open, or forced open: requests are decided
+    /// by the fallback (half-open lets a few probes through to Redis).
+    Fallback(State),
+}
+
+impl RedisLimiter<()> {
+    /// A builder for a limiter of `quota` on the Redis behind `client`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use floodwall_redis::{Fallback, RedisClient, RedisLimiter};
+    /// use floodwall_token_bucket::Quota;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let client = RedisClient::new("127.0.0.1:6379".parse()?);
+    /// let limiter: RedisLimiter<String> = RedisLimiter::builder(client, Quota::per_second(1000)?)
+    ///     .name("api")
+    ///     .timeout(Duration::from_millis(20))
+    ///     .lease(10, Duration::from_millis(100))
+    ///     .fallback(Fallback::Local { share: 0.25 })
+    ///     .build()?;
+    /// # let _ = limiter;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn builder(client: RedisClient, quota: Quota) -> Builder {
+        Builder {
+            client,
+            quota,
+            name: Arc::from(DEFAULT_NAME),
+            prefix: None,
+            timeout: Duration::from_millis(20),
+            lease: None,
+            fallback: Fallback::default(),
+            capacity: 100_000,
+            breaker: Self::default_breaker(),
+        }
+    }
+
+    /// The breaker guarding Redis unless configured otherwise: opens after
+    /// 3 failed calls in a row or half of the last 20 (from 10 calls), stays
+    /// open 1 s growing ×2 to 30 s with ±20 % jitter, and closes after 3
+    /// successful probes. No slow-call timing: the timeout bounds calls.
+    pub fn default_breaker() -> BreakerConfig {
+        BreakerConfig {
+            window: WindowKind::Count(20),
+            minimum_calls: 10,
+            consecutive_failures: Some(3),
+            detect_slow_calls: false,
+            open_duration: Duration::from_secs(1),
+            growth: Some(Growth {
+                multiplier: 2.0,
+                max: Duration::from_secs(30),
+                jitter: 0.2,
+            }),
+            half_open_calls: 3,
+            ..BreakerConfig::default()
+        }
+    }
+}
+
+impl<K> RedisLimiter<K>
+where
+    K: Key,
+{
+    /// Decides a request of weight `n` (0 counts as 1) on `key`.
+    ///
+    /// Waits for Redis at most the configured timeout; returns at once when
+    /// leased tokens or the fallback decide.
+    ///
+    /// # Errors
+    /// [`Refusal`] when the request is refused.
+    pub async fn acquire(&self, key: K, n: u32) -> Result<Source, Refusal> {
+        match self.plan(key, n, Instant::now()) {
+            Plan::Decided(decision) => decision,
+            Plan::Later(later) => later.run().await,
+        }
+    }
+
+    /// The synchronous part of a decision: answered from leased tokens, a
+    /// remembered refusal, the breaker or the weight alone — or a round trip
+    /// (or a wait for another request's lease fetch) still to make, all
+    /// within the timeout from `now`.
+    pub(crate) fn plan(&self, key: K, n: u32, now: Instant) -> Plan<K> {
+        self.plan_until(key, n, now, now + self.inner.timeout, true)
+    }
+
+    fn plan_until(
+        &self,
+        key: K,
+        n: u32,
+        now: Instant,
+        deadline: Instant,
+        may_wait: bool,
+    ) -> Plan<K> {
+        let inner = &self.inner;
+        let n = n.max(1);
+        let burst = inner.quota.burst();
+        if n > burst {
+            inner.record(Source::Redis, false);
+            return Plan::Decided(Err(Refusal::ExceedsBurst {
+                requested: n,
+                burst,
+            }));
+        }
+        let (want, claimed) = match inner.leases.take(&key, n, now, may_wait) {
+            Take::Taken => {
+                inner.stats.lease_hits.fetch_add(1, Ordering::Relaxed);
+                inner.record(Source::Lease, true);
+                return Plan::Decided(Ok(Source::Lease));
+            }
+            Take::Blocked(retry_after) => {
+                inner.stats.cached_refusals.fetch_add(1, Ordering::Relaxed);
+                inner.record(Source::Cached, false);
+                return Plan::Decided(Err(Refusal::RateLimited {
+                    retry_after,
+                    source: Source::Cached,
+                }));
+            }
+            Take::Wait(fetched) => {
+                return Plan::Later(Later::Wait(Wait {
+                    limiter: self.clone(),
+                    key,
+                    n,
+                    deadline,
+                    fetched,
+                }));
+            }
+            Take::Fetch { want, claimed } => (want, claimed),
+        };
+        if now >= deadline {
+            // Waiting for another request's lease used up this request's
+            // time: Redis was slow, and that request has told the breaker.
+            if claimed {
+                inner.leases.release(&key);
+            }
+            return Plan::Decided(inner.fall_back(&key, n, now, None));
+        }
+        match inner.breaker.try_acquire(now) {
+            Ok(permit) => Plan::Later(Later::RoundTrip(RoundTrip {
+                inner: self.inner.clone(),
+                key,
+                n,
+                want,
+                claimed,
+                deadline,
+                permit: Some(permit),
+            })),
+            Err(refused) => {
+                if claimed {
+                    inner.leases.release(&key);
+                }
+                Plan::Decided(inner.fall_back(&key, n, now, refused.retry_after))
+            }
+        }
+    }
+
+    /// Whether Redis is deciding.
+    pub fn health(&self) -> Health {
+        match self.inner.breaker.state() {
+            State::Closed | State::Disabled => Health::Redis,
+            other => Health::Fallback(other),
+        }
+    }
+
+    /// What the limiter has done so far.
+    pub fn stats(&self) -> Stats {
+        let s = &self.inner.stats;
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Stats {
+            round_trips: load(&s.round_trips),
+            errors: load(&s.errors),
+            lease_hits: load(&s.lease_hits),
+            cached_refusals: load(&s.cached_refusals),
+            fallback_decisions: load(&s.fallback),
+            admitted: load(&s.admitted),
+            rejected: load(&s.rejected),
+        }
+    }
+
+    /// Unspent leased tokens this instance holds for `key`.
+    pub fn leased(&self, key: &K) -> u32 {
+        self.inner.leases.tokens(key, Instant::now())
+    }
+
+    /// Keys this instance remembers a lease or a refusal for (at most the
+    /// capacity).
+    pub fn local_keys(&self) -> usize {
+        self.inner.leases.len()
+    }
+
+    /// The tokens asked for per round trip (1 when leasing is off).
+    pub fn lease_size(&self) -> u32 {
+        self.inner.leases.size()
+    }
+
+    /// The global quota.
+    pub fn quota(&self) -> &Quota {
+        &self.inner.quota
+    }
+
+    /// The quota as reported in `RateLimit-Policy` headers.
+    pub fn policy(&self) -> &Arc<RateLimitPolicy> {
+        &self.inner.policy
+    }
+
+    /// The breaker guarding Redis, for manual control (force it open for
+    /// Redis maintenance, reset it after).
+    pub fn breaker(&self) -> &CircuitBreaker {
+        &self.inner.breaker
+    }
+
+    /// The Redis key used for `key`.
+    pub fn redis_key(&self, key: &K) -> String {
+        format!("{}{}", self.inner.prefix, key)
+    }
+}
+
+impl<K> Inner<K>
+where
+    K: Key,
+{
+    fn record(&self, source: Source, admitted: bool) {
+        let i = SOURCES.iter().position(|s| *s == source).unwrap_or(0);
+        if admitted {
+            self.stats.admitted.fetch_add(1, Ordering::Relaxed);
+            self.metrics.admitted[i].increment(1);
+        } else {
+            self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+            self.metrics.rejected[i].increment(1);
+        }
+    }
+
+    /// Decides without Redis.
+    fn fall_back(
+        &self,
+        key: &K,
+        n: u32,
+        now: Instant,
+        retry: Option<Duration>,
+    ) -> Result<Source, Refusal> {
+        self.stats.fallback.fetch_add(1, Ordering::Relaxed);
+        let decision = match (&self.fallback, &self.local) {
+            (Fallback::Open, _) => Ok(Source::FailOpen),
+            (Fallback::Local { .. }, Some(local)) => match local.try_acquire(key, now, n) {
+                Ok(()) => Ok(Source::Fallback),
+                Err(Denied::RateLimited { retry_after }) => Err(Refusal::RateLimited {
+                    retry_after,
+                    source: Source::Fallback,
+                }),
+                Err(Denied::ExceedsBurst { .. }) => {
+                    Err(Refusal::Unavailable { retry_after: retry })
+                }
+            },
+            _ => Err(Refusal::Unavailable { retry_after: retry }),
+        };
+        let source = match &decision {
+            Ok(source) => *source,
+            Err(Refusal::RateLimited { source, .. }) => *source,
+            Err(_) if self.fallback == Fallback::Closed => Source::FailClosed,
+            Err(_) => Source::Fallback,
+        };
+        self.record(source, decision.is_ok());
+        decision
+    }
+}
+
+/// A decision's synchronous outcome.
+pub(crate) enum Plan<K: Key> {
+    Decided(Result<Source, Refusal>),
+    Later(Later<K>),
+}
+
+/// The part of a decision that has to wait.
+pub(crate) enum Later<K: Key> {
+    /// For Redis.
+    RoundTrip(RoundTrip<K>),
+    /// For another request's lease fetch on the same key.
+    Wait(Wait<K>),
+}
+
+impl<K: Key> Later<K> {
+    pub(crate) async fn run(self) -> Result<Source, Refusal> {
+        match self {
+            Later::RoundTrip(trip) => trip.run().await,
+            Later::Wait(wait) => {
+                let Wait {
+                    limiter,
+                    key,
+                    n,
+                    deadline,
+                    fetched,
+                } = wait;
+                let _ = tokio::time::timeout_at(deadline, fetched).await;
+                // Look once more, without waiting again.
+                match limiter.plan_until(key, n, Instant::now(), deadline, false) {
+                    Plan::Decided(decision) => decision,
+                    Plan::Later(later) => Box::pin(later.run()).await,
+                }
+            }
+        }
+    }
+}
+
+/// A request waiting for another request's lease fetch on its key.
+pub(crate) struct Wait<K: Key> {
+    limiter: RedisLimiter<K>,
+    key: K,
+    n: u32,
+    deadline: Instant,
+    fetched: OwnedNotified,
+}
+
+/// A decision that needs Redis. Dropping it before it finishes gives back
+/// the breaker permit and the lease claim.
+pub(crate) struct RoundTrip<K: Key> {
+    inner: Arc<Inner<K>>,
+    key: K,
+    n: u32,
+    want: u32,
+    claimed: bool,
+    deadline: Instant,
+    permit: Option<Permit>,
+}
+
+impl<K> RoundTrip<K>
+where
+    K: Key,
+{
+    pub(crate) async fn run(mut self) -> Result<Source, Refusal> {
+        let inner = self.inner.clone();
+        let redis_key = format!("{}{}", inner.prefix, self.key);
+        let need = self.n.to_string();
+        let want = self.want.to_string();
+        let args: [&[u8]; 4] = [
+            &inner.interval_arg,
+            &inner.burst_arg,
+            need.as_bytes(),
+            want.as_bytes(),
+        ];
+        let started = Instant::now();
+        let result = match tokio::time::timeout_at(
+            self.deadline,
+            inner.script.run(&inner.client, redis_key.as_bytes(), &args),
+        )
+        .await
+        {
+            Ok(result) => result,
+            Err(_) => Err(RedisError::Timeout),
+        };
+        let now = Instant::now();
+        inner
+            .metrics
+            .round_trip_seconds
+            .record(now.saturating_duration_since(started).as_secs_f64());
+        let permit = self.permit.take().expect("a round trip runs once");
+        let grant = match result {
+            Ok(grant) => {
+                inner.breaker.on_success(permit, now);
+                inner.stats.round_trips.fetch_add(1, Ordering::Relaxed);
+                inner.metrics.round_trips.increment(1);
+                grant
+            }
+            Err(err) => {
+                inner.breaker.on_failure(permit, now);
+                inner.stats.errors.fetch_add(1, Ordering::Relaxed);
+                inner.metrics.errors[error_reason(&err)].increment(1);
+                tracing::debug!(limiter = %inner.policy.name(), error = %err, "redis limiter call failed");
+                self.release_claim();
+                return inner.fall_back(&self.key, self.n, now, None);
+            }
+        };
+        if grant.granted >= self.n {
+            if std::mem::take(&mut self.claimed) {
+                inner.leases.fill(&self.key, grant.granted - self.n, now);
+            }
+            inner.record(Source::Redis, true);
+            Ok(Source::Redis)
+        } else {
+            self.release_claim();
+            inner
+                .leases
+                .block(&self.key, self.n, started, grant.retry_after);
+            inner.record(Source::Redis, false);
+            Err(Refusal::RateLimited {
+                retry_after: grant.retry_after,
+                source: Source::Redis,
+            })
+        }
+    }
+
+    fn release_claim(&mut self) {
+        if std::mem::take(&mut self.claimed) {
+            self.inner.leases.release(&self.key);
+        }
+    }
+}
+
+impl<K: Key> Drop for RoundTrip<K> {
+    fn drop(&mut self) {
+        if let Some(permit) = self.permit.take() {
+            self.inner.breaker.on_cancel(permit);
+        }
+        if self.claimed {
+            self.inner.leases.release(&self.key);
+        }
+    }
+}

@@ -1,0 +1,550 @@
+//! floodwall-redis against a real `redis-server` on an ephemeral loopback
+//! port (started and stopped by each test). These run in real time: the
+//! limiter's clock is Redis's own.
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::Poll;
+use std::time::Duration;
+
+use floodwall_core::{BoxError, RejectKind, Rejected};
+use floodwall_redis::error::{LimiterUnavailable, RateLimited};
+use floodwall_redis::resp::Value;
+use floodwall_redis::test_util::RedisServer;
+use floodwall_redis::{
+    Builder, Fallback, Health, RedisClient, RedisLimiter, RedisRateLimitLayer, Refusal, Source,
+};
+use floodwall_token_bucket::Quota;
+use tokio::time::Instant;
+use tower::{Layer, Service, ServiceExt, service_fn};
+
+fn quota(rate: u32, burst: u32) -> Quota {
+    Quota::per_second(rate).unwrap().with_burst(burst).unwrap()
+}
+
+fn builder(addr: SocketAddr, quota: Quota) -> Builder {
+    RedisLimiter::builder(RedisClient::new(addr), quota).name("test")
+}
+
+/// A loopback address nothing listens on.
+fn dead_addr() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
+#[tokio::test]
+async fn redis_admits_exactly_the_burst_then_tells_the_wait_and_remembers_it() {
+    let server = RedisServer::start();
+    let limiter: RedisLimiter<&str> = builder(server.addr(), quota(1, 10)).build().unwrap();
+    let mut admitted = 0;
+    let mut refusals = Vec::new();
+    for _ in 0..25 {
+        match limiter.acquire("burst", 1).await {
+            Ok(source) => {
+                assert_eq!(source, Source::Redis);
+                admitted += 1;
+            }
+            Err(refusal) => refusals.push(refusal),
+        }
+    }
+    assert_eq!(admitted, 10, "r = 1/s, b = 10: the burst and no more");
+    let Refusal::RateLimited {
+        retry_after: first,
+        source: Source::Redis,
+    } = refusals[0]
+    else {
+        panic!("first refusal comes from redis: {:?}", refusals[0]);
+    };
+    assert!(first > Duration::from_millis(900) && first <= Duration::from_secs(1));
+    for later in &refusals[1..] {
+        let Refusal::RateLimited {
+            retry_after,
+            source: Source::Cached,
+        } = later
+        else {
+            panic!("later refusals are remembered: {later:?}");
+        };
+        assert!(*retry_after <= first);
+    }
+    let stats = limiter.stats();
+    assert_eq!(stats.round_trips, 11, "10 admissions and one refusal");
+    assert_eq!(stats.cached_refusals, 14);
+    assert_eq!((stats.admitted, stats.rejected), (10, 15));
+}
+
+#[tokio::test]
+async fn a_weighted_request_takes_its_weight_and_one_above_the_burst_never_conforms() {
+    let server = RedisServer::start();
+    let limiter: RedisLimiter<&str> = builder(server.addr(), quota(1, 10)).build().unwrap();
+    assert_eq!(limiter.acquire("w", 7).await, Ok(Source::Redis));
+    let refused = limiter.acquire("w", 4).await.unwrap_err();
+    let Refusal::RateLimited { retry_after, .. } = refused else {
+        panic!("{refused:?}");
+    };
+    // 3 tokens left, 4 needed: one more token, a second away.
+    assert!(retry_after > Duration::from_millis(900) && retry_after <= Duration::from_secs(1));
+    assert_eq!(limiter.acquire("w", 3).await, Ok(Source::Redis));
+    assert_eq!(
+        limiter.acquire("w", 11).await,
+        Err(Refusal::ExceedsBurst {
+            requested: 11,
+            burst: 10
+        })
+    );
+}
+
+#[tokio::test]
+async fn a_key_expires_as_soon_as_its_bucket_is_full_again() {
+    let server = RedisServer::start();
+    let client = RedisClient::new(server.addr());
+    let limiter: RedisLimiter<&str> = RedisLimiter::builder(client.clone(), quota(10, 2))
+        .name("ttl")
+        .build()
+        .unwrap();
+    assert_eq!(limiter.redis_key(&"k"), "floodwall:ttl:k");
+    limiter.acquire("k", 2).await.unwrap();
+    let Value::Int(pttl) = client
+        .command(&[b"PTTL", b"floodwall:ttl:k"])
+        .await
+        .unwrap()
+    else {
+        panic!("PTTL is an integer");
+    };
+    // Two tokens at 10/s refill in 200 ms.
+    assert!(pttl > 100 && pttl <= 200, "pttl {pttl} ms");
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_eq!(
+        client
+            .command(&[b"EXISTS", b"floodwall:ttl:k"])
+            .await
+            .unwrap(),
+        Value::Int(0)
+    );
+}
+
+#[tokio::test]
+async fn the_script_is_loaded_again_when_redis_forgets_it() {
+    let server = RedisServer::start();
+    let client = RedisClient::new(server.addr());
+    let limiter: RedisLimiter<&str> = RedisLimiter::builder(client.clone(), quota(100, 100))
+        .build()
+        .unwrap();
+    assert_eq!(limiter.acquire("a", 1).await, Ok(Source::Redis));
+    assert_eq!(
+        client.command(&[b"SCRIPT", b"FLUSH"]).await.unwrap(),
+        Value::Status("OK".into())
+    );
+    assert_eq!(limiter.acquire("a", 1).await, Ok(Source::Redis));
+    assert_eq!(limiter.stats().errors, 0);
+}
+
+/// What three instances sharing one key did.
+struct Shared {
+    admitted: u64,
+    requests: u64,
+    round_trips: u64,
+    expected: f64,
+}
+
+/// Three instances (own connection, own limiter) with two workers each hit
+/// one key for `span` as fast as a 1 ms pace allows, far above the quota.
+async fn three_instances(
+    addr: SocketAddr,
+    quota: Quota,
+    lease: Option<(u32, Duration)>,
+    span: Duration,
+    pace: Duration,
+) -> (Shared, u32) {
+    let mut limiters = Vec::new();
+    for warm_up in ["warm-up-1", "warm-up-2", "warm-up-3"] {
+        let mut b = builder(addr, quota).name("shared");
+        if let Some((tokens, age)) = lease {
+            b = b.lease(tokens, age);
+        }
+        let limiter: RedisLimiter<&str> = b.build().unwrap();
+        // Connects and loads the script.
+        limiter.acquire(warm_up, 1).await.unwrap();
+        limiters.push(limiter);
+    }
+    let lease_size = limiters[0].lease_size();
+    let admitted = Arc::new(AtomicU64::new(0));
+    let requests = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let end = start + span;
+    let mut workers = Vec::new();
+    for limiter in &limiters {
+        for _ in 0..2 {
+            let limiter = limiter.clone();
+            let (admitted, requests) = (admitted.clone(), requests.clone());
+            workers.push(tokio::spawn(async move {
+                while Instant::now() < end {
+                    requests.fetch_add(1, Ordering::Relaxed);
+                    match limiter.acquire("key", 1).await {
+                        Ok(source) => {
+                            assert!(matches!(source, Source::Redis | Source::Lease));
+                            admitted.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(Refusal::RateLimited { source, .. }) => {
+                            assert!(matches!(source, Source::Redis | Source::Cached));
+                        }
+                        Err(other) => panic!("{other:?}"),
+                    }
+                    tokio::time::sleep(pace).await;
+                }
+            }));
+        }
+    }
+    for w in workers {
+        w.await.unwrap();
+    }
+    let rate = f64::from(quota.tokens()) / quota.period().as_secs_f64();
+    let shared = Shared {
+        admitted: admitted.load(Ordering::Relaxed),
+        requests: requests.load(Ordering::Relaxed),
+        round_trips: limiters.iter().map(|l| l.stats().round_trips).sum::<u64>() - 3,
+        expected: f64::from(quota.burst()) + rate * span.as_secs_f64(),
+    };
+    (shared, lease_size)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_sharing_a_key_admit_the_global_quota_within_two_percent() {
+    let server = RedisServer::start();
+    let (run, _) = three_instances(
+        server.addr(),
+        quota(200, 20),
+        None,
+        Duration::from_secs(2),
+        Duration::from_millis(1),
+    )
+    .await;
+    let error = (run.admitted as f64 - run.expected).abs() / run.expected;
+    eprintln!(
+        "leasing off: admitted {} of {} (global quota {}, error {:.2} %), {} round trips",
+        run.admitted,
+        run.requests,
+        run.expected,
+        error * 100.0,
+        run.round_trips
+    );
+    assert!(
+        error <= 0.02,
+        "admitted {} of {} requests, global quota {} (error {:.2} %)",
+        run.admitted,
+        run.requests,
+        run.expected,
+        error * 100.0
+    );
+    assert!(
+        run.requests as f64 > 3.0 * run.expected,
+        "offered load was above the quota"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_leasing_three_instances_stay_within_the_documented_bound() {
+    let server = RedisServer::start();
+    let (run, lease) = three_instances(
+        server.addr(),
+        quota(200, 20),
+        Some((10, Duration::from_millis(100))),
+        Duration::from_secs(2),
+        Duration::from_millis(1),
+    )
+    .await;
+    assert_eq!(lease, 10, "min(max_tokens 10, burst 20, 200/s × 100 ms)");
+    // The crate docs: within N·(L − 1) of the global bucket, either way,
+    // plus the 2 % allowed for timing as without leasing.
+    let bound = 3.0 * f64::from(lease - 1) + 0.02 * run.expected;
+    let off = run.admitted as f64 - run.expected;
+    eprintln!(
+        "leasing on (L = {lease}): admitted {} of {} (global quota {}, off by {off}, bound ±{bound}), {} round trips",
+        run.admitted, run.requests, run.expected, run.round_trips
+    );
+    assert!(
+        off.abs() <= bound,
+        "admitted {} vs global {} (bound ±{bound})",
+        run.admitted,
+        run.expected
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn below_the_quota_leasing_cuts_round_trips_by_about_the_lease_size() {
+    let server = RedisServer::start();
+    // 3 instances × 2 workers at one request per 10 ms: about 600/s offered
+    // against 2000/s allowed, so every request is admitted.
+    let quota = quota(2000, 200);
+    let span = Duration::from_millis(1500);
+    let pace = Duration::from_millis(10);
+    let (plain, _) = three_instances(server.addr(), quota, None, span, pace).await;
+    let (leased, lease) = three_instances(
+        server.addr(),
+        quota,
+        Some((20, Duration::from_millis(100))),
+        span,
+        pace,
+    )
+    .await;
+    assert_eq!(lease, 20);
+    assert_eq!(plain.admitted, plain.requests);
+    assert_eq!(leased.admitted, leased.requests);
+    let per_1000 = |s: &Shared| 1000.0 * s.round_trips as f64 / s.requests as f64;
+    eprintln!(
+        "round trips per 1000 requests below the quota: {:.1} without leasing, {:.1} with a lease of 20",
+        per_1000(&plain),
+        per_1000(&leased)
+    );
+    assert!(per_1000(&plain) >= 990.0, "{}", per_1000(&plain));
+    assert!(
+        per_1000(&leased) <= 1000.0 / 20.0 * 1.5,
+        "round trips per 1000 requests with a lease of 20: {}",
+        per_1000(&leased)
+    );
+}
+
+/// Drives `limiter` at one request per 2 ms for `span`; returns the
+/// decisions with how long each took.
+async fn drive(
+    limiter: &RedisLimiter<&'static str>,
+    span: Duration,
+) -> Vec<(Result<Source, Refusal>, Duration)> {
+    let end = Instant::now() + span;
+    let mut out = Vec::new();
+    while Instant::now() < end {
+        let started = Instant::now();
+        let decision = limiter.acquire("key", 1).await;
+        out.push((decision, started.elapsed()));
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    out
+}
+
+fn source(decision: &Result<Source, Refusal>) -> Source {
+    match decision {
+        Ok(source) | Err(Refusal::RateLimited { source, .. }) => *source,
+        Err(other) => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_or_dead_redis_costs_at_most_the_timeout_then_the_fallback_decides_until_it_returns()
+{
+    let timeout = Duration::from_millis(20);
+    let mut server = RedisServer::start();
+    let limiter: RedisLimiter<&str> = builder(server.addr(), quota(100, 10))
+        .timeout(timeout)
+        .fallback(Fallback::Local { share: 0.5 })
+        .build()
+        .unwrap();
+
+    // Redis up: Redis decides.
+    let up = drive(&limiter, Duration::from_millis(300)).await;
+    assert!(
+        up.iter()
+            .all(|(d, _)| matches!(source(d), Source::Redis | Source::Cached))
+    );
+    assert_eq!(limiter.health(), Health::Redis);
+
+    // Hung (SIGSTOP), then dead (SIGKILL): no call waits past the timeout,
+    // and the local bucket (50/s, burst 5) decides every request.
+    server.pause();
+    let hung = drive(&limiter, Duration::from_millis(500)).await;
+    server.kill();
+    let dead = drive(&limiter, Duration::from_millis(1000)).await;
+    let slowest = hung
+        .iter()
+        .chain(&dead)
+        .map(|(_, took)| *took)
+        .max()
+        .unwrap();
+    // Scheduling slack on a loaded 2-core machine; a hung call without the
+    // timeout would wait forever.
+    assert!(
+        slowest <= timeout + Duration::from_millis(30),
+        "slowest decision {slowest:?}"
+    );
+    let timeouts = hung.iter().filter(|(_, took)| *took >= timeout).count();
+    assert!(
+        (1..=3).contains(&timeouts),
+        "the breaker opens after 3 timeouts ({timeouts})"
+    );
+    for (decision, _) in hung.iter().chain(&dead) {
+        assert_eq!(source(decision), Source::Fallback, "{decision:?}");
+    }
+    assert!(matches!(limiter.health(), Health::Fallback(_)));
+    let local_admits = dead.iter().filter(|(d, _)| d.is_ok()).count() as f64;
+    // Over 1 s at 50/s (the bucket may start anywhere from empty to full).
+    assert!(
+        (40.0..=60.0).contains(&local_admits),
+        "local fallback admitted {local_admits} in 1 s at 50/s"
+    );
+    let stats = limiter.stats();
+    assert!(stats.errors >= 3);
+    assert!(stats.fallback_decisions as usize >= hung.len() + dead.len());
+
+    // Redis back: after the breaker's open duration a probe finds it and
+    // Redis decides again, with the global quota (a fresh, empty Redis: the
+    // full burst of 10, then 100/s).
+    server.restart();
+    let back_by = Instant::now() + Duration::from_secs(8);
+    while limiter.health() != Health::Redis {
+        assert!(Instant::now() < back_by, "redis was not used again");
+        let _ = limiter.acquire("probe", 1).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let again = drive(&limiter, Duration::from_millis(1000)).await;
+    assert!(
+        again
+            .iter()
+            .all(|(d, _)| matches!(source(d), Source::Redis | Source::Cached))
+    );
+    let admitted = again.iter().filter(|(d, _)| d.is_ok()).count() as f64;
+    // Offered 500/s; the global quota allows 10 + 100 in the second.
+    assert!(
+        (100.0..=115.0).contains(&admitted),
+        "admitted {admitted} in 1 s under the global 100/s"
+    );
+}
+
+#[tokio::test]
+async fn without_redis_fail_open_admits_and_fail_closed_refuses() {
+    let addr = dead_addr();
+    let open: RedisLimiter<&str> = builder(addr, quota(10, 1))
+        .fallback(Fallback::Open)
+        .build()
+        .unwrap();
+    let closed: RedisLimiter<&str> = builder(addr, quota(10, 1))
+        .fallback(Fallback::Closed)
+        .build()
+        .unwrap();
+    for _ in 0..20 {
+        assert_eq!(open.acquire("k", 1).await, Ok(Source::FailOpen));
+        assert!(matches!(
+            closed.acquire("k", 1).await,
+            Err(Refusal::Unavailable { .. })
+        ));
+    }
+    // After three failures the breaker answers without trying Redis, and
+    // says when it will try again.
+    assert!(matches!(closed.health(), Health::Fallback(_)));
+    let Err(Refusal::Unavailable { retry_after }) = closed.acquire("k", 1).await else {
+        panic!("fail closed");
+    };
+    assert!(retry_after.is_some_and(|d| d <= Duration::from_millis(1200)));
+    assert_eq!(closed.stats().errors, 3);
+}
+
+#[tokio::test]
+async fn the_layer_calls_the_service_only_for_admitted_requests_and_refuses_with_a_429_rejection() {
+    let server = RedisServer::start();
+    let limiter: RedisLimiter<String> = builder(server.addr(), quota(1, 2)).build().unwrap();
+    let calls = Arc::new(AtomicU64::new(0));
+    let counted = calls.clone();
+    let layer = RedisRateLimitLayer::new(limiter, |req: &(Option<&'static str>, u32)| {
+        req.0.map(str::to_owned)
+    })
+    .weigh(|req: &(Option<&'static str>, u32)| req.1);
+    let svc = layer.layer(service_fn(move |_req: (Option<&'static str>, u32)| {
+        counted.fetch_add(1, Ordering::Relaxed);
+        async { Ok::<_, BoxError>("served") }
+    }));
+
+    assert_eq!(
+        svc.clone().oneshot((Some("alice"), 1)).await.unwrap(),
+        "served"
+    );
+    assert_eq!(
+        svc.clone().oneshot((Some("alice"), 1)).await.unwrap(),
+        "served"
+    );
+    let err = svc.clone().oneshot((Some("alice"), 1)).await.unwrap_err();
+    let rejected = Rejected::find(&*err).expect("a floodwall rejection");
+    assert_eq!(rejected.kind(), RejectKind::RateLimited);
+    assert!(rejected.get::<RateLimited>().is_some());
+    assert!(rejected.retry_after().is_some_and(|d| d > Duration::ZERO));
+    assert_eq!(rejected.rate_limit().map(|p| p.name()), Some("test"));
+    // Another key has its own bucket; no key means no limit.
+    assert_eq!(
+        svc.clone().oneshot((Some("bob"), 2)).await.unwrap(),
+        "served"
+    );
+    for _ in 0..5 {
+        svc.clone().oneshot((None, 1)).await.unwrap();
+    }
+    assert_eq!(calls.load(Ordering::Relaxed), 3 + 5);
+}
+
+#[tokio::test]
+async fn the_layer_fails_closed_with_a_503_rejection() {
+    let limiter: RedisLimiter<&str> = builder(dead_addr(), quota(10, 1))
+        .fallback(Fallback::Closed)
+        .build()
+        .unwrap();
+    let svc = RedisRateLimitLayer::new(limiter, |_: &()| Some("k"))
+        .layer(service_fn(|()| async { Ok::<_, BoxError>(()) }));
+    let err = svc.oneshot(()).await.unwrap_err();
+    let rejected = Rejected::find(&*err).unwrap();
+    assert_eq!(rejected.kind(), RejectKind::Overloaded);
+    assert!(rejected.get::<LimiterUnavailable>().is_some());
+}
+
+#[tokio::test]
+async fn dropping_a_request_waiting_for_redis_gives_back_its_lease_claim_and_never_calls_the_service()
+ {
+    let server = RedisServer::start();
+    let limiter: RedisLimiter<&str> = builder(server.addr(), quota(1000, 100))
+        .lease(10, Duration::from_secs(1))
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let called = Arc::new(AtomicBool::new(false));
+    let flag = called.clone();
+    let mut svc = RedisRateLimitLayer::new(limiter.clone(), |_: &()| Some("k")).layer(service_fn(
+        move |()| {
+            flag.store(true, Ordering::Relaxed);
+            async { Ok::<_, BoxError>(()) }
+        },
+    ));
+    server.pause();
+    let fut = std::future::poll_fn(|cx| svc.poll_ready(cx))
+        .await
+        .map(|()| svc.call(()));
+    let mut fut = Box::pin(fut.unwrap());
+    // Poll once: the lease fetch is now in flight, against a frozen Redis.
+    assert!(matches!(futures_poll(&mut fut).await, Poll::Pending));
+    drop(fut);
+    server.resume();
+    assert!(!called.load(Ordering::Relaxed));
+    // The claim was released: the next request fetches the lease.
+    assert_eq!(limiter.acquire("k", 1).await, Ok(Source::Redis));
+    assert_eq!(limiter.leased(&"k"), 9);
+    assert_eq!(limiter.acquire("k", 1).await, Ok(Source::Lease));
+}
+
+/// Polls `fut` exactly once.
+async fn futures_poll<F: std::future::Future + Unpin>(fut: &mut F) -> Poll<F::Output> {
+    std::future::poll_fn(|cx| Poll::Ready(std::pin::Pin::new(&mut *fut).poll(cx))).await
+}
+
+#[tokio::test]
+async fn invalid_configurations_are_refused_with_the_field_named() {
+    let client = RedisClient::new(dead_addr());
+    let q = quota(10, 1);
+    let err = |b: Builder| b.build::<&str>().unwrap_err().field();
+    let base = || RedisLimiter::builder(client.clone(), q);
+    assert_eq!(err(base().timeout(Duration::ZERO)), "timeout");
+    assert_eq!(err(base().capacity(0)), "capacity");
+    assert_eq!(
+        err(base().lease(0, Duration::from_millis(1))),
+        "lease.max_tokens"
+    );
+    assert_eq!(err(base().lease(5, Duration::ZERO)), "lease.max_age");
+    for share in [0.0, -1.0, 1.5, f64::NAN] {
+        assert_eq!(
+            err(base().fallback(Fallback::Local { share })),
+            "fallback.share"
+        );
+    }
+}
