@@ -3,6 +3,7 @@
 //! ```text
 //! cargo run --release -p floodwall-benches --bin lab -- sim [--quick] [--out DIR]
 //! cargo run --release -p floodwall-benches --bin lab -- e2e [--quick]
+//! cargo run --release -p floodwall-benches --bin lab -- redis [--quick]
 //! cargo run --release -p floodwall-benches --bin lab -- report
 //! ```
 //!
@@ -17,7 +18,14 @@
 //! and (when installed) nginx, toward one upstream (see
 //! `floodwall_benches::lab::e2e`).
 //!
-//! `report` runs both and rewrites docs/performance.md: every
+//! `redis` runs the distributed limiter against a real `redis-server` on
+//! loopback: three instances sharing one key, leasing off and on, below and
+//! above the quota (see `floodwall_benches::lab::redis`).
+//!
+//! `tables` only refills docs/performance.md's criterion tables from
+//! criterion's last results (after running one bench).
+//!
+//! `report` runs all three and rewrites docs/performance.md: every
 //! `bench-table` block from criterion's last results (so run
 //! `cargo bench -p floodwall-benches` first: `benches/report.sh` does both),
 //! the lab's sections, the machine line, and the plots under `docs/img/lab`.
@@ -26,6 +34,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use floodwall_benches::lab::e2e::{E2eConfig, compare, table as e2e_table};
+use floodwall_benches::lab::redis::RedisLabConfig;
 use floodwall_benches::lab::{Row, Scenario, SimConfig, Stack, docs, report, run_all};
 
 /// Offered loads, as multiples of capacity.
@@ -150,9 +159,42 @@ fn e2e(args: &Args) -> Result<String, Error> {
     Ok(md)
 }
 
+fn redis(args: &Args) -> Result<String, Error> {
+    let mut config = RedisLabConfig::default();
+    if args.quick {
+        config.duration = std::time::Duration::from_secs(1);
+    }
+    eprintln!(
+        "lab redis: {} instances, quota {}/s, {:?} per scenario",
+        config.instances, config.rate, config.duration
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let rows = rt.block_on(floodwall_benches::lab::redis::run(config))?;
+    let md = floodwall_benches::lab::redis::table(&config, &rows);
+    write(&args.out.join("redis.md"), &md)?;
+    Ok(md)
+}
+
 /// The workspace root (the benches crate's parent).
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn tables() -> Result<(), Error> {
+    let root = root();
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+    let doc_path = root.join("docs/performance.md");
+    let doc = std::fs::read_to_string(&doc_path)?;
+    let medians = docs::criterion_medians(&target.join("criterion"));
+    std::fs::write(&doc_path, docs::fill_bench_tables(&doc, &medians)?)?;
+    eprintln!(
+        "lab: refilled the criterion tables of {}",
+        doc_path.display()
+    );
+    Ok(())
 }
 
 fn report(args: &Args) -> Result<(), Error> {
@@ -206,6 +248,8 @@ fn report(args: &Args) -> Result<(), Error> {
 
     let e2e_md = e2e(args)?;
     doc = docs::replace_region(&doc, "e2e", &e2e_md)?;
+    let redis_md = redis(args)?;
+    doc = docs::replace_region(&doc, "redis", &redis_md)?;
     doc = docs::replace_region(&doc, "machine", &docs::machine())?;
     std::fs::write(&doc_path, doc)?;
     eprintln!("lab: rewrote {}", doc_path.display());
@@ -216,9 +260,11 @@ fn main() {
     let result = parse().and_then(|args| match args.command.as_str() {
         "sim" => sim(&args).map(|(_, _, md)| println!("{md}")),
         "e2e" => e2e(&args).map(|md| println!("{md}")),
+        "redis" => redis(&args).map(|md| println!("{md}")),
+        "tables" => tables(),
         "report" => report(&args),
         "help" | "--help" | "-h" => {
-            println!("usage: lab (sim | e2e | report) [--quick] [--out DIR]");
+            println!("usage: lab (sim | e2e | redis | tables | report) [--quick] [--out DIR]");
             Ok(())
         }
         other => Err(format!("unknown command {other:?} (try `lab help`)").into()),

@@ -10,6 +10,7 @@ pub mod e2e;
 pub mod hist;
 pub mod load;
 pub mod plot;
+pub mod redis;
 pub mod report;
 pub mod sim;
 
