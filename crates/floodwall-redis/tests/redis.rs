@@ -361,8 +361,9 @@ async fn a_hung_or_dead_redis_costs_at_most_the_timeout_then_the_fallback_decide
         .unwrap();
     // Scheduling slack on a loaded 2-core machine; a hung call without the
     // timeout would wait forever.
+    eprintln!("slowest decision while redis was hung or dead: {slowest:?} (timeout {timeout:?})");
     assert!(
-        slowest <= timeout + Duration::from_millis(30),
+        slowest <= timeout + Duration::from_millis(50),
         "slowest decision {slowest:?}"
     );
     let timeouts = hung.iter().filter(|(_, took)| *took >= timeout).count();
