@@ -107,6 +107,7 @@ struct Command {
 pub struct RedisClient {
     tx: mpsc::Sender<Command>,
     addr: SocketAddr,
+    connect_timeout: Duration,
 }
 
 impl fmt::Debug for RedisClient {
@@ -133,12 +134,21 @@ impl RedisClient {
     pub fn with_connect_timeout(addr: SocketAddr, connect_timeout: Duration) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
         tokio::spawn(drive(addr, connect_timeout, rx));
-        Self { tx, addr }
+        Self {
+            tx,
+            addr,
+            connect_timeout,
+        }
     }
 
     /// The server's address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// How long a connection attempt may take.
+    pub fn connect_timeout(&self) -> Duration {
+        self.connect_timeout
     }
 
     /// Sends one command (`args[0]` is its name) and waits for its reply.

@@ -98,8 +98,13 @@
 //! one to co-locate related limits with other data of the same entity, and
 //! never a tag shared by every key (`{floodwall}:…`), which would put the
 //! whole limiter on one node. [`hash_slot`] computes a key's slot.
-//! [`RedisClient`] speaks to one node; on a cluster, give it the node
-//! holding the limiter's keys, or run one limiter per node's key range.
+//!
+//! Build the limiter with a client for any one node: when a node answers
+//! `MOVED`, the limiter remembers which node owns the slot, opens a
+//! connection to it and repeats the call there (within the same timeout);
+//! `ASK` (a slot being migrated) is followed once with `ASKING`. Nodes must
+//! announce IP addresses (the default), not host names.
+//! [`Stats::redirects`] counts the redirections followed.
 //!
 //! # Metrics
 //! `floodwall_redis_admitted_total` / `floodwall_redis_rejected_total`
@@ -118,6 +123,7 @@ mod layer;
 mod lease;
 mod limiter;
 pub mod resp;
+mod route;
 mod script;
 #[cfg(feature = "test-util")]
 #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]

@@ -20,6 +20,7 @@ use tokio::time::Instant;
 
 use crate::client::{RedisClient, RedisError};
 use crate::lease::{Leases, Take};
+use crate::route::Router;
 use crate::script::Script;
 
 /// What can key a [`RedisLimiter`]: hashable for the local lease and
@@ -141,6 +142,8 @@ pub struct Stats {
     pub admitted: u64,
     /// Requests refused.
     pub rejected: u64,
+    /// Redis Cluster redirections followed (`MOVED`, `ASK`).
+    pub redirects: u64,
 }
 
 /// Builds a [`RedisLimiter`]; from [`RedisLimiter::builder`].
@@ -278,7 +281,7 @@ impl Builder {
         ));
         Ok(RedisLimiter {
             inner: Arc::new(Inner {
-                client: self.client,
+                router: Router::new(self.client),
                 script: Script::default(),
                 prefix,
                 interval_arg: format!("{interval_us}").into_bytes(),
@@ -328,7 +331,7 @@ impl<K> fmt::Debug for RedisLimiter<K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisLimiter")
             .field("name", &self.inner.policy.name())
-            .field("redis", &self.inner.client.addr())
+            .field("redis", &self.inner.router.seed().addr())
             .field("prefix", &self.inner.prefix)
             .field("quota", &self.inner.quota)
             .field("timeout", &self.inner.timeout)
@@ -340,7 +343,7 @@ impl<K> fmt::Debug for RedisLimiter<K> {
 }
 
 struct Inner<K> {
-    client: RedisClient,
+    router: Router,
     script: Script,
     prefix: String,
     interval_arg: Vec<u8>,
@@ -601,6 +604,7 @@ where
             fallback_decisions: load(&s.fallback),
             admitted: load(&s.admitted),
             rejected: load(&s.rejected),
+            redirects: self.inner.router.redirects(),
         }
     }
 
@@ -767,7 +771,7 @@ where
         let started = Instant::now();
         let result = match tokio::time::timeout_at(
             self.deadline,
-            inner.script.run(&inner.client, redis_key.as_bytes(), &args),
+            inner.router.run(&inner.script, redis_key.as_bytes(), &args),
         )
         .await
         {

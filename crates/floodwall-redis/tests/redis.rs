@@ -549,3 +549,45 @@ async fn invalid_configurations_are_refused_with_the_field_named() {
         );
     }
 }
+
+#[tokio::test]
+async fn on_a_redis_cluster_each_key_is_decided_by_the_node_that_owns_its_slot() {
+    use floodwall_redis::test_util::RedisCluster;
+
+    let cluster = RedisCluster::start(3);
+    // The limiter knows only the first node.
+    let limiter: RedisLimiter<u32> = builder(cluster.addrs()[0], quota(1, 5)).build().unwrap();
+    for user in 0..30 {
+        assert_eq!(
+            limiter.acquire(user, 1).await,
+            Ok(Source::Redis),
+            "user {user}"
+        );
+    }
+    let redirected = limiter.stats().redirects;
+    // About two thirds of the keys live on the other two nodes.
+    assert!((5..=30).contains(&redirected), "{redirected} redirections");
+    // Routes are remembered, and each key's bucket is one bucket: four more
+    // tokens each, then refused.
+    for user in 0..30 {
+        for _ in 0..4 {
+            assert_eq!(limiter.acquire(user, 1).await, Ok(Source::Redis));
+        }
+        assert!(
+            limiter.acquire(user, 1).await.is_err(),
+            "user {user} over its burst"
+        );
+    }
+    assert_eq!(
+        limiter.stats().redirects,
+        redirected,
+        "no redirection once learned"
+    );
+    assert_eq!(limiter.stats().errors, 0);
+    let keys = cluster.keys_per_node();
+    assert_eq!(keys.iter().sum::<i64>(), 30, "one key per user: {keys:?}");
+    assert!(
+        keys.iter().all(|&n| n > 0),
+        "keys spread over every node: {keys:?}"
+    );
+}
