@@ -1,9 +1,8 @@
+use floodwall_core::sync::{AtomicU32, AtomicU64, Mutex, Ordering};
 use std::fmt;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use floodwall_core::random::{Random, SplitMix};
-use parking_lot::Mutex;
 use tokio::sync::watch;
 use tokio::time::Instant;
 

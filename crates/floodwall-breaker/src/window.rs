@@ -5,9 +5,7 @@
 //! breaker resets its window (a transition, a handle's reset) may land on
 //! either side of the reset, and must never make a count wrap.
 
-use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU64, Ordering};
-
-use parking_lot::Mutex;
+use floodwall_core::sync::{AtomicI64, AtomicU8, AtomicU64, Mutex, Ordering};
 
 /// One call's record in a count window: bit 0 failed, bit 1 slow, bit 2
 /// present.

@@ -3,16 +3,15 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 
 use floodwall_core::metrics::{
     CODEL_DROPPED, CODEL_LIFO, CODEL_QUEUE_LENGTH, CODEL_SOJOURN_SECONDS, LABEL_NAME,
 };
+use floodwall_core::sync::{self, AtomicUsize, Mutex, Ordering};
 use floodwall_core::{Arrival, BoxError, Deadline, RejectKind, Rejected, Rejection};
 use metrics::{Counter, Gauge, Histogram};
-use parking_lot::Mutex;
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 use tower_layer::Layer;
@@ -168,7 +167,9 @@ impl<X> Shared<X> {
     fn release(&self) {
         self.busy.fetch_sub(1, Ordering::SeqCst);
         // Pairs with the enqueuer's store of `queued` then its dispatch:
-        // one of the two sees the other's write.
+        // one of the two sees the other's write (the SeqCst total order;
+        // modelled in `loom_model` below).
+        sync::seqcst_handoff();
         if self.queued.load(Ordering::SeqCst) > 0 {
             let mut w = self.waiters.lock();
             self.dispatch(&mut w, Instant::now());
@@ -202,6 +203,37 @@ impl<X> Shared<X> {
         }
         self.queued.store(queue.len(), Ordering::SeqCst);
         metrics.queue_length.set(queue.len() as f64);
+    }
+
+    /// Queues a request that found no free worker, then hands it one if a
+    /// worker came free since it looked: the enqueuer's half of the handoff
+    /// whose other half is [`release`](Self::release). Returns the waiter
+    /// (armed before anything else can happen) and when the queue's
+    /// timeout would drop it.
+    fn push(
+        this: &Arc<Self>,
+        now: Instant,
+        start: Instant,
+        deadline: Option<Instant>,
+    ) -> Result<(Waiter<X>, Option<Instant>), DropReason> {
+        let mut w = this.waiters.lock();
+        let id = w.next_id;
+        w.next_id += 1;
+        let expires = w
+            .queue
+            .push(now, id, start, deadline)
+            .map_err(|(_, reason)| reason)?;
+        w.slots.insert(id, Slot::default());
+        let waiter = Waiter {
+            shared: this.clone(),
+            id: Some(id),
+        };
+        this.queued.store(w.queue.len(), Ordering::SeqCst);
+        // A worker may have come free since the fast path looked; see
+        // `release` for the other half.
+        sync::seqcst_handoff();
+        this.dispatch(&mut w, now);
+        Ok((waiter, expires))
     }
 
     /// A waiter gave up: take it out of the queue, or give back the worker
@@ -597,26 +629,13 @@ impl<S, X> CodelService<S, X> {
         let now = Instant::now();
         let start = shared.timing.arrival(&req).unwrap_or(now);
         let deadline = shared.timing.deadline(&req);
-        let mut w = shared.waiters.lock();
-        let id = w.next_id;
-        w.next_id += 1;
-        let expires = match w.queue.push(now, id, start, deadline) {
-            Ok(expires) => expires,
-            Err((_, reason)) => {
-                drop(w);
+        let (waiter, expires) = match Shared::push(shared, now, start, deadline) {
+            Ok(queued) => queued,
+            Err(reason) => {
                 shared.metrics.dropped[reason.index()].increment(1);
                 return ResponseFuture::shed(reason);
             }
         };
-        w.slots.insert(id, Slot::default());
-        let waiter = Waiter {
-            shared: shared.clone(),
-            id: Some(id),
-        };
-        shared.queued.store(w.queue.len(), Ordering::SeqCst);
-        // A worker may have come free since the fast path looked.
-        shared.dispatch(&mut w, now);
-        drop(w);
         // Wake up to drop ourselves when the queue timeout passes, or when
         // the deadline can no longer be met, whichever comes first.
         let timeout = expires.map(|t| (t + Duration::from_nanos(1), DropReason::Timeout));
@@ -792,5 +811,51 @@ where
 impl<S: Service<Req>, Req, X> fmt::Debug for ResponseFuture<S, Req, X> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+/// A loom model of the handoff between a request that finds no free worker
+/// and a request finishing at the same moment (`scripts/loom.sh`).
+#[cfg(all(test, floodwall_loom))]
+mod loom_model {
+    use super::*;
+
+    #[test]
+    fn a_worker_released_while_a_request_queues_is_handed_to_it() {
+        loom::model(|| {
+            let layer = CodelLayer::new(CodelConfig::with_workers(1)).unwrap();
+            let shared = layer.shared.clone();
+            assert!(shared.try_take(), "a running request holds the one worker");
+            let releaser = {
+                let shared = shared.clone();
+                loom::thread::spawn(move || shared.release())
+            };
+            let now = Instant::now();
+            // The service's fast path, then the queue.
+            let direct = shared.queued.load(Ordering::SeqCst) == 0 && shared.try_take();
+            let queued = (!direct).then(|| Shared::push(&shared, now, now, None).unwrap());
+            releaser.join().unwrap();
+            if let Some((waiter, _)) = &queued {
+                let id = waiter.id.unwrap();
+                let outcome = shared.waiters.lock().slots.get(&id).and_then(|s| s.outcome);
+                assert_eq!(
+                    outcome,
+                    Some(Ok(())),
+                    "a queued request was stranded beside a free worker"
+                );
+            }
+            assert_eq!(shared.busy.load(Ordering::SeqCst), 1);
+            // The request leaves: a direct one releases its worker, a
+            // granted waiter that never ran gives it back on drop.
+            if direct {
+                shared.release();
+            }
+            drop(queued);
+            assert_eq!(
+                shared.busy.load(Ordering::SeqCst),
+                0,
+                "a granted waiter that leaves gives the worker back"
+            );
+        });
     }
 }

@@ -56,6 +56,7 @@ mod extensions;
 pub mod metrics;
 pub mod random;
 mod rejection;
+pub mod sync;
 pub mod wire;
 
 pub use classify::{Classify, GrpcClassifier, GrpcCode, HttpClassifier, Outcome, ResultClassifier};

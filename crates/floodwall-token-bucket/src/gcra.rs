@@ -1,6 +1,6 @@
 //! The GCRA step on one atomic TAT cell, shared by the single and keyed buckets.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use floodwall_core::sync::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;

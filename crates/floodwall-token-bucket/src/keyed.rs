@@ -1,6 +1,6 @@
+use floodwall_core::sync::{AtomicU64, Ordering};
 use std::fmt;
 use std::hash::Hash;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use floodwall_core::metrics::{TOKEN_BUCKET_EVICTED, TOKEN_BUCKET_KEYS};
