@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Runs every cargo-fuzz target of floodwall for a bounded time each:
+#   fuzz/                        priority_header, gateway_config
+#   crates/floodwall-deadline/fuzz  parse_timeouts (grpc-timeout, HTTP header)
+# Usage: scripts/fuzz.sh [SECONDS_PER_TARGET]   (default 10)
+# Needs cargo-fuzz and a nightly toolchain; without them it says so and
+# exits 0 (CI runs it "when cargo-fuzz is available").
+set -euo pipefail
+cd "$(dirname "$0")/.."
+seconds="${1:-10}"
+
+if ! cargo fuzz --version >/dev/null 2>&1; then
+    echo "fuzz: cargo-fuzz is not installed (cargo install cargo-fuzz); skipping"
+    exit 0
+fi
+if ! cargo +nightly --version >/dev/null 2>&1; then
+    echo "fuzz: no nightly toolchain (cargo-fuzz needs one); skipping"
+    exit 0
+fi
+
+run() {
+    local dir="$1" target="$2"
+    local scratch log
+    scratch="$(mktemp -d)"
+    log="$(mktemp)"
+    echo "fuzz: $target for ${seconds}s ($dir)"
+    # New inputs go to a scratch corpus; the committed seeds are only read.
+    if ! (cd "$dir" && cargo +nightly fuzz run "$target" "$scratch" "corpus/$target" -- \
+            -max_total_time="$seconds" -print_final_stats=1) >"$log" 2>&1; then
+        tail -n 40 "$log" >&2
+        echo "fuzz: $target failed (a crash is saved under $dir/artifacts/$target)" >&2
+        exit 1
+    fi
+    grep -E "^(stat::number_of_executed_units|stat::peak_rss_mb|Done [0-9]+ runs)" "$log" || true
+    rm -rf "$scratch" "$log"
+}
+
+run fuzz priority_header
+run fuzz gateway_config
+run crates/floodwall-deadline/fuzz parse_timeouts
