@@ -475,3 +475,59 @@ async fn the_admin_port_serves_state_and_metrics() {
     let none = call(Method::GET, format!("{admin}/nothing"), &[], "").await;
     assert_eq!(none.status, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gateways_share_a_routes_global_limit_through_redis() {
+    use floodwall::redis::RedisLimiterConfig;
+    use floodwall_examples::gateway::Gateway;
+    use floodwall_redis::test_util::RedisServer;
+
+    let redis = RedisServer::start();
+    let d = start(|c| {
+        c.gateway.redis = Some(redis.addr());
+        let mut global = RedisLimiterConfig::per_second(1);
+        global.burst = Some(4);
+        route(c, "/api/room").global_limit = Some(global);
+    })
+    .await;
+    // A second gateway instance with the same configuration.
+    let mut config = d.gateway.shared().runtime().config().clone();
+    config.gateway.listen = ([127, 0, 0, 1], 0).into();
+    config.gateway.admin = ([127, 0, 0, 1], 0).into();
+    let second = Gateway::start(config, None).await.unwrap();
+    let urls = [d.url(), format!("http://{}", second.addr())];
+    let mut answers = Vec::new();
+    for i in 0..6 {
+        // Different client IPs, one user: only the global per-user limit
+        // can refuse, and the two gateways share it.
+        let ip = format!("10.0.1.{i}");
+        let url = format!("{}/api/room?id=3", urls[i % 2]);
+        let headers = [("x-user-id", "alice"), ("x-forwarded-for", ip.as_str())];
+        answers.push(call(Method::GET, url, &headers, "").await);
+    }
+    let statuses: Vec<u16> = answers.iter().map(|a| a.status.as_u16()).collect();
+    assert_eq!(
+        statuses,
+        [200, 200, 200, 200, 429, 429],
+        "burst 4 across both"
+    );
+    assert_eq!(answers[4].reason(), Some("rate_limited"));
+    assert!(answers[4].headers.contains_key("retry-after"));
+    // Another user has a bucket of their own.
+    let a = call(
+        Method::GET,
+        format!("{}/api/room?id=3", urls[1]),
+        &[("x-user-id", "bob")],
+        "",
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK);
+    let state = d.gateway.shared().runtime().state();
+    let route_state = state["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["route"] == "/api/room")
+        .unwrap();
+    assert_eq!(route_state["global_limit"]["health"], "Redis");
+}

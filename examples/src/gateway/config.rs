@@ -30,6 +30,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use floodwall::breaker::BreakerConfig;
+use floodwall::redis::RedisLimiterConfig;
 use floodwall::throttle::ThrottleConfig;
 use floodwall::token_bucket::TokenBucketConfig;
 use serde::Deserialize;
@@ -75,6 +76,9 @@ pub struct Settings {
     /// Every floodwall layer in place (default). `false` routes and proxies
     /// with no protection at all, for comparison.
     pub protected: bool,
+    /// The Redis that routes' `global_limit`s share with every other
+    /// gateway instance. Default none.
+    pub redis: Option<SocketAddr>,
 }
 
 impl Default for Settings {
@@ -87,6 +91,7 @@ impl Default for Settings {
             default_priority: 10,
             key_seed: None,
             protected: true,
+            redis: None,
         }
     }
 }
@@ -166,6 +171,10 @@ pub struct RouteConfig {
     /// A token bucket for the whole route.
     #[serde(default)]
     pub limit: Option<TokenBucketConfig>,
+    /// A per-user limit shared by every gateway instance through
+    /// `gateway.redis` (keyed by the user header, else the client IP).
+    #[serde(default)]
+    pub global_limit: Option<RedisLimiterConfig>,
     /// Requests above this rate go to a secondary upstream instead.
     #[serde(default)]
     pub overflow: Option<OverflowConfig>,
@@ -277,6 +286,17 @@ impl GatewayConfig {
                 .or(route.prefix.as_deref())
                 .unwrap_or("?");
             let at = |e: &dyn fmt::Display| ConfigError::new(format!("routes[{i}] ({label}): {e}"));
+            if let Some(global) = &route.global_limit {
+                if self.gateway.redis.is_none() {
+                    return Err(at(&"global_limit needs gateway.redis"));
+                }
+                global
+                    .quota()
+                    .map_err(|e| at(&format!("global_limit: {e}")))?;
+                if global.timeout.is_zero() {
+                    return Err(at(&"global_limit: timeout must be above zero"));
+                }
+            }
             match (&route.path, &route.prefix) {
                 (Some(p), None) => {
                     if !p.starts_with('/') {
@@ -426,6 +446,10 @@ url = "http://127.0.0.1:2"
             (
                 "[[routes]]\npath = \"/a\"\nhandler = \"teleport\"\nupstream = \"room\"\n",
                 "unknown variant `teleport`",
+            ),
+            (
+                "[[routes]]\npath = \"/a\"\nhandler = \"get_room\"\nupstream = \"room\"\nglobal_limit = { rate = 5 }\n",
+                "routes[0] (/a): global_limit needs gateway.redis",
             ),
         ];
         for (routes, expect) in cases {

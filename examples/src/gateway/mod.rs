@@ -37,6 +37,7 @@ use floodwall::core::{Arrival, BoxError, Rejected};
 use floodwall::deadline::{ServerConfig, ServerDeadlineLayer, Wire};
 use floodwall::http::{RejectionLayer, Respond};
 use floodwall::priority::{AssignConfig, AssignPriorityLayer, BusinessTable};
+use floodwall::redis::{RedisClient, RedisLimiter, RedisRateLimitLayer};
 use floodwall::token_bucket::{Keyed, KeyedTokenBucket, TokenBucket, TokenBucketLayer};
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::Full;
@@ -126,6 +127,7 @@ struct Route {
     config: config::RouteConfig,
     service: RouteService,
     limit: Option<floodwall::token_bucket::TokenBucketHandle>,
+    global: Option<RedisLimiter<String>>,
     overflow: Option<Arc<TokenBucket>>,
 }
 
@@ -139,6 +141,9 @@ pub struct Runtime {
     prefixes: Vec<(String, Arc<Route>)>,
     per_ip: Option<PerIpLayer>,
     trusted: Vec<IpAddr>,
+    /// The connection routes' global limits share (kept across reloads
+    /// while `gateway.redis` is unchanged).
+    redis: Option<RedisClient>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -188,6 +193,15 @@ impl Runtime {
             }
             _ => None,
         };
+        let redis = match (config.gateway.redis, protected) {
+            (Some(addr), true) => Some(
+                previous
+                    .and_then(|p| p.redis.clone())
+                    .filter(|c| c.addr() == addr)
+                    .unwrap_or_else(|| RedisClient::new(addr)),
+            ),
+            _ => None,
+        };
         let mut business = BusinessTable::new(config.gateway.default_priority);
         for r in &config.routes {
             let b = r.priority.unwrap_or(config.gateway.default_priority);
@@ -212,6 +226,7 @@ impl Runtime {
                 &upstreams,
                 per_ip.clone(),
                 &assign,
+                redis.as_ref(),
             )?);
             match (&r.path, &r.prefix) {
                 (Some(p), _) => {
@@ -230,6 +245,7 @@ impl Runtime {
             exact,
             prefixes,
             per_ip,
+            redis,
         })
     }
 
@@ -297,6 +313,18 @@ impl Runtime {
                     "handler": format!("{:?}", r.config.handler),
                     "upstream": r.config.upstream,
                     "limit_tokens_left": r.limit.as_ref().map(|h| h.available()),
+                    "global_limit": r.global.as_ref().map(|l| {
+                        let s = l.stats();
+                        serde_json::json!({
+                            "health": format!("{:?}", l.health()),
+                            "admitted": s.admitted,
+                            "rejected": s.rejected,
+                            "round_trips": s.round_trips,
+                            "lease_hits": s.lease_hits,
+                            "fallback_decisions": s.fallback_decisions,
+                            "errors": s.errors,
+                        })
+                    }),
                     "overflow_tokens_left": r.overflow.as_ref().map(|b| b.available(now)),
                 }))
             })
@@ -325,6 +353,7 @@ fn build_route(
     upstreams: &BTreeMap<String, (config::UpstreamConfig, Upstream)>,
     per_ip: Option<PerIpLayer>,
     assign: &AssignPriorityLayer,
+    redis: Option<&RedisClient>,
 ) -> Result<Route, BoxError> {
     let up = |name: &str| -> Result<Upstream, BoxError> {
         upstreams
@@ -357,25 +386,40 @@ fn build_route(
         optional,
         config.gateway.user_header.clone(),
     );
-    let (service, limit) = if protected {
+    let label = r.path.as_deref().or(r.prefix.as_deref()).unwrap_or("");
+    let (service, limit, global) = if protected {
         let limit = match &r.limit {
             Some(c) => {
                 let mut c = c.clone();
                 if c.name == floodwall::token_bucket::DEFAULT_NAME {
-                    c.name = format!(
-                        "route:{}",
-                        r.path.as_deref().or(r.prefix.as_deref()).unwrap_or("")
-                    );
+                    c.name = format!("route:{label}");
                 }
                 Some(c.build()?)
             }
             None => None,
         };
         let handle = limit.as_ref().map(TokenBucketLayer::handle);
+        let global = match (&r.global_limit, redis) {
+            (Some(c), Some(client)) => {
+                let mut c = c.clone();
+                if c.name == floodwall::redis::DEFAULT_NAME {
+                    c.name = format!("global:{label}");
+                }
+                Some(c.build::<String>(client.clone())?)
+            }
+            _ => None,
+        };
+        let user_header = config.gateway.user_header.clone();
+        let global_layer = global.clone().map(|limiter| {
+            RedisRateLimitLayer::new(limiter, move |req: &Request<Incoming>| {
+                global_key(req, &user_header)
+            })
+        });
         let stack = ServiceBuilder::new()
             .layer(RejectionLayer::with(GatewayResponder))
             .option_layer(per_ip)
             .option_layer(limit)
+            .option_layer(global_layer)
             .layer(assign.clone())
             .layer(ServerDeadlineLayer::new(ServerConfig {
                 wire: Wire::Grpc,
@@ -383,16 +427,27 @@ fn build_route(
                 max: Some(r.timeout),
             }))
             .service(handler);
-        (BoxCloneSyncService::new(stack), handle)
+        (BoxCloneSyncService::new(stack), handle, global)
     } else {
-        (BoxCloneSyncService::new(handler), None)
+        (BoxCloneSyncService::new(handler), None, None)
     };
     Ok(Route {
         config: r.clone(),
         service,
         limit,
+        global,
         overflow: overflow_bucket,
     })
+}
+
+/// The key of a route's global limit: the user, else the client IP.
+fn global_key(req: &Request<Incoming>, user_header: &str) -> Option<String> {
+    if let Some(user) = req.headers().get(user_header).and_then(|v| v.to_str().ok()) {
+        return Some(format!("user:{user}"));
+    }
+    req.extensions()
+        .get::<ClientIp>()
+        .map(|ip| format!("ip:{}", ip.0))
 }
 
 /// The shared state behind a running gateway.
