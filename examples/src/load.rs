@@ -63,6 +63,8 @@ impl Shot {
 pub struct Sample {
     /// The phase it was sent in.
     pub phase: usize,
+    /// When it was sent, from the generator's creation.
+    pub at: Duration,
     /// Time to the full answer (or to giving up).
     pub latency: Duration,
     /// The HTTP status; `None` if the client gave up or the connection
@@ -80,6 +82,7 @@ pub struct Load {
     timeout: Duration,
     samples: Arc<Mutex<Vec<Sample>>>,
     inflight: Arc<std::sync::atomic::AtomicUsize>,
+    epoch: Instant,
 }
 
 impl Load {
@@ -96,6 +99,7 @@ impl Load {
             timeout,
             samples: Arc::default(),
             inflight: Arc::default(),
+            epoch: Instant::now(),
         }
     }
 
@@ -106,6 +110,7 @@ impl Load {
 
     async fn send_in(&self, phase: usize, shot: &Shot) -> Sample {
         let start = Instant::now();
+        let at = start.saturating_duration_since(self.epoch);
         let mut req = Request::builder()
             .method(shot.method.clone())
             .uri(format!("{}{}", self.base, shot.path));
@@ -115,6 +120,7 @@ impl Load {
         let Ok(req) = req.body(Empty::new()) else {
             return Sample {
                 phase,
+                at,
                 latency: Duration::ZERO,
                 status: None,
                 reason: Some("bad_request".into()),
@@ -140,6 +146,7 @@ impl Load {
         };
         Sample {
             phase,
+            at,
             latency: start.elapsed(),
             status,
             reason,
@@ -182,6 +189,11 @@ impl Load {
         while self.inflight.load(Ordering::Relaxed) > 0 {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+
+    /// Time since the generator was created (the clock of [`Sample::at`]).
+    pub fn elapsed(&self) -> Duration {
+        self.epoch.elapsed()
     }
 
     /// Every sample recorded so far.

@@ -146,7 +146,8 @@ pub struct RoomService {
     tally: Arc<Tally>,
     admission: Option<AdmissionHandle>,
     codel: Option<CodelHandle>,
-    _shutdown: oneshot::Sender<()>,
+    config: RoomConfig,
+    shutdown: Option<oneshot::Sender<()>>,
 }
 
 impl RoomService {
@@ -156,6 +157,10 @@ impl RoomService {
     /// Binding the port, or an invalid layer configuration.
     pub async fn start(config: RoomConfig) -> Result<Self, BoxError> {
         let listener = TcpListener::bind(config.listen).await?;
+        let config = RoomConfig {
+            listen: listener.local_addr()?,
+            ..config
+        };
         let addr = listener.local_addr()?;
         let knobs = Arc::new(Knobs::default());
         let shared = Arc::new(Shared {
@@ -234,7 +239,8 @@ impl RoomService {
             tally,
             admission,
             codel,
-            _shutdown: tx,
+            config,
+            shutdown: Some(tx),
         })
     }
 
@@ -246,6 +252,36 @@ impl RoomService {
     /// The `http://` URL of the service.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// Stops the server: it accepts no more connections and tells the
+    /// open ones to go away (HTTP/2 GOAWAY) once their calls finish, as a
+    /// process being shut down does. [`restart`](Self::restart) brings it
+    /// back on the same port.
+    pub fn stop(&mut self) {
+        self.shutdown.take();
+    }
+
+    /// Starts the service again on the same port with the same
+    /// configuration (fresh state and knobs), stopping it first if needed.
+    ///
+    /// # Errors
+    /// The port cannot be bound again.
+    pub async fn restart(&mut self) -> Result<(), BoxError> {
+        self.stop();
+        let mut last = None;
+        // The old listener closes as its server task sees the signal.
+        for _ in 0..50 {
+            match Self::start(self.config.clone()).await {
+                Ok(fresh) => {
+                    *self = fresh;
+                    return Ok(());
+                }
+                Err(err) => last = Some(err),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Err(last.unwrap_or_else(|| "restart failed".into()))
     }
 
     /// The fault knobs.
