@@ -21,9 +21,12 @@ use floodwall::breaker::{BreakerConfig, BreakerLayer, State, WindowKind};
 use floodwall::codel::{CodelConfig, CodelLayer};
 use floodwall::core::BoxError;
 use floodwall::deadline::{PropagateDeadlineLayer, ServerConfig, ServerDeadlineLayer};
+use floodwall::grpc::GrpcRejectionLayer;
+use floodwall::http::HttpRejectionLayer;
 use floodwall::leaky_bucket::LeakyBucketLayer;
 use floodwall::priority::{
-    AdmissionConfig, AdmissionLayer, ClientConfig, Priority, PriorityClientLayer,
+    AdmissionConfig, AdmissionLayer, AssignConfig, AssignPriorityLayer, ClientConfig, Priority,
+    PriorityClientLayer,
 };
 use floodwall::sliding_window::{SlidingWindowLayer, Window};
 use floodwall::throttle::{RetryBudget, RetryLayer, ThrottleConfig, ThrottleLayer};
@@ -336,6 +339,78 @@ async fn sliding_window_counter() {
     assert_eq!(handle.limiter().remaining(Instant::now()), 300);
     // Last: a leak usually starves the sweep too, but the checks above
     // say which state leaked.
+    exercised(&out);
+}
+
+#[tokio::test(start_paused = true)]
+async fn leaky_bucket_meter() {
+    let backend = Backend::default();
+    let layer =
+        LeakyBucketLayer::meter(Quota::per_second(3_000).unwrap().with_burst(20).unwrap()).build();
+    let handle = layer.handle();
+    let mut svc = layer.layer(backend.clone());
+    let out = sweep(&mut svc, Sweep::default()).await;
+    assert_eq!(backend.live(), 0);
+    advance(Duration::from_millis(20)).await;
+    assert_eq!(
+        handle.limiter().level(Instant::now()),
+        0,
+        "the meter drained"
+    );
+    // Last: a leak usually starves the sweep too, but the checks above
+    // say which state leaked.
+    exercised(&out);
+}
+
+#[tokio::test(start_paused = true)]
+async fn sliding_log_and_fixed_window() {
+    let window = Window::new(300, Duration::from_millis(100)).unwrap();
+    let backend = Backend::default();
+    let layer = SlidingWindowLayer::log(window).build();
+    let handle = layer.handle();
+    let mut svc = layer.layer(backend.clone());
+    let out = sweep(&mut svc, Sweep::default()).await;
+    assert_eq!(backend.live(), 0);
+    advance(Duration::from_millis(200)).await;
+    assert_eq!(handle.limiter().count(Instant::now()), 0);
+    exercised(&out);
+    let backend = Backend::default();
+    let layer = SlidingWindowLayer::fixed(window).build();
+    let handle = layer.handle();
+    let mut svc = layer.layer(backend.clone());
+    let out = sweep(&mut svc, Sweep::default()).await;
+    assert_eq!(backend.live(), 0);
+    advance(Duration::from_millis(200)).await;
+    assert_eq!(handle.limiter().remaining(Instant::now()), 300);
+    exercised(&out);
+}
+
+/// The edge layers (priority assignment, rejection responders) hold
+/// nothing; dropping through them must still drop what is below.
+#[tokio::test(start_paused = true)]
+async fn edge_assignment_and_rejection_responders() {
+    let backend = Backend::default();
+    let bucket =
+        TokenBucketLayer::builder(Quota::per_second(3_000).unwrap().with_burst(20).unwrap())
+            .wait(Duration::from_millis(2))
+            .build();
+    let mut http = ServiceBuilder::new()
+        .layer(HttpRejectionLayer::new())
+        .layer(AssignPriorityLayer::new(AssignConfig::default()).unwrap())
+        .layer(bucket.clone())
+        .service(backend.clone());
+    let out = sweep(&mut http, Sweep::default()).await;
+    assert_eq!(backend.live(), 0);
+    // Refusals became responses, not errors.
+    assert_eq!(out.err, 0, "{out:?}");
+    exercised(&out);
+    let mut grpc = ServiceBuilder::new()
+        .layer(GrpcRejectionLayer::default())
+        .layer(bucket)
+        .service(backend.clone());
+    let out = sweep(&mut grpc, Sweep::default()).await;
+    assert_eq!(backend.live(), 0);
+    assert_eq!(out.err, 0, "{out:?}");
     exercised(&out);
 }
 
