@@ -58,6 +58,20 @@ impl Shot {
     }
 }
 
+/// A viewer behind the trusted proxy: a random user of 5,000 and a random
+/// client IP in 10.0.0.0/12, drawn from `rng`.
+pub fn viewer(rng: &floodwall::core::random::SplitMix, shot: Shot) -> Shot {
+    let r = rng.next_u64();
+    let ip = format!(
+        "10.{}.{}.{}",
+        (r >> 8) % 16,
+        (r >> 16) % 250,
+        (r >> 24) % 250 + 1
+    );
+    shot.header("x-user-id", format!("user-{}", r % 5000))
+        .header("x-forwarded-for", ip)
+}
+
 /// What happened to one request.
 #[derive(Debug, Clone)]
 pub struct Sample {

@@ -250,6 +250,20 @@ where
     out
 }
 
+/// Sweeps `layer` over a fresh [`Backend`] and checks that no backend
+/// future outlived its caller; returns the backend and the outcome.
+async fn sweep_layer<L>(layer: L, config: Sweep) -> (Backend, Outcome)
+where
+    L: Layer<Backend>,
+    L::Service: Service<Request<()>, Response = Response<()>, Error = BoxError>,
+{
+    let backend = Backend::default();
+    let mut svc = layer.layer(backend.clone());
+    let out = sweep(&mut svc, config).await;
+    assert_eq!(backend.live(), 0, "a backend future outlived its caller");
+    (backend, out)
+}
+
 /// Every sweep must have both finished and abandoned requests (some never
 /// polled at all), or it tested nothing.
 fn exercised(out: &Outcome) {
@@ -283,7 +297,6 @@ async fn token_bucket_in_wait_mode() {
 
 #[tokio::test(start_paused = true)]
 async fn keyed_token_bucket_in_wait_mode() {
-    let backend = Backend::default();
     // Four keys, from the request's delay.
     let key = |req: &Request<()>| {
         let delay: u64 = req.headers()["x-delay-us"].to_str().ok()?.parse().ok()?;
@@ -293,9 +306,7 @@ async fn keyed_token_bucket_in_wait_mode() {
         .wait(Duration::from_millis(3))
         .build_keyed(1_000, key);
     let handle = layer.handle();
-    let mut svc = layer.layer(backend.clone());
-    let out = sweep(&mut svc, Sweep::default()).await;
-    assert_eq!(backend.live(), 0);
+    let (_, out) = sweep_layer(layer, Sweep::default()).await;
     advance(Duration::from_millis(20)).await;
     for k in 0..4 {
         assert_eq!(handle.available(&k), 10, "key {k}");
@@ -308,15 +319,12 @@ async fn keyed_token_bucket_in_wait_mode() {
 
 #[tokio::test(start_paused = true)]
 async fn leaky_bucket_shaper() {
-    let backend = Backend::default();
     // A cancelled waiter's slot is not given back (the shaper's convention,
     // SPECS.md), so the rate stays above the ~4,000 requests/s offered or
     // the queue would stay full of abandoned slots.
     let layer = LeakyBucketLayer::shaper(Quota::per_second(5_000).unwrap(), 10).build();
     let handle = layer.handle();
-    let mut svc = layer.layer(backend.clone());
-    let out = sweep(&mut svc, Sweep::default()).await;
-    assert_eq!(backend.live(), 0);
+    let (_, out) = sweep_layer(layer, Sweep::default()).await;
     // A cancelled waiter's slot passes unused (the shaper's convention);
     // once the slots' time has passed the queue is empty.
     advance(Duration::from_millis(10)).await;
@@ -328,13 +336,10 @@ async fn leaky_bucket_shaper() {
 
 #[tokio::test(start_paused = true)]
 async fn sliding_window_counter() {
-    let backend = Backend::default();
     let window = Window::new(300, Duration::from_millis(100)).unwrap();
     let layer = SlidingWindowLayer::counter(window).build();
     let handle = layer.handle();
-    let mut svc = layer.layer(backend.clone());
-    let out = sweep(&mut svc, Sweep::default()).await;
-    assert_eq!(backend.live(), 0);
+    let (_, out) = sweep_layer(layer, Sweep::default()).await;
     advance(Duration::from_millis(200)).await;
     assert_eq!(handle.limiter().remaining(Instant::now()), 300);
     // Last: a leak usually starves the sweep too, but the checks above
@@ -344,13 +349,10 @@ async fn sliding_window_counter() {
 
 #[tokio::test(start_paused = true)]
 async fn leaky_bucket_meter() {
-    let backend = Backend::default();
     let layer =
         LeakyBucketLayer::meter(Quota::per_second(3_000).unwrap().with_burst(20).unwrap()).build();
     let handle = layer.handle();
-    let mut svc = layer.layer(backend.clone());
-    let out = sweep(&mut svc, Sweep::default()).await;
-    assert_eq!(backend.live(), 0);
+    let (_, out) = sweep_layer(layer, Sweep::default()).await;
     advance(Duration::from_millis(20)).await;
     assert_eq!(
         handle.limiter().level(Instant::now()),
@@ -365,21 +367,15 @@ async fn leaky_bucket_meter() {
 #[tokio::test(start_paused = true)]
 async fn sliding_log_and_fixed_window() {
     let window = Window::new(300, Duration::from_millis(100)).unwrap();
-    let backend = Backend::default();
     let layer = SlidingWindowLayer::log(window).build();
     let handle = layer.handle();
-    let mut svc = layer.layer(backend.clone());
-    let out = sweep(&mut svc, Sweep::default()).await;
-    assert_eq!(backend.live(), 0);
+    let (_, out) = sweep_layer(layer, Sweep::default()).await;
     advance(Duration::from_millis(200)).await;
     assert_eq!(handle.limiter().count(Instant::now()), 0);
     exercised(&out);
-    let backend = Backend::default();
     let layer = SlidingWindowLayer::fixed(window).build();
     let handle = layer.handle();
-    let mut svc = layer.layer(backend.clone());
-    let out = sweep(&mut svc, Sweep::default()).await;
-    assert_eq!(backend.live(), 0);
+    let (_, out) = sweep_layer(layer, Sweep::default()).await;
     advance(Duration::from_millis(200)).await;
     assert_eq!(handle.limiter().remaining(Instant::now()), 300);
     exercised(&out);
@@ -464,12 +460,9 @@ async fn circuit_breaker_through_its_half_open_probes() {
 
 #[tokio::test(start_paused = true)]
 async fn codel_queue_gives_back_every_worker_and_slot() {
-    let backend = Backend::default();
     let layer = CodelLayer::new(CodelConfig::with_workers(4)).unwrap();
     let handle = layer.handle();
-    let mut svc = layer.layer(backend.clone());
-    let out = sweep(&mut svc, Sweep::default()).await;
-    assert_eq!(backend.live(), 0);
+    let (_, out) = sweep_layer(layer, Sweep::default()).await;
     assert_eq!(
         handle.in_flight(),
         0,

@@ -18,7 +18,7 @@ use floodwall::core::BoxError;
 use floodwall::core::random::SplitMix;
 use floodwall_examples::deploy::Deployment;
 use floodwall_examples::gateway::upstream::Upstream;
-use floodwall_examples::load::{Load, PhaseStats, Shot, phase_stats, render};
+use floodwall_examples::load::{Load, PhaseStats, Shot, phase_stats, render, viewer};
 use floodwall_examples::room::RoomConfig;
 
 /// Viewers give up after this long.
@@ -36,19 +36,6 @@ const PHASES: [(&str, Duration); 4] = [
     ("room failing", Duration::from_secs(4)),
     ("recovered", Duration::from_secs(4)),
 ];
-
-/// A viewer: random user, random client IP behind the trusted proxy.
-fn viewer(rng: &SplitMix, shot: Shot) -> Shot {
-    let r = rng.next_u64();
-    let ip = format!(
-        "10.{}.{}.{}",
-        (r >> 8) % 16,
-        (r >> 16) % 250,
-        (r >> 24) % 250 + 1
-    );
-    shot.header("x-user-id", format!("user-{}", r % 5000))
-        .header("x-forwarded-for", ip)
-}
 
 fn normal(rng: &SplitMix, i: u64) -> Shot {
     let room = 2 + rng.next_u64() % 500;

@@ -27,7 +27,7 @@ use floodwall::core::BoxError;
 use floodwall::core::random::SplitMix;
 use floodwall::redis::RedisLimiterConfig;
 use floodwall_examples::deploy::Deployment;
-use floodwall_examples::load::{Load, Sample, Shot};
+use floodwall_examples::load::{Load, Sample, Shot, viewer};
 use floodwall_examples::room::RoomConfig;
 use floodwall_redis::test_util::RedisServer;
 
@@ -92,18 +92,6 @@ fn rss_kb() -> u64 {
                 .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         })
         .unwrap_or(0)
-}
-
-fn viewer(rng: &SplitMix, shot: Shot) -> Shot {
-    let r = rng.next_u64();
-    let ip = format!(
-        "10.{}.{}.{}",
-        (r >> 8) % 16,
-        (r >> 16) % 250,
-        (r >> 24) % 250 + 1
-    );
-    shot.header("x-user-id", format!("user-{}", r % 5000))
-        .header("x-forwarded-for", ip)
 }
 
 fn room_shot(rng: &SplitMix, i: u64) -> Shot {
