@@ -265,7 +265,8 @@ where
 }
 
 /// Every sweep must have both finished and abandoned requests (some never
-/// polled at all), or it tested nothing.
+/// polled at all), or it tested nothing. Tests call it last: a leak usually
+/// starves the sweep too, but their own checks say which state leaked.
 fn exercised(out: &Outcome) {
     eprintln!("{}: {out:?}", std::thread::current().name().unwrap_or("?"));
     assert!(out.ok > 20, "{out:?}");
@@ -290,8 +291,6 @@ async fn token_bucket_in_wait_mode() {
     // Reservations of dropped waiters were refunded or have passed.
     advance(Duration::from_millis(20)).await;
     assert_eq!(handle.available(), 20);
-    // Last: a leak usually starves the sweep too, but the checks above
-    // say which state leaked.
     exercised(&out);
 }
 
@@ -312,8 +311,6 @@ async fn keyed_token_bucket_in_wait_mode() {
         assert_eq!(handle.available(&k), 10, "key {k}");
     }
     assert!(handle.keys() <= 4);
-    // Last: a leak usually starves the sweep too, but the checks above
-    // say which state leaked.
     exercised(&out);
 }
 
@@ -329,8 +326,6 @@ async fn leaky_bucket_shaper() {
     // once the slots' time has passed the queue is empty.
     advance(Duration::from_millis(10)).await;
     assert_eq!(handle.limiter().queued(Instant::now()), 0);
-    // Last: a leak usually starves the sweep too, but the checks above
-    // say which state leaked.
     exercised(&out);
 }
 
@@ -342,8 +337,6 @@ async fn sliding_window_counter() {
     let (_, out) = sweep_layer(layer, Sweep::default()).await;
     advance(Duration::from_millis(200)).await;
     assert_eq!(handle.limiter().remaining(Instant::now()), 300);
-    // Last: a leak usually starves the sweep too, but the checks above
-    // say which state leaked.
     exercised(&out);
 }
 
@@ -359,8 +352,6 @@ async fn leaky_bucket_meter() {
         0,
         "the meter drained"
     );
-    // Last: a leak usually starves the sweep too, but the checks above
-    // say which state leaked.
     exercised(&out);
 }
 
@@ -453,8 +444,6 @@ async fn circuit_breaker_through_its_half_open_probes() {
         advance(Duration::from_millis(10)).await;
     }
     assert_eq!(handle.state(), State::Closed);
-    // Last: a leak usually starves the sweep too, but the checks above
-    // say which state leaked.
     exercised(&out);
 }
 
@@ -470,8 +459,6 @@ async fn codel_queue_gives_back_every_worker_and_slot() {
     );
     assert_eq!(handle.queue_len(), 0, "a dropped request stayed queued");
     assert_eq!(handle.waiters(), 0, "a waiter's slot leaked");
-    // Last: a leak usually starves the sweep too, but the checks above
-    // say which state leaked.
     exercised(&out);
 }
 
@@ -500,8 +487,6 @@ async fn throttle_and_retry_budget() {
     .await;
     assert_eq!(backend.live(), 0);
     assert!(budget.tokens() <= budget.max_tokens());
-    // Last: a leak usually starves the sweep too, but the checks above
-    // say which state leaked.
     exercised(&out);
 }
 
@@ -522,8 +507,6 @@ async fn deadline_server_and_propagation() {
     .await;
     assert!(out.err > 0, "some deadlines expired during the sweep");
     assert_eq!(backend.live(), 0);
-    // Last: a leak usually starves the sweep too, but the checks above
-    // say which state leaked.
     exercised(&out);
 }
 
@@ -540,8 +523,6 @@ async fn priority_admission_and_collaborative_client() {
     assert_eq!(backend.live(), 0);
     // Nothing queued, so no overload was seen: everything is admitted.
     assert_eq!(handle.level(), Priority::LOWEST);
-    // Last: a leak usually starves the sweep too, but the checks above
-    // say which state leaked.
     exercised(&out);
 }
 
@@ -608,8 +589,6 @@ async fn the_whole_stack() {
         advance(Duration::from_millis(10)).await;
     }
     assert_eq!(breaker_handle.state(), State::Closed);
-    // Last: a leak usually starves the sweep too, but the checks above
-    // say which state leaked.
     exercised(&out);
 }
 
@@ -669,7 +648,5 @@ async fn redis_limiter_with_leases() {
         }
     }
     assert_eq!(limiter.stats().errors, 0);
-    // Last: a leak usually starves the sweep too, but the checks above
-    // say which state leaked.
     exercised(&out);
 }
