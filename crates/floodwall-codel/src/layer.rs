@@ -127,7 +127,9 @@ struct Metrics {
 }
 
 struct Shared<X> {
-    workers: usize,
+    /// How many requests may run at once (changed by
+    /// [`CodelHandle::set_workers`]).
+    workers: AtomicUsize,
     min_remaining: Duration,
     /// Workers taken (running requests, and grants not yet picked up).
     busy: AtomicUsize,
@@ -149,7 +151,7 @@ impl<X> Shared<X> {
     #[inline]
     fn try_take(&self) -> bool {
         let mut busy = self.busy.load(Ordering::SeqCst);
-        while busy < self.workers {
+        while busy < self.workers.load(Ordering::Relaxed) {
             match self.busy.compare_exchange_weak(
                 busy,
                 busy + 1,
@@ -334,7 +336,7 @@ impl<X> fmt::Debug for CodelLayer<X> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CodelLayer")
             .field("name", &self.shared.name)
-            .field("workers", &self.shared.workers)
+            .field("workers", &self.shared.workers.load(Ordering::Relaxed))
             .finish_non_exhaustive()
     }
 }
@@ -416,7 +418,7 @@ impl<X> Builder<X> {
         };
         Ok(CodelLayer {
             shared: Arc::new(Shared {
-                workers: self.config.workers,
+                workers: AtomicUsize::new(self.config.workers),
                 min_remaining: self.config.min_remaining,
                 busy: AtomicUsize::new(0),
                 queued: AtomicUsize::new(0),
@@ -442,6 +444,7 @@ pub struct CodelHandle {
 trait Target: Send + Sync {
     fn name(&self) -> &str;
     fn workers(&self) -> usize;
+    fn set_workers(&self, workers: usize);
     fn busy(&self) -> usize;
     fn queue_len(&self) -> usize;
     fn is_lifo(&self) -> bool;
@@ -454,7 +457,17 @@ impl<X: Send + Sync> Target for Shared<X> {
     }
 
     fn workers(&self) -> usize {
-        self.workers
+        self.workers.load(Ordering::Relaxed)
+    }
+
+    fn set_workers(&self, workers: usize) {
+        let workers = workers.max(1);
+        let before = self.workers.swap(workers, Ordering::SeqCst);
+        if workers > before {
+            // More room: hand it to whoever waits.
+            let mut w = self.waiters.lock();
+            self.dispatch(&mut w, Instant::now());
+        }
     }
 
     fn busy(&self) -> usize {
@@ -483,6 +496,17 @@ impl CodelHandle {
     /// How many requests may run at once.
     pub fn workers(&self) -> usize {
         self.shared.workers()
+    }
+
+    /// Changes how many requests may run at once (at least 1). More workers
+    /// are handed to waiting requests at once; with fewer, running requests
+    /// finish and the queue waits until the count is under the new number.
+    ///
+    /// This is how the queue follows an adaptive concurrency limit:
+    /// `floodwall-concurrency`'s `Builder::on_limit_change` can call it
+    /// with every new limit.
+    pub fn set_workers(&self, workers: usize) {
+        self.shared.set_workers(workers);
     }
 
     /// Workers taken now (running requests, and requests just granted one).

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use floodwall_core::ConfigError;
+use tokio::time::Instant;
 
 use crate::{Algorithm, Sample};
 
@@ -74,7 +75,7 @@ impl Algorithm for Aimd {
         self.limit
     }
 
-    fn update(&mut self, sample: &Sample) -> u32 {
+    fn update(&mut self, _now: Instant, sample: &Sample) -> u32 {
         let limit = self.limit;
         if sample.dropped || sample.rtt > self.config.timeout {
             let backed = (f64::from(limit) * self.config.backoff_ratio) as u32;
@@ -101,9 +102,13 @@ mod tests {
     #[test]
     fn grows_by_one_only_while_half_the_limit_is_in_use() {
         let mut a = Aimd::new(AimdConfig::default()).unwrap();
-        assert_eq!(a.update(&sample(4, false)), 10, "4 of 10: app-limited");
-        assert_eq!(a.update(&sample(5, false)), 11);
-        assert_eq!(a.update(&sample(6, false)), 12);
+        assert_eq!(
+            a.update(Instant::now(), &sample(4, false)),
+            10,
+            "4 of 10: app-limited"
+        );
+        assert_eq!(a.update(Instant::now(), &sample(5, false)), 11);
+        assert_eq!(a.update(Instant::now(), &sample(6, false)), 12);
     }
 
     #[test]
@@ -113,15 +118,17 @@ mod tests {
             ..AimdConfig::default()
         })
         .unwrap();
-        assert_eq!(a.update(&sample(1, true)), 90);
-        assert_eq!(a.update(&sample(1, true)), 81);
+        assert_eq!(a.update(Instant::now(), &sample(1, true)), 90);
+        assert_eq!(a.update(Instant::now(), &sample(1, true)), 81);
         let mut small = Aimd::new(AimdConfig {
             initial_limit: 5,
             ..AimdConfig::default()
         })
         .unwrap();
         // ⌊5 × 0.9⌋ = 4; ⌊4 × 0.9⌋ = 3; … never below 1.
-        let seen: Vec<u32> = (0..6).map(|_| small.update(&sample(1, true))).collect();
+        let seen: Vec<u32> = (0..6)
+            .map(|_| small.update(Instant::now(), &sample(1, true)))
+            .collect();
         assert_eq!(seen, [4, 3, 2, 1, 1, 1]);
     }
 
@@ -138,7 +145,7 @@ mod tests {
             inflight: 20,
             dropped: false,
         };
-        assert_eq!(a.update(&slow), 18);
+        assert_eq!(a.update(Instant::now(), &slow), 18);
     }
 
     #[test]
@@ -150,7 +157,7 @@ mod tests {
         })
         .unwrap();
         for _ in 0..5 {
-            a.update(&sample(4, false));
+            a.update(Instant::now(), &sample(4, false));
         }
         assert_eq!(a.limit(), 4);
         let bad = |c: AimdConfig| Aimd::new(c).unwrap_err().field();

@@ -1,8 +1,11 @@
 //! Gradient2: the ratio of a long-term RTT average to the latest RTT.
 
-use floodwall_core::ConfigError;
+use std::time::Duration;
 
-use crate::{Algorithm, Sample};
+use floodwall_core::ConfigError;
+use tokio::time::Instant;
+
+use crate::{Algorithm, Estimates, Sample};
 
 /// [`Gradient2`]'s settings. Defaults are Netflix `Gradient2Limit`'s.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -88,6 +91,7 @@ pub struct Gradient2 {
     config: Gradient2Config,
     estimate: f64,
     long: ExpAvg,
+    latest: Option<Duration>,
 }
 
 impl Gradient2 {
@@ -119,6 +123,7 @@ impl Gradient2 {
         Ok(Self {
             estimate: f64::from(config.initial_limit),
             long: ExpAvg::new(config.long_window, 10),
+            latest: None,
             config,
         })
     }
@@ -134,7 +139,15 @@ impl Algorithm for Gradient2 {
         self.estimate as u32
     }
 
-    fn update(&mut self, sample: &Sample) -> u32 {
+    fn estimates(&self) -> Estimates {
+        Estimates {
+            baseline: (self.long.count > 0).then(|| Duration::from_secs_f64(self.long.value)),
+            latest: self.latest,
+        }
+    }
+
+    fn update(&mut self, _now: Instant, sample: &Sample) -> u32 {
+        self.latest = Some(sample.rtt);
         let short = sample.rtt.as_secs_f64().max(1e-9);
         let mut long = self.long.add(short);
         if long / short > 2.0 {
@@ -171,10 +184,10 @@ mod tests {
     fn flat_latency_grows_the_limit_by_the_smoothed_headroom() {
         let mut g = Gradient2::new(Gradient2Config::default()).unwrap();
         // gradient 1: new = 20 + 4 = 24; blended 20·0.8 + 24·0.2 = 20.8.
-        assert_eq!(g.update(&sample(10, 20)), 20);
+        assert_eq!(g.update(Instant::now(), &sample(10, 20)), 20);
         assert!((g.estimate - 20.8).abs() < 1e-9);
         // 20.8·0.8 + (20.8 + 4)·0.2 = 21.6
-        g.update(&sample(10, 20));
+        g.update(Instant::now(), &sample(10, 20));
         assert!((g.estimate - 21.6).abs() < 1e-9);
     }
 
@@ -187,19 +200,19 @@ mod tests {
         .unwrap();
         // Warm-up mean of 10 samples at 10 ms.
         for _ in 0..9 {
-            g.update(&sample(10, 0));
+            g.update(Instant::now(), &sample(10, 0));
         }
         // The 10th sample is 40 ms: long = (9·10 + 40)/10 = 13 ms,
         // gradient = 13/40 = 0.325 → clamped to 0.5; new = 50 + 4 = 54;
         // blended = 100·0.8 + 54·0.2 = 90.8.
-        assert_eq!(g.update(&sample(40, 100)), 90);
+        assert_eq!(g.update(Instant::now(), &sample(40, 100)), 90);
         assert!((g.estimate - 90.8).abs() < 1e-9);
     }
 
     #[test]
     fn an_app_limited_sample_changes_nothing_but_the_average() {
         let mut g = Gradient2::new(Gradient2Config::default()).unwrap();
-        assert_eq!(g.update(&sample(10, 9)), 20, "9 < 20/2");
+        assert_eq!(g.update(Instant::now(), &sample(10, 9)), 20, "9 < 20/2");
         assert!((g.estimate - 20.0).abs() < 1e-9);
         assert!((g.long_rtt() - 0.010).abs() < 1e-12);
     }
@@ -208,12 +221,12 @@ mod tests {
     fn the_baseline_is_cut_when_latency_falls_far_below_it() {
         let mut g = Gradient2::new(Gradient2Config::default()).unwrap();
         for _ in 0..10 {
-            g.update(&sample(100, 0));
+            g.update(Instant::now(), &sample(100, 0));
         }
         // long after adding 10 ms: 100·(1 − f) + 10·f with f = 2/601, then
         // long/short ≈ 9.7 > 2 → × 0.9.
         let f = 2.0 / 601.0;
-        g.update(&sample(10, 0));
+        g.update(Instant::now(), &sample(10, 0));
         let expected = (0.100 * (1.0 - f) + 0.010 * f) * 0.9;
         assert!((g.long_rtt() - expected).abs() < 1e-12);
     }
@@ -226,7 +239,7 @@ mod tests {
         })
         .unwrap();
         for _ in 0..50 {
-            g.update(&sample(10, 200));
+            g.update(Instant::now(), &sample(10, 200));
         }
         assert_eq!(g.limit(), 200);
         let d = Gradient2Config::default();

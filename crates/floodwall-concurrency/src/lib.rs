@@ -1,48 +1,74 @@
 //! Adaptive concurrency limits: how many requests may be in flight at once,
 //! learned from the latency (and the losses) the requests see.
 //!
-//! This crate holds the algorithms as sans-IO cores. Each takes one
-//! [`Sample`] per finished request — its round-trip time, how many requests
-//! were in flight when it started, and whether it was dropped (timed out or
-//! refused as overloaded) — and returns the new limit:
+//! A fixed limit is either too low (capacity wasted when the service is
+//! fast) or too high (a queue builds when it slows down). An adaptive limit
+//! comes down when latency rises above its no-load level and goes up while
+//! latency stays flat and the limit is in use.
 //!
-//! - [`Vegas`]: TCP Vegas' queue estimate, `limit × (1 − RTT_noload / RTT)`,
-//!   held between α and β;
-//! - [`Gradient2`]: the gradient between a long-term average RTT and the
-//!   latest one, plus a fixed headroom;
-//! - [`Aimd`]: additive increase while requests succeed, multiplicative
-//!   decrease on a drop.
+//! - [`Limiter`]: admits while fewer than `limit` requests are in flight
+//!   (one compare-and-swap), optionally sharing the limit between priority
+//!   classes ([`Partitions`]: a guaranteed share each, borrowing when idle,
+//!   atomic), and feeds each finished request to an [`Algorithm`];
+//! - [`AdaptiveLimitLayer`]: the Tower layer (sheds in `call` with
+//!   [`LimitExceeded`], kind `Overloaded`), with metrics and a handle;
+//! - the algorithms, sans-IO: [`Vegas`], [`Gradient2`] and [`Aimd`] with
+//!   Netflix concurrency-limits' formulas and defaults, [`Windowed`] (its
+//!   `WindowedLimit`), [`EnvoyGradient`] (Envoy's adaptive concurrency
+//!   gradient controller) and [`Bbr`] (go-kratos/aegis' CPU-aware limiter,
+//!   reading [`cpu::SystemCpu`]).
 //!
-//! The formulas and every default are those of Netflix's concurrency-limits
-//! library (`VegasLimit`, `Gradient2Limit`, `AIMDLimit`); each type's docs
-//! give them. The Tower layer, the Envoy-style and BBR-style controllers
-//! and partitioned limits are not built yet (issue 13).
+//! A CoDel queue's worker count can follow the limit: pass
+//! `CodelHandle::set_workers` to [`Builder::on_limit_change`].
 //!
 //! ```
+//! use floodwall_concurrency::{AdaptiveLimitLayer, Vegas, VegasConfig, WindowConfig, Windowed};
+//! use floodwall_core::BoxError;
 //! use std::time::Duration;
-//! use floodwall_concurrency::{Algorithm, Aimd, AimdConfig, Sample};
+//! use tower::{Layer, ServiceExt, service_fn};
 //!
-//! let mut aimd = Aimd::new(AimdConfig::default())?;
-//! assert_eq!(aimd.limit(), 10);
-//! // Busy (at least half the limit in flight) and fast: +1.
-//! let ok = Sample { rtt: Duration::from_millis(20), inflight: 8, dropped: false };
-//! assert_eq!(aimd.update(&ok), 11);
-//! // A drop: × 0.9, rounded down.
-//! let lost = Sample { dropped: true, ..ok };
-//! assert_eq!(aimd.update(&lost), 9);
-//! # Ok::<(), floodwall_core::ConfigError>(())
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), BoxError> {
+//! // Vegas, moving about once per round trip (100 ms windows).
+//! let vegas = Windowed::new(
+//!     Vegas::new(VegasConfig::default())?,
+//!     WindowConfig::every(Duration::from_millis(100)),
+//! )?;
+//! let layer = AdaptiveLimitLayer::builder(vegas).name("rooms").build();
+//! let handle = layer.handle();
+//! let svc = layer.layer(service_fn(|x: u32| async move { Ok::<_, BoxError>(x + 1) }));
+//! assert_eq!(svc.oneshot(41).await?, 42);
+//! assert_eq!((handle.limit(), handle.in_flight()), (20, 0));
+//! # Ok(())
+//! # }
 //! ```
 #![forbid(unsafe_code)]
 
 mod aimd;
+mod bbr;
+pub mod cpu;
+mod envoy;
 mod gradient2;
+mod layer;
+mod limiter;
 mod vegas;
+mod windowed;
 
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 pub use aimd::{Aimd, AimdConfig};
+pub use bbr::{Bbr, BbrConfig};
+pub use envoy::{EnvoyGradient, EnvoyGradientConfig};
 pub use gradient2::{Gradient2, Gradient2Config};
+pub use layer::{
+    AdaptiveLimit, AdaptiveLimitHandle, AdaptiveLimitLayer, Builder, ByCriticality, DEFAULT_NAME,
+    LimitExceeded, Partition, ResponseFuture, SingleClass,
+};
+pub use limiter::{Limiter, MAX_CLASSES, MAX_IN_FLIGHT, Partitions, Refused, Token};
 pub use vegas::{Vegas, VegasConfig};
+pub use windowed::{WindowConfig, Windowed};
 
 /// What one finished request tells the algorithm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,14 +81,36 @@ pub struct Sample {
     pub dropped: bool,
 }
 
+/// The round-trip times an algorithm steers by, for handles and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Estimates {
+    /// The reference RTT the latest one is compared with: Vegas' no-load
+    /// RTT, Gradient2's long-term average, the Envoy controller's minRTT,
+    /// the BBR limiter's minimum RT. `None` until measured (and for AIMD,
+    /// which has none).
+    pub baseline: Option<Duration>,
+    /// The most recent RTT the algorithm used: the last sample's, or the
+    /// Envoy controller's last window aggregate.
+    pub latest: Option<Duration>,
+}
+
 /// A concurrency-limit algorithm: a sans-IO state machine fed one sample per
-/// finished request.
+/// finished request, at the instant it finished.
+///
+/// Implement it to plug an algorithm of your own into [`Limiter`] and
+/// [`AdaptiveLimitLayer`]; `update` runs under the limiter's lock, once per
+/// finished request, so it should be a few arithmetic operations.
 pub trait Algorithm: Send + 'static {
     /// The limit now.
     fn limit(&self) -> u32;
 
-    /// Takes one sample and returns the new limit.
-    fn update(&mut self, sample: &Sample) -> u32;
+    /// Takes one sample, taken at `now`, and returns the new limit.
+    fn update(&mut self, now: Instant, sample: &Sample) -> u32;
+
+    /// The RTTs the algorithm steers by. The default reports none.
+    fn estimates(&self) -> Estimates {
+        Estimates::default()
+    }
 }
 
 /// Netflix's `Log10RootFunction`: `max(1, ⌊log10 n⌋)` for `n < 1000`, and

@@ -4,8 +4,9 @@ use std::time::Duration;
 
 use floodwall_core::ConfigError;
 use floodwall_core::random::{Random, SplitMix};
+use tokio::time::Instant;
 
-use crate::{Algorithm, Sample, log10_root};
+use crate::{Algorithm, Estimates, Sample, log10_root};
 
 /// [`Vegas`]'s settings. Defaults are Netflix `VegasLimit`'s; α, β, the
 /// threshold and the steps are its default functions of the limit `L`
@@ -59,6 +60,7 @@ pub struct Vegas {
     config: VegasConfig,
     estimate: f64,
     rtt_noload: Option<Duration>,
+    latest: Option<Duration>,
     probe_count: u64,
     probe_jitter: f64,
     rng: SplitMix,
@@ -88,6 +90,7 @@ impl Vegas {
         Ok(Self {
             estimate: f64::from(config.initial_limit),
             rtt_noload: None,
+            latest: None,
             probe_count: 0,
             probe_jitter,
             rng,
@@ -116,7 +119,15 @@ impl Algorithm for Vegas {
         self.estimate as u32
     }
 
-    fn update(&mut self, sample: &Sample) -> u32 {
+    fn estimates(&self) -> Estimates {
+        Estimates {
+            baseline: self.rtt_noload,
+            latest: self.latest,
+        }
+    }
+
+    fn update(&mut self, _now: Instant, sample: &Sample) -> u32 {
+        self.latest = Some(sample.rtt);
         let rtt = sample.rtt.max(Duration::from_nanos(1));
         self.probe_count += 1;
         if self.should_probe() {
@@ -184,10 +195,10 @@ mod tests {
     #[test]
     fn the_first_sample_and_every_new_minimum_only_set_the_noload_rtt() {
         let mut v = vegas(20);
-        assert_eq!(v.update(&sample(10_000, 20, false)), 20);
+        assert_eq!(v.update(Instant::now(), &sample(10_000, 20, false)), 20);
         assert_eq!(v.rtt_noload(), Some(Duration::from_millis(10)));
         assert_eq!(
-            v.update(&sample(8_000, 20, true)),
+            v.update(Instant::now(), &sample(8_000, 20, true)),
             20,
             "a new minimum, even dropped"
         );
@@ -197,32 +208,40 @@ mod tests {
     #[test]
     fn no_queue_grows_by_beta_and_a_long_queue_shrinks_by_one_step() {
         let mut v = vegas(20);
-        v.update(&sample(10_000, 20, false));
+        v.update(Instant::now(), &sample(10_000, 20, false));
         // RTT = no-load: queue 0 ≤ threshold 1 → 20 + β (6·1) = 26.
-        assert_eq!(v.update(&sample(10_000, 20, false)), 26);
+        assert_eq!(v.update(Instant::now(), &sample(10_000, 20, false)), 26);
         // RTT 20 ms: queue = ⌈26 × 0.5⌉ = 13 > β = 6 → 26 − 1 = 25.
-        assert_eq!(v.update(&sample(20_000, 26, false)), 25);
+        assert_eq!(v.update(Instant::now(), &sample(20_000, 26, false)), 25);
     }
 
     #[test]
     fn a_small_queue_grows_by_one_step_and_the_sweet_spot_holds() {
         let mut v = vegas(20);
-        v.update(&sample(10_000, 20, false));
+        v.update(Instant::now(), &sample(10_000, 20, false));
         // queue = ⌈20 × (1 − 10/10.5)⌉ = ⌈0.95⌉ = 1 ≤ 1: + β.
-        assert_eq!(v.update(&sample(10_500, 20, false)), 26);
+        assert_eq!(v.update(Instant::now(), &sample(10_500, 20, false)), 26);
         // queue = ⌈26 × (1 − 10/11)⌉ = ⌈2.36⌉ = 3, not < α = 3, not > β = 6:
         // the sweet spot.
-        assert_eq!(v.update(&sample(11_000, 26, false)), 26);
+        assert_eq!(v.update(Instant::now(), &sample(11_000, 26, false)), 26);
         // queue = ⌈26 × (1 − 10/10.8)⌉ = ⌈1.93⌉ = 2 < α: + f = 27.
-        assert_eq!(v.update(&sample(10_800, 26, false)), 27);
+        assert_eq!(v.update(Instant::now(), &sample(10_800, 26, false)), 27);
     }
 
     #[test]
     fn a_drop_shrinks_and_an_app_limited_sample_does_not_grow() {
         let mut v = vegas(20);
-        v.update(&sample(10_000, 20, false));
-        assert_eq!(v.update(&sample(10_000, 9, false)), 20, "9 < 20/2");
-        assert_eq!(v.update(&sample(10_000, 1, true)), 19, "drop: − f");
+        v.update(Instant::now(), &sample(10_000, 20, false));
+        assert_eq!(
+            v.update(Instant::now(), &sample(10_000, 9, false)),
+            20,
+            "9 < 20/2"
+        );
+        assert_eq!(
+            v.update(Instant::now(), &sample(10_000, 1, true)),
+            19,
+            "drop: − f"
+        );
     }
 
     #[test]
@@ -234,11 +253,11 @@ mod tests {
             ..VegasConfig::default()
         })
         .unwrap();
-        v.update(&sample(10_000, 1, false));
+        v.update(Instant::now(), &sample(10_000, 1, false));
         // Latency rose for good: within 2 × 10 samples a probe adopts it.
         let mut adopted = None;
         for i in 1..=20 {
-            v.update(&sample(30_000, 1, false));
+            v.update(Instant::now(), &sample(30_000, 1, false));
             if v.rtt_noload() == Some(Duration::from_millis(30)) {
                 adopted = Some(i);
                 break;

@@ -137,3 +137,18 @@ pub const REDIS_ERRORS: &str = "floodwall_redis_errors_total";
 /// Gauge: 1 while the limiter decides without Redis (its breaker is not
 /// closed), else 0.
 pub const REDIS_FALLBACK: &str = "floodwall_redis_fallback";
+
+/// Gauge: an adaptive concurrency limit's current limit.
+pub const CONCURRENCY_LIMIT: &str = "floodwall_concurrency_limit";
+/// Gauge: requests in flight under an adaptive concurrency limit (set when
+/// a request finishes).
+pub const CONCURRENCY_IN_FLIGHT: &str = "floodwall_concurrency_in_flight";
+/// Counter: requests an adaptive concurrency limit refused.
+pub const CONCURRENCY_REJECTED: &str = "floodwall_concurrency_rejected_total";
+/// Counter: admitted requests by how they finished (label `outcome`:
+/// `success`, `dropped`, `ignored`, `cancelled`).
+pub const CONCURRENCY_CALLS: &str = "floodwall_concurrency_calls_total";
+/// Gauge: the RTTs an adaptive concurrency limit steers by, in seconds
+/// (label `estimate`: `baseline`, `latest`), refreshed when its handle reads
+/// them.
+pub const CONCURRENCY_RTT_SECONDS: &str = "floodwall_concurrency_rtt_seconds";

@@ -12,6 +12,7 @@
 //! | `breaker` | `breaker` | circuit breaker: count and time windows, failure and slow-call rates, half-open probes, ramp |
 //! | `deadline` | `deadline` | deadline propagation: `grpc-timeout` and an HTTP header, server enforcement, task-scoped deadlines for outbound calls |
 //! | `codel` | `codel` | server admission queue: worker limit, Fail-at-Scale timeouts or RFC 8289 CoDel, adaptive LIFO, deadline-aware drops |
+//! | `concurrency` | `concurrency` | adaptive concurrency limit: Vegas, Gradient2, AIMD, Envoy gradient controller, BBR-style CPU-aware; priority partitions |
 //! | `priority` | `priority` | DAGOR priority admission: edge assignment, adaptive admission level, collaborative clients, criticality mode |
 //! | `ratelimit` | any rate limiter | the Tower adapter and bounded keyed map the rate limiters share |
 //! | `http` | `http` | rejections as HTTP 429/503/504 with `Retry-After` and `RateLimit` fields |
@@ -19,8 +20,7 @@
 //! | `redis` | `redis` | distributed GCRA limiter on Redis: token leasing, per-call timeout, breaker, local fallback |
 //!
 //! `full` enables everything, `serde` the configuration types'
-//! `Deserialize`. Adaptive concurrency limits are planned (see the README's
-//! layer table).
+//! `Deserialize`.
 //!
 //! # Example
 //!
@@ -88,6 +88,9 @@ pub use floodwall_breaker as breaker;
 #[cfg(feature = "codel")]
 #[cfg_attr(docsrs, doc(cfg(feature = "codel")))]
 pub use floodwall_codel as codel;
+#[cfg(feature = "concurrency")]
+#[cfg_attr(docsrs, doc(cfg(feature = "concurrency")))]
+pub use floodwall_concurrency as concurrency;
 
 #[cfg(feature = "deadline")]
 #[cfg_attr(docsrs, doc(cfg(feature = "deadline")))]
