@@ -149,15 +149,13 @@ impl<A: Algorithm, C> Shared<A, C> {
                     self.metrics.success.increment(1);
                 }
                 let now = Instant::now();
-                let limit = if dropped {
-                    self.limiter.dropped(token, now)
+                // The limit and in-flight gauges are set by a listener,
+                // when the limit changes: nothing more per request.
+                if dropped {
+                    self.limiter.dropped(token, now);
                 } else {
-                    self.limiter.success(token, now)
-                };
-                self.metrics.limit.set(f64::from(limit));
-                self.metrics
-                    .in_flight
-                    .set(f64::from(self.limiter.in_flight()));
+                    self.limiter.success(token, now);
+                }
             }
             Finish::Ignored | Finish::Cancelled => {
                 if how == Finish::Ignored {
@@ -362,10 +360,11 @@ impl<A: Algorithm, C, P> Builder<A, C, P> {
             rejected: metrics::counter!(CONCURRENCY_REJECTED, LABEL_NAME => name.clone()),
         };
         let mut limiter = Limiter::partitioned(self.algorithm, self.partitions);
+        let gauge = metrics.limit.clone();
+        limiter = limiter.on_limit_change(move |l| gauge.set(f64::from(l)));
         for listener in self.listeners {
             limiter = limiter.on_limit_change(listener);
         }
-        metrics.limit.set(f64::from(limiter.limit()));
         metrics.in_flight.set(0.0);
         AdaptiveLimitLayer {
             shared: Arc::new(Shared {
@@ -400,7 +399,9 @@ impl<A: Algorithm, C: Send + Sync> Target for Shared<A, C> {
         self.limiter.limit()
     }
     fn in_flight(&self) -> u32 {
-        self.limiter.in_flight()
+        let n = self.limiter.in_flight();
+        self.metrics.in_flight.set(f64::from(n));
+        n
     }
     fn in_flight_in(&self, class: usize) -> u32 {
         self.limiter.in_flight_in(class)

@@ -138,10 +138,10 @@ pub const REDIS_ERRORS: &str = "floodwall_redis_errors_total";
 /// closed), else 0.
 pub const REDIS_FALLBACK: &str = "floodwall_redis_fallback";
 
-/// Gauge: an adaptive concurrency limit's current limit.
+/// Gauge: an adaptive concurrency limit's current limit (set when it changes).
 pub const CONCURRENCY_LIMIT: &str = "floodwall_concurrency_limit";
 /// Gauge: requests in flight under an adaptive concurrency limit (set when
-/// a request finishes).
+/// its handle reads it: per-request updates would cost every request).
 pub const CONCURRENCY_IN_FLIGHT: &str = "floodwall_concurrency_in_flight";
 /// Counter: requests an adaptive concurrency limit refused.
 pub const CONCURRENCY_REJECTED: &str = "floodwall_concurrency_rejected_total";
