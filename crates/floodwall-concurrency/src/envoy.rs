@@ -80,7 +80,7 @@ const MIN_LIMIT_STREAK: u32 = 5;
 ///   `limit = limit × gradient`, and then `limit + √limit` (the burst
 ///   headroom), truncated and clamped to `[min_limit, max_limit]`. An
 ///   empty window changes nothing.
-/// - After [5](MIN_LIMIT_STREAK) updates in a row that leave the limit at
+/// - After 5 updates in a row that leave the limit at
 ///   `min_limit`, a new minRTT measurement starts at once.
 ///
 /// Requests admitted before the latest measurement began are not sampled.
