@@ -1,6 +1,6 @@
 //! The overload lab's headline properties, cheaply: a few virtual-time
 //! scenarios at 5× capacity (`cargo run --release -p floodwall-benches --bin
-//! lab -- sim` runs them all).
+//! lab -- sim` and `-- concurrency` run them all).
 
 use std::time::Duration;
 
@@ -71,5 +71,25 @@ fn floodwall_holds_goodput_at_5x_where_an_unbounded_fifo_collapses() {
             assert!(codel.amplification() > 3.0, "{codel:?}");
             assert!(full.amplification() < 1.0, "{full:?}");
         }
+    }
+}
+
+#[test]
+fn floodwall_adaptive_limits_hold_goodput_at_5x_with_retrying_clients() {
+    let stacks = [
+        Stack::FwVegas,
+        Stack::FwGradient2,
+        Stack::FwAimd,
+        Stack::FwEnvoy,
+    ];
+    let scenarios: Vec<_> = stacks.iter().map(|s| at_5x(*s, true)).collect();
+    let rows = run_all(&config(), &scenarios, 2).expect("scenarios build");
+    for row in &rows {
+        assert!(row.goodput() >= 0.9, "{row:?}");
+        assert!(row.latency.quantile(0.99) < Duration::from_millis(200));
+        let limit = row.limit.expect("an adaptive stack reports its limit");
+        // Above the 8 workers (a queue to keep them busy), far below the
+        // 160 requests that would wait longer than the deadline.
+        assert!((8.0..60.0).contains(&limit.mean), "{row:?}");
     }
 }

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! cargo run --release -p floodwall-benches --bin lab -- sim [--quick] [--out DIR]
+//! cargo run --release -p floodwall-benches --bin lab -- concurrency [--quick] [--out DIR]
 //! cargo run --release -p floodwall-benches --bin lab -- e2e [--quick]
 //! cargo run --release -p floodwall-benches --bin lab -- redis [--quick]
 //! cargo run --release -p floodwall-benches --bin lab -- report
@@ -12,6 +13,11 @@
 //! charts and `overload.md` (the Markdown tables) under `DIR` (default
 //! `target/lab`). `--quick` shortens the measured time (for a first
 //! look; the report uses the defaults).
+//!
+//! `concurrency` runs the same scenarios for the adaptive concurrency
+//! limits (every floodwall algorithm, tower-resilience's AIMD and Vegas,
+//! tower's fixed limit) and writes `concurrency.csv`, `concurrency-*.svg`
+//! and `concurrency.md`; its tables add the limit each one kept.
 //!
 //! `e2e` compares, in real time over loopback, the reference gateway with
 //! every layer on, the same gateway with its layers off, a bare hyper proxy
@@ -25,7 +31,7 @@
 //! `tables` only refills docs/performance.md's criterion tables from
 //! criterion's last results (after running one bench).
 //!
-//! `report` runs all three and rewrites docs/performance.md: every
+//! `report` runs all four and rewrites docs/performance.md: every
 //! `bench-table` block from criterion's last results (so run
 //! `cargo bench -p floodwall-benches` first: `benches/report.sh` does both),
 //! the lab's sections, the machine line, and the plots under `docs/img/lab`.
@@ -73,7 +79,15 @@ fn write(path: &Path, contents: &str) -> Result<(), Error> {
     std::fs::write(path, contents).map_err(|e| format!("{}: {e}", path.display()).into())
 }
 
-fn sim(args: &Args) -> Result<(SimConfig, Vec<Row>, String), Error> {
+/// Runs every stack of `stacks` at every load, without and with client
+/// retries; writes `{prefix}overload.csv` (or `concurrency.csv`), the
+/// charts and the Markdown tables under `--out`.
+fn lab(
+    args: &Args,
+    stacks: &[Stack],
+    prefix: &str,
+    tables: impl Fn(&[Row], bool, &str) -> String,
+) -> Result<(SimConfig, Vec<Row>, String), Error> {
     let mut config = SimConfig::default();
     if args.quick {
         config.measure = std::time::Duration::from_secs(2);
@@ -81,7 +95,7 @@ fn sim(args: &Args) -> Result<(SimConfig, Vec<Row>, String), Error> {
     let scenarios: Vec<Scenario> = [false, true]
         .into_iter()
         .flat_map(|retries| {
-            Stack::ALL.into_iter().flat_map(move |stack| {
+            stacks.iter().flat_map(move |&stack| {
                 LOADS.into_iter().map(move |load| Scenario {
                     stack,
                     load,
@@ -106,27 +120,62 @@ fn sim(args: &Args) -> Result<(SimConfig, Vec<Row>, String), Error> {
     let rows = run_all(&config, &scenarios, threads)?;
     eprintln!("lab: simulated in {:.1} s", started.elapsed().as_secs_f64());
 
-    write(&args.out.join("overload.csv"), &report::csv(&rows))?;
-    for (stem, chart) in report::charts(&rows) {
+    let stem = if prefix.is_empty() {
+        "overload"
+    } else {
+        "concurrency"
+    };
+    write(&args.out.join(format!("{stem}.csv")), &report::csv(&rows))?;
+    for (name, chart) in report::charts(&rows, prefix) {
         write(
-            &args.out.join(format!("{stem}.svg")),
+            &args.out.join(format!("{name}.svg")),
             &floodwall_benches::lab::plot::svg(&chart),
         )?;
     }
     let mut md = String::new();
     for (retries, what) in [(false, "no retries"), (true, "clients retrying")] {
-        md.push_str(&format!("\nGoodput, % of capacity ({what}):\n\n"));
-        md.push_str(&report::goodput_table(&rows, retries));
-        md.push_str(&format!("\np99 latency of successes, ms ({what}):\n\n"));
-        md.push_str(&report::latency_table(&rows, retries));
-        for load in [2.0, 5.0] {
-            md.push_str(&format!("\nAt {load}× capacity ({what}):\n\n"));
-            md.push_str(&report::detail_table(&rows, load, retries));
-        }
+        md.push_str(&tables(&rows, retries, what));
     }
-    write(&args.out.join("overload.md"), &md)?;
+    write(&args.out.join(format!("{stem}.md")), &md)?;
     eprintln!("lab: wrote {}", args.out.display());
     Ok((config, rows, md))
+}
+
+/// Every stack of the main comparison.
+fn sim(args: &Args) -> Result<(SimConfig, Vec<Row>, String), Error> {
+    lab(args, &Stack::ALL, "", |rows, retries, what| {
+        let mut md = format!("\nGoodput, % of capacity ({what}):\n\n");
+        md.push_str(&report::goodput_table(rows, retries));
+        md.push_str(&format!("\np99 latency of successes, ms ({what}):\n\n"));
+        md.push_str(&report::latency_table(rows, retries));
+        for load in [2.0, 5.0] {
+            md.push_str(&format!("\nAt {load}× capacity ({what}):\n\n"));
+            md.push_str(&report::detail_table(rows, load, retries));
+        }
+        md
+    })
+}
+
+/// The adaptive concurrency limits, next to tower's fixed one.
+fn concurrency(args: &Args) -> Result<(SimConfig, Vec<Row>, String), Error> {
+    lab(
+        args,
+        &Stack::CONCURRENCY,
+        "concurrency-",
+        |rows, retries, what| {
+            let mut md = format!("\nGoodput, % of capacity ({what}):\n\n");
+            md.push_str(&report::goodput_table(rows, retries));
+            md.push_str(&format!("\np99 latency of successes, ms ({what}):\n\n"));
+            md.push_str(&report::latency_table(rows, retries));
+            md.push_str(&format!(
+                "\nThe limit over the measured time, mean (min–max) ({what}):\n\n"
+            ));
+            md.push_str(&report::limit_table(rows, retries));
+            md.push_str(&format!("\nAt 5× capacity ({what}):\n\n"));
+            md.push_str(&report::detail_table(rows, 5.0, retries));
+            md
+        },
+    )
 }
 
 fn e2e(args: &Args) -> Result<String, Error> {
@@ -208,9 +257,13 @@ fn report(args: &Args) -> Result<(), Error> {
     doc = docs::fill_bench_tables(&doc, &medians)?;
 
     let (config, rows, md) = sim(args)?;
+    let (_, concurrency_rows, concurrency_md) = concurrency(args)?;
     let img = root.join("docs/img/lab");
     std::fs::create_dir_all(&img)?;
-    for (stem, _) in report::charts(&rows) {
+    let plots = report::charts(&rows, "")
+        .into_iter()
+        .chain(report::charts(&concurrency_rows, "concurrency-"));
+    for (stem, _) in plots {
         std::fs::copy(
             args.out.join(format!("{stem}.svg")),
             img.join(format!("{stem}.svg")),
@@ -245,6 +298,23 @@ fn report(args: &Args) -> Result<(), Error> {
     );
     overload.push_str(&md);
     doc = docs::replace_region(&doc, "overload", &overload)?;
+    let mut adaptive = String::from(
+        "Same server, clients and seed as above. tower-resilience times calls with \
+         `std::time::Instant`, which the paused clock does not move: in this virtual-time lab its \
+         limiters see every call take the few microseconds the simulation spends on it, so their \
+         rows show them without a latency signal (a real-time run would differ), and they are \
+         the only rows that vary from run to run.\n\n\
+         | stack | what it is |\n|---|---|\n",
+    );
+    for stack in Stack::CONCURRENCY {
+        adaptive.push_str(&format!("| `{}` | {} |\n", stack.name(), stack.describe()));
+    }
+    adaptive.push_str(
+        "\n![Goodput vs offered load, adaptive limits](img/lab/concurrency-goodput.svg)\n\n\
+         ![p99 latency vs offered load, adaptive limits](img/lab/concurrency-latency.svg)\n",
+    );
+    adaptive.push_str(&concurrency_md);
+    doc = docs::replace_region(&doc, "concurrency", &adaptive)?;
 
     let e2e_md = e2e(args)?;
     doc = docs::replace_region(&doc, "e2e", &e2e_md)?;
@@ -259,12 +329,15 @@ fn report(args: &Args) -> Result<(), Error> {
 fn main() {
     let result = parse().and_then(|args| match args.command.as_str() {
         "sim" => sim(&args).map(|(_, _, md)| println!("{md}")),
+        "concurrency" => concurrency(&args).map(|(_, _, md)| println!("{md}")),
         "e2e" => e2e(&args).map(|md| println!("{md}")),
         "redis" => redis(&args).map(|md| println!("{md}")),
         "tables" => tables(),
         "report" => report(&args),
         "help" | "--help" | "-h" => {
-            println!("usage: lab (sim | e2e | redis | tables | report) [--quick] [--out DIR]");
+            println!(
+                "usage: lab (sim | concurrency | e2e | redis | tables | report) [--quick] [--out DIR]"
+            );
             Ok(())
         }
         other => Err(format!("unknown command {other:?} (try `lab help`)").into()),

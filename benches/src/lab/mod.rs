@@ -16,4 +16,4 @@ pub mod sim;
 
 pub use hist::Histogram;
 pub use load::{Arrivals, open_loop};
-pub use sim::{Row, Scenario, SimConfig, Stack, run, run_all};
+pub use sim::{LimitStats, Row, Scenario, SimConfig, Stack, run, run_all};

@@ -17,6 +17,7 @@ pub fn csv(rows: &[Row]) -> String {
         let _ = write!(out, ",class{c}_success_pct");
     }
     out.push_str(",p50_ms,p99_ms,p999_ms,attempts_per_request,wasted_work_pct");
+    out.push_str(",limit_mean,limit_min,limit_max");
     for r in REASONS {
         let _ = write!(out, ",failed_{r}_pct");
     }
@@ -45,6 +46,12 @@ pub fn csv(rows: &[Row]) -> String {
             row.amplification(),
             row.wasted_fraction() * 100.0
         );
+        match row.limit {
+            Some(l) => {
+                let _ = write!(out, ",{:.1},{},{}", l.mean, l.min, l.max);
+            }
+            None => out.push_str(",,,"),
+        }
         for r in REASONS {
             let _ = write!(out, ",{:.2}", row.failed_for(r) * 100.0);
         }
@@ -60,11 +67,15 @@ fn loads(rows: &[Row]) -> Vec<f64> {
     loads
 }
 
+/// The stacks of `rows`, in the order they first appear.
 fn stacks(rows: &[Row]) -> Vec<Stack> {
-    Stack::ALL
-        .into_iter()
-        .filter(|s| rows.iter().any(|r| r.scenario.stack == *s))
-        .collect()
+    let mut out: Vec<Stack> = Vec::new();
+    for r in rows {
+        if !out.contains(&r.scenario.stack) {
+            out.push(r.scenario.stack);
+        }
+    }
+    out
 }
 
 fn find(rows: &[Row], stack: Stack, load: f64, retries: bool) -> Option<&Row> {
@@ -105,8 +116,9 @@ fn chart(
 
 /// The charts, each with the file stem it is written under: goodput and
 /// p99 latency of successes against offered load, without and with
-/// retries.
-pub fn charts(rows: &[Row]) -> Vec<(&'static str, Chart)> {
+/// retries (stems `goodput`, `latency`, `goodput-retries`,
+/// `latency-retries`, each after `prefix`).
+pub fn charts(rows: &[Row], prefix: &str) -> Vec<(String, Chart)> {
     let mut out = Vec::new();
     for (retries, suffix) in [(false, ""), (true, ", clients retrying")] {
         let goodput = chart(
@@ -130,8 +142,8 @@ pub fn charts(rows: &[Row]) -> Vec<(&'static str, Chart)> {
         } else {
             ("goodput", "latency")
         };
-        out.push((g, goodput));
-        out.push((l, latency));
+        out.push((format!("{prefix}{g}"), goodput));
+        out.push((format!("{prefix}{l}"), latency));
     }
     out
 }
@@ -175,6 +187,15 @@ pub fn latency_table(rows: &[Row], retries: bool) -> String {
         } else {
             format!("{:.0}", ms(r.latency.quantile(0.99)))
         }
+    })
+}
+
+/// The mean adaptive limit per stack and offered load, with its range
+/// (`mean (min–max)`); `–` for a stack without one.
+pub fn limit_table(rows: &[Row], retries: bool) -> String {
+    grid(rows, retries, |r| match r.limit {
+        Some(l) => format!("{:.1} ({}–{})", l.mean, l.min, l.max),
+        None => "–".into(),
     })
 }
 

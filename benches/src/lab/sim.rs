@@ -29,6 +29,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use floodwall::codel::{CodelConfig, CodelLayer, FromExtensions, Lifo, Policy};
+use floodwall::concurrency as fwc;
 use floodwall::core::random::SplitMix;
 use floodwall::core::wire::PRIORITY_HEADER;
 use floodwall::core::{Deadline, Priority, Rejected};
@@ -45,7 +46,7 @@ use tokio::sync::{Semaphore, oneshot};
 use tokio::time::{Instant, sleep, sleep_until, timeout_at};
 use tower::util::BoxCloneService;
 use tower::{BoxError, Layer, Service, ServiceBuilder, ServiceExt};
-use tower_resilience_adaptive::{AdaptiveError, AdaptiveLimiterLayer, Aimd};
+use tower_resilience_adaptive::{AdaptiveError, AdaptiveService, Aimd};
 use tower_resilience_bulkhead::{BulkheadLayer, BulkheadServiceError};
 
 use super::hist::Histogram;
@@ -132,6 +133,24 @@ pub enum Stack {
     /// budget instead of naive retries; the server with the deadline
     /// layer, DAGOR admission and the CoDel queue.
     Full,
+    /// tower-resilience's adaptive limiter with its Vegas algorithm under
+    /// tower's `LoadShed`.
+    TrVegas,
+    /// floodwall's adaptive limit, Vegas (Netflix defaults), one update per
+    /// 100 ms window.
+    FwVegas,
+    /// floodwall's adaptive limit, Gradient2, one update per 100 ms window.
+    FwGradient2,
+    /// floodwall's adaptive limit, AIMD, a sample over 100 ms counting as
+    /// a drop, one update per 100 ms window.
+    FwAimd,
+    /// floodwall's adaptive limit, Envoy's gradient controller (defaults).
+    FwEnvoy,
+    /// floodwall's adaptive limit, the aegis BBR limiter, the workers' busy
+    /// fraction standing for the CPU usage, smoothed as aegis smooths it.
+    FwBbr,
+    /// As [`Stack::FwBbr`], the busy fraction of the last 500 ms unsmoothed.
+    FwBbrFast,
 }
 
 impl Stack {
@@ -146,6 +165,20 @@ impl Stack {
         Stack::Full,
     ];
 
+    /// The adaptive concurrency limits, in report order (`lab
+    /// concurrency`), after tower's fixed limit for reference.
+    pub const CONCURRENCY: [Stack; 9] = [
+        Stack::TowerShed,
+        Stack::Adaptive,
+        Stack::TrVegas,
+        Stack::FwVegas,
+        Stack::FwGradient2,
+        Stack::FwAimd,
+        Stack::FwEnvoy,
+        Stack::FwBbr,
+        Stack::FwBbrFast,
+    ];
+
     /// A short name (CSV and plot legends).
     pub fn name(self) -> &'static str {
         match self {
@@ -156,6 +189,13 @@ impl Stack {
             Stack::Codel => "fw-codel",
             Stack::CodelPriority => "fw-codel+priority",
             Stack::Full => "fw-full",
+            Stack::TrVegas => "tr-vegas",
+            Stack::FwVegas => "fw-vegas",
+            Stack::FwGradient2 => "fw-gradient2",
+            Stack::FwAimd => "fw-aimd",
+            Stack::FwEnvoy => "fw-envoy",
+            Stack::FwBbr => "fw-bbr",
+            Stack::FwBbrFast => "fw-bbr-fast",
         }
     }
 
@@ -171,12 +211,34 @@ impl Stack {
             Stack::Full => {
                 "floodwall full: deadline, DAGOR + CoDel; clients: priority, throttle, retry budget"
             }
+            Stack::TrVegas => {
+                "tower LoadShed + tower-resilience adaptive limiter (Vegas; max 4 × workers)"
+            }
+            Stack::FwVegas => "floodwall adaptive limit: Vegas (Netflix defaults), 100 ms windows",
+            Stack::FwGradient2 => {
+                "floodwall adaptive limit: Gradient2 (min limit 1, long window 6,000), 100 ms windows"
+            }
+            Stack::FwAimd => {
+                "floodwall adaptive limit: AIMD (a sample over 100 ms is a drop), 100 ms windows"
+            }
+            Stack::FwEnvoy => {
+                "floodwall adaptive limit: Envoy gradient controller (Envoy defaults)"
+            }
+            Stack::FwBbr => {
+                "floodwall adaptive limit: aegis BBR; CPU usage = the workers' busy fraction per 500 ms, EMA 0.95 (aegis)"
+            }
+            Stack::FwBbrFast => {
+                "floodwall adaptive limit: aegis BBR; CPU usage = the workers' busy fraction of the last 500 ms"
+            }
         }
     }
 
     /// The stack named `name` (as [`Stack::name`]).
     pub fn from_name(name: &str) -> Option<Stack> {
-        Stack::ALL.into_iter().find(|s| s.name() == name)
+        Stack::ALL
+            .into_iter()
+            .chain(Stack::CONCURRENCY)
+            .find(|s| s.name() == name)
     }
 }
 
@@ -222,6 +284,31 @@ pub struct Row {
     pub busy: Duration,
     /// The part of `busy` whose answer nobody received in time.
     pub wasted: Duration,
+    /// For a stack with an adaptive concurrency limit, the limit sampled
+    /// every 100 ms of the measured time: its mean and its range.
+    pub limit: Option<LimitStats>,
+}
+
+/// An adaptive limit over the measured time.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LimitStats {
+    /// The mean of the samples.
+    pub mean: f64,
+    /// The lowest sample.
+    pub min: u32,
+    /// The highest sample.
+    pub max: u32,
+}
+
+impl LimitStats {
+    fn of(samples: &[u32]) -> Option<Self> {
+        let (&first, rest) = samples.split_first()?;
+        let (min, max) = rest
+            .iter()
+            .fold((first, first), |(lo, hi), &x| (lo.min(x), hi.max(x)));
+        let mean = samples.iter().map(|&x| f64::from(x)).sum::<f64>() / samples.len() as f64;
+        Some(Self { mean, min, max })
+    }
 }
 
 impl Row {
@@ -461,7 +548,80 @@ const DAGOR_QUEUE_TARGET: Duration = Duration::from_millis(50);
 /// The Fail-at-Scale N: the bulkhead's wait bound, for a like comparison.
 const QUEUE_BOUND: Duration = Duration::from_millis(100);
 
-fn server_stack(config: &SimConfig, stack: Stack, server: Server) -> Result<Svc, BoxError> {
+/// Reads a stack's adaptive concurrency limit.
+type LimitProbe = Arc<dyn Fn() -> u32 + Send + Sync>;
+
+/// tower-resilience's adaptive limiter under `LoadShed` (it waits for a
+/// permit in `poll_ready`), its algorithm kept to read the limit.
+fn tr_adaptive<A>(algorithm: A, server: Server) -> (Svc, Option<LimitProbe>)
+where
+    A: tower_resilience_adaptive::ConcurrencyAlgorithm + 'static,
+{
+    let algorithm = Arc::new(algorithm);
+    let probe = algorithm.clone();
+    let svc = ServiceBuilder::new()
+        .load_shed()
+        .map_err(|e: AdaptiveError<BoxError>| match e {
+            AdaptiveError::Service(e) => e,
+            AdaptiveError::LimitReached => Shed("overloaded").into(),
+        })
+        .service(AdaptiveService::new(server, algorithm));
+    let limit: LimitProbe = Arc::new(move || u32::try_from(probe.limit()).unwrap_or(u32::MAX));
+    (BoxCloneService::new(svc), Some(limit))
+}
+
+/// floodwall's adaptive limit (it sheds in `call`). A request its client
+/// gave up on is a drop: the clients' timeouts are the only timeouts here.
+fn fw_adaptive<A: fwc::Algorithm>(algorithm: A, server: Server) -> (Svc, Option<LimitProbe>) {
+    let layer = fwc::AdaptiveLimitLayer::builder(algorithm)
+        .on_cancel(fwc::OnCancel::Drop)
+        .build();
+    let handle = layer.handle();
+    let limit: LimitProbe = Arc::new(move || handle.limit());
+    (BoxCloneService::new(layer.layer(server)), Some(limit))
+}
+
+/// The lab's stand-in for a CPU usage: the busy fraction of the server's
+/// workers, averaged over each 500 ms (as a CPU usage is the CPU time of an
+/// interval over its length; read every 10 ms here) and smoothed as
+/// aegis smooths the CPU: `usage = usage × decay + average × (1 − decay)`.
+fn busy_fraction(pool: Arc<Semaphore>, workers: usize, decay: f64) -> impl fwc::cpu::CpuUsage {
+    const READS: u32 = 50;
+    let usage = Arc::new(AtomicU64::new(0f64.to_bits()));
+    let smoothed = usage.clone();
+    tokio::spawn(async move {
+        let period = fwc::cpu::SAMPLE_INTERVAL / READS;
+        let mut tick = tokio::time::interval(period);
+        let mut sum = 0.0;
+        for n in 1.. {
+            tick.tick().await;
+            sum += 1.0 - pool.available_permits() as f64 / workers as f64;
+            if n % READS == 0 {
+                let old = f64::from_bits(smoothed.load(Relaxed));
+                let new = old * decay + sum / f64::from(READS) * (1.0 - decay);
+                smoothed.store(new.to_bits(), Relaxed);
+                sum = 0.0;
+            }
+        }
+    });
+    move || f64::from_bits(usage.load(Relaxed))
+}
+
+/// One update per 100 ms window (five service times; Netflix's shortest).
+fn windowed<A: fwc::Algorithm>(algorithm: A) -> Result<fwc::Windowed<A>, BoxError> {
+    Ok(fwc::Windowed::new(
+        algorithm,
+        fwc::WindowConfig::every(Duration::from_millis(100)),
+    )?)
+}
+
+/// The server behind `stack`, and how to read its adaptive limit if it
+/// has one.
+fn server_stack(
+    config: &SimConfig,
+    stack: Stack,
+    server: Server,
+) -> Result<(Svc, Option<LimitProbe>), BoxError> {
     let workers = config.workers;
     let codel = || {
         CodelLayer::builder(CodelConfig {
@@ -473,7 +633,7 @@ fn server_stack(config: &SimConfig, stack: Stack, server: Server) -> Result<Svc,
         })
         .timing(FromExtensions)
     };
-    Ok(match stack {
+    let svc = match stack {
         Stack::Unprotected => BoxCloneService::new(server),
         Stack::TowerShed => BoxCloneService::new(
             ServiceBuilder::new()
@@ -503,16 +663,55 @@ fn server_stack(config: &SimConfig, stack: Stack, server: Server) -> Result<Svc,
                 .max_limit(workers * 4)
                 .latency_threshold(QUEUE_BOUND)
                 .build()?;
-            BoxCloneService::new(
-                ServiceBuilder::new()
-                    .load_shed()
-                    .map_err(|e: AdaptiveError<BoxError>| match e {
-                        AdaptiveError::Service(e) => e,
-                        AdaptiveError::LimitReached => Shed("overloaded").into(),
-                    })
-                    .layer(AdaptiveLimiterLayer::new(aimd))
-                    .service(server),
-            )
+            return Ok(tr_adaptive(aimd, server));
+        }
+        Stack::TrVegas => {
+            let vegas = tower_resilience_adaptive::Vegas::builder()
+                .initial_limit(workers)
+                .min_limit(1)
+                .max_limit(workers * 4)
+                .build()?;
+            return Ok(tr_adaptive(vegas, server));
+        }
+        Stack::FwVegas => {
+            let vegas = fwc::Vegas::new(fwc::VegasConfig::default())?;
+            return Ok(fw_adaptive(windowed(vegas)?, server));
+        }
+        Stack::FwGradient2 => {
+            // Netflix's minimum of 20 is above this server's 8 workers; its
+            // 600 windows of 1 s are 6,000 of these 100 ms ones.
+            let gradient2 = fwc::Gradient2::new(fwc::Gradient2Config {
+                min_limit: 1,
+                long_window: 6_000,
+                ..fwc::Gradient2Config::default()
+            })?;
+            return Ok(fw_adaptive(windowed(gradient2)?, server));
+        }
+        Stack::FwAimd => {
+            // Loss-based: the same latency bound as tower-resilience's AIMD
+            // (Netflix's default of 5 s is far beyond any client's patience).
+            let aimd = fwc::Aimd::new(fwc::AimdConfig {
+                timeout: QUEUE_BOUND,
+                ..fwc::AimdConfig::default()
+            })?;
+            return Ok(fw_adaptive(windowed(aimd)?, server));
+        }
+        Stack::FwEnvoy => {
+            let envoy = fwc::EnvoyGradient::new(fwc::EnvoyGradientConfig {
+                seed: config.seed,
+                ..fwc::EnvoyGradientConfig::default()
+            })?;
+            return Ok(fw_adaptive(envoy, server));
+        }
+        Stack::FwBbr | Stack::FwBbrFast => {
+            let decay = if stack == Stack::FwBbr {
+                fwc::cpu::DECAY
+            } else {
+                0.0
+            };
+            let cpu = busy_fraction(server.pool.clone(), workers, decay);
+            let bbr = fwc::Bbr::with_cpu(fwc::BbrConfig::default(), cpu)?;
+            return Ok(fw_adaptive(bbr, server));
         }
         Stack::Codel => BoxCloneService::new(codel().build()?.layer(server)),
         Stack::CodelPriority | Stack::Full => {
@@ -550,7 +749,8 @@ fn server_stack(config: &SimConfig, stack: Stack, server: Server) -> Result<Svc,
                     .service(server),
             )
         }
-    })
+    };
+    Ok((svc, None))
 }
 
 /// A client's request before it is put on the wire.
@@ -684,10 +884,24 @@ async fn simulate(config: SimConfig, scenario: Scenario) -> Result<Row, BoxError
         counters: counters.clone(),
         config,
     };
+    let (inner, probe) = server_stack(&config, scenario.stack, server)?;
     let hop = Hop {
-        inner: server_stack(&config, scenario.stack, server)?,
+        inner,
         counters: counters.clone(),
     };
+    // The limit, every 100 ms of the measured time.
+    let limits = probe.map(|limit| {
+        tokio::spawn(async move {
+            let mut samples = Vec::new();
+            let mut at = from;
+            while at < to {
+                sleep_until(at).await;
+                samples.push(limit());
+                at += Duration::from_millis(100);
+            }
+            samples
+        })
+    });
     let client = match scenario.stack {
         Stack::Full => Client::Layered(full_client(&config, scenario.retries, hop)?),
         _ => Client::Naive {
@@ -727,6 +941,10 @@ async fn simulate(config: SimConfig, scenario: Scenario) -> Result<Row, BoxError
         attempts: counters.attempts.load(Relaxed),
         busy: Duration::from_nanos(counters.busy_ns.load(Relaxed)),
         wasted: Duration::from_nanos(counters.wasted_ns.load(Relaxed)),
+        limit: match limits {
+            Some(task) => LimitStats::of(&task.await?),
+            None => None,
+        },
     };
     for h in handles {
         let (due, class, result) = h.await?;

@@ -82,13 +82,22 @@ struct Bucket {
 ///
 /// Differences from aegis, each deliberate: RTTs are kept in full
 /// precision (aegis keeps whole milliseconds and skips requests under
-/// 1 ms, so a fast service's `min_rt` reads 1 ms); with no finished bucket
-/// yet the limit does not engage (aegis assumes one request per bucket and
-/// 1 ms, which allows a single request in flight); the cooling lasts
+/// 1 ms, so a fast service's `min_rt` reads 1 ms); before the first bucket
+/// has finished the limit does not engage (aegis then assumes one request
+/// per bucket and 1 ms, which allows a single request in flight; here it
+/// does that only once buckets have finished with no request passed in
+/// the whole window, e.g. when every request is abandoned); the cooling lasts
 /// `cooling` from the last moment the CPU was seen above the threshold
 /// (aegis counts it from the first drop of an episode, so after an episode
 /// longer than a second it ends at once). `max_pass` and `min_rt` are
-/// recomputed once per bucket, as aegis caches them.
+/// recomputed once per bucket, as aegis caches them. A drop (a request
+/// shed or timed out below, or cancelled under `OnCancel::Drop`) counts
+/// neither as a pass nor as an RT — it did no work to the end, and counted,
+/// a flood of abandoned requests would read as a huge pass rate — but it
+/// still re-reads the CPU and re-evaluates the limit (aegis reads both at
+/// every admission; here the limit moves only when a request ends, so
+/// without this the limit would stay disengaged while every request is
+/// abandoned).
 pub struct Bbr {
     config: BbrConfig,
     cpu: Arc<dyn CpuUsage>,
@@ -186,10 +195,15 @@ impl Bbr {
         self.min_rt_bucket = min_rt.map_or(current, |(_, id)| id);
         let min_rt = min_rt.map(|(rt, _)| rt);
         self.min_rt = min_rt;
-        self.max_in_flight = min_rt.map(|rt| {
-            let per_second = 1.0 / self.bucket_len.as_secs_f64();
-            (max_pass as f64 * rt.as_secs_f64() * per_second).floor() as u32
-        });
+        self.max_in_flight = match min_rt {
+            Some(rt) => {
+                let per_second = 1.0 / self.bucket_len.as_secs_f64();
+                Some((max_pass as f64 * rt.as_secs_f64() * per_second).floor() as u32)
+            }
+            // Buckets have finished but none passed a request: aegis' floor.
+            None if current > 0 => Some(0),
+            None => None,
+        };
     }
 }
 
@@ -206,7 +220,9 @@ impl Algorithm for Bbr {
     }
 
     fn update(&mut self, now: Instant, sample: &Sample) -> u32 {
-        self.latest = Some(sample.rtt);
+        if !sample.dropped {
+            self.latest = Some(sample.rtt);
+        }
         let origin = *self.origin.get_or_insert(now);
         let elapsed = now.saturating_duration_since(origin);
         let id = (elapsed.as_nanos() / self.bucket_len.as_nanos()) as u64;
@@ -218,8 +234,10 @@ impl Algorithm for Bbr {
                 rt_total: Duration::ZERO,
             };
         }
-        slot.pass += 1;
-        slot.rt_total += sample.rtt;
+        if !sample.dropped {
+            slot.pass += 1;
+            slot.rt_total += sample.rtt;
+        }
         let new_bucket = self.computed_in != Some(id);
         if new_bucket {
             self.computed_in = Some(id);
@@ -362,6 +380,49 @@ mod tests {
         b.update(t0 + ms(10_050), &sample(ms(50)));
         assert_eq!(b.max_in_flight(), Some(0), "1 × 0.05 × 10 = 0.5 → 0");
         assert_eq!(b.limit(), 2, "admits while at most 1 is in flight");
+    }
+
+    #[test]
+    fn drops_are_neither_passes_nor_rts_but_re_evaluate_the_limit() {
+        let (cpu_level, cpu) = gauge();
+        let mut b = bbr(cpu);
+        let t0 = Instant::now();
+        for _ in 0..50 {
+            b.update(t0, &sample(ms(20)));
+        }
+        let drop = |rtt| Sample {
+            rtt,
+            inflight: 1,
+            dropped: true,
+        };
+        // 500 abandoned requests in bucket 1 add no pass and no RT...
+        for _ in 0..500 {
+            b.update(t0 + ms(150), &drop(ms(5)));
+        }
+        // ...and one in bucket 2 finds the CPU high and engages the limit.
+        cpu_level.store(900, Ordering::Relaxed);
+        assert_eq!(
+            b.update(t0 + ms(250), &drop(ms(5))),
+            11,
+            "50 × 0.02 × 10 + 1"
+        );
+        assert_eq!(b.estimates().baseline, Some(ms(20)));
+        assert_eq!(b.estimates().latest, Some(ms(20)));
+    }
+
+    #[test]
+    fn a_window_without_a_pass_engages_at_the_floor() {
+        let (cpu_level, cpu) = gauge();
+        cpu_level.store(900, Ordering::Relaxed);
+        let mut b = bbr(cpu);
+        let t0 = Instant::now();
+        let drop = Sample {
+            rtt: ms(100),
+            inflight: 1,
+            dropped: true,
+        };
+        assert_eq!(b.update(t0, &drop), MAX_IN_FLIGHT, "no finished bucket yet");
+        assert_eq!(b.update(t0 + ms(100), &drop), 2, "one in flight, as aegis");
     }
 
     #[test]

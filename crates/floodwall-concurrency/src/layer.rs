@@ -119,6 +119,27 @@ impl<B> Partition<http::Request<B>> for ByCriticality {
     }
 }
 
+/// What a cancelled request — its response future dropped before the end,
+/// because the caller gave up or went away — tells the algorithm.
+///
+/// Netflix's limiters and Envoy's controller ignore cancellations (the
+/// default). That leaves the limit blind in the worst case: when every
+/// request is abandoned by a caller's timeout, no request finishes, the
+/// algorithm hears nothing and the limit stays where it was. Where a
+/// caller's timeout is what cancels requests (a server behind clients with
+/// deadlines, a client layer under a `Timeout`), [`OnCancel::Drop`] turns
+/// each cancellation into the loss signal it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnCancel {
+    /// The slot comes back; the algorithm hears nothing (Netflix, Envoy).
+    #[default]
+    Ignore,
+    /// The slot comes back and the algorithm hears a drop, with the time
+    /// the request had been in flight as its RTT (a lower bound of the RTT
+    /// it would have had).
+    Drop,
+}
+
 struct Metrics {
     limit: Gauge,
     in_flight: Gauge,
@@ -134,6 +155,7 @@ struct Metrics {
 struct Shared<A, C> {
     limiter: Limiter<A>,
     classify: C,
+    on_cancel: OnCancel,
     name: Arc<str>,
     metrics: Metrics,
 }
@@ -156,6 +178,10 @@ impl<A: Algorithm, C> Shared<A, C> {
                 } else {
                     self.limiter.success(token, now);
                 }
+            }
+            Finish::Cancelled if self.on_cancel == OnCancel::Drop => {
+                self.metrics.cancelled.increment(1);
+                self.limiter.dropped(token, Instant::now());
             }
             Finish::Ignored | Finish::Cancelled => {
                 if how == Finish::Ignored {
@@ -192,7 +218,8 @@ enum Finish {
 /// - `Outcome::Failure`, or any other floodwall rejection (rate limited,
 ///   circuit open, …): ignored — a fast failure says nothing about load,
 ///   and its RTT would fool the no-load estimate;
-/// - a response future dropped before the end (cancellation): ignored.
+/// - a response future dropped before the end (cancellation): ignored, or
+///   a drop with [`OnCancel::Drop`].
 ///
 /// In every case the request's slot comes back.
 ///
@@ -237,6 +264,7 @@ impl<A: Algorithm> AdaptiveLimitLayer<A> {
             partition: SingleClass,
             partitions: Partitions::single(),
             name: Arc::from(DEFAULT_NAME),
+            on_cancel: OnCancel::Ignore,
             listeners: Vec::new(),
         }
     }
@@ -288,6 +316,7 @@ pub struct Builder<A, C = ResultClassifier, P = SingleClass> {
     partition: P,
     partitions: Partitions,
     name: Arc<str>,
+    on_cancel: OnCancel,
     listeners: Vec<Box<dyn Fn(u32) + Send + Sync>>,
 }
 
@@ -318,6 +347,7 @@ impl<A: Algorithm, C, P> Builder<A, C, P> {
             partition: self.partition,
             partitions: self.partitions,
             name: self.name,
+            on_cancel: self.on_cancel,
             listeners: self.listeners,
         }
     }
@@ -331,8 +361,16 @@ impl<A: Algorithm, C, P> Builder<A, C, P> {
             partition,
             partitions,
             name: self.name,
+            on_cancel: self.on_cancel,
             listeners: self.listeners,
         }
+    }
+
+    /// What a cancelled request tells the algorithm (see [`OnCancel`]).
+    /// Default [`OnCancel::Ignore`].
+    pub fn on_cancel(mut self, on_cancel: OnCancel) -> Self {
+        self.on_cancel = on_cancel;
+        self
     }
 
     /// Calls `listener` with the first limit and every new one (see
@@ -370,6 +408,7 @@ impl<A: Algorithm, C, P> Builder<A, C, P> {
             shared: Arc::new(Shared {
                 limiter,
                 classify: self.classify,
+                on_cancel: self.on_cancel,
                 name: self.name,
                 metrics,
             }),

@@ -64,7 +64,7 @@ pub use envoy::{EnvoyGradient, EnvoyGradientConfig};
 pub use gradient2::{Gradient2, Gradient2Config};
 pub use layer::{
     AdaptiveLimit, AdaptiveLimitHandle, AdaptiveLimitLayer, Builder, ByCriticality, DEFAULT_NAME,
-    LimitExceeded, Partition, ResponseFuture, SingleClass,
+    LimitExceeded, OnCancel, Partition, ResponseFuture, SingleClass,
 };
 pub use limiter::{Limiter, MAX_CLASSES, MAX_IN_FLIGHT, Partitions, Refused, Token};
 pub use vegas::{Vegas, VegasConfig};

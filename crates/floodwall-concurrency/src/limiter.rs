@@ -313,11 +313,7 @@ impl<A: Algorithm> Limiter<A> {
         };
         let mut algorithm = self.algorithm.lock();
         let fresh = clamp_limit(algorithm.update(now, &sample));
-        if self.limit.swap(fresh, Ordering::Relaxed) != fresh {
-            for listener in &self.listeners {
-                listener(fresh);
-            }
-        }
+        self.adopt(fresh);
         fresh
     }
 
@@ -354,13 +350,21 @@ impl<A: Algorithm> Limiter<A> {
     pub fn with_algorithm<R>(&self, f: impl FnOnce(&mut A) -> R) -> R {
         let mut algorithm = self.algorithm.lock();
         let out = f(&mut algorithm);
-        let fresh = clamp_limit(algorithm.limit());
-        if self.limit.swap(fresh, Ordering::Relaxed) != fresh {
+        self.adopt(clamp_limit(algorithm.limit()));
+        out
+    }
+
+    /// Publishes the algorithm's limit and tells the listeners if it moved.
+    /// Called under the algorithm's lock, the only writer of the limit: a
+    /// plain load and a store on change spare most samples a
+    /// read-modify-write.
+    fn adopt(&self, fresh: u32) {
+        if self.limit.load(Ordering::Relaxed) != fresh {
+            self.limit.store(fresh, Ordering::Relaxed);
             for listener in &self.listeners {
                 listener(fresh);
             }
         }
-        out
     }
 }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use floodwall_codel::{CodelConfig, CodelLayer};
 use floodwall_concurrency::{
-    AdaptiveLimitLayer, Aimd, AimdConfig, ByCriticality, LimitExceeded, Partitions,
+    AdaptiveLimitLayer, Aimd, AimdConfig, ByCriticality, LimitExceeded, OnCancel, Partitions,
 };
 use floodwall_core::{BoxError, Criticality, HttpClassifier, RejectKind, Rejected, Rejection};
 use tokio::sync::oneshot;
@@ -150,6 +150,28 @@ async fn a_dropped_response_future_gives_its_slot_back_and_decides_nothing() {
         assert_eq!(handle.in_flight(), 0);
     }
     assert_eq!(handle.limit(), 2, "cancellations are not samples");
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_on_cancel_drop_a_cancellation_is_a_drop() {
+    let layer = AdaptiveLimitLayer::builder(aimd(20))
+        .on_cancel(OnCancel::Drop)
+        .build();
+    let handle = layer.handle();
+    let mut svc = layer.layer(service_fn(|()| async {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        Ok::<_, BoxError>(())
+    }));
+    let fut = svc.ready().await.unwrap().call(());
+    let mut fut = Box::pin(fut);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(10), &mut fut)
+            .await
+            .is_err()
+    );
+    drop(fut);
+    assert_eq!(handle.in_flight(), 0, "the slot comes back");
+    assert_eq!(handle.limit(), 18, "AIMD backs off: 20 × 0.9");
 }
 
 #[tokio::test(start_paused = true)]
