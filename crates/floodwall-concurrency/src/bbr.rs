@@ -309,6 +309,13 @@ mod tests {
         }
     }
 
+    fn dropped(rtt: Duration) -> Sample {
+        Sample {
+            dropped: true,
+            ..sample(rtt)
+        }
+    }
+
     /// A CPU gauge the test sets (in per mille).
     fn gauge() -> (Arc<AtomicU64>, impl CpuUsage) {
         let g = Arc::new(AtomicU64::new(0));
@@ -390,19 +397,14 @@ mod tests {
         for _ in 0..50 {
             b.update(t0, &sample(ms(20)));
         }
-        let drop = |rtt| Sample {
-            rtt,
-            inflight: 1,
-            dropped: true,
-        };
         // 500 abandoned requests in bucket 1 add no pass and no RT...
         for _ in 0..500 {
-            b.update(t0 + ms(150), &drop(ms(5)));
+            b.update(t0 + ms(150), &dropped(ms(5)));
         }
         // ...and one in bucket 2 finds the CPU high and engages the limit.
         cpu_level.store(900, Ordering::Relaxed);
         assert_eq!(
-            b.update(t0 + ms(250), &drop(ms(5))),
+            b.update(t0 + ms(250), &dropped(ms(5))),
             11,
             "50 × 0.02 × 10 + 1"
         );
@@ -416,11 +418,7 @@ mod tests {
         cpu_level.store(900, Ordering::Relaxed);
         let mut b = bbr(cpu);
         let t0 = Instant::now();
-        let drop = Sample {
-            rtt: ms(100),
-            inflight: 1,
-            dropped: true,
-        };
+        let drop = dropped(ms(100));
         assert_eq!(b.update(t0, &drop), MAX_IN_FLIGHT, "no finished bucket yet");
         assert_eq!(b.update(t0 + ms(100), &drop), 2, "one in flight, as aegis");
     }

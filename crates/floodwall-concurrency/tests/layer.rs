@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use floodwall_codel::{CodelConfig, CodelLayer};
 use floodwall_concurrency::{
-    AdaptiveLimitLayer, Aimd, AimdConfig, ByCriticality, LimitExceeded, OnCancel, Partitions,
+    AdaptiveLimitHandle, AdaptiveLimitLayer, Aimd, AimdConfig, ByCriticality, LimitExceeded,
+    OnCancel, Partitions,
 };
 use floodwall_core::{BoxError, Criticality, HttpClassifier, RejectKind, Rejected, Rejection};
 use tokio::sync::oneshot;
@@ -129,25 +130,31 @@ async fn a_floodwall_overload_or_deadline_below_is_a_drop_other_rejections_are_n
     assert_eq!(handle.in_flight(), 0);
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_dropped_response_future_gives_its_slot_back_and_decides_nothing() {
-    let layer = AdaptiveLimitLayer::new(aimd(2));
+/// Calls a service that takes a minute, lets the call run 10 ms and drops
+/// it; `during` sees the layer while the call is in flight.
+async fn call_and_abandon(layer: AdaptiveLimitLayer<Aimd>, during: impl Fn(&AdaptiveLimitHandle)) {
     let handle = layer.handle();
     let mut svc = layer.layer(service_fn(|()| async {
         tokio::time::sleep(Duration::from_secs(60)).await;
         Ok::<_, BoxError>(())
     }));
+    let mut fut = Box::pin(svc.ready().await.unwrap().call(()));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(10), &mut fut)
+            .await
+            .is_err()
+    );
+    during(&handle);
+    drop(fut);
+    assert_eq!(handle.in_flight(), 0, "the slot comes back");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dropped_response_future_gives_its_slot_back_and_decides_nothing() {
+    let layer = AdaptiveLimitLayer::new(aimd(2));
+    let handle = layer.handle();
     for _ in 0..5 {
-        let fut = svc.ready().await.unwrap().call(());
-        let mut fut = Box::pin(fut);
-        assert!(
-            tokio::time::timeout(Duration::from_millis(10), &mut fut)
-                .await
-                .is_err()
-        );
-        assert_eq!(handle.in_flight(), 1);
-        drop(fut);
-        assert_eq!(handle.in_flight(), 0);
+        call_and_abandon(layer.clone(), |h| assert_eq!(h.in_flight(), 1)).await;
     }
     assert_eq!(handle.limit(), 2, "cancellations are not samples");
 }
@@ -158,19 +165,7 @@ async fn with_on_cancel_drop_a_cancellation_is_a_drop() {
         .on_cancel(OnCancel::Drop)
         .build();
     let handle = layer.handle();
-    let mut svc = layer.layer(service_fn(|()| async {
-        tokio::time::sleep(Duration::from_secs(60)).await;
-        Ok::<_, BoxError>(())
-    }));
-    let fut = svc.ready().await.unwrap().call(());
-    let mut fut = Box::pin(fut);
-    assert!(
-        tokio::time::timeout(Duration::from_millis(10), &mut fut)
-            .await
-            .is_err()
-    );
-    drop(fut);
-    assert_eq!(handle.in_flight(), 0, "the slot comes back");
+    call_and_abandon(layer, |h| assert_eq!(h.in_flight(), 1)).await;
     assert_eq!(handle.limit(), 18, "AIMD backs off: 20 × 0.9");
 }
 
