@@ -293,21 +293,10 @@ impl fmt::Debug for Bbr {
 
 #[cfg(test)]
 mod tests {
+    use crate::testing::{ms, sample};
     use std::sync::atomic::{AtomicU64, Ordering};
 
     use super::*;
-
-    fn ms(n: u64) -> Duration {
-        Duration::from_millis(n)
-    }
-
-    fn sample(rtt: Duration) -> Sample {
-        Sample {
-            rtt,
-            inflight: 1,
-            dropped: false,
-        }
-    }
 
     fn dropped(rtt: Duration) -> Sample {
         Sample {

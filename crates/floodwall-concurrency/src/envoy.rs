@@ -272,18 +272,7 @@ impl Algorithm for EnvoyGradient {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn ms(n: u64) -> Duration {
-        Duration::from_millis(n)
-    }
-
-    fn sample(rtt: Duration) -> Sample {
-        Sample {
-            rtt,
-            inflight: 1,
-            dropped: false,
-        }
-    }
+    use crate::testing::{ms, sample};
 
     /// Feeds `n` samples of `rtt`, finishing at `at`.
     fn feed(e: &mut EnvoyGradient, at: Instant, rtt: Duration, n: u32) -> u32 {

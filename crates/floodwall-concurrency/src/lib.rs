@@ -54,6 +54,9 @@ mod limiter;
 mod vegas;
 mod windowed;
 
+#[cfg(test)]
+mod testing;
+
 use std::time::Duration;
 
 use tokio::time::Instant;
