@@ -129,6 +129,17 @@ impl<B> Partition<http::Request<B>> for ByCriticality {
 /// caller's timeout is what cancels requests (a server behind clients with
 /// deadlines, a client layer under a `Timeout`), [`OnCancel::Drop`] turns
 /// each cancellation into the loss signal it is.
+///
+/// ```
+/// use floodwall_concurrency::{AdaptiveLimitLayer, Aimd, AimdConfig, OnCancel};
+///
+/// // Clients give up after 100 ms: a request they abandon is a drop.
+/// let layer = AdaptiveLimitLayer::builder(Aimd::new(AimdConfig::default())?)
+///     .on_cancel(OnCancel::Drop)
+///     .build();
+/// assert_eq!(layer.handle().limit(), 10);
+/// # Ok::<(), floodwall_core::ConfigError>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum OnCancel {
     /// The slot comes back; the algorithm hears nothing (Netflix, Envoy).
