@@ -181,13 +181,19 @@ mod tests {
         }
     }
 
-    #[test]
-    fn one_aggregate_per_window_with_the_mean_the_max_in_flight_and_any_drop() {
-        let mut w = Windowed::new(
+    /// A `Windowed` of 100 ms windows over an algorithm that records what it
+    /// is fed.
+    fn recorder() -> Windowed<Record> {
+        Windowed::new(
             Record::default(),
             WindowConfig::every(Duration::from_millis(100)),
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    #[test]
+    fn one_aggregate_per_window_with_the_mean_the_max_in_flight_and_any_drop() {
+        let mut w = recorder();
         let t0 = Instant::now();
         // The first sample opens the clock: a window of one is too small.
         w.update(t0, &s(10, 1, false));
@@ -208,11 +214,7 @@ mod tests {
 
     #[test]
     fn small_windows_and_tiny_rtts_are_left_out_and_bounds_are_checked() {
-        let mut w = Windowed::new(
-            Record::default(),
-            WindowConfig::every(Duration::from_millis(100)),
-        )
-        .unwrap();
+        let mut w = recorder();
         let t0 = Instant::now();
         w.update(t0, &s(10, 1, false));
         for i in 1..5 {
