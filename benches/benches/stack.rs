@@ -10,7 +10,8 @@
 //! circuit breaker and SRE throttling. Nothing is refused: every layer
 //! takes its admit path. Every iteration clones the inbound request (with
 //! its `grpc-timeout` and priority headers); `bare` is that clone and the
-//! answer alone.
+//! answer alone. The `by-layer/*` rows build the same stack one layer at a
+//! time, so each row less the one before is what that layer adds in place.
 
 use std::hint::black_box;
 use std::task::{Context, Waker};
@@ -29,6 +30,25 @@ use floodwall::throttle::{RetryLayer, ThrottleConfig, ThrottleLayer};
 use floodwall::token_bucket::{Quota, TokenBucketLayer};
 use floodwall_benches::{Respond, ready_call};
 use tower::ServiceBuilder;
+
+/// Benchmarks `ServiceBuilder::new().layer(a)`, then `.layer(a).layer(b)`,
+/// and so on, each around [`Respond`], named `by-layer/{n}-{name}`. The
+/// layer expressions are evaluated afresh for each stack.
+macro_rules! by_layer {
+    ($g:expr, $cx:expr, $req:expr; $($name:literal => $layer:expr),+ $(,)?) => {
+        by_layer!(@next $g, $cx, $req, 1usize; []; $($name => $layer),+)
+    };
+    (@next $g:expr, $cx:expr, $req:expr, $n:expr; [$($done:expr),*]; $name:literal => $layer:expr $(, $rest:literal => $more:expr)*) => {
+        {
+            let mut stack = ServiceBuilder::new()$(.layer($done))*.layer($layer).service(Respond);
+            $g.bench_function(format!("by-layer/{}-{}", $n, $name), |b| {
+                b.iter(|| ready_call($cx, &mut stack, black_box($req.clone())).unwrap())
+            });
+        }
+        by_layer!(@next $g, $cx, $req, $n + 1; [$($done,)* $layer]; $($rest => $more),*)
+    };
+    (@next $g:expr, $cx:expr, $req:expr, $n:expr; [$($done:expr),*];) => {};
+}
 
 fn stacks(c: &mut Criterion) {
     let rt = floodwall_benches::bench_runtime();
@@ -50,37 +70,50 @@ fn stacks(c: &mut Criterion) {
         .unwrap()
         .with_burst(u32::MAX)
         .unwrap();
+    let deadline = || {
+        ServerDeadlineLayer::new(ServerConfig {
+            wire: Wire::Grpc,
+            trust_inbound: true,
+            max: Some(Duration::from_secs(2)),
+        })
+    };
+    let bucket = || TokenBucketLayer::new(open);
+    let admission = || {
+        AdmissionLayer::builder(AdmissionConfig::default())
+            .trust_inbound(true)
+            .build()
+            .unwrap()
+    };
+    let codel = || {
+        CodelLayer::builder(CodelConfig::with_workers(64))
+            .timing(FromExtensions)
+            .build()
+            .unwrap()
+    };
+    let retry = || RetryLayer::builder().build();
+    let propagate = || {
+        PropagateDeadlineLayer::new(DeadlineClient {
+            wire: Wire::Grpc,
+            ..DeadlineClient::default()
+        })
+    };
+    let collaborative = || PriorityClientLayer::new(PriorityClient::default());
+    let breaker = || BreakerLayer::new(BreakerConfig::default()).unwrap();
+    let throttle = || ThrottleLayer::new(ThrottleConfig::default()).unwrap();
     let server = || {
         ServiceBuilder::new()
-            .layer(ServerDeadlineLayer::new(ServerConfig {
-                wire: Wire::Grpc,
-                trust_inbound: true,
-                max: Some(Duration::from_secs(2)),
-            }))
-            .layer(TokenBucketLayer::new(open))
-            .layer(
-                AdmissionLayer::builder(AdmissionConfig::default())
-                    .trust_inbound(true)
-                    .build()
-                    .unwrap(),
-            )
-            .layer(
-                CodelLayer::builder(CodelConfig::with_workers(64))
-                    .timing(FromExtensions)
-                    .build()
-                    .unwrap(),
-            )
+            .layer(deadline())
+            .layer(bucket())
+            .layer(admission())
+            .layer(codel())
     };
     let client = || {
         ServiceBuilder::new()
-            .layer(RetryLayer::builder().build())
-            .layer(PropagateDeadlineLayer::new(DeadlineClient {
-                wire: Wire::Grpc,
-                ..DeadlineClient::default()
-            }))
-            .layer(PriorityClientLayer::new(PriorityClient::default()))
-            .layer(BreakerLayer::new(BreakerConfig::default()).unwrap())
-            .layer(ThrottleLayer::new(ThrottleConfig::default()).unwrap())
+            .layer(retry())
+            .layer(propagate())
+            .layer(collaborative())
+            .layer(breaker())
+            .layer(throttle())
     };
 
     let mut full = server().layer(client()).service(Respond);
@@ -95,6 +128,17 @@ fn stacks(c: &mut Criterion) {
     g.bench_function("floodwall-client/ready+call", |b| {
         b.iter(|| ready_call(&mut cx, &mut client_half, black_box(inbound.clone())).unwrap())
     });
+    by_layer!(g, &mut cx, inbound;
+        "deadline" => deadline(),
+        "token-bucket" => bucket(),
+        "admission" => admission(),
+        "codel" => codel(),
+        "retry" => retry(),
+        "propagate" => propagate(),
+        "collaborative" => collaborative(),
+        "breaker" => breaker(),
+        "throttle" => throttle(),
+    );
 
     // tower's nearest: a timeout, load shedding over a concurrency limit, a
     // rate limit (per instance: driven in place, as behind a `Buffer`).

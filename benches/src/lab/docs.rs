@@ -17,7 +17,9 @@
 //!
 //! `columns:` (default one column, `time`) and `baseline:` (only with one
 //! id per row: adds an `overhead` column and the baseline's own row) are
-//! optional. A region `<!-- lab:NAME -->` … `<!-- /lab:NAME -->` is
+//! optional. A line `steps` after a baseline adds a column with each row
+//! less the row above it (the first row less the baseline), for tables
+//! whose rows each add one thing to the row above. A region `<!-- lab:NAME -->` … `<!-- /lab:NAME -->` is
 //! replaced as a whole.
 
 use std::collections::HashMap;
@@ -74,6 +76,7 @@ pub fn format_ns(ns: f64) -> String {
 struct Spec {
     columns: Vec<String>,
     baseline: Option<String>,
+    steps: bool,
     rows: Vec<(String, Vec<String>)>,
 }
 
@@ -81,6 +84,7 @@ fn parse_spec(text: &str) -> Result<Spec, String> {
     let mut spec = Spec {
         columns: vec!["time".into()],
         baseline: None,
+        steps: false,
         rows: Vec::new(),
     };
     let mut in_rows = false;
@@ -97,6 +101,8 @@ fn parse_spec(text: &str) -> Result<Spec, String> {
             spec.columns = c.split(" | ").map(|c| c.trim().to_owned()).collect();
         } else if let Some(b) = line.strip_prefix("baseline:") {
             spec.baseline = Some(b.trim().to_owned());
+        } else if line == "steps" {
+            spec.steps = true;
         } else if line == "rows:" {
             in_rows = true;
         } else {
@@ -114,6 +120,9 @@ fn parse_spec(text: &str) -> Result<Spec, String> {
     }
     if spec.baseline.is_some() && spec.columns.len() != 1 {
         return Err("a baseline needs exactly one column".into());
+    }
+    if spec.steps && spec.baseline.is_none() {
+        return Err("steps need a baseline".into());
     }
     Ok(spec)
 }
@@ -133,16 +142,22 @@ fn render(spec: &Spec, medians: &HashMap<String, f64>, missing: &mut Vec<String>
     if spec.baseline.is_some() {
         out.push_str(" overhead |");
     }
+    if spec.steps {
+        out.push_str(" step |");
+    }
     out.push_str("\n|---|");
-    for _ in 0..spec.columns.len() + usize::from(spec.baseline.is_some()) {
+    let extra = usize::from(spec.baseline.is_some()) + usize::from(spec.steps);
+    for _ in 0..spec.columns.len() + extra {
         out.push_str("---|");
     }
     out.push('\n');
     let base = spec.baseline.as_deref().map(|b| (b, get(b)));
     if let Some((id, value)) = base {
         let cell = value.map_or("–".into(), format_ns);
-        let _ = writeln!(out, "| `{id}` | {cell} | — |");
+        let dash = if spec.steps { " — |" } else { "" };
+        let _ = writeln!(out, "| `{id}` | {cell} | — |{dash}");
     }
+    let mut above = base.and_then(|(_, b)| b);
     for (label, ids) in &spec.rows {
         let _ = write!(out, "| {label} |");
         let values: Vec<Option<f64>> = ids.iter().map(|id| get(id)).collect();
@@ -155,6 +170,14 @@ fn render(spec: &Spec, medians: &HashMap<String, f64>, missing: &mut Vec<String>
                 _ => "–".into(),
             };
             let _ = write!(out, " {over} |");
+        }
+        if spec.steps {
+            let step = match (values[0], above) {
+                (Some(v), Some(a)) => format_ns(v - a),
+                _ => "–".into(),
+            };
+            let _ = write!(out, " {step} |");
+            above = values[0];
         }
         out.push('\n');
     }
@@ -285,6 +308,33 @@ mod tests {
         assert!(out.contains("| r | 1.0 ns | 2.0 ns |"));
         let bad = "<!-- bench-table\ncolumns: a | b\nrows:\nr | g/a\n-->\n<!-- /bench-table -->";
         assert!(fill_bench_tables(bad, &m).is_err());
+    }
+
+    #[test]
+    fn steps_are_each_row_less_the_row_above() {
+        let doc = "<!-- bench-table\nbaseline: g/bare\nsteps\nrows:\none | g/1\ntwo | g/2\n-->\n<!-- /bench-table -->";
+        let m: HashMap<String, f64> = [
+            ("g/bare".to_owned(), 100.0),
+            ("g/1".to_owned(), 130.0),
+            ("g/2".to_owned(), 180.0),
+        ]
+        .into();
+        let out = fill_bench_tables(doc, &m).unwrap();
+        assert!(
+            out.contains("| benchmark | time | overhead | step |"),
+            "{out}"
+        );
+        assert!(out.contains("| `g/bare` | 100.0 ns | — | — |"), "{out}");
+        assert!(
+            out.contains("| one | 130.0 ns | 30.0 ns | 30.0 ns |"),
+            "{out}"
+        );
+        assert!(
+            out.contains("| two | 180.0 ns | 80.0 ns | 50.0 ns |"),
+            "{out}"
+        );
+        let no_base = "<!-- bench-table\nsteps\nrows:\none | g/1\n-->\n<!-- /bench-table -->";
+        assert!(fill_bench_tables(no_base, &m).is_err());
     }
 
     #[test]

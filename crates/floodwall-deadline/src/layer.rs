@@ -336,10 +336,14 @@ pin_project! {
         // No deadline: the inner future as it is.
         Open { #[pin] fut: O },
         // A deadline: the inner future (in the deadline's task scope, on
-        // the server) until the timer fires.
+        // the server) until the timer fires. The timer is made the first
+        // time the inner future is pending: a call that answers at once
+        // (a cache hit, a refusal from an inner layer) never touches the
+        // runtime's timer.
         Timed {
             #[pin] fut: T,
-            #[pin] sleep: Sleep,
+            #[pin] sleep: Option<Sleep>,
+            at: Instant,
             counter: Counter,
             phase: Phase,
         },
@@ -372,7 +376,8 @@ impl<O, T> ResponseFuture<O, T> {
         Self {
             kind: Kind::Timed {
                 fut,
-                sleep: sleep_until(at),
+                sleep: None,
+                at,
                 counter: metrics.exceeded[phase as usize].clone(),
                 phase,
             },
@@ -402,14 +407,18 @@ where
             KindProj::Open { fut } => fut.poll(cx).map_err(Into::into),
             KindProj::Timed {
                 fut,
-                sleep,
+                mut sleep,
+                at,
                 counter,
                 phase,
             } => {
                 if let Poll::Ready(out) = fut.poll(cx) {
                     return Poll::Ready(out.map_err(Into::into));
                 }
-                ready!(sleep.poll(cx));
+                if sleep.is_none() {
+                    sleep.set(Some(sleep_until(*at)));
+                }
+                ready!(sleep.as_pin_mut().expect("made above").poll(cx));
                 counter.increment(1);
                 let phase = *phase;
                 // Drop the inner future now, not when the caller drops us.
