@@ -17,8 +17,7 @@ use tower_service::Service;
 
 use crate::scope;
 use crate::timeout::{
-    DEFAULT_HTTP_HEADER, GRPC_TIMEOUT_HEADER, encode_grpc_timeout, encode_http_timeout,
-    parse_grpc_timeout, parse_http_timeout,
+    DEFAULT_HTTP_HEADER, Encoded, GRPC_TIMEOUT_HEADER, parse_grpc_timeout, parse_http_timeout,
 };
 
 /// How a timeout travels on the wire.
@@ -53,10 +52,11 @@ impl Wire {
 
     fn encode(&self, timeout: Duration) -> HeaderValue {
         let text = match self {
-            Wire::Grpc => encode_grpc_timeout(timeout),
-            Wire::Http(_) => encode_http_timeout(timeout),
+            Wire::Grpc => Encoded::grpc(timeout),
+            Wire::Http(_) => Encoded::http(timeout),
         };
-        HeaderValue::try_from(text).expect("digits and a unit letter are a valid header value")
+        HeaderValue::from_bytes(text.as_bytes())
+            .expect("digits and a unit letter are a valid header value")
     }
 }
 

@@ -124,27 +124,7 @@ fn parse_digits(digits: &[u8], max: usize) -> Result<u64, TimeoutError> {
 /// assert_eq!(encode_grpc_timeout(Duration::from_nanos(100_000_001)), "100001u");
 /// ```
 pub fn encode_grpc_timeout(timeout: Duration) -> String {
-    const MAX: u128 = 99_999_999;
-    let nanos = timeout.as_nanos();
-    if nanos == 0 {
-        return "0n".to_owned();
-    }
-    let units: [(u128, char); 6] = [
-        (1, 'n'),
-        (1_000, 'u'),
-        (1_000_000, 'm'),
-        (1_000_000_000, 'S'),
-        (60_000_000_000, 'M'),
-        (3_600_000_000_000, 'H'),
-    ];
-    for (size, letter) in units {
-        let value = nanos.div_ceil(size);
-        if value <= MAX {
-            return format!("{value}{letter}");
-        }
-    }
-    // Longer than 99,999,999 hours: the largest value there is.
-    "99999999H".to_owned()
+    Encoded::grpc(timeout).to_string()
 }
 
 /// Parses the HTTP form: 1–18 ASCII digits of milliseconds, nothing else.
@@ -169,6 +149,81 @@ pub fn parse_http_timeout(value: &[u8]) -> Result<Duration, TimeoutError> {
 
 /// Encodes the HTTP form: whole milliseconds, rounded up (`"0"` for zero).
 pub fn encode_http_timeout(timeout: Duration) -> String {
-    let ms = timeout.as_nanos().div_ceil(1_000_000);
-    ms.min(10u128.pow(HTTP_MAX_DIGITS as u32) - 1).to_string()
+    Encoded::http(timeout).to_string()
+}
+
+/// An encoded timeout, written into a small buffer with integer arithmetic
+/// only (no formatting machinery, no 128-bit division for timeouts under
+/// 584 years): the layers turn it into a header value with one copy.
+pub(crate) struct Encoded {
+    buf: [u8; 24],
+    start: usize,
+}
+
+impl Encoded {
+    /// `value` in decimal, then `unit` if any.
+    fn new(mut value: u64, unit: Option<u8>) -> Self {
+        let mut buf = [0u8; 24];
+        let mut at = buf.len();
+        if let Some(unit) = unit {
+            at -= 1;
+            buf[at] = unit;
+        }
+        loop {
+            at -= 1;
+            buf[at] = b'0' + (value % 10) as u8;
+            value /= 10;
+            if value == 0 {
+                break;
+            }
+        }
+        Self { buf, start: at }
+    }
+
+    /// As [`encode_grpc_timeout`].
+    pub(crate) fn grpc(timeout: Duration) -> Self {
+        const MAX: u64 = 99_999_999;
+        const UNITS: [(u64, u8); 6] = [
+            (1, b'n'),
+            (1_000, b'u'),
+            (1_000_000, b'm'),
+            (1_000_000_000, b'S'),
+            (60_000_000_000, b'M'),
+            (3_600_000_000_000, b'H'),
+        ];
+        let nanos = timeout.as_nanos();
+        let short = u64::try_from(nanos).ok();
+        for (size, unit) in UNITS {
+            let value = match short {
+                Some(n) => n.div_ceil(size),
+                None => u64::try_from(nanos.div_ceil(u128::from(size))).unwrap_or(u64::MAX),
+            };
+            if value <= MAX {
+                return Self::new(value, Some(unit));
+            }
+        }
+        // Longer than 99,999,999 hours: the largest value there is.
+        Self::new(MAX, Some(b'H'))
+    }
+
+    /// As [`encode_http_timeout`].
+    pub(crate) fn http(timeout: Duration) -> Self {
+        const MAX: u64 = 10u64.pow(HTTP_MAX_DIGITS as u32) - 1;
+        let ms = timeout.as_nanos().div_ceil(1_000_000);
+        Self::new(u64::try_from(ms).map_or(MAX, |ms| ms.min(MAX)), None)
+    }
+
+    /// The encoding: ASCII digits and at most one unit letter.
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+}
+
+impl fmt::Display for Encoded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for &b in self.as_bytes() {
+            std::fmt::Write::write_char(f, char::from(b))?;
+        }
+        Ok(())
+    }
 }

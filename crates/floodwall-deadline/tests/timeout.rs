@@ -132,6 +132,11 @@ fn http_form() {
         "rounded up"
     );
     assert_eq!(encode_http_timeout(Duration::from_millis(1500)), "1500");
+    assert_eq!(
+        encode_http_timeout(Duration::from_secs(u64::MAX)),
+        "999999999999999999",
+        "clamped to 18 digits"
+    );
 }
 
 /// The unit of an encoded value, in nanoseconds.
