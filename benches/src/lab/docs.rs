@@ -19,7 +19,8 @@
 //! id per row: adds an `overhead` column and the baseline's own row) are
 //! optional. A line `steps` after a baseline adds a column with each row
 //! less the row above it (the first row less the baseline), for tables
-//! whose rows each add one thing to the row above. A region `<!-- lab:NAME -->` … `<!-- /lab:NAME -->` is
+//! whose rows each add one thing to the row above. A region
+//! `<!-- lab:NAME -->` … `<!-- /lab:NAME -->` is
 //! replaced as a whole.
 
 use std::collections::HashMap;
