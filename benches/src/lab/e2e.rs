@@ -230,6 +230,19 @@ priority = 8
 limit = {{ name = "all", rate = 1000000000, burst = 1000000000 }}
 "#
     );
+    let mut text = text;
+    if protected {
+        if let Ok(v) = std::env::var("FW_STRIP") {
+            for pat in v.split('|') {
+                text = text
+                    .lines()
+                    .filter(|l| !l.starts_with(pat))
+                    .collect::<Vec<_>>()
+                    .join("\n");
+            }
+            eprintln!("{text}");
+        }
+    }
     Ok(GatewayConfig::parse(&text)?)
 }
 
@@ -390,6 +403,11 @@ pub async fn compare(config: E2eConfig) -> Result<Vec<ProxyResult>, BoxError> {
     if let Some(n) = &nginx {
         targets.push(("nginx", format!("http://{}", n.addr)));
     }
+    if let Ok(i) = std::env::var("FW_ONLY") {
+        let i: usize = i.parse().unwrap();
+        let t = targets.remove(i);
+        targets = vec![t];
+    }
     let mut results: Vec<ProxyResult> = targets
         .iter()
         .map(|(name, _)| ProxyResult {
@@ -410,6 +428,9 @@ pub async fn compare(config: E2eConfig) -> Result<Vec<ProxyResult>, BoxError> {
             r.rounds.push(rps);
             r.errors += bad;
         }
+    }
+    if std::env::var("FW_ONLY").is_ok() {
+        return Ok(results);
     }
     let rate = results[0].median_rps() * config.latency_load;
     for (r, (_, base)) in results.iter_mut().zip(&targets) {

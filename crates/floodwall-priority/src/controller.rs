@@ -202,7 +202,7 @@ impl AdmissionController {
     /// Samples are clamped to 16.7 s.
     #[inline]
     pub fn record_queuing(&self, now: Instant, queued: Duration) {
-        let us = micros(queued).min(MAX_SAMPLE_US);
+        let us = micros(queued);
         let before = self.samples.fetch_add((1 << SAMPLE_SHIFT) | us, Relaxed);
         if before >> SAMPLE_SHIFT >= SAMPLE_SOFT_CAP {
             self.close(now);
@@ -325,9 +325,14 @@ impl std::fmt::Debug for AdmissionController {
     }
 }
 
-/// Microseconds, rounded to nearest.
+/// Microseconds, rounded to nearest, saturating at [`MAX_SAMPLE_US`] (64-bit
+/// arithmetic: this runs for every admitted request).
 fn micros(d: Duration) -> u64 {
-    u64::try_from((d.as_nanos() + 500) / 1000).unwrap_or(u64::MAX)
+    if d.as_secs() > MAX_SAMPLE_US / 1_000_000 {
+        return MAX_SAMPLE_US;
+    }
+    let nanos = d.as_secs() * 1_000_000_000 + u64::from(d.subsec_nanos());
+    ((nanos + 500) / 1000).min(MAX_SAMPLE_US)
 }
 
 /// One closed window's histogram, in cell order.
@@ -439,6 +444,22 @@ mod tests {
 
     fn p(b: u8, u: u8) -> Priority {
         Priority::new(b, u).unwrap()
+    }
+
+    #[test]
+    fn queuing_samples_round_to_the_nearest_microsecond_and_saturate() {
+        assert_eq!(micros(Duration::ZERO), 0);
+        assert_eq!(micros(Duration::from_nanos(499)), 0);
+        assert_eq!(micros(Duration::from_nanos(500)), 1);
+        assert_eq!(micros(Duration::from_nanos(20_000_499)), 20_000);
+        assert_eq!(micros(Duration::new(3, 999_999_500)), 4_000_000);
+        assert_eq!(micros(Duration::from_micros(MAX_SAMPLE_US)), MAX_SAMPLE_US);
+        assert_eq!(
+            micros(Duration::from_micros(MAX_SAMPLE_US + 1)),
+            MAX_SAMPLE_US
+        );
+        assert_eq!(micros(Duration::from_secs(17)), MAX_SAMPLE_US);
+        assert_eq!(micros(Duration::MAX), MAX_SAMPLE_US);
     }
 
     fn level(cells: &[(Priority, u32)], drops: u64, old: Priority, overloaded: bool) -> Priority {
