@@ -27,15 +27,29 @@ use tokio::time::Instant;
 /// That is exact — the global bucket only refills with time, so Redis would
 /// refuse them too — and it keeps an over-quota key from costing a round
 /// trip per request.
+///
+/// **Room.** When the map is full, a new key's request sweeps it for entries
+/// that no longer hold anything; a sweep visits every entry, so after one
+/// there is no other for an eighth of the lease's maximum age. Until then a
+/// new key that finds the map full goes without a lease (its request asks
+/// Redis for its own tokens), so a map full of live keys costs new keys one
+/// sweep per interval, not one per request.
 #[derive(Debug)]
 pub(crate) struct Leases<K> {
-    map: Mutex<HashMap<K, Entry>>,
+    map: Mutex<Map<K>>,
     capacity: usize,
     /// Tokens to ask for per lease round trip (1: leasing off).
     size: u32,
     max_age: Duration,
     /// The quota's emission interval, for refusals of heavier requests.
     interval: Duration,
+}
+
+#[derive(Debug)]
+struct Map<K> {
+    entries: HashMap<K, Entry>,
+    /// No sweep for room before this instant (see the type docs).
+    next_sweep: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -94,7 +108,10 @@ impl<K> Leases<K> {
 impl<K: Hash + Eq + Clone> Leases<K> {
     pub(crate) fn new(size: u32, max_age: Duration, interval: Duration, capacity: usize) -> Self {
         Self {
-            map: Mutex::new(HashMap::new()),
+            map: Mutex::new(Map {
+                entries: HashMap::new(),
+                next_sweep: None,
+            }),
             capacity,
             size: size.max(1),
             max_age,
@@ -112,7 +129,7 @@ impl<K: Hash + Eq + Clone> Leases<K> {
         };
         let leasing = self.size > 1;
         let mut map = self.map.lock();
-        if let Some(entry) = map.get_mut(key) {
+        if let Some(entry) = map.entries.get_mut(key) {
             if entry.expires <= now {
                 entry.tokens = 0;
             }
@@ -146,7 +163,7 @@ impl<K: Hash + Eq + Clone> Leases<K> {
         if !leasing || !self.make_room(&mut map, now) {
             return own;
         }
-        map.insert(key.clone(), Entry::new(now, true, now));
+        map.entries.insert(key.clone(), Entry::new(now, true, now));
         Take::Fetch {
             want: self.size.max(n),
             claimed: true,
@@ -154,19 +171,21 @@ impl<K: Hash + Eq + Clone> Leases<K> {
     }
 
     /// Whether the map has room for one more key, after forgetting entries
-    /// that no longer hold anything.
-    fn make_room(&self, map: &mut HashMap<K, Entry>, now: Instant) -> bool {
-        if map.len() >= self.capacity {
-            map.retain(|_, e| e.is_useful(now));
+    /// that no longer hold anything (at most one sweep per interval: see
+    /// the type docs).
+    fn make_room(&self, map: &mut Map<K>, now: Instant) -> bool {
+        if map.entries.len() >= self.capacity && map.next_sweep.is_none_or(|at| now >= at) {
+            map.entries.retain(|_, e| e.is_useful(now));
+            map.next_sweep = Some(now + self.max_age / 8);
         }
-        map.len() < self.capacity
+        map.entries.len() < self.capacity
     }
 
     /// Stores the `leftover` tokens of a claimed fetch, granted at `now`;
     /// they expire after the lease's maximum age.
     pub(crate) fn fill(&self, key: &K, leftover: u32, now: Instant) {
         let mut map = self.map.lock();
-        if let Some(entry) = map.get_mut(key) {
+        if let Some(entry) = map.entries.get_mut(key) {
             entry.fetching = false;
             if entry.expires <= now {
                 entry.tokens = 0;
@@ -179,7 +198,7 @@ impl<K: Hash + Eq + Clone> Leases<K> {
 
     /// Gives up a claimed fetch (refused, failed or cancelled).
     pub(crate) fn release(&self, key: &K) {
-        if let Some(entry) = self.map.lock().get_mut(key) {
+        if let Some(entry) = self.map.lock().entries.get_mut(key) {
             entry.fetching = false;
             entry.fetched.notify_waiters();
         }
@@ -192,20 +211,22 @@ impl<K: Hash + Eq + Clone> Leases<K> {
         let one = retry_after.saturating_sub(self.interval * n.saturating_sub(1));
         let until = sent + one;
         let mut map = self.map.lock();
-        if let Some(entry) = map.get_mut(key) {
+        if let Some(entry) = map.entries.get_mut(key) {
             entry.blocked_until = entry.blocked_until.max(until);
             return;
         }
         if one.is_zero() || !self.make_room(&mut map, sent) {
             return;
         }
-        map.insert(key.clone(), Entry::new(sent, false, until));
+        map.entries
+            .insert(key.clone(), Entry::new(sent, false, until));
     }
 
     /// Unexpired leased tokens of `key`.
     pub(crate) fn tokens(&self, key: &K, now: Instant) -> u32 {
         self.map
             .lock()
+            .entries
             .get(key)
             .filter(|e| e.expires > now)
             .map_or(0, |e| e.tokens)
@@ -213,7 +234,7 @@ impl<K: Hash + Eq + Clone> Leases<K> {
 
     /// Keys with an entry.
     pub(crate) fn len(&self) -> usize {
-        self.map.lock().len()
+        self.map.lock().entries.len()
     }
 }
 
@@ -334,6 +355,33 @@ mod tests {
             Take::Fetch { claimed: true, .. }
         ));
         assert!(leases.len() <= 2);
+    }
+
+    #[test]
+    fn a_full_map_is_swept_for_room_at_most_once_per_interval() {
+        let t = Instant::now();
+        let leases = Leases::new(4, AGE, I, 2);
+        for key in 0..2 {
+            let _ = leases.take(&key, 1, t, false);
+            leases.fill(&key, 3, t);
+        }
+        let without = Take::Fetch {
+            want: 1,
+            claimed: false,
+        };
+        // Just before the leases expire: a sweep finds nothing to drop.
+        let before = t + AGE - Duration::from_millis(1);
+        assert_eq!(leases.take(&2, 1, before, false), without);
+        // They have expired, but the next sweep is not due yet: the map
+        // stays full and new keys still go without.
+        assert_eq!(leases.take(&3, 1, t + AGE, false), without);
+        assert_eq!(leases.len(), 2);
+        // One eighth of the maximum age after the first sweep: room.
+        assert!(matches!(
+            leases.take(&3, 1, before + AGE / 8, false),
+            Take::Fetch { claimed: true, .. }
+        ));
+        assert_eq!(leases.len(), 1);
     }
 
     #[test]
