@@ -3,7 +3,7 @@
 //! ```text
 //! cargo run --release -p floodwall-benches --bin lab -- sim [--quick] [--out DIR]
 //! cargo run --release -p floodwall-benches --bin lab -- concurrency [--quick] [--out DIR]
-//! cargo run --release -p floodwall-benches --bin lab -- e2e [--quick]
+//! cargo run --release -p floodwall-benches --bin lab -- e2e [--quick] [--only bare|gateway|layers-off]
 //! cargo run --release -p floodwall-benches --bin lab -- redis [--quick]
 //! cargo run --release -p floodwall-benches --bin lab -- report
 //! ```
@@ -39,7 +39,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use floodwall_benches::lab::e2e::{E2eConfig, compare, table as e2e_table};
+use floodwall_benches::lab::e2e::{E2eConfig, Proxy, compare, table as e2e_table};
 use floodwall_benches::lab::redis::RedisLabConfig;
 use floodwall_benches::lab::{Row, Scenario, SimConfig, Stack, docs, report, run_all};
 
@@ -52,6 +52,7 @@ struct Args {
     command: String,
     quick: bool,
     out: PathBuf,
+    only: Option<Proxy>,
 }
 
 fn parse() -> Result<Args, Error> {
@@ -61,11 +62,18 @@ fn parse() -> Result<Args, Error> {
         command,
         quick: false,
         out: PathBuf::from("target/lab"),
+        only: None,
     };
     while let Some(a) = args.next() {
         match a.as_str() {
             "--quick" => parsed.quick = true,
             "--out" => parsed.out = args.next().ok_or("--out needs a directory")?.into(),
+            "--only" => {
+                let name = args.next().ok_or("--only needs a proxy")?;
+                parsed.only = Some(Proxy::parse(&name).ok_or_else(|| {
+                    format!("--only {name:?}: expected bare, gateway or layers-off")
+                })?);
+            }
             other => return Err(format!("unknown argument {other:?} (try `lab help`)").into()),
         }
     }
@@ -179,7 +187,10 @@ fn concurrency(args: &Args) -> Result<(SimConfig, Vec<Row>, String), Error> {
 }
 
 fn e2e(args: &Args) -> Result<String, Error> {
-    let mut config = E2eConfig::default();
+    let mut config = E2eConfig {
+        only: args.only,
+        ..E2eConfig::default()
+    };
     if args.quick {
         config.rounds = 2;
         config.round = std::time::Duration::from_secs(1);
@@ -196,6 +207,24 @@ fn e2e(args: &Args) -> Result<String, Error> {
         .enable_all()
         .build()?;
     let results = rt.block_on(compare(config))?;
+    if let Some(only) = args.only {
+        // One proxy alone, for a profiler: its closed-loop rate only; the
+        // comparison's files are left as they are.
+        let r = &results[0];
+        let busy = E2eConfig::WARM_UP + config.round * config.rounds as u32;
+        return Ok(format!(
+            "{only:?}: {:.0} req/s (rounds {}), {} errors; about {:.0} requests in {:.1} s of load\n",
+            r.median_rps(),
+            r.rounds
+                .iter()
+                .map(|x| format!("{x:.0}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            r.errors,
+            r.median_rps() * busy.as_secs_f64(),
+            busy.as_secs_f64(),
+        ));
+    }
     let md = e2e_table(&results);
     write(&args.out.join("e2e.md"), &md)?;
     let mut csv = String::from("proxy,round,rps\n");
@@ -328,6 +357,7 @@ fn report(args: &Args) -> Result<(), Error> {
 
 fn main() {
     let result = parse().and_then(|args| match args.command.as_str() {
+        _ if args.only.is_some() && args.command != "e2e" => Err("--only applies to e2e".into()),
         "sim" => sim(&args).map(|(_, _, md)| println!("{md}")),
         "concurrency" => concurrency(&args).map(|(_, _, md)| println!("{md}")),
         "e2e" => e2e(&args).map(|md| println!("{md}")),
@@ -336,7 +366,8 @@ fn main() {
         "report" => report(&args),
         "help" | "--help" | "-h" => {
             println!(
-                "usage: lab (sim | concurrency | e2e | redis | tables | report) [--quick] [--out DIR]"
+                "usage: lab (sim | concurrency | e2e | redis | tables | report) [--quick] [--out DIR]\n       \
+                 lab e2e [--quick] --only (bare | gateway | layers-off)"
             );
             Ok(())
         }

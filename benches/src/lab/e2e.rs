@@ -50,6 +50,45 @@ pub struct E2eConfig {
     pub latency_load: f64,
     /// The open-loop latency run's length per proxy.
     pub latency_run: Duration,
+    /// Run only this proxy, closed loop only (for profiling one proxy at a
+    /// time; the throughput is then not compared).
+    pub only: Option<Proxy>,
+}
+
+/// The proxies compared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proxy {
+    /// The bare hyper proxy.
+    Bare,
+    /// The gateway with every layer on.
+    Gateway,
+    /// The gateway with its layers off.
+    LayersOff,
+}
+
+impl Proxy {
+    /// The proxy named `name` (`bare`, `gateway` or `layers-off`).
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "bare" => Some(Self::Bare),
+            "gateway" => Some(Self::Gateway),
+            "layers-off" => Some(Self::LayersOff),
+            _ => None,
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            Self::Bare => 0,
+            Self::Gateway => 1,
+            Self::LayersOff => 2,
+        }
+    }
+}
+
+impl E2eConfig {
+    /// The closed-loop warm-up of every proxy before the measured rounds.
+    pub const WARM_UP: Duration = Duration::from_millis(500);
 }
 
 impl Default for E2eConfig {
@@ -60,6 +99,7 @@ impl Default for E2eConfig {
             rounds: 5,
             latency_load: 0.5,
             latency_run: Duration::from_secs(3),
+            only: None,
         }
     }
 }
@@ -230,19 +270,6 @@ priority = 8
 limit = {{ name = "all", rate = 1000000000, burst = 1000000000 }}
 "#
     );
-    let mut text = text;
-    if protected {
-        if let Ok(v) = std::env::var("FW_STRIP") {
-            for pat in v.split('|') {
-                text = text
-                    .lines()
-                    .filter(|l| !l.starts_with(pat))
-                    .collect::<Vec<_>>()
-                    .join("\n");
-            }
-            eprintln!("{text}");
-        }
-    }
     Ok(GatewayConfig::parse(&text)?)
 }
 
@@ -403,10 +430,8 @@ pub async fn compare(config: E2eConfig) -> Result<Vec<ProxyResult>, BoxError> {
     if let Some(n) = &nginx {
         targets.push(("nginx", format!("http://{}", n.addr)));
     }
-    if let Ok(i) = std::env::var("FW_ONLY") {
-        let i: usize = i.parse().unwrap();
-        let t = targets.remove(i);
-        targets = vec![t];
+    if let Some(only) = config.only {
+        targets = vec![targets.swap_remove(only.index())];
     }
     let mut results: Vec<ProxyResult> = targets
         .iter()
@@ -420,7 +445,7 @@ pub async fn compare(config: E2eConfig) -> Result<Vec<ProxyResult>, BoxError> {
         .collect();
     // Warm every path up (connections, pools, caches).
     for (_, base) in &targets {
-        let _ = closed_loop(base, config.connections, Duration::from_millis(500)).await;
+        let _ = closed_loop(base, config.connections, E2eConfig::WARM_UP).await;
     }
     for _ in 0..config.rounds {
         for (r, (_, base)) in results.iter_mut().zip(&targets) {
@@ -429,7 +454,7 @@ pub async fn compare(config: E2eConfig) -> Result<Vec<ProxyResult>, BoxError> {
             r.errors += bad;
         }
     }
-    if std::env::var("FW_ONLY").is_ok() {
+    if config.only.is_some() {
         return Ok(results);
     }
     let rate = results[0].median_rps() * config.latency_load;
