@@ -531,3 +531,61 @@ async fn two_gateways_share_a_routes_global_limit_through_redis() {
         .unwrap();
     assert_eq!(route_state["global_limit"]["health"], "Redis");
 }
+
+/// A room breaker that opens after four failed calls out of four.
+fn sensitive_breaker(c: &mut GatewayConfig) {
+    let b = c
+        .upstreams
+        .get_mut("room")
+        .unwrap()
+        .breaker
+        .as_mut()
+        .unwrap();
+    b.window = floodwall::breaker::WindowKind::Count(4);
+    b.minimum_calls = 4;
+}
+
+/// The outcome-rule attack: a client that sends a tiny `grpc-timeout`
+/// makes every room call it causes time out. Those timeouts are the
+/// client's doing, not the room service's, so they must not open the room
+/// breaker that every other user depends on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_sending_tiny_grpc_timeouts_cannot_open_the_room_breaker() {
+    let d = start(sensitive_breaker).await;
+    // A healthy room service that takes 30 ms: longer than the attacker's
+    // 5 ms, well inside the route's 300 ms and the room call's 400 ms.
+    d.room.knobs().set_added_latency(Duration::from_millis(30));
+    for i in 0..50 {
+        let ip = format!("10.7.0.{i}");
+        let a = get(
+            &d,
+            "/api/room?id=9",
+            &[("x-forwarded-for", &ip), ("grpc-timeout", "5m")],
+        )
+        .await;
+        assert_eq!(a.status, StatusCode::GATEWAY_TIMEOUT, "{}", a.body);
+    }
+    assert_eq!(
+        breaker_state(&d),
+        State::Closed,
+        "50 calls timed out by their caller's own deadline opened the breaker"
+    );
+    let a = get(&d, "/api/room?id=9", &[("x-forwarded-for", "10.8.0.1")]).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+}
+
+/// The other half of the rule: a room service that really hangs, so that
+/// its calls use their whole budget (the route's own 300 ms), opens it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_service_that_hangs_for_the_full_budget_opens_the_breaker() {
+    let d = start(sensitive_breaker).await;
+    d.room.knobs().set_added_latency(Duration::from_secs(3));
+    for i in 0..4 {
+        let ip = format!("10.9.0.{i}");
+        let a = get(&d, "/api/room?id=9", &[("x-forwarded-for", &ip)]).await;
+        assert_eq!(a.status, StatusCode::GATEWAY_TIMEOUT, "{}", a.body);
+    }
+    assert_eq!(breaker_state(&d), State::Open, "four full-budget timeouts");
+    let a = get(&d, "/api/room?id=9", &[("x-forwarded-for", "10.9.1.1")]).await;
+    assert_eq!(a.reason(), Some("circuit_open"), "{}", a.body);
+}

@@ -8,6 +8,7 @@ use std::time::Duration;
 use floodwall_core::metrics::{
     BREAKER_CALLS, BREAKER_REJECTED, BREAKER_STATE, BREAKER_TRANSITIONS, LABEL_NAME,
 };
+use floodwall_core::outcome::{self, Verdict};
 use floodwall_core::random::Random;
 use floodwall_core::{
     BoxError, Classify, Outcome, RejectKind, Rejected, Rejection, ResultClassifier,
@@ -205,7 +206,11 @@ impl<C> Builder<C> {
     }
 
     /// How finished calls are read: [`Outcome::Success`] succeeds;
-    /// `Failure` and `Overloaded` fail.
+    /// `Failure`, `Overloaded` and `TimedOut` fail. Whatever the
+    /// classifier, calls are first read by floodwall's outcome rule
+    /// ([`floodwall_core::outcome`]): a refusal by a floodwall layer below,
+    /// a dropped response future and a timeout of a deadline the caller
+    /// imposed (shorter than the call's budget) count neither way.
     pub fn classify<C2>(self, classify: C2) -> Builder<C2> {
         Builder {
             config: self.config,
@@ -426,6 +431,7 @@ where
                 let guard = Guard {
                     shared: self.shared.clone(),
                     permit: Some(permit),
+                    caller_limited: outcome::caller_limited(),
                 };
                 ResponseFuture {
                     state: State_::Called {
@@ -453,14 +459,26 @@ where
 struct Guard<C> {
     shared: Arc<Shared<C>>,
     permit: Option<Permit>,
+    /// The caller's deadline gave this call less than its budget.
+    caller_limited: bool,
 }
 
 impl<C> Guard<C> {
-    fn finish(&mut self, outcome: Outcome) {
+    fn finish(&mut self, verdict: Verdict) {
         let Some(permit) = self.permit.take() else {
             return;
         };
-        let failed = outcome != Outcome::Success;
+        let failed = match verdict {
+            Verdict::Answered(Outcome::Success) => false,
+            Verdict::Answered(_) | Verdict::TimedOut => true,
+            Verdict::Silent(_) => {
+                // Says nothing about the dependency: the permit goes back
+                // undecided.
+                self.shared.cancelled.increment(1);
+                self.shared.breaker.on_cancel(permit);
+                return;
+            }
+        };
         if failed {
             self.shared.failure.increment(1);
         } else {
@@ -475,9 +493,10 @@ impl<C> Guard<C> {
 
 impl<C> Drop for Guard<C> {
     fn drop(&mut self) {
-        if let Some(permit) = self.permit.take() {
-            self.shared.cancelled.increment(1);
-            self.shared.breaker.on_cancel(permit);
+        if self.permit.is_some() {
+            // Dropped by the caller (says nothing), or by a deadline layer
+            // above whose deadline ran out (a timeout, by the outcome rule).
+            self.finish(outcome::dropped(self.caller_limited));
         }
     }
 }
@@ -510,24 +529,14 @@ where
         match self.project().state.project() {
             StateProj::Called { fut, guard } => {
                 let result = ready!(fut.poll(cx)).map_err(Into::into);
-                if let Err(e) = &result
-                    && Rejected::find(&**e)
-                        .is_some_and(|r| r.kind() != RejectKind::DeadlineExceeded)
-                {
-                    // Refused by a floodwall layer below (throttled, shed,
-                    // dropped by priority, rate limited, another breaker):
-                    // the call never reached the dependency, so it says
-                    // nothing about its health. The permit goes back
-                    // undecided. A deadline that ran out still counts: it
-                    // may have run out waiting for the dependency.
-                    if let Some(permit) = guard.permit.take() {
-                        guard.shared.breaker.on_cancel(permit);
-                    }
-                    guard.shared.cancelled.increment(1);
-                } else {
-                    let outcome = guard.shared.classify.classify(result.as_ref());
-                    guard.finish(outcome);
-                }
+                // The one outcome rule: refusals from below and timeouts of
+                // a deadline the caller imposed say nothing.
+                let verdict = outcome::judge(
+                    &guard.shared.classify,
+                    result.as_ref(),
+                    guard.caller_limited,
+                );
+                guard.finish(verdict);
                 Poll::Ready(result)
             }
             StateProj::Refused { error } => {

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use floodwall_breaker::{BreakerConfig, BreakerLayer, CircuitOpen, State, WindowKind};
-use floodwall_core::{BoxError, HttpClassifier, RejectKind, Rejected};
+use floodwall_core::{BoxError, DeadlineExceeded, HttpClassifier, Phase, RejectKind, Rejected};
 use tokio::time::advance;
 use tower::{Layer, ServiceExt, service_fn};
 
@@ -228,7 +228,7 @@ impl floodwall_core::Rejection for Refusal {
 }
 
 #[tokio::test(start_paused = true)]
-async fn refusals_from_layers_below_are_not_failures_but_deadlines_are() {
+async fn refusals_from_below_and_caller_deadlines_are_not_failures_but_full_budget_timeouts_are() {
     let layer = BreakerLayer::builder(small()).build().unwrap();
     let handle = layer.handle();
     for kind in [
@@ -257,10 +257,34 @@ async fn refusals_from_layers_below_are_not_failures_but_deadlines_are() {
         0,
         "refusals from below were recorded"
     );
-    // A deadline that ran out below may have run out waiting for the
-    // dependency: it counts as a failure.
+    // A deadline refusal that never reached the dependency (a queue
+    // refusing a request it could not serve in time) says nothing either.
     let svc = layer.layer(service_fn(|_: ()| async {
         Err::<(), BoxError>(Rejected::boxed(Refusal(RejectKind::DeadlineExceeded)))
+    }));
+    for _ in 0..10 {
+        svc.clone().oneshot(()).await.unwrap_err();
+    }
+    // Nor does an outbound call that ran out of a deadline its caller
+    // imposed, shorter than the call's own budget.
+    let svc = layer.layer(service_fn(|_: ()| async {
+        Err::<(), BoxError>(Rejected::boxed(DeadlineExceeded::new(
+            Phase::AwaitingResponse,
+            true,
+        )))
+    }));
+    for _ in 0..10 {
+        svc.clone().oneshot(()).await.unwrap_err();
+    }
+    assert_eq!(handle.state(), State::Closed);
+    assert_eq!(handle.counts().calls, 0);
+    // A call that had its full budget and timed out: the dependency's
+    // failure.
+    let svc = layer.layer(service_fn(|_: ()| async {
+        Err::<(), BoxError>(Rejected::boxed(DeadlineExceeded::new(
+            Phase::AwaitingResponse,
+            false,
+        )))
     }));
     for _ in 0..4 {
         svc.clone().oneshot(()).await.unwrap_err();

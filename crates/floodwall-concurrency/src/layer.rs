@@ -10,6 +10,7 @@ use floodwall_core::metrics::{
     CONCURRENCY_CALLS, CONCURRENCY_IN_FLIGHT, CONCURRENCY_LIMIT, CONCURRENCY_REJECTED,
     CONCURRENCY_RTT_SECONDS, LABEL_NAME,
 };
+use floodwall_core::outcome::{self, Verdict};
 use floodwall_core::{
     BoxError, Classify, Criticality, Outcome, RejectKind, Rejected, Rejection, ResultClassifier,
 };
@@ -223,12 +224,16 @@ enum Finish {
 /// An admitted request is read when it finishes:
 ///
 /// - the classifier says [`Outcome::Success`]: its RTT is a sample;
-/// - `Outcome::Overloaded`, or a floodwall rejection from below of kind
-///   `Overloaded` or `DeadlineExceeded` (a shedding queue, a timeout): a
-///   *drop*, the loss signal;
-/// - `Outcome::Failure`, or any other floodwall rejection (rate limited,
-///   circuit open, …): ignored — a fast failure says nothing about load,
+/// - `Outcome::Overloaded`, or a timeout of a call that had its full budget
+///   (a deadline layer's `DeadlineExceeded`, HTTP 504, gRPC
+///   `DEADLINE_EXCEEDED`): a *drop*, the loss signal;
+/// - `Outcome::Failure`: ignored — a fast failure says nothing about load,
 ///   and its RTT would fool the no-load estimate;
+/// - what floodwall's outcome rule ([`floodwall_core::outcome`]) calls
+///   silent: a refusal by a floodwall layer below (rate limited, shed,
+///   circuit open, …: it never reached the service), and a timeout of a
+///   deadline the caller imposed that was shorter than the call's budget:
+///   ignored;
 /// - a response future dropped before the end (cancellation): ignored, or
 ///   a drop with [`OnCancel::Drop`].
 ///
@@ -586,6 +591,7 @@ where
                 let guard = Guard {
                     shared: self.shared.clone(),
                     token: Some(token),
+                    caller_limited: outcome::caller_limited(),
                 };
                 ResponseFuture {
                     state: State::Called {
@@ -611,6 +617,8 @@ where
 struct Guard<A: Algorithm, C> {
     shared: Arc<Shared<A, C>>,
     token: Option<Token>,
+    /// The caller's deadline gave this call less than its budget.
+    caller_limited: bool,
 }
 
 impl<A: Algorithm, C> Guard<A, C> {
@@ -623,7 +631,16 @@ impl<A: Algorithm, C> Guard<A, C> {
 
 impl<A: Algorithm, C> Drop for Guard<A, C> {
     fn drop(&mut self) {
-        self.finish(Finish::Cancelled);
+        if self.token.is_some() {
+            // Dropped by the caller, or by a deadline layer above whose
+            // deadline ran out: a timeout of a call with its full budget is
+            // a drop, by the outcome rule.
+            let how = match outcome::dropped(self.caller_limited) {
+                Verdict::TimedOut => Finish::Dropped,
+                _ => Finish::Cancelled,
+            };
+            self.finish(how);
+        }
     }
 }
 
@@ -656,20 +673,15 @@ where
         match self.project().state.project() {
             StateProj::Called { fut, guard } => {
                 let result = ready!(fut.poll(cx)).map_err(Into::into);
-                let below = match &result {
-                    Err(e) => Rejected::find(&**e).map(Rejected::kind),
-                    Ok(_) => None,
-                };
-                let how = match below {
-                    // Refused by a floodwall layer below: shed or timed out
-                    // is a loss; anything else says nothing about load.
-                    Some(RejectKind::Overloaded | RejectKind::DeadlineExceeded) => Finish::Dropped,
-                    Some(_) => Finish::Ignored,
-                    None => match guard.shared.classify.classify(result.as_ref()) {
-                        Outcome::Success => Finish::Success,
-                        Outcome::Overloaded => Finish::Dropped,
-                        Outcome::Failure => Finish::Ignored,
-                    },
+                let how = match outcome::judge(
+                    &guard.shared.classify,
+                    result.as_ref(),
+                    guard.caller_limited,
+                ) {
+                    Verdict::Answered(Outcome::Success) => Finish::Success,
+                    Verdict::Answered(Outcome::Overloaded | Outcome::TimedOut)
+                    | Verdict::TimedOut => Finish::Dropped,
+                    Verdict::Answered(Outcome::Failure) | Verdict::Silent(_) => Finish::Ignored,
                 };
                 guard.finish(how);
                 Poll::Ready(result)

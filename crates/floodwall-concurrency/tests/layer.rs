@@ -10,7 +10,9 @@ use floodwall_concurrency::{
     AdaptiveLimitHandle, AdaptiveLimitLayer, Aimd, AimdConfig, ByCriticality, LimitExceeded,
     OnCancel, Partitions,
 };
-use floodwall_core::{BoxError, Criticality, HttpClassifier, RejectKind, Rejected, Rejection};
+use floodwall_core::{
+    BoxError, Criticality, DeadlineExceeded, HttpClassifier, Phase, RejectKind, Rejected, Rejection,
+};
 use tokio::sync::oneshot;
 use tower::{Layer, Service, ServiceExt, service_fn};
 
@@ -102,23 +104,17 @@ impl Rejection for Below {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_floodwall_overload_or_deadline_below_is_a_drop_other_rejections_are_not() {
+async fn refusals_below_say_nothing_a_full_budget_timeout_is_a_drop() {
     let layer = AdaptiveLimitLayer::new(aimd(10));
     let handle = layer.handle();
     let svc = layer.layer(service_fn(|kind: RejectKind| async move {
         Err::<(), BoxError>(Rejected::boxed(Below(kind)))
     }));
-    svc.clone()
-        .oneshot(RejectKind::Overloaded)
-        .await
-        .unwrap_err();
-    assert_eq!(handle.limit(), 9, "shed below: a drop");
-    svc.clone()
-        .oneshot(RejectKind::DeadlineExceeded)
-        .await
-        .unwrap_err();
-    assert_eq!(handle.limit(), 8, "timed out below: a drop");
+    // The outcome rule: a refusal by a floodwall layer below never reached
+    // the service, so it says nothing about its load.
     for kind in [
+        RejectKind::Overloaded,
+        RejectKind::DeadlineExceeded,
         RejectKind::RateLimited,
         RejectKind::CircuitOpen,
         RejectKind::Throttled,
@@ -126,7 +122,21 @@ async fn a_floodwall_overload_or_deadline_below_is_a_drop_other_rejections_are_n
     ] {
         svc.clone().oneshot(kind).await.unwrap_err();
     }
-    assert_eq!(handle.limit(), 8, "other refusals say nothing about load");
+    assert_eq!(handle.limit(), 10, "refusals from below say nothing");
+    let timed_out = |caller_limited: bool| {
+        service_fn(move |()| async move {
+            Err::<(), BoxError>(Rejected::boxed(DeadlineExceeded::new(
+                Phase::AwaitingResponse,
+                caller_limited,
+            )))
+        })
+    };
+    // A deadline the caller imposed, shorter than the call's budget: nothing.
+    layer.layer(timed_out(true)).oneshot(()).await.unwrap_err();
+    assert_eq!(handle.limit(), 10, "a caller's short deadline says nothing");
+    // A call that had its whole budget and timed out: a drop.
+    layer.layer(timed_out(false)).oneshot(()).await.unwrap_err();
+    assert_eq!(handle.limit(), 9, "a full-budget timeout is a drop");
     assert_eq!(handle.in_flight(), 0);
 }
 

@@ -11,32 +11,41 @@ pub enum Outcome {
     /// `RESOURCE_EXHAUSTED`/`UNAVAILABLE`). Adaptive throttling counts these
     /// as "not accepted"; a breaker counts them as failures.
     Overloaded,
+    /// The call ran out of time (HTTP 504, gRPC `DEADLINE_EXCEEDED`). What
+    /// it means depends on whose deadline it was: see
+    /// [`outcome::judge`](crate::outcome::judge). A timeout of a call that
+    /// had its full budget is the backend's failure; one caused by a
+    /// shorter deadline the caller imposed says nothing.
+    TimedOut,
 }
 
 impl Outcome {
     /// The default reading of an HTTP status code: 429 and 503 are
-    /// [`Overloaded`](Outcome::Overloaded), any other 5xx is a
+    /// [`Overloaded`](Outcome::Overloaded), 504 is
+    /// [`TimedOut`](Outcome::TimedOut), any other 5xx is a
     /// [`Failure`](Outcome::Failure), everything else a
     /// [`Success`](Outcome::Success).
     pub fn from_http_status(status: http::StatusCode) -> Self {
         match status.as_u16() {
             429 | 503 => Outcome::Overloaded,
+            504 => Outcome::TimedOut,
             500..=599 => Outcome::Failure,
             _ => Outcome::Success,
         }
     }
 
     /// The default reading of a gRPC status code: `RESOURCE_EXHAUSTED` and
-    /// `UNAVAILABLE` are [`Overloaded`](Outcome::Overloaded); `UNKNOWN`,
-    /// `DEADLINE_EXCEEDED`, `UNIMPLEMENTED`, `INTERNAL` and `DATA_LOSS` are
+    /// `UNAVAILABLE` are [`Overloaded`](Outcome::Overloaded);
+    /// `DEADLINE_EXCEEDED` is [`TimedOut`](Outcome::TimedOut); `UNKNOWN`,
+    /// `UNIMPLEMENTED`, `INTERNAL` and `DATA_LOSS` are
     /// [`Failure`](Outcome::Failure) (server-side faults); `OK` and the codes
     /// that describe the caller's request (`INVALID_ARGUMENT`, `NOT_FOUND`,
     /// `PERMISSION_DENIED`, ...) are [`Success`](Outcome::Success).
     pub fn from_grpc_code(code: GrpcCode) -> Self {
         match code {
             GrpcCode::ResourceExhausted | GrpcCode::Unavailable => Outcome::Overloaded,
+            GrpcCode::DeadlineExceeded => Outcome::TimedOut,
             GrpcCode::Unknown
-            | GrpcCode::DeadlineExceeded
             | GrpcCode::Unimplemented
             | GrpcCode::Internal
             | GrpcCode::DataLoss => Outcome::Failure,
@@ -223,7 +232,7 @@ mod tests {
         assert_eq!(classify(429), Outcome::Overloaded);
         assert_eq!(classify(503), Outcome::Overloaded);
         assert_eq!(classify(500), Outcome::Failure);
-        assert_eq!(classify(504), Outcome::Failure);
+        assert_eq!(classify(504), Outcome::TimedOut);
         assert_eq!(
             Classify::<http::Response<()>, ()>::classify(&c, Err(&())),
             Outcome::Failure
@@ -240,7 +249,7 @@ mod tests {
         assert_eq!(classify(Some("8")), Outcome::Overloaded);
         assert_eq!(classify(Some("14")), Outcome::Overloaded);
         assert_eq!(classify(Some("13")), Outcome::Failure);
-        assert_eq!(classify(Some("4")), Outcome::Failure);
+        assert_eq!(classify(Some("4")), Outcome::TimedOut);
         assert_eq!(classify(Some("99")), Outcome::Failure, "unknown code");
         assert_eq!(classify(Some("x")), Outcome::Failure, "unparsable code");
     }

@@ -52,8 +52,10 @@
 
 mod classify;
 mod config;
+mod deadline;
 mod extensions;
 pub mod metrics;
+pub mod outcome;
 pub mod random;
 mod rejection;
 pub mod sync;
@@ -61,6 +63,7 @@ pub mod wire;
 
 pub use classify::{Classify, GrpcClassifier, GrpcCode, HttpClassifier, Outcome, ResultClassifier};
 pub use config::ConfigError;
+pub use deadline::{DeadlineExceeded, Phase};
 pub use extensions::{
     Arrival, Criticality, Deadline, InvalidPriority, ParsePriorityError, Priority,
 };

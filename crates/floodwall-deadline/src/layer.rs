@@ -6,7 +6,7 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use floodwall_core::metrics::{DEADLINE_EXCEEDED, DEADLINE_INBOUND_SECONDS, LABEL_NAME};
-use floodwall_core::{Arrival, BoxError, Deadline, RejectKind, Rejected, Rejection};
+use floodwall_core::{Arrival, BoxError, Deadline, DeadlineExceeded, Phase, Rejected, outcome};
 use http::header::{HeaderName, HeaderValue};
 use metrics::{Counter, Histogram};
 use pin_project_lite::pin_project;
@@ -15,7 +15,7 @@ use tokio::time::{Instant, Sleep, sleep_until};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::scope;
+use crate::scope::{self, Scoped};
 use crate::timeout::{
     DEFAULT_HTTP_HEADER, Encoded, GRPC_TIMEOUT_HEADER, parse_grpc_timeout, parse_http_timeout,
 };
@@ -60,76 +60,8 @@ impl Wire {
     }
 }
 
-/// Where a deadline ran out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Phase {
-    /// The request arrived with no time left; its handler never ran.
-    OnArrival,
-    /// The handler was still running at the deadline; it was dropped.
-    InFlight,
-    /// An outbound call had no time left; it was not sent.
-    BeforeSend,
-    /// An outbound call's response did not come back in time.
-    AwaitingResponse,
-}
-
-impl Phase {
-    /// All phases, in metric-label order.
-    pub const ALL: [Phase; 4] = [
-        Phase::OnArrival,
-        Phase::InFlight,
-        Phase::BeforeSend,
-        Phase::AwaitingResponse,
-    ];
-
-    /// A short lowercase name, for metric labels.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Phase::OnArrival => "on_arrival",
-            Phase::InFlight => "in_flight",
-            Phase::BeforeSend => "before_send",
-            Phase::AwaitingResponse => "awaiting_response",
-        }
-    }
-}
-
-/// The request's deadline passed. HTTP 504, gRPC `DEADLINE_EXCEEDED` (never
-/// `CANCELLED`) through floodwall-http / floodwall-grpc.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DeadlineExceeded {
-    phase: Phase,
-}
-
-impl DeadlineExceeded {
-    /// Where it ran out.
-    pub fn phase(&self) -> Phase {
-        self.phase
-    }
-}
-
-impl fmt::Display for DeadlineExceeded {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.phase {
-            Phase::OnArrival => f.write_str("deadline exceeded before the request arrived"),
-            Phase::InFlight => f.write_str("deadline exceeded while handling the request"),
-            Phase::BeforeSend => f.write_str("deadline exceeded: outbound call not sent"),
-            Phase::AwaitingResponse => {
-                f.write_str("deadline exceeded while waiting for the response")
-            }
-        }
-    }
-}
-
-impl std::error::Error for DeadlineExceeded {}
-
-impl Rejection for DeadlineExceeded {
-    fn kind(&self) -> RejectKind {
-        RejectKind::DeadlineExceeded
-    }
-}
-
-fn exceeded(phase: Phase) -> BoxError {
-    Rejected::boxed(DeadlineExceeded { phase })
+fn exceeded(phase: Phase, caller_limited: bool) -> BoxError {
+    Rejected::boxed(DeadlineExceeded::new(phase, caller_limited))
 }
 
 /// The default name of a deadline layer (metric label).
@@ -152,7 +84,8 @@ impl Metrics {
 
     fn exceeded(&self, phase: Phase) -> BoxError {
         self.exceeded[phase as usize].increment(1);
-        exceeded(phase)
+        // Never sent: who set the deadline does not matter.
+        exceeded(phase, false)
     }
 }
 
@@ -314,10 +247,25 @@ where
         if deadline.is_expired(now) {
             return ResponseFuture::expired(&shared.metrics, Phase::OnArrival);
         }
+        // The caller limited this request if its deadline is earlier than
+        // the server's own budget (`max`), or if there is no such budget.
+        let caller_limited = shared
+            .config
+            .max
+            .is_none_or(|max| deadline < Deadline::after(arrival, max));
         req.extensions_mut().insert(deadline);
         // In scope for the inner `call` as well as for its future.
-        let fut = scope::enter(deadline, || self.inner.call(req));
-        ResponseFuture::timed(fut, deadline, now, &shared.metrics, Phase::InFlight)
+        let fut = scope::enter(deadline, caller_limited, || {
+            outcome::limit_scope(caller_limited, || self.inner.call(req))
+        });
+        ResponseFuture::timed(
+            fut,
+            deadline,
+            now,
+            &shared.metrics,
+            Phase::InFlight,
+            caller_limited,
+        )
     }
 }
 
@@ -346,6 +294,7 @@ pin_project! {
             at: Instant,
             counter: Counter,
             phase: Phase,
+            caller_limited: bool,
         },
         // Refused before calling the inner service.
         Expired { error: Option<BoxError> },
@@ -354,7 +303,7 @@ pin_project! {
 
 /// The response future of [`ServerDeadline`]: the handler runs with its
 /// deadline in the task scope.
-pub type ServerFuture<F> = ResponseFuture<F, TaskLocalFuture<Deadline, F>>;
+pub type ServerFuture<F> = ResponseFuture<F, TaskLocalFuture<Scoped, F>>;
 
 /// The response future of [`PropagateDeadline`].
 pub type ClientFuture<F> = ResponseFuture<F, F>;
@@ -366,7 +315,14 @@ impl<O, T> ResponseFuture<O, T> {
         }
     }
 
-    fn timed(fut: T, deadline: Deadline, now: Instant, metrics: &Metrics, phase: Phase) -> Self {
+    fn timed(
+        fut: T,
+        deadline: Deadline,
+        now: Instant,
+        metrics: &Metrics,
+        phase: Phase,
+        caller_limited: bool,
+    ) -> Self {
         // Tokio's timer cannot take instants near the clock's end; thirty
         // years is forever here.
         const FAR: Duration = Duration::from_secs(86_400 * 365 * 30);
@@ -380,6 +336,7 @@ impl<O, T> ResponseFuture<O, T> {
                 at,
                 counter: metrics.exceeded[phase as usize].clone(),
                 phase,
+                caller_limited,
             },
         }
     }
@@ -411,6 +368,7 @@ where
                 at,
                 counter,
                 phase,
+                caller_limited,
             } => {
                 if let Poll::Ready(out) = fut.poll(cx) {
                     return Poll::Ready(out.map_err(Into::into));
@@ -420,10 +378,11 @@ where
                 }
                 ready!(sleep.as_pin_mut().expect("made above").poll(cx));
                 counter.increment(1);
-                let phase = *phase;
-                // Drop the inner future now, not when the caller drops us.
-                kind.set(Kind::Expired { error: None });
-                Poll::Ready(Err(exceeded(phase)))
+                let (phase, caller_limited) = (*phase, *caller_limited);
+                // Drop the inner future now, not when the caller drops us;
+                // the layers below read the drop as this timeout.
+                outcome::expire_scope(caller_limited, || kind.set(Kind::Expired { error: None }));
+                Poll::Ready(Err(exceeded(phase, caller_limited)))
             }
             KindProj::Expired { error } => {
                 Poll::Ready(Err(error.take().expect("polled after completion")))
@@ -543,10 +502,14 @@ where
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
         let shared = &self.shared;
-        let inherited = match (scope::current(), req.extensions().get::<Deadline>()) {
-            (Some(a), Some(&b)) => Some(a.min(b)),
-            (a, b) => a.or(b.copied()),
-        };
+        // The deadline this call inherits, and whether it is the caller's
+        // (a deadline in the extensions alone counts as the caller's).
+        let (inherited, from_caller) =
+            match (scope::current_scoped(), req.extensions().get::<Deadline>()) {
+                (Some(s), Some(&e)) if e < s.deadline() => (Some(e), true),
+                (Some(s), _) => (Some(s.deadline()), s.from_caller()),
+                (None, e) => (e.copied(), true),
+            };
         // A timeout the caller already put on this request (tonic's
         // `Request::set_timeout`, say) caps it like the configured one.
         let explicit = req
@@ -580,13 +543,20 @@ where
         }
         req.headers_mut()
             .insert(shared.header.clone(), shared.config.wire.encode(remaining));
+        // The caller limited this call if the deadline it inherited is the
+        // caller's (not this server's own budget) and earlier than the
+        // call's own budget (the configured or explicit timeout), or the
+        // call has no budget of its own.
+        let caller_limited = from_caller && inherited.is_some_and(|i| cap.is_none_or(|c| i < c));
         req.extensions_mut().insert(wait);
+        let fut = outcome::limit_scope(caller_limited, || self.inner.call(req));
         ResponseFuture::timed(
-            self.inner.call(req),
+            fut,
             wait,
             now,
             &shared.metrics,
             Phase::AwaitingResponse,
+            caller_limited,
         )
     }
 }

@@ -22,12 +22,12 @@ mod layer;
 mod scope;
 mod timeout;
 
+pub use floodwall_core::{DeadlineExceeded, Phase};
 pub use layer::{
-    ClientConfig, ClientFuture, DEFAULT_NAME, DeadlineExceeded, Phase, PropagateDeadline,
-    PropagateDeadlineLayer, ResponseFuture, ServerConfig, ServerDeadline, ServerDeadlineLayer,
-    ServerFuture, Wire,
+    ClientConfig, ClientFuture, DEFAULT_NAME, PropagateDeadline, PropagateDeadlineLayer,
+    ResponseFuture, ServerConfig, ServerDeadline, ServerDeadlineLayer, ServerFuture, Wire,
 };
-pub use scope::{Carried, carry, current, scope, spawn};
+pub use scope::{Carried, Scoped, carry, current, current_scoped, scope, spawn};
 pub use timeout::{
     DEFAULT_HTTP_HEADER, GRPC_MAX_DIGITS, GRPC_TIMEOUT_HEADER, HTTP_MAX_DIGITS, TimeoutError,
     encode_grpc_timeout, encode_http_timeout, parse_grpc_timeout, parse_http_timeout,

@@ -7,7 +7,40 @@ use floodwall_core::Deadline;
 use tokio::task::futures::TaskLocalFuture;
 
 tokio::task_local! {
-    static CURRENT: Deadline;
+    static CURRENT: Scoped;
+}
+
+/// A deadline in a task's scope, with where it came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scoped {
+    deadline: Deadline,
+    from_caller: bool,
+}
+
+impl Scoped {
+    /// The deadline.
+    pub const fn deadline(self) -> Deadline {
+        self.deadline
+    }
+
+    /// Whether the deadline is the caller's (a timeout it sent, or one set
+    /// by hand with [`scope`]) rather than the server's own budget (its
+    /// configured maximum). Outbound calls limited by a caller's deadline
+    /// that time out say nothing about their dependency
+    /// ([`floodwall_core::outcome`]); calls limited by the server's own
+    /// budget do.
+    pub const fn from_caller(self) -> bool {
+        self.from_caller
+    }
+
+    /// The earlier of the two (the first on a tie).
+    fn min(self, other: Scoped) -> Scoped {
+        if other.deadline < self.deadline {
+            other
+        } else {
+            self
+        }
+    }
 }
 
 /// The deadline in scope for the running task, if any.
@@ -15,6 +48,11 @@ tokio::task_local! {
 /// The server layer puts each request's deadline in scope for its handler;
 /// [`scope`] does it by hand; [`spawn`] carries it into a new task.
 pub fn current() -> Option<Deadline> {
+    current_scoped().map(Scoped::deadline)
+}
+
+/// The deadline in scope for the running task with where it came from.
+pub fn current_scoped() -> Option<Scoped> {
     CURRENT.try_with(|d| *d).ok()
 }
 
@@ -22,25 +60,39 @@ pub fn current() -> Option<Deadline> {
 /// `scope` is called if that one is earlier (a callee never gets more time
 /// than its caller). Call it inside the scoped code, not as an argument
 /// built before the outer scope is entered.
-pub fn scope<F: Future>(deadline: Deadline, fut: F) -> TaskLocalFuture<Deadline, F> {
-    let deadline = current().map_or(deadline, |outer| outer.min(deadline));
-    CURRENT.scope(deadline, fut)
+///
+/// A deadline scoped by hand counts as the caller's
+/// ([`Scoped::from_caller`]).
+pub fn scope<F: Future>(deadline: Deadline, fut: F) -> TaskLocalFuture<Scoped, F> {
+    let scoped = Scoped {
+        deadline,
+        from_caller: true,
+    };
+    CURRENT.scope(
+        current_scoped().map_or(scoped, |outer| outer.min(scoped)),
+        fut,
+    )
 }
 
 /// Calls `call` with `deadline` in scope, and runs the future it returns in
 /// that scope too (for services that start work in `call`).
 pub(crate) fn enter<F: Future>(
     deadline: Deadline,
+    from_caller: bool,
     call: impl FnOnce() -> F,
-) -> TaskLocalFuture<Deadline, F> {
-    let fut = CURRENT.sync_scope(deadline, call);
-    CURRENT.scope(deadline, fut)
+) -> TaskLocalFuture<Scoped, F> {
+    let scoped = Scoped {
+        deadline,
+        from_caller,
+    };
+    let fut = CURRENT.sync_scope(scoped, call);
+    CURRENT.scope(scoped, fut)
 }
 
 /// Wraps `fut` so that it runs with the current deadline (if any) in scope,
 /// wherever it is polled: for work handed to another task.
 pub fn carry<F: Future>(fut: F) -> Carried<F> {
-    match current() {
+    match current_scoped() {
         Some(d) => Carried {
             inner: CarriedInner::Scoped {
                 fut: CURRENT.scope(d, fut),
@@ -76,7 +128,7 @@ pin_project_lite::pin_project! {
 pin_project_lite::pin_project! {
     #[project = CarriedProj]
     enum CarriedInner<F: Future> {
-        Scoped { #[pin] fut: TaskLocalFuture<Deadline, F> },
+        Scoped { #[pin] fut: TaskLocalFuture<Scoped, F> },
         Bare { #[pin] fut: F },
     }
 }

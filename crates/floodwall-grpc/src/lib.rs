@@ -50,7 +50,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use floodwall_core::{BoxError, RejectKind, Rejected};
+use floodwall_core::{BoxError, Classify, GrpcClassifier, Outcome, RejectKind, Rejected};
 use floodwall_http::{RejectionLayer, RejectionService, Respond};
 use pin_project_lite::pin_project;
 use tonic::metadata::MetadataValue;
@@ -232,6 +232,57 @@ where
 impl<F> fmt::Debug for StatusErrorFuture<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("StatusErrorFuture").finish_non_exhaustive()
+    }
+}
+
+/// Whether `err` is tonic running out of time: its client-side
+/// [`tonic::TimeoutExpired`] (a `grpc-timeout` enforced by the channel) or a
+/// [`Status`] with code `DEADLINE_EXCEEDED`, anywhere in the source chain.
+pub fn is_tonic_timeout(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if e.is::<tonic::TimeoutExpired>() {
+            return true;
+        }
+        if let Some(status) = e.downcast_ref::<Status>() {
+            return status.code() == Code::DeadlineExceeded;
+        }
+        cur = e.source();
+    }
+    false
+}
+
+/// A classifier for calls made through a tonic channel: `C` (by default
+/// [`GrpcClassifier`]) reads answers, and errors that are tonic running out
+/// of time ([`is_tonic_timeout`]) are [`Outcome::TimedOut`], so that
+/// floodwall's outcome rule ([`floodwall_core::outcome`]) can tell a
+/// caller's short deadline from a dependency that hangs. Without it, the
+/// channel's own `grpc-timeout` enforcement reaches the breaker as a plain
+/// transport failure.
+///
+/// ```
+/// use floodwall_core::{BoxError, Classify, Outcome};
+/// use floodwall_grpc::TonicClassifier;
+///
+/// let timeout: BoxError = Box::new(tonic::TimeoutExpired(()));
+/// let classify: TonicClassifier = TonicClassifier::default();
+/// let read = |r: Result<&http::Response<()>, &BoxError>| classify.classify(r);
+/// assert_eq!(read(Err(&timeout)), Outcome::TimedOut);
+/// let reset: BoxError = "connection reset".into();
+/// assert_eq!(read(Err(&reset)), Outcome::Failure);
+/// ```
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TonicClassifier<C = GrpcClassifier>(pub C);
+
+impl<B, C> Classify<http::Response<B>, BoxError> for TonicClassifier<C>
+where
+    C: Classify<http::Response<B>, BoxError>,
+{
+    fn classify(&self, result: Result<&http::Response<B>, &BoxError>) -> Outcome {
+        match result {
+            Err(e) if is_tonic_timeout(&**e) => Outcome::TimedOut,
+            other => self.0.classify(other),
+        }
     }
 }
 

@@ -7,6 +7,7 @@ use std::task::{Context, Poll, ready};
 use floodwall_core::metrics::{
     LABEL_CRITICALITY, LABEL_NAME, THROTTLE_ADMITTED, THROTTLE_PROBABILITY, THROTTLE_REJECTED,
 };
+use floodwall_core::outcome::{self, Verdict};
 use floodwall_core::{
     BoxError, Classify, Criticality, Outcome, RejectKind, Rejected, Rejection, ResultClassifier,
 };
@@ -402,11 +403,17 @@ where
             Ok(ticket) => {
                 shared.metrics.admitted.increment(1);
                 shared.metrics.probability[slot].set(ticket.probability());
+                // The guard first: if the inner call panics, the attempt is
+                // still taken back.
+                let guard = Guard {
+                    shared: self.shared.clone(),
+                    ticket: Some(ticket),
+                    caller_limited: outcome::caller_limited(),
+                };
                 ResponseFuture {
                     state: State::Sent {
                         fut: self.inner.call(req),
-                        shared: self.shared.clone(),
-                        ticket: Some(ticket),
+                        guard,
                     },
                 }
             }
@@ -435,7 +442,7 @@ pin_project! {
 pin_project! {
     #[project = StateProj]
     enum State<F, C, X> {
-        Sent { #[pin] fut: F, shared: Arc<Shared<C, X>>, ticket: Option<Ticket> },
+        Sent { #[pin] fut: F, guard: Guard<C, X> },
         Dropped { error: Option<BoxError> },
     }
 }
@@ -450,28 +457,64 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().state.project() {
-            StateProj::Sent {
-                fut,
-                shared,
-                ticket,
-            } => {
+            StateProj::Sent { fut, guard } => {
                 let result = ready!(fut.poll(cx)).map_err(Into::into);
-                // A response is an accept unless it is an overload signal.
-                // An error is one only if the classifier calls it a success
-                // (an application status carried as an error); by default
-                // no response came back, so it is not.
-                let accepted = match &result {
-                    Ok(res) => shared.classify.classify(Ok(res)) != Outcome::Overloaded,
-                    Err(err) => shared.classify.classify(Err(err)) == Outcome::Success,
-                };
-                if accepted && let Some(ticket) = ticket.take() {
-                    shared.throttle.accept(ticket);
-                }
+                let verdict = outcome::judge(
+                    &guard.shared.classify,
+                    result.as_ref(),
+                    guard.caller_limited,
+                );
+                guard.finish(verdict, result.is_ok());
                 Poll::Ready(result)
             }
             StateProj::Dropped { error } => {
                 Poll::Ready(Err(error.take().expect("polled after completion")))
             }
+        }
+    }
+}
+
+/// Holds an admitted attempt's ticket until the attempt is judged; an
+/// attempt whose future is dropped first is taken back.
+struct Guard<C, X> {
+    shared: Arc<Shared<C, X>>,
+    ticket: Option<Ticket>,
+    /// The caller's deadline gave this call less than its budget.
+    caller_limited: bool,
+}
+
+impl<C, X> Guard<C, X> {
+    /// Counts the attempt by the one outcome rule. A response is an accept
+    /// unless it is an overload signal (overloaded, or timed out with its
+    /// full budget). An error is an accept only if the classifier calls it
+    /// a success (an application status carried as an error): by default
+    /// no response came back. Silent attempts are taken back.
+    fn finish(&mut self, verdict: Verdict, answered: bool) {
+        let Some(ticket) = self.ticket.take() else {
+            return;
+        };
+        let accepted = match verdict {
+            Verdict::Answered(Outcome::Success) => true,
+            Verdict::Answered(Outcome::Failure) => answered,
+            Verdict::Answered(Outcome::Overloaded | Outcome::TimedOut) | Verdict::TimedOut => false,
+            Verdict::Silent(_) => {
+                self.shared.throttle.forget(ticket);
+                return;
+            }
+        };
+        if accepted {
+            self.shared.throttle.accept(ticket);
+        }
+    }
+}
+
+impl<C, X> Drop for Guard<C, X> {
+    fn drop(&mut self) {
+        if self.ticket.is_some() {
+            // Dropped by its caller (says nothing: taken back), or by a
+            // deadline layer above whose deadline ran out (a timeout, by
+            // the outcome rule: not accepted).
+            self.finish(outcome::dropped(self.caller_limited), false);
         }
     }
 }

@@ -7,7 +7,8 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use floodwall_core::metrics::{LABEL_NAME, LABEL_REASON, RETRY_ATTEMPTS, RETRY_SKIPPED};
-use floodwall_core::{BoxError, GrpcCode, Outcome, Rejected};
+use floodwall_core::outcome::{self, Silence, Verdict as Verdict_};
+use floodwall_core::{BoxError, GrpcCode, Outcome, Rejected, ResultClassifier};
 use metrics::Counter;
 use pin_project_lite::pin_project;
 use tokio::time::Sleep;
@@ -36,6 +37,12 @@ pub enum Verdict {
     /// The attempt failed in a way retrying cannot fix: not retried, not
     /// counted by the budget.
     Fatal,
+    /// The attempt never reached the dependency: a floodwall layer below
+    /// refused it (floodwall's outcome rule, [`floodwall_core::outcome`]).
+    /// It says nothing about the dependency, so the budget does not count
+    /// it; `hint` says whether and when it may be retried (a retry still
+    /// needs the budget's permission).
+    Refused(RetryHint),
 }
 
 /// Whether a failed attempt may be retried.
@@ -65,8 +72,13 @@ pub trait RetryPolicy<Resp>: Send + Sync + 'static {
 
 /// The verdict on an error: [`DoNotRetry`] anywhere in its chain is never
 /// retried; a permanent floodwall rejection is [`Fatal`](Verdict::Fatal); a
-/// rejection with a retry-after is retried after exactly that; anything
-/// else after the backoff.
+/// deadline the caller imposed that ran out is [`Fatal`](Verdict::Fatal)
+/// (no time is left to retry in, and it says nothing about the dependency);
+/// a timeout of an attempt that had its full budget is a failure, retried
+/// after the backoff; any other floodwall rejection is
+/// [`Refused`](Verdict::Refused) (it never reached the dependency), retried
+/// after its retry-after or the backoff; anything else is a failure,
+/// retried after the backoff.
 pub fn error_verdict(err: &BoxError) -> Verdict {
     let mut cur: Option<&(dyn Error + 'static)> = Some(&**err);
     while let Some(e) = cur {
@@ -75,13 +87,19 @@ pub fn error_verdict(err: &BoxError) -> Verdict {
         }
         cur = e.source();
     }
-    match Rejected::find(&**err) {
-        Some(r) if r.is_permanent() => Verdict::Fatal,
-        Some(r) => match r.retry_after() {
-            Some(d) => Verdict::Failure(RetryHint::RetryAfter(d)),
-            None => Verdict::Failure(RetryHint::Retry),
-        },
-        None => Verdict::Failure(RetryHint::Retry),
+    let Some(r) = Rejected::find(&**err) else {
+        return Verdict::Failure(RetryHint::Retry);
+    };
+    if r.is_permanent() {
+        return Verdict::Fatal;
+    }
+    match outcome::judge::<(), _>(&ResultClassifier, Err(err), false) {
+        Verdict_::TimedOut => Verdict::Failure(RetryHint::Retry),
+        Verdict_::Silent(Silence::CallerDeadline) => Verdict::Fatal,
+        _ => Verdict::Refused(match r.retry_after() {
+            Some(d) => RetryHint::RetryAfter(d),
+            None => RetryHint::Retry,
+        }),
     }
 }
 
@@ -124,7 +142,9 @@ impl<B> RetryPolicy<http::Response<B>> for RetryHttp {
                     .map_or(GrpcCode::Unknown, GrpcCode::from_i32);
                 match Outcome::from_grpc_code(code) {
                     Outcome::Success => return Verdict::Success,
-                    Outcome::Failure => return Verdict::Fatal,
+                    // A deadline the dependency enforced: retrying cannot
+                    // make it longer.
+                    Outcome::Failure | Outcome::TimedOut => return Verdict::Fatal,
                     Outcome::Overloaded => {}
                 }
             }
@@ -594,9 +614,14 @@ where
                             return Poll::Ready(result);
                         }
                         Verdict::Fatal => return Poll::Ready(give_up(&shared.policy, result)),
-                        Verdict::Failure(hint) => hint,
+                        Verdict::Failure(hint) => {
+                            shared.budget.on_failure();
+                            hint
+                        }
+                        // Never reached the dependency: the budget does not
+                        // count it.
+                        Verdict::Refused(hint) => hint,
                     };
-                    shared.budget.on_failure();
                     let skipped = match hint {
                         RetryHint::DoNotRetry => Some(&shared.metrics.skipped_do_not_retry),
                         RetryHint::RetryAfter(d) if d > shared.max_pushback => {

@@ -288,6 +288,15 @@ impl<R: Random> AdaptiveThrottle<R> {
         self.counts(ticket.class).add(ticket.bucket, Count::Accept);
     }
 
+    /// Takes back the attempt admitted with `ticket`: it said nothing about
+    /// the backend (refused by a layer below, dropped by its caller, or
+    /// timed out on a deadline its caller imposed), so it counts neither
+    /// as a request nor as an accept. Nothing happens if its bucket has
+    /// already left the window.
+    pub fn forget(&self, ticket: Ticket) {
+        self.counts(ticket.class).remove_request(ticket.bucket);
+    }
+
     /// Records an attempt for `class` at `now` without deciding it.
     pub fn record_request(&self, now: Instant, class: Option<Criticality>) {
         self.counts(class).add(self.bucket(now), Count::Request);

@@ -97,6 +97,27 @@ impl TrailingCounts {
             .fetch_add(1, Ordering::AcqRel);
     }
 
+    /// Takes back one request counted in `bucket`, if that bucket is still
+    /// in the window (a request that says nothing about the backend).
+    pub(crate) fn remove_request(&self, bucket: u64) {
+        // Under the lock that expires buckets: the slot cannot change hands
+        // between the check and the decrement.
+        let _guard = self.advance.lock();
+        let current = self.current.load(Ordering::Acquire);
+        let n = self.buckets.len() as u64;
+        if bucket.saturating_add(n) <= current {
+            return; // it has left the window with its bucket
+        }
+        let slot = &self.buckets[(bucket.min(current) % n) as usize];
+        let taken = slot
+            .requests
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| v.checked_sub(1))
+            .is_ok();
+        if taken {
+            self.total.requests.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
     /// (requests, accepts) over the window ending in `bucket`.
     #[inline]
     pub(crate) fn totals(&self, bucket: u64) -> (u64, u64) {
@@ -111,6 +132,26 @@ impl TrailingCounts {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_request_taken_back_leaves_its_bucket_and_the_total() {
+        let w = TrailingCounts::new(3);
+        w.add(5, Count::Request);
+        w.add(5, Count::Request);
+        w.add(6, Count::Request);
+        w.remove_request(5);
+        assert_eq!(w.totals(6), (2, 0));
+        // Bucket 5 expires holding one request, not two.
+        assert_eq!(w.totals(8), (1, 0));
+        // A bucket that has left the window is not touched.
+        w.remove_request(5);
+        assert_eq!(w.totals(8), (1, 0));
+        w.remove_request(6);
+        assert_eq!(w.totals(8), (0, 0));
+        // Never below zero.
+        w.remove_request(8);
+        assert_eq!(w.totals(8), (0, 0));
+    }
 
     #[test]
     fn counts_expire_with_their_bucket() {

@@ -209,8 +209,9 @@ async fn only_the_layer_directly_above_a_failing_service_retries() {
     assert_eq!(log.times().len(), 3, "3 attempts, not 3 × 3");
     assert_eq!(
         inner_budget.tokens(),
-        97.0,
-        "the inner layer saw three failures"
+        100.0,
+        "three refusals by a floodwall layer below: retried, but never counted \
+         as the dependency's failures (the outcome rule)"
     );
     assert_eq!(
         outer_budget.tokens(),

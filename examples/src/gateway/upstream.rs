@@ -21,7 +21,7 @@ use bytes::Bytes;
 use floodwall::breaker::{BreakerHandle, BreakerLayer, State};
 use floodwall::core::{BoxError, Classify, GrpcClassifier, HttpClassifier, Outcome};
 use floodwall::deadline::{ClientConfig as DeadlineClient, PropagateDeadlineLayer, Wire};
-use floodwall::grpc::StatusErrorLayer;
+use floodwall::grpc::{StatusErrorLayer, TonicClassifier};
 use floodwall::priority::{ClientConfig as PriorityClient, PriorityClientLayer};
 use floodwall::throttle::{Stats, ThrottleLayer};
 use http_body_util::{BodyExt, Full};
@@ -136,13 +136,14 @@ impl std::fmt::Debug for GrpcUpstream {
 }
 
 /// The breaker's classifier: gRPC server faults fail, overload answers
-/// (`UNAVAILABLE`, `RESOURCE_EXHAUSTED`: the room service shedding) do not.
+/// (`UNAVAILABLE`, `RESOURCE_EXHAUSTED`: the room service shedding) do not;
+/// the channel's own timeouts are timeouts (for the outcome rule).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct FaultsOnly;
 
 impl<B> Classify<http::Response<B>, BoxError> for FaultsOnly {
     fn classify(&self, result: Result<&http::Response<B>, &BoxError>) -> Outcome {
-        match GrpcClassifier.classify(result) {
+        match TonicClassifier(GrpcClassifier).classify(result) {
             Outcome::Overloaded => Outcome::Success,
             other => other,
         }
@@ -301,7 +302,8 @@ impl GrpcUpstream {
                 guards: Guards::default(),
             });
         }
-        let (guards, layers) = Guards::build(name, config, FaultsOnly, GrpcClassifier)?;
+        let (guards, layers) =
+            Guards::build(name, config, FaultsOnly, TonicClassifier(GrpcClassifier))?;
         let transport = ServiceBuilder::new()
             .layer(StatusErrorLayer::new())
             .layer(PropagateDeadlineLayer::new(DeadlineClient {
