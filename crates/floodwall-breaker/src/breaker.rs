@@ -374,6 +374,34 @@ impl CircuitBreaker {
         result
     }
 
+    /// How long until an open breaker may probe, if it is open.
+    pub fn open_remaining(&self, now: Instant) -> Option<Duration> {
+        let (_, state) = unpack(self.word.load(Ordering::Acquire));
+        (state == State::Open).then(|| {
+            let until = self.open_until.load(Ordering::Acquire);
+            Duration::from_nanos(until.saturating_sub(self.nanos(now)))
+        })
+    }
+
+    /// Moves an open breaker whose open duration is over to half-open
+    /// without taking a probe (the automatic transition); `false` if it is
+    /// not open or its time is not up.
+    pub fn half_open_if_due(&self, now: Instant) -> bool {
+        let guard = self.transition.lock();
+        let (generation, state) = unpack(self.word.load(Ordering::Acquire));
+        if state != State::Open || self.nanos(now) < self.open_until.load(Ordering::Acquire) {
+            return false;
+        }
+        self.probes_started.store(0, Ordering::Release);
+        self.probes_done.store(0, Ordering::Release);
+        self.probe_failures.store(0, Ordering::Release);
+        self.probe_slow.store(0, Ordering::Release);
+        let change = self.set(generation, state, State::HalfOpen);
+        drop(guard);
+        self.notify(change);
+        true
+    }
+
     /// Whether a ramp that began at `closed_at` admits a call at `now`.
     fn ramp_admits(&self, closed_at: u64, now: Instant) -> bool {
         let Some(ramp) = self.config.ramp else {

@@ -72,6 +72,12 @@ pub struct BreakerConfig {
     pub ramp: Option<Duration>,
     /// The fraction admitted when a ramp starts. Default 0.1.
     pub ramp_start: f64,
+    /// Move from open to half-open on a timer when the open duration ends,
+    /// not on the next call (resilience4j's
+    /// `automaticTransitionFromOpenToHalfOpenEnabled`): the state is right
+    /// without traffic, for dashboards and health checks. The layer spawns
+    /// one Tokio task for it (built inside a runtime). Default off.
+    pub automatic_half_open: bool,
 }
 
 impl Default for BreakerConfig {
@@ -90,6 +96,7 @@ impl Default for BreakerConfig {
             consecutive_failures: None,
             ramp: None,
             ramp_start: 0.1,
+            automatic_half_open: false,
         }
     }
 }

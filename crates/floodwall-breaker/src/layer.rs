@@ -1,92 +1,35 @@
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{Context, Poll, ready};
-use std::time::Duration;
+use std::sync::{Arc, Weak};
 
+use floodwall_admit::{BackpressureLayer, Guarded, UntilBodyEndLayer};
+use floodwall_core::ResultClassifier;
 use floodwall_core::metrics::{
     BREAKER_CALLS, BREAKER_REJECTED, BREAKER_STATE, BREAKER_TRANSITIONS, LABEL_NAME,
 };
-use floodwall_core::outcome::{self, Verdict};
 use floodwall_core::random::Random;
-use floodwall_core::{
-    BoxError, Classify, Outcome, RejectKind, Rejected, Rejection, ResultClassifier,
-};
-use metrics::Counter;
-use pin_project_lite::pin_project;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tower_layer::Layer;
-use tower_service::Service;
 
-use crate::{BreakerConfig, CircuitBreaker, ConfigError, Permit, State, StateChange, WindowCounts};
+use crate::{
+    BreakerConfig, BreakerPolicy, CircuitBreaker, ConfigError, State, StateChange, WindowCounts,
+};
 
 /// The default name of a breaker layer (metric label).
 pub const DEFAULT_NAME: &str = "breaker";
 
-/// The breaker refused the call: it is open (or forced open, or out of
-/// half-open probes, or ramping). Never sent, never counted as a failure.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CircuitOpen {
-    state: State,
-    retry_after: Option<Duration>,
-}
-
-impl CircuitOpen {
-    /// The state that refused the call.
-    pub fn state(&self) -> State {
-        self.state
-    }
-}
-
-impl fmt::Display for CircuitOpen {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.retry_after {
-            Some(d) => write!(
-                f,
-                "circuit breaker {}; probing again in {d:?}",
-                self.state.as_str()
-            ),
-            None => write!(f, "circuit breaker {}: call refused", self.state.as_str()),
-        }
-    }
-}
-
-impl std::error::Error for CircuitOpen {}
-
-impl Rejection for CircuitOpen {
-    fn kind(&self) -> RejectKind {
-        RejectKind::CircuitOpen
-    }
-
-    fn retry_after(&self) -> Option<Duration> {
-        self.retry_after
-    }
-}
-
-struct Shared<C> {
-    breaker: CircuitBreaker,
-    classify: C,
-    name: Arc<str>,
-    success: Counter,
-    failure: Counter,
-    cancelled: Counter,
-    rejected: [Counter; 5],
-}
-
 /// A Tower layer that stops calling a failing service for a while: the
 /// [`CircuitBreaker`] state machine around every call.
 ///
-/// A call the breaker refuses fails at once with [`CircuitOpen`] in a
-/// [`Rejected`] (HTTP 503 / gRPC `UNAVAILABLE` through floodwall-http/grpc,
+/// A call the breaker refuses fails at once with [`CircuitOpen`](crate::CircuitOpen) in a
+/// [`Rejected`](floodwall_core::Rejected) (HTTP 503 / gRPC `UNAVAILABLE` through floodwall-http/grpc,
 /// with the time until the next probe as retry-after) and is never counted
 /// as a failure. A call let through is classified when it finishes (by
 /// default: `Ok` succeeds, `Err` fails; `floodwall_core::HttpClassifier`
 /// counts 5xx, `GrpcClassifier` server-fault codes); a response future
 /// dropped before it finishes gives its permit back (a half-open probe
 /// frees its slot) and decides nothing, and so does a call that a floodwall
-/// layer below refused before it reached the dependency (any [`Rejected`]
+/// layer below refused before it reached the dependency (any [`Rejected`](floodwall_core::Rejected)
 /// error except `DeadlineExceeded`): a throttle or a shedding queue under
 /// the breaker never opens it.
 ///
@@ -117,8 +60,19 @@ struct Shared<C> {
 /// # }
 /// ```
 pub struct BreakerLayer<C = ResultClassifier> {
-    shared: Arc<Shared<C>>,
+    shared: Arc<BreakerPolicy<C>>,
 }
+
+/// The service a [`BreakerLayer`] builds: the shared admission adapter
+/// around the breaker.
+pub type Breaker<S, C = ResultClassifier> = Guarded<S, BreakerPolicy<C>>;
+
+/// The former name of [`Breaker`].
+#[deprecated(
+    since = "0.2.0",
+    note = "renamed `Breaker` (tower's naming: the service is the middleware's name)"
+)]
+pub type BreakerService<S, C = ResultClassifier> = Breaker<S, C>;
 
 impl BreakerLayer {
     /// A builder for a breaker with `config`.
@@ -168,13 +122,31 @@ impl<C> fmt::Debug for BreakerLayer<C> {
 }
 
 impl<S, C> Layer<S> for BreakerLayer<C> {
-    type Service = BreakerService<S, C>;
+    type Service = Breaker<S, C>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        BreakerService {
-            inner,
-            shared: self.shared.clone(),
-        }
+        Guarded::new(inner, self.shared.clone())
+    }
+}
+
+impl<C> BreakerLayer<C> {
+    /// This breaker, holding each call's permit until its response **body**
+    /// ends (HTTP and gRPC streams count for their whole life): a stream
+    /// that fails part-way is a failure, one dropped before its end a
+    /// cancellation. Shares the breaker with `self`.
+    pub fn until_body_end(&self) -> UntilBodyEndLayer<BreakerPolicy<C>> {
+        UntilBodyEndLayer::new(self.shared.clone())
+    }
+
+    /// This breaker as backpressure: `poll_ready` is pending while the
+    /// breaker is open (until its open time is over) and fails while it is
+    /// forced open, and `call` uses the permit taken there. For use behind
+    /// `tower::balance` or `Buffer`. Shares the breaker with `self`.
+    pub fn backpressure(&self) -> BackpressureLayer<BreakerPolicy<C>>
+    where
+        C: Send + Sync + 'static,
+    {
+        BackpressureLayer::new(self.shared.clone())
     }
 }
 
@@ -205,7 +177,7 @@ impl<C> Builder<C> {
         self
     }
 
-    /// How finished calls are read: [`Outcome::Success`] succeeds;
+    /// How finished calls are read: [`Outcome::Success`](floodwall_core::Outcome::Success) succeeds;
     /// `Failure`, `Overloaded` and `TimedOut` fail. Whatever the
     /// classifier, calls are first read by floodwall's outcome rule
     /// ([`floodwall_core::outcome`]): a refusal by a floodwall layer below,
@@ -240,7 +212,20 @@ impl<C> Builder<C> {
     ///
     /// # Errors
     /// As [`BreakerConfig::validate`].
-    pub fn build(self) -> Result<BreakerLayer<C>, ConfigError> {
+    pub fn build(self) -> Result<BreakerLayer<C>, ConfigError>
+    where
+        C: Send + Sync + 'static,
+    {
+        let runtime = if self.config.automatic_half_open {
+            Some(tokio::runtime::Handle::try_current().map_err(|_| {
+                ConfigError::new(
+                    "automatic_half_open",
+                    "needs a Tokio runtime when the layer is built",
+                )
+            })?)
+        } else {
+            None
+        };
         let name = self.name.to_string();
         let transitions = name.clone();
         let state_gauge = metrics::gauge!(BREAKER_STATE, LABEL_NAME => name.clone());
@@ -275,8 +260,8 @@ impl<C> Builder<C> {
             State::ForcedOpen,
             State::Disabled,
         ];
-        Ok(BreakerLayer {
-            shared: Arc::new(Shared {
+        let layer = BreakerLayer {
+            shared: Arc::new(BreakerPolicy {
                 success: calls("success"),
                 failure: calls("failure"),
                 cancelled: calls("cancelled"),
@@ -287,7 +272,43 @@ impl<C> Builder<C> {
                 classify: self.classify,
                 name: self.name,
             }),
-        })
+        };
+        if let Some(runtime) = runtime {
+            runtime.spawn(automatic_half_open(Arc::downgrade(&layer.shared)));
+        }
+        Ok(layer)
+    }
+}
+
+/// Moves the breaker to half-open when each open duration ends; ends when
+/// the breaker is dropped.
+async fn automatic_half_open<C: Send + Sync + 'static>(policy: Weak<BreakerPolicy<C>>) {
+    let Some(mut changes) = policy.upgrade().map(|p| p.breaker.subscribe()) else {
+        return;
+    };
+    loop {
+        let Some(wait) = policy
+            .upgrade()
+            .map(|p| p.breaker.open_remaining(Instant::now()))
+        else {
+            return;
+        };
+        match wait {
+            Some(remaining) => {
+                tokio::time::sleep(remaining).await;
+                match policy.upgrade() {
+                    Some(p) => {
+                        p.breaker.half_open_if_due(Instant::now());
+                    }
+                    None => return,
+                }
+            }
+            None => {
+                if changes.changed().await.is_err() {
+                    return;
+                }
+            }
+        }
     }
 }
 
@@ -302,7 +323,7 @@ trait Target: Send + Sync {
     fn name(&self) -> &str;
 }
 
-impl<C: Send + Sync> Target for Shared<C> {
+impl<C: Send + Sync> Target for BreakerPolicy<C> {
     fn breaker(&self) -> &CircuitBreaker {
         &self.breaker
     }
@@ -364,190 +385,5 @@ impl fmt::Debug for BreakerHandle {
             .field("name", &self.shared.name())
             .field("state", &self.state())
             .finish()
-    }
-}
-
-/// The service a [`BreakerLayer`] builds.
-pub struct BreakerService<S, C = ResultClassifier> {
-    inner: S,
-    shared: Arc<Shared<C>>,
-}
-
-impl<S, C> BreakerService<S, C> {
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Consumes the layer, returning the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
-}
-
-impl<S: Clone, C> Clone for BreakerService<S, C> {
-    fn clone(&self) -> Self {
-        Self {
-            inner: self.inner.clone(),
-            shared: self.shared.clone(),
-        }
-    }
-}
-
-impl<S: fmt::Debug, C> fmt::Debug for BreakerService<S, C> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("BreakerService")
-            .field("inner", &self.inner)
-            .field("name", &self.shared.name)
-            .finish()
-    }
-}
-
-impl<S, C, Req> Service<Req> for BreakerService<S, C>
-where
-    S: Service<Req>,
-    S::Error: Into<BoxError>,
-    C: Classify<S::Response, BoxError> + Send + Sync + 'static,
-{
-    type Response = S::Response;
-    type Error = BoxError;
-    type Future = ResponseFuture<S::Future, C>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx).map_err(Into::into)
-    }
-
-    #[inline]
-    fn call(&mut self, req: Req) -> Self::Future {
-        match self.shared.breaker.try_acquire_with(Instant::now) {
-            Ok(permit) => {
-                // The guard first: if the inner call panics, the permit (a
-                // half-open slot, maybe) is still given back.
-                let guard = Guard {
-                    shared: self.shared.clone(),
-                    permit: Some(permit),
-                    caller_limited: outcome::caller_limited(),
-                };
-                ResponseFuture {
-                    state: State_::Called {
-                        fut: self.inner.call(req),
-                        guard,
-                    },
-                }
-            }
-            Err(refused) => {
-                self.shared.rejected[refused.state as usize].increment(1);
-                ResponseFuture {
-                    state: State_::Refused {
-                        error: Some(Rejected::boxed(CircuitOpen {
-                            state: refused.state,
-                            retry_after: refused.retry_after,
-                        })),
-                    },
-                }
-            }
-        }
-    }
-}
-
-/// Holds a call's permit; gives it back if the call never finishes.
-struct Guard<C> {
-    shared: Arc<Shared<C>>,
-    permit: Option<Permit>,
-    /// The caller's deadline gave this call less than its budget.
-    caller_limited: bool,
-}
-
-impl<C> Guard<C> {
-    fn finish(&mut self, verdict: Verdict) {
-        let Some(permit) = self.permit.take() else {
-            return;
-        };
-        let failed = match verdict {
-            Verdict::Answered(Outcome::Success) => false,
-            Verdict::Answered(_) | Verdict::TimedOut => true,
-            Verdict::Silent(_) => {
-                // Says nothing about the dependency: the permit goes back
-                // undecided.
-                self.shared.cancelled.increment(1);
-                self.shared.breaker.on_cancel(permit);
-                return;
-            }
-        };
-        if failed {
-            self.shared.failure.increment(1);
-        } else {
-            self.shared.success.increment(1);
-        }
-        // The clock is read only if the outcome needs the time.
-        self.shared
-            .breaker
-            .on_outcome_with(permit, failed, Instant::now);
-    }
-}
-
-impl<C> Drop for Guard<C> {
-    fn drop(&mut self) {
-        if self.permit.is_some() {
-            // Dropped by the caller (says nothing), or by a deadline layer
-            // above whose deadline ran out (a timeout, by the outcome rule).
-            self.finish(outcome::dropped(self.caller_limited));
-        }
-    }
-}
-
-pin_project! {
-    /// The response future of [`BreakerService`].
-    pub struct ResponseFuture<F, C> {
-        #[pin]
-        state: State_<F, C>,
-    }
-}
-
-pin_project! {
-    #[project = StateProj]
-    enum State_<F, C> {
-        Called { #[pin] fut: F, guard: Guard<C> },
-        Refused { error: Option<BoxError> },
-    }
-}
-
-impl<F, C, T, E> Future for ResponseFuture<F, C>
-where
-    F: Future<Output = Result<T, E>>,
-    E: Into<BoxError>,
-    C: Classify<T, BoxError>,
-{
-    type Output = Result<T, BoxError>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().state.project() {
-            StateProj::Called { fut, guard } => {
-                let result = ready!(fut.poll(cx)).map_err(Into::into);
-                // The one outcome rule: refusals from below and timeouts of
-                // a deadline the caller imposed say nothing.
-                let verdict = outcome::judge(
-                    &guard.shared.classify,
-                    result.as_ref(),
-                    guard.caller_limited,
-                );
-                guard.finish(verdict);
-                Poll::Ready(result)
-            }
-            StateProj::Refused { error } => {
-                Poll::Ready(Err(error.take().expect("polled after completion")))
-            }
-        }
-    }
-}
-
-impl<F, C> fmt::Debug for ResponseFuture<F, C> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ResponseFuture").finish_non_exhaustive()
     }
 }

@@ -30,12 +30,25 @@
 
 mod breaker;
 mod config;
+mod error;
 mod layer;
+mod policy;
 mod window;
 
 pub use breaker::{CircuitBreaker, Permit, Refused, State, StateChange};
 pub use config::{BreakerConfig, ConfigError, Growth, WindowKind};
-pub use layer::{
-    BreakerHandle, BreakerLayer, BreakerService, Builder, CircuitOpen, DEFAULT_NAME, ResponseFuture,
-};
+pub use error::CircuitOpen;
+#[allow(deprecated)]
+pub use layer::{Breaker, BreakerHandle, BreakerLayer, BreakerService, Builder, DEFAULT_NAME};
+pub use policy::BreakerPolicy;
+
+/// The response futures of [`Breaker`].
+pub mod future {
+    /// The response future of [`Breaker`](crate::Breaker): the inner
+    /// future with the call's permit, or a refusal ready at once.
+    pub type ResponseFuture<F, C = floodwall_core::ResultClassifier> =
+        floodwall_admit::future::ResponseFuture<F, crate::BreakerPolicy<C>>;
+}
+#[doc(inline)]
+pub use future::ResponseFuture;
 pub use window::WindowCounts;

@@ -291,3 +291,69 @@ async fn refusals_from_below_and_caller_deadlines_are_not_failures_but_full_budg
     }
     assert_eq!(handle.state(), State::Open);
 }
+
+/// Advances virtual time by `d` and lets spawned tasks run.
+async fn settle(d: Duration) {
+    for _ in 0..4 {
+        tokio::task::yield_now().await;
+    }
+    advance(d).await;
+    for _ in 0..4 {
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_automatic_transition_moves_to_half_open_without_traffic() {
+    let layer = BreakerLayer::new(BreakerConfig {
+        automatic_half_open: true,
+        ..small()
+    })
+    .unwrap();
+    let handle = layer.handle();
+    let svc = layer.layer(service_fn(|_: ()| async {
+        Err::<(), BoxError>("down".into())
+    }));
+    for _ in 0..4 {
+        svc.clone().oneshot(()).await.unwrap_err();
+    }
+    assert_eq!(handle.state(), State::Open);
+    settle(Duration::from_millis(4_999)).await;
+    assert_eq!(
+        handle.state(),
+        State::Open,
+        "not before the open time is up"
+    );
+    settle(Duration::from_millis(2)).await;
+    assert_eq!(handle.state(), State::HalfOpen, "no call was made");
+    // The probe still decides: one failure opens it again, and the timer
+    // moves it back after another open duration.
+    svc.clone().oneshot(()).await.unwrap_err();
+    assert_eq!(handle.state(), State::Open);
+    settle(Duration::from_millis(5_001)).await;
+    assert_eq!(handle.state(), State::HalfOpen);
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_the_automatic_transition_an_idle_breaker_stays_open() {
+    let layer = BreakerLayer::new(small()).unwrap();
+    let handle = layer.handle();
+    let svc = layer.layer(service_fn(|_: ()| async {
+        Err::<(), BoxError>("down".into())
+    }));
+    for _ in 0..4 {
+        svc.clone().oneshot(()).await.unwrap_err();
+    }
+    advance(Duration::from_secs(60)).await;
+    assert_eq!(handle.state(), State::Open);
+}
+
+#[test]
+fn the_automatic_transition_needs_a_runtime() {
+    let err = BreakerLayer::new(BreakerConfig {
+        automatic_half_open: true,
+        ..small()
+    })
+    .unwrap_err();
+    assert_eq!(err.field(), "automatic_half_open");
+}

@@ -89,7 +89,9 @@ pub enum Lifo {
     /// policy's interval (the default): the queue is standing, not bursting.
     #[default]
     Persisted,
-    /// Newest first while at least this many requests wait (HHVM style).
+    /// Newest first while **more than** this many requests wait, as HHVM's
+    /// `JobQueue` does (it decrements its count before comparing): `0` is
+    /// pure LIFO whenever anything waits.
     Length(usize),
     /// Newest first when either of the above holds.
     PersistedOrLength(usize),
@@ -140,8 +142,7 @@ impl CodelConfig {
     ///
     /// # Errors
     /// The first invalid field: zero workers, a zero target or interval, a
-    /// target longer than the interval, a zero LIFO length threshold, or a
-    /// duration over a day.
+    /// target longer than the interval, or a duration over a day.
     pub fn validate(&self) -> Result<(), ConfigError> {
         const DAY: Duration = Duration::from_secs(86_400);
         if self.workers == 0 {
@@ -161,12 +162,6 @@ impl CodelConfig {
             return Err(ConfigError::new(
                 "policy.target",
                 "must not exceed the interval",
-            ));
-        }
-        if matches!(self.lifo, Lifo::Length(0) | Lifo::PersistedOrLength(0)) {
-            return Err(ConfigError::new(
-                "lifo",
-                "length threshold must be at least 1",
             ));
         }
         if self.min_remaining > DAY {

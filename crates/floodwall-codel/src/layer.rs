@@ -423,7 +423,7 @@ impl<X> Builder<X> {
                 busy: AtomicUsize::new(0),
                 queued: AtomicUsize::new(0),
                 waiters: Mutex::new(Waiters {
-                    queue: AdmissionQueue::new(&self.config),
+                    queue: AdmissionQueue::new(&self.config)?,
                     slots: HashMap::new(),
                     next_id: 0,
                 }),

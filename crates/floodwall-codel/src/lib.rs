@@ -18,7 +18,7 @@
 //! let t0 = Instant::now();
 //! let ms = Duration::from_millis;
 //! let config = CodelConfig { policy: Policy::codel(), lifo: Lifo::Never, ..Default::default() };
-//! let mut q = AdmissionQueue::new(&config);
+//! let mut q = AdmissionQueue::new(&config)?;
 //! for i in 0..10 {
 //!     q.push(t0, i, t0, None).unwrap();
 //! }
@@ -29,6 +29,7 @@
 //! assert_eq!(q.pop(t0 + ms(110), |i, r| drops.push((i, r))), Some(2));
 //! assert_eq!(drops, [(1, DropReason::Codel)]);
 //! assert!(q.is_dropping());
+//! # Ok::<(), floodwall_codel::ConfigError>(())
 //! ```
 #![forbid(unsafe_code)]
 

@@ -3,7 +3,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::config::{CodelConfig, Lifo, Policy};
+use crate::config::{CodelConfig, ConfigError, Lifo, Policy};
 
 /// Why a waiting request was dropped instead of served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -94,13 +94,14 @@ struct CodelState {
 /// use tokio::time::Instant;
 ///
 /// let t0 = Instant::now();
-/// let mut q = AdmissionQueue::new(&CodelConfig::default());
+/// let mut q = AdmissionQueue::new(&CodelConfig::default())?;
 /// q.push(t0, "a", t0, None).unwrap();
 /// // The queue was empty: "a" may wait N = 100 ms.
 /// let mut dropped = Vec::new();
 /// let later = t0 + Duration::from_millis(101);
 /// assert_eq!(q.pop(later, |item, why| dropped.push((item, why))), None);
 /// assert_eq!(dropped, [("a", DropReason::Timeout)]);
+/// # Ok::<(), floodwall_codel::ConfigError>(())
 /// ```
 #[derive(Debug)]
 pub struct AdmissionQueue<T> {
@@ -117,8 +118,13 @@ pub struct AdmissionQueue<T> {
 impl<T> AdmissionQueue<T> {
     /// An empty queue for `config` (its `workers` field is the layer's
     /// business and ignored here).
-    pub fn new(config: &CodelConfig) -> Self {
-        Self {
+    ///
+    /// # Errors
+    /// As [`CodelConfig::validate`]: the queue takes only what the layer
+    /// would take.
+    pub fn new(config: &CodelConfig) -> Result<Self, ConfigError> {
+        config.validate()?;
+        Ok(Self {
             entries: VecDeque::new(),
             policy: config.policy,
             lifo: config.lifo,
@@ -126,7 +132,7 @@ impl<T> AdmissionQueue<T> {
             min_remaining: config.min_remaining,
             nonempty_since: None,
             codel: CodelState::default(),
-        }
+        })
     }
 
     /// How many requests wait.
@@ -151,8 +157,8 @@ impl<T> AdmissionQueue<T> {
         match self.lifo {
             Lifo::Never => false,
             Lifo::Persisted => self.is_persisted(now),
-            Lifo::Length(k) => self.entries.len() >= k,
-            Lifo::PersistedOrLength(k) => self.entries.len() >= k || self.is_persisted(now),
+            Lifo::Length(k) => self.entries.len() > k,
+            Lifo::PersistedOrLength(k) => self.entries.len() > k || self.is_persisted(now),
         }
     }
 

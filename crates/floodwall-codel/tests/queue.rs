@@ -38,7 +38,7 @@ fn pop_every_ms(q: &mut AdmissionQueue<u32>, t0: Instant, from: u64, to: u64) ->
 #[test]
 fn rfc8289_drop_schedule_follows_the_control_law() {
     let t0 = Instant::now();
-    let mut q = AdmissionQueue::new(&codel_fifo());
+    let mut q = AdmissionQueue::new(&codel_fifo()).unwrap();
     for i in 0..5_000 {
         q.push(t0, i, t0, None).unwrap();
     }
@@ -62,7 +62,7 @@ fn rfc8289_drop_schedule_follows_the_control_law() {
 #[test]
 fn leaving_and_reentering_within_16_intervals_reuses_the_count() {
     let t0 = Instant::now();
-    let mut q = AdmissionQueue::new(&codel_fifo());
+    let mut q = AdmissionQueue::new(&codel_fifo()).unwrap();
     for i in 0..1_000 {
         q.push(t0, i, t0, None).unwrap();
     }
@@ -98,7 +98,7 @@ fn leaving_and_reentering_within_16_intervals_reuses_the_count() {
 #[test]
 fn reentering_after_16_intervals_starts_the_count_again() {
     let t0 = Instant::now();
-    let mut q = AdmissionQueue::new(&codel_fifo());
+    let mut q = AdmissionQueue::new(&codel_fifo()).unwrap();
     for i in 0..1_000 {
         q.push(t0, i, t0, None).unwrap();
     }
@@ -119,7 +119,7 @@ fn reentering_after_16_intervals_starts_the_count_again() {
 #[test]
 fn a_sojourn_equal_to_target_counts_as_above() {
     let t0 = Instant::now();
-    let mut q = AdmissionQueue::new(&codel_fifo());
+    let mut q = AdmissionQueue::new(&codel_fifo()).unwrap();
     for i in 0..10 {
         q.push(t0, i, t0, None).unwrap();
     }
@@ -131,7 +131,7 @@ fn a_sojourn_equal_to_target_counts_as_above() {
     assert_eq!(dropped, 1);
 
     // Just below TARGET resets the interval: no drop 100 ms later.
-    let mut q = AdmissionQueue::new(&codel_fifo());
+    let mut q = AdmissionQueue::new(&codel_fifo()).unwrap();
     for i in 0..10 {
         q.push(t0, i, t0, None).unwrap();
     }
@@ -154,7 +154,7 @@ fn a_sojourn_equal_to_target_counts_as_above() {
 fn the_last_request_is_never_dropped_by_codel() {
     // The RFC's bytes <= maxpacket: with nobody else queued, serve.
     let t0 = Instant::now();
-    let mut q = AdmissionQueue::new(&codel_fifo());
+    let mut q = AdmissionQueue::new(&codel_fifo()).unwrap();
     q.push(t0, 0, t0, None).unwrap();
     q.push(t0, 1, t0, None).unwrap();
     assert_eq!(q.pop(t0 + ms(10), |_, _| panic!()), Some(0));
@@ -168,7 +168,7 @@ fn fail_at_scale_timeout_is_n_when_calm_and_m_when_standing() {
         lifo: Lifo::Never,
         ..Default::default()
     };
-    let mut q = AdmissionQueue::new(&config);
+    let mut q = AdmissionQueue::new(&config).unwrap();
     // Empty queue: the long timeout.
     assert_eq!(q.push(t0, 0, t0, None), Ok(Some(t0 + ms(100))));
     // Not empty since t0, but only for 100 ms: still N.
@@ -192,7 +192,7 @@ fn fail_at_scale_timeout_is_n_when_calm_and_m_when_standing() {
 #[test]
 fn queue_time_counts_from_arrival() {
     let t0 = Instant::now();
-    let mut q = AdmissionQueue::new(&CodelConfig::default());
+    let mut q = AdmissionQueue::new(&CodelConfig::default()).unwrap();
     let arrived = t0 - ms(60);
     assert_eq!(q.push(t0, 0, arrived, None), Ok(Some(arrived + ms(100))));
     let mut dropped = Vec::new();
@@ -209,7 +209,8 @@ fn fifo_when_calm_lifo_when_standing() {
             interval: ms(100),
         },
         ..Default::default()
-    });
+    })
+    .unwrap();
     for i in 0..6 {
         q.push(t0, i, t0, None).unwrap();
     }
@@ -237,10 +238,12 @@ fn fifo_when_calm_lifo_when_standing() {
 #[test]
 fn hhvm_style_length_threshold() {
     let t0 = Instant::now();
+    // HHVM's JobQueue: newest first while more than T wait.
     let mut q = AdmissionQueue::new(&CodelConfig {
-        lifo: Lifo::Length(3),
+        lifo: Lifo::Length(2),
         ..Default::default()
-    });
+    })
+    .unwrap();
     for i in 0..4 {
         q.push(t0, i, t0, None).unwrap();
     }
@@ -250,12 +253,47 @@ fn hhvm_style_length_threshold() {
 }
 
 #[test]
+fn a_zero_length_threshold_is_pure_lifo() {
+    let t0 = Instant::now();
+    let config = CodelConfig {
+        lifo: Lifo::Length(0),
+        ..Default::default()
+    };
+    config.validate().unwrap();
+    let mut q = AdmissionQueue::new(&config).unwrap();
+    assert!(!q.is_lifo(t0), "nothing waits");
+    for i in 0..3 {
+        q.push(t0, i, t0, None).unwrap();
+    }
+    assert_eq!(q.pop(t0, |_, _| panic!()), Some(2));
+    assert_eq!(q.pop(t0, |_, _| panic!()), Some(1));
+    assert_eq!(
+        q.pop(t0, |_, _| panic!()),
+        Some(0),
+        "one waiting: still newest first"
+    );
+}
+
+#[test]
+fn the_queue_refuses_a_config_the_layer_refuses() {
+    let bad = CodelConfig {
+        workers: 0,
+        ..Default::default()
+    };
+    assert_eq!(
+        AdmissionQueue::<u32>::new(&bad).unwrap_err().field(),
+        "workers"
+    );
+}
+
+#[test]
 fn deadlines_that_cannot_be_met_are_dropped() {
     let t0 = Instant::now();
     let mut q = AdmissionQueue::new(&CodelConfig {
         min_remaining: ms(10),
         ..Default::default()
-    });
+    })
+    .unwrap();
     // Leaves exactly min_remaining: cannot be met, refused at once.
     assert_eq!(
         q.push(t0, 0, t0, Some(t0 + ms(10))),
@@ -275,7 +313,8 @@ fn a_full_queue_rejects_at_once() {
     let mut q = AdmissionQueue::new(&CodelConfig {
         max_queue: 2,
         ..Default::default()
-    });
+    })
+    .unwrap();
     q.push(t0, 0, t0, None).unwrap();
     q.push(t0, 1, t0, None).unwrap();
     assert_eq!(q.push(t0, 2, t0, None), Err((2, DropReason::Full)));
@@ -287,7 +326,7 @@ fn a_full_queue_rejects_at_once() {
 #[test]
 fn removing_a_waiter_takes_it_out_at_once() {
     let t0 = Instant::now();
-    let mut q = AdmissionQueue::new(&CodelConfig::default());
+    let mut q = AdmissionQueue::new(&CodelConfig::default()).unwrap();
     for i in 0..3 {
         q.push(t0, i, t0, None).unwrap();
     }
@@ -339,13 +378,6 @@ fn invalid_configs_name_their_field() {
             },
             "policy.interval",
         ),
-        (
-            CodelConfig {
-                lifo: Lifo::Length(0),
-                ..Default::default()
-            },
-            "lifo",
-        ),
     ];
     for (config, field) in bad {
         assert_eq!(config.validate().unwrap_err().field(), field, "{config:?}");
@@ -389,7 +421,7 @@ fn config_deserializes_with_human_durations() {
 #[test]
 fn a_queue_emptied_by_cancellations_starts_the_next_episode_afresh() {
     let t0 = Instant::now();
-    let mut q = AdmissionQueue::new(&codel_fifo());
+    let mut q = AdmissionQueue::new(&codel_fifo()).unwrap();
     for i in 0..1_000 {
         q.push(t0, i, t0, None).unwrap();
     }
@@ -418,7 +450,7 @@ fn a_queue_emptied_by_cancellations_starts_the_next_episode_afresh() {
 #[test]
 fn several_drops_are_due_in_one_dequeue() {
     let t0 = Instant::now();
-    let mut q = AdmissionQueue::new(&codel_fifo());
+    let mut q = AdmissionQueue::new(&codel_fifo()).unwrap();
     for i in 0..100 {
         q.push(t0, i, t0, None).unwrap();
     }
@@ -435,7 +467,7 @@ fn several_drops_are_due_in_one_dequeue() {
 #[test]
 fn a_sojourn_below_target_leaves_the_dropping_state() {
     let t0 = Instant::now();
-    let mut q = AdmissionQueue::new(&codel_fifo());
+    let mut q = AdmissionQueue::new(&codel_fifo()).unwrap();
     for i in 0..10 {
         q.push(t0, i, t0, None).unwrap();
     }
@@ -460,7 +492,8 @@ fn codel_with_lifo_drops_the_oldest_and_serves_the_newest() {
         policy: Policy::codel(),
         lifo: Lifo::Length(2),
         ..Default::default()
-    });
+    })
+    .unwrap();
     for i in 0..10 {
         q.push(t0, i, t0, None).unwrap();
     }

@@ -48,9 +48,12 @@ mod aimd;
 mod bbr;
 pub mod cpu;
 mod envoy;
+mod error;
 mod gradient2;
 mod layer;
 mod limiter;
+mod partition;
+mod policy;
 mod vegas;
 mod windowed;
 
@@ -64,11 +67,21 @@ use tokio::time::Instant;
 pub use aimd::{Aimd, AimdConfig};
 pub use bbr::{Bbr, BbrConfig};
 pub use envoy::{EnvoyGradient, EnvoyGradientConfig};
+pub use error::LimitExceeded;
 pub use gradient2::{Gradient2, Gradient2Config};
-pub use layer::{
-    AdaptiveLimit, AdaptiveLimitHandle, AdaptiveLimitLayer, Builder, ByCriticality, DEFAULT_NAME,
-    LimitExceeded, OnCancel, Partition, ResponseFuture, SingleClass,
-};
+pub use layer::{AdaptiveLimit, AdaptiveLimitHandle, AdaptiveLimitLayer, Builder, DEFAULT_NAME};
+pub use partition::{ByCriticality, Partition, SingleClass};
+pub use policy::{AdaptiveLimitPolicy, OnCancel};
+
+/// The response futures of [`AdaptiveLimit`].
+pub mod future {
+    /// The response future of [`AdaptiveLimit`](crate::AdaptiveLimit): the
+    /// inner future with the request's slot, or a refusal ready at once.
+    pub type ResponseFuture<F, A, C = floodwall_core::ResultClassifier, P = crate::SingleClass> =
+        floodwall_admit::future::ResponseFuture<F, crate::AdaptiveLimitPolicy<A, C, P>>;
+}
+#[doc(inline)]
+pub use future::ResponseFuture;
 pub use limiter::{Limiter, MAX_CLASSES, MAX_IN_FLIGHT, Partitions, Refused, Token};
 pub use vegas::{Vegas, VegasConfig};
 pub use windowed::{WindowConfig, Windowed};

@@ -2,7 +2,7 @@ use std::time::Duration;
 
 pub use floodwall_core::ConfigError;
 
-/// The admission controller's knobs (SPECS.md "Priority admission"). The
+/// The admission controller's knobs (Zhou et al., "Overload Control for Scaling WeChat Microservices", SoCC 2018). The
 /// defaults are DAGOR's: a window of 1 s or 2000 requests, overload at an
 /// average queuing time above 20 ms, α = 5 %, β = 1 %.
 ///

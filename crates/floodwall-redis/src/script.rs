@@ -19,7 +19,7 @@ use crate::resp::Value;
 /// script grants `min(want, available)` if that is at least `need` and
 /// moves the TAT by `granted·I`, else grants nothing and reports the wait
 /// `tat + need·I − b·I − now`. This is the token bucket's GCRA step
-/// (SPECS.md) with `n = granted`. The key expires when its TAT passes:
+/// (ITU-T I.371, as floodwall-token-bucket implements it) with `n = granted`. The key expires when its TAT passes:
 /// from then on an absent key and a full bucket are the same thing.
 ///
 /// Reply: `{granted, retry_after_us, available_after}`.

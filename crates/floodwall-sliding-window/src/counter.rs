@@ -209,7 +209,7 @@ impl KeyState for CounterState {
 /// elapsed in the current window.
 ///
 /// A request is admitted iff the estimate is below the limit before it is
-/// counted (SPECS.md convention); refused requests are not counted. Windows
+/// counted (the convention of Cloudflare's description of the counter); refused requests are not counted. Windows
 /// are aligned to the limiter's epoch; after two idle windows both counts are
 /// zero. The whole state is one `AtomicU64` (window index, two 16-bit
 /// counts), updated with one CAS, so the limit is at most 65,535 per window.

@@ -16,17 +16,31 @@
 #![forbid(unsafe_code)]
 
 mod budget;
+mod criticality;
+mod error;
 mod layer;
+mod policy;
 mod retry;
 mod throttle;
 mod window;
 
 pub use budget::{BudgetError, RetryBudget};
+pub use criticality::{CriticalityOf, FromExtensions, NoCriticality};
+pub use error::Throttled;
 pub use floodwall_core::random::{Random, SplitMix};
-pub use layer::{
-    Builder, CriticalityOf, DEFAULT_NAME, FromExtensions, NoCriticality, ResponseFuture,
-    ThrottleHandle, ThrottleLayer, ThrottleService, Throttled,
-};
+#[allow(deprecated)]
+pub use layer::{Builder, DEFAULT_NAME, Throttle, ThrottleHandle, ThrottleLayer, ThrottleService};
+pub use policy::ThrottlePolicy;
+
+/// The response futures of [`Throttle`].
+pub mod future {
+    /// The response future of [`Throttle`](crate::Throttle): the inner
+    /// future with the attempt's ticket, or a drop ready at once.
+    pub type ResponseFuture<F, C = floodwall_core::ResultClassifier, X = crate::NoCriticality> =
+        floodwall_admit::future::ResponseFuture<F, crate::ThrottlePolicy<C, X>>;
+}
+#[doc(inline)]
+pub use future::ResponseFuture;
 pub use retry::{
     Backoff, Builder as RetryBuilder, DoNotRetry, NO_RETRY_HEADER, RetryErrors, RetryFuture,
     RetryHint, RetryHttp, RetryLayer, RetryPolicy, RetryService, Verdict, error_verdict,

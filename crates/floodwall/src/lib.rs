@@ -56,6 +56,10 @@
 
 pub use floodwall_core as core;
 
+/// The Tower wiring every admission-style layer shares (for writing your
+/// own layer the floodwall way, and for the body-end and readiness modes).
+pub use floodwall_admit as admit;
+
 #[cfg(feature = "token-bucket")]
 #[cfg_attr(docsrs, doc(cfg(feature = "token-bucket")))]
 pub use floodwall_token_bucket as token_bucket;

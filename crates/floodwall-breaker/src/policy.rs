@@ -1,0 +1,115 @@
+//! The breaker as an admission policy: what the shared Tower adapter
+//! (floodwall-admit) calls on every request.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use floodwall_admit::{Admit, Policy, Read, Reserve, Wait};
+use floodwall_core::outcome::{self, Verdict};
+use floodwall_core::{BoxError, Classify, Outcome, Rejected};
+use metrics::Counter;
+use tokio::time::Instant;
+
+use crate::{CircuitBreaker, CircuitOpen, Permit, State};
+
+/// The breaker a [`BreakerLayer`](crate::BreakerLayer) shares between its
+/// services, with its classifier and metrics: admits calls in `call`
+/// ([`Admit`]), reads finished calls by floodwall's outcome rule with the
+/// classifier ([`Read`]), and records them ([`Policy::release`]).
+pub struct BreakerPolicy<C> {
+    pub(crate) breaker: CircuitBreaker,
+    pub(crate) classify: C,
+    pub(crate) name: Arc<str>,
+    pub(crate) success: Counter,
+    pub(crate) failure: Counter,
+    pub(crate) cancelled: Counter,
+    pub(crate) rejected: [Counter; 5],
+}
+
+impl<C> BreakerPolicy<C> {
+    /// The breaker.
+    pub fn breaker(&self) -> &CircuitBreaker {
+        &self.breaker
+    }
+
+    /// The metric label.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    #[cold]
+    fn refuse(&self, state: State, retry_after: Option<Duration>) -> BoxError {
+        self.rejected[state as usize].increment(1);
+        Rejected::boxed(CircuitOpen::new(state, retry_after))
+    }
+}
+
+impl<C> fmt::Debug for BreakerPolicy<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BreakerPolicy")
+            .field("name", &self.name)
+            .field("breaker", &self.breaker)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<C: Send + Sync + 'static> Policy for BreakerPolicy<C> {
+    type Permit = Permit;
+
+    #[inline]
+    fn release(&self, permit: Permit, verdict: Verdict) {
+        let failed = match verdict {
+            Verdict::Answered(Outcome::Success) => false,
+            Verdict::Answered(_) | Verdict::TimedOut => true,
+            Verdict::Silent(_) => {
+                // Says nothing about the dependency: the permit goes back
+                // undecided (a half-open probe frees its slot).
+                self.cancelled.increment(1);
+                self.breaker.on_cancel(permit);
+                return;
+            }
+        };
+        if failed {
+            self.failure.increment(1);
+        } else {
+            self.success.increment(1);
+        }
+        // The clock is read only if the outcome needs the time.
+        self.breaker.on_outcome_with(permit, failed, Instant::now);
+    }
+}
+
+impl<C: Send + Sync + 'static, Req> Admit<Req> for BreakerPolicy<C> {
+    #[inline]
+    fn admit(&self, _: &mut Req) -> Result<Permit, BoxError> {
+        self.breaker
+            .try_acquire_with(Instant::now)
+            .map_err(|refused| self.refuse(refused.state, refused.retry_after))
+    }
+}
+
+impl<C, Res> Read<Res> for BreakerPolicy<C>
+where
+    C: Classify<Res, BoxError> + Send + Sync + 'static,
+{
+    #[inline]
+    fn read(&self, result: Result<&Res, &BoxError>, caller_limited: bool) -> Verdict {
+        outcome::judge(&self.classify, result, caller_limited)
+    }
+}
+
+/// In the readiness mode: open, it is not ready until its open time is
+/// over; out of half-open probes, it looks again every 10 ms; forced open,
+/// readiness fails.
+impl<C: Send + Sync + 'static> Reserve for BreakerPolicy<C> {
+    fn reserve(&self) -> Result<Permit, Wait> {
+        self.breaker
+            .try_acquire_with(Instant::now)
+            .map_err(|refused| match (refused.state, refused.retry_after) {
+                (_, Some(d)) => Wait::For(d),
+                (State::ForcedOpen, None) => Wait::Refuse(self.refuse(refused.state, None)),
+                (_, None) => Wait::For(Duration::from_millis(10)),
+            })
+    }
+}
