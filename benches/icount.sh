@@ -3,7 +3,8 @@
 # next to each layer's nearest peer. Deterministic for one binary: a +5 %
 # change is visible. Usage:
 #   bash benches/icount.sh [case ...]      # all cases when none is named
-# Prints `case instructions/request` lines (TSV on stdout).
+# Prints `case instructions/request` lines (TSV on stdout). The cases are
+# floodwall_benches::admit (also timed by `cargo bench --bench admit`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v valgrind >/dev/null || { sudo -n apt-get install -y valgrind >/dev/null 2>&1 || apt-get install -y valgrind >/dev/null; }

@@ -7,6 +7,7 @@ use std::task::{Context, Poll};
 
 use tower::Service;
 
+pub mod admit;
 pub mod lab;
 
 /// The criterion settings every floodwall bench uses: 0.5 s of warm-up and

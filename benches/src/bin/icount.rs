@@ -1,250 +1,20 @@
 //! Instruction counts per request on every layer's admit path, next to its
 //! nearest peer: `bash benches/icount.sh` runs this binary under callgrind.
 //!
-//! `icount <case> <requests>` builds the named layer around [`Respond`] and
-//! drives `requests` requests through `poll_ready` + `call` + one poll of the
-//! response future (every case answers at once: nothing is refused, nothing
-//! waits). The script runs each case twice with different request counts
-//! and divides the difference in instructions by the difference in
-//! requests, so the setup (runtime, layer construction, metrics) cancels
-//! out. `icount list` prints the case names.
+//! `icount <case> <requests>` drives `requests` requests through the named
+//! case ([`floodwall_benches::admit`]). The script runs each case twice
+//! with different request counts and divides the difference in
+//! instructions by the difference in requests, so the setup (runtime,
+//! layer construction, metrics) cancels out. `icount list` prints the case
+//! names.
 
-use std::task::{Context, Waker};
-use std::time::Duration;
-
-use floodwall::breaker::{BreakerConfig, BreakerLayer};
-use floodwall::codel::{CodelConfig, CodelLayer};
-use floodwall::concurrency::{AdaptiveLimitLayer, Aimd, AimdConfig};
-use floodwall::deadline::{
-    ClientConfig as DeadlineClient, PropagateDeadlineLayer, ServerConfig, ServerDeadlineLayer, Wire,
-};
-use floodwall::leaky_bucket::LeakyBucketLayer;
-use floodwall::priority::{
-    AdmissionConfig, AdmissionLayer, ClientConfig as PriorityClient, PriorityClientLayer,
-};
-use floodwall::sliding_window::{MAX_LIMIT, SlidingWindowLayer, Window};
-use floodwall::throttle::{RetryLayer, SplitMix, ThrottleConfig, ThrottleLayer};
-use floodwall::token_bucket::{Quota, TokenBucketLayer};
-use floodwall_benches::{Respond, ready_call};
-use tower::{Layer, Service};
-
-type Req = http::Request<()>;
-
-/// Drives `n` requests through `svc` on the admit path.
-fn drive<S>(mut svc: S, n: u64)
-where
-    S: Service<Req>,
-    S::Error: std::fmt::Debug,
-{
-    let mut cx = Context::from_waker(Waker::noop());
-    let req = http::Request::builder()
-        .header("grpc-timeout", "2S")
-        .header("x-floodwall-priority", "3-40")
-        .extension(std::net::SocketAddr::from(([127, 0, 0, 1], 4000)))
-        .body(())
-        .expect("a request");
-    for _ in 0..n {
-        let res = ready_call(&mut cx, &mut svc, std::hint::black_box(req.clone()));
-        std::hint::black_box(res.expect("the admit path answers Ok"));
-    }
-}
-
-fn open_quota() -> Quota {
-    Quota::per_second(1_000_000_000)
-        .expect("a quota")
-        .with_burst(u32::MAX)
-        .expect("a burst")
-}
-
-/// Every case: its name and how to run it.
-const CASES: &[&str] = &[
-    "bare",
-    "token-bucket",
-    "token-bucket-keyed",
-    "leaky-meter",
-    "sliding-counter",
-    "sliding-log",
-    "sliding-fixed",
-    "tower-rate-limit",
-    "resilience-ratelimiter",
-    "breaker",
-    "resilience-breaker",
-    "throttle",
-    "retry",
-    "tower-retry",
-    "codel",
-    "resilience-bulkhead",
-    "tower-concurrency-shed",
-    "concurrency-aimd",
-    "resilience-aimd",
-    "deadline-server",
-    "tower-timeout",
-    "deadline-propagate",
-    "priority-admission",
-    "priority-client",
-    "tower-load-shed",
-];
-
-fn run(case: &str, n: u64) {
-    match case {
-        "bare" => drive(Respond, n),
-        "token-bucket" => drive(TokenBucketLayer::new(open_quota()).layer(Respond), n),
-        "token-bucket-keyed" => drive(
-            TokenBucketLayer::builder(open_quota())
-                .build_keyed(1024, |r: &Req| {
-                    r.extensions().get::<std::net::SocketAddr>().map(|a| a.ip())
-                })
-                .layer(Respond),
-            n,
-        ),
-        "leaky-meter" => drive(
-            LeakyBucketLayer::meter(open_quota()).build().layer(Respond),
-            n,
-        ),
-        "sliding-counter" => drive(
-            SlidingWindowLayer::counter(wide()).build().layer(Respond),
-            n,
-        ),
-        "sliding-log" => drive(SlidingWindowLayer::log(wide()).build().layer(Respond), n),
-        "sliding-fixed" => drive(SlidingWindowLayer::fixed(wide()).build().layer(Respond), n),
-        "tower-rate-limit" => drive(
-            tower::limit::RateLimitLayer::new(u64::MAX, Duration::from_secs(1)).layer(Respond),
-            n,
-        ),
-        "resilience-ratelimiter" => drive(
-            tower_resilience_ratelimiter::RateLimiterLayer::builder()
-                .limit_for_period(usize::MAX / 2)
-                .refresh_period(Duration::from_secs(1))
-                .timeout_duration(Duration::ZERO)
-                .build()
-                .expect("a rate limiter")
-                .layer(Respond),
-            n,
-        ),
-        "breaker" => drive(
-            BreakerLayer::new(BreakerConfig::default())
-                .expect("a breaker")
-                .layer(Respond),
-            n,
-        ),
-        "resilience-breaker" => drive(
-            tower_resilience_circuitbreaker::CircuitBreakerLayer::builder()
-                .failure_rate_threshold(0.5)
-                .sliding_window_size(100)
-                .build()
-                .expect("a breaker")
-                .layer(Respond),
-            n,
-        ),
-        "throttle" => drive(
-            ThrottleLayer::builder(ThrottleConfig::default())
-                .rng(SplitMix::new(1))
-                .build()
-                .expect("a throttle")
-                .layer(Respond),
-            n,
-        ),
-        "retry" => drive(RetryLayer::builder().build().layer(Respond), n),
-        "tower-retry" => drive(tower::retry::RetryLayer::new(NoRetry).layer(Respond), n),
-        "codel" => drive(
-            CodelLayer::new(CodelConfig::with_workers(64))
-                .expect("a codel queue")
-                .layer(Respond),
-            n,
-        ),
-        "resilience-bulkhead" => drive(
-            tower_resilience_bulkhead::BulkheadLayer::builder()
-                .max_concurrent_calls(64)
-                .reject_when_full()
-                .build()
-                .expect("a bulkhead")
-                .layer(Respond),
-            n,
-        ),
-        "tower-concurrency-shed" => drive(
-            tower::ServiceBuilder::new()
-                .load_shed()
-                .concurrency_limit(64)
-                .service(Respond),
-            n,
-        ),
-        "concurrency-aimd" => drive(
-            AdaptiveLimitLayer::new(Aimd::new(AimdConfig::default()).expect("an AIMD limit"))
-                .layer(Respond),
-            n,
-        ),
-        "resilience-aimd" => drive(
-            tower_resilience_adaptive::AdaptiveLimiterLayer::new(
-                tower_resilience_adaptive::Aimd::builder()
-                    .build()
-                    .expect("an AIMD limit"),
-            )
-            .layer(Respond),
-            n,
-        ),
-        "deadline-server" => drive(
-            ServerDeadlineLayer::new(ServerConfig {
-                wire: Wire::Grpc,
-                trust_inbound: true,
-                max: Some(Duration::from_secs(2)),
-            })
-            .layer(Respond),
-            n,
-        ),
-        "tower-timeout" => drive(
-            tower::timeout::TimeoutLayer::new(Duration::from_secs(2)).layer(Respond),
-            n,
-        ),
-        "deadline-propagate" => drive(
-            PropagateDeadlineLayer::new(DeadlineClient::default()).layer(Respond),
-            n,
-        ),
-        "priority-admission" => drive(
-            AdmissionLayer::builder(AdmissionConfig::default())
-                .trust_inbound(true)
-                .build()
-                .expect("an admission layer")
-                .layer(Respond),
-            n,
-        ),
-        "priority-client" => drive(
-            PriorityClientLayer::new(PriorityClient::default()).layer(Respond),
-            n,
-        ),
-        "tower-load-shed" => drive(tower::load_shed::LoadShedLayer::new().layer(Respond), n),
-        other => {
-            eprintln!("icount: no case {other:?}; `icount list` names them");
-            std::process::exit(2);
-        }
-    }
-}
-
-/// The widest sliding window: never refuses at the request rates here.
-fn wide() -> Window {
-    Window::new(MAX_LIMIT, Duration::from_millis(1)).expect("a window")
-}
-
-/// tower's retry with a policy that never retries: the layer's own cost.
-#[derive(Clone, Copy, Debug)]
-struct NoRetry;
-
-impl<Req: Clone, Res, E> tower::retry::Policy<Req, Res, E> for NoRetry {
-    type Future = std::future::Ready<()>;
-
-    fn retry(&mut self, _: &mut Req, _: &mut Result<Res, E>) -> Option<Self::Future> {
-        None
-    }
-
-    fn clone_request(&mut self, req: &Req) -> Option<Req> {
-        Some(req.clone())
-    }
-}
+use floodwall_benches::admit;
 
 fn main() {
     let mut args = std::env::args().skip(1);
     let case = args.next().unwrap_or_default();
     if case == "list" || case.is_empty() {
-        for case in CASES {
+        for case in admit::CASES {
             println!("{case}");
         }
         return;
@@ -255,5 +25,8 @@ fn main() {
         .build()
         .expect("a current-thread runtime");
     let _guard = rt.enter();
-    run(&case, n);
+    if admit::run(&case, n).is_none() {
+        eprintln!("icount: no case {case:?}; `icount list` names them");
+        std::process::exit(2);
+    }
 }

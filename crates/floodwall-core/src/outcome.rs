@@ -200,7 +200,12 @@ pub fn limit_scope<R>(limited: bool, call: impl FnOnce() -> R) -> R {
             CALLER_LIMITED.with(|c| c.set(self.0));
         }
     }
-    let _restore = Restore(CALLER_LIMITED.with(|c| c.replace(limited)));
+    let previous = CALLER_LIMITED.with(|c| c.replace(limited));
+    if previous == limited {
+        // Nothing to restore (nested scopes restore themselves).
+        return call();
+    }
+    let _restore = Restore(previous);
     call()
 }
 

@@ -231,15 +231,22 @@ where
         let Some(timeout) = timeout else {
             return ResponseFuture::open(self.inner.call(req));
         };
+        // The caller limited this request if its timeout is shorter than
+        // the server's own budget (`max`), or if there is no such budget.
+        let mut caller_limited = inbound.is_some_and(|i| shared.config.max.is_none_or(|m| i < m));
         // An outer layer's deadline (in the extensions or the task scope)
-        // is never extended.
-        let deadline = [
-            req.extensions().get::<Deadline>().copied(),
-            scope::current(),
-        ]
-        .into_iter()
-        .flatten()
-        .fold(Deadline::after(arrival, timeout), Deadline::min);
+        // is never extended; the earliest one's origin counts.
+        let mut deadline = Deadline::after(arrival, timeout);
+        if let Some(&outer) = req.extensions().get::<Deadline>()
+            && outer < deadline
+        {
+            (deadline, caller_limited) = (outer, true);
+        }
+        if let Some(outer) = scope::current_scoped()
+            && outer.deadline() < deadline
+        {
+            (deadline, caller_limited) = (outer.deadline(), outer.from_caller());
+        }
         shared
             .metrics
             .inbound
@@ -247,12 +254,6 @@ where
         if deadline.is_expired(now) {
             return ResponseFuture::expired(&shared.metrics, Phase::OnArrival);
         }
-        // The caller limited this request if its deadline is earlier than
-        // the server's own budget (`max`), or if there is no such budget.
-        let caller_limited = shared
-            .config
-            .max
-            .is_none_or(|max| deadline < Deadline::after(arrival, max));
         req.extensions_mut().insert(deadline);
         // In scope for the inner `call` as well as for its future.
         let fut = scope::enter(deadline, caller_limited, || {

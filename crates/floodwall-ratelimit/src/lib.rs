@@ -24,6 +24,7 @@ mod keyed;
 mod layer;
 mod limiter;
 mod service;
+pub mod time;
 
 pub use keyed::{KeyState, KeyedMap, KeyedMetricNames};
 pub use layer::{Builder, MetricNames, RateLimitHandle, RateLimitLayer};

@@ -1,8 +1,6 @@
 use std::fmt;
 use std::time::Duration;
 
-use tokio::time::Instant;
-
 /// The most requests a window may allow: counts are kept in 16 bits so that
 /// a counter's whole state fits one `AtomicU64`.
 pub const MAX_LIMIT: u32 = u16::MAX as u32;
@@ -113,11 +111,4 @@ impl fmt::Display for WindowError {
 
 impl std::error::Error for WindowError {}
 
-/// Nanoseconds from `epoch` to `now`, saturating at both ends.
-#[inline]
-pub(crate) fn nanos_since(epoch: Instant, now: Instant) -> u64 {
-    let d = now.saturating_duration_since(epoch);
-    d.as_secs()
-        .saturating_mul(1_000_000_000)
-        .saturating_add(u64::from(d.subsec_nanos()))
-}
+pub(crate) use floodwall_ratelimit::time::nanos_since;

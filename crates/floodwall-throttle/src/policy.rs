@@ -8,7 +8,7 @@ use floodwall_admit::{Admit, Policy, Read};
 use floodwall_core::metrics::{
     LABEL_CRITICALITY, LABEL_NAME, THROTTLE_ADMITTED, THROTTLE_PROBABILITY, THROTTLE_REJECTED,
 };
-use floodwall_core::outcome::{self, Verdict};
+use floodwall_core::outcome::{self, Silence, Verdict};
 use floodwall_core::{BoxError, Classify, Criticality, Outcome, Rejected};
 use metrics::{Counter, Gauge};
 use tokio::time::Instant;
@@ -130,12 +130,21 @@ where
 {
     #[inline]
     fn read(&self, result: Result<&Res, &BoxError>, caller_limited: bool) -> Verdict {
-        let answered = result.is_ok();
+        const ACCEPTED: Verdict = Verdict::Answered(Outcome::Success);
+        const NOT_ACCEPTED: Verdict = Verdict::Answered(Outcome::Overloaded);
+        if let Ok(res) = result {
+            // An answer (the common case, read without the error path).
+            return match self.classify.classify(Ok(res)) {
+                Outcome::Success | Outcome::Failure => ACCEPTED,
+                Outcome::Overloaded => NOT_ACCEPTED,
+                Outcome::TimedOut if caller_limited => Verdict::Silent(Silence::CallerDeadline),
+                Outcome::TimedOut => NOT_ACCEPTED,
+            };
+        }
         match outcome::judge(&self.classify, result, caller_limited) {
-            Verdict::Answered(Outcome::Success) => Verdict::Answered(Outcome::Success),
-            Verdict::Answered(Outcome::Failure) if answered => Verdict::Answered(Outcome::Success),
+            Verdict::Answered(Outcome::Success) => ACCEPTED,
             Verdict::Silent(why) => Verdict::Silent(why),
-            _ => Verdict::Answered(Outcome::Overloaded),
+            _ => NOT_ACCEPTED,
         }
     }
 }

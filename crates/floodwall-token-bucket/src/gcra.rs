@@ -3,8 +3,6 @@
 use floodwall_core::sync::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::time::Instant;
-
 use floodwall_ratelimit::Denied;
 
 /// The longest wait a reservation may ask for, in nanoseconds (~36 years).
@@ -17,15 +15,7 @@ pub(crate) const MAX_WAIT_NS: u64 = u64::MAX / 16;
 /// bounds are capped to it.
 pub const MAX_WAIT: Duration = Duration::from_nanos(MAX_WAIT_NS);
 
-/// Nanoseconds from `epoch` to `now`, saturating at both ends.
-#[inline]
-pub(crate) fn nanos_since(epoch: Instant, now: Instant) -> u64 {
-    let d = now.saturating_duration_since(epoch);
-    // `as_secs() * 1e9 + subsec` without the u128 of `as_nanos()`.
-    d.as_secs()
-        .saturating_mul(1_000_000_000)
-        .saturating_add(u64::from(d.subsec_nanos()))
-}
+pub(crate) use floodwall_ratelimit::time::nanos_since;
 
 /// A wait bound in nanoseconds, capped at [`MAX_WAIT_NS`].
 #[inline]
