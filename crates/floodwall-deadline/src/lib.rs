@@ -18,17 +18,23 @@
 //! they need a Tokio runtime with the time driver.
 #![forbid(unsafe_code)]
 
-mod layer;
+mod client;
+mod future;
 mod scope;
+mod server;
 mod timeout;
+mod wire;
 
+/// The default name of a deadline layer (metric label).
+pub const DEFAULT_NAME: &str = "deadline";
+
+pub use client::{ClientConfig, PropagateDeadline, PropagateDeadlineLayer};
 pub use floodwall_core::{DeadlineExceeded, Phase};
-pub use layer::{
-    ClientConfig, ClientFuture, DEFAULT_NAME, PropagateDeadline, PropagateDeadlineLayer,
-    ResponseFuture, ServerConfig, ServerDeadline, ServerDeadlineLayer, ServerFuture, Wire,
-};
+pub use future::{ClientFuture, ResponseFuture, ServerFuture};
 pub use scope::{Carried, Scoped, carry, current, current_scoped, scope, spawn};
+pub use server::{ServerConfig, ServerDeadline, ServerDeadlineLayer};
 pub use timeout::{
     DEFAULT_HTTP_HEADER, GRPC_MAX_DIGITS, GRPC_TIMEOUT_HEADER, HTTP_MAX_DIGITS, TimeoutError,
     encode_grpc_timeout, encode_http_timeout, parse_grpc_timeout, parse_http_timeout,
 };
+pub use wire::Wire;

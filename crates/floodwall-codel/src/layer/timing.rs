@@ -1,0 +1,44 @@
+//! Where a request's arrival and deadline come from.
+
+use super::*;
+
+/// Where a request's [`Arrival`] and [`Deadline`] come from.
+/// [`NoTiming`] gives neither; [`FromExtensions`] reads an
+/// `http::Request`'s extensions.
+pub trait TimingOf<Req>: Send + Sync + 'static {
+    /// When the request reached the outermost layer, if known: queueing
+    /// time counts from there.
+    fn arrival(&self, req: &Req) -> Option<Instant>;
+    /// When the request's caller stops waiting, if known.
+    fn deadline(&self, req: &Req) -> Option<Instant>;
+}
+
+/// Requests carry no arrival time or deadline.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoTiming;
+
+impl<Req> TimingOf<Req> for NoTiming {
+    #[inline]
+    fn arrival(&self, _: &Req) -> Option<Instant> {
+        None
+    }
+
+    #[inline]
+    fn deadline(&self, _: &Req) -> Option<Instant> {
+        None
+    }
+}
+
+/// Reads the [`Arrival`] and [`Deadline`] extensions of an `http::Request`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FromExtensions;
+
+impl<B> TimingOf<http::Request<B>> for FromExtensions {
+    fn arrival(&self, req: &http::Request<B>) -> Option<Instant> {
+        req.extensions().get::<Arrival>().map(|a| a.instant())
+    }
+
+    fn deadline(&self, req: &http::Request<B>) -> Option<Instant> {
+        req.extensions().get::<Deadline>().map(|d| d.instant())
+    }
+}

@@ -1,0 +1,189 @@
+//! The client side: the deadline in scope, sent with every outbound call.
+
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use floodwall_core::{BoxError, Deadline, Phase, outcome};
+use http::header::HeaderName;
+use tokio::time::Instant;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::DEFAULT_NAME;
+use crate::future::{ClientFuture, Metrics, ResponseFuture};
+use crate::scope::{self};
+use crate::wire::Wire;
+
+/// A client's propagation policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientConfig {
+    /// How the remaining time is sent. Default [`Wire::Grpc`].
+    pub wire: Wire,
+    /// Subtracted from the remaining time before sending, for the network
+    /// and the response's way back. Default zero.
+    pub margin: Duration,
+    /// This call's own timeout, which caps what is sent. Default none.
+    pub timeout: Option<Duration>,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            wire: Wire::Grpc,
+            margin: Duration::ZERO,
+            timeout: None,
+        }
+    }
+}
+
+struct ClientShared {
+    config: ClientConfig,
+    header: HeaderName,
+    metrics: Metrics,
+}
+
+/// The client side: an outbound request made while a deadline is in scope
+/// (or carried in its extensions) is sent with the time that remains, less
+/// the margin, capped by the call's own timeout; with nothing left it fails
+/// at once with [`DeadlineExceeded`](crate::DeadlineExceeded) and is not sent. The response is
+/// awaited until that same instant.
+#[derive(Clone)]
+pub struct PropagateDeadlineLayer {
+    shared: Arc<ClientShared>,
+}
+
+impl PropagateDeadlineLayer {
+    /// A layer for `config`, metric label [`DEFAULT_NAME`].
+    pub fn new(config: ClientConfig) -> Self {
+        Self::named(config, DEFAULT_NAME)
+    }
+
+    /// A layer for `config` with metric label `name`.
+    pub fn named(config: ClientConfig, name: &str) -> Self {
+        Self {
+            shared: Arc::new(ClientShared {
+                header: config.wire.header(),
+                config,
+                metrics: Metrics::new(name),
+            }),
+        }
+    }
+}
+
+impl fmt::Debug for PropagateDeadlineLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PropagateDeadlineLayer")
+            .field("config", &self.shared.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> Layer<S> for PropagateDeadlineLayer {
+    type Service = PropagateDeadline<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        PropagateDeadline {
+            inner,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// The service a [`PropagateDeadlineLayer`] builds.
+#[derive(Clone)]
+pub struct PropagateDeadline<S> {
+    inner: S,
+    shared: Arc<ClientShared>,
+}
+
+impl<S: fmt::Debug> fmt::Debug for PropagateDeadline<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PropagateDeadline")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, B> Service<http::Request<B>> for PropagateDeadline<S>
+where
+    S: Service<http::Request<B>>,
+    S::Error: Into<BoxError>,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = ClientFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        let shared = &self.shared;
+        // The deadline this call inherits, and whether it is the caller's
+        // (a deadline in the extensions alone counts as the caller's).
+        let (inherited, from_caller) =
+            match (scope::current_scoped(), req.extensions().get::<Deadline>()) {
+                (Some(s), Some(&e)) if e < s.deadline() => (Some(e), true),
+                (Some(s), _) => (Some(s.deadline()), s.from_caller()),
+                (None, e) => (e.copied(), true),
+            };
+        // A timeout the caller already put on this request (tonic's
+        // `Request::set_timeout`, say) caps it like the configured one.
+        let explicit = req
+            .headers()
+            .get(&shared.header)
+            .and_then(|v| shared.config.wire.parse(v));
+        if inherited.is_none() && shared.config.timeout.is_none() && explicit.is_none() {
+            return ResponseFuture::open(self.inner.call(req));
+        }
+        let now = Instant::now();
+        let cap = [shared.config.timeout, explicit]
+            .into_iter()
+            .flatten()
+            .map(|t| Deadline::after(now, t))
+            .reduce(Deadline::min);
+        let earliest = |a: Option<Deadline>, b: Option<Deadline>| match (a, b) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        // Wait until the caller's deadline; tell the callee `margin` less,
+        // so that its answer (or its DEADLINE_EXCEEDED) can come back.
+        let wait = earliest(inherited, cap).expect("one of them is set");
+        let send = earliest(
+            inherited.map(|d| bring_forward(d, shared.config.margin, now)),
+            cap,
+        )
+        .expect("one of them is set");
+        let remaining = send.remaining(now);
+        if remaining.is_zero() {
+            return ResponseFuture::expired(&shared.metrics, Phase::BeforeSend);
+        }
+        req.headers_mut()
+            .insert(shared.header.clone(), shared.config.wire.encode(remaining));
+        // The caller limited this call if the deadline it inherited is the
+        // caller's (not this server's own budget) and earlier than the
+        // call's own budget (the configured or explicit timeout), or the
+        // call has no budget of its own.
+        let caller_limited = from_caller && inherited.is_some_and(|i| cap.is_none_or(|c| i < c));
+        req.extensions_mut().insert(wait);
+        let fut = outcome::limit_scope(caller_limited, || self.inner.call(req));
+        ResponseFuture::timed(
+            fut,
+            wait,
+            now,
+            &shared.metrics,
+            Phase::AwaitingResponse,
+            caller_limited,
+        )
+    }
+}
+
+/// `deadline − margin`, but never before `now`.
+fn bring_forward(deadline: Deadline, margin: Duration, now: Instant) -> Deadline {
+    match deadline.instant().checked_sub(margin) {
+        Some(at) if at > now => Deadline::new(at),
+        _ => Deadline::new(now),
+    }
+}

@@ -1,0 +1,198 @@
+//! The server side: a deadline for every inbound request.
+
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use floodwall_core::{Arrival, BoxError, Deadline, Phase, outcome};
+use http::header::HeaderName;
+use tokio::time::Instant;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::DEFAULT_NAME;
+use crate::future::{Metrics, ResponseFuture, ServerFuture};
+use crate::scope::{self};
+use crate::wire::Wire;
+
+/// A server's deadline policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// Where the inbound timeout is read. Default [`Wire::Grpc`].
+    pub wire: Wire,
+    /// Whether the inbound timeout header is believed. Edge services facing
+    /// untrusted clients set this to false (and rely on `max`). Default true.
+    pub trust_inbound: bool,
+    /// The longest any request may take here, header or not. Default none.
+    pub max: Option<Duration>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            wire: Wire::Grpc,
+            trust_inbound: true,
+            max: None,
+        }
+    }
+}
+
+struct ServerShared {
+    config: ServerConfig,
+    header: HeaderName,
+    metrics: Metrics,
+}
+
+/// The server side: reads the inbound timeout, fixes the request's
+/// [`Deadline`] as `arrival + min(header, max)`, refuses a request that
+/// arrives with no time left, and drops the handler at the deadline. The
+/// handler sees the deadline in its request extensions and, for the
+/// outbound calls it makes, in the task scope ([`current`](crate::current)).
+///
+/// ```
+/// use std::time::Duration;
+/// use floodwall_deadline::{ServerConfig, ServerDeadlineLayer, current};
+/// use tower::{ServiceBuilder, ServiceExt, service_fn};
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() {
+/// let svc = ServiceBuilder::new()
+///     .layer(ServerDeadlineLayer::new(ServerConfig::default()))
+///     .service(service_fn(|_req: http::Request<()>| async {
+///         // What an outbound call made here would send on:
+///         Ok::<_, floodwall_core::BoxError>(current().map(|d| d.remaining(tokio::time::Instant::now())))
+///     }));
+/// let req = http::Request::builder().header("grpc-timeout", "2S").body(()).unwrap();
+/// assert_eq!(svc.oneshot(req).await.unwrap(), Some(Duration::from_secs(2)));
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct ServerDeadlineLayer {
+    shared: Arc<ServerShared>,
+}
+
+impl ServerDeadlineLayer {
+    /// A layer for `config`, metric label [`DEFAULT_NAME`].
+    pub fn new(config: ServerConfig) -> Self {
+        Self::named(config, DEFAULT_NAME)
+    }
+
+    /// A layer for `config` with metric label `name`.
+    pub fn named(config: ServerConfig, name: &str) -> Self {
+        Self {
+            shared: Arc::new(ServerShared {
+                header: config.wire.header(),
+                config,
+                metrics: Metrics::new(name),
+            }),
+        }
+    }
+}
+
+impl fmt::Debug for ServerDeadlineLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerDeadlineLayer")
+            .field("config", &self.shared.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> Layer<S> for ServerDeadlineLayer {
+    type Service = ServerDeadline<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ServerDeadline {
+            inner,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// The service a [`ServerDeadlineLayer`] builds.
+#[derive(Clone)]
+pub struct ServerDeadline<S> {
+    inner: S,
+    shared: Arc<ServerShared>,
+}
+
+impl<S: fmt::Debug> fmt::Debug for ServerDeadline<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerDeadline")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, B> Service<http::Request<B>> for ServerDeadline<S>
+where
+    S: Service<http::Request<B>>,
+    S::Error: Into<BoxError>,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = ServerFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        let shared = &self.shared;
+        let now = Instant::now();
+        let arrival = match req.extensions().get::<Arrival>() {
+            Some(a) => a.instant(),
+            None => Arrival::stamp(req.extensions_mut(), now).instant(),
+        };
+        let inbound = if shared.config.trust_inbound {
+            req.headers()
+                .get(&shared.header)
+                .and_then(|v| shared.config.wire.parse(v))
+        } else {
+            None
+        };
+        let timeout = match (inbound, shared.config.max) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let Some(timeout) = timeout else {
+            return ResponseFuture::open(self.inner.call(req));
+        };
+        // The caller limited this request if its timeout is shorter than
+        // the server's own budget (`max`), or if there is no such budget.
+        let mut caller_limited = inbound.is_some_and(|i| shared.config.max.is_none_or(|m| i < m));
+        // An outer layer's deadline (in the extensions or the task scope)
+        // is never extended; the earliest one's origin counts.
+        let mut deadline = Deadline::after(arrival, timeout);
+        if let Some(&outer) = req.extensions().get::<Deadline>()
+            && outer < deadline
+        {
+            (deadline, caller_limited) = (outer, true);
+        }
+        if let Some(outer) = scope::current_scoped()
+            && outer.deadline() < deadline
+        {
+            (deadline, caller_limited) = (outer.deadline(), outer.from_caller());
+        }
+        shared
+            .metrics
+            .inbound
+            .record(deadline.remaining(now).as_secs_f64());
+        if deadline.is_expired(now) {
+            return ResponseFuture::expired(&shared.metrics, Phase::OnArrival);
+        }
+        req.extensions_mut().insert(deadline);
+        // In scope for the inner `call` as well as for its future.
+        let fut = scope::enter(deadline, caller_limited, || {
+            outcome::limit_scope(caller_limited, || self.inner.call(req))
+        });
+        ResponseFuture::timed(
+            fut,
+            deadline,
+            now,
+            &shared.metrics,
+            Phase::InFlight,
+            caller_limited,
+        )
+    }
+}
