@@ -73,6 +73,7 @@ pub const CASES: &[&str] = &[
     "retry",
     "tower-retry",
     "codel",
+    "bulkhead",
     "resilience-bulkhead",
     "tower-concurrency-shed",
     "concurrency-aimd",
@@ -152,6 +153,15 @@ pub fn run(case: &str, n: u64) -> Option<Duration> {
             CodelLayer::new(CodelConfig::with_workers(64))
                 .expect("a codel queue")
                 .layer(Respond),
+            n,
+        ),
+        "bulkhead" => drive(
+            floodwall::bulkhead::BulkheadLayer::new(floodwall::bulkhead::BulkheadConfig {
+                max_concurrent: 64,
+                ..Default::default()
+            })
+            .expect("a bulkhead")
+            .layer(Respond),
             n,
         ),
         "resilience-bulkhead" => drive(

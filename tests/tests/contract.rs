@@ -26,6 +26,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use floodwall::breaker::{BreakerConfig, BreakerLayer};
+use floodwall::bulkhead::{BulkheadConfig, BulkheadLayer};
 use floodwall::codel::{CodelConfig, CodelLayer};
 use floodwall::concurrency::{AdaptiveLimitLayer, Aimd, AimdConfig};
 use floodwall::core::{
@@ -374,6 +375,25 @@ const CASES: &[Case] = &[
                         workers: 1,
                         max_queue: 0,
                         ..CodelConfig::default()
+                    })
+                    .unwrap(),
+                )
+            },
+            request: held,
+            kind: RejectKind::Overloaded,
+            while_in_flight: true,
+        }),
+    },
+    Case {
+        module: "bulkhead",
+        name: "bulkhead",
+        open: || boxed(BulkheadLayer::new(BulkheadConfig::default()).unwrap()),
+        refusal: Some(Refusal {
+            layer: || {
+                boxed(
+                    BulkheadLayer::new(BulkheadConfig {
+                        max_concurrent: 1,
+                        ..BulkheadConfig::default()
                     })
                     .unwrap(),
                 )
@@ -733,8 +753,12 @@ fn every_facade_layer_is_in_the_suite() {
     let modules: Vec<&str> = facade
         .lines()
         .filter_map(|l| l.trim().strip_prefix("pub use floodwall_"))
-        .filter_map(|l| l.split(" as ").nth(1))
-        .map(|m| m.trim_end_matches(';'))
+        .map(|l| l.trim_end_matches(';'))
+        // `floodwall_x as x`, or `floodwall_x::y` (module `y`).
+        .map(|l| match l.split_once(" as ") {
+            Some((_, name)) => name,
+            None => l.rsplit("::").next().unwrap_or(l),
+        })
         .collect();
     assert!(
         modules.len() >= 15,

@@ -33,10 +33,12 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod bulkhead;
 mod config;
 mod layer;
 mod queue;
 
+pub use bulkhead::{Bulkhead, BulkheadConfig, BulkheadHandle, BulkheadLayer};
 pub use config::{CodelConfig, ConfigError, Lifo, Policy};
 pub use layer::{
     Builder, CodelHandle, CodelLayer, CodelService, DEFAULT_NAME, FromExtensions, NoTiming,

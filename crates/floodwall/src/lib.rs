@@ -92,6 +92,9 @@ pub use floodwall_breaker as breaker;
 #[cfg(feature = "codel")]
 #[cfg_attr(docsrs, doc(cfg(feature = "codel")))]
 pub use floodwall_codel as codel;
+#[cfg(feature = "bulkhead")]
+#[cfg_attr(docsrs, doc(cfg(feature = "bulkhead")))]
+pub use floodwall_codel::bulkhead;
 #[cfg(feature = "concurrency")]
 #[cfg_attr(docsrs, doc(cfg(feature = "concurrency")))]
 pub use floodwall_concurrency as concurrency;
