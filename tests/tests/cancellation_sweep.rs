@@ -29,7 +29,7 @@ use floodwall::priority::{
     PriorityClientLayer,
 };
 use floodwall::sliding_window::{SlidingWindowLayer, Window};
-use floodwall::throttle::{RetryBudget, RetryLayer, ThrottleConfig, ThrottleLayer};
+use floodwall::throttle::{RetryBudget, RetryLayer, SplitMix, ThrottleConfig, ThrottleLayer};
 use floodwall::token_bucket::{Quota, TokenBucketLayer};
 use http::{Request, Response};
 use tokio::time::{Instant, advance};
@@ -467,6 +467,7 @@ async fn throttle_and_retry_budget() {
     let backend = Backend::default();
     let budget = Arc::new(RetryBudget::new(10.0, 0.1).unwrap());
     let throttle = ThrottleLayer::builder(ThrottleConfig::default())
+        .rng(SplitMix::new(7))
         .build()
         .unwrap();
     let mut svc = ServiceBuilder::new()
@@ -560,7 +561,9 @@ async fn the_whole_stack() {
         .layer(PriorityClientLayer::new(ClientConfig::default()))
         .layer(breaker)
         .layer(
+            // Seeded, like the sweep: the same schedule every run.
             ThrottleLayer::builder(ThrottleConfig::default())
+                .rng(SplitMix::new(7))
                 .build()
                 .unwrap(),
         )

@@ -183,6 +183,22 @@ async fn server_pushback_sets_the_delay_and_permanent_rejections_are_final() {
     );
 }
 
+/// A refusal by a floodwall layer below without a retry-after (a local
+/// throttle, an open breaker, a shedding queue) is not retried: a retry
+/// would only add the load it refused, and refusals do not spend the budget.
+#[tokio::test(start_paused = true)]
+async fn refusals_below_without_a_retry_after_are_not_retried() {
+    let budget = Arc::new(RetryBudget::new(10.0, 0.1).unwrap());
+    let (svc, log) = backend(|_| Some(Rejected::boxed(Busy(None, false))));
+    let err = retry(&budget).layer(svc).oneshot(1).await.unwrap_err();
+    assert_eq!(log.times().len(), 1);
+    assert_eq!(budget.tokens(), 10.0, "not counted");
+    assert_eq!(
+        Rejected::find(&*err).unwrap().kind(),
+        RejectKind::Overloaded
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn an_empty_budget_stops_retries() {
     let budget = Arc::new(RetryBudget::new(4.0, 0.1).unwrap());
@@ -203,7 +219,9 @@ async fn an_empty_budget_stops_retries() {
 async fn only_the_layer_directly_above_a_failing_service_retries() {
     let inner_budget = Arc::new(RetryBudget::new(100.0, 0.1).unwrap());
     let outer_budget = Arc::new(RetryBudget::new(100.0, 0.1).unwrap());
-    let (svc, log) = backend(|_| Some(Rejected::boxed(Busy(None, false))));
+    // Refused below with a retry-after: the inner layer retries after it.
+    let wait = Some(Duration::from_millis(1));
+    let (svc, log) = backend(move |_| Some(Rejected::boxed(Busy(wait, false))));
     let stack = retry(&outer_budget).layer(retry(&inner_budget).layer(svc));
     let err = stack.oneshot(1).await.unwrap_err();
     assert_eq!(log.times().len(), 3, "3 attempts, not 3 × 3");

@@ -30,8 +30,9 @@ pub enum Verdict {
     /// The attempt never reached the dependency: a floodwall layer below
     /// refused it (floodwall's outcome rule, [`floodwall_core::outcome`]).
     /// It says nothing about the dependency, so the budget does not count
-    /// it; `hint` says whether and when it may be retried (a retry still
-    /// needs the budget's permission).
+    /// it; `hint` says whether and when it may be retried (only after a
+    /// retry-after the refusal gave; a retry still needs the budget's
+    /// permission).
     Refused(RetryHint),
 }
 
@@ -66,9 +67,12 @@ pub trait RetryPolicy<Resp>: Send + Sync + 'static {
 /// (no time is left to retry in, and it says nothing about the dependency);
 /// a timeout of an attempt that had its full budget is a failure, retried
 /// after the backoff; any other floodwall rejection is
-/// [`Refused`](Verdict::Refused) (it never reached the dependency), retried
-/// after its retry-after or the backoff; anything else is a failure,
-/// retried after the backoff.
+/// [`Refused`](Verdict::Refused) (it never reached the dependency): retried
+/// after its retry-after if it has one (a rate limit saying when), never
+/// otherwise — retrying a request a local throttle, an open breaker or a
+/// shedding queue just refused only adds the load they refused, and, since
+/// refusals do not spend the budget, would feed itself; anything else is a
+/// failure, retried after the backoff.
 pub fn error_verdict(err: &BoxError) -> Verdict {
     let mut cur: Option<&(dyn Error + 'static)> = Some(&**err);
     while let Some(e) = cur {
@@ -88,7 +92,7 @@ pub fn error_verdict(err: &BoxError) -> Verdict {
         Verdict_::Silent(Silence::CallerDeadline) => Verdict::Fatal,
         _ => Verdict::Refused(match r.retry_after() {
             Some(d) => RetryHint::RetryAfter(d),
-            None => RetryHint::Retry,
+            None => RetryHint::DoNotRetry,
         }),
     }
 }
