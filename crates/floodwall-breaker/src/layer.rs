@@ -3,9 +3,7 @@ use std::sync::{Arc, Weak};
 
 use floodwall_admit::{BackpressureLayer, Guarded, UntilBodyEndLayer};
 use floodwall_core::ResultClassifier;
-use floodwall_core::metrics::{
-    BREAKER_CALLS, BREAKER_REJECTED, BREAKER_STATE, BREAKER_TRANSITIONS, LABEL_NAME,
-};
+use floodwall_core::metrics::{LABEL_NAME, RequestCounters, metric_name};
 use floodwall_core::random::Random;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -228,7 +226,8 @@ impl<C> Builder<C> {
         };
         let name = self.name.to_string();
         let transitions = name.clone();
-        let state_gauge = metrics::gauge!(BREAKER_STATE, LABEL_NAME => name.clone());
+        let state_gauge =
+            metrics::gauge!(metric_name(crate::METRIC_PREFIX, "state"), LABEL_NAME => name.clone());
         state_gauge.set(0.0);
         let newest = std::sync::atomic::AtomicU64::new(0);
         let mut breaker = CircuitBreaker::new(self.config)?.on_state_change(move |c| {
@@ -239,7 +238,7 @@ impl<C> Builder<C> {
                 state_gauge.set(c.to as u8 as f64);
             }
             metrics::counter!(
-                BREAKER_TRANSITIONS,
+                metric_name(crate::METRIC_PREFIX, "transitions_total"),
                 LABEL_NAME => transitions.clone(),
                 "from" => c.from.as_str(),
                 "to" => c.to.as_str()
@@ -252,22 +251,13 @@ impl<C> Builder<C> {
         for listener in self.listeners {
             breaker = breaker.on_state_change(listener);
         }
-        let calls = |outcome: &'static str| metrics::counter!(BREAKER_CALLS, LABEL_NAME => name.clone(), "outcome" => outcome);
-        let states = [
-            State::Closed,
-            State::Open,
-            State::HalfOpen,
-            State::ForcedOpen,
-            State::Disabled,
-        ];
+        let calls = |outcome: &'static str| metrics::counter!(metric_name(crate::METRIC_PREFIX, "calls_total"), LABEL_NAME => name.clone(), "outcome" => outcome);
         let layer = BreakerLayer {
             shared: Arc::new(BreakerPolicy {
                 success: calls("success"),
                 failure: calls("failure"),
                 cancelled: calls("cancelled"),
-                rejected: states.map(|s| {
-                    metrics::counter!(BREAKER_REJECTED, LABEL_NAME => name.clone(), "state" => s.as_str())
-                }),
+                requests: RequestCounters::new(crate::METRIC_PREFIX, &name),
                 breaker,
                 classify: self.classify,
                 name: self.name,

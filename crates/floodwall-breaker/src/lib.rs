@@ -28,6 +28,15 @@
 //! ```
 #![forbid(unsafe_code)]
 
+/// The prefix of the breaker's metric names (the convention:
+/// [`floodwall_core::metrics`]): `floodwall_breaker_requests_total{name,
+/// outcome, reason}`; `floodwall_breaker_calls_total{name, outcome}` for
+/// admitted calls as they finish (`success`, `failure`, `cancelled`: said
+/// nothing); the gauge `floodwall_breaker_state{name}` (0 closed, 1 open,
+/// 2 half-open, 3 forced open, 4 disabled); and
+/// `floodwall_breaker_transitions_total{name, from, to}`.
+pub const METRIC_PREFIX: &str = "breaker";
+
 mod breaker;
 mod config;
 mod error;

@@ -6,8 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use floodwall_admit::{Admit, Policy, Read, Reserve, Wait};
+use floodwall_core::metrics::RequestCounters;
 use floodwall_core::outcome::{self, Verdict};
-use floodwall_core::{BoxError, Classify, Outcome, Rejected};
+use floodwall_core::{BoxError, Classify, Outcome, RejectKind, Rejected};
 use metrics::Counter;
 use tokio::time::Instant;
 
@@ -24,7 +25,7 @@ pub struct BreakerPolicy<C> {
     pub(crate) success: Counter,
     pub(crate) failure: Counter,
     pub(crate) cancelled: Counter,
-    pub(crate) rejected: [Counter; 5],
+    pub(crate) requests: RequestCounters,
 }
 
 impl<C> BreakerPolicy<C> {
@@ -40,7 +41,7 @@ impl<C> BreakerPolicy<C> {
 
     #[cold]
     fn refuse(&self, state: State, retry_after: Option<Duration>) -> BoxError {
-        self.rejected[state as usize].increment(1);
+        self.requests.rejected(RejectKind::CircuitOpen);
         Rejected::boxed(CircuitOpen::new(state, retry_after))
     }
 }
@@ -83,9 +84,13 @@ impl<C: Send + Sync + 'static> Policy for BreakerPolicy<C> {
 impl<C: Send + Sync + 'static, Req> Admit<Req> for BreakerPolicy<C> {
     #[inline]
     fn admit(&self, _: &mut Req) -> Result<Permit, BoxError> {
-        self.breaker
-            .try_acquire_with(Instant::now)
-            .map_err(|refused| self.refuse(refused.state, refused.retry_after))
+        match self.breaker.try_acquire_with(Instant::now) {
+            Ok(permit) => {
+                self.requests.admitted();
+                Ok(permit)
+            }
+            Err(refused) => Err(self.refuse(refused.state, refused.retry_after)),
+        }
     }
 }
 

@@ -49,6 +49,12 @@ use crate::Shed;
 /// The default name of a bulkhead layer (metric label).
 pub const DEFAULT_NAME: &str = "bulkhead";
 
+/// The prefix of the bulkhead's metric names:
+/// `floodwall_bulkhead_requests_total{name, outcome, reason}` and the
+/// queue's detail metrics (`floodwall_bulkhead_queue_length`, …, as the
+/// CoDel layer's).
+pub const METRIC_PREFIX: &str = "bulkhead";
+
 /// A bulkhead's configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Deserialize))]
@@ -150,6 +156,7 @@ impl BulkheadLayer {
         Ok(Self {
             inner: CodelLayer::builder(config.codel())
                 .name(name.to_owned())
+                .metric_prefix(METRIC_PREFIX)
                 .build()?,
         })
     }

@@ -6,9 +6,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 
-use floodwall_core::metrics::{
-    CODEL_DROPPED, CODEL_LIFO, CODEL_QUEUE_LENGTH, CODEL_SOJOURN_SECONDS, LABEL_NAME,
-};
+use floodwall_core::metrics::{LABEL_NAME, LABEL_REASON, RequestCounters, metric_name};
 use floodwall_core::sync::{self, AtomicUsize, Mutex, Ordering};
 use floodwall_core::{Arrival, BoxError, Deadline, RejectKind, Rejected, Rejection};
 use metrics::{Counter, Gauge, Histogram};
@@ -76,6 +74,7 @@ impl CodelLayer {
             timing: NoTiming,
             name: Arc::from(DEFAULT_NAME),
             on_sojourn: None,
+            metric_prefix: crate::METRIC_PREFIX,
         }
     }
 }
@@ -123,6 +122,7 @@ pub struct Builder<X = NoTiming> {
     timing: X,
     name: Arc<str>,
     on_sojourn: Option<SojournHook>,
+    metric_prefix: &'static str,
 }
 
 impl<X: fmt::Debug> fmt::Debug for Builder<X> {
@@ -143,6 +143,13 @@ impl<X> Builder<X> {
         self
     }
 
+    /// The metric prefix (`floodwall_<prefix>_…`): the bulkhead reports
+    /// under its own.
+    pub(crate) fn metric_prefix(mut self, prefix: &'static str) -> Self {
+        self.metric_prefix = prefix;
+        self
+    }
+
     /// Where requests' arrival times and deadlines come from, e.g.
     /// [`FromExtensions`] for `http::Request`s.
     pub fn timing<X2>(self, timing: X2) -> Builder<X2> {
@@ -151,6 +158,7 @@ impl<X> Builder<X> {
             timing,
             name: self.name,
             on_sojourn: self.on_sojourn,
+            metric_prefix: self.metric_prefix,
         }
     }
 
@@ -173,13 +181,15 @@ impl<X> Builder<X> {
         self.config.validate()?;
         let name = self.name.to_string();
         let label = || (LABEL_NAME, name.clone());
+        let prefix = self.metric_prefix;
         let metrics = Metrics {
-            queue_length: metrics::gauge!(CODEL_QUEUE_LENGTH, &[label()]),
-            sojourn: metrics::histogram!(CODEL_SOJOURN_SECONDS, &[label()]),
+            requests: RequestCounters::new(prefix, &name),
+            queue_length: metrics::gauge!(metric_name(prefix, "queue_length"), &[label()]),
+            sojourn: metrics::histogram!(metric_name(prefix, "sojourn_seconds"), &[label()]),
             dropped: DropReason::ALL.map(|r| {
-                metrics::counter!(CODEL_DROPPED, LABEL_NAME => name.clone(), "reason" => r.as_str())
+                metrics::counter!(metric_name(prefix, "dropped_total"), LABEL_NAME => name.clone(), LABEL_REASON => r.as_str())
             }),
-            lifo: metrics::gauge!(CODEL_LIFO, &[label()]),
+            lifo: metrics::gauge!(metric_name(prefix, "lifo"), &[label()]),
         };
         Ok(CodelLayer {
             shared: Arc::new(Shared {
@@ -378,7 +388,7 @@ where
         if let Some(d) = shared.timing.deadline(&req)
             && Instant::now() + shared.min_remaining >= d
         {
-            shared.metrics.dropped[DropReason::Deadline.index()].increment(1);
+            shared.metrics.shed(DropReason::Deadline);
             return ResponseFuture::shed(DropReason::Deadline);
         }
         if shared.queued.load(Ordering::SeqCst) == 0 && shared.try_take() {
@@ -389,6 +399,7 @@ where
                 });
                 hook(waited);
             }
+            shared.metrics.requests.admitted();
             let permit = Permit {
                 shared: shared.clone(),
             };
@@ -421,7 +432,7 @@ impl<S, X> CodelService<S, X> {
         let (waiter, expires) = match Shared::push(shared, now, start, deadline) {
             Ok(queued) => queued,
             Err(reason) => {
-                shared.metrics.dropped[reason.index()].increment(1);
+                shared.metrics.shed(reason);
                 return ResponseFuture::shed(reason);
             }
         };

@@ -33,6 +33,14 @@
 //! ```
 #![forbid(unsafe_code)]
 
+/// The prefix of the CoDel layer's metric names (the convention:
+/// [`floodwall_core::metrics`]): `floodwall_codel_requests_total{name,
+/// outcome, reason}`; `floodwall_codel_dropped_total{name, reason}` by drop
+/// reason (`timeout`, `codel`, `deadline`, `full`); the gauges
+/// `floodwall_codel_queue_length{name}` and `floodwall_codel_lifo{name}`;
+/// the histogram `floodwall_codel_sojourn_seconds{name}`.
+pub const METRIC_PREFIX: &str = "codel";
+
 pub mod bulkhead;
 mod config;
 mod layer;

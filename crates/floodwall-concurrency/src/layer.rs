@@ -5,10 +5,7 @@ use std::sync::{Arc, OnceLock};
 
 use floodwall_admit::{BackpressureLayer, Guarded, UntilBodyEndLayer};
 use floodwall_core::ResultClassifier;
-use floodwall_core::metrics::{
-    CONCURRENCY_CALLS, CONCURRENCY_IN_FLIGHT, CONCURRENCY_LIMIT, CONCURRENCY_REJECTED,
-    CONCURRENCY_RTT_SECONDS, LABEL_NAME,
-};
+use floodwall_core::metrics::{LABEL_NAME, RequestCounters, metric_name};
 use tower_layer::Layer;
 
 use crate::policy::Metrics;
@@ -217,18 +214,18 @@ impl<A: Algorithm, C, P> Builder<A, C, P> {
     /// The layer. Metric handles are registered now.
     pub fn build(self) -> AdaptiveLimitLayer<A, C, P> {
         let name = self.name.to_string();
-        let calls = |outcome: &'static str| metrics::counter!(CONCURRENCY_CALLS, LABEL_NAME => name.clone(), "outcome" => outcome);
-        let rtt = |estimate: &'static str| metrics::gauge!(CONCURRENCY_RTT_SECONDS, LABEL_NAME => name.clone(), "estimate" => estimate);
+        let calls = |outcome: &'static str| metrics::counter!(metric_name(crate::METRIC_PREFIX, "calls_total"), LABEL_NAME => name.clone(), "outcome" => outcome);
+        let rtt = |estimate: &'static str| metrics::gauge!(metric_name(crate::METRIC_PREFIX, "rtt_seconds"), LABEL_NAME => name.clone(), "estimate" => estimate);
         let metrics = Metrics {
-            limit: metrics::gauge!(CONCURRENCY_LIMIT, LABEL_NAME => name.clone()),
-            in_flight: metrics::gauge!(CONCURRENCY_IN_FLIGHT, LABEL_NAME => name.clone()),
+            limit: metrics::gauge!(metric_name(crate::METRIC_PREFIX, "limit"), LABEL_NAME => name.clone()),
+            in_flight: metrics::gauge!(metric_name(crate::METRIC_PREFIX, "in_flight"), LABEL_NAME => name.clone()),
             baseline: rtt("baseline"),
             latest: rtt("latest"),
             success: calls("success"),
             dropped: calls("dropped"),
             ignored: calls("ignored"),
             cancelled: calls("cancelled"),
-            rejected: metrics::counter!(CONCURRENCY_REJECTED, LABEL_NAME => name.clone()),
+            requests: RequestCounters::new(crate::METRIC_PREFIX, &name),
         };
         let mut limiter = Limiter::partitioned(self.algorithm, self.partitions);
         let gauge = metrics.limit.clone();

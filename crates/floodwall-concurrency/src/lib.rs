@@ -44,6 +44,15 @@
 //! ```
 #![forbid(unsafe_code)]
 
+/// The prefix of the adaptive limit's metric names (the convention:
+/// [`floodwall_core::metrics`]): `floodwall_concurrency_requests_total{name,
+/// outcome, reason}`; `floodwall_concurrency_calls_total{name, outcome}` for
+/// admitted requests as they finish (`success`, `dropped`, `ignored`,
+/// `cancelled`); the gauges `floodwall_concurrency_limit{name}`,
+/// `floodwall_concurrency_in_flight{name}` and
+/// `floodwall_concurrency_rtt_seconds{name, estimate}`.
+pub const METRIC_PREFIX: &str = "concurrency";
+
 mod aimd;
 mod bbr;
 pub mod cpu;

@@ -5,8 +5,9 @@ use std::fmt;
 use std::sync::{Arc, OnceLock};
 
 use floodwall_admit::{Admit, Policy, Read, Reserve, Wait};
+use floodwall_core::metrics::RequestCounters;
 use floodwall_core::outcome::{self, Silence, Verdict};
-use floodwall_core::{BoxError, Classify, Outcome, Rejected};
+use floodwall_core::{BoxError, Classify, Outcome, RejectKind, Rejected};
 use metrics::{Counter, Gauge};
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -55,7 +56,7 @@ pub(crate) struct Metrics {
     pub(crate) dropped: Counter,
     pub(crate) ignored: Counter,
     pub(crate) cancelled: Counter,
-    pub(crate) rejected: Counter,
+    pub(crate) requests: RequestCounters,
 }
 
 /// The limiter an [`AdaptiveLimitLayer`](crate::AdaptiveLimitLayer) shares
@@ -150,8 +151,9 @@ where
         let class = self.partition.class(req);
         self.limiter
             .try_acquire_in(class, Instant::now())
+            .inspect(|_| self.metrics.requests.admitted())
             .map_err(|refused| {
-                self.metrics.rejected.increment(1);
+                self.metrics.requests.rejected(RejectKind::Overloaded);
                 Rejected::boxed(LimitExceeded::from(refused))
             })
     }

@@ -1,154 +1,122 @@
-//! Metric names reported by the floodwall layers through the `metrics` facade.
+//! The metric convention every floodwall layer follows (through the
+//! `metrics` facade); each crate owns its metric names.
 //!
-//! Every metric carries the label [`LABEL_NAME`] with the layer's configured
-//! name, so several instances of one layer can be told apart. Names follow
-//! `floodwall_<layer>_<what>`; counters end in `_total`.
+//! - Names are `floodwall_<layer>_<what>` ([`metric_name`]); counters end in
+//!   `_total`.
+//! - Every metric carries [`LABEL_NAME`], the layer instance's configured
+//!   name, so several instances of one layer can be told apart.
+//! - Every admission-style layer reports
+//!   `floodwall_<layer>_requests_total{name, outcome, reason}`
+//!   ([`RequestCounters`]): `outcome` is [`ADMITTED`] or [`REJECTED`], and
+//!   `reason` is the rejection's [`RejectKind::as_str`] (`rate_limited`,
+//!   `overloaded`, `circuit_open`, `throttled`, `deadline_exceeded`,
+//!   `prioritized`; empty for admitted requests). Its own gauges and
+//!   detail counters use the same `name` label.
 //!
 //! Layers register their metric handles when the layer is built, so install
 //! your `metrics` recorder before building layers.
+//!
+//! ```
+//! use floodwall_core::RejectKind;
+//! use floodwall_core::metrics::{RequestCounters, metric_name};
+//!
+//! assert_eq!(metric_name("bulkhead", "requests_total"), "floodwall_bulkhead_requests_total");
+//! // What a layer registers when it is built, and counts per request:
+//! let requests = RequestCounters::new("bulkhead", "uploads");
+//! requests.admitted();
+//! requests.rejected(RejectKind::Overloaded);
+//! ```
+
+use metrics::Counter;
+
+use crate::RejectKind;
 
 /// The label every floodwall metric carries: the layer instance's name.
 pub const LABEL_NAME: &str = "name";
 
-/// The label naming why a request was rejected or a key evicted.
+/// The label saying whether a request was [`ADMITTED`] or [`REJECTED`].
+pub const LABEL_OUTCOME: &str = "outcome";
+
+/// The label naming why: a rejection's [`RejectKind::as_str`] on
+/// `requests_total`, a layer's own reason on its detail metrics.
 pub const LABEL_REASON: &str = "reason";
 
-/// Counter: requests the token bucket admitted.
-pub const TOKEN_BUCKET_ADMITTED: &str = "floodwall_token_bucket_admitted_total";
-/// Counter: requests the token bucket rejected (label `reason`:
-/// `rate_limited`, `exceeds_burst`, `wait_too_long`).
-pub const TOKEN_BUCKET_REJECTED: &str = "floodwall_token_bucket_rejected_total";
-/// Counter: requests that waited for tokens in wait mode before being admitted.
-pub const TOKEN_BUCKET_WAITED: &str = "floodwall_token_bucket_waited_total";
-/// Gauge: keys currently tracked by a keyed token bucket.
-pub const TOKEN_BUCKET_KEYS: &str = "floodwall_token_bucket_keys";
-/// Counter: keys a keyed token bucket forgot (label `reason`: `idle` when the
-/// key's bucket had refilled, which changes no decision; `capacity` when the
-/// map was full and a key still in debt had to go).
-pub const TOKEN_BUCKET_EVICTED: &str = "floodwall_token_bucket_evicted_total";
+/// `outcome` of a request the layer let through.
+pub const ADMITTED: &str = "admitted";
 
-/// Counter: requests the leaky bucket admitted at once (meter, or a shaper
-/// with an empty queue).
-pub const LEAKY_BUCKET_ADMITTED: &str = "floodwall_leaky_bucket_admitted_total";
-/// Counter: requests the leaky bucket refused (label `reason`:
-/// `rate_limited` for a full meter, `wait_too_long` for a full shaper
-/// queue, `exceeds_burst`).
-pub const LEAKY_BUCKET_REJECTED: &str = "floodwall_leaky_bucket_rejected_total";
-/// Counter: requests the shaper delayed to their start slot, then admitted.
-pub const LEAKY_BUCKET_WAITED: &str = "floodwall_leaky_bucket_waited_total";
-/// Gauge: keys currently tracked by a keyed leaky bucket.
-pub const LEAKY_BUCKET_KEYS: &str = "floodwall_leaky_bucket_keys";
-/// Counter: keys a keyed leaky bucket forgot (label `reason`: `idle`,
-/// `capacity`).
-pub const LEAKY_BUCKET_EVICTED: &str = "floodwall_leaky_bucket_evicted_total";
+/// `outcome` of a request the layer refused.
+pub const REJECTED: &str = "rejected";
 
-/// Counter: requests a sliding-window limiter admitted.
-pub const SLIDING_WINDOW_ADMITTED: &str = "floodwall_sliding_window_admitted_total";
-/// Counter: requests a sliding-window limiter refused (label `reason`:
-/// `rate_limited`, `exceeds_burst`).
-pub const SLIDING_WINDOW_REJECTED: &str = "floodwall_sliding_window_rejected_total";
-/// Counter: never incremented by the sliding window, which does not wait;
-/// named for symmetry with the other rate limiters.
-pub const SLIDING_WINDOW_WAITED: &str = "floodwall_sliding_window_waited_total";
-/// Gauge: keys currently tracked by a keyed sliding-window limiter.
-pub const SLIDING_WINDOW_KEYS: &str = "floodwall_sliding_window_keys";
-/// Counter: keys a keyed sliding-window limiter forgot (label `reason`:
-/// `idle`, `capacity`).
-pub const SLIDING_WINDOW_EVICTED: &str = "floodwall_sliding_window_evicted_total";
+/// `floodwall_<layer>_<what>`.
+pub fn metric_name(layer: &str, what: &str) -> String {
+    format!("floodwall_{layer}_{what}")
+}
 
-/// Label naming a request's criticality class.
-pub const LABEL_CRITICALITY: &str = "criticality";
+/// Every rejection kind, in the order [`RequestCounters`] keeps them.
+const KINDS: [RejectKind; 6] = [
+    RejectKind::RateLimited,
+    RejectKind::Overloaded,
+    RejectKind::CircuitOpen,
+    RejectKind::Throttled,
+    RejectKind::DeadlineExceeded,
+    RejectKind::Prioritized,
+];
 
-/// Counter: requests adaptive throttling dropped locally (label
-/// `criticality`).
-pub const THROTTLE_REJECTED: &str = "floodwall_throttle_rejected_total";
-/// Counter: requests adaptive throttling let through to the backend.
-pub const THROTTLE_ADMITTED: &str = "floodwall_throttle_admitted_total";
-/// Gauge: the current local rejection probability (label `criticality`).
-pub const THROTTLE_PROBABILITY: &str = "floodwall_throttle_probability";
-/// Counter: retries the retry layer sent.
-pub const RETRY_ATTEMPTS: &str = "floodwall_retry_attempts_total";
-/// Counter: retries the retry layer wanted but the budget or a don't-retry
-/// signal refused (label `reason`: `budget`, `attempts`, `do_not_retry`).
-pub const RETRY_SKIPPED: &str = "floodwall_retry_skipped_total";
-/// Gauge: the retry budget's tokens.
-pub const RETRY_TOKENS: &str = "floodwall_retry_tokens";
+/// The `floodwall_<layer>_requests_total{name, outcome, reason}` counters of
+/// one layer instance, registered once when the layer is built; counting a
+/// request is one counter increment.
+#[derive(Clone)]
+pub struct RequestCounters {
+    admitted: Counter,
+    rejected: [Counter; 6],
+}
 
-/// Counter: calls a circuit breaker let through, by outcome (label
-/// `outcome`: `success`, `failure`, `cancelled`).
-pub const BREAKER_CALLS: &str = "floodwall_breaker_calls_total";
-/// Counter: calls a circuit breaker refused (label `state`).
-pub const BREAKER_REJECTED: &str = "floodwall_breaker_rejected_total";
-/// Gauge: the breaker's state (0 closed, 1 open, 2 half-open, 3 forced
-/// open, 4 disabled).
-pub const BREAKER_STATE: &str = "floodwall_breaker_state";
-/// Counter: state transitions (labels `from`, `to`).
-pub const BREAKER_TRANSITIONS: &str = "floodwall_breaker_transitions_total";
+impl RequestCounters {
+    /// The counters of layer `layer` (its metric prefix, e.g. `"breaker"`)
+    /// named `name`.
+    pub fn new(layer: &str, name: &str) -> Self {
+        Self::with_labels(layer, name, &[])
+    }
 
-/// Gauge: requests waiting in an admission queue.
-pub const CODEL_QUEUE_LENGTH: &str = "floodwall_codel_queue_length";
-/// Histogram: seconds each served request waited in the queue.
-pub const CODEL_SOJOURN_SECONDS: &str = "floodwall_codel_sojourn_seconds";
-/// Counter: requests dropped instead of served (label `reason`: `timeout`,
-/// `codel`, `deadline`, `full`).
-pub const CODEL_DROPPED: &str = "floodwall_codel_dropped_total";
-/// Gauge: 1 while the queue serves newest first, else 0.
-pub const CODEL_LIFO: &str = "floodwall_codel_lifo";
+    /// As [`new`](Self::new), with extra labels (a criticality class, a
+    /// source) on every counter.
+    pub fn with_labels(layer: &str, name: &str, labels: &[(&'static str, &str)]) -> Self {
+        let metric = metric_name(layer, "requests_total");
+        let counter = |outcome: &'static str, reason: &'static str| {
+            let mut all = vec![
+                metrics::Label::new(LABEL_NAME, name.to_owned()),
+                metrics::Label::new(LABEL_OUTCOME, outcome),
+                metrics::Label::new(LABEL_REASON, reason),
+            ];
+            all.extend(
+                labels
+                    .iter()
+                    .map(|&(k, v)| metrics::Label::new(k, v.to_owned())),
+            );
+            metrics::counter!(metric.clone(), all)
+        };
+        Self {
+            admitted: counter(ADMITTED, ""),
+            rejected: KINDS.map(|k| counter(REJECTED, k.as_str())),
+        }
+    }
 
-/// Counter: deadlines that ran out (label `phase`: `on_arrival`,
-/// `in_flight`, `before_send`, `awaiting_response`).
-pub const DEADLINE_EXCEEDED: &str = "floodwall_deadline_exceeded_total";
-/// Histogram: seconds left on inbound requests' deadlines when they arrive
-/// at the server layer.
-pub const DEADLINE_INBOUND_SECONDS: &str = "floodwall_deadline_inbound_seconds";
+    /// Counts an admitted request.
+    #[inline]
+    pub fn admitted(&self) {
+        self.admitted.increment(1);
+    }
 
-/// Label naming a request's business priority (its value, `"0"`..`"255"`),
-/// or its criticality class in criticality mode.
-pub const LABEL_PRIORITY: &str = "priority";
+    /// Counts a request refused with `kind`.
+    #[inline]
+    pub fn rejected(&self, kind: RejectKind) {
+        let i = KINDS.iter().position(|&k| k == kind).unwrap_or(1);
+        self.rejected[i].increment(1);
+    }
+}
 
-/// Counter: requests priority admission let through (label `priority`).
-pub const PRIORITY_ADMITTED: &str = "floodwall_priority_admitted_total";
-/// Counter: requests priority admission refused (label `priority`).
-pub const PRIORITY_DROPPED: &str = "floodwall_priority_dropped_total";
-/// Gauge: the admission level as one number, `business * 128 + user`
-/// (32767 admits everything).
-pub const PRIORITY_LEVEL: &str = "floodwall_priority_level";
-/// Gauge: the average queuing time, in seconds, of the last closed window.
-pub const PRIORITY_QUEUING_SECONDS: &str = "floodwall_priority_queuing_seconds";
-/// Counter: requests a collaborative client dropped locally because the
-/// downstream's admission level would refuse them (label `priority`).
-pub const PRIORITY_LOCAL_DROPPED: &str = "floodwall_priority_local_dropped_total";
-
-/// Label naming who decided a distributed limiter's request: `redis`,
-/// `lease`, `cached`, `fallback`, `fail_open` or `fail_closed`.
-pub const LABEL_SOURCE: &str = "source";
-
-/// Counter: requests the Redis limiter admitted (label `source`).
-pub const REDIS_ADMITTED: &str = "floodwall_redis_admitted_total";
-/// Counter: requests the Redis limiter refused (label `source`).
-pub const REDIS_REJECTED: &str = "floodwall_redis_rejected_total";
-/// Counter: limiter script calls that got an answer from Redis.
-pub const REDIS_ROUND_TRIPS: &str = "floodwall_redis_round_trips_total";
-/// Histogram: seconds per limiter round trip to Redis, answered or not.
-pub const REDIS_ROUND_TRIP_SECONDS: &str = "floodwall_redis_round_trip_seconds";
-/// Counter: limiter round trips that failed (label `reason`: `timeout`,
-/// `io`, `server`, `protocol`, `busy`).
-pub const REDIS_ERRORS: &str = "floodwall_redis_errors_total";
-/// Gauge: 1 while the limiter decides without Redis (its breaker is not
-/// closed), else 0.
-pub const REDIS_FALLBACK: &str = "floodwall_redis_fallback";
-
-/// Gauge: an adaptive concurrency limit's current limit (set when it changes).
-pub const CONCURRENCY_LIMIT: &str = "floodwall_concurrency_limit";
-/// Gauge: requests in flight under an adaptive concurrency limit (set when
-/// its handle reads it: per-request updates would cost every request).
-pub const CONCURRENCY_IN_FLIGHT: &str = "floodwall_concurrency_in_flight";
-/// Counter: requests an adaptive concurrency limit refused.
-pub const CONCURRENCY_REJECTED: &str = "floodwall_concurrency_rejected_total";
-/// Counter: admitted requests by how they finished (label `outcome`:
-/// `success`, `dropped`, `ignored`, `cancelled`).
-pub const CONCURRENCY_CALLS: &str = "floodwall_concurrency_calls_total";
-/// Gauge: the RTTs an adaptive concurrency limit steers by, in seconds
-/// (label `estimate`: `baseline`, `latest`), refreshed when its handle reads
-/// them.
-pub const CONCURRENCY_RTT_SECONDS: &str = "floodwall_concurrency_rtt_seconds";
+impl std::fmt::Debug for RequestCounters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestCounters").finish_non_exhaustive()
+    }
+}

@@ -136,6 +136,7 @@ where
             .get(&shared.header)
             .and_then(|v| shared.config.wire.parse(v));
         if inherited.is_none() && shared.config.timeout.is_none() && explicit.is_none() {
+            shared.metrics.requests.admitted();
             return ResponseFuture::open(self.inner.call(req));
         }
         let now = Instant::now();
@@ -169,6 +170,7 @@ where
         let caller_limited = from_caller && inherited.is_some_and(|i| cap.is_none_or(|c| i < c));
         req.extensions_mut().insert(wait);
         let fut = outcome::limit_scope(caller_limited, || self.inner.call(req));
+        shared.metrics.requests.admitted();
         ResponseFuture::timed(
             fut,
             wait,

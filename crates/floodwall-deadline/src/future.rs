@@ -6,8 +6,8 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use floodwall_core::metrics::{DEADLINE_EXCEEDED, DEADLINE_INBOUND_SECONDS, LABEL_NAME};
-use floodwall_core::{BoxError, Deadline, DeadlineExceeded, Phase, Rejected, outcome};
+use floodwall_core::metrics::{LABEL_NAME, RequestCounters, metric_name};
+use floodwall_core::{BoxError, Deadline, DeadlineExceeded, Phase, RejectKind, Rejected, outcome};
 use metrics::{Counter, Histogram};
 use pin_project_lite::pin_project;
 use tokio::task::futures::TaskLocalFuture;
@@ -20,21 +20,26 @@ pub(crate) fn exceeded(phase: Phase, caller_limited: bool) -> BoxError {
 }
 
 pub(crate) struct Metrics {
+    pub(crate) requests: RequestCounters,
     pub(crate) exceeded: [Counter; 4],
     pub(crate) inbound: Histogram,
 }
 
 impl Metrics {
     pub(crate) fn new(name: &str) -> Self {
+        let prefix = crate::METRIC_PREFIX;
         Self {
+            requests: RequestCounters::new(prefix, name),
             exceeded: Phase::ALL.map(|p| {
-                metrics::counter!(DEADLINE_EXCEEDED, LABEL_NAME => name.to_owned(), "phase" => p.as_str())
+                metrics::counter!(metric_name(prefix, "exceeded_total"), LABEL_NAME => name.to_owned(), "phase" => p.as_str())
             }),
-            inbound: metrics::histogram!(DEADLINE_INBOUND_SECONDS, LABEL_NAME => name.to_owned()),
+            inbound: metrics::histogram!(metric_name(prefix, "inbound_seconds"), LABEL_NAME => name.to_owned()),
         }
     }
 
+    /// Refuses a request whose deadline passed before it was handed on.
     pub(crate) fn exceeded(&self, phase: Phase) -> BoxError {
+        self.requests.rejected(RejectKind::DeadlineExceeded);
         self.exceeded[phase as usize].increment(1);
         // Never sent: who set the deadline does not matter.
         exceeded(phase, false)

@@ -25,6 +25,15 @@ mod server;
 mod timeout;
 mod wire;
 
+/// The prefix of the deadline layers' metric names (the convention:
+/// [`floodwall_core::metrics`]): `floodwall_deadline_requests_total{name,
+/// outcome, reason}` (rejected: expired before it was handed on);
+/// `floodwall_deadline_exceeded_total{name, phase}` for every deadline that
+/// ran out, by phase; the histogram
+/// `floodwall_deadline_inbound_seconds{name}` of the time requests arrive
+/// with.
+pub const METRIC_PREFIX: &str = "deadline";
+
 /// The default name of a deadline layer (metric label).
 pub const DEFAULT_NAME: &str = "deadline";
 

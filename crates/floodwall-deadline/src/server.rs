@@ -156,6 +156,7 @@ where
             (a, b) => a.or(b),
         };
         let Some(timeout) = timeout else {
+            shared.metrics.requests.admitted();
             return ResponseFuture::open(self.inner.call(req));
         };
         // The caller limited this request if its timeout is shorter than
@@ -186,6 +187,7 @@ where
         let fut = scope::enter(deadline, caller_limited, || {
             outcome::limit_scope(caller_limited, || self.inner.call(req))
         });
+        shared.metrics.requests.admitted();
         ResponseFuture::timed(
             fut,
             deadline,

@@ -4,13 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use floodwall_core::RateLimitPolicy;
-use floodwall_core::metrics::{
-    LEAKY_BUCKET_ADMITTED, LEAKY_BUCKET_EVICTED, LEAKY_BUCKET_KEYS, LEAKY_BUCKET_REJECTED,
-    LEAKY_BUCKET_WAITED,
-};
-use floodwall_ratelimit::{
-    Keyed, KeyedMetricNames, MetricNames, One, RateLimitHandle, RateLimitLayer, RateLimitService,
-};
+use floodwall_ratelimit::{Keyed, One, RateLimitHandle, RateLimitLayer, RateLimitService};
 use floodwall_token_bucket::Quota;
 use tower_layer::Layer;
 
@@ -18,17 +12,6 @@ use crate::{KeyedLeakyMeter, KeyedLeakyShaper, LeakyMeter, LeakyShaper};
 
 /// The default name of a leaky-bucket layer (metric label and policy name).
 pub const DEFAULT_NAME: &str = "leaky_bucket";
-
-const NAMES: MetricNames = MetricNames {
-    admitted: LEAKY_BUCKET_ADMITTED,
-    rejected: LEAKY_BUCKET_REJECTED,
-    waited: LEAKY_BUCKET_WAITED,
-};
-
-const KEYED_NAMES: KeyedMetricNames = KeyedMetricNames {
-    keys: LEAKY_BUCKET_KEYS,
-    evicted: LEAKY_BUCKET_EVICTED,
-};
 
 /// The service a [`LeakyBucketLayer`] builds.
 pub type LeakyBucketService<S, L = LeakyMeter> = RateLimitService<S, L, One>;
@@ -159,7 +142,7 @@ impl<M> Builder<M> {
         let policy =
             RateLimitPolicy::new(self.name, u64::from(self.rate.tokens()), self.rate.period());
         LeakyBucketLayer {
-            inner: RateLimitLayer::builder(limiter, policy, NAMES)
+            inner: RateLimitLayer::builder(limiter, policy, crate::METRIC_PREFIX)
                 .wait(max_wait)
                 .build(),
         }
@@ -184,8 +167,8 @@ impl Builder<Meter> {
         K: Hash + Eq + Clone + Send + Sync + 'static,
         X: Fn(&Req) -> Option<K> + Send + Sync + 'static,
     {
-        let meters =
-            KeyedLeakyMeter::new(self.rate, capacity).with_metric_names(KEYED_NAMES, &self.name);
+        let meters = KeyedLeakyMeter::new(self.rate, capacity)
+            .with_metric_names(crate::METRIC_PREFIX, &self.name);
         self.finish(Keyed::new(meters, extract), Duration::ZERO)
     }
 }
@@ -210,7 +193,7 @@ impl Builder<Shaper> {
         X: Fn(&Req) -> Option<K> + Send + Sync + 'static,
     {
         let shapers = KeyedLeakyShaper::new(self.rate, self.mode.queue, capacity)
-            .with_metric_names(KEYED_NAMES, &self.name);
+            .with_metric_names(crate::METRIC_PREFIX, &self.name);
         let horizon = shapers.horizon();
         self.finish(Keyed::new(shapers, extract), horizon)
     }

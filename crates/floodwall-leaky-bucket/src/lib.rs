@@ -38,6 +38,11 @@
 //! ```
 #![forbid(unsafe_code)]
 
+/// The prefix of this layer's metric names: `floodwall_leaky_bucket_requests_total`,
+/// `floodwall_leaky_bucket_waited_total`, `floodwall_leaky_bucket_keys`, `floodwall_leaky_bucket_evicted_total`
+/// (the convention: [`floodwall_core::metrics`]).
+pub const METRIC_PREFIX: &str = "leaky_bucket";
+
 mod config;
 mod layer;
 mod meter;

@@ -2,7 +2,7 @@ use std::fmt;
 use std::hash::Hash;
 use std::time::Duration;
 
-use floodwall_ratelimit::{Denied, KeyedLimit, KeyedMetricNames, Limiter, Refund};
+use floodwall_ratelimit::{Denied, KeyedLimit, Limiter, Refund};
 use floodwall_token_bucket::{KeyedTokenBucket, MAX_WAIT, Quota, TokenBucket};
 use tokio::time::Instant;
 
@@ -195,9 +195,9 @@ impl<K: Hash + Eq> KeyedLeakyShaper<K> {
         }
     }
 
-    pub(crate) fn with_metric_names(self, names: KeyedMetricNames, name: &str) -> Self {
+    pub(crate) fn with_metric_names(self, layer: &'static str, name: &str) -> Self {
         Self {
-            buckets: self.buckets.with_metric_names(names, name),
+            buckets: self.buckets.with_metric_names(layer, name),
             ..self
         }
     }

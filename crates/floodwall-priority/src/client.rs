@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU16, AtomicU64, Ordering::Relaxed};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use floodwall_core::metrics::{LABEL_NAME, LABEL_PRIORITY, PRIORITY_LOCAL_DROPPED};
+use floodwall_core::metrics::{LABEL_NAME, metric_name};
 use floodwall_core::wire::{ADMISSION_LEVEL_HEADER, PRIORITY_HEADER, UPSTREAM_DROPS_HEADER};
 use floodwall_core::{BoxError, Priority, Rejected};
 use http::header::{HeaderName, HeaderValue};
@@ -151,8 +151,10 @@ impl PriorityClientLayer {
         unprioritized: Priority,
     ) -> Self {
         let name: Arc<str> = name.into();
-        let dropped = metrics::counter!(PRIORITY_LOCAL_DROPPED, LABEL_NAME => name.to_string(),
-            LABEL_PRIORITY => "any");
+        let dropped = metrics::counter!(
+            metric_name(crate::METRIC_PREFIX, "local_dropped_total"),
+            LABEL_NAME => name.to_string()
+        );
         Self {
             shared: Arc::new(ClientShared {
                 config,

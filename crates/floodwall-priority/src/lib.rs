@@ -45,6 +45,18 @@
 //! ```
 #![forbid(unsafe_code)]
 
+/// The prefix of the priority layers' metric names (the convention:
+/// [`floodwall_core::metrics`]): `floodwall_priority_requests_total{name,
+/// outcome, reason, priority}` (DAGOR admission, by business priority or
+/// criticality class); the gauges `floodwall_priority_level{name}` and
+/// `floodwall_priority_queuing_seconds{name}`; and, on the collaborative
+/// client, `floodwall_priority_local_dropped_total{name}`.
+pub const METRIC_PREFIX: &str = "priority";
+
+/// The label carrying a request's business priority (or criticality class)
+/// on `floodwall_priority_requests_total`.
+pub const LABEL_PRIORITY: &str = "priority";
+
 mod assign;
 mod client;
 mod config;

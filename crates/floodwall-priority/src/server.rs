@@ -6,15 +6,12 @@ use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use floodwall_core::metrics::{
-    LABEL_NAME, LABEL_PRIORITY, PRIORITY_ADMITTED, PRIORITY_DROPPED, PRIORITY_LEVEL,
-    PRIORITY_QUEUING_SECONDS,
-};
+use floodwall_core::metrics::{LABEL_NAME, RequestCounters, metric_name};
 use floodwall_core::wire::{ADMISSION_LEVEL_HEADER, PRIORITY_HEADER, UPSTREAM_DROPS_HEADER};
-use floodwall_core::{Arrival, BoxError, Criticality, Priority, Rejected};
+use floodwall_core::{Arrival, BoxError, Criticality, Priority, RejectKind, Rejected};
 use http::header::{HeaderName, HeaderValue};
 use http::{Request, Response};
-use metrics::{Counter, Gauge};
+use metrics::Gauge;
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
 use tower_layer::Layer;
@@ -72,8 +69,8 @@ pub enum Queuing {
 }
 
 struct Metrics {
-    admitted: [OnceLock<Counter>; 256],
-    dropped: [OnceLock<Counter>; 256],
+    /// `requests_total` per business priority, made on first use.
+    requests: [OnceLock<RequestCounters>; 256],
     level: Gauge,
     queuing: Gauge,
 }
@@ -100,14 +97,16 @@ struct Shared {
 }
 
 impl Shared {
-    fn counter(&self, which: &[OnceLock<Counter>; 256], metric: &'static str, p: Priority) {
+    /// The `requests_total` counters of `p`'s business priority.
+    fn requests(&self, p: Priority) -> &RequestCounters {
         let business = p.business();
-        which[usize::from(business)]
-            .get_or_init(|| {
-                metrics::counter!(metric, LABEL_NAME => self.name.to_string(),
-                    LABEL_PRIORITY => label_of(self.mode, business))
-            })
-            .increment(1);
+        self.metrics.requests[usize::from(business)].get_or_init(|| {
+            RequestCounters::with_labels(
+                crate::METRIC_PREFIX,
+                &self.name,
+                &[(crate::LABEL_PRIORITY, &label_of(self.mode, business))],
+            )
+        })
     }
 
     /// The request's priority, read (and, from a trusted header, recorded
@@ -329,10 +328,12 @@ impl AdmissionBuilder {
         let controller = AdmissionController::new(&self.config, Instant::now())?;
         let label = || (LABEL_NAME, self.name.to_string());
         let metrics = Metrics {
-            admitted: [const { OnceLock::new() }; 256],
-            dropped: [const { OnceLock::new() }; 256],
-            level: metrics::gauge!(PRIORITY_LEVEL, &[label()]),
-            queuing: metrics::gauge!(PRIORITY_QUEUING_SECONDS, &[label()]),
+            requests: [const { OnceLock::new() }; 256],
+            level: metrics::gauge!(metric_name(crate::METRIC_PREFIX, "level"), &[label()]),
+            queuing: metrics::gauge!(
+                metric_name(crate::METRIC_PREFIX, "queuing_seconds"),
+                &[label()]
+            ),
         };
         metrics.level.set(f64::from(Priority::LOWEST.index()));
         Ok(AdmissionLayer {
@@ -460,7 +461,7 @@ where
         let level = match decision {
             Ok(level) => level,
             Err(level) => {
-                shared.counter(&shared.metrics.dropped, PRIORITY_DROPPED, priority);
+                shared.requests(priority).rejected(RejectKind::Prioritized);
                 let rejection = Prioritized::new(priority, level, false);
                 return ResponseFuture::rejected(if dagor {
                     rejection
@@ -469,7 +470,7 @@ where
                 });
             }
         };
-        shared.counter(&shared.metrics.admitted, PRIORITY_ADMITTED, priority);
+        shared.requests(priority).admitted();
         if shared.queuing == Queuing::AtCall {
             let queued = req
                 .extensions()

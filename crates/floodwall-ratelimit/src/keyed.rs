@@ -5,7 +5,7 @@ use std::fmt;
 use std::hash::{BuildHasher, Hash};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use floodwall_core::metrics::{LABEL_NAME, LABEL_REASON};
+use floodwall_core::metrics::{LABEL_NAME, LABEL_REASON, metric_name};
 use hashbrown::{DefaultHashBuilder, HashTable};
 use metrics::{Counter, Gauge};
 use parking_lot::RwLock;
@@ -32,16 +32,6 @@ pub trait KeyState: Send + Sync + 'static {
     /// changing any decision; among keys still in debt, the one idle soonest
     /// is the cheapest to forget.
     fn idle_at(&self, params: &Self::Params, t: u64) -> u64;
-}
-
-/// The metric names a keyed map reports under (label `name`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct KeyedMetricNames {
-    /// Gauge: keys remembered.
-    pub keys: &'static str,
-    /// Counter: keys dropped (label `reason`: `idle` when lossless,
-    /// `capacity` when forgotten in debt).
-    pub evicted: &'static str,
 }
 
 /// Keys to limiter state, at most `capacity` keys, never more.
@@ -138,16 +128,17 @@ impl<K: Hash + Eq, S: KeyState> KeyedMap<K, S> {
         }
     }
 
-    /// Reports the key count and evictions under `names`, labelled `name`.
-    pub fn with_metrics(mut self, names: KeyedMetricNames, name: &str) -> Self {
+    /// Reports the key count (`floodwall_<layer>_keys`) and evictions
+    /// (`floodwall_<layer>_evicted_total`), labelled `name`.
+    pub fn with_metrics(mut self, layer: &'static str, name: &str) -> Self {
         let name = name.to_owned();
         self.metrics = KeyedMetrics {
-            keys: metrics::gauge!(names.keys, LABEL_NAME => name.clone()),
+            keys: metrics::gauge!(metric_name(layer, "keys"), LABEL_NAME => name.clone()),
             evicted_idle: metrics::counter!(
-                names.evicted, LABEL_NAME => name.clone(), LABEL_REASON => "idle"
+                metric_name(layer, "evicted_total"), LABEL_NAME => name.clone(), LABEL_REASON => "idle"
             ),
             evicted_in_debt: metrics::counter!(
-                names.evicted, LABEL_NAME => name, LABEL_REASON => "capacity"
+                metric_name(layer, "evicted_total"), LABEL_NAME => name, LABEL_REASON => "capacity"
             ),
         };
         self

@@ -3,24 +3,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use floodwall_core::RateLimitPolicy;
-use floodwall_core::metrics::{LABEL_NAME, LABEL_REASON};
+use floodwall_core::metrics::{LABEL_NAME, RequestCounters, metric_name};
 use metrics::Counter;
 use tower_layer::Layer;
 
 use crate::{One, RateLimitService};
-
-/// The metric names one rate-limit algorithm reports its decisions under
-/// (each with the label `name`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MetricNames {
-    /// Counter: requests admitted without waiting.
-    pub admitted: &'static str,
-    /// Counter: requests refused (label `reason`: `rate_limited`,
-    /// `wait_too_long`, `exceeds_burst`).
-    pub rejected: &'static str,
-    /// Counter: requests admitted after waiting for their turn.
-    pub waited: &'static str,
-}
 
 /// A Tower layer that asks a limiter `L` about every request: the shared
 /// adapter behind floodwall's token-bucket, leaky-bucket and sliding-window
@@ -51,12 +38,12 @@ impl<L, W> RateLimitLayer<L, W> {
 
 impl<L> RateLimitLayer<L, One> {
     /// A builder for a layer around `limiter`, reporting `policy` (its name
-    /// is the metric label) and metrics under `names`.
-    pub fn builder(limiter: L, policy: RateLimitPolicy, names: MetricNames) -> Builder<L, One> {
+    /// is the metric label) and metrics under `floodwall_<layer>_…`.
+    pub fn builder(limiter: L, policy: RateLimitPolicy, layer: &'static str) -> Builder<L, One> {
         Builder {
             limiter,
             policy,
-            names,
+            layer,
             max_wait: Duration::ZERO,
             weigh: One,
         }
@@ -94,7 +81,7 @@ impl<S, L, W> Layer<S> for RateLimitLayer<L, W> {
 pub struct Builder<L, W = One> {
     limiter: L,
     policy: RateLimitPolicy,
-    names: MetricNames,
+    layer: &'static str,
     max_wait: Duration,
     weigh: W,
 }
@@ -113,7 +100,7 @@ impl<L, W> Builder<L, W> {
         Builder {
             limiter: self.limiter,
             policy: self.policy,
-            names: self.names,
+            layer: self.layer,
             max_wait: self.max_wait,
             weigh,
         }
@@ -124,7 +111,7 @@ impl<L, W> Builder<L, W> {
     pub fn build(self) -> RateLimitLayer<L, W> {
         RateLimitLayer {
             shared: Arc::new(Shared {
-                metrics: Metrics::new(self.names, self.policy.name()),
+                metrics: Metrics::new(self.layer, self.policy.name()),
                 limiter: self.limiter,
                 policy: Arc::new(self.policy),
                 max_wait: self.max_wait,
@@ -143,25 +130,20 @@ pub(crate) struct Shared<L, W> {
     pub(crate) metrics: Metrics,
 }
 
-/// Metric handles, registered once when the layer is built.
+/// Metric handles, registered once when the layer is built:
+/// `floodwall_<layer>_requests_total{name, outcome, reason}` (every refusal
+/// is `rate_limited`), and `floodwall_<layer>_waited_total{name}` for the
+/// requests admitted after waiting for their turn.
 pub(crate) struct Metrics {
-    pub(crate) admitted: Counter,
-    pub(crate) rate_limited: Counter,
-    pub(crate) wait_too_long: Counter,
-    pub(crate) exceeds_burst: Counter,
+    pub(crate) requests: RequestCounters,
     pub(crate) waited: Counter,
 }
 
 impl Metrics {
-    fn new(names: MetricNames, name: &str) -> Self {
-        let name = name.to_owned();
-        let rejected = |reason: &'static str| metrics::counter!(names.rejected, LABEL_NAME => name.clone(), LABEL_REASON => reason);
+    fn new(layer: &'static str, name: &str) -> Self {
         Self {
-            admitted: metrics::counter!(names.admitted, LABEL_NAME => name.clone()),
-            rate_limited: rejected("rate_limited"),
-            wait_too_long: rejected("wait_too_long"),
-            exceeds_burst: rejected("exceeds_burst"),
-            waited: metrics::counter!(names.waited, LABEL_NAME => name.clone()),
+            requests: RequestCounters::new(layer, name),
+            waited: metrics::counter!(metric_name(layer, "waited_total"), LABEL_NAME => name.to_owned()),
         }
     }
 }

@@ -26,7 +26,7 @@ mod limiter;
 mod service;
 pub mod time;
 
-pub use keyed::{KeyState, KeyedMap, KeyedMetricNames};
-pub use layer::{Builder, MetricNames, RateLimitHandle, RateLimitLayer};
+pub use keyed::{KeyState, KeyedMap};
+pub use layer::{Builder, RateLimitHandle, RateLimitLayer};
 pub use limiter::{Denied, Keyed, KeyedLimit, Limiter, One, Refund, Weigh};
 pub use service::RateLimitService;

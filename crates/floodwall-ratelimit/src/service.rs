@@ -2,7 +2,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use floodwall_core::{BoxError, Rejected};
+use floodwall_core::{BoxError, RejectKind, Rejected};
 use tokio::time::Instant;
 use tower_service::Service;
 
@@ -74,7 +74,7 @@ where
         if shared.max_wait.is_zero() {
             return match shared.limiter.acquire(&req, now, n) {
                 Ok(()) => {
-                    shared.metrics.admitted.increment(1);
+                    shared.metrics.requests.admitted();
                     ResponseFuture::called(self.inner.call(req))
                 }
                 Err(denied) => ResponseFuture::rejected(self.reject(denied)),
@@ -82,7 +82,7 @@ where
         }
         match shared.limiter.reserve(&req, now, n, shared.max_wait) {
             Ok((wait, _)) if wait.is_zero() => {
-                shared.metrics.admitted.increment(1);
+                shared.metrics.requests.admitted();
                 ResponseFuture::called(self.inner.call(req))
             }
             Ok((wait, permit)) => {
@@ -113,11 +113,7 @@ impl<S, L, W> RateLimitService<S, L, W> {
         let policy = shared.policy.clone();
         match denied {
             Denied::RateLimited { retry_after } => {
-                if shared.max_wait.is_zero() {
-                    shared.metrics.rate_limited.increment(1);
-                } else {
-                    shared.metrics.wait_too_long.increment(1);
-                }
+                shared.metrics.requests.rejected(RejectKind::RateLimited);
                 tracing::debug!(
                     name = shared.policy.name(),
                     ?retry_after,
@@ -126,7 +122,7 @@ impl<S, L, W> RateLimitService<S, L, W> {
                 Rejected::boxed(RateLimited::new(retry_after, policy))
             }
             Denied::ExceedsBurst { requested, burst } => {
-                shared.metrics.exceeds_burst.increment(1);
+                shared.metrics.requests.rejected(RejectKind::RateLimited);
                 tracing::debug!(
                     name = shared.policy.name(),
                     requested,

@@ -115,6 +115,19 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+/// The prefix of the Redis limiter's metric names (the convention:
+/// [`floodwall_core::metrics`]): `floodwall_redis_requests_total{name,
+/// outcome, reason, source}` (`source`: who decided: `redis`, `lease`,
+/// `cached`, `fallback`, `fail_open`, `fail_closed`);
+/// `floodwall_redis_round_trips_total{name}`,
+/// `floodwall_redis_round_trip_seconds{name}`,
+/// `floodwall_redis_errors_total{name, reason}` and the gauge
+/// `floodwall_redis_fallback{name}` (1 while the local fallback decides).
+pub const METRIC_PREFIX: &str = "redis";
+
+/// The label naming who decided a request on `floodwall_redis_requests_total`.
+pub const LABEL_SOURCE: &str = "source";
+
 pub mod client;
 mod cluster;
 mod config;

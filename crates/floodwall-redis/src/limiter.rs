@@ -7,11 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use floodwall_breaker::{BreakerConfig, CircuitBreaker, Growth, Permit, State, WindowKind};
-use floodwall_core::metrics::{
-    LABEL_NAME, LABEL_REASON, LABEL_SOURCE, REDIS_ADMITTED, REDIS_ERRORS, REDIS_FALLBACK,
-    REDIS_REJECTED, REDIS_ROUND_TRIP_SECONDS, REDIS_ROUND_TRIPS,
-};
-use floodwall_core::{ConfigError, RateLimitPolicy};
+use floodwall_core::metrics::{LABEL_NAME, LABEL_REASON, RequestCounters, metric_name};
+use floodwall_core::{ConfigError, RateLimitPolicy, RejectKind};
 use floodwall_token_bucket::{Denied, KeyedTokenBucket, Quota};
 use metrics::{Counter, Histogram};
 use tokio::sync::futures::OwnedNotified;
@@ -315,10 +312,10 @@ where
         let i = SOURCES.iter().position(|s| *s == source).unwrap_or(0);
         if admitted {
             self.stats.admitted.fetch_add(1, Ordering::Relaxed);
-            self.metrics.admitted[i].increment(1);
+            self.metrics.requests[i].admitted();
         } else {
             self.stats.rejected.fetch_add(1, Ordering::Relaxed);
-            self.metrics.rejected[i].increment(1);
+            self.metrics.requests[i].rejected(RejectKind::RateLimited);
         }
     }
 

@@ -3,30 +3,13 @@ use std::hash::Hash;
 use std::sync::Arc;
 
 use floodwall_core::RateLimitPolicy;
-use floodwall_core::metrics::{
-    SLIDING_WINDOW_ADMITTED, SLIDING_WINDOW_EVICTED, SLIDING_WINDOW_KEYS, SLIDING_WINDOW_REJECTED,
-    SLIDING_WINDOW_WAITED,
-};
-use floodwall_ratelimit::{
-    Keyed, KeyedMetricNames, MetricNames, One, RateLimitHandle, RateLimitLayer, RateLimitService,
-};
+use floodwall_ratelimit::{Keyed, One, RateLimitHandle, RateLimitLayer, RateLimitService};
 use tower_layer::Layer;
 
 use crate::{KeyedSlidingLog, KeyedSlidingWindowCounter, SlidingLog, SlidingWindowCounter, Window};
 
 /// The default name of a sliding-window layer (metric label and policy name).
 pub const DEFAULT_NAME: &str = "sliding_window";
-
-const NAMES: MetricNames = MetricNames {
-    admitted: SLIDING_WINDOW_ADMITTED,
-    rejected: SLIDING_WINDOW_REJECTED,
-    waited: SLIDING_WINDOW_WAITED,
-};
-
-const KEYED_NAMES: KeyedMetricNames = KeyedMetricNames {
-    keys: SLIDING_WINDOW_KEYS,
-    evicted: SLIDING_WINDOW_EVICTED,
-};
 
 /// The service a [`SlidingWindowLayer`] builds.
 pub type SlidingWindowService<S, L = SlidingWindowCounter> = RateLimitService<S, L, One>;
@@ -155,7 +138,7 @@ impl<M> Builder<M> {
             self.window.length(),
         );
         SlidingWindowLayer {
-            inner: RateLimitLayer::builder(limiter, policy, NAMES).build(),
+            inner: RateLimitLayer::builder(limiter, policy, crate::METRIC_PREFIX).build(),
         }
     }
 }
@@ -188,7 +171,7 @@ impl Builder<Counter> {
             tokio::time::Instant::now(),
             self.mode.fixed,
         )
-        .with_metric_names(KEYED_NAMES, &self.name);
+        .with_metric_names(crate::METRIC_PREFIX, &self.name);
         self.finish(Keyed::new(counters, extract))
     }
 }
@@ -212,8 +195,8 @@ impl Builder<Log> {
         K: Hash + Eq + Clone + Send + Sync + 'static,
         X: Fn(&Req) -> Option<K> + Send + Sync + 'static,
     {
-        let logs =
-            KeyedSlidingLog::new(self.window, capacity).with_metric_names(KEYED_NAMES, &self.name);
+        let logs = KeyedSlidingLog::new(self.window, capacity)
+            .with_metric_names(crate::METRIC_PREFIX, &self.name);
         self.finish(Keyed::new(logs, extract))
     }
 }

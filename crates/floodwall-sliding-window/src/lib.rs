@@ -35,6 +35,11 @@
 //! ```
 #![forbid(unsafe_code)]
 
+/// The prefix of this layer's metric names: `floodwall_sliding_window_requests_total`,
+/// `floodwall_sliding_window_waited_total`, `floodwall_sliding_window_keys`, `floodwall_sliding_window_evicted_total`
+/// (the convention: [`floodwall_core::metrics`]).
+pub const METRIC_PREFIX: &str = "sliding_window";
+
 mod config;
 mod counter;
 mod layer;

@@ -2,9 +2,7 @@ use std::fmt;
 use std::hash::Hash;
 use std::time::Duration;
 
-use floodwall_ratelimit::{
-    Denied, KeyState, KeyedLimit, KeyedMap, KeyedMetricNames, Limiter, Refund,
-};
+use floodwall_ratelimit::{Denied, KeyState, KeyedLimit, KeyedMap, Limiter, Refund};
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
@@ -232,8 +230,8 @@ impl<K: Hash + Eq> KeyedSlidingLog<K> {
         }
     }
 
-    pub(crate) fn with_metric_names(mut self, names: KeyedMetricNames, name: &str) -> Self {
-        self.map = self.map.with_metrics(names, name);
+    pub(crate) fn with_metric_names(mut self, layer: &'static str, name: &str) -> Self {
+        self.map = self.map.with_metrics(layer, name);
         self
     }
 

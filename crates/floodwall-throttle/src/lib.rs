@@ -15,6 +15,23 @@
 //! random sources are injectable and seedable.
 #![forbid(unsafe_code)]
 
+/// The prefix of the throttle's metric names:
+/// `floodwall_throttle_requests_total{name, outcome, reason, criticality}`
+/// and `floodwall_throttle_probability{name, criticality}` (the convention:
+/// [`floodwall_core::metrics`]).
+pub const METRIC_PREFIX: &str = "throttle";
+
+/// The label carrying a request's criticality class on the throttle's
+/// metrics (`none` for requests without one).
+pub const LABEL_CRITICALITY: &str = "criticality";
+
+/// Counter: retries the retry layer sent (label `name`).
+pub const RETRY_ATTEMPTS: &str = "floodwall_retry_attempts_total";
+
+/// Counter: retries the retry layer did not send (labels `name`, `reason`:
+/// `do_not_retry`, `attempts`, `budget`).
+pub const RETRY_SKIPPED: &str = "floodwall_retry_skipped_total";
+
 mod budget;
 mod criticality;
 mod error;

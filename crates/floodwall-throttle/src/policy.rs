@@ -5,12 +5,10 @@ use std::fmt;
 use std::sync::Arc;
 
 use floodwall_admit::{Admit, Policy, Read};
-use floodwall_core::metrics::{
-    LABEL_CRITICALITY, LABEL_NAME, THROTTLE_ADMITTED, THROTTLE_PROBABILITY, THROTTLE_REJECTED,
-};
+use floodwall_core::metrics::{LABEL_NAME, RequestCounters, metric_name};
 use floodwall_core::outcome::{self, Silence, Verdict};
-use floodwall_core::{BoxError, Classify, Criticality, Outcome, Rejected};
-use metrics::{Counter, Gauge};
+use floodwall_core::{BoxError, Classify, Criticality, Outcome, RejectKind, Rejected};
+use metrics::Gauge;
 use tokio::time::Instant;
 
 use crate::{AdaptiveThrottle, CriticalityOf, Random, Throttled, Ticket};
@@ -49,25 +47,32 @@ impl<C, X> fmt::Debug for ThrottlePolicy<C, X> {
     }
 }
 
-/// Metric handles per criticality class (the fifth: none).
+/// Metric handles per criticality class (the fifth: none):
+/// `floodwall_throttle_requests_total{name, outcome, reason, criticality}`
+/// and the gauge `floodwall_throttle_probability{name, criticality}`.
 pub(crate) struct Metrics {
-    admitted: Counter,
-    rejected: [Counter; 5],
+    requests: [RequestCounters; 5],
     probability: [Gauge; 5],
 }
 
 impl Metrics {
     pub(crate) fn new(name: &str) -> Self {
         let label = |i: usize| Criticality::ALL.get(i).map_or("none", |c| c.as_str());
-        let name = name.to_owned();
         Self {
-            admitted: metrics::counter!(THROTTLE_ADMITTED, LABEL_NAME => name.clone()),
-            rejected: std::array::from_fn(
-                |i| metrics::counter!(THROTTLE_REJECTED, LABEL_NAME => name.clone(), LABEL_CRITICALITY => label(i)),
-            ),
-            probability: std::array::from_fn(
-                |i| metrics::gauge!(THROTTLE_PROBABILITY, LABEL_NAME => name.clone(), LABEL_CRITICALITY => label(i)),
-            ),
+            requests: std::array::from_fn(|i| {
+                RequestCounters::with_labels(
+                    crate::METRIC_PREFIX,
+                    name,
+                    &[(crate::LABEL_CRITICALITY, label(i))],
+                )
+            }),
+            probability: std::array::from_fn(|i| {
+                metrics::gauge!(
+                    metric_name(crate::METRIC_PREFIX, "probability"),
+                    LABEL_NAME => name.to_owned(),
+                    crate::LABEL_CRITICALITY => label(i)
+                )
+            }),
         }
     }
 }
@@ -99,7 +104,7 @@ where
         let slot = class.map_or(4, Criticality::index);
         match self.throttle.admit_ticket(Instant::now(), class) {
             Ok(ticket) => {
-                self.metrics.admitted.increment(1);
+                self.metrics.requests[slot].admitted();
                 self.metrics.probability[slot].set(ticket.probability());
                 Ok(ticket)
             }
@@ -111,7 +116,7 @@ where
 impl<C, X> ThrottlePolicy<C, X> {
     #[cold]
     fn drop_request(&self, slot: usize, probability: f64) -> BoxError {
-        self.metrics.rejected[slot].increment(1);
+        self.metrics.requests[slot].rejected(RejectKind::Throttled);
         self.metrics.probability[slot].set(probability);
         tracing::debug!(name = %self.name, probability, "adaptive throttling dropped a request");
         Rejected::boxed(Throttled::new(probability))

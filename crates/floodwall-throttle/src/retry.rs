@@ -6,7 +6,7 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use floodwall_core::BoxError;
-use floodwall_core::metrics::{LABEL_NAME, LABEL_REASON, RETRY_ATTEMPTS, RETRY_SKIPPED};
+use floodwall_core::metrics::{LABEL_NAME, LABEL_REASON};
 use metrics::Counter;
 use pin_project_lite::pin_project;
 use tokio::time::Sleep;
@@ -43,9 +43,9 @@ struct Metrics {
 impl Metrics {
     fn new(name: &str) -> Self {
         let name = name.to_owned();
-        let skipped = |reason: &'static str| metrics::counter!(RETRY_SKIPPED, LABEL_NAME => name.clone(), LABEL_REASON => reason);
+        let skipped = |reason: &'static str| metrics::counter!(crate::RETRY_SKIPPED, LABEL_NAME => name.clone(), LABEL_REASON => reason);
         Self {
-            attempts: metrics::counter!(RETRY_ATTEMPTS, LABEL_NAME => name.clone()),
+            attempts: metrics::counter!(crate::RETRY_ATTEMPTS, LABEL_NAME => name.clone()),
             skipped_budget: skipped("budget"),
             skipped_attempts: skipped("attempts"),
             skipped_do_not_retry: skipped("do_not_retry"),

@@ -3,8 +3,7 @@ use std::fmt;
 use std::hash::Hash;
 use std::time::Duration;
 
-use floodwall_core::metrics::{TOKEN_BUCKET_EVICTED, TOKEN_BUCKET_KEYS};
-use floodwall_ratelimit::{Denied, KeyState, KeyedLimit, KeyedMap, KeyedMetricNames};
+use floodwall_ratelimit::{Denied, KeyState, KeyedLimit, KeyedMap};
 use tokio::time::Instant;
 
 use crate::Quota;
@@ -63,12 +62,6 @@ pub struct KeyedTokenBucket<K> {
     quota: Quota,
 }
 
-/// The token bucket's keyed metric names.
-const KEYED_NAMES: KeyedMetricNames = KeyedMetricNames {
-    keys: TOKEN_BUCKET_KEYS,
-    evicted: TOKEN_BUCKET_EVICTED,
-};
-
 impl<K: Hash + Eq> KeyedTokenBucket<K> {
     /// Per-key buckets with `quota`, remembering at most `capacity` keys
     /// (at least 1), with the clock starting now.
@@ -90,13 +83,13 @@ impl<K: Hash + Eq> KeyedTokenBucket<K> {
     /// (`floodwall_token_bucket_keys`, `floodwall_token_bucket_evicted_total`).
     /// Token-bucket layers do this with their own name.
     pub fn with_metrics(self, name: &str) -> Self {
-        self.with_metric_names(KEYED_NAMES, name)
+        self.with_metric_names(crate::METRIC_PREFIX, name)
     }
 
     /// Reports the key count and evictions under other metric `names`
     /// (for limiters built on this one, such as the leaky bucket).
-    pub fn with_metric_names(mut self, names: KeyedMetricNames, name: &str) -> Self {
-        self.map = self.map.with_metrics(names, name);
+    pub fn with_metric_names(mut self, layer: &'static str, name: &str) -> Self {
+        self.map = self.map.with_metrics(layer, name);
         self
     }
 

@@ -4,10 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use floodwall_core::RateLimitPolicy;
-use floodwall_core::metrics::{TOKEN_BUCKET_ADMITTED, TOKEN_BUCKET_REJECTED, TOKEN_BUCKET_WAITED};
-use floodwall_ratelimit::{
-    Keyed, MetricNames, One, RateLimitHandle, RateLimitLayer, RateLimitService,
-};
+use floodwall_ratelimit::{Keyed, One, RateLimitHandle, RateLimitLayer, RateLimitService};
 use tokio::time::Instant;
 use tower_layer::Layer;
 
@@ -15,13 +12,6 @@ use crate::{KeyedTokenBucket, Quota, TokenBucket};
 
 /// The default name of a token-bucket layer (metric label and policy name).
 pub const DEFAULT_NAME: &str = "token_bucket";
-
-/// The token bucket's metric names.
-const NAMES: MetricNames = MetricNames {
-    admitted: TOKEN_BUCKET_ADMITTED,
-    rejected: TOKEN_BUCKET_REJECTED,
-    waited: TOKEN_BUCKET_WAITED,
-};
 
 /// The service a [`TokenBucketLayer`] builds.
 pub type TokenBucketService<S, L = TokenBucket, W = One> = RateLimitService<S, L, W>;
@@ -275,7 +265,7 @@ impl<W> Builder<W> {
             u64::from(self.quota.tokens()),
             self.quota.period(),
         );
-        let inner = RateLimitLayer::builder(limiter, policy, NAMES)
+        let inner = RateLimitLayer::builder(limiter, policy, crate::METRIC_PREFIX)
             .wait(self.max_wait)
             .weigh(self.weigh)
             .build();

@@ -51,6 +51,11 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+/// The prefix of this layer's metric names: `floodwall_token_bucket_requests_total`,
+/// `floodwall_token_bucket_waited_total`, `floodwall_token_bucket_keys`, `floodwall_token_bucket_evicted_total`
+/// (the convention: [`floodwall_core::metrics`]).
+pub const METRIC_PREFIX: &str = "token_bucket";
+
 mod bucket;
 mod config;
 mod gcra;

@@ -553,12 +553,15 @@ mod metrics_recording {
         }
         let counters = rec.counters.lock().unwrap();
         let get = |k: &str| counters.get(k).map(|c| c.load(Ordering::Relaxed));
+        // The one vocabulary: requests_total{name, outcome, reason}.
         assert_eq!(
-            get("floodwall_token_bucket_admitted_total{name=rooms}"),
+            get("floodwall_token_bucket_requests_total{name=rooms,outcome=admitted,reason=}"),
             Some(3)
         );
         assert_eq!(
-            get("floodwall_token_bucket_rejected_total{name=rooms,reason=rate_limited}"),
+            get(
+                "floodwall_token_bucket_requests_total{name=rooms,outcome=rejected,reason=rate_limited}"
+            ),
             Some(2)
         );
     }

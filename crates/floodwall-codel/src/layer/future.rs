@@ -80,6 +80,7 @@ where
                             w.slots.remove(&id);
                             drop(w);
                             waiter.id = None;
+                            shared.metrics.requests.admitted();
                             let permit = Permit {
                                 shared: shared.clone(),
                             };
@@ -107,7 +108,7 @@ where
                                 shared.queued.store(w.queue.len(), Ordering::SeqCst);
                                 shared.metrics.queue_length.set(w.queue.len() as f64);
                                 drop(w);
-                                shared.metrics.dropped[reason.index()].increment(1);
+                                shared.metrics.shed(reason);
                                 waiter.id = None;
                                 state.set(State::Shed { reason: None });
                                 return Poll::Ready(Err(shed_error(reason)));

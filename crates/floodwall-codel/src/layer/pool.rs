@@ -19,10 +19,20 @@ pub(crate) struct Waiters {
 }
 
 pub(crate) struct Metrics {
+    pub(crate) requests: RequestCounters,
     pub(crate) queue_length: Gauge,
     pub(crate) sojourn: Histogram,
     pub(crate) dropped: [Counter; 4],
     pub(crate) lifo: Gauge,
+}
+
+impl Metrics {
+    /// Counts a request shed for `reason`: in `requests_total` by its
+    /// rejection kind, and in the queue's own `dropped_total` by reason.
+    pub(crate) fn shed(&self, reason: DropReason) {
+        self.dropped[reason.index()].increment(1);
+        self.requests.rejected(Shed { reason }.kind());
+    }
 }
 
 pub(crate) struct Shared<X> {
@@ -85,7 +95,7 @@ impl<X> Shared<X> {
         while !queue.is_empty() && self.try_take() {
             metrics.lifo.set(if queue.is_lifo(now) { 1.0 } else { 0.0 });
             let popped = queue.pop_timed(now, &mut |id, reason: DropReason| {
-                metrics.dropped[reason.index()].increment(1);
+                metrics.shed(reason);
                 finish(slots, id, Err(reason));
             });
             match popped {

@@ -114,7 +114,7 @@ impl Builder {
             Fallback::Open | Fallback::Closed => None,
         };
         let metrics = Metrics::new(&self.name);
-        let fallback_gauge = metrics::gauge!(REDIS_FALLBACK, LABEL_NAME => self.name.to_string());
+        let fallback_gauge = metrics::gauge!(metric_name(crate::METRIC_PREFIX, "fallback"), LABEL_NAME => self.name.to_string());
         fallback_gauge.set(0.0);
         let name = self.name.clone();
         let breaker = CircuitBreaker::new(self.breaker)?.on_state_change(move |change| {

@@ -14,8 +14,8 @@ pub(crate) struct Counters {
 }
 
 pub(crate) struct Metrics {
-    pub(crate) admitted: [Counter; 6],
-    pub(crate) rejected: [Counter; 6],
+    /// `requests_total` by the source that decided.
+    pub(crate) requests: [RequestCounters; 6],
     pub(crate) round_trips: Counter,
     pub(crate) round_trip_seconds: Histogram,
     pub(crate) errors: [Counter; 5],
@@ -34,18 +34,15 @@ pub(crate) const ERROR_REASONS: [&str; 5] = ["timeout", "io", "server", "protoco
 
 impl Metrics {
     pub(crate) fn new(name: &str) -> Self {
-        let by_source = |metric: &'static str| {
-            SOURCES.map(|s| {
-                metrics::counter!(metric, LABEL_NAME => name.to_owned(), LABEL_SOURCE => s.as_str())
-            })
-        };
+        let prefix = crate::METRIC_PREFIX;
         Self {
-            admitted: by_source(REDIS_ADMITTED),
-            rejected: by_source(REDIS_REJECTED),
-            round_trips: metrics::counter!(REDIS_ROUND_TRIPS, LABEL_NAME => name.to_owned()),
-            round_trip_seconds: metrics::histogram!(REDIS_ROUND_TRIP_SECONDS, LABEL_NAME => name.to_owned()),
+            requests: SOURCES.map(|s| {
+                RequestCounters::with_labels(prefix, name, &[(crate::LABEL_SOURCE, s.as_str())])
+            }),
+            round_trips: metrics::counter!(metric_name(prefix, "round_trips_total"), LABEL_NAME => name.to_owned()),
+            round_trip_seconds: metrics::histogram!(metric_name(prefix, "round_trip_seconds"), LABEL_NAME => name.to_owned()),
             errors: ERROR_REASONS.map(|r| {
-                metrics::counter!(REDIS_ERRORS, LABEL_NAME => name.to_owned(), LABEL_REASON => r)
+                metrics::counter!(metric_name(prefix, "errors_total"), LABEL_NAME => name.to_owned(), LABEL_REASON => r)
             }),
         }
     }
