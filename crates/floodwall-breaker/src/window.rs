@@ -1,11 +1,15 @@
 //! The closed state's sliding windows: the last N calls (a ring), or the
 //! last T seconds (one-second buckets).
 //!
-//! Counters are signed and reads are clamped: a call that reports while the
-//! breaker resets its window (a transition, a handle's reset) may land on
-//! either side of the reset, and must never make a count wrap.
+//! The count window's counters are signed and its reads are clamped: a call
+//! that reports while the breaker resets its window (a transition, a
+//! handle's reset) may land on either side of the reset, and must never make
+//! a count wrap. The time window is floodwall-core's [`TrailingCounts`],
+//! whose reset takes each bucket out of the totals as expiry does, so its
+//! totals never wrap.
 
-use floodwall_core::sync::{AtomicI64, AtomicU8, AtomicU64, Mutex, Ordering};
+use floodwall_core::sync::{AtomicI64, AtomicU8, AtomicU64, Ordering};
+use floodwall_core::window::TrailingCounts;
 
 /// One call's record in a count window: bit 0 failed, bit 1 slow, bit 2
 /// present.
@@ -26,11 +30,21 @@ pub struct WindowCounts {
 
 impl WindowCounts {
     fn clamped(calls: i64, failures: i64, slow: i64) -> Self {
-        let calls = calls.max(0) as u64;
+        Self::bounded(
+            calls.max(0) as u64,
+            failures.max(0) as u64,
+            slow.max(0) as u64,
+        )
+    }
+
+    /// No more failures or slow calls than calls: the counters are read one
+    /// by one, so a read may see a call's failure and not yet the call.
+    #[inline]
+    fn bounded(calls: u64, failures: u64, slow: u64) -> Self {
         Self {
             calls,
-            failures: (failures.max(0) as u64).min(calls),
-            slow: (slow.max(0) as u64).min(calls),
+            failures: failures.min(calls),
+            slow: slow.min(calls),
         }
     }
 }
@@ -100,97 +114,38 @@ impl CountWindow {
     }
 }
 
-#[derive(Default)]
-struct Bucket {
-    calls: AtomicI64,
-    failures: AtomicI64,
-    slow: AtomicI64,
-}
+/// Counter indices of the time window's buckets.
+const CALLS: usize = 0;
+const FAILURES: usize = 1;
+const SLOWS: usize = 2;
 
 /// The last `n` seconds, in one-second buckets, with running totals;
 /// crossing into a new second expires old buckets under a lock.
-pub(crate) struct TimeWindow {
-    buckets: Box<[Bucket]>,
-    total: Bucket,
-    current: AtomicU64,
-    advance: Mutex<()>,
-}
+pub(crate) struct TimeWindow(TrailingCounts<3>);
 
 impl TimeWindow {
     pub(crate) fn new(seconds: u32) -> Self {
-        Self {
-            buckets: (0..seconds.max(1)).map(|_| Bucket::default()).collect(),
-            total: Bucket::default(),
-            current: AtomicU64::new(0),
-            advance: Mutex::new(()),
-        }
+        Self(TrailingCounts::new(seconds.max(1) as usize))
     }
 
-    fn at(&self, second: u64) -> u64 {
-        let current = self.current.load(Ordering::Acquire);
-        if second <= current {
-            return current;
-        }
-        let _guard = self.advance.lock();
-        let current = self.current.load(Ordering::Acquire);
-        if second <= current {
-            return current;
-        }
-        let n = self.buckets.len() as u64;
-        for j in (current + 1).max(second.saturating_sub(n - 1))..=second {
-            let b = &self.buckets[(j % n) as usize];
-            for (slot, total) in [
-                (&b.calls, &self.total.calls),
-                (&b.failures, &self.total.failures),
-                (&b.slow, &self.total.slow),
-            ] {
-                total.fetch_sub(slot.swap(0, Ordering::AcqRel), Ordering::AcqRel);
-            }
-        }
-        self.current.store(second, Ordering::Release);
-        second
-    }
-
+    #[inline]
     pub(crate) fn record(&self, second: u64, code: u8) -> WindowCounts {
-        let second = self.at(second);
-        let b = &self.buckets[(second % self.buckets.len() as u64) as usize];
-        let add = |slot: &AtomicI64, total: &AtomicI64| {
-            // The total first, so expiry never takes it below zero.
-            let t = total.fetch_add(1, Ordering::AcqRel).wrapping_add(1);
-            slot.fetch_add(1, Ordering::AcqRel);
-            t
-        };
-        let calls = add(&b.calls, &self.total.calls);
-        let failures = if code & FAILED != 0 {
-            add(&b.failures, &self.total.failures)
-        } else {
-            self.total.failures.load(Ordering::Acquire)
-        };
-        let slow = if code & SLOW != 0 {
-            add(&b.slow, &self.total.slow)
-        } else {
-            self.total.slow.load(Ordering::Acquire)
-        };
-        WindowCounts::clamped(calls, failures, slow)
+        let mut which = [false; 3];
+        which[CALLS] = true;
+        which[FAILURES] = code & FAILED != 0;
+        which[SLOWS] = code & SLOW != 0;
+        let t = self.0.record(second, which);
+        WindowCounts::bounded(t[CALLS], t[FAILURES], t[SLOWS])
     }
 
     pub(crate) fn counts(&self, second: u64) -> WindowCounts {
-        self.at(second);
-        WindowCounts::clamped(
-            self.total.calls.load(Ordering::Acquire),
-            self.total.failures.load(Ordering::Acquire),
-            self.total.slow.load(Ordering::Acquire),
-        )
+        let t = self.0.totals(second);
+        WindowCounts::bounded(t[CALLS], t[FAILURES], t[SLOWS])
     }
 
     /// Empties the window.
     pub(crate) fn reset(&self) {
-        let _guard = self.advance.lock();
-        for b in self.buckets.iter().chain(std::iter::once(&self.total)) {
-            b.calls.store(0, Ordering::Release);
-            b.failures.store(0, Ordering::Release);
-            b.slow.store(0, Ordering::Release);
-        }
+        self.0.reset();
     }
 }
 

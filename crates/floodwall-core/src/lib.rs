@@ -16,6 +16,8 @@
 //! - [`metrics`]: the metric names every layer reports under.
 //! - [`random`]: an injectable, seedable random source.
 //! - [`wire`]: the header names floodwall layers exchange between services.
+//! - [`window`]: a trailing window of counters in buckets, with O(1) totals,
+//!   kept by the circuit breaker and the SRE throttle.
 //!
 //! ```
 //! use std::time::Duration;
@@ -59,6 +61,7 @@ pub mod outcome;
 pub mod random;
 mod rejection;
 pub mod sync;
+pub mod window;
 pub mod wire;
 
 pub use classify::{Classify, GrpcClassifier, GrpcCode, HttpClassifier, Outcome, ResultClassifier};

@@ -39,7 +39,6 @@ mod layer;
 mod policy;
 mod retry;
 mod throttle;
-mod window;
 
 pub use budget::{BudgetError, RetryBudget};
 pub use criticality::{CriticalityOf, FromExtensions, NoCriticality};

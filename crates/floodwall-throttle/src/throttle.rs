@@ -4,8 +4,13 @@ use std::time::Duration;
 use floodwall_core::Criticality;
 use tokio::time::Instant;
 
-use crate::window::{Count, TrailingCounts};
 use floodwall_core::random::{Random, SplitMix};
+use floodwall_core::window::TrailingCounts;
+
+/// The counters of a class's window: attempts, and attempts the backend
+/// accepted.
+const REQUESTS: usize = 0;
+const ACCEPTS: usize = 1;
 
 /// The knobs of adaptive throttling, with the SRE book's defaults.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -178,7 +183,7 @@ pub struct Stats {
 /// # Ok::<(), floodwall_throttle::ConfigError>(())
 /// ```
 pub struct AdaptiveThrottle<R = SplitMix> {
-    classes: [TrailingCounts; 5],
+    classes: [TrailingCounts<2>; 5],
     config: ThrottleConfig,
     bucket_ns: u64,
     epoch: Instant,
@@ -226,13 +231,13 @@ impl<R: Random> AdaptiveThrottle<R> {
     }
 
     #[inline]
-    fn counts(&self, class: Option<Criticality>) -> &TrailingCounts {
+    fn counts(&self, class: Option<Criticality>) -> &TrailingCounts<2> {
         &self.classes[class.map_or(4, Criticality::index)]
     }
 
     /// The statistics and rejection probability for `class` at `now`.
     pub fn stats(&self, now: Instant, class: Option<Criticality>) -> Stats {
-        let (requests, accepts) = self.counts(class).totals(self.bucket(now));
+        let [requests, accepts] = self.counts(class).totals(self.bucket(now));
         Stats {
             requests,
             accepts,
@@ -268,8 +273,8 @@ impl<R: Random> AdaptiveThrottle<R> {
     pub fn admit_ticket(&self, now: Instant, class: Option<Criticality>) -> Result<Ticket, f64> {
         let bucket = self.bucket(now);
         let counts = self.counts(class);
-        let (requests, accepts) = counts.totals(bucket);
-        counts.add(bucket, Count::Request);
+        let [requests, accepts] = counts.totals(bucket);
+        counts.add(bucket, REQUESTS);
         let p = self.probability(requests, accepts);
         if p > 0.0 && self.rng.next_f64() < p {
             Err(p)
@@ -285,7 +290,7 @@ impl<R: Random> AdaptiveThrottle<R> {
     /// Records that the backend accepted the attempt admitted with `ticket`.
     #[inline]
     pub fn accept(&self, ticket: Ticket) {
-        self.counts(ticket.class).add(ticket.bucket, Count::Accept);
+        self.counts(ticket.class).add(ticket.bucket, ACCEPTS);
     }
 
     /// Takes back the attempt admitted with `ticket`: it said nothing about
@@ -294,18 +299,18 @@ impl<R: Random> AdaptiveThrottle<R> {
     /// as a request nor as an accept. Nothing happens if its bucket has
     /// already left the window.
     pub fn forget(&self, ticket: Ticket) {
-        self.counts(ticket.class).remove_request(ticket.bucket);
+        self.counts(ticket.class).remove(ticket.bucket, REQUESTS);
     }
 
     /// Records an attempt for `class` at `now` without deciding it.
     pub fn record_request(&self, now: Instant, class: Option<Criticality>) {
-        self.counts(class).add(self.bucket(now), Count::Request);
+        self.counts(class).add(self.bucket(now), REQUESTS);
     }
 
     /// Records that the backend accepted an attempt of `class`.
     #[inline]
     pub fn record_accept(&self, now: Instant, class: Option<Criticality>) {
-        self.counts(class).add(self.bucket(now), Count::Accept);
+        self.counts(class).add(self.bucket(now), ACCEPTS);
     }
 
     /// The configuration.
