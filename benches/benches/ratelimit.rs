@@ -13,8 +13,8 @@ use std::time::Duration;
 use criterion::{Criterion, criterion_group, criterion_main};
 use floodwall::leaky_bucket::{LeakyBucketLayer, LeakyMeter, LeakyShaper};
 use floodwall::sliding_window::{
-    KeyedSlidingLog, KeyedSlidingWindowCounter, SlidingLog, SlidingWindowCounter,
-    SlidingWindowLayer, Window,
+    KeyedSlidingLog, KeyedSlidingWindowCounter, SlidingLog, SlidingWindowConfig,
+    SlidingWindowCounter, SlidingWindowLayer, Window, WindowMode,
 };
 use floodwall::token_bucket::{KeyedTokenBucket, Quota, TokenBucket, TokenBucketLayer};
 use floodwall_benches::{ReadyService, poll_once};
@@ -269,7 +269,9 @@ fn layer(c: &mut Criterion) {
     g.bench_function("bare/clone+oneshot", |b| {
         b.iter(|| poll_once(&mut cx, bare.clone().oneshot(black_box(1u32))).unwrap())
     });
-    let floodwall = TokenBucketLayer::new(open_quota()).layer(ReadyService);
+    let floodwall = TokenBucketLayer::new(open_quota())
+        .unwrap()
+        .layer(ReadyService);
     g.bench_function("floodwall/clone+oneshot", |b| {
         b.iter(|| poll_once(&mut cx, floodwall.clone().oneshot(black_box(1u32))).unwrap())
     });
@@ -283,21 +285,27 @@ fn layer(c: &mut Criterion) {
     g.bench_function("tower-resilience/clone+oneshot", |b| {
         b.iter(|| poll_once(&mut cx, resilience.clone().oneshot(black_box(1u32))).unwrap())
     });
-    let meter = LeakyBucketLayer::meter(open_quota())
+    let meter = LeakyBucketLayer::builder(open_quota())
         .build()
+        .unwrap()
         .layer(ReadyService);
     g.bench_function("floodwall-meter/clone+oneshot", |b| {
         b.iter(|| poll_once(&mut cx, meter.clone().oneshot(black_box(1u32))).unwrap())
     });
-    let counter = SlidingWindowLayer::counter(wide_window(Duration::from_millis(1)))
+    let counter = SlidingWindowLayer::builder(wide_window(Duration::from_millis(1)))
         .build()
+        .unwrap()
         .layer(ReadyService);
     g.bench_function("floodwall-counter/clone+oneshot", |b| {
         b.iter(|| poll_once(&mut cx, counter.clone().oneshot(black_box(1u32))).unwrap())
     });
-    let log = SlidingWindowLayer::log(Window::new(1_000, Duration::from_micros(1)).unwrap())
-        .build()
-        .layer(ReadyService);
+    let log = SlidingWindowLayer::builder(
+        SlidingWindowConfig::from(Window::new(1_000, Duration::from_micros(1)).unwrap())
+            .mode(WindowMode::Log),
+    )
+    .build()
+    .unwrap()
+    .layer(ReadyService);
     g.bench_function("floodwall-log/clone+oneshot", |b| {
         b.iter(|| poll_once(&mut cx, log.clone().oneshot(black_box(1u32))).unwrap())
     });
@@ -327,7 +335,9 @@ fn layer(c: &mut Criterion) {
     g.bench_function("bare/ready+call", |b| {
         b.iter(|| ready_call(&mut cx, &mut bare, 1))
     });
-    let mut floodwall = TokenBucketLayer::new(open_quota()).layer(ReadyService);
+    let mut floodwall = TokenBucketLayer::new(open_quota())
+        .unwrap()
+        .layer(ReadyService);
     g.bench_function("floodwall/ready+call", |b| {
         b.iter(|| ready_call(&mut cx, &mut floodwall, 1))
     });
@@ -362,7 +372,7 @@ fn layer_http(c: &mut Criterion) {
     g.bench_function("bare/clone+oneshot", |b| {
         b.iter(|| poll_once(&mut cx, bare.clone().oneshot(req())).unwrap())
     });
-    let floodwall = TokenBucketLayer::new(open_quota()).layer(ok());
+    let floodwall = TokenBucketLayer::new(open_quota()).unwrap().layer(ok());
     g.bench_function("floodwall/clone+oneshot", |b| {
         b.iter(|| poll_once(&mut cx, floodwall.clone().oneshot(req())).unwrap())
     });
@@ -378,9 +388,9 @@ fn layer_http(c: &mut Criterion) {
     });
 
     let floodwall_ip = TokenBucketLayer::builder(open_quota())
-        .build_keyed(100_000, |r: &Req| {
-            r.extensions().get::<SocketAddr>().map(SocketAddr::ip)
-        })
+        .capacity(100_000)
+        .build_keyed(|r: &Req| r.extensions().get::<SocketAddr>().map(SocketAddr::ip))
+        .unwrap()
         .layer(ok());
     g.bench_function("floodwall/per-ip/clone+oneshot", |b| {
         b.iter(|| poll_once(&mut cx, floodwall_ip.clone().oneshot(req())).unwrap())
@@ -471,9 +481,9 @@ fn memory_report(_: &mut Criterion) {
         }
         println!(
             "keyed memory: {label:<8} capacity {capacity:>7}: {:>9} bytes for {:>7} keys = {:.1} bytes/key",
-            keyed.memory_bytes(),
-            keyed.len(),
-            keyed.memory_bytes() as f64 / keyed.len() as f64
+            keyed.keys().memory_bytes(),
+            keyed.keys().len(),
+            keyed.keys().memory_bytes() as f64 / keyed.keys().len() as f64
         );
     }
     for capacity in [10_000, 100_000, 1_000_000] {

@@ -77,7 +77,7 @@ fn stacks(c: &mut Criterion) {
             max: Some(Duration::from_secs(2)),
         })
     };
-    let bucket = || TokenBucketLayer::new(open);
+    let bucket = || TokenBucketLayer::new(open).unwrap();
     let admission = || {
         AdmissionLayer::builder(AdmissionConfig::default())
             .trust_inbound(true)

@@ -20,7 +20,9 @@ use floodwall::leaky_bucket::LeakyBucketLayer;
 use floodwall::priority::{
     AdmissionConfig, AdmissionLayer, ClientConfig as PriorityClient, PriorityClientLayer,
 };
-use floodwall::sliding_window::{MAX_LIMIT, SlidingWindowLayer, Window};
+use floodwall::sliding_window::{
+    MAX_LIMIT, SlidingWindowConfig, SlidingWindowLayer, Window, WindowMode,
+};
 use floodwall::throttle::{RetryLayer, SplitMix, ThrottleConfig, ThrottleLayer};
 use floodwall::token_bucket::{Quota, TokenBucketLayer};
 use tower::{Layer, Service};
@@ -91,25 +93,46 @@ pub const CASES: &[&str] = &[
 pub fn run(case: &str, n: u64) -> Option<Duration> {
     Some(match case {
         "bare" => drive(Respond, n),
-        "token-bucket" => drive(TokenBucketLayer::new(open_quota()).layer(Respond), n),
+        "token-bucket" => drive(
+            TokenBucketLayer::new(open_quota()).unwrap().layer(Respond),
+            n,
+        ),
         "token-bucket-keyed" => drive(
             TokenBucketLayer::builder(open_quota())
-                .build_keyed(1024, |r: &Req| {
-                    r.extensions().get::<std::net::SocketAddr>().map(|a| a.ip())
-                })
+                .capacity(1024)
+                .build_keyed(|r: &Req| r.extensions().get::<std::net::SocketAddr>().map(|a| a.ip()))
+                .unwrap()
                 .layer(Respond),
             n,
         ),
         "leaky-meter" => drive(
-            LeakyBucketLayer::meter(open_quota()).build().layer(Respond),
+            LeakyBucketLayer::builder(open_quota())
+                .build()
+                .unwrap()
+                .layer(Respond),
             n,
         ),
         "sliding-counter" => drive(
-            SlidingWindowLayer::counter(wide()).build().layer(Respond),
+            SlidingWindowLayer::builder(wide())
+                .build()
+                .unwrap()
+                .layer(Respond),
             n,
         ),
-        "sliding-log" => drive(SlidingWindowLayer::log(wide()).build().layer(Respond), n),
-        "sliding-fixed" => drive(SlidingWindowLayer::fixed(wide()).build().layer(Respond), n),
+        "sliding-log" => drive(
+            SlidingWindowLayer::builder(SlidingWindowConfig::from(wide()).mode(WindowMode::Log))
+                .build()
+                .unwrap()
+                .layer(Respond),
+            n,
+        ),
+        "sliding-fixed" => drive(
+            SlidingWindowLayer::builder(SlidingWindowConfig::from(wide()).mode(WindowMode::Fixed))
+                .build()
+                .unwrap()
+                .layer(Respond),
+            n,
+        ),
         "tower-rate-limit" => drive(
             tower::limit::RateLimitLayer::new(u64::MAX, Duration::from_secs(1)).layer(Respond),
             n,

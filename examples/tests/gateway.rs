@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use floodwall::breaker::State;
+use floodwall::token_bucket::Quota;
 use floodwall_examples::deploy::Deployment;
 use floodwall_examples::gateway::config::OverflowConfig;
 use floodwall_examples::gateway::upstream::Upstream;
@@ -106,8 +107,7 @@ async fn get_room_returns_only_the_requested_fields() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_route_limit_answers_429_with_retry_after() {
     let d = start(|c| {
-        route(c, "/api/room").limit.as_mut().unwrap().rate = 2;
-        route(c, "/api/room").limit.as_mut().unwrap().burst = Some(2);
+        route(c, "/api/room").limit.as_mut().unwrap().quota = Quota::per_second(2).unwrap();
     })
     .await;
     let mut limited = None;
@@ -139,8 +139,7 @@ async fn a_route_limit_answers_429_with_retry_after() {
 async fn spoofed_forwarded_for_from_an_untrusted_peer_does_not_evade_the_per_ip_limit() {
     let per_ip = |c: &mut GatewayConfig| {
         let p = c.per_ip.as_mut().unwrap();
-        p.rate = 3;
-        p.burst = Some(3);
+        p.quota = Quota::per_second(3).unwrap();
     };
     // 127.0.0.1 is not a trusted proxy: every request is the same client
     // whatever X-Forwarded-For says.
@@ -485,8 +484,7 @@ async fn two_gateways_share_a_routes_global_limit_through_redis() {
     let redis = RedisServer::start();
     let d = start(|c| {
         c.gateway.redis = Some(redis.addr());
-        let mut global = RedisLimiterConfig::per_second(1);
-        global.burst = Some(4);
+        let global = RedisLimiterConfig::new(Quota::per_second(1).unwrap().with_burst(4).unwrap());
         route(c, "/api/room").global_limit = Some(global);
     })
     .await;

@@ -15,7 +15,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use floodwall::core::HttpClassifier;
 use floodwall::http::HttpRejectionLayer;
-use floodwall::sliding_window::{SlidingWindowLayer, Window};
+use floodwall::sliding_window::{SlidingWindowConfig, SlidingWindowLayer, Window, WindowMode};
 use floodwall::throttle::{
     NO_RETRY_HEADER, RetryBudget, RetryHttp, RetryLayer, SplitMix, ThrottleConfig, ThrottleLayer,
 };
@@ -30,9 +30,13 @@ async fn limited_server(limit: u32, handled: Arc<AtomicU32>) -> SocketAddr {
     let stack = ServiceBuilder::new()
         .layer(HttpRejectionLayer::new())
         .layer(
-            SlidingWindowLayer::log(Window::new(limit, Duration::from_secs(1)).unwrap())
-                .name("rooms")
-                .build(),
+            SlidingWindowLayer::builder(
+                SlidingWindowConfig::from(Window::new(limit, Duration::from_secs(1)).unwrap())
+                    .mode(WindowMode::Log),
+            )
+            .name("rooms")
+            .build()
+            .unwrap(),
         )
         .service(service_fn(move |_: Request<Incoming>| {
             handled.fetch_add(1, Ordering::Relaxed);

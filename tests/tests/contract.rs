@@ -37,12 +37,12 @@ use floodwall::deadline::{
 };
 use floodwall::grpc::GrpcRejectionLayer;
 use floodwall::http::HttpRejectionLayer;
-use floodwall::leaky_bucket::LeakyBucketLayer;
+use floodwall::leaky_bucket::{LeakyBucketConfig, LeakyBucketLayer};
 use floodwall::priority::{
     AdmissionConfig, AdmissionLayer, AssignConfig, AssignPriorityLayer, ClientConfig,
     PriorityClientLayer,
 };
-use floodwall::sliding_window::{SlidingWindowLayer, Window};
+use floodwall::sliding_window::{SlidingWindowConfig, SlidingWindowLayer, Window, WindowMode};
 use floodwall::throttle::{RetryLayer, SplitMix, ThrottleConfig, ThrottleLayer};
 use floodwall::token_bucket::{Quota, TokenBucketLayer};
 use http::{Request, Response, StatusCode};
@@ -247,9 +247,9 @@ const CASES: &[Case] = &[
     Case {
         module: "token_bucket",
         name: "token bucket",
-        open: || boxed(TokenBucketLayer::new(open_quota())),
+        open: || boxed(TokenBucketLayer::new(open_quota()).unwrap()),
         refusal: Some(Refusal {
-            layer: || boxed(TokenBucketLayer::new(once_per_hour())),
+            layer: || boxed(TokenBucketLayer::new(once_per_hour()).unwrap()),
             request: plain,
             kind: RejectKind::RateLimited,
             while_in_flight: false,
@@ -259,12 +259,20 @@ const CASES: &[Case] = &[
         module: "token_bucket",
         name: "keyed token bucket",
         open: || {
-            boxed(TokenBucketLayer::builder(open_quota()).build_keyed(16, |_: &Req| Some(1u8)))
+            boxed(
+                TokenBucketLayer::builder(open_quota())
+                    .capacity(16)
+                    .build_keyed(|_: &Req| Some(1u8))
+                    .unwrap(),
+            )
         },
         refusal: Some(Refusal {
             layer: || {
                 boxed(
-                    TokenBucketLayer::builder(once_per_hour()).build_keyed(16, |_: &Req| Some(1u8)),
+                    TokenBucketLayer::builder(once_per_hour())
+                        .capacity(16)
+                        .build_keyed(|_: &Req| Some(1u8))
+                        .unwrap(),
                 )
             },
             request: plain,
@@ -275,9 +283,9 @@ const CASES: &[Case] = &[
     Case {
         module: "leaky_bucket",
         name: "leaky bucket meter",
-        open: || boxed(LeakyBucketLayer::meter(open_quota()).build()),
+        open: || boxed(LeakyBucketLayer::builder(open_quota()).build().unwrap()),
         refusal: Some(Refusal {
-            layer: || boxed(LeakyBucketLayer::meter(once_per_hour()).build()),
+            layer: || boxed(LeakyBucketLayer::builder(once_per_hour()).build().unwrap()),
             request: plain,
             kind: RejectKind::RateLimited,
             while_in_flight: false,
@@ -286,9 +294,21 @@ const CASES: &[Case] = &[
     Case {
         module: "leaky_bucket",
         name: "leaky bucket shaper",
-        open: || boxed(LeakyBucketLayer::shaper(open_quota(), 4).build()),
+        open: || {
+            boxed(
+                LeakyBucketLayer::builder(LeakyBucketConfig::shaper(open_quota(), 4))
+                    .build()
+                    .unwrap(),
+            )
+        },
         refusal: Some(Refusal {
-            layer: || boxed(LeakyBucketLayer::shaper(once_per_hour(), 0).build()),
+            layer: || {
+                boxed(
+                    LeakyBucketLayer::builder(LeakyBucketConfig::shaper(once_per_hour(), 0))
+                        .build()
+                        .unwrap(),
+                )
+            },
             request: plain,
             kind: RejectKind::RateLimited,
             while_in_flight: false,
@@ -297,14 +317,21 @@ const CASES: &[Case] = &[
     Case {
         module: "sliding_window",
         name: "sliding window counter",
-        open: || boxed(SlidingWindowLayer::counter(Window::per_second(10_000).unwrap()).build()),
+        open: || {
+            boxed(
+                SlidingWindowLayer::builder(Window::per_second(10_000).unwrap())
+                    .build()
+                    .unwrap(),
+            )
+        },
         refusal: Some(Refusal {
             layer: || {
                 boxed(
-                    SlidingWindowLayer::counter(
+                    SlidingWindowLayer::builder(
                         Window::new(1, Duration::from_secs(3_600)).unwrap(),
                     )
-                    .build(),
+                    .build()
+                    .unwrap(),
                 )
             },
             request: plain,
@@ -315,12 +342,27 @@ const CASES: &[Case] = &[
     Case {
         module: "sliding_window",
         name: "sliding log",
-        open: || boxed(SlidingWindowLayer::log(Window::per_second(10_000).unwrap()).build()),
+        open: || {
+            boxed(
+                SlidingWindowLayer::builder(
+                    SlidingWindowConfig::from(Window::per_second(10_000).unwrap())
+                        .mode(WindowMode::Log),
+                )
+                .build()
+                .unwrap(),
+            )
+        },
         refusal: Some(Refusal {
             layer: || {
                 boxed(
-                    SlidingWindowLayer::log(Window::new(1, Duration::from_secs(3_600)).unwrap())
-                        .build(),
+                    SlidingWindowLayer::builder(
+                        SlidingWindowConfig::from(
+                            Window::new(1, Duration::from_secs(3_600)).unwrap(),
+                        )
+                        .mode(WindowMode::Log),
+                    )
+                    .build()
+                    .unwrap(),
                 )
             },
             request: plain,

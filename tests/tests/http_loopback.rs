@@ -28,7 +28,9 @@ async fn serve() -> SocketAddr {
         .layer(
             TokenBucketLayer::builder(quota)
                 .name("per_ip")
-                .build_keyed(1000, client_ip),
+                .capacity(1000)
+                .build_keyed(client_ip)
+                .unwrap(),
         )
         .service(service_fn(|_: Request<Incoming>| async {
             Ok::<_, Infallible>(Response::new(Full::<Bytes>::from("ok")))

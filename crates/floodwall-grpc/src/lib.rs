@@ -30,7 +30,7 @@
 //! # async fn main() -> Result<(), BoxError> {
 //! let svc = ServiceBuilder::new()
 //!     .layer(GrpcRejectionLayer::default())
-//!     .layer(TokenBucketLayer::new(Quota::per_second(1)?))
+//!     .layer(TokenBucketLayer::new(Quota::per_second(1)?)?)
 //!     .service(service_fn(|_: http::Request<()>| async {
 //!         Ok::<_, BoxError>(http::Response::new(()))
 //!     }));

@@ -10,7 +10,7 @@ use tower::{Layer, ServiceBuilder, ServiceExt, service_fn};
 async fn server_layer_answers_with_a_trailers_only_response() {
     let svc = ServiceBuilder::new()
         .layer(GrpcRejectionLayer::default())
-        .layer(TokenBucketLayer::new(Quota::per_second(4).unwrap()))
+        .layer(TokenBucketLayer::new(Quota::per_second(4).unwrap()).unwrap())
         .service(service_fn(|_: http::Request<()>| async {
             Ok::<_, BoxError>(http::Response::new(()))
         }));
@@ -40,7 +40,7 @@ async fn server_layer_answers_with_a_trailers_only_response() {
 async fn client_layer_turns_rejections_into_status_errors() {
     let svc = ServiceBuilder::new()
         .layer(StatusErrorLayer::new())
-        .layer(TokenBucketLayer::new(Quota::per_second(1).unwrap()))
+        .layer(TokenBucketLayer::new(Quota::per_second(1).unwrap()).unwrap())
         .service(service_fn(|n: u32| async move { Ok::<_, BoxError>(n) }));
     assert_eq!(svc.clone().oneshot(1).await.unwrap(), 1);
     let err = svc.clone().oneshot(2).await.unwrap_err();

@@ -36,7 +36,7 @@
 //! # async fn main() -> Result<(), BoxError> {
 //! let svc = ServiceBuilder::new()
 //!     .layer(HttpRejectionLayer::new())
-//!     .layer(TokenBucketLayer::builder(Quota::per_second(1)?).name("api").build())
+//!     .layer(TokenBucketLayer::builder(Quota::per_second(1)?).name("api").build()?)
 //!     .service(service_fn(|_: Request<()>| async {
 //!         Ok::<_, BoxError>(Response::new(String::from("hello")))
 //!     }));

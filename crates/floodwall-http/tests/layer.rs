@@ -18,7 +18,8 @@ async fn rate_limited_requests_become_429_with_headers() {
         .layer(
             TokenBucketLayer::builder(Quota::per_second(2).unwrap())
                 .name("rooms")
-                .build(),
+                .build()
+                .unwrap(),
         )
         .service(service_fn(|_: Request<Body>| async {
             Ok::<_, BoxError>(Response::new(Body::from("room")))

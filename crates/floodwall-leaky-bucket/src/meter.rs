@@ -1,8 +1,6 @@
 use std::fmt;
-use std::hash::Hash;
 
-use floodwall_ratelimit::{Denied, KeyedLimit, Limiter, Refund};
-use floodwall_token_bucket::{KeyedTokenBucket, Quota, TokenBucket};
+use floodwall_ratelimit::{Denied, Limiter, Quota, Refund, TokenBucket};
 use tokio::time::Instant;
 
 /// A leaky bucket as a meter: water drains at the rate, each request pours
@@ -17,7 +15,7 @@ use tokio::time::Instant;
 /// ```
 /// use std::time::Duration;
 /// use floodwall_leaky_bucket::LeakyMeter;
-/// use floodwall_token_bucket::Quota;
+/// use floodwall_ratelimit::Quota;
 /// use tokio::time::Instant;
 ///
 /// // Drains 10 units a second, holds 5.
@@ -30,7 +28,7 @@ use tokio::time::Instant;
 /// let overflow = meter.try_acquire(t0, 1).unwrap_err();
 /// assert_eq!(overflow.retry_after(), Some(Duration::from_millis(100)));
 /// assert_eq!(meter.level(t0 + Duration::from_millis(250)), 3);
-/// # Ok::<(), floodwall_token_bucket::QuotaError>(())
+/// # Ok::<(), floodwall_core::ConfigError>(())
 /// ```
 pub struct LeakyMeter {
     bucket: TokenBucket,
@@ -94,74 +92,4 @@ impl<Req> Limiter<Req> for LeakyMeter {
 
 impl Refund for LeakyMeter {
     type Permit = ();
-}
-
-/// One [`LeakyMeter`] per key, at most `capacity` keys remembered (see
-/// [`KeyedTokenBucket`] for the eviction rule and memory per key).
-pub struct KeyedLeakyMeter<K> {
-    buckets: KeyedTokenBucket<K>,
-}
-
-impl<K: Hash + Eq> KeyedLeakyMeter<K> {
-    /// Per-key meters with `rate` (capacity `rate.burst()`), remembering at
-    /// most `capacity` keys, with the clock starting now.
-    pub fn new(rate: Quota, capacity: usize) -> Self {
-        Self::with_epoch(rate, capacity, Instant::now())
-    }
-
-    /// As [`new`](Self::new), with the clock starting at `epoch`.
-    pub fn with_epoch(rate: Quota, capacity: usize, epoch: Instant) -> Self {
-        Self {
-            buckets: KeyedTokenBucket::with_epoch(rate, capacity, epoch),
-        }
-    }
-
-    pub(crate) fn with_metric_names(self, layer: &'static str, name: &str) -> Self {
-        Self {
-            buckets: self.buckets.with_metric_names(layer, name),
-        }
-    }
-
-    /// Pours `n` units into `key`'s bucket at `now` if they fit.
-    ///
-    /// # Errors
-    /// As [`LeakyMeter::try_acquire`].
-    #[inline]
-    pub fn try_acquire(&self, key: &K, now: Instant, n: u32) -> Result<(), Denied>
-    where
-        K: Clone,
-    {
-        self.buckets.try_acquire(key, now, n)
-    }
-
-    /// Units in `key`'s bucket at `now` (0 for an unknown key).
-    pub fn level(&self, key: &K, now: Instant) -> u32 {
-        self.buckets.quota().burst() - self.buckets.available(key, now)
-    }
-
-    /// The per-key buckets (key count, memory, evictions).
-    pub fn buckets(&self) -> &KeyedTokenBucket<K> {
-        &self.buckets
-    }
-}
-
-impl<K> fmt::Debug for KeyedLeakyMeter<K> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("KeyedLeakyMeter")
-            .field("buckets", &self.buckets)
-            .finish()
-    }
-}
-
-impl<K> KeyedLimit for KeyedLeakyMeter<K>
-where
-    K: Hash + Eq + Clone + Send + Sync + 'static,
-{
-    type Key = K;
-    type Permit = ();
-
-    #[inline]
-    fn acquire_key(&self, key: &K, now: Instant, n: u32) -> Result<(), Denied> {
-        self.try_acquire(key, now, n)
-    }
 }

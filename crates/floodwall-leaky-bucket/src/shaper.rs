@@ -1,9 +1,7 @@
 use std::fmt;
-use std::hash::Hash;
 use std::time::Duration;
 
-use floodwall_ratelimit::{Denied, KeyedLimit, Limiter, Refund};
-use floodwall_token_bucket::{KeyedTokenBucket, MAX_WAIT, Quota, TokenBucket};
+use floodwall_ratelimit::{Denied, Limiter, MAX_WAIT, Quota, Refund, TokenBucket};
 use tokio::time::Instant;
 
 /// A leaky bucket as a shaper (a queue): requests leave one interval apart,
@@ -25,7 +23,7 @@ use tokio::time::Instant;
 /// ```
 /// use std::time::Duration;
 /// use floodwall_leaky_bucket::LeakyShaper;
-/// use floodwall_token_bucket::Quota;
+/// use floodwall_ratelimit::Quota;
 /// use tokio::time::Instant;
 ///
 /// // One request every 100 ms, at most 2 waiting.
@@ -37,7 +35,7 @@ use tokio::time::Instant;
 /// assert_eq!(shaper.admit(t0), Ok(ms(200)));
 /// // The queue is full until the first waiter starts, 100 ms from now.
 /// assert_eq!(shaper.admit(t0).unwrap_err().retry_after(), Some(ms(100)));
-/// # Ok::<(), floodwall_token_bucket::QuotaError>(())
+/// # Ok::<(), floodwall_core::ConfigError>(())
 /// ```
 pub struct LeakyShaper {
     bucket: TokenBucket,
@@ -47,7 +45,7 @@ pub struct LeakyShaper {
 
 /// `q·I`, the furthest ahead a start slot may be (at most
 /// [`MAX_WAIT`], about 36 years).
-fn horizon(rate: &Quota, queue: u32) -> Duration {
+pub(crate) fn horizon(rate: &Quota, queue: u32) -> Duration {
     rate.interval()
         .checked_mul(queue)
         .map_or(MAX_WAIT, |h| h.min(MAX_WAIT))
@@ -55,7 +53,7 @@ fn horizon(rate: &Quota, queue: u32) -> Duration {
 
 /// The rate with a burst of one: requests leave one interval apart. (A
 /// burst of 1 is valid whenever the rate's own burst is.)
-fn spaced(rate: Quota) -> Quota {
+pub(crate) fn spaced(rate: Quota) -> Quota {
     rate.with_burst(1).unwrap_or(rate)
 }
 
@@ -91,12 +89,7 @@ impl LeakyShaper {
     }
 
     fn queue_full(&self, denied: Denied) -> Denied {
-        match denied {
-            Denied::RateLimited { retry_after } => Denied::RateLimited {
-                retry_after: retry_after.saturating_sub(self.horizon),
-            },
-            other => other,
-        }
+        queue_full(denied, self.horizon)
     }
 
     /// How long a request arriving at `now` would wait for its slot if it
@@ -128,7 +121,7 @@ impl LeakyShaper {
 }
 
 /// Waiters behind a delay of `delay` with slots `interval` apart.
-fn queued(delay: Duration, interval: Duration) -> u32 {
+pub(crate) fn queued(delay: Duration, interval: Duration) -> u32 {
     let slots = delay.as_nanos().div_ceil(interval.as_nanos().max(1));
     u32::try_from(slots.saturating_sub(1)).unwrap_or(u32::MAX)
 }
@@ -170,115 +163,13 @@ impl Refund for LeakyShaper {
     type Permit = ();
 }
 
-/// One [`LeakyShaper`] per key, at most `capacity` keys remembered (see
-/// [`KeyedTokenBucket`] for the eviction rule and memory per key).
-pub struct KeyedLeakyShaper<K> {
-    buckets: KeyedTokenBucket<K>,
-    queue: u32,
-    horizon: Duration,
-}
-
-impl<K: Hash + Eq> KeyedLeakyShaper<K> {
-    /// Per-key shapers, remembering at most `capacity` keys, with the clock
-    /// starting now.
-    pub fn new(rate: Quota, queue: u32, capacity: usize) -> Self {
-        Self::with_epoch(rate, queue, capacity, Instant::now())
-    }
-
-    /// As [`new`](Self::new), with the clock starting at `epoch`.
-    pub fn with_epoch(rate: Quota, queue: u32, capacity: usize, epoch: Instant) -> Self {
-        let rate = spaced(rate);
-        Self {
-            horizon: horizon(&rate, queue),
-            buckets: KeyedTokenBucket::with_epoch(rate, capacity, epoch),
-            queue,
-        }
-    }
-
-    pub(crate) fn with_metric_names(self, layer: &'static str, name: &str) -> Self {
-        Self {
-            buckets: self.buckets.with_metric_names(layer, name),
-            ..self
-        }
-    }
-
-    /// Admits a request for `key` arriving at `now`; returns its wait.
-    ///
-    /// # Errors
-    /// As [`LeakyShaper::admit`].
-    pub fn admit(&self, key: &K, now: Instant) -> Result<Duration, Denied>
-    where
-        K: Clone,
-    {
-        self.reserve(key, now, 1)
-    }
-
-    fn reserve(&self, key: &K, now: Instant, n: u32) -> Result<Duration, Denied>
-    where
-        K: Clone,
-    {
-        match self.buckets.reserve(key, now, n, self.horizon) {
-            Ok(reservation) => Ok(reservation.wait()),
-            Err(Denied::RateLimited { retry_after }) => Err(Denied::RateLimited {
-                retry_after: retry_after.saturating_sub(self.horizon),
-            }),
-            Err(other) => Err(other),
-        }
-    }
-
-    /// Requests waiting at `now` in `key`'s queue.
-    pub fn queued(&self, key: &K, now: Instant) -> u32 {
-        queued(
-            self.buckets.time_to_full(key, now),
-            self.buckets.quota().interval(),
-        )
-    }
-
-    /// The per-key queues' capacity.
-    pub fn queue(&self) -> u32 {
-        self.queue
-    }
-
-    /// The longest wait a key's queue allows, `q·I`.
-    pub fn horizon(&self) -> Duration {
-        self.horizon
-    }
-
-    /// The per-key state (key count, memory, evictions).
-    pub fn buckets(&self) -> &KeyedTokenBucket<K> {
-        &self.buckets
-    }
-}
-
-impl<K> fmt::Debug for KeyedLeakyShaper<K> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("KeyedLeakyShaper")
-            .field("buckets", &self.buckets)
-            .field("queue", &self.queue)
-            .finish()
-    }
-}
-
-impl<K> KeyedLimit for KeyedLeakyShaper<K>
-where
-    K: Hash + Eq + Clone + Send + Sync + 'static,
-{
-    type Key = K;
-    type Permit = ();
-
-    #[inline]
-    fn acquire_key(&self, key: &K, now: Instant, n: u32) -> Result<(), Denied> {
-        self.buckets.try_acquire(key, now, n)
-    }
-
-    /// A cancelled waiter's slot is not given back (see [`LeakyShaper`]).
-    fn reserve_key(
-        &self,
-        key: &K,
-        now: Instant,
-        n: u32,
-        _max_wait: Duration,
-    ) -> Result<(Duration, ()), Denied> {
-        self.reserve(key, now, n).map(|wait| (wait, ()))
+/// A refusal by a full queue: the retry-after is when the queue has room,
+/// `horizon` earlier than when a slot would start.
+pub(crate) fn queue_full(denied: Denied, horizon: Duration) -> Denied {
+    match denied {
+        Denied::RateLimited { retry_after } => Denied::RateLimited {
+            retry_after: retry_after.saturating_sub(horizon),
+        },
+        other => other,
     }
 }

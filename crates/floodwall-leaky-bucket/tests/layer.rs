@@ -7,8 +7,8 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use floodwall_core::{BoxError, RejectKind, Rejected};
-use floodwall_leaky_bucket::{LeakyBucketConfig, LeakyBucketLayer};
-use floodwall_token_bucket::Quota;
+use floodwall_leaky_bucket::{LeakyBucketConfig, LeakyBucketLayer, LeakyMode};
+use floodwall_ratelimit::Quota;
 use tokio::time::{Instant, advance};
 use tower::util::BoxCloneService;
 use tower::{Layer, ServiceExt, service_fn};
@@ -31,9 +31,10 @@ fn recording(token: Arc<()>) -> (Svc, Starts) {
 
 #[tokio::test(start_paused = true)]
 async fn the_meter_refuses_overflow_with_retry_after() {
-    let layer = LeakyBucketLayer::meter(Quota::per_second(10).unwrap().with_burst(2).unwrap())
+    let layer = LeakyBucketLayer::builder(Quota::per_second(10).unwrap().with_burst(2).unwrap())
         .name("uploads")
-        .build();
+        .build()
+        .unwrap();
     let handle = layer.handle();
     let (inner, starts) = recording(Arc::new(()));
     let svc = layer.layer(inner);
@@ -54,7 +55,10 @@ async fn the_meter_refuses_overflow_with_retry_after() {
 
 #[tokio::test(start_paused = true)]
 async fn the_shaper_starts_requests_one_interval_apart_and_refuses_a_full_queue() {
-    let layer = LeakyBucketLayer::shaper(Quota::per_second(10).unwrap(), 2).build();
+    let layer =
+        LeakyBucketLayer::builder(LeakyBucketConfig::shaper(Quota::per_second(10).unwrap(), 2))
+            .build()
+            .unwrap();
     let handle = layer.handle();
     let (inner, starts) = recording(Arc::new(()));
     let svc = layer.layer(inner);
@@ -81,7 +85,12 @@ async fn the_shaper_starts_requests_one_interval_apart_and_refuses_a_full_queue(
 #[tokio::test(start_paused = true)]
 async fn dropped_shaper_waiters_leak_nothing_and_starts_stay_spaced() {
     let interval = Duration::from_millis(10);
-    let layer = LeakyBucketLayer::shaper(Quota::per_second(100).unwrap(), 30).build();
+    let layer = LeakyBucketLayer::builder(LeakyBucketConfig::shaper(
+        Quota::per_second(100).unwrap(),
+        30,
+    ))
+    .build()
+    .unwrap();
     let token = Arc::new(());
     let (inner, starts) = recording(token.clone());
     let svc = layer.layer(inner);
@@ -144,7 +153,10 @@ async fn dropped_shaper_waiters_leak_nothing_and_starts_stay_spaced() {
 /// SPECS convention: a waiter that gives up does not give its slot back.
 #[tokio::test(start_paused = true)]
 async fn a_cancelled_waiter_keeps_its_slot_unused() {
-    let layer = LeakyBucketLayer::shaper(Quota::per_second(10).unwrap(), 5).build();
+    let layer =
+        LeakyBucketLayer::builder(LeakyBucketConfig::shaper(Quota::per_second(10).unwrap(), 5))
+            .build()
+            .unwrap();
     let (inner, starts) = recording(Arc::new(()));
     let svc = layer.layer(inner);
     let t0 = Instant::now();
@@ -164,8 +176,11 @@ async fn a_cancelled_waiter_keeps_its_slot_unused() {
 
 #[tokio::test(start_paused = true)]
 async fn keyed_shaper_queues_each_key_separately() {
-    let layer = LeakyBucketLayer::shaper(Quota::per_second(10).unwrap(), 1)
-        .build_keyed(100, |n: &u32| Some(*n % 2));
+    let layer =
+        LeakyBucketLayer::builder(LeakyBucketConfig::shaper(Quota::per_second(10).unwrap(), 1))
+            .capacity(100)
+            .build_keyed(|n: &u32| Some(*n % 2))
+            .unwrap();
     let (inner, starts) = recording(Arc::new(()));
     let svc = layer.layer(inner);
     let t0 = Instant::now();
@@ -185,20 +200,27 @@ async fn keyed_shaper_queues_each_key_separately() {
 #[tokio::test(start_paused = true)]
 async fn config_as_data() {
     let cfg: LeakyBucketConfig =
-        serde_json::from_str(r#"{ "rate": 5, "per": "1s", "burst": 2 }"#).unwrap();
-    let layer = cfg.build_meter().unwrap();
-    assert_eq!(layer.handle().limiter().capacity(), 2);
-    let shaper = cfg.build_shaper().unwrap();
-    assert_eq!(shaper.handle().limiter().queue(), 0);
-    let bad = LeakyBucketConfig {
-        capacity: 0,
-        ..LeakyBucketConfig::per_second(5)
+        serde_json::from_str(r#"{ "quota": { "rate": 5, "per": "1s", "burst": 2 } }"#).unwrap();
+    let layer = LeakyBucketLayer::new(cfg.clone()).unwrap();
+    assert_eq!(layer.handle().limiter().quota().burst(), 2);
+    assert_eq!(layer.handle().limiter().queue(), None, "a meter by default");
+    let shaper = LeakyBucketConfig {
+        mode: LeakyMode::Shaper,
+        ..cfg.clone()
     };
+    let shaper = LeakyBucketLayer::new(shaper).unwrap();
+    assert_eq!(shaper.handle().limiter().queue(), Some(0));
+    let keyless = LeakyBucketLayer::builder(cfg.clone())
+        .capacity(0)
+        .build_keyed(|n: &u32| Some(*n))
+        .unwrap_err();
+    assert_eq!(keyless.to_string(), "capacity must be at least 1 key");
+    let queued_meter = LeakyBucketConfig { queue: 3, ..cfg };
     assert_eq!(
-        bad.build_meter_keyed(|n: &u32| Some(*n))
-            .unwrap_err()
-            .to_string(),
-        "capacity must be at least 1 key"
+        LeakyBucketLayer::new(queued_meter).unwrap_err().field(),
+        "queue",
+        "a meter never queues: a queue on one is a mistake, not ignored"
     );
-    assert!(serde_json::from_str::<LeakyBucketConfig>(r#"{ "rate": 1, "queu": 2 }"#).is_err());
+    let typo = r#"{ "quota": { "rate": 1 }, "queu": 2 }"#;
+    assert!(serde_json::from_str::<LeakyBucketConfig>(typo).is_err());
 }

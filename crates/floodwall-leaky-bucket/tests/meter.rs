@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use floodwall_leaky_bucket::{Denied, KeyedLeakyMeter, LeakyMeter};
-use floodwall_token_bucket::{Quota, TokenBucket};
+use floodwall_leaky_bucket::{Denied, KeyedLeakyBucket, LeakyMeter, LeakyParams, Level};
+use floodwall_ratelimit::{Quota, TokenBucket};
 use proptest::prelude::*;
 use tokio::time::{Instant, advance};
 
@@ -51,15 +51,21 @@ async fn overflow_is_refused_with_the_exact_time_until_it_fits() {
 
 #[tokio::test(start_paused = true)]
 async fn keyed_meters_are_independent() {
-    let meters = KeyedLeakyMeter::new(Quota::per_second(10).unwrap().with_burst(2).unwrap(), 100);
+    let rate = Quota::per_second(10).unwrap().with_burst(2).unwrap();
+    let meters = KeyedLeakyBucket::new(LeakyParams::meter(rate), 100);
     let now = Instant::now();
     for key in ["a", "b"] {
         assert_eq!(meters.try_acquire(&key, now, 2), Ok(()));
         assert_eq!(meters.try_acquire(&key, now, 1), limited(100 * MS));
-        assert_eq!(meters.level(&key, now), 2);
+        assert_eq!(meters.inspect(&key, now, Level::level), Some(2));
     }
-    assert_eq!(meters.level(&"c", now), 0);
-    assert_eq!(meters.buckets().len(), 2);
+    assert_eq!(
+        meters.inspect(&"c", now, Level::level),
+        None,
+        "c was never seen"
+    );
+    assert_eq!(meters.remaining(&"c", now), 2);
+    assert_eq!(meters.keys().len(), 2);
 }
 
 /// ITU-T I.371's continuous-state leaky bucket for GCRA(I, L): level `x`

@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use floodwall_leaky_bucket::{Denied, KeyedLeakyShaper, LeakyShaper};
-use floodwall_token_bucket::Quota;
+use floodwall_leaky_bucket::{Denied, KeyedLeakyBucket, LeakyParams, LeakyShaper, Level};
+use floodwall_ratelimit::Quota;
 use proptest::prelude::*;
 use tokio::time::{Instant, advance};
 
@@ -73,16 +73,28 @@ async fn the_rate_burst_is_ignored_starts_stay_spaced() {
 
 #[tokio::test(start_paused = true)]
 async fn keyed_shapers_queue_per_key() {
-    let shapers = KeyedLeakyShaper::new(Quota::per_second(10).unwrap(), 1, 100);
+    let shapers =
+        KeyedLeakyBucket::new(LeakyParams::shaper(Quota::per_second(10).unwrap(), 1), 100);
     let t0 = Instant::now();
+    let admit = |key: &u8| {
+        shapers
+            .reserve(key, t0, 1, Duration::MAX)
+            .map(|(wait, ())| wait)
+    };
     for key in [1u8, 2] {
-        assert_eq!(shapers.admit(&key, t0), Ok(Duration::ZERO));
-        assert_eq!(shapers.admit(&key, t0), Ok(100 * MS));
-        assert!(shapers.admit(&key, t0).is_err());
-        assert_eq!(shapers.queued(&key, t0), 1);
+        assert_eq!(admit(&key), Ok(Duration::ZERO));
+        assert_eq!(admit(&key), Ok(100 * MS));
+        assert_eq!(
+            admit(&key),
+            Err(Denied::RateLimited {
+                retry_after: 100 * MS
+            }),
+            "full: room again when the first waiter starts"
+        );
+        assert_eq!(shapers.inspect(&key, t0, Level::queued), Some(1));
     }
-    assert_eq!(shapers.queued(&3, t0), 0);
-    assert_eq!(shapers.buckets().len(), 2);
+    assert_eq!(shapers.inspect(&3, t0, Level::queued), None);
+    assert_eq!(shapers.keys().len(), 2);
 }
 
 proptest! {

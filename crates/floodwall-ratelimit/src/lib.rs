@@ -12,21 +12,37 @@
 //!   `call` (no permit held between `poll_ready` and `call`), or waits up to
 //!   a bound; every clone shares one limiter; typed errors in
 //!   [`floodwall_core::Rejected`]; metrics; a live [`RateLimitHandle`].
-//! - [`KeyedMap`] and [`Keyed`]: one state per key (client IP, user, room)
-//!   with a hard capacity and lossless idle eviction.
+//! - [`Quota`] and the GCRA ([`TokenBucket`], [`Tat`]): the rate every
+//!   bucket-shaped limiter (token bucket, leaky meter and shaper, the Redis
+//!   limiter's local fallback) is built on, validated once.
+//! - [`PerKey`] over a [`KeyRule`]: one limiter per key (client IP, user,
+//!   room) for any algorithm, on a [`KeyedMap`] with a hard capacity and
+//!   lossless idle eviction; [`Keyed`] puts it behind a key extractor.
 //!
 //! Users normally reach these through an algorithm crate's layer type.
 #![forbid(unsafe_code)]
 
+mod bucket;
 pub mod error;
 pub mod future;
+mod gcra;
 mod keyed;
+mod keyed_bucket;
 mod layer;
 mod limiter;
+mod per_key;
+mod quota;
 mod service;
 pub mod time;
 
+pub use bucket::TokenBucket;
+pub use gcra::{MAX_WAIT, Reservation};
 pub use keyed::{KeyState, KeyedMap};
-pub use layer::{Builder, RateLimitHandle, RateLimitLayer};
+pub use keyed_bucket::{KeyedTokenBucket, Tat};
+pub use layer::{
+    Algorithm, Builder, KeyedLayer, LimitKey, RateLimitHandle, RateLimitLayer, Remaining, Schedules,
+};
 pub use limiter::{Denied, Keyed, KeyedLimit, Limiter, One, Refund, Weigh};
+pub use per_key::{DEFAULT_KEY_CAPACITY, KeyRule, PerKey, default_key_capacity, key_capacity};
+pub use quota::Quota;
 pub use service::RateLimitService;

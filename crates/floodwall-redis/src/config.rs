@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use floodwall_breaker::BreakerConfig;
 use floodwall_core::ConfigError;
-use floodwall_token_bucket::{Quota, QuotaError};
+use floodwall_ratelimit::Quota;
 
 use crate::{Builder, DEFAULT_NAME, Fallback, Key, RedisClient, RedisLimiter};
 
@@ -18,7 +18,7 @@ use crate::{Builder, DEFAULT_NAME, Fallback, Key, RedisClient, RedisLimiter};
 /// use floodwall_redis::{Fallback, RedisLimiterConfig};
 ///
 /// let cfg: RedisLimiterConfig = serde_json::from_str(r#"{
-///     "name": "api", "rate": 1000, "burst": 100, "timeout": "10ms",
+///     "name": "api", "quota": { "rate": 1000, "burst": 100 }, "timeout": "10ms",
 ///     "lease": { "max_tokens": 10, "max_age": "100ms" },
 ///     "fallback": { "local": { "share": 0.25 } }
 /// }"#).unwrap();
@@ -36,17 +36,8 @@ pub struct RedisLimiterConfig {
     /// Redis key prefix. Default `"floodwall:{name}:"`.
     #[cfg_attr(feature = "serde", serde(default))]
     pub prefix: Option<String>,
-    /// Tokens refilled per [`per`](Self::per), across all instances.
-    pub rate: u32,
-    /// The refill period. Default one second.
-    #[cfg_attr(
-        feature = "serde",
-        serde(default = "one_second", with = "humantime_serde")
-    )]
-    pub per: Duration,
-    /// Bucket capacity. Default: `rate`.
-    #[cfg_attr(feature = "serde", serde(default))]
-    pub burst: Option<u32>,
+    /// The rate and burst enforced across all instances.
+    pub quota: Quota,
     /// How long one decision may wait for Redis. Default 20 ms.
     #[cfg_attr(
         feature = "serde",
@@ -88,11 +79,6 @@ fn default_name() -> String {
 }
 
 #[cfg(feature = "serde")]
-fn one_second() -> Duration {
-    Duration::from_secs(1)
-}
-
-#[cfg(feature = "serde")]
 fn twenty_ms() -> Duration {
     Duration::from_millis(20)
 }
@@ -106,15 +92,13 @@ impl RedisLimiterConfig {
     /// The default number of keys remembered locally.
     pub const DEFAULT_CAPACITY: usize = 100_000;
 
-    /// `rate` per second across all instances, with every other field at
-    /// its default.
-    pub fn per_second(rate: u32) -> Self {
+    /// `quota` across all instances, with every other field at its
+    /// default.
+    pub fn new(quota: Quota) -> Self {
         Self {
             name: DEFAULT_NAME.to_owned(),
             prefix: None,
-            rate,
-            per: Duration::from_secs(1),
-            burst: None,
+            quota,
             timeout: Duration::from_millis(20),
             lease: None,
             fallback: Fallback::default(),
@@ -123,24 +107,13 @@ impl RedisLimiterConfig {
         }
     }
 
-    /// The global quota.
-    ///
-    /// # Errors
-    /// [`ConfigError`] naming `rate`, `per` or `burst`.
-    pub fn quota(&self) -> Result<Quota, ConfigError> {
-        let quota = Quota::new(self.rate, self.per).map_err(quota_error)?;
-        match self.burst {
-            Some(burst) => quota.with_burst(burst).map_err(quota_error),
-            None => Ok(quota),
-        }
-    }
-
     /// A builder for a limiter on `client` with this configuration.
     ///
     /// # Errors
-    /// As [`quota`](Self::quota).
+    /// None today (the quota was validated when it was made); kept so the
+    /// limiter's constructors read like every layer's.
     pub fn builder(&self, client: RedisClient) -> Result<Builder, ConfigError> {
-        let mut builder = RedisLimiter::builder(client, self.quota()?)
+        let mut builder = RedisLimiter::builder(client, self.quota)
             .name(self.name.as_str())
             .timeout(self.timeout)
             .fallback(self.fallback)
@@ -160,19 +133,9 @@ impl RedisLimiterConfig {
     /// The limiter.
     ///
     /// # Errors
-    /// As [`quota`](Self::quota) and [`Builder::build`].
+    /// As [`Builder::build`].
     pub fn build<K: Key>(&self, client: RedisClient) -> Result<RedisLimiter<K>, ConfigError> {
         self.builder(client)?.build()
-    }
-}
-
-fn quota_error(err: QuotaError) -> ConfigError {
-    match err {
-        QuotaError::ZeroRate => ConfigError::new("rate", "must be above zero"),
-        QuotaError::ZeroPeriod => ConfigError::new("per", "must be above zero"),
-        QuotaError::ZeroBurst => ConfigError::new("burst", "must be at least 1"),
-        QuotaError::TooFast => ConfigError::new("rate", "is more than one per nanosecond"),
-        _ => ConfigError::new("per", "is too long (burst × interval over ~36 years)"),
     }
 }
 
@@ -180,28 +143,19 @@ fn quota_error(err: QuotaError) -> ConfigError {
 mod tests {
     use super::*;
 
-    #[test]
-    fn quota_errors_name_the_field() {
-        let mut cfg = RedisLimiterConfig::per_second(0);
-        assert_eq!(cfg.quota().unwrap_err().field(), "rate");
-        cfg.rate = 10;
-        cfg.per = Duration::ZERO;
-        assert_eq!(cfg.quota().unwrap_err().field(), "per");
-        cfg.per = Duration::from_secs(1);
-        cfg.burst = Some(0);
-        assert_eq!(cfg.quota().unwrap_err().field(), "burst");
-        cfg.burst = Some(5);
-        assert_eq!(cfg.quota().unwrap().burst(), 5);
-    }
-
     #[cfg(feature = "serde")]
     #[test]
     fn deserializes_with_defaults_and_refuses_unknown_fields() {
-        let cfg: RedisLimiterConfig = serde_json::from_str(r#"{ "rate": 50 }"#).unwrap();
-        assert_eq!(cfg, RedisLimiterConfig::per_second(50));
+        let cfg: RedisLimiterConfig =
+            serde_json::from_str(r#"{ "quota": { "rate": 50 } }"#).unwrap();
+        assert_eq!(cfg, RedisLimiterConfig::new(Quota::per_second(50).unwrap()));
         let open: RedisLimiterConfig =
-            serde_json::from_str(r#"{ "rate": 5, "fallback": "open" }"#).unwrap();
+            serde_json::from_str(r#"{ "quota": { "rate": 5 }, "fallback": "open" }"#).unwrap();
         assert_eq!(open.fallback, Fallback::Open);
-        assert!(serde_json::from_str::<RedisLimiterConfig>(r#"{ "rate": 5, "rte": 1 }"#).is_err());
+        let unknown = r#"{ "quota": { "rate": 5 }, "rte": 1 }"#;
+        assert!(serde_json::from_str::<RedisLimiterConfig>(unknown).is_err());
+        let invalid = r#"{ "quota": { "rate": 0 } }"#;
+        let err = serde_json::from_str::<RedisLimiterConfig>(invalid).unwrap_err();
+        assert!(err.to_string().contains("rate must be positive"), "{err}");
     }
 }

@@ -43,7 +43,7 @@ impl<K: Key, X> RedisRateLimitLayer<K, X, One> {
     /// ```no_run
     /// use std::net::IpAddr;
     /// use floodwall_redis::{RedisClient, RedisLimiter, RedisRateLimitLayer};
-    /// use floodwall_token_bucket::Quota;
+    /// use floodwall_ratelimit::Quota;
     /// use tower::{ServiceBuilder, service_fn};
     ///
     /// # #[tokio::main(flavor = "current_thread")]

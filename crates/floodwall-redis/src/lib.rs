@@ -22,7 +22,7 @@
 //! ```no_run
 //! use std::time::Duration;
 //! use floodwall_redis::{Fallback, RedisClient, RedisLimiter, RedisRateLimitLayer};
-//! use floodwall_token_bucket::Quota;
+//! use floodwall_ratelimit::Quota;
 //! use tower::{ServiceBuilder, ServiceExt, service_fn};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
@@ -145,7 +145,8 @@ pub mod test_util;
 pub use client::{RedisClient, RedisError};
 pub use cluster::hash_slot;
 pub use config::{LeaseConfig, RedisLimiterConfig};
-pub use floodwall_ratelimit::{One, Weigh};
+pub use floodwall_core::ConfigError;
+pub use floodwall_ratelimit::{One, Quota, Weigh};
 pub use layer::{RedisRateLimit, RedisRateLimitLayer, ResponseFuture};
 pub use limiter::{
     Builder, DEFAULT_NAME, Fallback, Health, Key, RedisLimiter, Refusal, Source, Stats,

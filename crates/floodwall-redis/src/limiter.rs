@@ -9,7 +9,7 @@ use std::time::Duration;
 use floodwall_breaker::{BreakerConfig, CircuitBreaker, Growth, Permit, State, WindowKind};
 use floodwall_core::metrics::{LABEL_NAME, LABEL_REASON, RequestCounters, metric_name};
 use floodwall_core::{ConfigError, RateLimitPolicy, RejectKind};
-use floodwall_token_bucket::{Denied, KeyedTokenBucket, Quota};
+use floodwall_ratelimit::{Denied, KeyedTokenBucket, Quota};
 use metrics::{Counter, Histogram};
 use tokio::sync::futures::OwnedNotified;
 use tokio::time::Instant;
@@ -95,7 +95,7 @@ impl RedisLimiter<()> {
     /// ```
     /// use std::time::Duration;
     /// use floodwall_redis::{Fallback, RedisClient, RedisLimiter};
-    /// use floodwall_token_bucket::Quota;
+    /// use floodwall_ratelimit::Quota;
     ///
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {

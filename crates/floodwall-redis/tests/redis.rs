@@ -9,13 +9,13 @@ use std::task::Poll;
 use std::time::Duration;
 
 use floodwall_core::{BoxError, RejectKind, Rejected};
+use floodwall_ratelimit::Quota;
 use floodwall_redis::error::{LimiterUnavailable, RateLimited};
 use floodwall_redis::resp::Value;
 use floodwall_redis::test_util::RedisServer;
 use floodwall_redis::{
     Builder, Fallback, Health, RedisClient, RedisLimiter, RedisRateLimitLayer, Refusal, Source,
 };
-use floodwall_token_bucket::Quota;
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt, service_fn};
 

@@ -1,9 +1,8 @@
 use floodwall_core::sync::{AtomicU64, Ordering};
 use std::fmt;
-use std::hash::Hash;
 use std::time::Duration;
 
-use floodwall_ratelimit::{Denied, KeyState, KeyedLimit, KeyedMap, Limiter, Refund};
+use floodwall_ratelimit::{Denied, KeyRule, KeyState, Limiter, PerKey, Refund};
 use tokio::time::Instant;
 
 use crate::window::{Window, nanos_since};
@@ -235,7 +234,7 @@ impl KeyState for CounterState {
 /// let mid = t0 + Duration::from_millis(1500);
 /// assert_eq!(counter.estimate(mid), 5.0);
 /// assert_eq!(counter.remaining(mid), 5);
-/// # Ok::<(), floodwall_sliding_window::WindowError>(())
+/// # Ok::<(), floodwall_core::ConfigError>(())
 /// ```
 pub struct SlidingWindowCounter {
     state: CounterState,
@@ -333,93 +332,54 @@ impl Refund for SlidingWindowCounter {
 }
 
 /// One [`SlidingWindowCounter`] per key, at most `capacity` keys remembered
-/// (see [`KeyedMap`] for the eviction rule). A key's state is one
-/// `AtomicU64`; a key idle for two windows is dropped without changing any
-/// decision.
-pub struct KeyedSlidingWindowCounter<K> {
-    map: KeyedMap<K, CounterState>,
-    epoch: Instant,
-    window: Window,
-}
+/// (see [`KeyedMap`](floodwall_ratelimit::KeyedMap) for the eviction rule):
+/// a [`PerKey`] over [`CounterState`]. A key's state is one `AtomicU64`; a
+/// key idle for two windows is dropped without changing any decision.
+///
+/// ```
+/// use floodwall_sliding_window::{CounterParams, KeyedSlidingWindowCounter, Window};
+/// use tokio::time::Instant;
+///
+/// let t0 = Instant::now();
+/// let per_ip = KeyedSlidingWindowCounter::with_epoch(Window::per_second(2)?, 1_000, t0);
+/// assert!(per_ip.try_acquire(&"10.0.0.1", t0, 2).is_ok());
+/// assert!(per_ip.try_acquire(&"10.0.0.1", t0, 1).is_err());
+/// assert_eq!(per_ip.remaining(&"10.0.0.2", t0), 2);
+/// // Fixed windows per key:
+/// let fixed = KeyedSlidingWindowCounter::<&str>::new(CounterParams::fixed(Window::per_second(2)?), 1_000);
+/// assert!(fixed.params().is_fixed());
+/// # Ok::<(), floodwall_core::ConfigError>(())
+/// ```
+pub type KeyedSlidingWindowCounter<K> = PerKey<K, CounterState>;
 
-impl<K: Hash + Eq> KeyedSlidingWindowCounter<K> {
-    /// Per-key sliding counters, windows aligned to now.
-    pub fn new(window: Window, capacity: usize) -> Self {
-        Self::with_epoch(window, capacity, Instant::now(), false)
-    }
-
-    /// Per-key fixed-window counters, windows aligned to now.
-    pub fn fixed(window: Window, capacity: usize) -> Self {
-        Self::with_epoch(window, capacity, Instant::now(), true)
-    }
-
-    /// Per-key counters aligned to `epoch`; `fixed` ignores the previous
-    /// window.
-    pub fn with_epoch(window: Window, capacity: usize, epoch: Instant, fixed: bool) -> Self {
-        Self {
-            map: KeyedMap::new(capacity, CounterParams::new(window, fixed)),
-            epoch,
-            window,
-        }
-    }
-
-    pub(crate) fn with_metric_names(mut self, layer: &'static str, name: &str) -> Self {
-        self.map = self.map.with_metrics(layer, name);
-        self
-    }
-
-    /// Counts `n` requests for `key` at `now` if its estimate allows them.
-    ///
-    /// # Errors
-    /// As [`SlidingWindowCounter::try_acquire`].
-    #[inline]
-    pub fn try_acquire(&self, key: &K, now: Instant, n: u32) -> Result<(), Denied>
-    where
-        K: Clone,
-    {
-        let t = nanos_since(self.epoch, now);
-        let params = *self.map.params();
-        self.map.with(key, t, |state| params.decide(state, t, n))
-    }
-
-    /// How many single requests `key` may make at `now`.
-    pub fn remaining(&self, key: &K, now: Instant) -> u32 {
-        let t = nanos_since(self.epoch, now);
-        let params = *self.map.params();
-        self.map
-            .get(key, |state| params.remaining(state, t))
-            .unwrap_or(self.window.limit())
-    }
-
-    /// Drops every key idle at `now`, releasing its memory.
-    pub fn sweep(&self, now: Instant) {
-        self.map.sweep(nanos_since(self.epoch, now));
-    }
-
-    /// The key map (count, capacity, memory, evictions).
-    pub fn keys(&self) -> &KeyedMap<K, CounterState> {
-        &self.map
+impl From<Window> for CounterParams {
+    /// A sliding (two-window) counter's parameters.
+    fn from(window: Window) -> Self {
+        CounterParams::new(window, false)
     }
 }
 
-impl<K> fmt::Debug for KeyedSlidingWindowCounter<K> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("KeyedSlidingWindowCounter")
-            .field("window", &self.window)
-            .field("map", &self.map)
-            .finish()
+impl CounterParams {
+    /// A fixed-window counter's parameters.
+    pub fn fixed(window: Window) -> Self {
+        CounterParams::new(window, true)
+    }
+
+    /// Whether the previous window is ignored.
+    pub fn is_fixed(&self) -> bool {
+        self.fixed
     }
 }
 
-impl<K> KeyedLimit for KeyedSlidingWindowCounter<K>
-where
-    K: Hash + Eq + Clone + Send + Sync + 'static,
-{
-    type Key = K;
+impl KeyRule for CounterState {
     type Permit = ();
 
     #[inline]
-    fn acquire_key(&self, key: &K, now: Instant, n: u32) -> Result<(), Denied> {
-        self.try_acquire(key, now, n)
+    fn acquire(&self, params: &CounterParams, t: u64, n: u32) -> Result<(), Denied> {
+        params.decide(self, t, n)
+    }
+
+    fn remaining(state: Option<&Self>, params: &CounterParams, t: u64) -> u32 {
+        state.map_or(params.limit, |state| params.remaining(state, t))
     }
 }

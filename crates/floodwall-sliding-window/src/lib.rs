@@ -23,13 +23,35 @@
 //!
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)]
 //! # async fn main() -> Result<(), BoxError> {
-//! let per_minute = SlidingWindowLayer::counter(Window::per_minute(100)?)
+//! let per_minute = SlidingWindowLayer::builder(Window::per_minute(100)?)
 //!     .name("api")
-//!     .build();
+//!     .build()?;
 //! let handle = per_minute.handle();
 //! let svc = per_minute.layer(service_fn(|n: u32| async move { Ok::<_, BoxError>(n) }));
 //! svc.clone().oneshot(1).await?;
 //! assert_eq!(handle.limiter().remaining(tokio::time::Instant::now()), 99);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # The exact log
+//!
+//! ```
+//! use std::time::Duration;
+//! use floodwall_core::{BoxError, Rejected};
+//! use floodwall_sliding_window::{SlidingWindowConfig, SlidingWindowLayer, WindowMode};
+//! use tower::{Layer, ServiceExt, service_fn};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), BoxError> {
+//! let config = SlidingWindowConfig::new(3, Duration::from_secs(60)).mode(WindowMode::Log);
+//! let layer = SlidingWindowLayer::new(config)?;
+//! let svc = layer.layer(service_fn(|n: u32| async move { Ok::<_, BoxError>(n) }));
+//! for n in 0..3 {
+//!     svc.clone().oneshot(n).await?;
+//! }
+//! let err = svc.clone().oneshot(3).await.unwrap_err();
+//! assert_eq!(Rejected::find(&*err).unwrap().retry_after(), Some(Duration::from_secs(60)));
 //! # Ok(())
 //! # }
 //! ```
@@ -40,18 +62,20 @@
 /// (the convention: [`floodwall_core::metrics`]).
 pub const METRIC_PREFIX: &str = "sliding_window";
 
+mod any;
 mod config;
 mod counter;
 mod layer;
 mod log;
 mod window;
 
-pub use config::{ConfigError, SlidingWindowConfig};
+pub use any::{KeyedSlidingWindow, SlidingWindow};
+pub use config::{DEFAULT_NAME, SlidingWindowConfig, WindowMode};
 pub use counter::{CounterParams, CounterState, KeyedSlidingWindowCounter, SlidingWindowCounter};
-pub use floodwall_ratelimit::{Denied, Keyed, error, future};
-pub use layer::{
-    Builder, Counter, DEFAULT_NAME, Log, SlidingWindowHandle, SlidingWindowLayer,
-    SlidingWindowService,
+pub use floodwall_core::ConfigError;
+pub use floodwall_ratelimit::{
+    Builder, Denied, Keyed, RateLimitHandle, RateLimitService, error, future,
 };
+pub use layer::{SlidingWindowLayer, SlidingWindows};
 pub use log::{KeyedSlidingLog, LogParams, LogState, SlidingLog};
-pub use window::{MAX_LENGTH, MAX_LIMIT, Window, WindowError};
+pub use window::{MAX_LENGTH, MAX_LIMIT, Window};

@@ -1,8 +1,7 @@
 use std::fmt;
-use std::hash::Hash;
 use std::time::Duration;
 
-use floodwall_ratelimit::{Denied, KeyState, KeyedLimit, KeyedMap, Limiter, Refund};
+use floodwall_ratelimit::{Denied, KeyRule, KeyState, Limiter, PerKey, Refund};
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
@@ -137,7 +136,7 @@ impl KeyState for LogState {
 /// let refused = log.try_acquire(t0 + Duration::from_secs(9), 1).unwrap_err();
 /// assert_eq!(refused.retry_after(), Some(Duration::from_secs(1)));
 /// assert!(log.try_acquire(t0 + Duration::from_secs(10), 1).is_ok());
-/// # Ok::<(), floodwall_sliding_window::WindowError>(())
+/// # Ok::<(), floodwall_core::ConfigError>(())
 /// ```
 pub struct SlidingLog {
     state: LogState,
@@ -206,93 +205,57 @@ impl Refund for SlidingLog {
 }
 
 /// One [`SlidingLog`] per key, at most `capacity` keys remembered (see
-/// [`KeyedMap`] for the eviction rule). Each key holds a ring of `limit`
+/// [`KeyedMap`](floodwall_ratelimit::KeyedMap) for the eviction rule): a
+/// [`PerKey`] over [`LogState`]. Each key holds a ring of `limit`
 /// timestamps (8 bytes each); a key idle for one window is dropped without
-/// changing any decision.
-pub struct KeyedSlidingLog<K> {
-    map: KeyedMap<K, LogState>,
-    epoch: Instant,
-    window: Window,
-}
+/// changing any decision. The map's `memory_bytes` excludes the rings: add
+/// `limit × 8` bytes per key.
+///
+/// ```
+/// use floodwall_sliding_window::{KeyedSlidingLog, LogState, Window};
+/// use tokio::time::Instant;
+///
+/// let t0 = Instant::now();
+/// let per_user = KeyedSlidingLog::with_epoch(Window::per_second(3)?, 1_000, t0);
+/// per_user.try_acquire(&"alice", t0, 2).unwrap();
+/// assert_eq!(per_user.inspect(&"alice", t0, LogState::count), Some(2));
+/// assert_eq!(per_user.remaining(&"alice", t0), 1);
+/// # Ok::<(), floodwall_core::ConfigError>(())
+/// ```
+pub type KeyedSlidingLog<K> = PerKey<K, LogState>;
 
-impl<K: Hash + Eq> KeyedSlidingLog<K> {
-    /// Per-key logs, clock starting now.
-    pub fn new(window: Window, capacity: usize) -> Self {
-        Self::with_epoch(window, capacity, Instant::now())
-    }
-
-    /// As [`new`](Self::new), with the clock starting at `epoch`.
-    pub fn with_epoch(window: Window, capacity: usize, epoch: Instant) -> Self {
-        Self {
-            map: KeyedMap::new(capacity, LogParams::new(window)),
-            epoch,
-            window,
-        }
-    }
-
-    pub(crate) fn with_metric_names(mut self, layer: &'static str, name: &str) -> Self {
-        self.map = self.map.with_metrics(layer, name);
-        self
-    }
-
-    /// Admits `n` requests for `key` at `now` if its window has room.
-    ///
-    /// # Errors
-    /// As [`SlidingLog::try_acquire`].
-    pub fn try_acquire(&self, key: &K, now: Instant, n: u32) -> Result<(), Denied>
-    where
-        K: Clone,
-    {
-        let t = nanos_since(self.epoch, now);
-        let params = *self.map.params();
-        if n > params.limit {
-            // Refused whatever the key's state: allocate no ring for it.
-            return Err(Denied::ExceedsBurst {
-                requested: n,
-                burst: params.limit,
-            });
-        }
-        self.map.with(key, t, |state| params.decide(state, t, n))
-    }
-
-    /// Admissions for `key` in the window ending at `now`.
-    pub fn count(&self, key: &K, now: Instant) -> u32 {
-        let t = nanos_since(self.epoch, now);
-        let params = *self.map.params();
-        self.map
-            .get(key, |state| params.count(state, t))
-            .unwrap_or(0)
-    }
-
-    /// Drops every key idle at `now`, releasing its memory.
-    pub fn sweep(&self, now: Instant) {
-        self.map.sweep(nanos_since(self.epoch, now));
-    }
-
-    /// The key map (count, capacity, memory, evictions). Its
-    /// `memory_bytes` excludes the rings: add `limit × 8` bytes per key.
-    pub fn keys(&self) -> &KeyedMap<K, LogState> {
-        &self.map
+impl From<Window> for LogParams {
+    fn from(window: Window) -> Self {
+        LogParams::new(window)
     }
 }
 
-impl<K> fmt::Debug for KeyedSlidingLog<K> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("KeyedSlidingLog")
-            .field("window", &self.window)
-            .field("map", &self.map)
-            .finish()
+impl LogState {
+    /// Admissions in the window ending at `t`.
+    pub fn count(&self, params: &LogParams, t: u64) -> u32 {
+        params.count(self, t)
     }
 }
 
-impl<K> KeyedLimit for KeyedSlidingLog<K>
-where
-    K: Hash + Eq + Clone + Send + Sync + 'static,
-{
-    type Key = K;
+impl KeyRule for LogState {
     type Permit = ();
 
-    fn acquire_key(&self, key: &K, now: Instant, n: u32) -> Result<(), Denied> {
-        self.try_acquire(key, now, n)
+    /// Refused whatever the key's state: no ring is allocated for it.
+    fn admissible(params: &LogParams, n: u32) -> Result<(), Denied> {
+        match n > params.limit {
+            true => Err(Denied::ExceedsBurst {
+                requested: n,
+                burst: params.limit,
+            }),
+            false => Ok(()),
+        }
+    }
+
+    fn acquire(&self, params: &LogParams, t: u64, n: u32) -> Result<(), Denied> {
+        params.decide(self, t, n)
+    }
+
+    fn remaining(state: Option<&Self>, params: &LogParams, t: u64) -> u32 {
+        params.limit - state.map_or(0, |state| params.count(state, t))
     }
 }

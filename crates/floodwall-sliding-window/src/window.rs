@@ -1,5 +1,6 @@
-use std::fmt;
 use std::time::Duration;
+
+use floodwall_core::ConfigError;
 
 /// The most requests a window may allow: counts are kept in 16 bits so that
 /// a counter's whole state fits one `AtomicU64`.
@@ -17,7 +18,7 @@ pub const MAX_LENGTH: Duration = Duration::from_secs(36 * 365 * 86_400);
 /// let w = Window::new(100, Duration::from_secs(60))?;
 /// assert_eq!((w.limit(), w.length()), (100, Duration::from_secs(60)));
 /// assert!(Window::new(0, Duration::from_secs(1)).is_err());
-/// # Ok::<(), floodwall_sliding_window::WindowError>(())
+/// # Ok::<(), floodwall_core::ConfigError>(())
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Window {
@@ -29,20 +30,27 @@ impl Window {
     /// At most `limit` requests per `length`.
     ///
     /// # Errors
-    /// [`WindowError`] for a limit of 0 or above [`MAX_LIMIT`], or a length
+    /// a [`ConfigError`] for a limit of 0 or above [`MAX_LIMIT`], or a length
     /// of zero or above [`MAX_LENGTH`].
-    pub fn new(limit: u32, length: Duration) -> Result<Self, WindowError> {
+    pub fn new(limit: u32, length: Duration) -> Result<Self, ConfigError> {
         if limit == 0 {
-            return Err(WindowError::ZeroLimit);
+            return Err(ConfigError::new(
+                "limit",
+                "must be at least 1 request per window",
+            ));
         }
         if limit > MAX_LIMIT {
-            return Err(WindowError::LimitTooLarge(limit));
+            return Err(ConfigError::new(
+                "limit",
+                "must be at most 65,535 per window (use a shorter window or a token bucket)",
+            )
+            .with_value(limit));
         }
         if length.is_zero() {
-            return Err(WindowError::ZeroLength);
+            return Err(ConfigError::new("window", "must be longer than zero"));
         }
         if length > MAX_LENGTH {
-            return Err(WindowError::TooLong);
+            return Err(ConfigError::new("window", "must be at most about 36 years"));
         }
         Ok(Self {
             limit,
@@ -54,7 +62,7 @@ impl Window {
     ///
     /// # Errors
     /// As [`Window::new`].
-    pub fn per_second(limit: u32) -> Result<Self, WindowError> {
+    pub fn per_second(limit: u32) -> Result<Self, ConfigError> {
         Self::new(limit, Duration::from_secs(1))
     }
 
@@ -62,7 +70,7 @@ impl Window {
     ///
     /// # Errors
     /// As [`Window::new`].
-    pub fn per_minute(limit: u32) -> Result<Self, WindowError> {
+    pub fn per_minute(limit: u32) -> Result<Self, ConfigError> {
         Self::new(limit, Duration::from_secs(60))
     }
 
@@ -80,35 +88,5 @@ impl Window {
         self.length_ns
     }
 }
-
-/// Why a [`Window`] could not be built.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum WindowError {
-    /// A limit of zero would refuse everything.
-    ZeroLimit,
-    /// The limit is above [`MAX_LIMIT`].
-    LimitTooLarge(u32),
-    /// The window has no length.
-    ZeroLength,
-    /// The window is longer than [`MAX_LENGTH`].
-    TooLong,
-}
-
-impl fmt::Display for WindowError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            WindowError::ZeroLimit => f.write_str("limit must be at least 1 request per window"),
-            WindowError::LimitTooLarge(n) => write!(
-                f,
-                "limit {n} is above {MAX_LIMIT} per window (use a shorter window or a token bucket)"
-            ),
-            WindowError::ZeroLength => f.write_str("window length must be longer than zero"),
-            WindowError::TooLong => f.write_str("window length is above about 36 years"),
-        }
-    }
-}
-
-impl std::error::Error for WindowError {}
 
 pub(crate) use floodwall_ratelimit::time::nanos_since;

@@ -148,7 +148,7 @@ fn fresh_state_after_two_to_the_31_windows_is_empty() {
         "ten windows later"
     );
     assert_eq!(counter.try_acquire(at(late + 1_000_000), 1), Ok(()));
-    let keyed = KeyedSlidingWindowCounter::with_epoch(w, 100, epoch, false);
+    let keyed = KeyedSlidingWindowCounter::with_epoch(w, 100, epoch);
     for key in 0..50u32 {
         assert_eq!(keyed.try_acquire(&key, at(late), 1), Ok(()), "key {key}");
     }
@@ -161,7 +161,7 @@ fn fresh_state_after_two_to_the_31_windows_is_empty() {
     }
     // A 1 ms window at 25 days of uptime (2^31 windows): same story.
     let w = Window::new(100, Duration::from_millis(1)).unwrap();
-    let keyed = KeyedSlidingWindowCounter::with_epoch(w, 100, epoch, false);
+    let keyed = KeyedSlidingWindowCounter::with_epoch(w, 100, epoch);
     let days_25 = (1u64 << 31) * 1_000_000 + 5;
     assert_eq!(keyed.try_acquire(&1, at(days_25), 100), Ok(()));
     assert!(keyed.try_acquire(&1, at(days_25), 1).is_err());

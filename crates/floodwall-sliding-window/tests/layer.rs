@@ -4,7 +4,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use floodwall_core::{BoxError, RejectKind, Rejected};
-use floodwall_sliding_window::{SlidingWindowConfig, SlidingWindowLayer, Window};
+use floodwall_sliding_window::{SlidingWindowConfig, SlidingWindowLayer, Window, WindowMode};
 use tokio::time::{Instant, advance};
 use tower::{Layer, ServiceExt, service_fn};
 
@@ -15,9 +15,10 @@ fn echo() -> impl tower::Service<u32, Response = u32, Error = BoxError, Future =
 
 #[tokio::test(start_paused = true)]
 async fn the_counter_layer_refuses_with_policy_and_exact_retry_after() {
-    let layer = SlidingWindowLayer::counter(Window::per_second(2).unwrap())
+    let layer = SlidingWindowLayer::builder(Window::per_second(2).unwrap())
         .name("search")
-        .build();
+        .build()
+        .unwrap();
     let handle = layer.handle();
     let svc = layer.layer(echo());
     svc.clone().oneshot(1).await.unwrap();
@@ -42,7 +43,11 @@ async fn the_counter_layer_refuses_with_policy_and_exact_retry_after() {
 
 #[tokio::test(start_paused = true)]
 async fn clones_and_routes_share_one_window() {
-    let layer = SlidingWindowLayer::fixed(Window::per_second(3).unwrap()).build();
+    let layer = SlidingWindowLayer::builder(
+        SlidingWindowConfig::from(Window::per_second(3).unwrap()).mode(WindowMode::Fixed),
+    )
+    .build()
+    .unwrap();
     let a = layer.layer(echo());
     let b = layer.clone().layer(echo());
     let mut admitted = 0;
@@ -55,8 +60,13 @@ async fn clones_and_routes_share_one_window() {
 
 #[tokio::test(start_paused = true)]
 async fn keyed_logs_limit_each_client() {
-    let layer = SlidingWindowLayer::log(Window::new(2, Duration::from_secs(60)).unwrap())
-        .build_keyed(1000, |ip: &IpAddr| Some(*ip));
+    let layer = SlidingWindowLayer::builder(
+        SlidingWindowConfig::from(Window::new(2, Duration::from_secs(60)).unwrap())
+            .mode(WindowMode::Log),
+    )
+    .capacity(1000)
+    .build_keyed(|ip: &IpAddr| Some(*ip))
+    .unwrap();
     let handle = layer.handle();
     let svc = layer.layer(service_fn(
         |ip: IpAddr| async move { Ok::<_, BoxError>(ip) },
@@ -68,20 +78,22 @@ async fn keyed_logs_limit_each_client() {
     }
     assert!(svc.clone().oneshot(a).await.is_err());
     assert!(svc.clone().oneshot(b).await.is_err());
-    assert_eq!(handle.limiter().limiter().keys().len(), 2);
-    assert_eq!(handle.limiter().limiter().count(&a, Instant::now()), 2);
+    assert_eq!(handle.limiter().limiter().len(), 2);
+    assert_eq!(handle.limiter().limiter().remaining(&a, Instant::now()), 0);
 }
 
 #[tokio::test(start_paused = true)]
 async fn keyed_counters_keep_memory_under_capacity() {
-    let layer = SlidingWindowLayer::counter(Window::per_minute(5).unwrap())
-        .build_keyed(1_000, |n: &u32| Some(*n));
+    let layer = SlidingWindowLayer::builder(Window::per_minute(5).unwrap())
+        .capacity(1_000)
+        .build_keyed(|n: &u32| Some(*n))
+        .unwrap();
     let handle = layer.handle();
     let svc = layer.layer(echo());
     for n in 0..20_000 {
         svc.clone().oneshot(n).await.unwrap();
     }
-    let keys = handle.limiter().limiter().keys();
+    let keys = handle.limiter().limiter();
     assert!(keys.len() <= 1_000);
     assert_eq!(
         keys.evicted_idle() + keys.evicted_in_debt(),
@@ -94,12 +106,12 @@ async fn keyed_counters_keep_memory_under_capacity() {
 async fn config_as_data() {
     let cfg: SlidingWindowConfig =
         serde_json::from_str(r#"{ "name": "logins", "limit": 3, "window": "15m" }"#).unwrap();
-    let layer = cfg.build_counter().unwrap();
+    let layer = SlidingWindowLayer::new(cfg).unwrap();
     assert_eq!(layer.handle().name(), "logins");
-    let bad = SlidingWindowConfig::new(70_000, Duration::from_secs(1));
+    let bad = SlidingWindowConfig::new(70_000, Duration::from_secs(1)).mode(WindowMode::Log);
     assert_eq!(
-        bad.build_log().unwrap_err().to_string(),
-        "limit 70000 is above 65535 per window (use a shorter window or a token bucket)"
+        SlidingWindowLayer::new(bad).unwrap_err().to_string(),
+        "limit must be at most 65,535 per window (use a shorter window or a token bucket) (got 70000)"
     );
     assert!(serde_json::from_str::<SlidingWindowConfig>(r#"{ "limit": 1 }"#).is_err());
 }

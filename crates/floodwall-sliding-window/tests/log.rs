@@ -61,9 +61,9 @@ async fn keyed_logs_are_independent_and_idle_keys_go() {
     for key in [1u32, 2] {
         logs.try_acquire(&key, now, 2).unwrap();
         assert!(logs.try_acquire(&key, now, 1).is_err());
-        assert_eq!(logs.count(&key, now), 2);
+        assert_eq!(logs.remaining(&key, now), 0);
     }
-    assert_eq!(logs.count(&3, now), 0);
+    assert_eq!(logs.remaining(&3, now), 2);
     advance(Duration::from_secs(1)).await;
     logs.sweep(Instant::now());
     assert!(logs.keys().is_empty());

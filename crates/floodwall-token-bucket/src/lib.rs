@@ -4,7 +4,7 @@
 //!   weighted acquisition, exact retry-after, no clock reads of its own.
 //! - [`KeyedTokenBucket`]: one bucket per key (client IP, user, room) with a
 //!   hard cap on remembered keys and lossless idle eviction.
-//! - [`TokenBucketLayer`] / [`TokenBucketService`]: the Tower adapter. Sheds in
+//! - [`TokenBucketLayer`]: the Tower adapter. Sheds in
 //!   `call` by default; optional wait mode; clones share one limit.
 //! - [`error`]: [`RateLimited`](error::RateLimited) and
 //!   [`ExceedsBurst`](error::ExceedsBurst), boxed in
@@ -31,7 +31,7 @@
 //! # async fn main() -> Result<(), BoxError> {
 //! let limit = TokenBucketLayer::builder(Quota::per_second(100)?.with_burst(10)?)
 //!     .name("api")
-//!     .build();
+//!     .build()?;
 //! let handle = limit.handle();
 //! let svc = ServiceBuilder::new()
 //!     .layer(limit)
@@ -44,7 +44,52 @@
 //!     }
 //! }
 //! assert_eq!(admitted, 10);
-//! assert_eq!(handle.available(), 0);
+//! assert_eq!(handle.remaining(), 0);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Wait mode
+//! A request without a token waits for its turn if that comes
+//! within `max_wait` (capped at about 36 years), and is refused at once
+//! otherwise. Waiting requests queue in arrival order, one interval
+//! apart (each reserves its tokens when it arrives), and hold no
+//! readiness of the inner service while they wait. A waiter that is
+//! dropped never reaches the inner service and cancels its reservation:
+//! the newest waiter's tokens go back at once; an earlier waiter's slot
+//! goes unused, because the waiters behind it keep their start times.
+//! Zero (the default) means never wait.
+//!
+//! ```
+//! use std::time::Duration;
+//! use floodwall_core::{BoxError, Rejected};
+//! use floodwall_token_bucket::{Quota, TokenBucketLayer};
+//! use tokio::time::Instant;
+//! use tower::{Layer, ServiceExt, service_fn};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), BoxError> {
+//! // One request every 100 ms; wait up to 250 ms for a turn.
+//! let layer = TokenBucketLayer::builder(Quota::per_second(10)?.with_burst(1)?)
+//!     .wait(Duration::from_millis(250))
+//!     .build()?;
+//! let t0 = Instant::now();
+//! let svc = layer.layer(service_fn(move |_: ()| async move {
+//!     Ok::<_, BoxError>(t0.elapsed())
+//! }));
+//!
+//! let calls: Vec<_> = (0..3).map(|_| tokio::spawn(svc.clone().oneshot(()))).collect();
+//! tokio::task::yield_now().await;
+//! // A fourth would wait 300 ms: refused at once, told how long it would take.
+//! let err = svc.clone().oneshot(()).await.unwrap_err();
+//! assert_eq!(Rejected::find(&*err).unwrap().retry_after(), Some(Duration::from_millis(300)));
+//!
+//! let mut started = Vec::new();
+//! for call in calls {
+//!     started.push(call.await??);
+//! }
+//! let ms = Duration::from_millis;
+//! assert_eq!(started, [ms(0), ms(100), ms(200)]);
 //! # Ok(())
 //! # }
 //! ```
@@ -56,17 +101,13 @@
 /// (the convention: [`floodwall_core::metrics`]).
 pub const METRIC_PREFIX: &str = "token_bucket";
 
-mod bucket;
 mod config;
-mod gcra;
-mod keyed;
 mod layer;
-mod quota;
 
-pub use bucket::TokenBucket;
-pub use config::{ConfigError, TokenBucketConfig};
-pub use floodwall_ratelimit::{Denied, Keyed, Limiter, One, Refund, Weigh, error, future};
-pub use gcra::{MAX_WAIT, Reservation};
-pub use keyed::KeyedTokenBucket;
-pub use layer::{Builder, DEFAULT_NAME, TokenBucketHandle, TokenBucketLayer, TokenBucketService};
-pub use quota::{Quota, QuotaError};
+pub use config::{DEFAULT_NAME, TokenBucketConfig};
+pub use floodwall_core::ConfigError;
+pub use floodwall_ratelimit::{
+    Builder, Denied, Keyed, KeyedTokenBucket, Limiter, MAX_WAIT, One, Quota, RateLimitHandle,
+    RateLimitService, Refund, Reservation, Tat, TokenBucket, Weigh, error, future,
+};
+pub use layer::{TokenBucketLayer, TokenBuckets};

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use floodwall_token_bucket::{Denied, KeyedTokenBucket, Quota, Reservation, TokenBucket};
+use floodwall_token_bucket::{Denied, KeyedTokenBucket, Quota, Reservation, Tat, TokenBucket};
 use tokio::time::{Instant, advance};
 
 const MS: Duration = Duration::from_millis(1);
@@ -293,25 +293,31 @@ async fn keyed_buckets_follow_the_same_rules_per_key() {
             burst: 10
         })
     );
-    assert_eq!(keyed.len(), 2, "a refused new key is not remembered");
-    assert_eq!(keyed.available(&"zzz", now), 10);
+    assert_eq!(keyed.keys().len(), 2, "a refused new key is not remembered");
+    assert_eq!(keyed.remaining(&"zzz", now), 10);
     advance(10 * MS).await;
     assert_eq!(keyed.try_acquire(&"a", Instant::now(), 1), Ok(()));
     assert_eq!(keyed.try_acquire(&"a", Instant::now(), 0), Ok(()));
     // Reserve and cancel per key.
     let max = Duration::from_millis(100);
-    let first = keyed.reserve(&"b", Instant::now(), 1, max).unwrap();
-    assert_eq!(first.wait(), Duration::ZERO);
-    let r = keyed.reserve(&"b", Instant::now(), 1, max).unwrap();
-    assert_eq!(r.wait(), 10 * MS);
-    assert!(
-        !keyed.cancel(&"a", r, Instant::now()),
+    let (first, _) = keyed.reserve(&"b", Instant::now(), 1, max).unwrap();
+    assert_eq!(first, Duration::ZERO);
+    let (wait, r) = keyed.reserve(&"b", Instant::now(), 1, max).unwrap();
+    assert_eq!(wait, 10 * MS);
+    let a_before = keyed.inspect(&"a", Instant::now(), Tat::time_to_full);
+    keyed.refund(&"a", r, Instant::now());
+    assert_eq!(
+        keyed.inspect(&"a", Instant::now(), Tat::time_to_full),
+        a_before,
         "another key's bucket is untouched"
     );
-    assert!(keyed.cancel(&"b", r, Instant::now()));
+    keyed.refund(&"b", r, Instant::now());
     assert_eq!(
-        wait_of(keyed.reserve(&"b", Instant::now(), 1, max)),
-        Ok(10 * MS)
+        keyed
+            .reserve(&"b", Instant::now(), 1, max)
+            .map(|(wait, _)| wait),
+        Ok(10 * MS),
+        "b's cancelled token is back"
     );
 }
 
@@ -326,8 +332,8 @@ async fn keyed_sweep_drops_only_refilled_keys() {
     keyed.try_acquire(&1000, Instant::now(), 1).unwrap();
     advance(50 * MS).await;
     keyed.sweep(Instant::now());
-    assert_eq!(keyed.len(), 1, "only the key still in debt stays");
-    assert_eq!(keyed.evicted_idle(), 100);
+    assert_eq!(keyed.keys().len(), 1, "only the key still in debt stays");
+    assert_eq!(keyed.keys().evicted_idle(), 100);
     assert_eq!(
         keyed.try_acquire(&1000, Instant::now(), 1),
         limited(50 * MS),

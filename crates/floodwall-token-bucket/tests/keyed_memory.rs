@@ -36,25 +36,29 @@ fn a_million_keys_in_debt_stay_within_capacity() {
         let now = t0 + Duration::from_micros(i);
         keyed.try_acquire(&ip(i), now, 1).unwrap();
         if i % 1_000 == 0 {
-            assert!(keyed.len() <= CAPACITY, "{} keys after {i}", keyed.len());
-            peak_memory = peak_memory.max(keyed.memory_bytes());
+            assert!(
+                keyed.keys().len() <= CAPACITY,
+                "{} keys after {i}",
+                keyed.keys().len()
+            );
+            peak_memory = peak_memory.max(keyed.keys().memory_bytes());
         }
     }
-    assert_eq!(keyed.len(), CAPACITY, "full, and not one key more");
-    let memory = keyed.memory_bytes();
+    assert_eq!(keyed.keys().len(), CAPACITY, "full, and not one key more");
+    let memory = keyed.keys().memory_bytes();
     assert!(memory <= memory_bound::<IpAddr>(CAPACITY), "{memory} bytes");
     assert!(
         peak_memory <= memory_bound::<IpAddr>(CAPACITY),
         "{peak_memory} bytes"
     );
     assert_eq!(
-        keyed.evicted_in_debt() + keyed.evicted_idle(),
+        keyed.keys().evicted_in_debt() + keyed.keys().evicted_idle(),
         1_000_000 - CAPACITY as u64
     );
     // The most recent keys are the ones remembered... mostly: eviction picks
     // the sampled key closest to refilling, which is an old one.
     let recent = (990_000..1_000_000u64)
-        .filter(|&i| keyed.available(&ip(i), t0 + Duration::from_secs(1)) == 0)
+        .filter(|&i| keyed.remaining(&ip(i), t0 + Duration::from_secs(1)) == 0)
         .count();
     assert!(recent > 5_000, "only {recent} of the last 10,000 keys kept");
 }
@@ -70,16 +74,20 @@ fn a_million_short_lived_keys_are_dropped_losslessly() {
         let now = t0 + Duration::from_micros(i * 10);
         keyed.try_acquire(&i, now, 1).unwrap();
         if i % 1_000 == 0 {
-            assert!(keyed.len() <= CAPACITY);
+            assert!(keyed.keys().len() <= CAPACITY);
         }
     }
-    assert_eq!(keyed.evicted_in_debt(), 0, "only idle keys were dropped");
-    assert!(keyed.memory_bytes() <= memory_bound::<u64>(CAPACITY));
+    assert_eq!(
+        keyed.keys().evicted_in_debt(),
+        0,
+        "only idle keys were dropped"
+    );
+    assert!(keyed.keys().memory_bytes() <= memory_bound::<u64>(CAPACITY));
     keyed.sweep(t0 + Duration::from_secs(3600));
-    assert!(keyed.is_empty());
+    assert!(keyed.keys().is_empty());
     assert!(
-        keyed.memory_bytes() < 64 * 1024,
+        keyed.keys().memory_bytes() < 64 * 1024,
         "sweep released the memory: {} bytes left",
-        keyed.memory_bytes()
+        keyed.keys().memory_bytes()
     );
 }

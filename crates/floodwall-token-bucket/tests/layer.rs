@@ -33,7 +33,8 @@ fn rejection(err: &BoxError) -> &Rejected {
 async fn sheds_with_a_typed_rate_limited_error() {
     let layer = TokenBucketLayer::builder(quota(100, 10))
         .name("api")
-        .build();
+        .build()
+        .unwrap();
     let svc = layer.layer(echo());
     for i in 0..10 {
         assert_eq!(svc.clone().oneshot(i).await.unwrap(), i);
@@ -59,7 +60,7 @@ async fn sheds_with_a_typed_rate_limited_error() {
 
 #[tokio::test(start_paused = true)]
 async fn inner_errors_pass_through_untouched() {
-    let layer = TokenBucketLayer::new(quota(10, 10));
+    let layer = TokenBucketLayer::new(quota(10, 10)).unwrap();
     let failing = service_fn(|_: ()| async { Err::<(), _>(std::io::Error::other("backend down")) });
     let err = layer.layer(failing).oneshot(()).await.unwrap_err();
     assert!(Rejected::find(&*err).is_none());
@@ -71,7 +72,7 @@ async fn inner_errors_pass_through_untouched() {
 
 #[tokio::test(start_paused = true)]
 async fn readiness_is_the_inner_services_and_takes_no_token() {
-    let layer = TokenBucketLayer::new(quota(1, 1));
+    let layer = TokenBucketLayer::new(quota(1, 1)).unwrap();
     let handle = layer.handle();
     let (mut svc, mut inner) = tower_test::mock::spawn_layer::<(), (), _>(layer);
     inner.allow(0);
@@ -79,19 +80,19 @@ async fn readiness_is_the_inner_services_and_takes_no_token() {
     for _ in 0..100 {
         let _ = svc.poll_ready();
     }
-    assert_eq!(handle.available(), 1, "polling readiness holds no permit");
+    assert_eq!(handle.remaining(), 1, "polling readiness holds no permit");
     inner.allow(1);
     assert_ready!(svc.poll_ready()).unwrap();
     let fut = svc.call(());
     let (_, respond) = inner.next_request().await.unwrap();
     respond.send_response(());
     fut.await.unwrap();
-    assert_eq!(handle.available(), 0);
+    assert_eq!(handle.remaining(), 0);
 }
 
 #[tokio::test(start_paused = true)]
 async fn clones_share_one_bucket() {
-    let svc = TokenBucketLayer::new(quota(5, 5)).layer(echo());
+    let svc = TokenBucketLayer::new(quota(5, 5)).unwrap().layer(echo());
     let clones: Vec<_> = (0..20).map(|_| svc.clone()).collect();
     let mut admitted = 0;
     for c in clones {
@@ -104,7 +105,7 @@ async fn clones_share_one_bucket() {
 /// route. One layer value must still mean one limit.
 #[tokio::test(start_paused = true)]
 async fn per_route_copies_of_one_layer_share_one_limit() {
-    let layer = TokenBucketLayer::new(quota(10, 6));
+    let layer = TokenBucketLayer::new(quota(10, 6)).unwrap();
     let mut routes: HashMap<&str, Echo> = HashMap::new();
     for path in ["/rooms", "/users", "/gifts"] {
         routes.insert(path, BoxCloneService::new(layer.clone().layer(echo())));
@@ -117,8 +118,8 @@ async fn per_route_copies_of_one_layer_share_one_limit() {
     assert_eq!(admitted, 6, "one budget across all routes");
 
     // Separate layer values are separate limits.
-    let a = TokenBucketLayer::new(quota(10, 6)).layer(echo());
-    let b = TokenBucketLayer::new(quota(10, 6)).layer(echo());
+    let a = TokenBucketLayer::new(quota(10, 6)).unwrap().layer(echo());
+    let b = TokenBucketLayer::new(quota(10, 6)).unwrap().layer(echo());
     let mut admitted = 0;
     for _ in 0..10 {
         admitted += usize::from(a.clone().oneshot(1).await.is_ok());
@@ -133,11 +134,12 @@ async fn weighted_requests_and_exceeds_burst() {
     let layer = TokenBucketLayer::builder(quota(10, 10))
         .name("batch")
         .weigh(|items: &u32| *items)
-        .build();
+        .build()
+        .unwrap();
     let handle = layer.handle();
     let svc = layer.layer(echo());
     assert_eq!(svc.clone().oneshot(6).await.unwrap(), 6);
-    assert_eq!(handle.available(), 4);
+    assert_eq!(handle.remaining(), 4);
     let err = svc.clone().oneshot(6).await.unwrap_err();
     assert_eq!(
         rejection(&err).retry_after(),
@@ -177,7 +179,8 @@ fn recording() -> (Echo, CallLog) {
 async fn wait_mode_starts_requests_one_interval_apart() {
     let layer = TokenBucketLayer::builder(quota(10, 1))
         .wait(Duration::from_millis(250))
-        .build();
+        .build()
+        .unwrap();
     let (inner, log) = recording();
     let svc = layer.layer(inner);
     let futs: Vec<_> = (0..3)
@@ -244,7 +247,8 @@ async fn dropped_waiters_leak_nothing_and_never_overadmit() {
     let q = quota(100, 1);
     let layer = TokenBucketLayer::builder(q)
         .wait(Duration::from_millis(400))
-        .build();
+        .build()
+        .unwrap();
     let handle = layer.handle();
     let counted = Counted {
         token: Arc::new(()),
@@ -308,7 +312,7 @@ async fn dropped_waiters_leak_nothing_and_never_overadmit() {
         assert!(futs.is_empty(), "every waiter finished or gave up");
         // Nothing stays reserved: after the longest wait the bucket is full.
         advance(Duration::from_millis(450)).await;
-        assert_eq!(handle.available(), 1, "round {round}");
+        assert_eq!(handle.remaining(), 1, "round {round}");
     }
     let starts = counted.starts.lock().unwrap().clone();
     assert_eq!(starts.len() as u64, completed, "dropped waiters never ran");
@@ -325,7 +329,8 @@ async fn dropped_waiters_leak_nothing_and_never_overadmit() {
 async fn dropped_waiter_makes_room_for_the_next() {
     let layer = TokenBucketLayer::builder(quota(10, 1))
         .wait(Duration::from_millis(150))
-        .build();
+        .build()
+        .unwrap();
     let (inner, log) = recording();
     let svc = layer.layer(inner);
     svc.clone().oneshot(0).await.unwrap(); // takes the only token
@@ -359,7 +364,9 @@ fn from(ip: [u8; 4]) -> http::Request<()> {
 async fn keyed_layer_limits_each_client_ip_separately() {
     let layer = TokenBucketLayer::builder(quota(1, 2))
         .name("per_ip")
-        .build_keyed(1000, client_ip);
+        .capacity(1000)
+        .build_keyed(client_ip)
+        .unwrap();
     let handle = layer.handle();
     let svc = layer.layer(service_fn(|_: http::Request<()>| async {
         Ok::<_, BoxError>(())
@@ -374,8 +381,10 @@ async fn keyed_layer_limits_each_client_ip_separately() {
         admitted.values().copied().collect::<Vec<_>>(),
         vec![2, 2, 2]
     );
-    assert_eq!(handle.keys(), 3);
-    assert_eq!(handle.available(&IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1))), 0);
+    let buckets = handle.limiter().limiter();
+    assert_eq!(buckets.keys().len(), 3);
+    let first = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
+    assert_eq!(buckets.remaining(&first, Instant::now()), 0);
     // No key, no limit.
     for _ in 0..10 {
         svc.clone().oneshot(http::Request::new(())).await.unwrap();
@@ -386,7 +395,9 @@ async fn keyed_layer_limits_each_client_ip_separately() {
 async fn keyed_wait_mode_cancels_per_key() {
     let layer = TokenBucketLayer::builder(quota(10, 1))
         .wait(Duration::from_secs(1))
-        .build_keyed(100, |n: &u32| Some(*n % 2));
+        .capacity(100)
+        .build_keyed(|n: &u32| Some(*n % 2))
+        .unwrap();
     let handle = layer.handle();
     let (inner, log) = recording();
     let svc = layer.layer(inner);
@@ -408,7 +419,7 @@ async fn keyed_wait_mode_cancels_per_key() {
         log,
         vec![(0, ms(0)), (1, ms(0)), (4, ms(100)), (3, ms(100))]
     );
-    assert_eq!(handle.keys(), 2);
+    assert_eq!(handle.limiter().limiter().keys().len(), 2);
 }
 
 #[tokio::test(start_paused = true)]
@@ -417,7 +428,8 @@ async fn waiters_hold_no_readiness_of_the_inner_service() {
     // instance it was called on would hold it for its whole wait.
     let layer = TokenBucketLayer::builder(quota(10, 1))
         .wait(Duration::from_secs(1))
-        .build();
+        .build()
+        .unwrap();
     let (mut svc, mut inner) = tower_test::mock::spawn_layer::<u32, u32, _>(layer);
     inner.allow(1);
     assert_ready!(svc.poll_ready()).unwrap();
@@ -443,7 +455,8 @@ async fn waiters_hold_no_readiness_of_the_inner_service() {
 async fn a_waiter_whose_inner_service_fails_gives_its_tokens_back() {
     let layer = TokenBucketLayer::builder(quota(10, 1))
         .wait(Duration::from_secs(1))
-        .build();
+        .build()
+        .unwrap();
     let handle = layer.handle();
     let (mut svc, mut inner) = tower_test::mock::spawn_layer::<u32, u32, _>(layer);
     inner.allow(2);
@@ -463,7 +476,7 @@ async fn a_waiter_whose_inner_service_fails_gives_its_tokens_back() {
         "the inner error, not a rejection"
     );
     assert_eq!(
-        handle.available(),
+        handle.remaining(),
         1,
         "the token came back when the error did"
     );
@@ -473,10 +486,10 @@ async fn a_waiter_whose_inner_service_fails_gives_its_tokens_back() {
 #[tokio::test(start_paused = true)]
 async fn config_as_data() {
     let cfg: TokenBucketConfig = serde_json::from_str(
-        r#"{ "name": "rooms", "rate": 2, "per": "1s", "burst": 3, "max_wait": "0s" }"#,
+        r#"{ "name": "rooms", "quota": { "rate": 2, "per": "1s", "burst": 3 }, "max_wait": "0s" }"#,
     )
     .unwrap();
-    let layer = cfg.build().unwrap();
+    let layer = TokenBucketLayer::new(cfg).unwrap();
     assert_eq!(layer.handle().name(), "rooms");
     let svc = layer.layer(echo());
     let mut admitted = 0;
@@ -484,26 +497,28 @@ async fn config_as_data() {
         admitted += usize::from(svc.clone().oneshot(1).await.is_ok());
     }
     assert_eq!(admitted, 3);
-    let bad: Result<TokenBucketConfig, _> = serde_json::from_str(r#"{ "rate": 0 }"#);
-    assert_eq!(
-        bad.unwrap().build().unwrap_err().to_string(),
-        "rate must be positive (at least one token per period)"
+    let bad = serde_json::from_str::<TokenBucketConfig>(r#"{ "quota": { "rate": 0 } }"#);
+    assert!(
+        bad.unwrap_err()
+            .to_string()
+            .contains("rate must be positive (at least one token per period)"),
+        "an invalid quota is refused when the configuration is read"
     );
     let unknown: Result<TokenBucketConfig, _> =
-        serde_json::from_str(r#"{ "rate": 1, "burts": 2 }"#);
+        serde_json::from_str(r#"{ "quota": { "rate": 1, "burts": 2 } }"#);
     assert!(unknown.is_err(), "typos are errors, not silently ignored");
 }
 
 #[test]
-fn config_presets() {
-    let cfg = TokenBucketConfig::per_second(50);
-    let q = cfg.quota().unwrap();
-    assert_eq!((q.tokens(), q.burst()), (50, 50));
-    let cfg = TokenBucketConfig {
-        burst: Some(0),
-        ..cfg
-    };
-    assert!(cfg.build().is_err());
+fn config_from_a_quota() {
+    let cfg = TokenBucketConfig::from(quota(50, 50));
+    assert_eq!((cfg.quota.tokens(), cfg.quota.burst()), (50, 50));
+    assert_eq!(cfg.capacity, TokenBucketConfig::DEFAULT_CAPACITY);
+    let err = TokenBucketLayer::builder(cfg)
+        .capacity(0)
+        .build_keyed(|n: &u32| Some(*n))
+        .unwrap_err();
+    assert_eq!(err.field(), "capacity");
 }
 
 mod metrics_recording {
@@ -546,6 +561,7 @@ mod metrics_recording {
             TokenBucketLayer::builder(quota(10, 3))
                 .name("rooms")
                 .build()
+                .unwrap()
         });
         let svc = layer.layer(echo());
         for _ in 0..5 {

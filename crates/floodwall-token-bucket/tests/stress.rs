@@ -172,7 +172,7 @@ fn keyed_churn_with_concurrent_readers_keeps_every_bound() {
                 keyed.try_acquire(&cold, Instant::now(), 1).unwrap();
                 cold += 1;
                 if cold.is_multiple_of(64) {
-                    max_len = max_len.max(keyed.len());
+                    max_len = max_len.max(keyed.keys().len());
                 }
             }
             (cold - 1_000, max_len)
@@ -183,10 +183,10 @@ fn keyed_churn_with_concurrent_readers_keeps_every_bound() {
     }
     let (cold_keys, max_len) = flood.join().unwrap();
     assert!(cold_keys > capacity as u64, "the map was churned");
-    assert!(max_len <= capacity && keyed.len() <= capacity);
+    assert!(max_len <= capacity && keyed.keys().len() <= capacity);
     // A key forgotten in debt may be forgiven at most one burst; every
     // other admission is within the GCRA bound.
-    let forgiven = keyed.evicted_in_debt() * u64::from(quota.burst());
+    let forgiven = keyed.keys().evicted_in_debt() * u64::from(quota.burst());
     let max = bound(&quota, start.elapsed()) + forgiven;
     for (k, c) in hot.iter().enumerate() {
         let c = c.load(Ordering::Relaxed);

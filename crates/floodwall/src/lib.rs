@@ -38,9 +38,11 @@
 //!     req.extensions().get::<SocketAddr>().map(SocketAddr::ip)
 //! }
 //!
-//! let per_ip = TokenBucketLayer::builder(Quota::per_second(10).unwrap().with_burst(20).unwrap())
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let per_ip = TokenBucketLayer::builder(Quota::per_second(10)?.with_burst(20)?)
 //!     .name("per_ip")
-//!     .build_keyed(100_000, client_ip);
+//!     .capacity(100_000)
+//!     .build_keyed(client_ip)?;
 //!
 //! let svc = ServiceBuilder::new()
 //!     .layer(HttpRejectionLayer::new())
@@ -49,6 +51,7 @@
 //!         Ok::<_, BoxError>(http::Response::new(String::new()))
 //!     }));
 //! # let _ = svc;
+//! # Ok(()) }
 //! # }
 //! ```
 #![forbid(unsafe_code)]

@@ -42,7 +42,9 @@ async fn main() -> Result<(), BoxError> {
     let quota = Quota::per_second(RATE)?.with_burst(BURST)?;
     let per_ip = TokenBucketLayer::builder(quota)
         .name("per_ip")
-        .build_keyed(100_000, client_ip);
+        .capacity(100_000)
+        .build_keyed(client_ip)
+        .unwrap();
     let handle = per_ip.handle();
     // One stack value: every connection's service shares the same buckets.
     let stack = ServiceBuilder::new()
@@ -102,7 +104,10 @@ async fn main() -> Result<(), BoxError> {
         RUN_FOR.as_secs_f64(),
         BURST + RATE * RUN_FOR.as_secs() as u32
     );
-    println!("keys tracked by the limiter: {}", handle.keys());
+    println!(
+        "keys tracked by the limiter: {}",
+        handle.limiter().limiter().keys().len()
+    );
     if let Some(retry) = &greedy.first_retry_after {
         println!("first 429 said: Retry-After: {retry}");
     }

@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use floodwall::core::BoxError;
 use floodwall::core::random::SplitMix;
-use floodwall::redis::RedisLimiterConfig;
+use floodwall::redis::{Quota, RedisLimiterConfig};
 use floodwall_examples::deploy::Deployment;
 use floodwall_examples::load::{Load, Sample, Shot, viewer};
 use floodwall_examples::room::RoomConfig;
@@ -149,9 +149,8 @@ async fn main() -> Result<(), BoxError> {
     }
 
     let mut redis = RedisServer::start();
-    let mut global = RedisLimiterConfig::per_second(5);
+    let mut global = RedisLimiterConfig::new(Quota::per_second(5)?.with_burst(10)?);
     global.name = "get_room_user".to_owned();
-    global.burst = Some(10);
     let redis_addr = redis.addr();
     let mut d = Deployment::start(true, RoomConfig::default(), |c| {
         c.gateway.redis = Some(redis_addr);

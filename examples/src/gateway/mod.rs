@@ -126,7 +126,7 @@ impl Respond<Body> for GatewayResponder {
 struct Route {
     config: config::RouteConfig,
     service: RouteService,
-    limit: Option<floodwall::token_bucket::TokenBucketHandle>,
+    limit: Option<floodwall::token_bucket::RateLimitHandle<floodwall::token_bucket::TokenBucket>>,
     global: Option<RedisLimiter<String>>,
     overflow: Option<Arc<TokenBucket>>,
 }
@@ -189,7 +189,10 @@ impl Runtime {
                 if c.name == floodwall::token_bucket::DEFAULT_NAME {
                     c.name = "per_ip".to_owned();
                 }
-                Some(c.build_keyed(client_ip_of as fn(&Request<Incoming>) -> Option<IpAddr>)?)
+                Some(
+                    TokenBucketLayer::builder(c)
+                        .build_keyed(client_ip_of as fn(&Request<Incoming>) -> Option<IpAddr>)?,
+                )
             }
             _ => None,
         };
@@ -312,7 +315,7 @@ impl Runtime {
                     "route": key,
                     "handler": format!("{:?}", r.config.handler),
                     "upstream": r.config.upstream,
-                    "limit_tokens_left": r.limit.as_ref().map(|h| h.available()),
+                    "limit_tokens_left": r.limit.as_ref().map(|h| h.remaining()),
                     "global_limit": r.global.as_ref().map(|l| {
                         let s = l.stats();
                         serde_json::json!({
@@ -339,7 +342,8 @@ impl Runtime {
             "protected": self.config.gateway.protected,
             "per_ip": self.per_ip.as_ref().map(|l| {
                 let h = l.handle();
-                serde_json::json!({ "keys": h.keys(), "capacity": h.limiter().limiter().capacity() })
+                let keys = h.limiter().limiter().keys();
+                serde_json::json!({ "keys": keys.len(), "capacity": keys.capacity() })
             }),
             "routes": routes,
             "upstreams": upstreams,
@@ -394,7 +398,7 @@ fn build_route(
                 if c.name == floodwall::token_bucket::DEFAULT_NAME {
                     c.name = format!("route:{label}");
                 }
-                Some(c.build()?)
+                Some(TokenBucketLayer::new(c)?)
             }
             None => None,
         };

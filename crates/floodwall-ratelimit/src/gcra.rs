@@ -3,7 +3,7 @@
 use floodwall_core::sync::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use floodwall_ratelimit::Denied;
+use crate::Denied;
 
 /// The longest wait a reservation may ask for, in nanoseconds (~36 years).
 /// With the quota's tolerance capped at the same value, `TAT` stays below
@@ -15,7 +15,7 @@ pub(crate) const MAX_WAIT_NS: u64 = u64::MAX / 16;
 /// bounds are capped to it.
 pub const MAX_WAIT: Duration = Duration::from_nanos(MAX_WAIT_NS);
 
-pub(crate) use floodwall_ratelimit::time::nanos_since;
+pub(crate) use crate::time::nanos_since;
 
 /// A wait bound in nanoseconds, capped at [`MAX_WAIT_NS`].
 #[inline]
@@ -70,6 +70,16 @@ impl Reservation {
 }
 
 impl Params {
+    /// The GCRA parameters of `quota`.
+    #[inline]
+    pub(crate) fn of(quota: &crate::Quota) -> Self {
+        Params {
+            interval: quota.interval_ns(),
+            tolerance: quota.tolerance_ns(),
+            burst: quota.burst(),
+        }
+    }
+
     /// Decides a request of weight `n` at `t`, allowing it to be scheduled up
     /// to `max_wait` ns in the future (at most [`MAX_WAIT_NS`]), and updates
     /// `cell` on success.

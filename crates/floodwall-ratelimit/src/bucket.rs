@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use floodwall_ratelimit::{Denied, Limiter, Refund};
+use crate::{Denied, Limiter, Refund, Remaining};
 
 use crate::Quota;
 use crate::gcra::{Params, Reservation, max_wait_ns, nanos_since};
@@ -26,7 +26,7 @@ use crate::gcra::{Params, Reservation, max_wait_ns, nanos_since};
 ///
 /// ```
 /// use std::time::Duration;
-/// use floodwall_token_bucket::{Denied, Quota, TokenBucket};
+/// use floodwall_ratelimit::{Denied, Quota, TokenBucket};
 /// use tokio::time::Instant;
 ///
 /// let quota = Quota::per_second(100)?.with_burst(10)?;
@@ -43,7 +43,7 @@ use crate::gcra::{Params, Reservation, max_wait_ns, nanos_since};
 ///     other => panic!("{other:?}"),
 /// }
 /// assert!(bucket.try_acquire(t0 + Duration::from_millis(10), 1).is_ok());
-/// # Ok::<(), floodwall_token_bucket::QuotaError>(())
+/// # Ok::<(), floodwall_core::ConfigError>(())
 /// ```
 pub struct TokenBucket {
     tat: AtomicU64,
@@ -64,7 +64,7 @@ impl TokenBucket {
         Self {
             tat: AtomicU64::new(0),
             epoch,
-            params: params_of(&quota),
+            params: Params::of(&quota),
             quota,
         }
     }
@@ -136,14 +136,6 @@ impl fmt::Debug for TokenBucket {
     }
 }
 
-pub(crate) fn params_of(quota: &Quota) -> Params {
-    Params {
-        interval: quota.interval_ns(),
-        tolerance: quota.tolerance_ns(),
-        burst: quota.burst(),
-    }
-}
-
 impl<Req> Limiter<Req> for TokenBucket {
     #[inline]
     fn acquire(&self, _req: &Req, now: Instant, n: u32) -> Result<(), Denied> {
@@ -167,5 +159,11 @@ impl Refund for TokenBucket {
 
     fn refund(&self, reservation: Reservation, now: Instant) {
         self.cancel(reservation, now);
+    }
+}
+
+impl Remaining for TokenBucket {
+    fn remaining(&self, now: Instant) -> u32 {
+        self.available(now)
     }
 }

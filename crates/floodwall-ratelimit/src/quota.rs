@@ -1,5 +1,6 @@
-use std::fmt;
 use std::time::Duration;
+
+use floodwall_core::ConfigError;
 
 /// How fast tokens refill and how many the bucket holds.
 ///
@@ -15,7 +16,7 @@ use std::time::Duration;
 ///
 /// ```
 /// use std::time::Duration;
-/// use floodwall_token_bucket::Quota;
+/// use floodwall_ratelimit::Quota;
 ///
 /// let api = Quota::per_second(100)?.with_burst(10)?;
 /// assert_eq!(api.interval(), Duration::from_millis(10));
@@ -24,33 +25,38 @@ use std::time::Duration;
 /// let slow = Quota::new(1, Duration::from_secs(2))?; // 0.5 per second
 /// assert_eq!(slow.interval(), Duration::from_secs(2));
 /// assert_eq!(Quota::per_second_f64(0.5)?, slow);
-/// # Ok::<(), floodwall_token_bucket::QuotaError>(())
+/// # Ok::<(), floodwall_core::ConfigError>(())
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(try_from = "QuotaSpec"))]
 pub struct Quota {
     tokens: u32,
     period: Duration,
     burst: u32,
     interval_ns: u64,
+    /// `burst × interval_ns`, the GCRA tolerance (kept: the keyed limiters
+    /// read it on every decision).
+    tolerance_ns: u64,
 }
 
 impl Quota {
     /// `tokens` per `period`, burst `tokens`.
     ///
     /// # Errors
-    /// [`QuotaError`] when `tokens` or `period` is zero, when the rate is
+    /// A [`ConfigError`] when `tokens` or `period` is zero, when the rate is
     /// above one token per nanosecond, or when the interval does not fit the
     /// nanosecond clock.
-    pub fn new(tokens: u32, period: Duration) -> Result<Self, QuotaError> {
+    pub fn new(tokens: u32, period: Duration) -> Result<Self, ConfigError> {
         if tokens == 0 {
-            return Err(QuotaError::ZeroRate);
+            return Err(ZERO_RATE);
         }
         if period.is_zero() {
-            return Err(QuotaError::ZeroPeriod);
+            return Err(ZERO_PERIOD);
         }
-        let period_ns = u64::try_from(period.as_nanos()).map_err(|_| QuotaError::TooSlow)?;
+        let period_ns = u64::try_from(period.as_nanos()).map_err(|_| TOO_SLOW)?;
         if period_ns < u64::from(tokens) {
-            return Err(QuotaError::TooFast);
+            return Err(TOO_FAST);
         }
         let interval_ns = period_ns.div_ceil(u64::from(tokens));
         Self {
@@ -58,6 +64,7 @@ impl Quota {
             period,
             burst: tokens,
             interval_ns,
+            tolerance_ns: 0,
         }
         .checked()
     }
@@ -66,7 +73,7 @@ impl Quota {
     ///
     /// # Errors
     /// As [`Quota::new`].
-    pub fn per_second(tokens: u32) -> Result<Self, QuotaError> {
+    pub fn per_second(tokens: u32) -> Result<Self, ConfigError> {
         Self::new(tokens, Duration::from_secs(1))
     }
 
@@ -74,7 +81,7 @@ impl Quota {
     ///
     /// # Errors
     /// As [`Quota::new`].
-    pub fn per_minute(tokens: u32) -> Result<Self, QuotaError> {
+    pub fn per_minute(tokens: u32) -> Result<Self, ConfigError> {
         Self::new(tokens, Duration::from_secs(60))
     }
 
@@ -82,7 +89,7 @@ impl Quota {
     ///
     /// # Errors
     /// As [`Quota::new`].
-    pub fn per_hour(tokens: u32) -> Result<Self, QuotaError> {
+    pub fn per_hour(tokens: u32) -> Result<Self, ConfigError> {
         Self::new(tokens, Duration::from_secs(3600))
     }
 
@@ -90,7 +97,7 @@ impl Quota {
     ///
     /// # Errors
     /// As [`Quota::new`].
-    pub fn every(interval: Duration) -> Result<Self, QuotaError> {
+    pub fn every(interval: Duration) -> Result<Self, ConfigError> {
         Self::new(1, interval)
     }
 
@@ -101,14 +108,14 @@ impl Quota {
     /// an hour exists, else one token per interval.
     ///
     /// # Errors
-    /// [`QuotaError::ZeroRate`] for a rate that is zero, negative or not a
+    /// A [`ConfigError`] for `rate` when it is zero, negative or not a
     /// number; otherwise as [`Quota::new`].
-    pub fn per_second_f64(rate: f64) -> Result<Self, QuotaError> {
+    pub fn per_second_f64(rate: f64) -> Result<Self, ConfigError> {
         if rate.is_nan() || rate <= 0.0 {
-            return Err(QuotaError::ZeroRate);
+            return Err(ZERO_RATE);
         }
         if rate > 1e9 {
-            return Err(QuotaError::TooFast);
+            return Err(TOO_FAST);
         }
         // Prefer an exact whole-token-per-whole-second form (0.5 -> 1 per 2 s).
         for secs in 1..=3600u32 {
@@ -123,7 +130,7 @@ impl Quota {
         // faster than asked.
         let interval_ns = (1e9 / rate).ceil();
         if interval_ns >= u64::MAX as f64 {
-            return Err(QuotaError::TooSlow);
+            return Err(TOO_SLOW);
         }
         let q = Self::new(1, Duration::from_nanos((interval_ns as u64).max(1)))?;
         q.with_burst((rate.ceil() as u32).max(1))
@@ -132,21 +139,24 @@ impl Quota {
     /// The same rate with a different burst (bucket capacity).
     ///
     /// # Errors
-    /// [`QuotaError::ZeroBurst`] for a burst of 0, [`QuotaError::TooSlow`]
-    /// when `burst × interval` does not fit the nanosecond clock.
-    pub fn with_burst(self, burst: u32) -> Result<Self, QuotaError> {
+    /// A [`ConfigError`] for `burst` when it is 0, and for `per` when
+    /// `burst × interval` does not fit the nanosecond clock.
+    pub fn with_burst(self, burst: u32) -> Result<Self, ConfigError> {
         if burst == 0 {
-            return Err(QuotaError::ZeroBurst);
+            return Err(ZERO_BURST);
         }
         Self { burst, ..self }.checked()
     }
 
-    fn checked(self) -> Result<Self, QuotaError> {
+    fn checked(self) -> Result<Self, ConfigError> {
         // `burst × I` is the GCRA tolerance. Capping it (like the wait bound)
         // at ~36 years keeps `TAT + n·I` far from overflow.
         match u64::from(self.burst).checked_mul(self.interval_ns) {
-            Some(tol) if tol <= crate::gcra::MAX_WAIT_NS => Ok(self),
-            _ => Err(QuotaError::TooSlow),
+            Some(tolerance_ns) if tolerance_ns <= crate::gcra::MAX_WAIT_NS => Ok(Self {
+                tolerance_ns,
+                ..self
+            }),
+            _ => Err(TOO_SLOW),
         }
     }
 
@@ -177,41 +187,51 @@ impl Quota {
 
     /// The GCRA tolerance `burst × I` in nanoseconds.
     pub(crate) fn tolerance_ns(&self) -> u64 {
-        u64::from(self.burst) * self.interval_ns
+        self.tolerance_ns
     }
 }
 
-/// Why a [`Quota`] could not be built.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum QuotaError {
-    /// The rate has zero tokens (or a non-positive fractional rate).
-    ZeroRate,
-    /// The refill period is zero.
-    ZeroPeriod,
-    /// The burst is zero: no request could ever conform.
-    ZeroBurst,
-    /// More than one token per nanosecond: the clock cannot express it.
-    TooFast,
-    /// The interval, or burst × interval, is longer than about 36 years.
-    TooSlow,
+/// A quota as configuration data: `{ "rate": 100, "per": "1s", "burst": 20 }`
+/// (`per` defaults to one second, `burst` to `rate`), validated as
+/// [`Quota::new`] and [`Quota::with_burst`] validate.
+#[cfg(feature = "serde")]
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QuotaSpec {
+    rate: u32,
+    #[serde(default = "one_second", with = "humantime_serde")]
+    per: Duration,
+    #[serde(default)]
+    burst: Option<u32>,
 }
 
-impl fmt::Display for QuotaError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            QuotaError::ZeroRate => "rate must be positive (at least one token per period)",
-            QuotaError::ZeroPeriod => "period must be longer than zero",
-            QuotaError::ZeroBurst => "burst must be at least 1",
-            QuotaError::TooFast => "rate is above one token per nanosecond",
-            QuotaError::TooSlow => {
-                "the interval, or burst × interval, is longer than the clock supports (about 36 years)"
-            }
-        })
+#[cfg(feature = "serde")]
+fn one_second() -> Duration {
+    Duration::from_secs(1)
+}
+
+#[cfg(feature = "serde")]
+impl TryFrom<QuotaSpec> for Quota {
+    type Error = ConfigError;
+
+    fn try_from(spec: QuotaSpec) -> Result<Self, ConfigError> {
+        let quota = Quota::new(spec.rate, spec.per)?;
+        match spec.burst {
+            Some(burst) => quota.with_burst(burst),
+            None => Ok(quota),
+        }
     }
 }
 
-impl std::error::Error for QuotaError {}
+const ZERO_RATE: ConfigError =
+    ConfigError::new("rate", "must be positive (at least one token per period)");
+const ZERO_PERIOD: ConfigError = ConfigError::new("per", "must be longer than zero");
+const ZERO_BURST: ConfigError = ConfigError::new("burst", "must be at least 1");
+const TOO_FAST: ConfigError = ConfigError::new("rate", "must be at most one token per nanosecond");
+const TOO_SLOW: ConfigError = ConfigError::new(
+    "per",
+    "is too long: the interval, or burst × interval, must fit the clock (about 36 years)",
+);
 
 #[cfg(test)]
 mod tests {
@@ -219,29 +239,20 @@ mod tests {
 
     #[test]
     fn validation() {
-        assert_eq!(Quota::per_second(0), Err(QuotaError::ZeroRate));
-        assert_eq!(Quota::new(1, Duration::ZERO), Err(QuotaError::ZeroPeriod));
-        assert_eq!(
-            Quota::per_second(5).unwrap().with_burst(0),
-            Err(QuotaError::ZeroBurst)
-        );
-        assert_eq!(
-            Quota::new(10, Duration::from_nanos(5)),
-            Err(QuotaError::TooFast)
-        );
-        assert_eq!(
-            Quota::new(1, Duration::from_secs(u64::MAX)),
-            Err(QuotaError::TooSlow)
-        );
+        assert_eq!(Quota::per_second(0), Err(ZERO_RATE));
+        assert_eq!(Quota::new(1, Duration::ZERO), Err(ZERO_PERIOD));
+        assert_eq!(Quota::per_second(5).unwrap().with_burst(0), Err(ZERO_BURST));
+        assert_eq!(Quota::new(10, Duration::from_nanos(5)), Err(TOO_FAST));
+        assert_eq!(Quota::new(1, Duration::from_secs(u64::MAX)), Err(TOO_SLOW));
         assert_eq!(
             Quota::every(Duration::from_secs(86_400 * 365))
                 .unwrap()
                 .with_burst(u32::MAX),
-            Err(QuotaError::TooSlow)
+            Err(TOO_SLOW)
         );
-        assert_eq!(Quota::per_second_f64(0.0), Err(QuotaError::ZeroRate));
-        assert_eq!(Quota::per_second_f64(-1.0), Err(QuotaError::ZeroRate));
-        assert_eq!(Quota::per_second_f64(f64::NAN), Err(QuotaError::ZeroRate));
+        assert_eq!(Quota::per_second_f64(0.0), Err(ZERO_RATE));
+        assert_eq!(Quota::per_second_f64(-1.0), Err(ZERO_RATE));
+        assert_eq!(Quota::per_second_f64(f64::NAN), Err(ZERO_RATE));
     }
 
     #[test]
