@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use floodwall::concurrency::{
-    AdaptiveLimitLayer, Aimd, AimdConfig, Algorithm, Bbr, BbrConfig, EnvoyGradient,
-    EnvoyGradientConfig, Gradient2, Gradient2Config, Limiter, Partitions, Vegas, VegasConfig,
+    AdaptiveLimitLayer, Aimd, AimdConfig, Algorithm, Bbr, BbrConfig, ConcurrencyLimiter,
+    EnvoyGradient, EnvoyGradientConfig, Gradient2, Gradient2Config, Partitions, Vegas, VegasConfig,
     WindowConfig, Windowed,
 };
 use floodwall_benches::{ReadyService, both_ways};
@@ -19,7 +19,7 @@ use tower::Layer;
 const LIMIT: u32 = 1_000;
 
 fn layer<A: Algorithm>(algorithm: A) -> AdaptiveLimitLayer<A> {
-    AdaptiveLimitLayer::new(algorithm)
+    AdaptiveLimitLayer::new(algorithm).expect("an algorithm is a valid config")
 }
 
 fn per_request(c: &mut Criterion) {
@@ -115,11 +115,11 @@ fn per_request(c: &mut Criterion) {
 fn core(c: &mut Criterion) {
     let mut g = c.benchmark_group("concurrency-core");
     let now = Instant::now();
-    let plain = Limiter::new(Aimd::new(AimdConfig::default()).unwrap());
+    let plain = ConcurrencyLimiter::new(Aimd::new(AimdConfig::default()).unwrap());
     g.bench_function("acquire+ignore", |b| {
         b.iter(|| plain.ignore(plain.try_acquire(now).unwrap()));
     });
-    let parts = Limiter::partitioned(
+    let parts = ConcurrencyLimiter::partitioned(
         Aimd::new(AimdConfig::default()).unwrap(),
         Partitions::new(&[0.4, 0.4, 0.15, 0.05]).unwrap(),
     );

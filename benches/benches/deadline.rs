@@ -6,7 +6,7 @@ use std::task::{Context, Waker};
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use floodwall::deadline::{ServerConfig, ServerDeadlineLayer};
+use floodwall::deadline::{ServerDeadlineConfig, ServerDeadlineLayer};
 use floodwall_benches::{ReadyService, poll_once};
 use tower::timeout::TimeoutLayer;
 use tower::{Layer, ServiceExt};
@@ -42,7 +42,9 @@ fn server(c: &mut Criterion) {
             .unwrap()
         })
     });
-    let deadline = ServerDeadlineLayer::new(ServerConfig::default()).layer(ReadyService);
+    let deadline = ServerDeadlineLayer::new(ServerDeadlineConfig::default())
+        .unwrap()
+        .layer(ReadyService);
     g.bench_function("floodwall-grpc-timeout/clone+oneshot", |b| {
         b.iter(|| {
             poll_once(

@@ -19,14 +19,15 @@ use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use floodwall::breaker::{BreakerConfig, BreakerLayer};
-use floodwall::codel::{CodelConfig, CodelLayer, FromExtensions};
+use floodwall::codel::{CodelConfig, CodelLayer, TimingFromExtensions};
 use floodwall::deadline::{
-    ClientConfig as DeadlineClient, PropagateDeadlineLayer, ServerConfig, ServerDeadlineLayer, Wire,
+    PropagateDeadlineConfig, PropagateDeadlineLayer, ServerDeadlineConfig, ServerDeadlineLayer,
+    Wire,
 };
 use floodwall::priority::{
-    AdmissionConfig, AdmissionLayer, ClientConfig as PriorityClient, PriorityClientLayer,
+    AdmissionConfig, AdmissionLayer, PriorityClientConfig, PriorityClientLayer,
 };
-use floodwall::throttle::{RetryLayer, ThrottleConfig, ThrottleLayer};
+use floodwall::throttle::{RetryConfig, RetryLayer, ThrottleConfig, ThrottleLayer};
 use floodwall::token_bucket::{Quota, TokenBucketLayer};
 use floodwall_benches::{Respond, ready_call};
 use tower::ServiceBuilder;
@@ -71,11 +72,12 @@ fn stacks(c: &mut Criterion) {
         .with_burst(u32::MAX)
         .unwrap();
     let deadline = || {
-        ServerDeadlineLayer::new(ServerConfig {
+        ServerDeadlineLayer::new(ServerDeadlineConfig {
             wire: Wire::Grpc,
             trust_inbound: true,
             max: Some(Duration::from_secs(2)),
         })
+        .unwrap()
     };
     let bucket = || TokenBucketLayer::new(open).unwrap();
     let admission = || {
@@ -86,18 +88,19 @@ fn stacks(c: &mut Criterion) {
     };
     let codel = || {
         CodelLayer::builder(CodelConfig::with_workers(64))
-            .timing(FromExtensions)
+            .timing(TimingFromExtensions)
             .build()
             .unwrap()
     };
-    let retry = || RetryLayer::builder().build();
+    let retry = || RetryLayer::builder(RetryConfig::default()).build().unwrap();
     let propagate = || {
-        PropagateDeadlineLayer::new(DeadlineClient {
+        PropagateDeadlineLayer::new(PropagateDeadlineConfig {
             wire: Wire::Grpc,
-            ..DeadlineClient::default()
+            ..PropagateDeadlineConfig::default()
         })
+        .unwrap()
     };
-    let collaborative = || PriorityClientLayer::new(PriorityClient::default());
+    let collaborative = || PriorityClientLayer::new(PriorityClientConfig::default()).unwrap();
     let breaker = || BreakerLayer::new(BreakerConfig::default()).unwrap();
     let throttle = || ThrottleLayer::new(ThrottleConfig::default()).unwrap();
     let server = || {

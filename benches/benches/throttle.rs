@@ -9,7 +9,9 @@ use std::task::{Context, Waker};
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use floodwall::throttle::{RetryBudget, RetryLayer, SplitMix, ThrottleConfig, ThrottleLayer};
+use floodwall::throttle::{
+    RetryBudget, RetryConfig, RetryLayer, SplitMix, ThrottleConfig, ThrottleLayer,
+};
 use floodwall_benches::{ReadyService, poll_once};
 use tower::retry::budget::{Budget, TpsBudget};
 use tower::{Layer, ServiceExt};
@@ -55,9 +57,10 @@ fn overhead(c: &mut Criterion) {
     g.bench_function("floodwall-throttle/clone+oneshot", |b| {
         b.iter(|| poll_once(&mut cx, throttle.clone().oneshot(black_box(1u32))).unwrap())
     });
-    let retry = RetryLayer::builder()
+    let retry = RetryLayer::builder(RetryConfig::default())
         .budget(Arc::new(RetryBudget::new(10.0, 0.1).unwrap()))
         .build()
+        .unwrap()
         .layer(ReadyService);
     g.bench_function("floodwall-retry/clone+oneshot", |b| {
         b.iter(|| poll_once(&mut cx, retry.clone().oneshot(black_box(1u32))).unwrap())

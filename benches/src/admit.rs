@@ -12,18 +12,19 @@ use std::time::Duration;
 use crate::{Respond, ready_call};
 use floodwall::breaker::{BreakerConfig, BreakerLayer};
 use floodwall::codel::{CodelConfig, CodelLayer};
-use floodwall::concurrency::{AdaptiveLimitLayer, Aimd, AimdConfig};
+use floodwall::concurrency::{AdaptiveLimitLayer, AimdConfig};
 use floodwall::deadline::{
-    ClientConfig as DeadlineClient, PropagateDeadlineLayer, ServerConfig, ServerDeadlineLayer, Wire,
+    PropagateDeadlineConfig, PropagateDeadlineLayer, ServerDeadlineConfig, ServerDeadlineLayer,
+    Wire,
 };
 use floodwall::leaky_bucket::LeakyBucketLayer;
 use floodwall::priority::{
-    AdmissionConfig, AdmissionLayer, ClientConfig as PriorityClient, PriorityClientLayer,
+    AdmissionConfig, AdmissionLayer, PriorityClientConfig, PriorityClientLayer,
 };
 use floodwall::sliding_window::{
     MAX_LIMIT, SlidingWindowConfig, SlidingWindowLayer, Window, WindowMode,
 };
-use floodwall::throttle::{RetryLayer, SplitMix, ThrottleConfig, ThrottleLayer};
+use floodwall::throttle::{RetryConfig, RetryLayer, SplitMix, ThrottleConfig, ThrottleLayer};
 use floodwall::token_bucket::{Quota, TokenBucketLayer};
 use tower::{Layer, Service};
 
@@ -170,7 +171,13 @@ pub fn run(case: &str, n: u64) -> Option<Duration> {
                 .layer(Respond),
             n,
         ),
-        "retry" => drive(RetryLayer::builder().build().layer(Respond), n),
+        "retry" => drive(
+            RetryLayer::builder(RetryConfig::default())
+                .build()
+                .expect("a retry layer")
+                .layer(Respond),
+            n,
+        ),
         "tower-retry" => drive(tower::retry::RetryLayer::new(NoRetry).layer(Respond), n),
         "codel" => drive(
             CodelLayer::new(CodelConfig::with_workers(64))
@@ -204,7 +211,8 @@ pub fn run(case: &str, n: u64) -> Option<Duration> {
             n,
         ),
         "concurrency-aimd" => drive(
-            AdaptiveLimitLayer::new(Aimd::new(AimdConfig::default()).expect("an AIMD limit"))
+            AdaptiveLimitLayer::new(AimdConfig::default())
+                .expect("an AIMD limit")
                 .layer(Respond),
             n,
         ),
@@ -218,11 +226,12 @@ pub fn run(case: &str, n: u64) -> Option<Duration> {
             n,
         ),
         "deadline-server" => drive(
-            ServerDeadlineLayer::new(ServerConfig {
+            ServerDeadlineLayer::new(ServerDeadlineConfig {
                 wire: Wire::Grpc,
                 trust_inbound: true,
                 max: Some(Duration::from_secs(2)),
             })
+            .unwrap()
             .layer(Respond),
             n,
         ),
@@ -231,7 +240,9 @@ pub fn run(case: &str, n: u64) -> Option<Duration> {
             n,
         ),
         "deadline-propagate" => drive(
-            PropagateDeadlineLayer::new(DeadlineClient::default()).layer(Respond),
+            PropagateDeadlineLayer::new(PropagateDeadlineConfig::default())
+                .unwrap()
+                .layer(Respond),
             n,
         ),
         "priority-admission" => drive(
@@ -243,7 +254,9 @@ pub fn run(case: &str, n: u64) -> Option<Duration> {
             n,
         ),
         "priority-client" => drive(
-            PriorityClientLayer::new(PriorityClient::default()).layer(Respond),
+            PriorityClientLayer::new(PriorityClientConfig::default())
+                .unwrap()
+                .layer(Respond),
             n,
         ),
         "tower-load-shed" => drive(tower::load_shed::LoadShedLayer::new().layer(Respond), n),

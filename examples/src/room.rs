@@ -14,10 +14,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use floodwall::codel::{CodelConfig, CodelHandle, CodelLayer, FromExtensions, Lifo, Policy};
+use floodwall::codel::{CodelConfig, CodelHandle, CodelLayer, Lifo, Policy, TimingFromExtensions};
 use floodwall::core::random::SplitMix;
 use floodwall::core::{BoxError, Deadline, RejectKind, Rejected};
-use floodwall::deadline::{ServerConfig, ServerDeadlineLayer, Wire};
+use floodwall::deadline::{ServerDeadlineConfig, ServerDeadlineLayer, Wire};
 use floodwall::grpc::GrpcRejectionLayer;
 use floodwall::priority::{AdmissionConfig, AdmissionHandle, AdmissionLayer, Queuing};
 use serde::Serialize;
@@ -200,7 +200,7 @@ impl RoomService {
                 min_remaining: config.service_time / 2,
             })
             .name(config.name.clone())
-            .timing(FromExtensions)
+            .timing(TimingFromExtensions)
             .on_sojourn(move |waited| reporter.record_queuing(waited))
             .build()?;
             let codel = queue.handle();
@@ -208,11 +208,11 @@ impl RoomService {
                 .layer(GrpcRejectionLayer::default())
                 .layer(TallyLayer::new(tally.clone()))
                 .layer(RecordTimeout(shared.clone()))
-                .layer(ServerDeadlineLayer::new(ServerConfig {
+                .layer(ServerDeadlineLayer::new(ServerDeadlineConfig {
                     wire: Wire::Grpc,
                     trust_inbound: true,
                     max: Some(config.max_timeout),
-                }))
+                })?)
                 .layer(admit)
                 .layer(queue)
                 .into_inner();

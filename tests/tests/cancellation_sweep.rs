@@ -20,16 +20,18 @@ use std::time::Duration;
 use floodwall::breaker::{BreakerConfig, BreakerLayer, State, WindowKind};
 use floodwall::codel::{CodelConfig, CodelLayer};
 use floodwall::core::BoxError;
-use floodwall::deadline::{PropagateDeadlineLayer, ServerConfig, ServerDeadlineLayer};
+use floodwall::deadline::{PropagateDeadlineLayer, ServerDeadlineConfig, ServerDeadlineLayer};
 use floodwall::grpc::GrpcRejectionLayer;
 use floodwall::http::HttpRejectionLayer;
 use floodwall::leaky_bucket::{LeakyBucketConfig, LeakyBucketLayer};
 use floodwall::priority::{
-    AdmissionConfig, AdmissionLayer, AssignConfig, AssignPriorityLayer, ClientConfig, Priority,
-    PriorityClientLayer,
+    AdmissionConfig, AdmissionLayer, AssignConfig, AssignPriorityLayer, Priority,
+    PriorityClientConfig, PriorityClientLayer,
 };
 use floodwall::sliding_window::{SlidingWindowConfig, SlidingWindowLayer, Window, WindowMode};
-use floodwall::throttle::{RetryBudget, RetryLayer, SplitMix, ThrottleConfig, ThrottleLayer};
+use floodwall::throttle::{
+    RetryBudget, RetryConfig, RetryLayer, SplitMix, ThrottleConfig, ThrottleLayer,
+};
 use floodwall::token_bucket::{Quota, TokenBucketLayer};
 use http::{Request, Response};
 use tokio::time::{Instant, advance};
@@ -489,7 +491,12 @@ async fn throttle_and_retry_budget() {
         .build()
         .unwrap();
     let mut svc = ServiceBuilder::new()
-        .layer(RetryLayer::builder().budget(budget.clone()).build())
+        .layer(
+            RetryLayer::builder(RetryConfig::default())
+                .budget(budget.clone())
+                .build()
+                .unwrap(),
+        )
         .layer(throttle)
         .service(backend.clone());
     // The throttle counts an attempt that never got an answer as not
@@ -513,8 +520,8 @@ async fn throttle_and_retry_budget() {
 async fn deadline_server_and_propagation() {
     let backend = Backend::default();
     let mut svc = ServiceBuilder::new()
-        .layer(ServerDeadlineLayer::new(ServerConfig::default()))
-        .layer(PropagateDeadlineLayer::new(Default::default()))
+        .layer(ServerDeadlineLayer::new(ServerDeadlineConfig::default()).unwrap())
+        .layer(PropagateDeadlineLayer::new(Default::default()).unwrap())
         .service(backend.clone());
     let out = sweep(
         &mut svc,
@@ -535,7 +542,7 @@ async fn priority_admission_and_collaborative_client() {
     let server = AdmissionLayer::new(AdmissionConfig::default()).unwrap();
     let handle = server.handle();
     let mut svc = ServiceBuilder::new()
-        .layer(PriorityClientLayer::new(ClientConfig::default()))
+        .layer(PriorityClientLayer::new(PriorityClientConfig::default()).unwrap())
         .layer(server)
         .service(backend.clone());
     let out = sweep(&mut svc, Sweep::default()).await;
@@ -567,17 +574,18 @@ async fn the_whole_stack() {
             .unwrap();
     let tokens = bucket.handle();
     let mut svc = ServiceBuilder::new()
-        .layer(ServerDeadlineLayer::new(ServerConfig::default()))
+        .layer(ServerDeadlineLayer::new(ServerDeadlineConfig::default()).unwrap())
         .layer(bucket)
         .layer(AdmissionLayer::new(AdmissionConfig::default()).unwrap())
         .layer(codel)
         .layer(
-            RetryLayer::builder()
+            RetryLayer::builder(RetryConfig::default())
                 .budget(Arc::new(RetryBudget::new(10.0, 0.1).unwrap()))
-                .build(),
+                .build()
+                .unwrap(),
         )
-        .layer(PropagateDeadlineLayer::new(Default::default()))
-        .layer(PriorityClientLayer::new(ClientConfig::default()))
+        .layer(PropagateDeadlineLayer::new(Default::default()).unwrap())
+        .layer(PriorityClientLayer::new(PriorityClientConfig::default()).unwrap())
         .layer(breaker)
         .layer(
             // Seeded, like the sweep: the same schedule every run.

@@ -17,7 +17,8 @@ use floodwall::core::HttpClassifier;
 use floodwall::http::HttpRejectionLayer;
 use floodwall::sliding_window::{SlidingWindowConfig, SlidingWindowLayer, Window, WindowMode};
 use floodwall::throttle::{
-    NO_RETRY_HEADER, RetryBudget, RetryHttp, RetryLayer, SplitMix, ThrottleConfig, ThrottleLayer,
+    NO_RETRY_HEADER, RetryBudget, RetryConfig, RetryHttp, RetryLayer, SplitMix, ThrottleConfig,
+    ThrottleLayer,
 };
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
@@ -52,11 +53,12 @@ async fn the_client_retries_after_the_servers_retry_after() {
     let budget = Arc::new(RetryBudget::new(10.0, 0.1).unwrap());
     let svc = ServiceBuilder::new()
         .layer(
-            RetryLayer::builder()
+            RetryLayer::builder(RetryConfig::default())
                 .budget(budget.clone())
                 .policy(RetryHttp)
                 .rng(SplitMix::new(1))
-                .build(),
+                .build()
+                .unwrap(),
         )
         .service(client(addr));
     // The first request takes the window's only slot; the second is refused
@@ -88,10 +90,13 @@ async fn a_throttled_client_stops_sending_to_a_refusing_server() {
         .unwrap();
     let stats = throttle.handle();
     // No retries here: every 429 is a refusal the throttle sees.
-    let retry = RetryLayer::builder()
-        .policy(RetryHttp)
-        .max_attempts(1)
-        .build();
+    let retry = RetryLayer::builder(RetryConfig {
+        max_attempts: 1,
+        ..RetryConfig::default()
+    })
+    .policy(RetryHttp)
+    .build()
+    .unwrap();
     let svc = ServiceBuilder::new()
         .layer(retry)
         .layer(throttle)

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use floodwall::codel::{CodelConfig, CodelLayer, FromExtensions};
+use floodwall::codel::{CodelConfig, CodelLayer, TimingFromExtensions};
 use floodwall::core::{BoxError, Deadline};
 use floodwall::http::HttpRejectionLayer;
 use http::{Request, Response, StatusCode};
@@ -22,7 +22,7 @@ async fn shed_is_503_and_a_missed_deadline_is_504() {
         max_queue: 1,
         ..Default::default()
     })
-    .timing(FromExtensions)
+    .timing(TimingFromExtensions)
     .build()
     .unwrap();
     let svc = ServiceBuilder::new()

@@ -28,22 +28,22 @@ use std::time::Duration;
 use floodwall::breaker::{BreakerConfig, BreakerLayer};
 use floodwall::bulkhead::{BulkheadConfig, BulkheadLayer};
 use floodwall::codel::{CodelConfig, CodelLayer};
-use floodwall::concurrency::{AdaptiveLimitLayer, Aimd, AimdConfig};
+use floodwall::concurrency::{AdaptiveLimitLayer, AimdConfig};
 use floodwall::core::{
     Arrival, BoxError, Deadline, HttpClassifier, Priority, RejectKind, Rejected,
 };
 use floodwall::deadline::{
-    ClientConfig as DeadlineClient, PropagateDeadlineLayer, ServerConfig, ServerDeadlineLayer,
+    PropagateDeadlineConfig, PropagateDeadlineLayer, ServerDeadlineConfig, ServerDeadlineLayer,
 };
 use floodwall::grpc::GrpcRejectionLayer;
 use floodwall::http::HttpRejectionLayer;
 use floodwall::leaky_bucket::{LeakyBucketConfig, LeakyBucketLayer};
 use floodwall::priority::{
-    AdmissionConfig, AdmissionLayer, AssignConfig, AssignPriorityLayer, ClientConfig,
+    AdmissionConfig, AdmissionLayer, AssignConfig, AssignPriorityLayer, PriorityClientConfig,
     PriorityClientLayer,
 };
 use floodwall::sliding_window::{SlidingWindowConfig, SlidingWindowLayer, Window, WindowMode};
-use floodwall::throttle::{RetryLayer, SplitMix, ThrottleConfig, ThrottleLayer};
+use floodwall::throttle::{RetryConfig, RetryLayer, SplitMix, ThrottleConfig, ThrottleLayer};
 use floodwall::token_bucket::{Quota, TokenBucketLayer};
 use http::{Request, Response, StatusCode};
 use tokio::time::Instant;
@@ -403,7 +403,7 @@ const CASES: &[Case] = &[
     Case {
         module: "throttle",
         name: "retry with its budget",
-        open: || boxed(RetryLayer::builder().build()),
+        open: || boxed(RetryLayer::builder(RetryConfig::default()).build().unwrap()),
         refusal: None,
     },
     Case {
@@ -448,21 +448,17 @@ const CASES: &[Case] = &[
     Case {
         module: "concurrency",
         name: "adaptive concurrency limit",
-        open: || {
-            boxed(AdaptiveLimitLayer::new(
-                Aimd::new(AimdConfig::default()).unwrap(),
-            ))
-        },
+        open: || boxed(AdaptiveLimitLayer::new(AimdConfig::default()).unwrap()),
         refusal: Some(Refusal {
             layer: || {
-                boxed(AdaptiveLimitLayer::new(
-                    Aimd::new(AimdConfig {
+                boxed(
+                    AdaptiveLimitLayer::new(AimdConfig {
                         initial_limit: 1,
                         max_limit: 1,
                         ..AimdConfig::default()
                     })
                     .unwrap(),
-                ))
+                )
             },
             request: held,
             kind: RejectKind::Overloaded,
@@ -472,9 +468,9 @@ const CASES: &[Case] = &[
     Case {
         module: "deadline",
         name: "server deadline",
-        open: || boxed(ServerDeadlineLayer::new(ServerConfig::default())),
+        open: || boxed(ServerDeadlineLayer::new(ServerDeadlineConfig::default()).unwrap()),
         refusal: Some(Refusal {
-            layer: || boxed(ServerDeadlineLayer::new(ServerConfig::default())),
+            layer: || boxed(ServerDeadlineLayer::new(ServerDeadlineConfig::default()).unwrap()),
             request: |_| with(&[("grpc-timeout", "0n")]),
             kind: RejectKind::DeadlineExceeded,
             while_in_flight: false,
@@ -483,9 +479,11 @@ const CASES: &[Case] = &[
     Case {
         module: "deadline",
         name: "deadline propagation",
-        open: || boxed(PropagateDeadlineLayer::new(DeadlineClient::default())),
+        open: || boxed(PropagateDeadlineLayer::new(PropagateDeadlineConfig::default()).unwrap()),
         refusal: Some(Refusal {
-            layer: || boxed(PropagateDeadlineLayer::new(DeadlineClient::default())),
+            layer: || {
+                boxed(PropagateDeadlineLayer::new(PropagateDeadlineConfig::default()).unwrap())
+            },
             request: |_| {
                 let mut req = Request::new(());
                 req.extensions_mut()
@@ -527,11 +525,11 @@ const CASES: &[Case] = &[
     Case {
         module: "priority",
         name: "collaborative admission client",
-        open: || boxed(PriorityClientLayer::new(ClientConfig::default())),
+        open: || boxed(PriorityClientLayer::new(PriorityClientConfig::default()).unwrap()),
         refusal: Some(Refusal {
             // The downstream advertises level 1-0: business 100 is dropped
             // locally from then on.
-            layer: || boxed(PriorityClientLayer::new(ClientConfig::default())),
+            layer: || boxed(PriorityClientLayer::new(PriorityClientConfig::default()).unwrap()),
             request: |_| {
                 let mut req = with(&[("x-level", "1-0")]);
                 req.extensions_mut()
@@ -837,14 +835,12 @@ impl http_body::Body for ChannelBody {
 async fn until_body_end_holds_a_slot_for_the_whole_stream() {
     use http_body_util::BodyExt;
 
-    let layer = AdaptiveLimitLayer::new(
-        Aimd::new(AimdConfig {
-            initial_limit: 1,
-            max_limit: 1,
-            ..AimdConfig::default()
-        })
-        .unwrap(),
-    );
+    let layer = AdaptiveLimitLayer::new(AimdConfig {
+        initial_limit: 1,
+        max_limit: 1,
+        ..AimdConfig::default()
+    })
+    .unwrap();
     let handle = layer.handle();
     let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(1);
     let rx = Arc::new(parking_lot::Mutex::new(Some(rx)));
@@ -878,14 +874,12 @@ async fn until_body_end_holds_a_slot_for_the_whole_stream() {
 
 #[tokio::test(start_paused = true)]
 async fn backpressure_waits_for_a_slot_instead_of_refusing() {
-    let layer = AdaptiveLimitLayer::new(
-        Aimd::new(AimdConfig {
-            initial_limit: 1,
-            max_limit: 1,
-            ..AimdConfig::default()
-        })
-        .unwrap(),
-    );
+    let layer = AdaptiveLimitLayer::new(AimdConfig {
+        initial_limit: 1,
+        max_limit: 1,
+        ..AimdConfig::default()
+    })
+    .unwrap();
     let handle = layer.handle();
     let backend = Backend::new();
     let mut a = layer.backpressure().layer(backend.clone());

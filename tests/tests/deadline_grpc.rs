@@ -19,7 +19,8 @@ use std::time::Duration;
 use bytes::{Buf, BufMut, Bytes};
 use floodwall::core::Deadline;
 use floodwall::deadline::{
-    ClientConfig, PropagateDeadlineLayer, ServerConfig, ServerDeadlineLayer, current, scope,
+    PropagateDeadlineConfig, PropagateDeadlineLayer, ServerDeadlineConfig, ServerDeadlineLayer,
+    current, scope,
 };
 use floodwall::grpc::{GrpcRejectionLayer, StatusErrorLayer};
 use http::uri::PathAndQuery;
@@ -130,7 +131,7 @@ async fn call_inner(
     };
     let channel = ServiceBuilder::new()
         .layer(StatusErrorLayer::new())
-        .layer(PropagateDeadlineLayer::new(ClientConfig::default()))
+        .layer(PropagateDeadlineLayer::new(PropagateDeadlineConfig::default()).unwrap())
         .service(transport);
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready()
@@ -173,7 +174,7 @@ async fn hop(work: Duration, next: Option<SocketAddr>, seen: Seen) -> SocketAddr
     });
     let stack = ServiceBuilder::new()
         .layer(GrpcRejectionLayer::default())
-        .layer(ServerDeadlineLayer::new(ServerConfig::default()))
+        .layer(ServerDeadlineLayer::new(ServerDeadlineConfig::default()).unwrap())
         .service(handler);
     serve(stack, Protocol::Http2).await
 }

@@ -14,7 +14,8 @@ use bytes::Bytes;
 use common::{Protocol, client, get, serve};
 use floodwall::core::BoxError;
 use floodwall::deadline::{
-    ClientConfig, PropagateDeadlineLayer, ServerConfig, ServerDeadlineLayer, Wire, current,
+    PropagateDeadlineConfig, PropagateDeadlineLayer, ServerDeadlineConfig, ServerDeadlineLayer,
+    Wire, current,
 };
 use floodwall::http::HttpRejectionLayer;
 use http::{Request, Response, StatusCode};
@@ -41,10 +42,11 @@ async fn hop(work: Duration, next: Option<SocketAddr>, seen: Seen) -> SocketAddr
             sleep(work).await;
             let mut status = StatusCode::OK;
             if let Some(next) = next {
-                let outbound = PropagateDeadlineLayer::new(ClientConfig {
+                let outbound = PropagateDeadlineLayer::new(PropagateDeadlineConfig {
                     wire: Wire::http(),
                     ..Default::default()
                 })
+                .unwrap()
                 .layer(client(next));
                 status = outbound.oneshot(get(next)).await?.status();
             }
@@ -55,10 +57,13 @@ async fn hop(work: Duration, next: Option<SocketAddr>, seen: Seen) -> SocketAddr
     });
     let stack = ServiceBuilder::new()
         .layer(HttpRejectionLayer::new())
-        .layer(ServerDeadlineLayer::new(ServerConfig {
-            wire: Wire::http(),
-            ..Default::default()
-        }))
+        .layer(
+            ServerDeadlineLayer::new(ServerDeadlineConfig {
+                wire: Wire::http(),
+                ..Default::default()
+            })
+            .unwrap(),
+        )
         .service(handler);
     serve(stack, Protocol::Http1).await
 }

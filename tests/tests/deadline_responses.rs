@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use floodwall::core::{BoxError, Rejected};
-use floodwall::deadline::{ServerConfig, ServerDeadlineLayer};
+use floodwall::deadline::{ServerDeadlineConfig, ServerDeadlineLayer};
 use floodwall::http::HttpRejectionLayer;
 use http::{Request, Response, StatusCode};
 use tokio::time::sleep;
@@ -23,10 +23,13 @@ fn slow_handler()
 async fn a_handler_past_its_deadline_is_a_504() {
     let svc = ServiceBuilder::new()
         .layer(HttpRejectionLayer::new())
-        .layer(ServerDeadlineLayer::new(ServerConfig {
-            wire: floodwall::deadline::Wire::http(),
-            ..Default::default()
-        }))
+        .layer(
+            ServerDeadlineLayer::new(ServerDeadlineConfig {
+                wire: floodwall::deadline::Wire::http(),
+                ..Default::default()
+            })
+            .unwrap(),
+        )
         .service(slow_handler());
     let req = Request::builder()
         .header("x-request-timeout-ms", "250")
@@ -38,7 +41,9 @@ async fn a_handler_past_its_deadline_is_a_504() {
 
 #[tokio::test(start_paused = true)]
 async fn a_grpc_handler_past_its_deadline_is_deadline_exceeded() {
-    let svc = ServerDeadlineLayer::new(ServerConfig::default()).layer(slow_handler());
+    let svc = ServerDeadlineLayer::new(ServerDeadlineConfig::default())
+        .unwrap()
+        .layer(slow_handler());
     let req = Request::builder()
         .header("grpc-timeout", "250m")
         .body(())

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use floodwall::breaker::{BreakerConfig, BreakerLayer, State, WindowKind};
 use floodwall::core::{BoxError, Deadline};
-use floodwall::deadline::{ClientConfig, PropagateDeadlineLayer, Wire};
+use floodwall::deadline::{PropagateDeadlineConfig, PropagateDeadlineLayer, Wire};
 use floodwall::throttle::{ThrottleConfig, ThrottleLayer};
 use tokio::time::Instant;
 use tower::{Layer, ServiceBuilder, ServiceExt, service_fn};
@@ -44,11 +44,14 @@ fn client(
 ) -> impl tower::Service<http::Request<()>, Response = http::Response<()>, Error = BoxError> + Clone
 {
     ServiceBuilder::new()
-        .layer(PropagateDeadlineLayer::new(ClientConfig {
-            wire: Wire::Grpc,
-            timeout: Some(Duration::from_millis(400)),
-            ..ClientConfig::default()
-        }))
+        .layer(
+            PropagateDeadlineLayer::new(PropagateDeadlineConfig {
+                wire: Wire::Grpc,
+                timeout: Some(Duration::from_millis(400)),
+                ..PropagateDeadlineConfig::default()
+            })
+            .unwrap(),
+        )
         .layer(breaker.clone())
         .service(dependency(latency))
 }
@@ -100,11 +103,14 @@ async fn a_breaker_outside_the_deadline_layer_reads_its_timeout_the_same_way() {
     let stack = |breaker: &BreakerLayer, latency| {
         ServiceBuilder::new()
             .layer(breaker.clone())
-            .layer(PropagateDeadlineLayer::new(ClientConfig {
-                wire: Wire::Grpc,
-                timeout: Some(Duration::from_millis(400)),
-                ..ClientConfig::default()
-            }))
+            .layer(
+                PropagateDeadlineLayer::new(PropagateDeadlineConfig {
+                    wire: Wire::Grpc,
+                    timeout: Some(Duration::from_millis(400)),
+                    ..PropagateDeadlineConfig::default()
+                })
+                .unwrap(),
+            )
             .service(dependency(latency))
     };
     let breaker = breaker();
@@ -132,11 +138,14 @@ async fn abandoned_and_caller_limited_calls_do_not_raise_the_throttle() {
     let throttle = ThrottleLayer::new(ThrottleConfig::default()).unwrap();
     let handle = throttle.handle();
     let svc = ServiceBuilder::new()
-        .layer(PropagateDeadlineLayer::new(ClientConfig {
-            wire: Wire::Grpc,
-            timeout: Some(Duration::from_millis(400)),
-            ..ClientConfig::default()
-        }))
+        .layer(
+            PropagateDeadlineLayer::new(PropagateDeadlineConfig {
+                wire: Wire::Grpc,
+                timeout: Some(Duration::from_millis(400)),
+                ..PropagateDeadlineConfig::default()
+            })
+            .unwrap(),
+        )
         .layer(throttle.clone())
         .service(dependency(Duration::from_millis(30)));
     for _ in 0..20 {
@@ -156,11 +165,12 @@ async fn abandoned_and_caller_limited_calls_do_not_raise_the_throttle() {
     assert_eq!((s.requests, s.accepts), (0, 0), "nothing counted");
     // A full-budget timeout is a request the backend did not accept.
     let slow = throttle.layer(dependency(Duration::from_secs(60)));
-    let timed = PropagateDeadlineLayer::new(ClientConfig {
+    let timed = PropagateDeadlineLayer::new(PropagateDeadlineConfig {
         wire: Wire::Grpc,
         timeout: Some(Duration::from_millis(400)),
-        ..ClientConfig::default()
+        ..PropagateDeadlineConfig::default()
     })
+    .unwrap()
     .layer(slow);
     timed.oneshot(http::Request::new(())).await.unwrap_err();
     let s = handle.stats(None);

@@ -154,7 +154,7 @@ pub async fn run(
             admitted += a;
         }
         let after: Vec<_> = limiters.iter().map(RedisLimiter::stats).collect();
-        let delta = |f: fn(&floodwall::redis::Stats) -> u64| -> u64 {
+        let delta = |f: fn(&floodwall::redis::RedisStats) -> u64| -> u64 {
             after.iter().zip(&before).map(|(a, b)| f(a) - f(b)).sum()
         };
         let latency = latency.lock().clone();

@@ -28,18 +28,21 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use floodwall::codel::{CodelConfig, CodelLayer, FromExtensions, Lifo, Policy};
+use floodwall::codel::{CodelConfig, CodelLayer, Lifo, Policy, TimingFromExtensions};
 use floodwall::concurrency as fwc;
 use floodwall::core::random::SplitMix;
 use floodwall::core::wire::PRIORITY_HEADER;
 use floodwall::core::{Deadline, Priority, Rejected};
 use floodwall::deadline::{
-    ClientConfig as DeadlineClient, PropagateDeadlineLayer, ServerConfig, ServerDeadlineLayer, Wire,
+    PropagateDeadlineConfig, PropagateDeadlineLayer, ServerDeadlineConfig, ServerDeadlineLayer,
+    Wire,
 };
 use floodwall::priority::{
-    AdmissionConfig, AdmissionLayer, ClientConfig as PriorityClient, PriorityClientLayer, Queuing,
+    AdmissionConfig, AdmissionLayer, PriorityClientConfig, PriorityClientLayer, Queuing,
 };
-use floodwall::throttle::{Backoff, RetryBudget, RetryLayer, ThrottleConfig, ThrottleLayer};
+use floodwall::throttle::{
+    Backoff, RetryBudget, RetryConfig, RetryLayer, ThrottleConfig, ThrottleLayer,
+};
 use http::{HeaderName, Request, Response};
 use parking_lot::Mutex;
 use tokio::sync::{Semaphore, oneshot};
@@ -575,7 +578,8 @@ where
 fn fw_adaptive<A: fwc::Algorithm>(algorithm: A, server: Server) -> (Svc, Option<LimitProbe>) {
     let layer = fwc::AdaptiveLimitLayer::builder(algorithm)
         .on_cancel(fwc::OnCancel::Drop)
-        .build();
+        .build()
+        .expect("a valid algorithm");
     let handle = layer.handle();
     let limit: LimitProbe = Arc::new(move || handle.limit());
     (BoxCloneService::new(layer.layer(server)), Some(limit))
@@ -631,7 +635,7 @@ fn server_stack(
             lifo: Lifo::default(),
             min_remaining: config.service_time / 2,
         })
-        .timing(FromExtensions)
+        .timing(TimingFromExtensions)
     };
     let svc = match stack {
         Stack::Unprotected => BoxCloneService::new(server),
@@ -730,15 +734,16 @@ fn server_stack(
                 lifo: Lifo::Never,
                 min_remaining: config.service_time / 2,
             })
-            .timing(FromExtensions)
+            .timing(TimingFromExtensions)
             .on_sojourn(move |waited| reporter.record_queuing(waited))
             .build()?;
             let deadline = (stack == Stack::Full).then(|| {
-                ServerDeadlineLayer::new(ServerConfig {
+                ServerDeadlineLayer::new(ServerDeadlineConfig {
                     wire: Wire::Grpc,
                     trust_inbound: true,
                     max: Some(Duration::from_secs(2)),
                 })
+                .unwrap()
             });
             BoxCloneService::new(
                 ServiceBuilder::new()
@@ -793,30 +798,36 @@ fn full_client(config: &SimConfig, retries: bool, hop: Hop) -> Result<ClientSvc,
     .rng(SplitMix::new(config.seed ^ 0x7407))
     .build()?;
     let retry = retries.then(|| {
-        RetryLayer::builder()
-            .budget(Arc::new(
-                RetryBudget::new(10.0, 0.1).expect("valid retry budget"),
-            ))
-            .max_attempts(config.max_attempts)
-            .backoff(Backoff {
+        RetryLayer::builder(RetryConfig {
+            max_attempts: config.max_attempts,
+            backoff: Backoff {
                 initial: Duration::from_millis(10),
                 max: Duration::from_millis(50),
                 multiplier: 2.0,
-            })
-            .rng(SplitMix::new(config.seed ^ 0x4e7))
-            .build()
+            },
+            ..RetryConfig::default()
+        })
+        .budget(Arc::new(
+            RetryBudget::new(10.0, 0.1).expect("valid retry budget"),
+        ))
+        .rng(SplitMix::new(config.seed ^ 0x4e7))
+        .build()
+        .expect("a valid retry config")
     });
     Ok(BoxCloneService::new(
         ServiceBuilder::new()
             .option_layer(retry)
             .map_err(Into::<BoxError>::into)
             .map_request(Call::extended)
-            .layer(PriorityClientLayer::new(PriorityClient::default()))
+            .layer(PriorityClientLayer::new(PriorityClientConfig::default()).unwrap())
             .layer(throttle)
-            .layer(PropagateDeadlineLayer::new(DeadlineClient {
-                wire: Wire::Grpc,
-                ..DeadlineClient::default()
-            }))
+            .layer(
+                PropagateDeadlineLayer::new(PropagateDeadlineConfig {
+                    wire: Wire::Grpc,
+                    ..PropagateDeadlineConfig::default()
+                })
+                .unwrap(),
+            )
             .service(hop),
     ))
 }

@@ -87,7 +87,7 @@ impl Permit {
 
 /// Why the breaker refused a call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Refused {
+pub struct BreakerRefused {
     /// The state that refused it.
     pub state: State,
     /// When the breaker will probe again, if it is waiting out an open
@@ -274,11 +274,11 @@ impl CircuitBreaker {
     /// Asks to make a call at `now`.
     ///
     /// # Errors
-    /// [`Refused`] when the breaker is open (with the time until it probes),
+    /// [`BreakerRefused`] when the breaker is open (with the time until it probes),
     /// forced open, out of half-open probes, or ramping and this call is not
     /// in the admitted fraction.
     #[inline]
-    pub fn try_acquire(&self, now: Instant) -> Result<Permit, Refused> {
+    pub fn try_acquire(&self, now: Instant) -> Result<Permit, BreakerRefused> {
         self.try_acquire_with(|| now)
     }
 
@@ -286,14 +286,14 @@ impl CircuitBreaker {
     /// only when the decision needs it: a closed breaker with no ramp under
     /// way and no slow-call timing decides without it.
     #[inline]
-    pub fn try_acquire_with(&self, clock: impl Fn() -> Instant) -> Result<Permit, Refused> {
+    pub fn try_acquire_with(&self, clock: impl Fn() -> Instant) -> Result<Permit, BreakerRefused> {
         let (generation, state) = unpack(self.word.load(Ordering::Acquire));
         let started = || self.config.detect_slow_calls.then(&clock);
         match state {
             State::Closed => {
                 let closed_at = self.closed_at.load(Ordering::Acquire);
                 if closed_at != NO_RAMP && !self.ramp_admits(closed_at, clock()) {
-                    return Err(Refused {
+                    return Err(BreakerRefused {
                         state,
                         retry_after: None,
                     });
@@ -309,7 +309,7 @@ impl CircuitBreaker {
                 kind: PermitKind::Untracked,
                 started: started(),
             }),
-            State::ForcedOpen => Err(Refused {
+            State::ForcedOpen => Err(BreakerRefused {
                 state,
                 retry_after: None,
             }),
@@ -320,7 +320,7 @@ impl CircuitBreaker {
     /// Open and half-open decisions, under the transition lock: they are
     /// rare, and the lock keeps the probe counters tied to their generation.
     #[cold]
-    fn acquire_slow(&self, now: Instant) -> Result<Permit, Refused> {
+    fn acquire_slow(&self, now: Instant) -> Result<Permit, BreakerRefused> {
         let guard = self.transition.lock();
         let (generation, state) = unpack(self.word.load(Ordering::Acquire));
         let mut change = None;
@@ -334,7 +334,7 @@ impl CircuitBreaker {
                 let t = self.nanos(now);
                 let until = self.open_until.load(Ordering::Acquire);
                 if t < until {
-                    Err(Refused {
+                    Err(BreakerRefused {
                         state,
                         retry_after: Some(Duration::from_nanos(until - t)),
                     })
@@ -362,7 +362,7 @@ impl CircuitBreaker {
                         started: self.config.detect_slow_calls.then_some(now),
                     })
                 } else {
-                    Err(Refused {
+                    Err(BreakerRefused {
                         state,
                         retry_after: None,
                     })

@@ -1,9 +1,12 @@
-//! The breaker's rejection.
+//! The errors of this crate: the breaker's rejection and the configuration
+//! error.
 
 use std::fmt;
 use std::time::Duration;
 
 use floodwall_core::{RejectKind, Rejection};
+
+pub use floodwall_core::ConfigError;
 
 use crate::State;
 

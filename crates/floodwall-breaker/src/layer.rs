@@ -324,6 +324,11 @@ impl<C: Send + Sync> Target for BreakerPolicy<C> {
 }
 
 impl BreakerHandle {
+    /// The layer's name (its metric label).
+    pub fn name(&self) -> &str {
+        self.shared.name()
+    }
+
     /// The current state.
     pub fn state(&self) -> State {
         self.shared.breaker().state()

@@ -39,12 +39,12 @@ pub const METRIC_PREFIX: &str = "breaker";
 
 mod breaker;
 mod config;
-mod error;
+pub mod error;
 mod layer;
 mod policy;
 mod window;
 
-pub use breaker::{CircuitBreaker, Permit, Refused, State, StateChange};
+pub use breaker::{BreakerRefused, CircuitBreaker, Permit, State, StateChange};
 pub use config::{BreakerConfig, ConfigError, Growth, WindowKind};
 pub use error::CircuitOpen;
 #[allow(deprecated)]

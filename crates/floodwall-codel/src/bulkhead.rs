@@ -37,11 +37,12 @@
 //! ```
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tower_layer::Layer;
 
-use crate::{CodelConfig, CodelHandle, CodelLayer, CodelService, ConfigError, Lifo, Policy};
+use crate::{Codel, CodelConfig, CodelHandle, CodelLayer, ConfigError, Lifo, Policy};
 
 #[cfg(doc)]
 use crate::Shed;
@@ -120,7 +121,7 @@ impl BulkheadConfig {
 }
 
 /// The service a [`BulkheadLayer`] builds.
-pub type Bulkhead<S> = CodelService<S>;
+pub type Bulkhead<S> = Codel<S>;
 
 /// A live view of a bulkhead: permits in use, waiters, and
 /// [`set_workers`](CodelHandle::set_workers) to change the permits (fewer
@@ -144,26 +145,50 @@ impl BulkheadLayer {
     /// # Errors
     /// As [`BulkheadConfig::validate`].
     pub fn new(config: BulkheadConfig) -> Result<Self, ConfigError> {
-        Self::named(config, DEFAULT_NAME)
+        Self::builder(config).build()
     }
 
-    /// A bulkhead with `config` and a metric label.
-    ///
-    /// # Errors
-    /// As [`BulkheadConfig::validate`].
-    pub fn named(config: BulkheadConfig, name: &str) -> Result<Self, ConfigError> {
-        config.validate()?;
-        Ok(Self {
-            inner: CodelLayer::builder(config.codel())
-                .name(name.to_owned())
-                .metric_prefix(METRIC_PREFIX)
-                .build()?,
-        })
+    /// A builder, to set the name.
+    pub fn builder(config: BulkheadConfig) -> BulkheadBuilder {
+        BulkheadBuilder {
+            config,
+            name: Arc::from(DEFAULT_NAME),
+        }
     }
 
     /// A handle on the live permits and waiters.
     pub fn handle(&self) -> BulkheadHandle {
         self.inner.handle()
+    }
+}
+
+/// Builds a [`BulkheadLayer`]; made by [`BulkheadLayer::builder`].
+#[derive(Debug, Clone)]
+#[must_use = "a builder does nothing until `build` is called"]
+pub struct BulkheadBuilder {
+    config: BulkheadConfig,
+    name: Arc<str>,
+}
+
+impl BulkheadBuilder {
+    /// The metric label and handle name. Default [`DEFAULT_NAME`].
+    pub fn name(mut self, name: impl Into<Arc<str>>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// The layer. Metric handles are registered now.
+    ///
+    /// # Errors
+    /// As [`BulkheadConfig::validate`].
+    pub fn build(self) -> Result<BulkheadLayer, ConfigError> {
+        self.config.validate()?;
+        Ok(BulkheadLayer {
+            inner: CodelLayer::builder(self.config.codel())
+                .name(self.name)
+                .metric_prefix(METRIC_PREFIX)
+                .build()?,
+        })
     }
 }
 

@@ -20,14 +20,16 @@ use crate::queue::{AdmissionQueue, DropReason};
 
 mod error;
 mod future;
+mod handle;
 mod pool;
 mod timing;
 
 pub use error::Shed;
 pub use future::ResponseFuture;
 use future::State;
+pub use handle::CodelHandle;
 pub(crate) use pool::*;
-pub use timing::{FromExtensions, NoTiming, TimingOf};
+pub use timing::{NoTiming, TimingFromExtensions, TimingOf};
 
 /// The default name of an admission queue layer (metric label).
 pub const DEFAULT_NAME: &str = "codel";
@@ -106,10 +108,10 @@ impl<X> fmt::Debug for CodelLayer<X> {
 }
 
 impl<S, X> Layer<S> for CodelLayer<X> {
-    type Service = CodelService<S, X>;
+    type Service = Codel<S, X>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        CodelService {
+        Codel {
             inner,
             shared: self.shared.clone(),
         }
@@ -151,7 +153,7 @@ impl<X> Builder<X> {
     }
 
     /// Where requests' arrival times and deadlines come from, e.g.
-    /// [`FromExtensions`] for `http::Request`s.
+    /// [`TimingFromExtensions`] for `http::Request`s.
     pub fn timing<X2>(self, timing: X2) -> Builder<X2> {
         Builder {
             config: self.config,
@@ -211,127 +213,13 @@ impl<X> Builder<X> {
     }
 }
 
-/// Reads a [`CodelLayer`]'s live state.
-pub struct CodelHandle {
-    shared: Arc<dyn Target>,
-}
-
-trait Target: Send + Sync {
-    fn name(&self) -> &str;
-    fn workers(&self) -> usize;
-    fn set_workers(&self, workers: usize);
-    fn busy(&self) -> usize;
-    fn queue_len(&self) -> usize;
-    fn is_lifo(&self) -> bool;
-    fn waiters(&self) -> usize;
-}
-
-impl<X: Send + Sync> Target for Shared<X> {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn workers(&self) -> usize {
-        self.workers.load(Ordering::Relaxed)
-    }
-
-    fn set_workers(&self, workers: usize) {
-        let workers = workers.max(1);
-        let before = self.workers.swap(workers, Ordering::SeqCst);
-        if workers > before {
-            // More room: hand it to whoever waits.
-            let mut w = self.waiters.lock();
-            self.dispatch(&mut w, Instant::now());
-        }
-    }
-
-    fn busy(&self) -> usize {
-        self.busy.load(Ordering::Acquire)
-    }
-
-    fn queue_len(&self) -> usize {
-        self.waiters.lock().queue.len()
-    }
-
-    fn is_lifo(&self) -> bool {
-        self.waiters.lock().queue.is_lifo(Instant::now())
-    }
-
-    fn waiters(&self) -> usize {
-        self.waiters.lock().slots.len()
-    }
-}
-
-impl CodelHandle {
-    /// The layer's name.
-    pub fn name(&self) -> &str {
-        self.shared.name()
-    }
-
-    /// How many requests may run at once.
-    pub fn workers(&self) -> usize {
-        self.shared.workers()
-    }
-
-    /// Changes how many requests may run at once (at least 1). More workers
-    /// are handed to waiting requests at once; with fewer, running requests
-    /// finish and the queue waits until the count is under the new number.
-    ///
-    /// This is how the queue follows an adaptive concurrency limit:
-    /// `floodwall-concurrency`'s `Builder::on_limit_change` can call it
-    /// with every new limit.
-    pub fn set_workers(&self, workers: usize) {
-        self.shared.set_workers(workers);
-    }
-
-    /// Workers taken now (running requests, and requests just granted one).
-    pub fn in_flight(&self) -> usize {
-        self.shared.busy()
-    }
-
-    /// Requests waiting now.
-    pub fn queue_len(&self) -> usize {
-        self.shared.queue_len()
-    }
-
-    /// Whether the queue would serve newest first now.
-    pub fn is_lifo(&self) -> bool {
-        self.shared.is_lifo()
-    }
-
-    /// Response futures that are waiting: queued, or granted a worker they
-    /// have not started on yet, or dropped by the queue and not yet told.
-    /// Zero once every response future has finished or been dropped.
-    pub fn waiters(&self) -> usize {
-        self.shared.waiters()
-    }
-}
-
-impl Clone for CodelHandle {
-    fn clone(&self) -> Self {
-        Self {
-            shared: self.shared.clone(),
-        }
-    }
-}
-
-impl fmt::Debug for CodelHandle {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CodelHandle")
-            .field("name", &self.name())
-            .field("in_flight", &self.in_flight())
-            .field("queue_len", &self.queue_len())
-            .finish()
-    }
-}
-
 /// The service a [`CodelLayer`] builds.
-pub struct CodelService<S, X = NoTiming> {
+pub struct Codel<S, X = NoTiming> {
     inner: S,
     shared: Arc<Shared<X>>,
 }
 
-impl<S, X> CodelService<S, X> {
+impl<S, X> Codel<S, X> {
     /// The inner service.
     pub fn get_ref(&self) -> &S {
         &self.inner
@@ -348,7 +236,7 @@ impl<S, X> CodelService<S, X> {
     }
 }
 
-impl<S: Clone, X> Clone for CodelService<S, X> {
+impl<S: Clone, X> Clone for Codel<S, X> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
@@ -357,16 +245,16 @@ impl<S: Clone, X> Clone for CodelService<S, X> {
     }
 }
 
-impl<S: fmt::Debug, X> fmt::Debug for CodelService<S, X> {
+impl<S: fmt::Debug, X> fmt::Debug for Codel<S, X> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CodelService")
+        f.debug_struct("Codel")
             .field("inner", &self.inner)
             .field("name", &self.shared.name)
             .finish()
     }
 }
 
-impl<S, X, Req> Service<Req> for CodelService<S, X>
+impl<S, X, Req> Service<Req> for Codel<S, X>
 where
     S: Service<Req> + Clone,
     S::Error: Into<BoxError>,
@@ -414,7 +302,7 @@ where
     }
 }
 
-impl<S, X> CodelService<S, X> {
+impl<S, X> Codel<S, X> {
     #[cold]
     fn enqueue<Req>(&mut self, req: Req) -> ResponseFuture<S, Req, X>
     where

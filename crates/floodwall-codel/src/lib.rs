@@ -5,7 +5,7 @@
 //!   and control law ([`Policy::Codel`]) on request sojourn times; newest
 //!   first while congested ([`Lifo`]); requests whose deadline cannot be met
 //!   dropped before they run.
-//! - [`CodelLayer`] / [`CodelService`]: at most `workers` requests in the
+//! - [`CodelLayer`] / [`Codel`]: at most `workers` requests in the
 //!   inner service, the rest in the queue; dropped requests fail with a
 //!   [`Shed`] rejection and never reach the service; a cancelled waiter
 //!   leaves the queue at once. [`CodelHandle`] reads the live state.
@@ -46,10 +46,22 @@ mod config;
 mod layer;
 mod queue;
 
-pub use bulkhead::{Bulkhead, BulkheadConfig, BulkheadHandle, BulkheadLayer};
+pub use bulkhead::{Bulkhead, BulkheadBuilder, BulkheadConfig, BulkheadHandle, BulkheadLayer};
 pub use config::{CodelConfig, ConfigError, Lifo, Policy};
 pub use layer::{
-    Builder, CodelHandle, CodelLayer, CodelService, DEFAULT_NAME, FromExtensions, NoTiming,
-    ResponseFuture, Shed, TimingOf,
+    Builder, Codel, CodelHandle, CodelLayer, DEFAULT_NAME, NoTiming, ResponseFuture, Shed,
+    TimingFromExtensions, TimingOf,
 };
 pub use queue::{AdmissionQueue, DropReason, Popped, control_law};
+
+/// The errors of this crate: the queue's rejection and the configuration
+/// error.
+pub mod error {
+    pub use crate::config::ConfigError;
+    pub use crate::layer::Shed;
+}
+
+/// The response future of [`Codel`] (and [`Bulkhead`]).
+pub mod future {
+    pub use crate::layer::ResponseFuture;
+}

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use floodwall_codel::{CodelConfig, CodelLayer, DropReason, FromExtensions, Lifo, Shed};
+use floodwall_codel::{CodelConfig, CodelLayer, DropReason, Lifo, Shed, TimingFromExtensions};
 use floodwall_core::{Deadline, RejectKind, Rejected};
 use tokio::time::{Instant, sleep};
 use tower::{BoxError, Layer, Service, ServiceExt, service_fn};
@@ -50,7 +50,7 @@ fn shed_reason(err: &BoxError) -> DropReason {
 async fn at_most_workers_run_and_the_rest_wait() {
     let started = Arc::new(AtomicUsize::new(0));
     let layer = CodelLayer::builder(CodelConfig::with_workers(2))
-        .timing(FromExtensions)
+        .timing(TimingFromExtensions)
         .build()
         .unwrap();
     let handle = layer.handle();
@@ -134,7 +134,7 @@ async fn a_request_waiting_past_its_timeout_is_shed() {
 async fn a_deadline_that_cannot_be_met_is_shed_before_running() {
     let started = Arc::new(AtomicUsize::new(0));
     let layer = CodelLayer::builder(CodelConfig::with_workers(1))
-        .timing(FromExtensions)
+        .timing(TimingFromExtensions)
         .build()
         .unwrap();
     let svc = layer.layer(sleeper(started.clone()));
@@ -266,7 +266,7 @@ async fn random_cancellation_leaves_nothing_behind() {
 async fn an_expired_deadline_is_refused_even_with_a_free_worker() {
     let started = Arc::new(AtomicUsize::new(0));
     let layer = CodelLayer::builder(CodelConfig::with_workers(4))
-        .timing(FromExtensions)
+        .timing(TimingFromExtensions)
         .build()
         .unwrap();
     let handle = layer.handle();
@@ -349,7 +349,7 @@ async fn futures_poll_once<F: std::future::Future + ?Sized>(fut: std::pin::Pin<&
 async fn the_sojourn_hook_hears_every_served_request() {
     let heard = Arc::new(parking_lot::Mutex::new(Vec::new()));
     let layer = CodelLayer::builder(CodelConfig::with_workers(1))
-        .timing(FromExtensions)
+        .timing(TimingFromExtensions)
         .on_sojourn({
             let heard = heard.clone();
             move |d| heard.lock().push(d)

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use floodwall_codel::{CodelConfig, CodelLayer, FromExtensions, Policy};
+use floodwall_codel::{CodelConfig, CodelLayer, Policy, TimingFromExtensions};
 use floodwall_core::random::SplitMix;
 use floodwall_core::{Arrival, Deadline};
 use parking_lot::Mutex;
@@ -79,7 +79,7 @@ async fn run(front: Front, load: f64, deadlines: bool) -> Row {
         policy,
         ..Default::default()
     })
-    .timing(FromExtensions)
+    .timing(TimingFromExtensions)
     .build()
     .unwrap();
     let codel = layer.layer(worker());

@@ -9,12 +9,15 @@ use crate::{Algorithm, Sample};
 
 /// [`Aimd`]'s settings. Defaults are Netflix `AIMDLimit`'s.
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
 pub struct AimdConfig {
     /// The limit to start from. Default 10.
     pub initial_limit: u32,
     /// The factor a drop multiplies the limit by, in `[0.5, 1)`. Default 0.9.
     pub backoff_ratio: f64,
     /// A sample slower than this counts as a drop. Default 5 s.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub timeout: Duration,
     /// The highest the limit goes. Default 1,000 [convention: `AIMDLimit`
     /// has no cap; one keeps a long calm spell from growing it without

@@ -12,8 +12,11 @@ use crate::{Algorithm, Estimates, MAX_IN_FLIGHT, Sample};
 
 /// [`Bbr`]'s settings. Defaults are go-kratos/aegis' (`ratelimit/bbr`).
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
 pub struct BbrConfig {
     /// The span the pass rate and RT are measured over. Default 10 s.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub window: Duration,
     /// Buckets in the window. Default 100 (100 ms each).
     pub buckets: u32,
@@ -22,6 +25,7 @@ pub struct BbrConfig {
     pub cpu_threshold: f64,
     /// How long the limit stays engaged after the CPU usage falls below the
     /// threshold. Default 1 s (aegis' constant).
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub cooling: Duration,
     /// The limit while not engaged. Default [`MAX_IN_FLIGHT`] (none).
     pub max_limit: u32,
@@ -31,6 +35,7 @@ pub struct BbrConfig {
     /// standing queue drains and the RT without a queue is measured again.
     /// Default 200 ms (BBR's ProbeRTT duration). Zero turns probing off
     /// (aegis has none).
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub probe_rtt: Duration,
 }
 

@@ -13,6 +13,8 @@ use crate::{Algorithm, Estimates, Sample};
 /// two intervals, which Envoy requires and leaves without a default: they
 /// take the values of Envoy's documentation example.
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
 pub struct EnvoyGradientConfig {
     /// Which quantile of a window's RTTs stands for the window, in `[0, 1]`
     /// (`sample_aggregate_percentile`). Default 0.5 (the median).
@@ -20,11 +22,13 @@ pub struct EnvoyGradientConfig {
     /// How often the limit is recalculated from the RTTs of the window
     /// that just ended (`concurrency_update_interval`). Default 100 ms
     /// [Envoy: required; its docs' example].
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub update_interval: Duration,
     /// The highest the limit goes (`max_concurrency_limit`). Default 1,000.
     pub max_limit: u32,
     /// How often the minRTT is measured again (`min_rtt_calc_params.interval`),
     /// before jitter. Default 60 s [Envoy: required; its docs' example].
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub min_rtt_interval: Duration,
     /// RTTs that make one minRTT measurement (`request_count`). Default 50.
     pub min_rtt_requests: u32,

@@ -1,17 +1,20 @@
-//! The adaptive limit's rejection.
+//! The errors of this crate: the adaptive limit's rejection and the
+//! configuration error.
 
 use std::fmt;
 
 use floodwall_core::{RejectKind, Rejection};
 
-use crate::Refused;
+pub use floodwall_core::ConfigError;
+
+use crate::LimitRefused;
 
 /// The adaptive limit refused the request: the limit was reached (and its
 /// class, with partitions, had its guaranteed slots in use). Overloaded:
 /// HTTP 503 / gRPC `UNAVAILABLE` through floodwall-http/grpc.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LimitExceeded {
-    refused: Refused,
+    refused: LimitRefused,
 }
 
 impl LimitExceeded {
@@ -19,7 +22,7 @@ impl LimitExceeded {
     /// requests in flight.
     pub const fn new(limit: u32, in_flight: u32, class: usize) -> Self {
         Self {
-            refused: Refused {
+            refused: LimitRefused {
                 limit,
                 in_flight,
                 class,
@@ -61,8 +64,8 @@ impl Rejection for LimitExceeded {
     }
 }
 
-impl From<Refused> for LimitExceeded {
-    fn from(refused: Refused) -> Self {
+impl From<LimitRefused> for LimitExceeded {
+    fn from(refused: LimitRefused) -> Self {
         Self { refused }
     }
 }

@@ -9,6 +9,8 @@ use crate::{Algorithm, Estimates, Sample};
 
 /// [`Gradient2`]'s settings. Defaults are Netflix `Gradient2Limit`'s.
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
 pub struct Gradient2Config {
     /// The limit to start from. Default 20.
     pub initial_limit: u32,

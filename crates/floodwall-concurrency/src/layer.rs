@@ -1,4 +1,4 @@
-//! The Tower layer around a [`Limiter`].
+//! The Tower layer around a [`ConcurrencyLimiter`].
 
 use std::fmt;
 use std::sync::{Arc, OnceLock};
@@ -10,7 +10,8 @@ use tower_layer::Layer;
 
 use crate::policy::Metrics;
 use crate::{
-    AdaptiveLimitPolicy, Algorithm, Estimates, Limiter, OnCancel, Partitions, SingleClass,
+    AdaptiveLimitPolicy, Algorithm, ConcurrencyLimiter, ConfigError, Estimates, IntoAlgorithm,
+    OnCancel, Partitions, SingleClass,
 };
 
 /// The default name of an adaptive limit layer (metric label).
@@ -45,15 +46,15 @@ pub const DEFAULT_NAME: &str = "concurrency";
 /// and every clone, shares one limit.
 ///
 /// ```
-/// use floodwall_concurrency::{AdaptiveLimitLayer, Vegas, VegasConfig};
+/// use floodwall_concurrency::{AdaptiveLimitLayer, VegasConfig};
 /// use floodwall_core::BoxError;
 /// use tower::{Layer, ServiceExt, service_fn};
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), BoxError> {
-/// let layer = AdaptiveLimitLayer::builder(Vegas::new(VegasConfig::default())?)
+/// let layer = AdaptiveLimitLayer::builder(VegasConfig::default())
 ///     .name("rooms")
-///     .build();
+///     .build()?;
 /// let handle = layer.handle();
 /// let svc = layer.layer(service_fn(|x: u32| async move { Ok::<_, BoxError>(x * 2) }));
 /// assert_eq!(svc.clone().oneshot(21).await?, 42);
@@ -72,15 +73,21 @@ pub type AdaptiveLimit<S, A, C = ResultClassifier, P = SingleClass> =
     Guarded<S, AdaptiveLimitPolicy<A, C, P>>;
 
 impl<A: Algorithm> AdaptiveLimitLayer<A> {
-    /// A layer driven by `algorithm`, with the defaults.
-    pub fn new(algorithm: A) -> Self {
-        Self::builder(algorithm).build()
+    /// A layer driven by the algorithm `config` describes (a
+    /// [`VegasConfig`](crate::VegasConfig), a [`Gradient2Config`](crate::Gradient2Config), …,
+    /// or an algorithm already built), with the defaults.
+    ///
+    /// # Errors
+    /// The algorithm's [`ConfigError`].
+    pub fn new(config: impl IntoAlgorithm<Algorithm = A>) -> Result<Self, ConfigError> {
+        Self::builder(config).build()
     }
 
-    /// A builder for a layer driven by `algorithm`.
-    pub fn builder(algorithm: A) -> Builder<A> {
+    /// A builder for a layer driven by the algorithm `config` describes;
+    /// an invalid config is reported by [`Builder::build`].
+    pub fn builder(config: impl IntoAlgorithm<Algorithm = A>) -> Builder<A> {
         Builder {
-            algorithm,
+            algorithm: config.into_algorithm(),
             classify: ResultClassifier,
             partition: SingleClass,
             partitions: Partitions::single(),
@@ -140,8 +147,9 @@ impl<S, A, C, P> Layer<S> for AdaptiveLimitLayer<A, C, P> {
 }
 
 /// Builds an [`AdaptiveLimitLayer`].
+#[must_use = "a builder does nothing until `build` is called"]
 pub struct Builder<A, C = ResultClassifier, P = SingleClass> {
-    algorithm: A,
+    algorithm: Result<A, ConfigError>,
     classify: C,
     partition: P,
     partitions: Partitions,
@@ -204,7 +212,7 @@ impl<A: Algorithm, C, P> Builder<A, C, P> {
     }
 
     /// Calls `listener` with the first limit and every new one (see
-    /// [`Limiter::on_limit_change`]): e.g. a CoDel queue's
+    /// [`ConcurrencyLimiter::on_limit_change`]): e.g. a CoDel queue's
     /// `CodelHandle::set_workers`.
     pub fn on_limit_change(mut self, listener: impl Fn(u32) + Send + Sync + 'static) -> Self {
         self.listeners.push(Box::new(listener));
@@ -212,7 +220,11 @@ impl<A: Algorithm, C, P> Builder<A, C, P> {
     }
 
     /// The layer. Metric handles are registered now.
-    pub fn build(self) -> AdaptiveLimitLayer<A, C, P> {
+    ///
+    /// # Errors
+    /// The algorithm's [`ConfigError`], when its config was invalid.
+    pub fn build(self) -> Result<AdaptiveLimitLayer<A, C, P>, ConfigError> {
+        let algorithm = self.algorithm?;
         let name = self.name.to_string();
         let calls = |outcome: &'static str| metrics::counter!(metric_name(crate::METRIC_PREFIX, "calls_total"), LABEL_NAME => name.clone(), "outcome" => outcome);
         let rtt = |estimate: &'static str| metrics::gauge!(metric_name(crate::METRIC_PREFIX, "rtt_seconds"), LABEL_NAME => name.clone(), "estimate" => estimate);
@@ -227,14 +239,14 @@ impl<A: Algorithm, C, P> Builder<A, C, P> {
             cancelled: calls("cancelled"),
             requests: RequestCounters::new(crate::METRIC_PREFIX, &name),
         };
-        let mut limiter = Limiter::partitioned(self.algorithm, self.partitions);
+        let mut limiter = ConcurrencyLimiter::partitioned(algorithm, self.partitions);
         let gauge = metrics.limit.clone();
         limiter = limiter.on_limit_change(move |l| gauge.set(f64::from(l)));
         for listener in self.listeners {
             limiter = limiter.on_limit_change(listener);
         }
         metrics.in_flight.set(0.0);
-        AdaptiveLimitLayer {
+        Ok(AdaptiveLimitLayer {
             shared: Arc::new(AdaptiveLimitPolicy {
                 limiter,
                 classify: self.classify,
@@ -244,7 +256,7 @@ impl<A: Algorithm, C, P> Builder<A, C, P> {
                 metrics,
                 released: OnceLock::new(),
             }),
-        }
+        })
     }
 }
 

@@ -6,7 +6,7 @@
 //! comes down when latency rises above its no-load level and goes up while
 //! latency stays flat and the limit is in use.
 //!
-//! - [`Limiter`]: admits while fewer than `limit` requests are in flight
+//! - [`ConcurrencyLimiter`]: admits while fewer than `limit` requests are in flight
 //!   (one compare-and-swap), optionally sharing the limit between priority
 //!   classes ([`Partitions`]: a guaranteed share each, borrowing when idle,
 //!   atomic), and feeds each finished request to an [`Algorithm`];
@@ -34,7 +34,7 @@
 //!     Vegas::new(VegasConfig::default())?,
 //!     WindowConfig::every(Duration::from_millis(100)),
 //! )?;
-//! let layer = AdaptiveLimitLayer::builder(vegas).name("rooms").build();
+//! let layer = AdaptiveLimitLayer::builder(vegas).name("rooms").build()?;
 //! let handle = layer.handle();
 //! let svc = layer.layer(service_fn(|x: u32| async move { Ok::<_, BoxError>(x + 1) }));
 //! assert_eq!(svc.oneshot(41).await?, 42);
@@ -57,7 +57,7 @@ mod aimd;
 mod bbr;
 pub mod cpu;
 mod envoy;
-mod error;
+pub mod error;
 mod gradient2;
 mod layer;
 mod limiter;
@@ -76,7 +76,7 @@ use tokio::time::Instant;
 pub use aimd::{Aimd, AimdConfig};
 pub use bbr::{Bbr, BbrConfig};
 pub use envoy::{EnvoyGradient, EnvoyGradientConfig};
-pub use error::LimitExceeded;
+pub use error::{ConfigError, LimitExceeded};
 pub use gradient2::{Gradient2, Gradient2Config};
 pub use layer::{AdaptiveLimit, AdaptiveLimitHandle, AdaptiveLimitLayer, Builder, DEFAULT_NAME};
 pub use partition::{ByCriticality, Partition, SingleClass};
@@ -91,7 +91,9 @@ pub mod future {
 }
 #[doc(inline)]
 pub use future::ResponseFuture;
-pub use limiter::{Limiter, MAX_CLASSES, MAX_IN_FLIGHT, Partitions, Refused, Token};
+pub use limiter::{
+    ConcurrencyLimiter, LimitRefused, MAX_CLASSES, MAX_IN_FLIGHT, Partitions, Token,
+};
 pub use vegas::{Vegas, VegasConfig};
 pub use windowed::{WindowConfig, Windowed};
 
@@ -122,7 +124,7 @@ pub struct Estimates {
 /// A concurrency-limit algorithm: a sans-IO state machine fed one sample per
 /// finished request, at the instant it finished.
 ///
-/// Implement it to plug an algorithm of your own into [`Limiter`] and
+/// Implement it to plug an algorithm of your own into [`ConcurrencyLimiter`] and
 /// [`AdaptiveLimitLayer`]; `update` runs under the limiter's lock, once per
 /// finished request, so it should be a few arithmetic operations.
 pub trait Algorithm: Send + 'static {
@@ -137,6 +139,50 @@ pub trait Algorithm: Send + 'static {
         Estimates::default()
     }
 }
+
+/// What [`AdaptiveLimitLayer::new`] and [`builder`](AdaptiveLimitLayer::builder)
+/// take: an algorithm's config (`VegasConfig`, `Gradient2Config`,
+/// `AimdConfig`, `EnvoyGradientConfig`, `BbrConfig`), validated into the
+/// algorithm, or an algorithm already built (a [`Windowed`] one, or your
+/// own [`Algorithm`]).
+pub trait IntoAlgorithm {
+    /// The algorithm it becomes.
+    type Algorithm: Algorithm;
+
+    /// Validates and builds the algorithm.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the offending field.
+    fn into_algorithm(self) -> Result<Self::Algorithm, ConfigError>;
+}
+
+impl<A: Algorithm> IntoAlgorithm for A {
+    type Algorithm = A;
+
+    fn into_algorithm(self) -> Result<A, ConfigError> {
+        Ok(self)
+    }
+}
+
+macro_rules! config_into_algorithm {
+    ($($config:ty => $algorithm:ty),* $(,)?) => {$(
+        impl IntoAlgorithm for $config {
+            type Algorithm = $algorithm;
+
+            fn into_algorithm(self) -> Result<$algorithm, ConfigError> {
+                <$algorithm>::new(self)
+            }
+        }
+    )*};
+}
+
+config_into_algorithm!(
+    VegasConfig => Vegas,
+    Gradient2Config => Gradient2,
+    AimdConfig => Aimd,
+    EnvoyGradientConfig => EnvoyGradient,
+    BbrConfig => Bbr,
+);
 
 /// Netflix's `Log10RootFunction`: `max(1, ⌊log10 n⌋)` for `n < 1000`, and
 /// `⌊√n⌋` from 1000 on (sic: the library switches to the square root there).

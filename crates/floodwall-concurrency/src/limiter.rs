@@ -9,11 +9,11 @@ use tokio::time::Instant;
 
 use crate::{Algorithm, Estimates, Sample};
 
-/// The most priority classes a [`Limiter`] partitions its limit into.
+/// The most priority classes a [`ConcurrencyLimiter`] partitions its limit into.
 pub const MAX_CLASSES: usize = 4;
 
 /// The most requests one class may have in flight (and so the highest limit
-/// a [`Limiter`] enforces): the in-flight counts of all classes share one
+/// a [`ConcurrencyLimiter`] enforces): the in-flight counts of all classes share one
 /// 64-bit atomic word, 16 bits each, so that admission reads and updates
 /// them all at once.
 pub const MAX_IN_FLIGHT: u32 = u16::MAX as u32;
@@ -21,7 +21,7 @@ pub const MAX_IN_FLIGHT: u32 = u16::MAX as u32;
 const LANE_BITS: u32 = 16;
 const LANE_MASK: u64 = 0xffff;
 
-/// How a [`Limiter`]'s limit is shared between priority classes: each class
+/// How a [`ConcurrencyLimiter`]'s limit is shared between priority classes: each class
 /// is guaranteed `⌈share × limit⌉` slots and may borrow any slot the others
 /// leave idle.
 ///
@@ -124,8 +124,8 @@ impl Default for Partitions {
     }
 }
 
-/// A request admitted by a [`Limiter`]: give it back with
-/// [`Limiter::success`], [`Limiter::dropped`] or [`Limiter::ignore`] exactly
+/// A request admitted by a [`ConcurrencyLimiter`]: give it back with
+/// [`ConcurrencyLimiter::success`], [`ConcurrencyLimiter::dropped`] or [`ConcurrencyLimiter::ignore`] exactly
 /// once. A token that is forgotten keeps its slot taken for good (the Tower
 /// layer gives tokens back on every path, cancellation included).
 #[derive(Debug)]
@@ -153,10 +153,10 @@ impl Token {
     }
 }
 
-/// A [`Limiter`] refused a request: the limit was reached (and, with
+/// A [`ConcurrencyLimiter`] refused a request: the limit was reached (and, with
 /// partitions, the request's class was at or above its guarantee).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Refused {
+pub struct LimitRefused {
     /// The limit when the request was refused.
     pub limit: u32,
     /// Requests in flight (all classes) then.
@@ -175,10 +175,10 @@ type LimitListener = Box<dyn Fn(u32) + Send + Sync>;
 /// finished request takes the algorithm's lock for its update.
 ///
 /// ```
-/// use floodwall_concurrency::{Aimd, AimdConfig, Limiter};
+/// use floodwall_concurrency::{Aimd, AimdConfig, ConcurrencyLimiter};
 /// use tokio::time::{Duration, Instant};
 ///
-/// let limiter = Limiter::new(Aimd::new(AimdConfig { initial_limit: 2, ..Default::default() })?);
+/// let limiter = ConcurrencyLimiter::new(Aimd::new(AimdConfig { initial_limit: 2, ..Default::default() })?);
 /// let t0 = Instant::now();
 /// let a = limiter.try_acquire(t0).expect("1 of 2");
 /// let b = limiter.try_acquire(t0).expect("2 of 2");
@@ -189,7 +189,7 @@ type LimitListener = Box<dyn Fn(u32) + Send + Sync>;
 /// assert_eq!(limiter.in_flight(), 0);
 /// # Ok::<(), floodwall_core::ConfigError>(())
 /// ```
-pub struct Limiter<A> {
+pub struct ConcurrencyLimiter<A> {
     /// In flight per class, 16 bits each.
     lanes: AtomicU64,
     limit: AtomicU32,
@@ -198,7 +198,7 @@ pub struct Limiter<A> {
     listeners: Vec<LimitListener>,
 }
 
-impl<A: Algorithm> Limiter<A> {
+impl<A: Algorithm> ConcurrencyLimiter<A> {
     /// A limiter with one class, starting at `algorithm`'s limit.
     pub fn new(algorithm: A) -> Self {
         Self::partitioned(algorithm, Partitions::single())
@@ -229,9 +229,9 @@ impl<A: Algorithm> Limiter<A> {
     /// Admits a request of class 0 if the limit allows it.
     ///
     /// # Errors
-    /// [`Refused`] when the limit is reached.
+    /// [`LimitRefused`] when the limit is reached.
     #[inline]
-    pub fn try_acquire(&self, now: Instant) -> Result<Token, Refused> {
+    pub fn try_acquire(&self, now: Instant) -> Result<Token, LimitRefused> {
         self.try_acquire_in(0, now)
     }
 
@@ -239,10 +239,10 @@ impl<A: Algorithm> Limiter<A> {
     /// one) if the limit, or the class's guarantee, allows it.
     ///
     /// # Errors
-    /// [`Refused`] when the limit is reached and the class has its
+    /// [`LimitRefused`] when the limit is reached and the class has its
     /// guaranteed slots (or more) in flight.
     #[inline]
-    pub fn try_acquire_in(&self, class: usize, now: Instant) -> Result<Token, Refused> {
+    pub fn try_acquire_in(&self, class: usize, now: Instant) -> Result<Token, LimitRefused> {
         let class = class.min(self.partitions.classes - 1);
         let shift = LANE_BITS * class as u32;
         let mut lanes = self.lanes.load(Ordering::Acquire);
@@ -255,7 +255,7 @@ impl<A: Algorithm> Limiter<A> {
                     && (self.partitions.classes == 1
                         || mine >= self.partitions.guaranteed(class, limit)));
             if refuse {
-                return Err(Refused {
+                return Err(LimitRefused {
                     limit,
                     in_flight: total,
                     class,
@@ -368,9 +368,9 @@ impl<A: Algorithm> Limiter<A> {
     }
 }
 
-impl<A> fmt::Debug for Limiter<A> {
+impl<A> fmt::Debug for ConcurrencyLimiter<A> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Limiter")
+        f.debug_struct("ConcurrencyLimiter")
             .field("limit", &self.limit.load(Ordering::Relaxed))
             .field("in_flight", &total(self.lanes.load(Ordering::Relaxed)))
             .field("partitions", &self.partitions)

@@ -12,7 +12,7 @@ use metrics::{Counter, Gauge};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::{Algorithm, LimitExceeded, Limiter, Partition, Token};
+use crate::{Algorithm, ConcurrencyLimiter, LimitExceeded, Partition, Token};
 
 /// What a cancelled request — its response future dropped before the end,
 /// because the caller gave up or went away — tells the algorithm.
@@ -29,9 +29,9 @@ use crate::{Algorithm, LimitExceeded, Limiter, Partition, Token};
 /// use floodwall_concurrency::{AdaptiveLimitLayer, Aimd, AimdConfig, OnCancel};
 ///
 /// // Clients give up after 100 ms: a request they abandon is a drop.
-/// let layer = AdaptiveLimitLayer::builder(Aimd::new(AimdConfig::default())?)
+/// let layer = AdaptiveLimitLayer::builder(AimdConfig::default())
 ///     .on_cancel(OnCancel::Drop)
-///     .build();
+///     .build()?;
 /// assert_eq!(layer.handle().limit(), 10);
 /// # Ok::<(), floodwall_core::ConfigError>(())
 /// ```
@@ -65,7 +65,7 @@ pub(crate) struct Metrics {
 /// requests by floodwall's outcome rule ([`Read`]), and feeds them to the
 /// algorithm ([`Policy::release`]).
 pub struct AdaptiveLimitPolicy<A, C, P> {
-    pub(crate) limiter: Limiter<A>,
+    pub(crate) limiter: ConcurrencyLimiter<A>,
     pub(crate) classify: C,
     pub(crate) partition: P,
     pub(crate) on_cancel: OnCancel,
@@ -77,7 +77,7 @@ pub struct AdaptiveLimitPolicy<A, C, P> {
 
 impl<A, C, P> AdaptiveLimitPolicy<A, C, P> {
     /// The limiter.
-    pub fn limiter(&self) -> &Limiter<A> {
+    pub fn limiter(&self) -> &ConcurrencyLimiter<A> {
         &self.limiter
     }
 

@@ -13,6 +13,8 @@ use crate::{Algorithm, Estimates, Sample, log10_root};
 /// (see [`log10_root`]): α = 3·f(L), β = 6·f(L), threshold = f(L),
 /// increase = L + f(L), decrease = L − f(L).
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
 pub struct VegasConfig {
     /// The limit to start from. Default 20.
     pub initial_limit: u32,

@@ -9,17 +9,22 @@ use crate::{Algorithm, Estimates, Sample};
 
 /// [`Windowed`]'s settings. Defaults are Netflix `WindowedLimit`'s.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
 pub struct WindowConfig {
     /// The shortest window (at least 100 ms, as Netflix requires). A window
     /// lasts twice its lowest RTT, within `[min_window, max_window]`.
     /// Default 1 s.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub min_window: Duration,
     /// The longest window. Default 1 s.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub max_window: Duration,
     /// Samples a window needs to count (at least 10). Default 10.
     pub min_samples: u32,
     /// Samples faster than this are left out (a request refused or failed
     /// before any real work says nothing about latency). Default 100 µs.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub min_rtt: Duration,
 }
 

@@ -23,8 +23,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use floodwall_concurrency::{
-    Aimd, AimdConfig, Algorithm, Bbr, BbrConfig, EnvoyGradient, EnvoyGradientConfig, Gradient2,
-    Gradient2Config, Limiter, Token, Vegas, VegasConfig, WindowConfig, Windowed,
+    Aimd, AimdConfig, Algorithm, Bbr, BbrConfig, ConcurrencyLimiter, EnvoyGradient,
+    EnvoyGradientConfig, Gradient2, Gradient2Config, Token, Vegas, VegasConfig, WindowConfig,
+    Windowed,
 };
 use floodwall_core::random::{Random, SplitMix};
 use tokio::time::Instant;
@@ -63,7 +64,7 @@ struct Phase {
 /// purpose (the Envoy controller's minRTT measurement): those checks, and
 /// the 10 s after, are skipped.
 fn simulate<A: Algorithm>(
-    limiter: &Limiter<A>,
+    limiter: &ConcurrencyLimiter<A>,
     cpu: &AtomicU64,
     queue_bound: Option<f64>,
     measuring: impl Fn(&A) -> bool,
@@ -247,7 +248,7 @@ fn check(name: &str, phases: &[Phase]) {
 
 fn run<A: Algorithm>(algorithm: A, measuring: impl Fn(&A) -> bool) -> Vec<Phase> {
     let cpu = AtomicU64::new(0);
-    let limiter = Limiter::new(algorithm);
+    let limiter = ConcurrencyLimiter::new(algorithm);
     simulate(&limiter, &cpu, None, measuring)
 }
 
@@ -292,7 +293,7 @@ fn aimd_converges_and_follows_the_capacity() {
     let cpu = AtomicU64::new(0);
     check(
         "aimd",
-        &simulate(&Limiter::new(aimd), &cpu, Some(0.05), |_| false),
+        &simulate(&ConcurrencyLimiter::new(aimd), &cpu, Some(0.05), |_| false),
     );
 }
 
@@ -322,7 +323,7 @@ fn bbr_converges_and_follows_the_capacity() {
         f64::from_bits(reading.load(Ordering::Relaxed))
     })
     .unwrap();
-    let limiter = Limiter::new(bbr);
+    let limiter = ConcurrencyLimiter::new(bbr);
     check("bbr", &simulate(&limiter, &cpu, None, |_| false));
 }
 

@@ -28,7 +28,7 @@ fn aimd(initial: u32) -> Aimd {
 async fn over_the_limit_fails_at_once_as_overloaded_without_calling_the_service() {
     let calls = Arc::new(AtomicUsize::new(0));
     let seen = calls.clone();
-    let layer = AdaptiveLimitLayer::new(aimd(1));
+    let layer = AdaptiveLimitLayer::new(aimd(1)).unwrap();
     let handle = layer.handle();
     let svc = layer.layer(service_fn(move |rx: oneshot::Receiver<()>| {
         seen.fetch_add(1, Ordering::SeqCst);
@@ -62,7 +62,8 @@ async fn over_the_limit_fails_at_once_as_overloaded_without_calling_the_service(
 async fn overloaded_answers_are_drops_and_failures_are_ignored() {
     let layer = AdaptiveLimitLayer::builder(aimd(10))
         .classify(HttpClassifier)
-        .build();
+        .build()
+        .unwrap();
     let handle = layer.handle();
     let svc = layer.layer(service_fn(|status: u16| async move {
         if status == 0 {
@@ -105,7 +106,7 @@ impl Rejection for Below {
 
 #[tokio::test(start_paused = true)]
 async fn refusals_below_say_nothing_a_full_budget_timeout_is_a_drop() {
-    let layer = AdaptiveLimitLayer::new(aimd(10));
+    let layer = AdaptiveLimitLayer::new(aimd(10)).unwrap();
     let handle = layer.handle();
     let svc = layer.layer(service_fn(|kind: RejectKind| async move {
         Err::<(), BoxError>(Rejected::boxed(Below(kind)))
@@ -161,7 +162,7 @@ async fn call_and_abandon(layer: AdaptiveLimitLayer<Aimd>, during: impl Fn(&Adap
 
 #[tokio::test(start_paused = true)]
 async fn a_dropped_response_future_gives_its_slot_back_and_decides_nothing() {
-    let layer = AdaptiveLimitLayer::new(aimd(2));
+    let layer = AdaptiveLimitLayer::new(aimd(2)).unwrap();
     let handle = layer.handle();
     for _ in 0..5 {
         call_and_abandon(layer.clone(), |h| assert_eq!(h.in_flight(), 1)).await;
@@ -173,7 +174,8 @@ async fn a_dropped_response_future_gives_its_slot_back_and_decides_nothing() {
 async fn with_on_cancel_drop_a_cancellation_is_a_drop() {
     let layer = AdaptiveLimitLayer::builder(aimd(20))
         .on_cancel(OnCancel::Drop)
-        .build();
+        .build()
+        .unwrap();
     let handle = layer.handle();
     call_and_abandon(layer, |h| assert_eq!(h.in_flight(), 1)).await;
     assert_eq!(handle.limit(), 18, "AIMD backs off: 20 × 0.9");
@@ -187,7 +189,8 @@ async fn partitions_keep_a_guaranteed_share_for_each_criticality() {
             Partitions::new(&[0.5, 0.0, 0.0, 0.5]).unwrap(),
             ByCriticality,
         )
-        .build();
+        .build()
+        .unwrap();
     let handle = layer.handle();
     let (release, gate) = tokio::sync::watch::channel(false);
     let svc = layer.layer(service_fn(move |_req: http::Request<()>| {
@@ -236,7 +239,8 @@ async fn a_codel_queue_follows_the_adaptive_limit() {
     let limit = AdaptiveLimitLayer::builder(aimd(10))
         .classify(HttpClassifier)
         .on_limit_change(move |l| follow.set_workers(l as usize))
-        .build();
+        .build()
+        .unwrap();
     // The queue waits in front; the adaptive limit measures the service.
     let svc = codel.layer(limit.layer(service_fn(|status: u16| async move {
         let mut res = http::Response::new(());
@@ -248,4 +252,47 @@ async fn a_codel_queue_follows_the_adaptive_limit() {
     assert_eq!(workers.workers(), 9, "a drop: 10 × 0.9");
     svc.clone().oneshot(503).await.unwrap();
     assert_eq!(workers.workers(), 8);
+}
+
+#[test]
+fn a_layer_is_built_from_an_algorithms_config_and_reports_its_errors() {
+    use floodwall_concurrency::{Vegas, VegasConfig};
+    let layer = AdaptiveLimitLayer::new(AimdConfig {
+        initial_limit: 7,
+        ..AimdConfig::default()
+    })
+    .unwrap();
+    assert_eq!(layer.handle().limit(), 7);
+    // An algorithm already built is accepted as well.
+    let vegas = Vegas::new(VegasConfig::default()).unwrap();
+    assert!(AdaptiveLimitLayer::new(vegas).is_ok());
+    // An invalid config fails at build, naming the field.
+    let err = AdaptiveLimitLayer::builder(AimdConfig {
+        initial_limit: 0,
+        ..AimdConfig::default()
+    })
+    .name("rooms")
+    .build()
+    .unwrap_err();
+    assert_eq!(err.field(), "initial_limit", "{err}");
+}
+
+#[cfg(feature = "serde")]
+#[test]
+fn algorithm_configs_deserialize_with_human_durations() {
+    use floodwall_concurrency::{BbrConfig, EnvoyGradientConfig, Gradient2Config, VegasConfig};
+    let aimd: AimdConfig =
+        serde_json::from_str(r#"{ "initial_limit": 20, "timeout": "250ms" }"#).unwrap();
+    assert_eq!(aimd.initial_limit, 20);
+    assert_eq!(aimd.timeout, Duration::from_millis(250));
+    assert_eq!(aimd.max_limit, AimdConfig::default().max_limit);
+    let envoy: EnvoyGradientConfig =
+        serde_json::from_str(r#"{ "min_rtt_interval": "30s" }"#).unwrap();
+    assert_eq!(envoy.min_rtt_interval, Duration::from_secs(30));
+    let bbr: BbrConfig = serde_json::from_str(r#"{ "window": "5s", "buckets": 50 }"#).unwrap();
+    assert_eq!((bbr.window, bbr.buckets), (Duration::from_secs(5), 50));
+    let _: VegasConfig = serde_json::from_str("{}").unwrap();
+    let _: Gradient2Config = serde_json::from_str("{}").unwrap();
+    let err = serde_json::from_str::<AimdConfig>(r#"{ "initial": 3 }"#).unwrap_err();
+    assert!(err.to_string().contains("unknown field"), "{err}");
 }

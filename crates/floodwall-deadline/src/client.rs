@@ -5,30 +5,34 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use floodwall_core::{BoxError, Deadline, Phase, outcome};
+use floodwall_core::{BoxError, ConfigError, Deadline, Phase, outcome};
 use http::header::HeaderName;
 use tokio::time::Instant;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::DEFAULT_NAME;
+use crate::builder::{Builder, DeadlineHandle};
 use crate::future::{ClientFuture, Metrics, ResponseFuture};
 use crate::scope::{self};
 use crate::wire::Wire;
 
 /// A client's propagation policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClientConfig {
+#[cfg_attr(feature = "serde", derive(serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
+pub struct PropagateDeadlineConfig {
     /// How the remaining time is sent. Default [`Wire::Grpc`].
     pub wire: Wire,
     /// Subtracted from the remaining time before sending, for the network
     /// and the response's way back. Default zero.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub margin: Duration,
     /// This call's own timeout, which caps what is sent. Default none.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub timeout: Option<Duration>,
 }
 
-impl Default for ClientConfig {
+impl Default for PropagateDeadlineConfig {
     fn default() -> Self {
         Self {
             wire: Wire::Grpc,
@@ -39,7 +43,8 @@ impl Default for ClientConfig {
 }
 
 struct ClientShared {
-    config: ClientConfig,
+    name: Arc<str>,
+    config: PropagateDeadlineConfig,
     header: HeaderName,
     metrics: Metrics,
 }
@@ -55,18 +60,31 @@ pub struct PropagateDeadlineLayer {
 }
 
 impl PropagateDeadlineLayer {
-    /// A layer for `config`, metric label [`DEFAULT_NAME`].
-    pub fn new(config: ClientConfig) -> Self {
-        Self::named(config, DEFAULT_NAME)
+    /// A layer for `config`, named [`DEFAULT_NAME`](crate::DEFAULT_NAME).
+    ///
+    /// # Errors
+    /// As [`Builder::build`](crate::Builder).
+    pub fn new(config: PropagateDeadlineConfig) -> Result<Self, ConfigError> {
+        Self::builder(config).build()
     }
 
-    /// A layer for `config` with metric label `name`.
-    pub fn named(config: ClientConfig, name: &str) -> Self {
+    /// A builder, to set the name.
+    pub fn builder(config: PropagateDeadlineConfig) -> Builder<PropagateDeadlineConfig> {
+        Builder::new(config)
+    }
+
+    /// The layer's handle.
+    pub fn handle(&self) -> DeadlineHandle {
+        DeadlineHandle::new(self.shared.name.clone())
+    }
+
+    pub(crate) fn from_parts(config: PropagateDeadlineConfig, name: Arc<str>) -> Self {
         Self {
             shared: Arc::new(ClientShared {
                 header: config.wire.header(),
                 config,
-                metrics: Metrics::new(name),
+                metrics: Metrics::new(&name),
+                name,
             }),
         }
     }

@@ -18,8 +18,9 @@
 //! they need a Tokio runtime with the time driver.
 #![forbid(unsafe_code)]
 
+mod builder;
 mod client;
-mod future;
+pub mod future;
 mod scope;
 mod server;
 mod timeout;
@@ -37,11 +38,18 @@ pub const METRIC_PREFIX: &str = "deadline";
 /// The default name of a deadline layer (metric label).
 pub const DEFAULT_NAME: &str = "deadline";
 
-pub use client::{ClientConfig, PropagateDeadline, PropagateDeadlineLayer};
-pub use floodwall_core::{DeadlineExceeded, Phase};
+pub use builder::{Builder, DeadlineHandle};
+pub use client::{PropagateDeadline, PropagateDeadlineConfig, PropagateDeadlineLayer};
+/// The errors of this crate: the rejection a deadline layer answers with,
+/// its configuration error, and a timeout header that does not parse.
+pub mod error {
+    pub use crate::timeout::TimeoutError;
+    pub use floodwall_core::{ConfigError, DeadlineExceeded, Phase};
+}
+pub use error::{ConfigError, DeadlineExceeded, Phase};
 pub use future::{ClientFuture, ResponseFuture, ServerFuture};
 pub use scope::{Carried, Scoped, carry, current, current_scoped, scope, spawn};
-pub use server::{ServerConfig, ServerDeadline, ServerDeadlineLayer};
+pub use server::{ServerDeadline, ServerDeadlineConfig, ServerDeadlineLayer};
 pub use timeout::{
     DEFAULT_HTTP_HEADER, GRPC_MAX_DIGITS, GRPC_TIMEOUT_HEADER, HTTP_MAX_DIGITS, TimeoutError,
     encode_grpc_timeout, encode_http_timeout, parse_grpc_timeout, parse_http_timeout,

@@ -5,30 +5,33 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use floodwall_core::{Arrival, BoxError, Deadline, Phase, outcome};
+use floodwall_core::{Arrival, BoxError, ConfigError, Deadline, Phase, outcome};
 use http::header::HeaderName;
 use tokio::time::Instant;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::DEFAULT_NAME;
+use crate::builder::{Builder, DeadlineHandle};
 use crate::future::{Metrics, ResponseFuture, ServerFuture};
 use crate::scope::{self};
 use crate::wire::Wire;
 
 /// A server's deadline policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ServerConfig {
+#[cfg_attr(feature = "serde", derive(serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
+pub struct ServerDeadlineConfig {
     /// Where the inbound timeout is read. Default [`Wire::Grpc`].
     pub wire: Wire,
     /// Whether the inbound timeout header is believed. Edge services facing
     /// untrusted clients set this to false (and rely on `max`). Default true.
     pub trust_inbound: bool,
     /// The longest any request may take here, header or not. Default none.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub max: Option<Duration>,
 }
 
-impl Default for ServerConfig {
+impl Default for ServerDeadlineConfig {
     fn default() -> Self {
         Self {
             wire: Wire::Grpc,
@@ -39,7 +42,8 @@ impl Default for ServerConfig {
 }
 
 struct ServerShared {
-    config: ServerConfig,
+    name: Arc<str>,
+    config: ServerDeadlineConfig,
     header: HeaderName,
     metrics: Metrics,
 }
@@ -52,13 +56,13 @@ struct ServerShared {
 ///
 /// ```
 /// use std::time::Duration;
-/// use floodwall_deadline::{ServerConfig, ServerDeadlineLayer, current};
+/// use floodwall_deadline::{ServerDeadlineConfig, ServerDeadlineLayer, current};
 /// use tower::{ServiceBuilder, ServiceExt, service_fn};
 ///
 /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
 /// # async fn main() {
 /// let svc = ServiceBuilder::new()
-///     .layer(ServerDeadlineLayer::new(ServerConfig::default()))
+///     .layer(ServerDeadlineLayer::new(ServerDeadlineConfig::default()).unwrap())
 ///     .service(service_fn(|_req: http::Request<()>| async {
 ///         // What an outbound call made here would send on:
 ///         Ok::<_, floodwall_core::BoxError>(current().map(|d| d.remaining(tokio::time::Instant::now())))
@@ -73,18 +77,31 @@ pub struct ServerDeadlineLayer {
 }
 
 impl ServerDeadlineLayer {
-    /// A layer for `config`, metric label [`DEFAULT_NAME`].
-    pub fn new(config: ServerConfig) -> Self {
-        Self::named(config, DEFAULT_NAME)
+    /// A layer for `config`, named [`DEFAULT_NAME`](crate::DEFAULT_NAME).
+    ///
+    /// # Errors
+    /// As [`Builder::build`](crate::Builder).
+    pub fn new(config: ServerDeadlineConfig) -> Result<Self, ConfigError> {
+        Self::builder(config).build()
     }
 
-    /// A layer for `config` with metric label `name`.
-    pub fn named(config: ServerConfig, name: &str) -> Self {
+    /// A builder, to set the name.
+    pub fn builder(config: ServerDeadlineConfig) -> Builder<ServerDeadlineConfig> {
+        Builder::new(config)
+    }
+
+    /// The layer's handle.
+    pub fn handle(&self) -> DeadlineHandle {
+        DeadlineHandle::new(self.shared.name.clone())
+    }
+
+    pub(crate) fn from_parts(config: ServerDeadlineConfig, name: Arc<str>) -> Self {
         Self {
             shared: Arc::new(ServerShared {
                 header: config.wire.header(),
                 config,
-                metrics: Metrics::new(name),
+                metrics: Metrics::new(&name),
+                name,
             }),
         }
     }

@@ -47,3 +47,29 @@ impl Wire {
             .expect("digits and a unit letter are a valid header value")
     }
 }
+
+/// With the `serde` feature: `"grpc"`, `"http"` (the default header name)
+/// or `{ "http": "x-my-timeout-ms" }`.
+#[cfg(feature = "serde")]
+impl<'de> serde::Deserialize<'de> for Wire {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+
+        #[derive(serde::Deserialize)]
+        #[serde(untagged)]
+        enum Repr {
+            Name(String),
+            Header { http: String },
+        }
+        match Repr::deserialize(deserializer)? {
+            Repr::Name(name) if name == "grpc" => Ok(Wire::Grpc),
+            Repr::Name(name) if name == "http" => Ok(Wire::http()),
+            Repr::Name(name) => Err(D::Error::custom(format_args!(
+                "unknown wire `{name}`: expected \"grpc\", \"http\" or {{ \"http\": \"header-name\" }}"
+            ))),
+            Repr::Header { http } => HeaderName::from_bytes(http.as_bytes())
+                .map(Wire::Http)
+                .map_err(|_| D::Error::custom(format_args!("`{http}` is not a valid header name"))),
+        }
+    }
+}

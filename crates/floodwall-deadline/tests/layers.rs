@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use floodwall_core::{BoxError, Deadline, RejectKind, Rejected};
 use floodwall_deadline::{
-    ClientConfig, DeadlineExceeded, Phase, PropagateDeadlineLayer, ServerConfig,
+    DeadlineExceeded, Phase, PropagateDeadlineConfig, PropagateDeadlineLayer, ServerDeadlineConfig,
     ServerDeadlineLayer, Wire, current,
 };
 use tokio::time::{Instant, sleep};
@@ -76,7 +76,9 @@ impl Probe {
 #[tokio::test(start_paused = true)]
 async fn the_inbound_timeout_becomes_the_handlers_deadline() {
     let probe = Probe::default();
-    let svc = ServerDeadlineLayer::new(ServerConfig::default()).layer(probe.service(secs(1)));
+    let svc = ServerDeadlineLayer::new(ServerDeadlineConfig::default())
+        .unwrap()
+        .layer(probe.service(secs(1)));
     svc.oneshot(with_header("grpc-timeout", "2S"))
         .await
         .unwrap();
@@ -86,7 +88,9 @@ async fn the_inbound_timeout_becomes_the_handlers_deadline() {
 #[tokio::test(start_paused = true)]
 async fn an_expired_request_never_reaches_the_handler() {
     let probe = Probe::default();
-    let svc = ServerDeadlineLayer::new(ServerConfig::default()).layer(probe.service(secs(1)));
+    let svc = ServerDeadlineLayer::new(ServerDeadlineConfig::default())
+        .unwrap()
+        .layer(probe.service(secs(1)));
     let err = svc
         .oneshot(with_header("grpc-timeout", "0n"))
         .await
@@ -116,7 +120,9 @@ async fn a_slow_handler_is_dropped_at_the_deadline() {
             Ok::<_, BoxError>(())
         }
     });
-    let svc = ServerDeadlineLayer::new(ServerConfig::default()).layer(handler);
+    let svc = ServerDeadlineLayer::new(ServerDeadlineConfig::default())
+        .unwrap()
+        .layer(handler);
     let mut call = Box::pin(svc.oneshot(with_header("grpc-timeout", "2S")));
     let t0 = Instant::now();
     let err = (&mut call).await.unwrap_err();
@@ -130,10 +136,11 @@ async fn a_slow_handler_is_dropped_at_the_deadline() {
 #[tokio::test(start_paused = true)]
 async fn the_server_max_caps_and_untrusted_headers_are_ignored() {
     let probe = Probe::default();
-    let capped = ServerDeadlineLayer::new(ServerConfig {
+    let capped = ServerDeadlineLayer::new(ServerDeadlineConfig {
         max: Some(secs(1)),
         ..Default::default()
     })
+    .unwrap()
     .layer(probe.service(Duration::ZERO));
     capped
         .oneshot(with_header("grpc-timeout", "60S"))
@@ -141,10 +148,11 @@ async fn the_server_max_caps_and_untrusted_headers_are_ignored() {
         .unwrap();
     assert_eq!(probe.seen(), Some((Some(secs(1)), Some(secs(1)))));
     // A header shorter than the max wins.
-    let capped = ServerDeadlineLayer::new(ServerConfig {
+    let capped = ServerDeadlineLayer::new(ServerDeadlineConfig {
         max: Some(secs(1)),
         ..Default::default()
     })
+    .unwrap()
     .layer(probe.service(Duration::ZERO));
     capped
         .oneshot(with_header("grpc-timeout", "300m"))
@@ -153,11 +161,12 @@ async fn the_server_max_caps_and_untrusted_headers_are_ignored() {
     let short = Duration::from_millis(300);
     assert_eq!(probe.seen(), Some((Some(short), Some(short))));
 
-    let edge = ServerDeadlineLayer::new(ServerConfig {
+    let edge = ServerDeadlineLayer::new(ServerDeadlineConfig {
         trust_inbound: false,
         max: Some(secs(3)),
         ..Default::default()
     })
+    .unwrap()
     .layer(probe.service(Duration::ZERO));
     edge.oneshot(with_header("grpc-timeout", "1m"))
         .await
@@ -168,11 +177,15 @@ async fn the_server_max_caps_and_untrusted_headers_are_ignored() {
 #[tokio::test(start_paused = true)]
 async fn no_header_and_no_max_means_no_deadline() {
     let probe = Probe::default();
-    let svc = ServerDeadlineLayer::new(ServerConfig::default()).layer(probe.service(secs(100)));
+    let svc = ServerDeadlineLayer::new(ServerDeadlineConfig::default())
+        .unwrap()
+        .layer(probe.service(secs(100)));
     svc.oneshot(http::Request::new(())).await.unwrap();
     assert_eq!(probe.seen(), Some((None, None)));
     // A malformed header is no header.
-    let svc = ServerDeadlineLayer::new(ServerConfig::default()).layer(probe.service(secs(0)));
+    let svc = ServerDeadlineLayer::new(ServerDeadlineConfig::default())
+        .unwrap()
+        .layer(probe.service(secs(0)));
     svc.oneshot(with_header("grpc-timeout", "1.5S"))
         .await
         .unwrap();
@@ -182,7 +195,9 @@ async fn no_header_and_no_max_means_no_deadline() {
 #[tokio::test(start_paused = true)]
 async fn queueing_before_the_layer_counts_from_arrival() {
     let probe = Probe::default();
-    let svc = ServerDeadlineLayer::new(ServerConfig::default()).layer(probe.service(secs(0)));
+    let svc = ServerDeadlineLayer::new(ServerDeadlineConfig::default())
+        .unwrap()
+        .layer(probe.service(secs(0)));
     let mut req = with_header("grpc-timeout", "2S");
     floodwall_core::Arrival::stamp(req.extensions_mut(), Instant::now());
     sleep(Duration::from_millis(500)).await;
@@ -208,10 +223,11 @@ fn recorder(
 #[tokio::test(start_paused = true)]
 async fn outbound_calls_send_what_remains_less_the_margin() {
     let sent = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let client = PropagateDeadlineLayer::new(ClientConfig {
+    let client = PropagateDeadlineLayer::new(PropagateDeadlineConfig {
         margin: Duration::from_millis(100),
         ..Default::default()
     })
+    .unwrap()
     .layer(recorder(sent.clone(), Duration::ZERO));
     // No deadline in scope: nothing sent.
     client
@@ -231,11 +247,12 @@ async fn outbound_calls_send_what_remains_less_the_margin() {
 #[tokio::test(start_paused = true)]
 async fn the_calls_own_timeout_caps_what_is_sent_and_awaited() {
     let sent = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let client = PropagateDeadlineLayer::new(ClientConfig {
+    let client = PropagateDeadlineLayer::new(PropagateDeadlineConfig {
         wire: Wire::http(),
         timeout: Some(secs(1)),
         ..Default::default()
     })
+    .unwrap()
     .layer(recorder(sent.clone(), secs(5)));
     let deadline = Deadline::after(Instant::now(), secs(30));
     let t0 = Instant::now();
@@ -250,10 +267,11 @@ async fn the_calls_own_timeout_caps_what_is_sent_and_awaited() {
 #[tokio::test(start_paused = true)]
 async fn nothing_left_fails_locally_without_sending() {
     let sent = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let client = PropagateDeadlineLayer::new(ClientConfig {
+    let client = PropagateDeadlineLayer::new(PropagateDeadlineConfig {
         margin: Duration::from_millis(100),
         ..Default::default()
     })
+    .unwrap()
     .layer(recorder(sent.clone(), Duration::ZERO));
     // 100 ms left, all of it margin.
     let deadline = Deadline::after(Instant::now(), Duration::from_millis(100));
@@ -349,13 +367,17 @@ where
                 // The next hop runs in a task of its own, as on another
                 // server: it cannot see this task's scope, only the header.
                 let remote = Remote(next);
-                let client = PropagateDeadlineLayer::new(ClientConfig::default()).layer(remote);
+                let client = PropagateDeadlineLayer::new(PropagateDeadlineConfig::default())
+                    .unwrap()
+                    .layer(remote);
                 client.oneshot(http::Request::new(())).await?;
             }
             Ok::<_, BoxError>(())
         }
     });
-    ServerDeadlineLayer::new(ServerConfig::default()).layer(handler)
+    ServerDeadlineLayer::new(ServerDeadlineConfig::default())
+        .unwrap()
+        .layer(handler)
 }
 
 #[tokio::test(start_paused = true)]
@@ -418,16 +440,18 @@ async fn a_hop_with_no_time_left_is_not_called() {
 async fn an_inner_server_layer_never_extends_the_outer_deadline() {
     let probe = Probe::default();
     // A global cap of 1 s outside a per-route cap of 5 s.
-    let inner = ServerDeadlineLayer::new(ServerConfig {
+    let inner = ServerDeadlineLayer::new(ServerDeadlineConfig {
         max: Some(secs(5)),
         ..Default::default()
     })
+    .unwrap()
     .layer(probe.service(Duration::ZERO));
-    let svc = ServerDeadlineLayer::new(ServerConfig {
+    let svc = ServerDeadlineLayer::new(ServerDeadlineConfig {
         max: Some(secs(1)),
         trust_inbound: false,
         ..Default::default()
     })
+    .unwrap()
     .layer(inner);
     svc.oneshot(http::Request::new(())).await.unwrap();
     assert_eq!(probe.seen(), Some((Some(secs(1)), Some(secs(1)))));
@@ -436,10 +460,11 @@ async fn an_inner_server_layer_never_extends_the_outer_deadline() {
 #[tokio::test(start_paused = true)]
 async fn the_margin_shortens_what_is_sent_not_how_long_the_caller_waits() {
     let sent = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let client = PropagateDeadlineLayer::new(ClientConfig {
+    let client = PropagateDeadlineLayer::new(PropagateDeadlineConfig {
         margin: Duration::from_millis(500),
         ..Default::default()
     })
+    .unwrap()
     .layer(recorder(sent.clone(), Duration::from_millis(1_800)));
     let deadline = Deadline::after(Instant::now(), secs(2));
     // The callee is told 1.5 s; its answer at 1.8 s is still awaited.
@@ -452,7 +477,8 @@ async fn the_margin_shortens_what_is_sent_not_how_long_the_caller_waits() {
 #[tokio::test(start_paused = true)]
 async fn a_timeout_already_on_the_request_caps_what_is_sent() {
     let sent = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let client = PropagateDeadlineLayer::new(ClientConfig::default())
+    let client = PropagateDeadlineLayer::new(PropagateDeadlineConfig::default())
+        .unwrap()
         .layer(recorder(sent.clone(), Duration::ZERO));
     let deadline = Deadline::after(Instant::now(), secs(30));
     let req = with_header("grpc-timeout", "100m");
@@ -460,4 +486,61 @@ async fn a_timeout_already_on_the_request_caps_what_is_sent() {
         .await
         .unwrap();
     assert_eq!(sent.lock().unwrap()[0]["grpc-timeout"], "100000u");
+}
+
+#[test]
+fn a_zero_bound_is_a_config_error_naming_the_field() {
+    let err = ServerDeadlineLayer::new(ServerDeadlineConfig {
+        max: Some(Duration::ZERO),
+        ..Default::default()
+    })
+    .unwrap_err();
+    assert_eq!(err.field(), "max");
+    let err = PropagateDeadlineLayer::new(PropagateDeadlineConfig {
+        timeout: Some(Duration::ZERO),
+        ..Default::default()
+    })
+    .unwrap_err();
+    assert_eq!(err.field(), "timeout");
+    assert!(err.to_string().contains("timeout"), "{err}");
+}
+
+#[test]
+fn the_builder_names_the_layer_and_its_handle() {
+    let server = ServerDeadlineLayer::builder(ServerDeadlineConfig::default())
+        .name("edge")
+        .build()
+        .unwrap();
+    assert_eq!(server.handle().name(), "edge");
+    let client = PropagateDeadlineLayer::new(PropagateDeadlineConfig::default()).unwrap();
+    assert_eq!(client.handle().name(), floodwall_deadline::DEFAULT_NAME);
+}
+
+#[cfg(feature = "serde")]
+#[test]
+fn configs_deserialize_with_human_durations_and_every_wire_form() {
+    let server: ServerDeadlineConfig =
+        serde_json::from_str(r#"{ "wire": "http", "trust_inbound": false, "max": "2s" }"#).unwrap();
+    assert_eq!(server.wire, Wire::http());
+    assert!(!server.trust_inbound);
+    assert_eq!(server.max, Some(secs(2)));
+
+    let client: PropagateDeadlineConfig = serde_json::from_str(
+        r#"{ "wire": { "http": "x-budget-ms" }, "margin": "5ms", "timeout": "1s" }"#,
+    )
+    .unwrap();
+    assert_eq!(
+        client.wire,
+        Wire::Http(http::HeaderName::from_static("x-budget-ms"))
+    );
+    assert_eq!(client.margin, Duration::from_millis(5));
+    assert_eq!(client.timeout, Some(secs(1)));
+
+    let default: PropagateDeadlineConfig = serde_json::from_str("{}").unwrap();
+    assert_eq!(default, PropagateDeadlineConfig::default());
+
+    let err = serde_json::from_str::<ServerDeadlineConfig>(r#"{ "wire": "smoke" }"#).unwrap_err();
+    assert!(err.to_string().contains("unknown wire"), "{err}");
+    let err = serde_json::from_str::<ServerDeadlineConfig>(r#"{ "maxx": "1s" }"#).unwrap_err();
+    assert!(err.to_string().contains("unknown field"), "{err}");
 }

@@ -83,7 +83,7 @@ pub use bucket::LeakyBucket;
 pub use config::{DEFAULT_NAME, LeakyBucketConfig, LeakyMode};
 pub use floodwall_core::ConfigError;
 pub use floodwall_ratelimit::{
-    Builder, Denied, Keyed, Quota, RateLimitHandle, RateLimitService, error, future,
+    Builder, Denied, Keyed, Quota, RateLimit, RateLimitHandle, error, future,
 };
 pub use keyed::{KeyedLeakyBucket, LeakyParams, Level};
 pub use layer::{LeakyBucketLayer, LeakyBuckets};

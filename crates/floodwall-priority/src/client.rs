@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use floodwall_core::metrics::{LABEL_NAME, metric_name};
 use floodwall_core::wire::{ADMISSION_LEVEL_HEADER, PRIORITY_HEADER, UPSTREAM_DROPS_HEADER};
-use floodwall_core::{BoxError, Priority, Rejected};
+use floodwall_core::{BoxError, ConfigError, Priority, Rejected};
 use http::header::{HeaderName, HeaderValue};
 use http::{Request, Response};
 use metrics::Counter;
@@ -32,7 +32,7 @@ const ADMIT_ALL: u16 = Priority::LOWEST.index();
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Deserialize))]
 #[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
-pub struct ClientConfig {
+pub struct PriorityClientConfig {
     /// Drop locally what the downstream's last advertised admission level
     /// would refuse (DAGOR collaborative admission). Default `true`.
     pub collaborative: bool,
@@ -44,7 +44,7 @@ pub struct ClientConfig {
     pub level_ttl: Duration,
 }
 
-impl Default for ClientConfig {
+impl Default for PriorityClientConfig {
     fn default() -> Self {
         Self {
             collaborative: true,
@@ -54,7 +54,7 @@ impl Default for ClientConfig {
 }
 
 struct ClientShared {
-    config: ClientConfig,
+    config: PriorityClientConfig,
     base: Instant,
     level: AtomicU16,
     /// When `level` was last confirmed, in nanoseconds since `base`.
@@ -96,7 +96,7 @@ impl ClientShared {
 ///   never sent. The count of such drops rides on the next request that is
 ///   sent ([`UPSTREAM_DROPS_HEADER`]), so the downstream's controller still
 ///   counts them as arrivals. A level is believed for
-///   [`level_ttl`](ClientConfig::level_ttl) after the last response
+///   [`level_ttl`](PriorityClientConfig::level_ttl) after the last response
 ///   confirmed it.
 ///
 /// # Clone
@@ -106,10 +106,10 @@ impl ClientShared {
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
 /// use floodwall_core::{Priority, Rejected, RejectKind};
-/// use floodwall_priority::{ClientConfig, PriorityClientLayer};
+/// use floodwall_priority::{PriorityClientConfig, PriorityClientLayer};
 /// use tower::{ServiceBuilder, ServiceExt, service_fn};
 ///
-/// let layer = PriorityClientLayer::new(ClientConfig::default());
+/// let layer = PriorityClientLayer::new(PriorityClientConfig::default())?;
 /// let downstream = service_fn(|req: http::Request<()>| async move {
 ///     assert_eq!(req.headers()["x-floodwall-priority"], "1-20");
 ///     let mut res = http::Response::new(());
@@ -126,7 +126,7 @@ impl ClientShared {
 /// call(1, 20).await?; // the response says: level (1, 50)
 /// let err = call(1, 80).await.unwrap_err(); // below it: never sent
 /// assert_eq!(Rejected::find(&*err).unwrap().kind(), RejectKind::Prioritized);
-/// assert_eq!(layer.local_drops(), 1);
+/// assert_eq!(layer.handle().local_drops(), 1);
 /// # Ok(())
 /// # }
 /// ```
@@ -138,36 +138,100 @@ pub struct PriorityClientLayer {
 impl PriorityClientLayer {
     /// A layer named [`DEFAULT_CLIENT_NAME`]; unprioritized requests are
     /// treated as [`Priority::LOWEST`], as the server layer does by default.
-    pub fn new(config: ClientConfig) -> Self {
-        Self::with_options(config, DEFAULT_CLIENT_NAME, Priority::LOWEST)
+    ///
+    /// # Errors
+    /// As [`ClientBuilder::build`].
+    pub fn new(config: PriorityClientConfig) -> Result<Self, ConfigError> {
+        Self::builder(config).build()
     }
 
-    /// A layer with a metric name and the priority assumed for requests
-    /// without one (match the downstream's
-    /// [`unprioritized`](crate::AdmissionBuilder::unprioritized)).
-    pub fn with_options(
-        config: ClientConfig,
-        name: impl Into<Arc<str>>,
-        unprioritized: Priority,
-    ) -> Self {
-        let name: Arc<str> = name.into();
+    /// A builder, to set the name and the priority assumed for requests
+    /// without one.
+    pub fn builder(config: PriorityClientConfig) -> ClientBuilder {
+        ClientBuilder {
+            config,
+            name: Arc::from(DEFAULT_CLIENT_NAME),
+            unprioritized: Priority::LOWEST,
+        }
+    }
+
+    /// A handle on the remembered level and the local drops.
+    pub fn handle(&self) -> PriorityClientHandle {
+        PriorityClientHandle {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// Builds a [`PriorityClientLayer`]; made by
+/// [`PriorityClientLayer::builder`].
+#[derive(Debug, Clone)]
+#[must_use = "a builder does nothing until `build` is called"]
+pub struct ClientBuilder {
+    config: PriorityClientConfig,
+    name: Arc<str>,
+    unprioritized: Priority,
+}
+
+impl ClientBuilder {
+    /// The metric label and handle name. Default [`DEFAULT_CLIENT_NAME`].
+    pub fn name(mut self, name: impl Into<Arc<str>>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// The priority assumed for requests without one (match the
+    /// downstream's [`unprioritized`](crate::Builder::unprioritized)).
+    /// Default [`Priority::LOWEST`].
+    pub fn unprioritized(mut self, priority: Priority) -> Self {
+        self.unprioritized = priority;
+        self
+    }
+
+    /// The layer. Metric handles are registered now.
+    ///
+    /// # Errors
+    /// [`ConfigError`] for a zero `level_ttl` (turn `collaborative` off
+    /// instead to never drop locally).
+    pub fn build(self) -> Result<PriorityClientLayer, ConfigError> {
+        if self.config.level_ttl.is_zero() {
+            return Err(ConfigError::new(
+                "level_ttl",
+                "must be > 0 (set collaborative = false to never drop locally)",
+            )
+            .with_value("0s"));
+        }
         let dropped = metrics::counter!(
             metric_name(crate::METRIC_PREFIX, "local_dropped_total"),
-            LABEL_NAME => name.to_string()
+            LABEL_NAME => self.name.to_string()
         );
-        Self {
+        Ok(PriorityClientLayer {
             shared: Arc::new(ClientShared {
-                config,
+                config: self.config,
                 base: Instant::now(),
                 level: AtomicU16::new(ADMIT_ALL),
                 learned: AtomicU64::new(0),
                 unreported: AtomicU64::new(0),
                 local_drops: AtomicU64::new(0),
-                unprioritized,
-                name,
+                unprioritized: self.unprioritized,
+                name: self.name,
                 dropped,
             }),
-        }
+        })
+    }
+}
+
+/// Reads a [`PriorityClientLayer`]'s state; cheap to clone, shared with
+/// the layer and its services.
+#[derive(Clone)]
+pub struct PriorityClientHandle {
+    shared: Arc<ClientShared>,
+}
+
+impl PriorityClientHandle {
+    /// The layer's name (its metric label).
+    pub fn name(&self) -> &str {
+        &self.shared.name
     }
 
     /// The downstream's last advertised admission level
@@ -182,12 +246,21 @@ impl PriorityClientLayer {
     }
 }
 
+impl fmt::Debug for PriorityClientHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PriorityClientHandle")
+            .field("name", &self.shared.name)
+            .field("level", &self.level())
+            .finish()
+    }
+}
+
 impl fmt::Debug for PriorityClientLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PriorityClientLayer")
             .field("name", &self.shared.name)
             .field("config", &self.shared.config)
-            .field("level", &self.level())
+            .field("level", &self.handle().level())
             .finish()
     }
 }

@@ -1,6 +1,11 @@
+//! The errors of this crate: the rejection priority admission answers with
+//! and the configuration error.
+
 use std::fmt;
 
 use floodwall_core::{Priority, RejectKind, Rejection};
+
+pub use floodwall_core::ConfigError;
 
 /// Priority admission refused the request: its priority is below the
 /// admission level. HTTP 503 / gRPC `UNAVAILABLE`, with the level in

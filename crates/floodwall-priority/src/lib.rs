@@ -61,13 +61,14 @@ mod assign;
 mod client;
 mod config;
 mod controller;
-mod error;
+pub mod error;
 mod scope;
 mod server;
 
 pub use assign::{AssignConfig, AssignPriority, AssignPriorityLayer, BusinessTable};
 pub use client::{
-    ClientConfig, ClientFuture, DEFAULT_CLIENT_NAME, PriorityClient, PriorityClientLayer,
+    ClientBuilder, DEFAULT_CLIENT_NAME, PriorityClient, PriorityClientConfig, PriorityClientHandle,
+    PriorityClientLayer,
 };
 pub use config::{AdmissionConfig, ConfigError};
 pub use controller::{AdmissionController, WindowReport};
@@ -75,6 +76,13 @@ pub use error::Prioritized;
 pub use floodwall_core::Priority;
 pub use scope::{Scoped, current, scope};
 pub use server::{
-    AdmissionBuilder, AdmissionHandle, AdmissionLayer, AdmissionService, DEFAULT_NAME, Mode,
-    Queuing, ResponseFuture,
+    Admission, AdmissionHandle, AdmissionLayer, Builder, DEFAULT_NAME, Mode, Queuing,
 };
+
+/// The response futures of this crate's services.
+pub mod future {
+    pub use crate::client::ClientFuture;
+    pub use crate::server::ResponseFuture;
+}
+#[doc(inline)]
+pub use future::{ClientFuture, ResponseFuture};

@@ -173,7 +173,7 @@ impl Shared {
 ///
 /// Each request's [`Priority`] (from its extensions, set by
 /// [`AssignPriorityLayer`](crate::AssignPriorityLayer) at the edge; or, with
-/// [`trust_inbound`](AdmissionBuilder::trust_inbound), from the
+/// [`trust_inbound`](Builder::trust_inbound), from the
 /// [`PRIORITY_HEADER`] an upstream floodwall service sent) is admitted iff it
 /// is at or above the adaptive admission level of an
 /// [`AdmissionController`]; otherwise the call fails at once with a
@@ -225,8 +225,8 @@ impl AdmissionLayer {
     }
 
     /// A builder for the other options.
-    pub fn builder(config: AdmissionConfig) -> AdmissionBuilder {
-        AdmissionBuilder {
+    pub fn builder(config: AdmissionConfig) -> Builder {
+        Builder {
             config,
             name: Arc::from(DEFAULT_NAME),
             mode: Mode::Dagor,
@@ -255,10 +255,10 @@ impl fmt::Debug for AdmissionLayer {
 }
 
 impl<S> Layer<S> for AdmissionLayer {
-    type Service = AdmissionService<S>;
+    type Service = Admission<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        AdmissionService {
+        Admission {
             inner,
             shared: self.shared.clone(),
         }
@@ -267,7 +267,7 @@ impl<S> Layer<S> for AdmissionLayer {
 
 /// Builds an [`AdmissionLayer`].
 #[derive(Debug)]
-pub struct AdmissionBuilder {
+pub struct Builder {
     config: AdmissionConfig,
     name: Arc<str>,
     mode: Mode,
@@ -277,7 +277,7 @@ pub struct AdmissionBuilder {
     criticality: Criticality,
 }
 
-impl AdmissionBuilder {
+impl Builder {
     /// The metric label. Default [`DEFAULT_NAME`].
     pub fn name(mut self, name: impl Into<Arc<str>>) -> Self {
         self.name = name.into();
@@ -398,12 +398,12 @@ impl fmt::Debug for AdmissionHandle {
 
 /// The service an [`AdmissionLayer`] builds.
 #[derive(Clone)]
-pub struct AdmissionService<S> {
+pub struct Admission<S> {
     inner: S,
     shared: Arc<Shared>,
 }
 
-impl<S> AdmissionService<S> {
+impl<S> Admission<S> {
     /// The inner service.
     pub fn get_ref(&self) -> &S {
         &self.inner
@@ -420,16 +420,16 @@ impl<S> AdmissionService<S> {
     }
 }
 
-impl<S: fmt::Debug> fmt::Debug for AdmissionService<S> {
+impl<S: fmt::Debug> fmt::Debug for Admission<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AdmissionService")
+        f.debug_struct("Admission")
             .field("inner", &self.inner)
             .field("name", &self.shared.name)
             .finish()
     }
 }
 
-impl<S, B, RB> Service<Request<B>> for AdmissionService<S>
+impl<S, B, RB> Service<Request<B>> for Admission<S>
 where
     S: Service<Request<B>, Response = Response<RB>>,
     S::Error: Into<BoxError>,

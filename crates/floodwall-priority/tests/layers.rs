@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use floodwall_core::{Arrival, Criticality, Priority, RejectKind, Rejected};
 use floodwall_priority::{
-    AdmissionConfig, AdmissionLayer, AssignConfig, AssignPriorityLayer, BusinessTable,
-    ClientConfig, Mode, Prioritized, PriorityClientLayer, Queuing,
+    AdmissionConfig, AdmissionLayer, AssignConfig, AssignPriorityLayer, BusinessTable, Mode,
+    Prioritized, PriorityClientConfig, PriorityClientLayer, Queuing,
 };
 use http::{Request, Response};
 use tokio::time::Instant;
@@ -284,7 +284,7 @@ async fn client_propagates_and_drops_collaboratively() {
             async move { Ok::<_, Infallible>(res) }
         })
     };
-    let layer = PriorityClientLayer::new(ClientConfig::default());
+    let layer = PriorityClientLayer::new(PriorityClientConfig::default()).unwrap();
     let mut client = layer.layer(downstream);
     // From the task scope: sent on the wire; the response teaches (2, 10).
     floodwall_priority::scope(
@@ -293,7 +293,7 @@ async fn client_propagates_and_drops_collaboratively() {
     )
     .await
     .unwrap();
-    assert_eq!(layer.level(), p(2, 10));
+    assert_eq!(layer.handle().level(), p(2, 10));
     // Below the level: dropped locally, twice, and not sent.
     for _ in 0..2 {
         let err = client
@@ -324,7 +324,7 @@ async fn client_propagates_and_drops_collaboratively() {
         .await
         .unwrap();
     assert_eq!(seen.lock()[1], (Some("0-0".into()), Some("2".into())));
-    assert_eq!(layer.level(), Priority::LOWEST);
+    assert_eq!(layer.handle().level(), Priority::LOWEST);
     // A drop count already on a request (forwarded by a proxy) is not ours.
     let mut forwarded = request(Some(p(0, 0)), None);
     forwarded
@@ -360,7 +360,7 @@ async fn client_propagates_and_drops_collaboratively() {
         .await
         .unwrap();
     assert_eq!(seen.lock().len(), 4);
-    assert_eq!(layer.local_drops(), 3);
+    assert_eq!(layer.handle().local_drops(), 3);
 }
 
 #[tokio::test(start_paused = true)]
@@ -384,7 +384,7 @@ async fn client_learns_from_an_in_process_rejection() {
     assert!(level < Priority::LOWEST);
     // A client that has heard nothing yet sends, and learns from the
     // rejection error itself.
-    let client_layer = PriorityClientLayer::new(ClientConfig::default());
+    let client_layer = PriorityClientLayer::new(PriorityClientConfig::default()).unwrap();
     let mut client = client_layer.layer(server.layer(backend(calls)));
     let err: BoxError = client
         .ready()
@@ -400,7 +400,7 @@ async fn client_learns_from_an_in_process_rejection() {
             .unwrap()
             .is_local()
     );
-    assert_eq!(client_layer.level(), level);
+    assert_eq!(client_layer.handle().level(), level);
     let err = client
         .ready()
         .await
@@ -491,7 +491,7 @@ fn configs_deserialize_in_human_form() {
     assert_eq!(assign.business.lookup("/pay"), 0);
     assert_eq!(assign.business.lookup("/room.Room/Join"), 2);
     assert_eq!(assign.rotation, Duration::from_secs(1800));
-    let client: ClientConfig = serde_json::from_str(r#"{"level_ttl": "250ms"}"#).unwrap();
+    let client: PriorityClientConfig = serde_json::from_str(r#"{"level_ttl": "250ms"}"#).unwrap();
     assert!(client.collaborative);
     assert_eq!(client.level_ttl, Duration::from_millis(250));
 }

@@ -24,8 +24,8 @@ use std::time::Duration;
 use floodwall_core::Priority;
 use floodwall_core::random::SplitMix;
 use floodwall_priority::{
-    AdmissionConfig, AdmissionController, AdmissionLayer, ClientConfig, PriorityClientLayer,
-    Queuing,
+    AdmissionConfig, AdmissionController, AdmissionLayer, PriorityClientConfig,
+    PriorityClientLayer, Queuing,
 };
 use futures_util_lite::now_or_never;
 use tokio::time::Instant;
@@ -265,10 +265,11 @@ async fn fan_out(setup: Setup, collaborative: bool) -> FanOut {
         .build()
         .unwrap();
     let handle = server.handle();
-    let client_layer = PriorityClientLayer::new(ClientConfig {
+    let client_layer = PriorityClientLayer::new(PriorityClientConfig {
         collaborative,
         ..Default::default()
-    });
+    })
+    .unwrap();
     let mut client = client_layer.layer(server.layer(ModelService(model.clone())));
     let load = Load {
         rng: SplitMix::new(11),
@@ -290,7 +291,10 @@ async fn fan_out(setup: Setup, collaborative: bool) -> FanOut {
             handle.record_queuing(queued);
         }
         if t > warm && at_warm.is_none() {
-            at_warm = Some((model.lock().unwrap().served, client_layer.local_drops()));
+            at_warm = Some((
+                model.lock().unwrap().served,
+                client_layer.handle().local_drops(),
+            ));
         }
         let p = load.priority();
         let mut ok = true;
@@ -309,12 +313,12 @@ async fn fan_out(setup: Setup, collaborative: bool) -> FanOut {
     let (served_at_warm, drops_at_warm) = at_warm.unwrap();
     let measured = secs - warm;
     let served = model.lock().unwrap().served - served_at_warm;
-    let dropped = client_layer.local_drops() - drops_at_warm;
+    let dropped = client_layer.handle().local_drops() - drops_at_warm;
     FanOut {
         task_success: tasks_ok as f64 / tasks as f64,
         received: (calls - dropped) as f64 / measured / c,
         admitted: served as f64 / measured / c,
-        local_drops: client_layer.local_drops(),
+        local_drops: client_layer.handle().local_drops(),
     }
 }
 

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use floodwall_core::{RateLimitPolicy, RejectKind, Rejection};
 
+pub use floodwall_core::ConfigError;
+
 /// The request was refused by a rate limiter; it would be admitted after
 /// [`retry_after`](Self::retry_after) if nothing else arrived.
 ///

@@ -15,7 +15,7 @@ use crate::layer::Shared;
 use crate::{Limiter, Refund, Weigh};
 
 pin_project! {
-    /// The response future of [`RateLimitService`](crate::RateLimitService):
+    /// The response future of [`RateLimit`](crate::RateLimit):
     /// the inner call, a ready rejection, or (in wait mode) a wait for the
     /// request's turn followed by the inner call.
     ///

@@ -10,7 +10,7 @@ use metrics::Counter;
 use tokio::time::Instant;
 use tower_layer::Layer;
 
-use crate::{Keyed, KeyedLimit, One, RateLimitService, Refund, key_capacity};
+use crate::{Keyed, KeyedLimit, One, RateLimit, Refund, key_capacity};
 
 /// A rate-limiting algorithm as the shared layer builds it: its
 /// configuration, its limiter, its per-key form.
@@ -151,10 +151,10 @@ impl<A: Algorithm, L: fmt::Debug, W> fmt::Debug for RateLimitLayer<A, L, W> {
 }
 
 impl<S, A: Algorithm, L, W> Layer<S> for RateLimitLayer<A, L, W> {
-    type Service = RateLimitService<S, L, W>;
+    type Service = RateLimit<S, L, W>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        RateLimitService::from_shared(inner, self.shared.clone())
+        RateLimit::from_shared(inner, self.shared.clone())
     }
 }
 

@@ -8,7 +8,7 @@
 //! - [`Limiter`]: what the layer asks of a core (decide now, or schedule
 //!   within a wait bound), with [`Refund`] for waiters that give up and
 //!   [`Weigh`] for requests that cost more than one unit.
-//! - [`RateLimitLayer`] / [`RateLimitService`]: the Tower adapter. Sheds in
+//! - [`RateLimitLayer`] / [`RateLimit`]: the Tower adapter. Sheds in
 //!   `call` (no permit held between `poll_ready` and `call`), or waits up to
 //!   a bound; every clone shares one limiter; typed errors in
 //!   [`floodwall_core::Rejected`]; metrics; a live [`RateLimitHandle`].
@@ -45,4 +45,4 @@ pub use layer::{
 pub use limiter::{Denied, Keyed, KeyedLimit, Limiter, One, Refund, Weigh};
 pub use per_key::{DEFAULT_KEY_CAPACITY, KeyRule, PerKey, default_key_capacity, key_capacity};
 pub use quota::Quota;
-pub use service::RateLimitService;
+pub use service::RateLimit;

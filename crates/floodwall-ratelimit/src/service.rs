@@ -24,12 +24,12 @@ use crate::{Denied, Limiter, One, Weigh};
 ///
 /// # Clone
 /// Clones share the layer's limiter (they clone an `Arc`).
-pub struct RateLimitService<S, L, W = One> {
+pub struct RateLimit<S, L, W = One> {
     inner: S,
     shared: Arc<Shared<L, W>>,
 }
 
-impl<S, L, W> RateLimitService<S, L, W> {
+impl<S, L, W> RateLimit<S, L, W> {
     pub(crate) fn from_shared(inner: S, shared: Arc<Shared<L, W>>) -> Self {
         Self { inner, shared }
     }
@@ -50,7 +50,7 @@ impl<S, L, W> RateLimitService<S, L, W> {
     }
 }
 
-impl<S, L, W, Req> Service<Req> for RateLimitService<S, L, W>
+impl<S, L, W, Req> Service<Req> for RateLimit<S, L, W>
 where
     S: Service<Req> + Clone,
     S::Error: Into<BoxError>,
@@ -106,7 +106,7 @@ where
     }
 }
 
-impl<S, L, W> RateLimitService<S, L, W> {
+impl<S, L, W> RateLimit<S, L, W> {
     #[cold]
     fn reject(&self, denied: Denied) -> BoxError {
         let shared = &self.shared;
@@ -135,7 +135,7 @@ impl<S, L, W> RateLimitService<S, L, W> {
     }
 }
 
-impl<S: Clone, L, W> Clone for RateLimitService<S, L, W> {
+impl<S: Clone, L, W> Clone for RateLimit<S, L, W> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
@@ -144,9 +144,9 @@ impl<S: Clone, L, W> Clone for RateLimitService<S, L, W> {
     }
 }
 
-impl<S: fmt::Debug, L: fmt::Debug, W> fmt::Debug for RateLimitService<S, L, W> {
+impl<S: fmt::Debug, L: fmt::Debug, W> fmt::Debug for RateLimit<S, L, W> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RateLimitService")
+        f.debug_struct("RateLimit")
             .field("inner", &self.inner)
             .field("name", &self.shared.policy.name())
             .field("limiter", &self.shared.limiter)

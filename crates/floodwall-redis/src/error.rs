@@ -9,6 +9,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use floodwall_core::ConfigError;
 pub use floodwall_ratelimit::error::{ExceedsBurst, RateLimited};
 
 use floodwall_core::{BoxError, RateLimitPolicy, RejectKind, Rejected, Rejection};

@@ -104,7 +104,7 @@
 //! connection to it and repeats the call there (within the same timeout);
 //! `ASK` (a slot being migrated) is followed once with `ASKING`. Nodes must
 //! announce IP addresses (the default), not host names.
-//! [`Stats::redirects`] counts the redirections followed.
+//! [`RedisStats::redirects`] counts the redirections followed.
 //!
 //! # Metrics
 //! `floodwall_redis_admitted_total` / `floodwall_redis_rejected_total`
@@ -147,7 +147,14 @@ pub use cluster::hash_slot;
 pub use config::{LeaseConfig, RedisLimiterConfig};
 pub use floodwall_core::ConfigError;
 pub use floodwall_ratelimit::{One, Quota, Weigh};
-pub use layer::{RedisRateLimit, RedisRateLimitLayer, ResponseFuture};
+pub use layer::{RedisRateLimit, RedisRateLimitLayer};
+
+/// The response future of [`RedisRateLimit`].
+pub mod future {
+    pub use crate::layer::ResponseFuture;
+}
+#[doc(inline)]
+pub use future::ResponseFuture;
 pub use limiter::{
-    Builder, DEFAULT_NAME, Fallback, Health, Key, RedisLimiter, Refusal, Source, Stats,
+    Builder, DEFAULT_NAME, Fallback, Health, Key, RedisLimiter, RedisStats, Refusal, Source,
 };

@@ -251,10 +251,10 @@ where
     }
 
     /// What the limiter has done so far.
-    pub fn stats(&self) -> Stats {
+    pub fn stats(&self) -> RedisStats {
         let s = &self.inner.stats;
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        Stats {
+        RedisStats {
             round_trips: load(&s.round_trips),
             errors: load(&s.errors),
             lease_hits: load(&s.lease_hits),

@@ -73,9 +73,7 @@ pub use any::{KeyedSlidingWindow, SlidingWindow};
 pub use config::{DEFAULT_NAME, SlidingWindowConfig, WindowMode};
 pub use counter::{CounterParams, CounterState, KeyedSlidingWindowCounter, SlidingWindowCounter};
 pub use floodwall_core::ConfigError;
-pub use floodwall_ratelimit::{
-    Builder, Denied, Keyed, RateLimitHandle, RateLimitService, error, future,
-};
+pub use floodwall_ratelimit::{Builder, Denied, Keyed, RateLimit, RateLimitHandle, error, future};
 pub use layer::{SlidingWindowLayer, SlidingWindows};
 pub use log::{KeyedSlidingLog, LogParams, LogState, SlidingLog};
 pub use window::{MAX_LENGTH, MAX_LIMIT, Window};

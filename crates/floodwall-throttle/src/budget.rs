@@ -1,6 +1,8 @@
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use floodwall_core::ConfigError;
+
 /// The retry budget of gRPC proposal A6 ("retry throttling").
 ///
 /// A token count starts at `max_tokens`; every failed attempt takes one
@@ -26,7 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// budget.on_success();
 /// assert_eq!(budget.tokens(), 5.1);
 /// assert!(budget.can_retry());
-/// # Ok::<(), floodwall_throttle::BudgetError>(())
+/// # Ok::<(), floodwall_throttle::ConfigError>(())
 /// ```
 pub struct RetryBudget {
     milli_tokens: AtomicU64,
@@ -39,18 +41,24 @@ impl RetryBudget {
     /// `token_ratio` per success (A6: positive, three decimal places kept).
     ///
     /// # Errors
-    /// [`BudgetError`] for values outside those ranges.
-    pub fn new(max_tokens: f64, token_ratio: f64) -> Result<Self, BudgetError> {
+    /// [`ConfigError`] for values outside those ranges.
+    pub fn new(max_tokens: f64, token_ratio: f64) -> Result<Self, ConfigError> {
         if !(max_tokens > 0.0 && max_tokens <= 1000.0) {
-            return Err(BudgetError::MaxTokens(max_tokens));
+            return Err(
+                ConfigError::new("max_tokens", "must be in (0, 1000]").with_value(max_tokens)
+            );
         }
         let ratio = (token_ratio * 1000.0).round();
         if !(token_ratio.is_finite() && ratio >= 1.0) {
-            return Err(BudgetError::TokenRatio(token_ratio));
+            return Err(
+                ConfigError::new("token_ratio", "must be at least 0.001").with_value(token_ratio)
+            );
         }
         let max = (max_tokens * 1000.0).round() as u64;
         if max == 0 {
-            return Err(BudgetError::MaxTokens(max_tokens));
+            return Err(
+                ConfigError::new("max_tokens", "must be in (0, 1000]").with_value(max_tokens)
+            );
         }
         Ok(Self {
             milli_tokens: AtomicU64::new(max),
@@ -106,24 +114,3 @@ impl fmt::Debug for RetryBudget {
             .finish()
     }
 }
-
-/// Why a [`RetryBudget`] could not be built.
-#[derive(Debug, Clone, Copy, PartialEq)]
-#[non_exhaustive]
-pub enum BudgetError {
-    /// `max_tokens` must be in `(0, 1000]`.
-    MaxTokens(f64),
-    /// `token_ratio` must be at least 0.001.
-    TokenRatio(f64),
-}
-
-impl fmt::Display for BudgetError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            BudgetError::MaxTokens(m) => write!(f, "max_tokens must be in (0, 1000], not {m}"),
-            BudgetError::TokenRatio(r) => write!(f, "token_ratio must be at least 0.001, not {r}"),
-        }
-    }
-}
-
-impl std::error::Error for BudgetError {}

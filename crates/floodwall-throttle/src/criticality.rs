@@ -8,7 +8,7 @@ pub struct NoCriticality;
 
 /// Where a request's [`Criticality`] comes from. Closures
 /// `Fn(&Req) -> Option<Criticality>` implement it; [`NoCriticality`] gives
-/// none; [`FromExtensions`] reads an `http::Request`'s extensions.
+/// none; [`CriticalityFromExtensions`] reads an `http::Request`'s extensions.
 pub trait CriticalityOf<Req>: Send + Sync + 'static {
     /// The request's class, if it has one.
     fn criticality(&self, req: &Req) -> Option<Criticality>;
@@ -32,9 +32,9 @@ where
 
 /// Reads the [`Criticality`] extension of an `http::Request`.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct FromExtensions;
+pub struct CriticalityFromExtensions;
 
-impl<B> CriticalityOf<http::Request<B>> for FromExtensions {
+impl<B> CriticalityOf<http::Request<B>> for CriticalityFromExtensions {
     fn criticality(&self, req: &http::Request<B>) -> Option<Criticality> {
         req.extensions().get::<Criticality>().copied()
     }

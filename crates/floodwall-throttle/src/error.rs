@@ -1,8 +1,12 @@
-//! The throttle's rejection.
+//! The errors of this crate: the throttle's rejection and the
+//! configuration error (of the throttle, the retry budget and the retry
+//! layer).
 
 use std::fmt;
 
 use floodwall_core::{RejectKind, Rejection};
+
+pub use floodwall_core::ConfigError;
 
 /// The request was dropped locally by adaptive throttling: the backend has
 /// been refusing, and sending it would only add load.

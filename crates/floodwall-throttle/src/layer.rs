@@ -8,8 +8,8 @@ use tower_layer::Layer;
 
 use crate::policy::Metrics;
 use crate::{
-    AdaptiveThrottle, ConfigError, NoCriticality, Random, SplitMix, Stats, ThrottleConfig,
-    ThrottlePolicy,
+    AdaptiveThrottle, ConfigError, NoCriticality, Random, SplitMix, ThrottleConfig, ThrottlePolicy,
+    ThrottleStats,
 };
 
 /// The default name of a throttle layer (metric label).
@@ -222,7 +222,7 @@ pub struct ThrottleHandle<C = ResultClassifier, X = NoCriticality> {
 
 impl<C, X> ThrottleHandle<C, X> {
     /// Requests, accepts and rejection probability now for `class`.
-    pub fn stats(&self, class: Option<Criticality>) -> Stats {
+    pub fn stats(&self, class: Option<Criticality>) -> ThrottleStats {
         self.shared.throttle.stats(Instant::now(), class)
     }
 

@@ -34,22 +34,24 @@ pub const RETRY_SKIPPED: &str = "floodwall_retry_skipped_total";
 
 mod budget;
 mod criticality;
-mod error;
+pub mod error;
 mod layer;
 mod policy;
 mod retry;
 mod throttle;
 
-pub use budget::{BudgetError, RetryBudget};
-pub use criticality::{CriticalityOf, FromExtensions, NoCriticality};
-pub use error::Throttled;
+pub use budget::RetryBudget;
+pub use criticality::{CriticalityFromExtensions, CriticalityOf, NoCriticality};
+pub use error::{ConfigError, Throttled};
 pub use floodwall_core::random::{Random, SplitMix};
 #[allow(deprecated)]
 pub use layer::{Builder, DEFAULT_NAME, Throttle, ThrottleHandle, ThrottleLayer, ThrottleService};
 pub use policy::ThrottlePolicy;
 
-/// The response futures of [`Throttle`].
+/// The response futures of [`Throttle`] and [`Retry`].
 pub mod future {
+    pub use crate::retry::RetryFuture;
+
     /// The response future of [`Throttle`](crate::Throttle): the inner
     /// future with the attempt's ticket, or a drop ready at once.
     pub type ResponseFuture<F, C = floodwall_core::ResultClassifier, X = crate::NoCriticality> =
@@ -58,7 +60,8 @@ pub mod future {
 #[doc(inline)]
 pub use future::ResponseFuture;
 pub use retry::{
-    Backoff, Builder as RetryBuilder, DoNotRetry, NO_RETRY_HEADER, RetryErrors, RetryFuture,
-    RetryHint, RetryHttp, RetryLayer, RetryPolicy, RetryService, Verdict, error_verdict,
+    Backoff, BudgetConfig, Builder as RetryBuilder, DoNotRetry, NO_RETRY_HEADER, Retry,
+    RetryConfig, RetryErrors, RetryFuture, RetryHandle, RetryHint, RetryHttp, RetryLayer,
+    RetryPolicy, Verdict, error_verdict,
 };
-pub use throttle::{AdaptiveThrottle, ConfigError, Stats, ThrottleConfig, Ticket};
+pub use throttle::{AdaptiveThrottle, ThrottleConfig, ThrottleStats, Ticket};

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use floodwall_core::BoxError;
 use floodwall_core::metrics::{LABEL_NAME, LABEL_REASON};
+use floodwall_core::{BoxError, ConfigError};
 use metrics::Counter;
 use pin_project_lite::pin_project;
 use tokio::time::Sleep;
@@ -15,7 +15,10 @@ use tower_service::Service;
 
 use crate::{Random, RetryBudget, SplitMix};
 
+mod config;
 mod policy;
+
+pub use config::{BudgetConfig, RetryConfig};
 
 pub use policy::{
     Backoff, DoNotRetry, NO_RETRY_HEADER, RetryErrors, RetryHint, RetryHttp, RetryPolicy, Verdict,
@@ -56,13 +59,13 @@ impl Metrics {
 /// A Tower layer that retries failed attempts within a retry budget (gRPC
 /// proposal A6), with exponential backoff and full jitter.
 ///
-/// - At most [`max_attempts`](Builder::max_attempts) attempts per request
+/// - At most [`max_attempts`](RetryConfig::max_attempts) attempts per request
 ///   (3 by default, the first included).
 /// - A retry is sent only while the shared [`RetryBudget`] allows it; every
 ///   attempt's outcome feeds the budget.
 /// - Server pushback wins over the backoff: a rejection's retry-after,
 ///   `Retry-After`, `grpc-retry-pushback-ms` (negative or unparseable: never
-///   retry; longer than [`max_pushback`](Builder::max_pushback): give up),
+///   retry; longer than [`max_pushback`](RetryConfig::max_pushback): give up),
 ///   and resets the backoff to its first step.
 /// - Only retryable failures (and pushback saying not to retry) count
 ///   against the budget; [`Verdict::Fatal`] failures are returned as they
@@ -80,8 +83,8 @@ impl Metrics {
 /// ```
 /// use std::sync::Arc;
 /// use std::sync::atomic::{AtomicU32, Ordering};
-/// use floodwall_core::BoxError;
-/// use floodwall_throttle::{RetryBudget, RetryLayer};
+/// use floodwall_core::{BoxError, ConfigError};
+/// use floodwall_throttle::{RetryBudget, RetryConfig, RetryLayer};
 /// use tower::{Layer, ServiceExt, service_fn};
 ///
 /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
@@ -95,7 +98,10 @@ impl Metrics {
 ///     }
 /// });
 /// let budget = Arc::new(RetryBudget::new(10.0, 0.1)?);
-/// let svc = RetryLayer::builder().budget(budget.clone()).build().layer(flaky);
+/// let svc = RetryLayer::builder(RetryConfig::default())
+///     .budget(budget.clone())
+///     .build()?
+///     .layer(flaky);
 /// assert_eq!(svc.oneshot(7).await?, 7);
 /// assert_eq!(calls.load(Ordering::Relaxed), 2, "one retry");
 /// assert_eq!(budget.tokens(), 9.1, "one failure, one success");
@@ -107,14 +113,21 @@ pub struct RetryLayer<P = RetryErrors> {
 }
 
 impl RetryLayer {
-    /// A builder: budget, attempts, backoff, policy, random source, name.
-    pub fn builder() -> Builder {
+    /// A layer for `config`, retrying [`RetryErrors`], with its own budget.
+    ///
+    /// # Errors
+    /// As [`RetryConfig::validate`].
+    pub fn new(config: RetryConfig) -> Result<Self, ConfigError> {
+        Self::builder(config).build()
+    }
+
+    /// A builder, to set the name, the policy, a shared budget and the
+    /// jitter's random source.
+    pub fn builder(config: RetryConfig) -> Builder {
         Builder {
+            config,
             policy: RetryErrors,
             budget: None,
-            max_attempts: 3,
-            backoff: Backoff::default(),
-            max_pushback: Duration::from_secs(30),
             rng: None,
             name: Arc::from("retry"),
         }
@@ -125,6 +138,33 @@ impl<P> RetryLayer<P> {
     /// The budget this layer draws on.
     pub fn budget(&self) -> &Arc<RetryBudget> {
         &self.shared.budget
+    }
+
+    /// A handle on the layer's name and budget.
+    pub fn handle(&self) -> RetryHandle {
+        RetryHandle {
+            name: self.shared.name.clone(),
+            budget: self.shared.budget.clone(),
+        }
+    }
+}
+
+/// Reads a [`RetryLayer`]'s budget; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct RetryHandle {
+    name: Arc<str>,
+    budget: Arc<RetryBudget>,
+}
+
+impl RetryHandle {
+    /// The layer's name (its metric label).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The budget the layer draws on (shared with every layer given it).
+    pub fn budget(&self) -> &Arc<RetryBudget> {
+        &self.budget
     }
 }
 
@@ -148,23 +188,22 @@ impl<P> fmt::Debug for RetryLayer<P> {
 }
 
 impl<S, P> Layer<S> for RetryLayer<P> {
-    type Service = RetryService<S, P>;
+    type Service = Retry<S, P>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        RetryService {
+        Retry {
             inner,
             shared: self.shared.clone(),
         }
     }
 }
 
-/// Builds a [`RetryLayer`].
+/// Builds a [`RetryLayer`]; made by [`RetryLayer::builder`].
+#[must_use = "a builder does nothing until `build` is called"]
 pub struct Builder<P = RetryErrors> {
+    config: RetryConfig,
     policy: P,
     budget: Option<Arc<RetryBudget>>,
-    max_attempts: u32,
-    backoff: Backoff,
-    max_pushback: Duration,
     rng: Option<Box<dyn Random>>,
     name: Arc<str>,
 }
@@ -172,41 +211,23 @@ pub struct Builder<P = RetryErrors> {
 impl<P> fmt::Debug for Builder<P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Builder")
-            .field("max_attempts", &self.max_attempts)
-            .field("backoff", &self.backoff)
+            .field("config", &self.config)
+            .field("name", &self.name)
             .finish_non_exhaustive()
     }
 }
 
 impl<P> Builder<P> {
-    /// The budget (share one `Arc` among the layers for one backend).
-    /// Default: a fresh budget of 10 tokens with ratio 0.1.
+    /// Shares `budget` (one per backend, across layers and clients) instead
+    /// of a budget of this layer's own from the config.
     pub fn budget(mut self, budget: Arc<RetryBudget>) -> Self {
         self.budget = Some(budget);
         self
     }
 
-    /// Attempts per request, the first included (at least 1). Default 3.
-    pub fn max_attempts(mut self, attempts: u32) -> Self {
-        self.max_attempts = attempts.max(1);
-        self
-    }
-
-    /// The backoff between attempts.
-    pub fn backoff(mut self, backoff: Backoff) -> Self {
-        self.backoff = backoff;
-        self
-    }
-
-    /// The longest server pushback (`Retry-After`, `grpc-retry-pushback-ms`,
-    /// a rejection's retry-after) worth waiting for; a longer one ends the
-    /// retries. Default 30 s.
-    pub fn max_pushback(mut self, max: Duration) -> Self {
-        self.max_pushback = max;
-        self
-    }
-
-    /// The random source of the jitter. Default: [`SplitMix`] from the clock.
+    /// The random source of the backoff's jitter (any `Fn() -> f64` in
+    /// `[0, 1)`, e.g. a fixed value in tests). Default a [`SplitMix`]
+    /// seeded from entropy.
     pub fn rng(mut self, rng: impl Random) -> Self {
         self.rng = Some(Box::new(rng));
         self
@@ -218,48 +239,52 @@ impl<P> Builder<P> {
         self
     }
 
-    /// How attempts are read: [`RetryErrors`] (default) or [`RetryHttp`].
+    /// What is retried. Default [`RetryErrors`]; [`RetryHttp`] reads HTTP
+    /// and gRPC answers.
     pub fn policy<P2>(self, policy: P2) -> Builder<P2> {
         Builder {
+            config: self.config,
             policy,
             budget: self.budget,
-            max_attempts: self.max_attempts,
-            backoff: self.backoff,
-            max_pushback: self.max_pushback,
             rng: self.rng,
             name: self.name,
         }
     }
 
-    /// The layer.
-    pub fn build(self) -> RetryLayer<P> {
-        let budget = self.budget.unwrap_or_else(|| {
-            Arc::new(RetryBudget::new(10.0, 0.1).expect("valid default budget"))
-        });
-        RetryLayer {
+    /// The layer. Metric handles are registered now.
+    ///
+    /// # Errors
+    /// As [`RetryConfig::validate`].
+    pub fn build(self) -> Result<RetryLayer<P>, ConfigError> {
+        self.config.validate()?;
+        let budget = match self.budget {
+            Some(budget) => budget,
+            None => Arc::new(self.config.budget.build()?),
+        };
+        Ok(RetryLayer {
             shared: Arc::new(Shared {
                 metrics: Metrics::new(&self.name),
                 policy: self.policy,
                 budget,
-                max_attempts: self.max_attempts,
-                backoff: self.backoff,
-                max_pushback: self.max_pushback,
+                max_attempts: self.config.max_attempts,
+                backoff: self.config.backoff,
+                max_pushback: self.config.max_pushback,
                 rng: self
                     .rng
                     .unwrap_or_else(|| Box::new(SplitMix::from_entropy())),
                 name: self.name,
             }),
-        }
+        })
     }
 }
 
 /// The service a [`RetryLayer`] builds.
-pub struct RetryService<S, P = RetryErrors> {
+pub struct Retry<S, P = RetryErrors> {
     inner: S,
     shared: Arc<Shared<P>>,
 }
 
-impl<S, P> RetryService<S, P> {
+impl<S, P> Retry<S, P> {
     /// The inner service.
     pub fn get_ref(&self) -> &S {
         &self.inner
@@ -276,7 +301,7 @@ impl<S, P> RetryService<S, P> {
     }
 }
 
-impl<S: Clone, P> Clone for RetryService<S, P> {
+impl<S: Clone, P> Clone for Retry<S, P> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
@@ -285,16 +310,16 @@ impl<S: Clone, P> Clone for RetryService<S, P> {
     }
 }
 
-impl<S: fmt::Debug, P> fmt::Debug for RetryService<S, P> {
+impl<S: fmt::Debug, P> fmt::Debug for Retry<S, P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RetryService")
+        f.debug_struct("Retry")
             .field("inner", &self.inner)
             .field("name", &self.shared.name)
             .finish()
     }
 }
 
-impl<S, P, Req> Service<Req> for RetryService<S, P>
+impl<S, P, Req> Service<Req> for Retry<S, P>
 where
     S: Service<Req> + Clone,
     S::Error: Into<BoxError>,
@@ -327,7 +352,7 @@ where
 }
 
 pin_project! {
-    /// The response future of [`RetryService`].
+    /// The response future of [`Retry`].
     pub struct RetryFuture<S, Req, P>
     where
         S: Service<Req>,

@@ -1,7 +1,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use floodwall_core::Criticality;
+use floodwall_core::{ConfigError, Criticality};
 use tokio::time::Instant;
 
 use floodwall_core::random::{Random, SplitMix};
@@ -58,64 +58,46 @@ impl ThrottleConfig {
     /// [`ConfigError`] for a zero window or bucket count, more buckets than
     /// nanoseconds in the window, `K < 1`, or a negative or non-finite value.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.window.is_zero() || self.buckets == 0 {
-            return Err(ConfigError::EmptyWindow);
+        if self.window.is_zero() {
+            return Err(ConfigError::new("window", "must be > 0").with_value("0s"));
+        }
+        if self.buckets == 0 {
+            return Err(ConfigError::new("buckets", "must be > 0").with_value(0));
         }
         if self.window.as_nanos() < u128::from(self.buckets) {
-            return Err(ConfigError::EmptyWindow);
+            return Err(ConfigError::new(
+                "buckets",
+                "must leave each bucket at least 1 ns of the window",
+            )
+            .with_value(self.buckets));
         }
-        if self.window > Self::MAX_WINDOW || self.buckets > Self::MAX_BUCKETS {
-            return Err(ConfigError::TooLarge);
+        if self.window > Self::MAX_WINDOW {
+            return Err(ConfigError::new("window", "must be at most a day")
+                .with_value(format_args!("{:?}", self.window)));
+        }
+        if self.buckets > Self::MAX_BUCKETS {
+            return Err(
+                ConfigError::new("buckets", "must be at most 65,536").with_value(self.buckets)
+            );
         }
         if !(self.k.is_finite() && self.k >= 1.0) {
-            return Err(ConfigError::K(self.k));
+            return Err(ConfigError::new("k", "must be finite and at least 1").with_value(self.k));
         }
         if !(self.min_rps.is_finite() && self.min_rps >= 0.0) {
-            return Err(ConfigError::MinRps(self.min_rps));
+            return Err(
+                ConfigError::new("min_rps", "must be finite and not negative")
+                    .with_value(self.min_rps),
+            );
         }
         if !(0.0..=1.0).contains(&self.max_probability) {
-            return Err(ConfigError::MaxProbability(self.max_probability));
+            return Err(
+                ConfigError::new("max_probability", "must be between 0 and 1")
+                    .with_value(self.max_probability),
+            );
         }
         Ok(())
     }
 }
-
-/// Why a [`ThrottleConfig`] is invalid.
-#[derive(Debug, Clone, Copy, PartialEq)]
-#[non_exhaustive]
-pub enum ConfigError {
-    /// The window or its bucket count is zero, or the buckets are shorter
-    /// than a nanosecond.
-    EmptyWindow,
-    /// `K` must be finite and at least 1.
-    K(f64),
-    /// The minimum rate must be finite and not negative.
-    MinRps(f64),
-    /// The maximum probability must be in `[0, 1]`.
-    MaxProbability(f64),
-    /// The window is above a day, or kept in more than 65,536 buckets.
-    TooLarge,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ConfigError::EmptyWindow => f.write_str(
-                "the window and its bucket count must be positive (buckets of 1 ns or more)",
-            ),
-            ConfigError::K(k) => write!(f, "K must be finite and at least 1, not {k}"),
-            ConfigError::MinRps(r) => write!(f, "min_rps must be finite and not negative, not {r}"),
-            ConfigError::MaxProbability(p) => {
-                write!(f, "max_probability must be between 0 and 1, not {p}")
-            }
-            ConfigError::TooLarge => {
-                f.write_str("the window may be at most a day, in at most 65,536 buckets")
-            }
-        }
-    }
-}
-
-impl std::error::Error for ConfigError {}
 
 /// An admitted attempt, to [`accept`](AdaptiveThrottle::accept) (once) when
 /// the backend accepts it.
@@ -135,7 +117,7 @@ impl Ticket {
 
 /// The statistics a decision was made from.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Stats {
+pub struct ThrottleStats {
     /// Attempts in the window, including those rejected locally.
     pub requests: u64,
     /// Attempts the backend accepted.
@@ -236,9 +218,9 @@ impl<R: Random> AdaptiveThrottle<R> {
     }
 
     /// The statistics and rejection probability for `class` at `now`.
-    pub fn stats(&self, now: Instant, class: Option<Criticality>) -> Stats {
+    pub fn stats(&self, now: Instant, class: Option<Criticality>) -> ThrottleStats {
         let [requests, accepts] = self.counts(class).totals(self.bucket(now));
-        Stats {
+        ThrottleStats {
             requests,
             accepts,
             probability: self.probability(requests, accepts),

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use floodwall_core::BoxError;
 use floodwall_throttle::{
-    AdaptiveThrottle, Backoff, RetryBudget, RetryLayer, SplitMix, ThrottleConfig, ThrottleLayer,
+    AdaptiveThrottle, Backoff, RetryBudget, RetryConfig, RetryLayer, SplitMix, ThrottleConfig,
+    ThrottleLayer,
 };
 use tokio::time::{Instant, advance};
 use tower::{Layer, ServiceExt, service_fn};
@@ -124,19 +125,22 @@ async fn a_retry_dropped_during_backoff_leaks_nothing() {
     let held = token.clone();
     let calls = Arc::new(std::sync::atomic::AtomicU32::new(0));
     let c = calls.clone();
-    let svc = RetryLayer::builder()
-        .budget(budget.clone())
-        .backoff(Backoff {
+    let svc = RetryLayer::builder(RetryConfig {
+        backoff: Backoff {
             initial: Duration::from_secs(1),
             ..Default::default()
-        })
-        .rng(|| 0.9)
-        .build()
-        .layer(service_fn(move |_: ()| {
-            let _held = &held;
-            c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            async { Err::<(), BoxError>("reset".into()) }
-        }));
+        },
+        ..RetryConfig::default()
+    })
+    .budget(budget.clone())
+    .rng(|| 0.9)
+    .build()
+    .unwrap()
+    .layer(service_fn(move |_: ()| {
+        let _held = &held;
+        c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        async { Err::<(), BoxError>("reset".into()) }
+    }));
     let baseline = Arc::strong_count(&token);
     let task = tokio::spawn(svc.clone().oneshot(()));
     advance(Duration::from_millis(100)).await; // first attempt failed; backing off

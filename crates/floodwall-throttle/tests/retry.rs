@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use floodwall_core::{BoxError, RejectKind, Rejected, Rejection};
 use floodwall_throttle::{
-    Backoff, DoNotRetry, NO_RETRY_HEADER, RetryBudget, RetryHttp, RetryLayer,
+    Backoff, DoNotRetry, NO_RETRY_HEADER, RetryBudget, RetryConfig, RetryHttp, RetryLayer,
 };
 use tokio::time::Instant;
 use tower::{Layer, ServiceExt, service_fn};
@@ -121,15 +121,18 @@ mod calls_log {
 }
 
 fn retry(budget: &Arc<RetryBudget>) -> RetryLayer {
-    RetryLayer::builder()
-        .budget(budget.clone())
-        .backoff(Backoff {
+    RetryLayer::builder(RetryConfig {
+        backoff: Backoff {
             initial: Duration::from_millis(100),
             max: Duration::from_secs(1),
             multiplier: 2.0,
-        })
-        .rng(|| 0.5) // deterministic jitter: half the bound
-        .build()
+        },
+        ..RetryConfig::default()
+    })
+    .budget(budget.clone())
+    .rng(|| 0.5) // deterministic jitter: half the bound
+    .build()
+    .unwrap()
 }
 
 #[tokio::test(start_paused = true)]
@@ -262,11 +265,14 @@ async fn backoff_resets_after_pushback_and_long_pushback_ends_retries() {
         _ => None,
     });
     let t0 = Instant::now();
-    let layer = RetryLayer::builder()
-        .budget(budget.clone())
-        .max_attempts(4)
-        .rng(|| 0.5)
-        .build();
+    let layer = RetryLayer::builder(RetryConfig {
+        max_attempts: 4,
+        ..RetryConfig::default()
+    })
+    .budget(budget.clone())
+    .rng(|| 0.5)
+    .build()
+    .unwrap();
     assert_eq!(layer.layer(svc).oneshot(1).await.unwrap(), 1);
     let gaps: Vec<_> = log.times().iter().map(|t| *t - t0).collect();
     let ms = Duration::from_millis;
@@ -342,11 +348,12 @@ async fn http_responses_overload_pushback_and_the_no_retry_header() {
         })
     };
     let layer = || {
-        RetryLayer::builder()
+        RetryLayer::builder(RetryConfig::default())
             .budget(budget.clone())
             .policy(RetryHttp)
             .rng(|| 0.0)
             .build()
+            .unwrap()
     };
     // 503 twice up the stack: the inner layer tries 3 times, marks, the
     // outer one does not retry.
@@ -381,4 +388,33 @@ async fn http_responses_overload_pushback_and_the_no_retry_header() {
         svc.oneshot(http::Request::new(())).await.unwrap();
         assert_eq!(calls.swap(0, Ordering::Relaxed), 1, "status {status}");
     }
+}
+
+#[test]
+fn an_invalid_retry_config_names_its_field() {
+    let err = RetryLayer::new(RetryConfig {
+        max_attempts: 0,
+        ..RetryConfig::default()
+    })
+    .unwrap_err();
+    assert_eq!(err.field(), "max_attempts");
+    let err = RetryLayer::new(RetryConfig {
+        backoff: Backoff {
+            multiplier: f64::NAN,
+            ..Backoff::default()
+        },
+        ..RetryConfig::default()
+    })
+    .unwrap_err();
+    assert_eq!(err.field(), "backoff.multiplier");
+    let err = RetryLayer::new(RetryConfig {
+        budget: floodwall_throttle::BudgetConfig {
+            max_tokens: 0.0,
+            token_ratio: 0.1,
+        },
+        ..RetryConfig::default()
+    })
+    .unwrap_err();
+    assert_eq!(err.field(), "max_tokens");
+    assert!(err.to_string().contains("got 0"), "{err}");
 }

@@ -290,14 +290,14 @@ fn invalid_configs_are_errors_not_panics() {
             k: 0.5,
             ..Default::default()
         })
-        .contains("K must be")
+        .contains("k must be finite and at least 1 (got 0.5)")
     );
     assert!(
         bad(ThrottleConfig {
             buckets: 0,
             ..Default::default()
         })
-        .contains("window")
+        .contains("buckets must be > 0")
     );
     assert!(
         bad(ThrottleConfig {

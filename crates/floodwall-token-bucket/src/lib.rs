@@ -107,7 +107,7 @@ mod layer;
 pub use config::{DEFAULT_NAME, TokenBucketConfig};
 pub use floodwall_core::ConfigError;
 pub use floodwall_ratelimit::{
-    Builder, Denied, Keyed, KeyedTokenBucket, Limiter, MAX_WAIT, One, Quota, RateLimitHandle,
-    RateLimitService, Refund, Reservation, Tat, TokenBucket, Weigh, error, future,
+    Builder, Denied, Keyed, KeyedTokenBucket, Limiter, MAX_WAIT, One, Quota, RateLimit,
+    RateLimitHandle, Refund, Reservation, Tat, TokenBucket, Weigh, error, future,
 };
 pub use layer::{TokenBucketLayer, TokenBuckets};

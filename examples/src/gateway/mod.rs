@@ -34,7 +34,7 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use floodwall::core::{Arrival, BoxError, Rejected};
-use floodwall::deadline::{ServerConfig, ServerDeadlineLayer, Wire};
+use floodwall::deadline::{ServerDeadlineConfig, ServerDeadlineLayer, Wire};
 use floodwall::http::{RejectionLayer, Respond};
 use floodwall::priority::{AssignConfig, AssignPriorityLayer, BusinessTable};
 use floodwall::redis::{RedisClient, RedisLimiter, RedisRateLimitLayer};
@@ -425,11 +425,11 @@ fn build_route(
             .option_layer(limit)
             .option_layer(global_layer)
             .layer(assign.clone())
-            .layer(ServerDeadlineLayer::new(ServerConfig {
+            .layer(ServerDeadlineLayer::new(ServerDeadlineConfig {
                 wire: Wire::Grpc,
                 trust_inbound: true,
                 max: Some(r.timeout),
-            }))
+            })?)
             .service(handler);
         (BoxCloneSyncService::new(stack), handle, global)
     } else {

@@ -20,10 +20,10 @@ use std::sync::Arc;
 use bytes::Bytes;
 use floodwall::breaker::{BreakerHandle, BreakerLayer, State};
 use floodwall::core::{BoxError, Classify, GrpcClassifier, HttpClassifier, Outcome};
-use floodwall::deadline::{ClientConfig as DeadlineClient, PropagateDeadlineLayer, Wire};
+use floodwall::deadline::{PropagateDeadlineConfig, PropagateDeadlineLayer, Wire};
 use floodwall::grpc::{StatusErrorLayer, TonicClassifier};
-use floodwall::priority::{ClientConfig as PriorityClient, PriorityClientLayer};
-use floodwall::throttle::{Stats, ThrottleLayer};
+use floodwall::priority::{PriorityClientConfig, PriorityClientHandle, PriorityClientLayer};
+use floodwall::throttle::{ThrottleLayer, ThrottleStats};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -169,8 +169,8 @@ impl<B> Classify<http::Response<B>, BoxError> for HttpFaultsOnly {
 #[derive(Clone, Default)]
 struct Guards {
     breaker: Option<BreakerHandle>,
-    throttle: Option<Arc<dyn Fn() -> Stats + Send + Sync>>,
-    priority: Option<PriorityClientLayer>,
+    throttle: Option<Arc<dyn Fn() -> ThrottleStats + Send + Sync>>,
+    priority: Option<PriorityClientHandle>,
     transitions: Arc<Mutex<Vec<Transition>>>,
 }
 
@@ -223,21 +223,19 @@ impl Guards {
                     .build()
             })
             .transpose()?;
-        let priority = PriorityClientLayer::with_options(
-            PriorityClient {
-                collaborative: config.collaborative,
-                ..PriorityClient::default()
-            },
-            name.to_owned(),
-            floodwall::core::Priority::LOWEST,
-        );
+        let priority = PriorityClientLayer::builder(PriorityClientConfig {
+            collaborative: config.collaborative,
+            ..PriorityClientConfig::default()
+        })
+        .name(name.to_owned())
+        .build()?;
         let guards = Guards {
             breaker: breaker.as_ref().map(BreakerLayer::handle),
             throttle: throttle.as_ref().map(|t| {
                 let handle = t.handle();
-                Arc::new(move || handle.stats(None)) as Arc<dyn Fn() -> Stats + Send + Sync>
+                Arc::new(move || handle.stats(None)) as Arc<dyn Fn() -> ThrottleStats + Send + Sync>
             }),
-            priority: Some(priority.clone()),
+            priority: Some(priority.handle()),
             transitions,
         };
         Ok((
@@ -306,11 +304,11 @@ impl GrpcUpstream {
             Guards::build(name, config, FaultsOnly, TonicClassifier(GrpcClassifier))?;
         let transport = ServiceBuilder::new()
             .layer(StatusErrorLayer::new())
-            .layer(PropagateDeadlineLayer::new(DeadlineClient {
+            .layer(PropagateDeadlineLayer::new(PropagateDeadlineConfig {
                 wire: Wire::Grpc,
                 timeout: Some(config.timeout),
-                ..DeadlineClient::default()
-            }))
+                ..PropagateDeadlineConfig::default()
+            })?)
             .layer(layers.priority)
             .option_layer(layers.breaker)
             .option_layer(layers.throttle)
@@ -385,11 +383,11 @@ impl HttpUpstream {
         let (guards, layers) = Guards::build(name, config, HttpFaultsOnly, HttpClassifier)?;
         let transport = BoxCloneSyncService::new(
             ServiceBuilder::new()
-                .layer(PropagateDeadlineLayer::new(DeadlineClient {
+                .layer(PropagateDeadlineLayer::new(PropagateDeadlineConfig {
                     wire: Wire::http(),
                     timeout: Some(config.timeout),
-                    ..DeadlineClient::default()
-                }))
+                    ..PropagateDeadlineConfig::default()
+                })?)
                 .layer(layers.priority)
                 .option_layer(layers.breaker)
                 .option_layer(layers.throttle)

@@ -3,7 +3,7 @@
 use super::*;
 
 pin_project! {
-    /// The response future of [`CodelService`].
+    /// The response future of [`Codel`].
     pub struct ResponseFuture<S, Req, X>
     where
         S: Service<Req>,

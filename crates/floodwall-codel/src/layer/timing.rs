@@ -3,7 +3,7 @@
 use super::*;
 
 /// Where a request's [`Arrival`] and [`Deadline`] come from.
-/// [`NoTiming`] gives neither; [`FromExtensions`] reads an
+/// [`NoTiming`] gives neither; [`TimingFromExtensions`] reads an
 /// `http::Request`'s extensions.
 pub trait TimingOf<Req>: Send + Sync + 'static {
     /// When the request reached the outermost layer, if known: queueing
@@ -31,9 +31,9 @@ impl<Req> TimingOf<Req> for NoTiming {
 
 /// Reads the [`Arrival`] and [`Deadline`] extensions of an `http::Request`.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct FromExtensions;
+pub struct TimingFromExtensions;
 
-impl<B> TimingOf<http::Request<B>> for FromExtensions {
+impl<B> TimingOf<http::Request<B>> for TimingFromExtensions {
     fn arrival(&self, req: &http::Request<B>) -> Option<Instant> {
         req.extensions().get::<Arrival>().map(|a| a.instant())
     }

@@ -20,7 +20,7 @@ impl Algorithm for Fixed {
 
 #[test]
 fn admits_up_to_the_limit_and_a_finished_request_frees_its_slot() {
-    let l = Limiter::new(Fixed(3));
+    let l = ConcurrencyLimiter::new(Fixed(3));
     let now = Instant::now();
     let tokens: Vec<_> = (0..3).map(|_| l.try_acquire(now).unwrap()).collect();
     assert_eq!(
@@ -30,7 +30,7 @@ fn admits_up_to_the_limit_and_a_finished_request_frees_its_slot() {
     let refused = l.try_acquire(now).unwrap_err();
     assert_eq!(
         refused,
-        Refused {
+        LimitRefused {
             limit: 3,
             in_flight: 3,
             class: 0
@@ -60,7 +60,7 @@ fn samples_carry_the_rtt_the_in_flight_count_and_the_drop_flag() {
             10
         }
     }
-    let l = Limiter::new(Record::default());
+    let l = ConcurrencyLimiter::new(Record::default());
     let t0 = Instant::now();
     let a = l.try_acquire(t0).unwrap();
     let b = l.try_acquire(t0 + Duration::from_millis(5)).unwrap();
@@ -93,7 +93,7 @@ fn listeners_hear_the_first_limit_and_every_change_only() {
         ..AimdConfig::default()
     })
     .unwrap();
-    let l = Limiter::new(aimd).on_limit_change(move |n| h.lock().unwrap().push(n));
+    let l = ConcurrencyLimiter::new(aimd).on_limit_change(move |n| h.lock().unwrap().push(n));
     let now = Instant::now();
     let a = l.try_acquire(now).unwrap();
     l.success(a, now); // 1 in flight of 2: busy enough, 2 → 3
@@ -107,7 +107,7 @@ fn listeners_hear_the_first_limit_and_every_change_only() {
 #[test]
 fn a_class_under_its_guarantee_gets_in_when_the_limit_is_reached() {
     let p = Partitions::new(&[0.5, 0.5]).unwrap();
-    let l = Limiter::partitioned(Fixed(4), p);
+    let l = ConcurrencyLimiter::partitioned(Fixed(4), p);
     let now = Instant::now();
     // Class 1 borrows the whole limit while class 0 is idle.
     let batch: Vec<_> = (0..4).map(|_| l.try_acquire_in(1, now).unwrap()).collect();
@@ -127,7 +127,7 @@ fn a_class_under_its_guarantee_gets_in_when_the_limit_is_reached() {
 
 #[test]
 fn a_class_out_of_range_counts_as_the_last_one() {
-    let l = Limiter::partitioned(Fixed(4), Partitions::new(&[0.75, 0.25]).unwrap());
+    let l = ConcurrencyLimiter::partitioned(Fixed(4), Partitions::new(&[0.75, 0.25]).unwrap());
     let t = l.try_acquire_in(9, Instant::now()).unwrap();
     assert_eq!(t.class(), 1);
     assert_eq!(l.in_flight_in(1), 1);
@@ -149,7 +149,7 @@ fn bad_partitions_are_refused() {
 
 #[test]
 fn concurrent_acquires_never_exceed_the_limit_and_all_slots_come_back() {
-    let l = Arc::new(Limiter::new(Fixed(8)));
+    let l = Arc::new(ConcurrencyLimiter::new(Fixed(8)));
     let peak = Arc::new(AtomicU32::new(0));
     std::thread::scope(|s| {
         for _ in 0..4 {
@@ -180,7 +180,7 @@ proptest::proptest! {
         let total_share: u32 = shares.iter().map(|&s| u32::from(s)).sum::<u32>().max(4);
         let shares: Vec<f64> = shares.iter().map(|&s| f64::from(s) / f64::from(total_share)).collect();
         let p = Partitions::new(&shares).unwrap();
-        let l = Limiter::partitioned(Fixed(limit), p);
+        let l = ConcurrencyLimiter::partitioned(Fixed(limit), p);
         let mut held: Vec<Vec<Token>> = (0..MAX_CLASSES).map(|_| Vec::new()).collect();
         let mut model = [0u32; MAX_CLASSES];
         let now = Instant::now();

@@ -4,7 +4,7 @@
 use super::*;
 
 pin_project! {
-    /// The response future of [`AdmissionService`](super::AdmissionService).
+    /// The response future of [`Admission`](super::Admission).
     pub struct ResponseFuture<F> {
         #[pin]
         state: State<F>,

@@ -105,7 +105,7 @@ impl Default for Fallback {
 /// Counters of what the limiter did since it was built.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
-pub struct Stats {
+pub struct RedisStats {
     /// Script calls Redis answered.
     pub round_trips: u64,
     /// Script calls that failed or timed out.

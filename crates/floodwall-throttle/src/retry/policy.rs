@@ -212,10 +212,14 @@ impl Error for DoNotRetry {
 /// Exponential backoff with full jitter: the `n`-th retry waits a uniform
 /// random time in `[0, min(initial · multiplier^(n−1), max)]`.
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
 pub struct Backoff {
     /// The bound for the first retry. Default 100 ms.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub initial: Duration,
     /// The largest bound. Default 1 s.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub max: Duration,
     /// How the bound grows per retry. Default 2.
     pub multiplier: f64,
