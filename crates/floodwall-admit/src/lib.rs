@@ -72,6 +72,7 @@
 mod backpressure;
 mod body;
 pub mod future;
+pub mod gate;
 mod guard;
 mod layer;
 mod service;

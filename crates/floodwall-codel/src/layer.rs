@@ -3,14 +3,14 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker, ready};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+use floodwall_admit::gate::{Gate, Gated, Open};
 use floodwall_core::metrics::{LABEL_NAME, LABEL_REASON, RequestCounters, metric_name};
 use floodwall_core::sync::{self, AtomicUsize, Mutex, Ordering};
 use floodwall_core::{Arrival, BoxError, Deadline, RejectKind, Rejected, Rejection};
 use metrics::{Counter, Gauge, Histogram};
-use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 use tower_layer::Layer;
 use tower_service::Service;
@@ -25,8 +25,7 @@ mod pool;
 mod timing;
 
 pub use error::Shed;
-pub use future::ResponseFuture;
-use future::State;
+pub use future::{Queued, ResponseFuture};
 pub use handle::CodelHandle;
 pub(crate) use pool::*;
 pub use timing::{NoTiming, TimingFromExtensions, TimingOf};
@@ -277,7 +276,7 @@ where
             && Instant::now() + shared.min_remaining >= d
         {
             shared.metrics.shed(DropReason::Deadline);
-            return ResponseFuture::shed(DropReason::Deadline);
+            return Gated::rejected(future::shed(DropReason::Deadline));
         }
         if shared.queued.load(Ordering::SeqCst) == 0 && shared.try_take() {
             // A free worker and nobody waiting: run at once.
@@ -291,12 +290,7 @@ where
             let permit = Permit {
                 shared: shared.clone(),
             };
-            return ResponseFuture {
-                state: State::Running {
-                    fut: self.inner.call(req),
-                    permit,
-                },
-            };
+            return Gated::running(self.inner.call(req), permit);
         }
         self.enqueue(req)
     }
@@ -321,7 +315,7 @@ impl<S, X> Codel<S, X> {
             Ok(queued) => queued,
             Err(reason) => {
                 shared.metrics.shed(reason);
-                return ResponseFuture::shed(reason);
+                return Gated::rejected(future::shed(reason));
             }
         };
         // Wake up to drop ourselves when the queue timeout passes, or when
@@ -335,15 +329,13 @@ impl<S, X> Codel<S, X> {
             (Some(a), Some(b)) => Some(if b.0 <= a.0 { b } else { a }),
             (a, b) => a.or(b),
         };
-        ResponseFuture {
-            state: State::Waiting {
-                waiter,
-                service: Some(service),
-                req: Some(req),
-                timer,
-                sleep: None,
-            },
-        }
+        Gated::waiting(Queued {
+            waiter,
+            service: Some(service),
+            req: Some(req),
+            timer,
+            sleep: None,
+        })
     }
 }
 

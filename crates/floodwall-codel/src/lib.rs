@@ -63,5 +63,5 @@ pub mod error {
 
 /// The response future of [`Codel`] (and [`Bulkhead`]).
 pub mod future {
-    pub use crate::layer::ResponseFuture;
+    pub use crate::layer::{Queued, ResponseFuture};
 }

@@ -61,6 +61,8 @@ pub mod outcome;
 pub mod random;
 mod rejection;
 pub mod sync;
+#[cfg(feature = "test-util")]
+pub mod testing;
 pub mod window;
 pub mod wire;
 

@@ -289,49 +289,16 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use floodwall_core::Rejection;
-
-    #[derive(Debug)]
-    struct Stub(RejectKind, Option<Duration>);
-
-    #[derive(Debug)]
-    struct Never;
-    impl fmt::Display for Never {
-        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("never")
-        }
-    }
-    impl std::error::Error for Never {}
-    impl Rejection for Never {
-        fn kind(&self) -> RejectKind {
-            RejectKind::RateLimited
-        }
-        fn is_permanent(&self) -> bool {
-            true
-        }
-    }
+    use floodwall_core::testing::StubRejection;
 
     #[test]
     fn permanent_rejections_say_do_not_retry() {
-        let status = status_for(&Rejected::new(Never));
+        let status = status_for(&Rejected::new(
+            StubRejection::new(RejectKind::RateLimited).permanent(),
+        ));
         assert_eq!(status.code(), Code::ResourceExhausted);
         assert_eq!(status.metadata().get(RETRY_PUSHBACK_MS).unwrap(), "-1");
     }
-    impl fmt::Display for Stub {
-        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            write!(f, "stub {}", self.0)
-        }
-    }
-    impl std::error::Error for Stub {}
-    impl Rejection for Stub {
-        fn kind(&self) -> RejectKind {
-            self.0
-        }
-        fn retry_after(&self) -> Option<Duration> {
-            self.1
-        }
-    }
-
     #[test]
     fn codes() {
         use RejectKind::*;
@@ -344,7 +311,7 @@ mod tests {
             (DeadlineExceeded, Code::DeadlineExceeded),
         ];
         for (kind, code) in cases {
-            let status = status_for(&Rejected::new(Stub(kind, None)));
+            let status = status_for(&Rejected::new(StubRejection::new(kind)));
             assert_eq!(status.code(), code, "{kind:?}");
             assert!(status.metadata().get(RETRY_PUSHBACK_MS).is_none());
         }
@@ -355,10 +322,9 @@ mod tests {
         assert_eq!(pushback_ms(Duration::from_nanos(1)), 1);
         assert_eq!(pushback_ms(Duration::from_millis(250)), 250);
         assert_eq!(pushback_ms(Duration::from_micros(250_001)), 251);
-        let status = status_for(&Rejected::new(Stub(
-            RejectKind::Overloaded,
-            Some(Duration::from_micros(1500)),
-        )));
+        let status = status_for(&Rejected::new(
+            StubRejection::new(RejectKind::Overloaded).retry_after(Duration::from_micros(1500)),
+        ));
         assert_eq!(status.metadata().get(RETRY_PUSHBACK_MS).unwrap(), "2");
         assert_eq!(status.message(), "stub overloaded");
     }
@@ -372,7 +338,8 @@ mod tests {
 
     #[test]
     fn the_status_keeps_the_rejection_as_source() {
-        let status = into_status(Rejected::boxed(Stub(RejectKind::Throttled, None))).unwrap();
+        let status =
+            into_status(Rejected::boxed(StubRejection::new(RejectKind::Throttled))).unwrap();
         let source = std::error::Error::source(&status).unwrap();
         assert!(Rejected::find(source).is_some());
     }

@@ -314,31 +314,16 @@ impl<F, R> fmt::Debug for ResponseFuture<F, R> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use floodwall_core::{RateLimitPolicy, Rejection};
+    use floodwall_core::RateLimitPolicy;
+    use floodwall_core::testing::StubRejection;
     use std::sync::Arc;
 
-    #[derive(Debug)]
-    struct Stub(RejectKind, Option<Duration>, Option<Arc<RateLimitPolicy>>);
-    impl fmt::Display for Stub {
-        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("stub")
-        }
-    }
-    impl std::error::Error for Stub {}
-    impl Rejection for Stub {
-        fn kind(&self) -> RejectKind {
-            self.0
-        }
-        fn retry_after(&self) -> Option<Duration> {
-            self.1
-        }
-        fn rate_limit(&self) -> Option<&RateLimitPolicy> {
-            self.2.as_deref()
-        }
-    }
-
     fn respond(kind: RejectKind, wait: Option<Duration>) -> Response<()> {
-        response_for(&Rejected::new(Stub(kind, wait, None)))
+        let stub = StubRejection::new(kind);
+        response_for(&Rejected::new(match wait {
+            Some(wait) => stub.retry_after(wait),
+            None => stub,
+        }))
     }
 
     #[test]
@@ -378,15 +363,15 @@ mod tests {
     #[test]
     fn ratelimit_fields() {
         let policy = Arc::new(RateLimitPolicy::new("per-ip", 100, Duration::from_secs(60)));
-        let r = Rejected::new(Stub(
-            RejectKind::RateLimited,
-            Some(Duration::from_millis(1500)),
-            Some(policy.clone()),
-        ));
+        let r = Rejected::new(
+            StubRejection::new(RejectKind::RateLimited)
+                .retry_after(Duration::from_millis(1500))
+                .policy(policy.clone()),
+        );
         let res: Response<()> = response_for(&r);
         assert_eq!(res.headers()[&RATELIMIT_POLICY], "\"per-ip\";q=100;w=60");
         assert_eq!(res.headers()[&RATELIMIT], "\"per-ip\";r=0;t=2");
-        let never = Rejected::new(Stub(RejectKind::RateLimited, None, Some(policy)));
+        let never = Rejected::new(StubRejection::new(RejectKind::RateLimited).policy(policy));
         let res: Response<()> = response_for(&never);
         assert_eq!(res.headers()[&RATELIMIT], "\"per-ip\";r=0");
         assert!(res.headers().get(RETRY_AFTER).is_none());
@@ -397,7 +382,7 @@ mod tests {
         assert_eq!(sf_string("a\"b\\c"), "\"a\\\"b\\\\c\"");
         assert_eq!(sf_string("zü\n"), "\"z__\"");
         let policy = Arc::new(RateLimitPolicy::new("x\"y", 5, Duration::from_millis(500)));
-        let r = Rejected::new(Stub(RejectKind::RateLimited, None, Some(policy)));
+        let r = Rejected::new(StubRejection::new(RejectKind::RateLimited).policy(policy));
         let res: Response<()> = response_for(&r);
         assert_eq!(res.headers()[&RATELIMIT_POLICY], "\"x\\\"y\";q=5;w=1");
     }

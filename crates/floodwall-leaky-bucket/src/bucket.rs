@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use floodwall_ratelimit::{Denied, Limiter, Quota, Refund, Remaining};
+use floodwall_ratelimit::{Denied, Limiter, Quota, Refund, Remaining, Reserved};
 use tokio::time::Instant;
 
 use crate::{LeakyMeter, LeakyShaper};
@@ -61,13 +61,7 @@ impl<Req> Limiter<Req> for LeakyBucket {
         }
     }
 
-    fn reserve(
-        &self,
-        req: &Req,
-        now: Instant,
-        n: u32,
-        max_wait: Duration,
-    ) -> Result<(Duration, ()), Denied> {
+    fn reserve(&self, req: &Req, now: Instant, n: u32, max_wait: Duration) -> Reserved<()> {
         match self {
             LeakyBucket::Meter(meter) => meter.try_acquire(now, n).map(|()| (Duration::ZERO, ())),
             LeakyBucket::Shaper(shaper) => shaper.reserve(req, now, n, max_wait),

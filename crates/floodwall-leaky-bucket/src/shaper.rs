@@ -1,7 +1,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use floodwall_ratelimit::{Denied, Limiter, MAX_WAIT, Quota, Refund, TokenBucket};
+use floodwall_ratelimit::{Denied, Limiter, MAX_WAIT, Quota, Refund, Reserved, TokenBucket};
 use tokio::time::Instant;
 
 /// A leaky bucket as a shaper (a queue): requests leave one interval apart,
@@ -144,13 +144,7 @@ impl<Req> Limiter<Req> for LeakyShaper {
 
     /// Every request gets the next slot if the queue has room; the layer's
     /// wait bound is the queue's.
-    fn reserve(
-        &self,
-        _req: &Req,
-        now: Instant,
-        n: u32,
-        _max_wait: Duration,
-    ) -> Result<(Duration, ()), Denied> {
+    fn reserve(&self, _req: &Req, now: Instant, n: u32, _max_wait: Duration) -> Reserved<()> {
         match self.bucket.reserve(now, n, self.horizon) {
             Ok(reservation) => Ok((reservation.wait(), ())),
             Err(denied) => Err(self.queue_full(denied)),

@@ -6,6 +6,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
+use floodwall_admit::gate::{Gate, Gated, Open};
 use floodwall_core::BoxError;
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
@@ -14,43 +15,20 @@ use tower_service::Service;
 use crate::layer::Shared;
 use crate::{Limiter, Refund, Weigh};
 
-pin_project! {
-    /// The response future of [`RateLimit`](crate::RateLimit):
-    /// the inner call, a ready rejection, or (in wait mode) a wait for the
-    /// request's turn followed by the inner call.
-    ///
-    /// Dropping it while it waits cancels the request's reservation (as far
-    /// as the limiter's [`Refund`] rule allows); the inner service is never
-    /// called for it.
-    pub struct ResponseFuture<S, Req, L, W>
-    where
-        S: Service<Req>,
-        L: Limiter<Req>,
-        W: Weigh<Req>,
-    {
-        #[pin]
-        state: State<S, Req, L, W>,
-    }
-}
+/// The response future of [`RateLimit`](crate::RateLimit): the inner call,
+/// a ready rejection, or (in wait mode) a wait for the request's turn
+/// followed by the inner call.
+///
+/// Dropping it while it waits cancels the request's reservation (as far as
+/// the limiter's [`Refund`] rule allows); the inner service is never called
+/// for it.
+pub type ResponseFuture<S, Req, L, W> = Gated<Pin<Box<WaitTurn<S, Req, L, W>>>>;
 
 pin_project! {
-    #[project = StateProj]
-    enum State<S, Req, L, W>
-    where
-        S: Service<Req>,
-        L: Limiter<Req>,
-        W: Weigh<Req>,
-    {
-        Called { #[pin] fut: S::Future },
-        Rejected { error: Option<BoxError> },
-        // Boxed, in one allocation, so that the common cases stay small.
-        Waiting { wait: Pin<Box<Wait<S, Req, L, W>>> },
-    }
-}
-
-pin_project! {
-    /// A request waiting for its turn in wait mode.
-    struct Wait<S, Req, L, W>
+    /// A request waiting for its turn in wait mode (boxed in the response
+    /// future, so the common cases stay small): the timer, then the inner
+    /// service's readiness, then the call.
+    pub struct WaitTurn<S, Req, L, W>
     where
         L: Limiter<Req>,
     {
@@ -62,90 +40,55 @@ pin_project! {
     }
 }
 
-impl<S, Req, L, W> ResponseFuture<S, Req, L, W>
+impl<S, Req, L, W> WaitTurn<S, Req, L, W>
 where
     S: Service<Req>,
     L: Limiter<Req>,
     W: Weigh<Req>,
 {
-    #[inline]
-    pub(crate) fn called(fut: S::Future) -> Self {
-        Self {
-            state: State::Called { fut },
-        }
-    }
-
-    pub(crate) fn rejected(error: BoxError) -> Self {
-        Self {
-            state: State::Rejected { error: Some(error) },
-        }
-    }
-
-    pub(crate) fn waiting(until: Instant, svc: S, req: Req, guard: RefundGuard<L, W>) -> Self {
-        Self {
-            state: State::Waiting {
-                wait: Box::pin(Wait {
-                    sleep: tokio::time::sleep_until(until),
-                    svc,
-                    req: Some(req),
-                    guard,
-                }),
-            },
-        }
+    pub(crate) fn boxed(
+        until: Instant,
+        svc: S,
+        req: Req,
+        guard: RefundGuard<L, W>,
+    ) -> Pin<Box<Self>> {
+        Box::pin(Self {
+            sleep: tokio::time::sleep_until(until),
+            svc,
+            req: Some(req),
+            guard,
+        })
     }
 }
 
-impl<S, Req, L, W> Future for ResponseFuture<S, Req, L, W>
+impl<S, Req, L, W> Gate for WaitTurn<S, Req, L, W>
 where
     S: Service<Req>,
     S::Error: Into<BoxError>,
     L: Limiter<Req>,
-    W: Weigh<Req>,
 {
-    type Output = Result<S::Response, BoxError>;
+    type Future = S::Future;
+    type Hold = ();
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut state = self.project().state;
-        loop {
-            match state.as_mut().project() {
-                StateProj::Called { fut } => return fut.poll(cx).map_err(Into::into),
-                StateProj::Rejected { error } => {
-                    let error = error.take().expect("polled after completion");
-                    return Poll::Ready(Err(error));
-                }
-                StateProj::Waiting { wait } => {
-                    let wait = wait.as_mut().project();
-                    ready!(wait.sleep.poll(cx));
-                    if let Err(err) = ready!(wait.svc.poll_ready(cx)) {
-                        // The request will never run: give its tokens back now.
-                        wait.guard.refund();
-                        return Poll::Ready(Err(err.into()));
-                    }
-                    let req = wait.req.take().expect("polled after completion");
-                    wait.guard.admitted();
-                    let fut = wait.svc.call(req);
-                    state.set(State::Called { fut });
-                }
-            }
+    fn poll_open(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Open<Self> {
+        let wait = self.project();
+        ready!(wait.sleep.poll(cx));
+        if let Err(err) = ready!(wait.svc.poll_ready(cx)) {
+            // The request will never run: give its tokens back now.
+            wait.guard.refund();
+            return Poll::Ready(Err(err.into()));
         }
+        let req = wait.req.take().expect("polled after completion");
+        wait.guard.admitted();
+        Poll::Ready(Ok((wait.svc.call(req), ())))
     }
 }
 
-impl<S, Req, L, W> fmt::Debug for ResponseFuture<S, Req, L, W>
-where
-    S: Service<Req>,
-    L: Limiter<Req>,
-    W: Weigh<Req>,
-{
+impl<S, Req, L: Limiter<Req>, W> fmt::Debug for WaitTurn<S, Req, L, W> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let state = match &self.state {
-            State::Called { .. } => "Called",
-            State::Rejected { .. } => "Rejected",
-            State::Waiting { .. } => "Waiting",
-        };
-        f.debug_struct("ResponseFuture")
-            .field("state", &state)
-            .finish()
+        f.debug_struct("WaitTurn")
+            .field("until", &self.sleep.deadline())
+            .finish_non_exhaustive()
     }
 }
 

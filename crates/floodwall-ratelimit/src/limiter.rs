@@ -48,6 +48,10 @@ impl fmt::Display for Denied {
 
 impl std::error::Error for Denied {}
 
+/// What [`Limiter::reserve`] returns: the wait before the request may
+/// start and what cancelling it needs, or the refusal.
+pub type Reserved<P> = Result<(Duration, P), Denied>;
+
 /// What a rate-limit service asks of its limiter for each request.
 ///
 /// `acquire` decides now; `reserve` may schedule the request up to
@@ -74,7 +78,7 @@ pub trait Limiter<Req>: Refund {
         now: Instant,
         n: u32,
         max_wait: Duration,
-    ) -> Result<(Duration, Self::Permit), Denied> {
+    ) -> Reserved<Self::Permit> {
         let _ = max_wait;
         self.acquire(req, now, n)
             .map(|()| (Duration::ZERO, Self::Permit::default()))
@@ -183,7 +187,7 @@ where
         now: Instant,
         n: u32,
         max_wait: Duration,
-    ) -> Result<(Duration, Option<(M::Key, M::Permit)>), Denied> {
+    ) -> Reserved<Self::Permit> {
         let Some(key) = (self.extract)(req) else {
             return Ok((Duration::ZERO, None));
         };

@@ -7,7 +7,9 @@ use tokio::time::Instant;
 use tower_service::Service;
 
 use crate::error::{ExceedsBurst, RateLimited};
-use crate::future::{RefundGuard, ResponseFuture};
+use floodwall_admit::gate::Gated;
+
+use crate::future::{RefundGuard, ResponseFuture, WaitTurn};
 use crate::layer::Shared;
 use crate::{Denied, Limiter, One, Weigh};
 
@@ -75,15 +77,15 @@ where
             return match shared.limiter.acquire(&req, now, n) {
                 Ok(()) => {
                     shared.metrics.requests.admitted();
-                    ResponseFuture::called(self.inner.call(req))
+                    Gated::running(self.inner.call(req), ())
                 }
-                Err(denied) => ResponseFuture::rejected(self.reject(denied)),
+                Err(denied) => Gated::rejected(self.reject(denied)),
             };
         }
         match shared.limiter.reserve(&req, now, n, shared.max_wait) {
             Ok((wait, _)) if wait.is_zero() => {
                 shared.metrics.requests.admitted();
-                ResponseFuture::called(self.inner.call(req))
+                Gated::running(self.inner.call(req), ())
             }
             Ok((wait, permit)) => {
                 tracing::trace!(
@@ -99,9 +101,9 @@ where
                 let waiter = self.inner.clone();
                 drop(std::mem::replace(&mut self.inner, waiter.clone()));
                 let guard = RefundGuard::new(self.shared.clone(), permit);
-                ResponseFuture::waiting(now + wait, waiter, req, guard)
+                Gated::waiting(WaitTurn::boxed(now + wait, waiter, req, guard))
             }
-            Err(denied) => ResponseFuture::rejected(self.reject(denied)),
+            Err(denied) => Gated::rejected(self.reject(denied)),
         }
     }
 }

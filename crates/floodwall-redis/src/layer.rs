@@ -6,9 +6,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
+use floodwall_admit::gate::{Gate, Gated, Open};
 use floodwall_core::BoxError;
 use floodwall_ratelimit::{One, Weigh};
-use pin_project_lite::pin_project;
 use tokio::time::Instant;
 use tower_layer::Layer;
 use tower_service::Service;
@@ -177,28 +177,26 @@ where
     fn call(&mut self, req: Req) -> Self::Future {
         let (extract, weigh) = &*self.shared;
         let Some(key) = extract(&req) else {
-            return ResponseFuture::called(self.inner.call(req));
+            return Gated::running(self.inner.call(req), ());
         };
         let n = weigh.weigh(&req);
         match self.limiter.plan(key, n, Instant::now()) {
-            Plan::Decided(Ok(_)) => ResponseFuture::called(self.inner.call(req)),
+            Plan::Decided(Ok(_)) => Gated::running(self.inner.call(req), ()),
             Plan::Decided(Err(refusal)) => {
-                ResponseFuture::rejected(error::boxed(refusal, self.limiter.policy()))
+                Gated::rejected(error::boxed(refusal, self.limiter.policy()))
             }
             Plan::Later(later) => {
                 // The ready service goes with the request; a clone stays.
                 let clone = self.inner.clone();
                 let svc = std::mem::replace(&mut self.inner, clone);
                 let policy = self.limiter.policy().clone();
-                ResponseFuture {
-                    state: State::Checking {
-                        check: Box::pin(async move {
-                            later.run().await.map_err(|r| error::boxed(r, &policy))
-                        }),
-                        svc: Some(svc),
-                        req: Some(req),
-                    },
-                }
+                Gated::waiting(RedisCheck {
+                    check: Box::pin(async move {
+                        later.run().await.map_err(|r| error::boxed(r, &policy))
+                    }),
+                    svc: Some(svc),
+                    req: Some(req),
+                })
             }
         }
     }
@@ -206,83 +204,42 @@ where
 
 type Check = Pin<Box<dyn Future<Output = Result<Source, BoxError>> + Send>>;
 
-pin_project! {
-    /// The response future of [`RedisRateLimit`]: a ready rejection, a
-    /// Redis round trip followed by the inner call, or the inner call.
-    ///
-    /// Dropping it during the round trip abandons the decision: the
-    /// breaker's probe slot and the lease claim are given back and the
-    /// inner service is never called.
-    pub struct ResponseFuture<S, Req>
-    where
-        S: Service<Req>,
-    {
-        #[pin]
-        state: State<S, Req>,
-    }
+/// The response future of [`RedisRateLimit`]: a ready rejection, a Redis
+/// round trip followed by the inner call, or the inner call.
+///
+/// Dropping it during the round trip abandons the decision: the breaker's
+/// probe slot and the lease claim are given back and the inner service is
+/// never called.
+pub type ResponseFuture<S, Req> = Gated<RedisCheck<S, Req>>;
+
+/// A request waiting for Redis's answer; it owns the (ready) service and
+/// the request until then.
+pub struct RedisCheck<S, Req> {
+    check: Check,
+    svc: Option<S>,
+    req: Option<Req>,
 }
 
-pin_project! {
-    #[project = StateProj]
-    enum State<S, Req>
-    where
-        S: Service<Req>,
-    {
-        Called { #[pin] fut: S::Future },
-        Rejected { error: Option<BoxError> },
-        Checking { check: Check, svc: Option<S>, req: Option<Req> },
-    }
-}
+impl<S, Req> Unpin for RedisCheck<S, Req> {}
 
-impl<S: Service<Req>, Req> ResponseFuture<S, Req> {
-    fn called(fut: S::Future) -> Self {
-        Self {
-            state: State::Called { fut },
-        }
-    }
-
-    fn rejected(error: BoxError) -> Self {
-        Self {
-            state: State::Rejected { error: Some(error) },
-        }
-    }
-}
-
-impl<S, Req> fmt::Debug for ResponseFuture<S, Req>
+impl<S, Req> Gate for RedisCheck<S, Req>
 where
     S: Service<Req>,
 {
+    type Future = S::Future;
+    type Hold = ();
+
+    fn poll_open(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Open<Self> {
+        let this = self.get_mut();
+        ready!(this.check.as_mut().poll(cx))?;
+        let mut svc = this.svc.take().expect("polled after completion");
+        let req = this.req.take().expect("polled after completion");
+        Poll::Ready(Ok((svc.call(req), ())))
+    }
+}
+
+impl<S, Req> fmt::Debug for RedisCheck<S, Req> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ResponseFuture").finish_non_exhaustive()
-    }
-}
-
-impl<S, Req> Future for ResponseFuture<S, Req>
-where
-    S: Service<Req>,
-    S::Error: Into<BoxError>,
-{
-    type Output = Result<S::Response, BoxError>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut state = self.project().state;
-        loop {
-            match state.as_mut().project() {
-                StateProj::Called { fut } => return fut.poll(cx).map_err(Into::into),
-                StateProj::Rejected { error } => {
-                    return Poll::Ready(Err(error.take().expect("polled after completion")));
-                }
-                StateProj::Checking { check, svc, req } => {
-                    if let Err(err) = ready!(check.as_mut().poll(cx)) {
-                        state.set(State::Rejected { error: None });
-                        return Poll::Ready(Err(err));
-                    }
-                    let mut svc = svc.take().expect("polled after completion");
-                    let req = req.take().expect("polled after completion");
-                    let fut = svc.call(req);
-                    state.set(State::Called { fut });
-                }
-            }
-        }
+        f.debug_struct("RedisCheck").finish_non_exhaustive()
     }
 }

@@ -151,7 +151,7 @@ pub use layer::{RedisRateLimit, RedisRateLimitLayer};
 
 /// The response future of [`RedisRateLimit`].
 pub mod future {
-    pub use crate::layer::ResponseFuture;
+    pub use crate::layer::{RedisCheck, ResponseFuture};
 }
 #[doc(inline)]
 pub use future::ResponseFuture;

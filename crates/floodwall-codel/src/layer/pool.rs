@@ -179,8 +179,15 @@ pub(crate) fn finish(slots: &mut HashMap<u64, Slot>, id: u64, outcome: Result<()
 }
 
 /// A worker taken; given back on drop.
-pub(crate) struct Permit<X> {
+/// A worker held by a running request; given back when dropped.
+pub struct Permit<X> {
     pub(crate) shared: Arc<Shared<X>>,
+}
+
+impl<X> fmt::Debug for Permit<X> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Permit").finish_non_exhaustive()
+    }
 }
 
 impl<X> Drop for Permit<X> {
