@@ -78,6 +78,7 @@ impl<G: Gate> Gated<G> {
     }
 
     /// A refusal, answered at the first poll.
+    #[inline]
     pub fn rejected(error: BoxError) -> Self {
         Self {
             state: State::Rejected { error: Some(error) },
@@ -100,6 +101,7 @@ where
 {
     type Output = Result<T, BoxError>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut state = self.project().state;
         loop {
