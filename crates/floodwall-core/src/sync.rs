@@ -2,10 +2,9 @@
 //! [loom](https://docs.rs/loom)'s.
 //!
 //! Normally these are `std`'s atomics and a poison-free wrapper over
-//! `std::sync::Mutex`. Built with `RUSTFLAGS="--cfg floodwall_loom"`
-//! (`scripts/loom.sh`), they are loom's, so that the model tests under each
-//! crate's `tests/loom.rs` explore every interleaving of the cores'
-//! operations. Only the cores' shared state goes through here; nothing else
+//! `std::sync::Mutex`. Built with `RUSTFLAGS="--cfg floodwall_loom"`,
+//! they are loom's, so that loom model tests explore every interleaving of
+//! the cores' operations. Only the cores' shared state goes through here; nothing else
 //! changes under loom.
 
 #[cfg(not(floodwall_loom))]

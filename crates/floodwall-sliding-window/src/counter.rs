@@ -217,7 +217,8 @@ impl KeyState for CounterState {
 /// so the counter can admit up to twice the limit within one window-length
 /// span that straddles two windows (all of one window's requests at its
 /// end, all of the next's at its start); on realistic traffic it tracks the
-/// exact log closely (see `docs/sliding-window.md`). [`fixed`](Self::fixed)
+/// exact log closely ([`SlidingLog`](crate::SlidingLog) is exact).
+/// [`fixed`](Self::fixed)
 /// ignores the previous window: a plain fixed window.
 ///
 /// ```
