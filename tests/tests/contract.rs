@@ -18,6 +18,8 @@
 //! The body-end and readiness modes of the layers on the shared adapter
 //! (breaker, adaptive limit, throttle) are checked at the end.
 
+mod common;
+
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -789,21 +791,7 @@ async fn every_layer_keeps_the_contract() {
 
 #[test]
 fn every_facade_layer_is_in_the_suite() {
-    let facade = include_str!("../../crates/floodwall/src/lib.rs");
-    let modules: Vec<&str> = facade
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("pub use floodwall_"))
-        .map(|l| l.trim_end_matches(';'))
-        // `floodwall_x as x`, or `floodwall_x::y` (module `y`).
-        .map(|l| match l.split_once(" as ") {
-            Some((_, name)) => name,
-            None => l.rsplit("::").next().unwrap_or(l),
-        })
-        .collect();
-    assert!(
-        modules.len() >= 15,
-        "read the facade's modules: {modules:?}"
-    );
+    let modules = common::facade_modules();
     for m in modules {
         assert!(
             NOT_LAYERS.contains(&m) || CASES.iter().any(|c| c.module == m),

@@ -44,14 +44,7 @@ fn client(
 ) -> impl tower::Service<http::Request<()>, Response = http::Response<()>, Error = BoxError> + Clone
 {
     ServiceBuilder::new()
-        .layer(
-            PropagateDeadlineLayer::new(PropagateDeadlineConfig {
-                wire: Wire::Grpc,
-                timeout: Some(Duration::from_millis(400)),
-                ..PropagateDeadlineConfig::default()
-            })
-            .unwrap(),
-        )
+        .layer(propagate_400ms())
         .layer(breaker.clone())
         .service(dependency(latency))
 }
@@ -103,14 +96,7 @@ async fn a_breaker_outside_the_deadline_layer_reads_its_timeout_the_same_way() {
     let stack = |breaker: &BreakerLayer, latency| {
         ServiceBuilder::new()
             .layer(breaker.clone())
-            .layer(
-                PropagateDeadlineLayer::new(PropagateDeadlineConfig {
-                    wire: Wire::Grpc,
-                    timeout: Some(Duration::from_millis(400)),
-                    ..PropagateDeadlineConfig::default()
-                })
-                .unwrap(),
-            )
+            .layer(propagate_400ms())
             .service(dependency(latency))
     };
     let breaker = breaker();
@@ -138,14 +124,7 @@ async fn abandoned_and_caller_limited_calls_do_not_raise_the_throttle() {
     let throttle = ThrottleLayer::new(ThrottleConfig::default()).unwrap();
     let handle = throttle.handle();
     let svc = ServiceBuilder::new()
-        .layer(
-            PropagateDeadlineLayer::new(PropagateDeadlineConfig {
-                wire: Wire::Grpc,
-                timeout: Some(Duration::from_millis(400)),
-                ..PropagateDeadlineConfig::default()
-            })
-            .unwrap(),
-        )
+        .layer(propagate_400ms())
         .layer(throttle.clone())
         .service(dependency(Duration::from_millis(30)));
     for _ in 0..20 {
@@ -165,14 +144,18 @@ async fn abandoned_and_caller_limited_calls_do_not_raise_the_throttle() {
     assert_eq!((s.requests, s.accepts), (0, 0), "nothing counted");
     // A full-budget timeout is a request the backend did not accept.
     let slow = throttle.layer(dependency(Duration::from_secs(60)));
-    let timed = PropagateDeadlineLayer::new(PropagateDeadlineConfig {
+    let timed = propagate_400ms().layer(slow);
+    timed.oneshot(http::Request::new(())).await.unwrap_err();
+    let s = handle.stats(None);
+    assert_eq!((s.requests, s.accepts), (1, 0));
+}
+
+/// Deadline propagation for a call configured to get 400 ms.
+fn propagate_400ms() -> PropagateDeadlineLayer {
+    PropagateDeadlineLayer::new(PropagateDeadlineConfig {
         wire: Wire::Grpc,
         timeout: Some(Duration::from_millis(400)),
         ..PropagateDeadlineConfig::default()
     })
     .unwrap()
-    .layer(slow);
-    timed.oneshot(http::Request::new(())).await.unwrap_err();
-    let s = handle.stats(None);
-    assert_eq!((s.requests, s.accepts), (1, 0));
 }

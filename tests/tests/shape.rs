@@ -19,6 +19,8 @@
 // module exists and holds its response futures: they only need to resolve.
 #![allow(unused_imports)]
 
+mod common;
+
 use std::convert::Infallible;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
@@ -287,20 +289,7 @@ async fn redis() {
 
 #[test]
 fn every_facade_module_has_a_shape_case() {
-    let facade = include_str!("../../crates/floodwall/src/lib.rs");
-    let modules: Vec<&str> = facade
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("pub use floodwall_"))
-        .map(|l| l.trim_end_matches(';'))
-        .map(|l| match l.split_once(" as ") {
-            Some((_, name)) => name,
-            None => l.rsplit("::").next().unwrap_or(l),
-        })
-        .collect();
-    assert!(
-        modules.len() >= 15,
-        "read the facade's modules: {modules:?}"
-    );
+    let modules = common::facade_modules();
     for m in modules {
         assert!(
             NOT_LAYERS.contains(&m) || CASES.contains(&m),

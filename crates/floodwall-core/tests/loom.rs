@@ -9,6 +9,23 @@ use floodwall_core::window::TrailingCounts;
 use loom::sync::Arc;
 use loom::thread;
 
+/// Runs `a` and `b` on two threads against the same window and returns
+/// both results.
+fn race<const N: usize, A, B>(
+    w: &Arc<TrailingCounts<N>>,
+    a: impl FnOnce(&TrailingCounts<N>) -> A + Send + 'static,
+    b: impl FnOnce(&TrailingCounts<N>) -> B + Send + 'static,
+) -> (A, B)
+where
+    A: Send + 'static,
+    B: Send + 'static,
+{
+    let (wa, wb) = (w.clone(), w.clone());
+    let a = thread::spawn(move || a(&wa));
+    let b = thread::spawn(move || b(&wb));
+    (a.join().unwrap(), b.join().unwrap())
+}
+
 /// Far enough ahead that every bucket has left the window: the totals come
 /// back to zero only if they held exactly what the buckets held.
 const LATER: u64 = 100;
@@ -19,19 +36,10 @@ fn a_record_racing_an_advance_is_counted_once() {
         // Two buckets; bucket 0 holds one count.
         let w = Arc::new(TrailingCounts::<1>::new(2));
         w.add(0, 0);
-        let recorder = {
-            let w = w.clone();
-            // Lags or not: it lands in bucket 0 (expired by the advance) or
-            // in bucket 2 (current after it).
-            thread::spawn(move || w.add(0, 0))
-        };
-        let advancer = {
-            let w = w.clone();
-            // Bucket 2 current: buckets 0 and 1 leave the window.
-            thread::spawn(move || w.totals(2))
-        };
-        let after_add = recorder.join().unwrap();
-        let [seen] = advancer.join().unwrap();
+        // The record, lagging or not, lands in bucket 0 (expired by the
+        // advance) or in bucket 2 (current after it); the advance makes
+        // bucket 2 current: buckets 0 and 1 leave the window.
+        let (after_add, [seen]) = race(&w, move |w| w.add(0, 0), move |w| w.totals(2));
         assert!((1..=2).contains(&after_add), "{after_add}");
         assert!(seen <= 1, "the advance saw {seen}");
         let [now] = w.totals(2);
@@ -44,16 +52,9 @@ fn a_record_racing_an_advance_is_counted_once() {
 fn a_record_of_several_counters_racing_an_advance_never_wraps() {
     loom::model(|| {
         let w = Arc::new(TrailingCounts::<2>::new(1));
-        let recorder = {
-            let w = w.clone();
-            thread::spawn(move || w.record(0, [true, true]))
-        };
-        let advancer = {
-            let w = w.clone();
-            thread::spawn(move || w.totals(1))
-        };
-        assert_eq!(recorder.join().unwrap(), [1, 1]);
-        let [calls, failures] = advancer.join().unwrap();
+        let (recorded, [calls, failures]) =
+            race(&w, move |w| w.record(0, [true, true]), move |w| w.totals(1));
+        assert_eq!(recorded, [1, 1]);
         assert!(calls <= 1 && failures <= 1, "{calls} {failures}");
         // The expiry may fall between the record's counters: each is then
         // expired with bucket 0 or counted in bucket 1, on its own.
@@ -70,18 +71,9 @@ fn a_take_back_racing_an_advance_never_goes_below_zero() {
         let w = Arc::new(TrailingCounts::<1>::new(2));
         w.add(0, 0);
         w.add(1, 0);
-        let remover = {
-            let w = w.clone();
-            // Taken from bucket 0 if it is still in the window, else not.
-            thread::spawn(move || w.remove(0, 0))
-        };
-        let advancer = {
-            let w = w.clone();
-            // Bucket 2 current: bucket 0 leaves the window.
-            thread::spawn(move || w.totals(2))
-        };
-        let removed = remover.join().unwrap();
-        let [seen] = advancer.join().unwrap();
+        // The take-back finds bucket 0's count if it is still in the
+        // window; the advance makes bucket 2 current, and bucket 0 leaves.
+        let (removed, [seen]) = race(&w, move |w| w.remove(0, 0), move |w| w.totals(2));
         // Either way bucket 0's count is gone: taken back or expired.
         assert_eq!(seen, 1, "removed: {removed}");
         assert_eq!(w.totals(2), [1]);
@@ -94,16 +86,7 @@ fn a_record_racing_a_reset_never_wraps() {
     loom::model(|| {
         let w = Arc::new(TrailingCounts::<1>::new(2));
         w.add(0, 0);
-        let recorder = {
-            let w = w.clone();
-            thread::spawn(move || w.add(0, 0))
-        };
-        let resetter = {
-            let w = w.clone();
-            thread::spawn(move || w.reset())
-        };
-        let after_add = recorder.join().unwrap();
-        resetter.join().unwrap();
+        let (after_add, _) = race(&w, move |w| w.add(0, 0), move |w| w.reset());
         assert!((1..=2).contains(&after_add), "{after_add}");
         // The record landed wholly before the reset (gone) or after it.
         let [now] = w.totals(0);

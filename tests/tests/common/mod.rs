@@ -80,3 +80,23 @@ where
     });
     addr
 }
+
+/// The modules the `floodwall` facade exports (`pub use floodwall_x as x`,
+/// or `pub use floodwall_x::y` for module `y`), read from its source.
+pub fn facade_modules() -> Vec<&'static str> {
+    let facade = include_str!("../../../crates/floodwall/src/lib.rs");
+    let modules: Vec<&str> = facade
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("pub use floodwall_"))
+        .map(|l| l.trim_end_matches(';'))
+        .map(|l| match l.split_once(" as ") {
+            Some((_, name)) => name,
+            None => l.rsplit("::").next().unwrap_or(l),
+        })
+        .collect();
+    assert!(
+        modules.len() >= 15,
+        "read the facade's modules: {modules:?}"
+    );
+    modules
+}
