@@ -3,19 +3,23 @@
 #   fuzz/                        priority_header, gateway_config
 #   crates/floodwall-deadline/fuzz  parse_timeouts (grpc-timeout, HTTP header)
 # Usage: scripts/fuzz.sh [SECONDS_PER_TARGET]   (default 10)
-# Needs cargo-fuzz and a nightly toolchain; without them it says so and
-# exits 0 (CI runs it "when cargo-fuzz is available").
+# Installs cargo-fuzz from crates.io when it is missing. cargo-fuzz needs
+# nightly compiler flags: a nightly toolchain when one is installed, else
+# the stable one with RUSTC_BOOTSTRAP=1 (the same flags, unlocked).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds="${1:-10}"
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
-    echo "fuzz: cargo-fuzz is not installed (cargo install cargo-fuzz); skipping"
-    exit 0
+    echo "fuzz: installing cargo-fuzz (cargo install --locked cargo-fuzz)"
+    cargo install --locked --quiet cargo-fuzz
 fi
-if ! cargo +nightly --version >/dev/null 2>&1; then
-    echo "fuzz: no nightly toolchain (cargo-fuzz needs one); skipping"
-    exit 0
+if cargo +nightly --version >/dev/null 2>&1; then
+    toolchain=(+nightly)
+else
+    echo "fuzz: no nightly toolchain; using stable with RUSTC_BOOTSTRAP=1"
+    toolchain=()
+    export RUSTC_BOOTSTRAP=1
 fi
 
 run() {
@@ -24,8 +28,9 @@ run() {
     scratch="$(mktemp -d)"
     log="$(mktemp)"
     echo "fuzz: $target for ${seconds}s ($dir)"
+    mkdir -p "$dir/corpus/$target"
     # New inputs go to a scratch corpus; the committed seeds are only read.
-    if ! (cd "$dir" && cargo +nightly fuzz run "$target" "$scratch" "corpus/$target" -- \
+    if ! (cd "$dir" && cargo "${toolchain[@]}" fuzz run "$target" "$scratch" "corpus/$target" -- \
             -max_total_time="$seconds" -print_final_stats=1) >"$log" 2>&1; then
         tail -n 40 "$log" >&2
         echo "fuzz: $target failed (a crash is saved under $dir/artifacts/$target)" >&2
