@@ -57,6 +57,8 @@
 //! outside this layer to answer the inner service's own errors.
 #![forbid(unsafe_code)]
 
+pub mod client_ip;
+
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;

@@ -3,7 +3,7 @@
 //!
 //! ```toml
 //! [gateway]
-//! trusted_proxies = ["127.0.0.1"]     # peers whose X-Forwarded-For is believed
+//! trusted_proxies = ["127.0.0.1"]     # peers (addresses or CIDRs) whose X-Forwarded-For is believed
 //!
 //! [per_ip]                            # one token bucket per client IP
 //! quota = { rate = 20, burst = 40 }
@@ -25,7 +25,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use floodwall::breaker::BreakerConfig;
@@ -63,7 +63,7 @@ pub struct Settings {
     pub admin: SocketAddr,
     /// Peers whose `X-Forwarded-For` names the client. Default none: the
     /// client is always the socket peer.
-    pub trusted_proxies: Vec<IpAddr>,
+    pub trusted_proxies: Vec<floodwall::http::client_ip::Cidr>,
     /// The header naming the user, hashed into the DAGOR user priority.
     /// Default `x-user-id`.
     pub user_header: String,

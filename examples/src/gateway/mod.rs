@@ -66,6 +66,12 @@ pub const REASON_HEADER: &str = "x-floodwall-reason";
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientIp(pub IpAddr);
 
+/// The key per-client limits count under, in request extensions: the client
+/// IP, an IPv6 client by its /64 (one host cannot mint a bucket per
+/// address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientKey(pub IpAddr);
+
 /// A response body the gateway produces: small, fully buffered.
 pub type Body = Full<Bytes>;
 
@@ -75,7 +81,7 @@ type PerIpLayer =
     TokenBucketLayer<Keyed<KeyedTokenBucket<IpAddr>, fn(&Request<Incoming>) -> Option<IpAddr>>>;
 
 fn client_ip_of(req: &Request<Incoming>) -> Option<IpAddr> {
-    req.extensions().get::<ClientIp>().map(|c| c.0)
+    req.extensions().get::<ClientKey>().map(|c| c.0)
 }
 
 /// A JSON response.
@@ -140,7 +146,7 @@ pub struct Runtime {
     /// Longest first.
     prefixes: Vec<(String, Arc<Route>)>,
     per_ip: Option<PerIpLayer>,
-    trusted: Vec<IpAddr>,
+    client_ip: floodwall::http::client_ip::ClientIp,
     /// The connection routes' global limits share (kept across reloads
     /// while `gateway.redis` is unchanged).
     redis: Option<RedisClient>,
@@ -241,7 +247,9 @@ impl Runtime {
         }
         prefixes.sort_by_key(|p| std::cmp::Reverse(p.0.len()));
         Ok(Self {
-            trusted: config.gateway.trusted_proxies.clone(),
+            client_ip: floodwall::http::client_ip::ClientIp::behind(
+                config.gateway.trusted_proxies.iter().copied(),
+            ),
             config,
             version,
             upstreams,
@@ -278,27 +286,15 @@ impl Runtime {
 
     /// The client IP: the peer, unless the peer is a trusted proxy and the
     /// request carries `X-Forwarded-For`, in which case the right-most
-    /// address that is not itself a trusted proxy.
+    /// address that is not itself a trusted proxy
+    /// ([`ClientIp`](floodwall::http::client_ip::ClientIp)).
     pub fn client_ip(&self, peer: IpAddr, headers: &http::HeaderMap) -> IpAddr {
-        if !self.trusted.contains(&peer) {
-            return peer;
-        }
-        let mut chain: Vec<IpAddr> = Vec::new();
-        for v in headers.get_all("x-forwarded-for") {
-            let Ok(s) = v.to_str() else { return peer };
-            for part in s.split(',') {
-                match part.trim().parse::<IpAddr>() {
-                    Ok(ip) => chain.push(ip),
-                    // A malformed hop: trust nothing to its left.
-                    Err(_) => chain.clear(),
-                }
-            }
-        }
-        chain
-            .into_iter()
-            .rev()
-            .find(|ip| !self.trusted.contains(ip))
-            .unwrap_or(peer)
+        self.client_ip.client_of(peer, headers)
+    }
+
+    /// The per-client key: the client IP, IPv6 clients by their /64.
+    pub fn client_key(&self, ip: IpAddr) -> IpAddr {
+        self.client_ip.mask(ip)
     }
 
     /// The live state of every layer, as JSON.
@@ -622,6 +618,8 @@ impl Service<Request<Incoming>> for DataPlane {
             .map_or(IpAddr::from([0, 0, 0, 0]), SocketAddr::ip);
         let ip = runtime.client_ip(peer, req.headers());
         req.extensions_mut().insert(ClientIp(ip));
+        req.extensions_mut()
+            .insert(ClientKey(runtime.client_key(ip)));
         let shared = self.shared.clone();
         let Some(route) = runtime.route(req.uri().path()) else {
             let res = refusal(StatusCode::NOT_FOUND, "no_route", "no route for this path");
@@ -677,10 +675,11 @@ mod tests {
             rt.client_ip(ip("10.0.0.1"), &through_two),
             ip("203.0.113.9")
         );
-        // Only proxies in the chain, or no header: the peer.
+        // Only proxies in the chain: the left-most (an internal client);
+        // no header: the peer.
         assert_eq!(
             rt.client_ip(ip("10.0.0.1"), &xff(&["10.0.0.2"])),
-            ip("10.0.0.1")
+            ip("10.0.0.2")
         );
         assert_eq!(rt.client_ip(ip("10.0.0.1"), &xff(&[])), ip("10.0.0.1"));
         // A malformed hop: nothing left of it is believed.

@@ -1,0 +1,102 @@
+//! Attacks on per-client keys, against a keyed token bucket keyed by
+//! `floodwall::http::client_ip::ClientIp`: rotating IPv6 addresses inside
+//! one /64, and rotating `X-Forwarded-For` from a peer that is not a
+//! trusted proxy, do not buy more requests; a victim's address written in
+//! a header does not spend the victim's quota.
+
+use std::net::{IpAddr, SocketAddr};
+
+use floodwall::core::{BoxError, RejectKind, Rejected};
+use floodwall::http::client_ip::ClientIp;
+use floodwall::token_bucket::{Quota, TokenBucketLayer};
+use http::{Request, Response};
+use tower::{Layer, Service, ServiceExt, service_fn};
+
+const BURST: u32 = 5;
+
+fn per_client(
+    ip: ClientIp,
+) -> impl Service<Request<()>, Response = Response<()>, Error = BoxError> + Clone {
+    TokenBucketLayer::builder(Quota::per_hour(1).unwrap().with_burst(BURST).unwrap())
+        .name("per_client")
+        .capacity(10_000)
+        .build_keyed(ip.extractor::<()>())
+        .unwrap()
+        .layer(service_fn(|_: Request<()>| async {
+            Ok::<_, BoxError>(Response::new(()))
+        }))
+}
+
+fn from(peer: &str, xff: Option<&str>) -> Request<()> {
+    let mut req = Request::builder();
+    if let Some(xff) = xff {
+        req = req.header("x-forwarded-for", xff);
+    }
+    let mut req = req.body(()).unwrap();
+    let peer: IpAddr = peer.parse().unwrap();
+    req.extensions_mut().insert(SocketAddr::new(peer, 40_000));
+    req
+}
+
+/// How many of `reqs` the service admits; every refusal must be a rate
+/// limit.
+async fn admitted(
+    svc: &mut (impl Service<Request<()>, Response = Response<()>, Error = BoxError> + Clone),
+    reqs: impl IntoIterator<Item = Request<()>>,
+) -> u32 {
+    let mut n = 0;
+    for req in reqs {
+        match svc.ready().await.unwrap().call(req).await {
+            Ok(_) => n += 1,
+            Err(e) => assert_eq!(
+                Rejected::find(e.as_ref()).expect("a rejection").kind(),
+                RejectKind::RateLimited
+            ),
+        }
+    }
+    n
+}
+
+#[tokio::test(start_paused = true)]
+async fn rotating_ipv6_addresses_inside_one_64_shares_one_bucket() {
+    let mut svc = per_client(ClientIp::peer());
+    // 1,000 addresses of 2001:db8:1:2::/64, one request each.
+    let reqs = (0..1_000u32).map(|i| {
+        from(
+            &format!("2001:db8:1:2:{:x}:{:x}::1", i >> 8, i & 0xff),
+            None,
+        )
+    });
+    assert_eq!(admitted(&mut svc, reqs).await, BURST);
+    // A neighbour /64 is another client.
+    assert_eq!(admitted(&mut svc, [from("2001:db8:1:3::1", None)]).await, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn rotating_forwarded_for_from_an_untrusted_peer_buys_nothing() {
+    // Trusts only the load balancer at 10.0.0.0/8.
+    let mut svc = per_client(ClientIp::behind(["10.0.0.0/8".parse().unwrap()]));
+    let reqs = (0..1_000u32).map(|i| {
+        let spoofed = format!("198.51.{}.{}", i / 250, i % 250);
+        from("203.0.113.66", Some(&spoofed))
+    });
+    assert_eq!(admitted(&mut svc, reqs).await, BURST);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_victims_address_in_a_header_does_not_spend_the_victims_quota() {
+    let mut svc = per_client(ClientIp::behind(["10.0.0.0/8".parse().unwrap()]));
+    // The attacker, directly and through the proxy, writes the victim's
+    // address left of its own.
+    let direct = (0..50).map(|_| from("203.0.113.66", Some("192.0.2.10")));
+    let proxied = (0..50).map(|_| from("10.0.0.1", Some("192.0.2.10, 203.0.113.66")));
+    assert_eq!(admitted(&mut svc, direct).await, BURST);
+    assert_eq!(
+        admitted(&mut svc, proxied).await,
+        0,
+        "the same client: 203.0.113.66"
+    );
+    // The victim, through the proxy, still has its whole burst.
+    let victim = (0..BURST).map(|_| from("10.0.0.1", Some("192.0.2.10")));
+    assert_eq!(admitted(&mut svc, victim).await, BURST);
+}
