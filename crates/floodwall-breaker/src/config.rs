@@ -1,6 +1,7 @@
 use std::time::Duration;
 
 pub use floodwall_core::ConfigError;
+use floodwall_core::config::check_duration;
 
 /// Which calls the closed state's failure and slow-call rates cover.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -189,10 +190,11 @@ impl BreakerConfig {
         if !(0.0..=1.0).contains(&self.ramp_start) {
             return Err(ConfigError::new("ramp_start", "must be in [0, 1]"));
         }
-        const LONG: Duration = Duration::from_secs(365 * 86_400);
-        if self.open_duration > LONG || self.growth.is_some_and(|g| g.max > LONG) {
-            return Err(ConfigError::new("open_duration", "may be at most a year"));
+        check_duration("open_duration", self.open_duration)?;
+        if let Some(g) = self.growth {
+            check_duration("growth.max", g.max)?;
         }
+        check_duration("slow_call_duration", self.slow_call_duration)?;
         if self.growth.is_some_and(|g| g.max < self.open_duration) {
             return Err(ConfigError::new(
                 "growth.max",
@@ -208,13 +210,11 @@ impl BreakerConfig {
                 "must be longer than zero",
             ));
         }
-        if let Some(ramp) = self.ramp
-            && (ramp.is_zero() || ramp > LONG)
-        {
-            return Err(ConfigError::new(
-                "ramp",
-                "must be longer than zero and at most a year",
-            ));
+        if let Some(ramp) = self.ramp {
+            check_duration("ramp", ramp)?;
+            if ramp.is_zero() {
+                return Err(ConfigError::new("ramp", "must be longer than zero"));
+            }
         }
         Ok(())
     }

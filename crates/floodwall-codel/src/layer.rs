@@ -279,17 +279,20 @@ where
             return Gated::rejected(future::shed(DropReason::Deadline));
         }
         if shared.queued.load(Ordering::SeqCst) == 0 && shared.try_take() {
-            // A free worker and nobody waiting: run at once.
+            // A free worker and nobody waiting: run at once. The permit
+            // exists before any user code runs, so nothing strands it.
+            let permit = Permit {
+                shared: shared.clone(),
+            };
             if let Some(hook) = &shared.on_sojourn {
                 let waited = shared.timing.arrival(&req).map_or(Duration::ZERO, |a| {
                     Instant::now().saturating_duration_since(a)
                 });
-                hook(waited);
+                if !floodwall_core::hook::contain(|| hook(waited)) {
+                    tracing::error!(name = %shared.name, "codel: the on_sojourn hook panicked");
+                }
             }
             shared.metrics.requests.admitted();
-            let permit = Permit {
-                shared: shared.clone(),
-            };
             return Gated::running(self.inner.call(req), permit);
         }
         self.enqueue(req)

@@ -54,6 +54,7 @@ impl Aimd {
     /// [`ConfigError`] for a backoff ratio outside `[0.5, 1)`, a zero
     /// timeout, or an initial limit outside `1..=max_limit`.
     pub fn new(config: AimdConfig) -> Result<Self, ConfigError> {
+        floodwall_core::config::check_duration("timeout", config.timeout)?;
         if !(0.5..1.0).contains(&config.backoff_ratio) {
             return Err(ConfigError::new("backoff_ratio", "must be in [0.5, 1)"));
         }

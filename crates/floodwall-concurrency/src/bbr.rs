@@ -39,6 +39,11 @@ pub struct BbrConfig {
     pub probe_rtt: Duration,
 }
 
+impl BbrConfig {
+    /// The most buckets a window may be kept in.
+    pub const MAX_BUCKETS: u32 = 65_536;
+}
+
 impl Default for BbrConfig {
     fn default() -> Self {
         Self {
@@ -138,8 +143,16 @@ impl Bbr {
     /// nanoseconds in the window, a threshold outside `[0, 1]`, or a
     /// `max_limit` of zero.
     pub fn with_cpu(config: BbrConfig, cpu: impl CpuUsage) -> Result<Self, ConfigError> {
+        floodwall_core::config::check_duration("window", config.window)?;
+        floodwall_core::config::check_duration("cooling", config.cooling)?;
+        floodwall_core::config::check_duration("probe_rtt", config.probe_rtt)?;
         if config.buckets == 0 {
             return Err(ConfigError::new("buckets", "must be at least 1"));
+        }
+        if config.buckets > BbrConfig::MAX_BUCKETS {
+            return Err(
+                ConfigError::new("buckets", "must be at most 65,536").with_value(config.buckets)
+            );
         }
         let bucket_len = config.window / config.buckets;
         if bucket_len.is_zero() {

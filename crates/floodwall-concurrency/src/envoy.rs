@@ -120,6 +120,8 @@ impl EnvoyGradient {
     /// a zero interval or request count, or `min_limit` outside
     /// `1..=max_limit`.
     pub fn new(config: EnvoyGradientConfig) -> Result<Self, ConfigError> {
+        floodwall_core::config::check_duration("update_interval", config.update_interval)?;
+        floodwall_core::config::check_duration("min_rtt_interval", config.min_rtt_interval)?;
         let unit = |v: f64| (0.0..=1.0).contains(&v);
         if !unit(config.percentile) {
             return Err(ConfigError::new("percentile", "must be in [0, 1]"));

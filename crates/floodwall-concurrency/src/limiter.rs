@@ -362,7 +362,9 @@ impl<A: Algorithm> ConcurrencyLimiter<A> {
         if self.limit.load(Ordering::Relaxed) != fresh {
             self.limit.store(fresh, Ordering::Relaxed);
             for listener in &self.listeners {
-                listener(fresh);
+                // A panicking listener must not unwind through the
+                // limiter's bookkeeping (a token's drop, under the lock).
+                floodwall_core::hook::contain(|| listener(fresh));
             }
         }
     }

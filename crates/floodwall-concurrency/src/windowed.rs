@@ -96,6 +96,9 @@ impl<A: Algorithm> Windowed<A> {
     /// [`ConfigError`] for a window under 100 ms, `min_window >
     /// max_window`, or fewer than 10 samples per window (Netflix's bounds).
     pub fn new(inner: A, config: WindowConfig) -> Result<Self, ConfigError> {
+        floodwall_core::config::check_duration("min_window", config.min_window)?;
+        floodwall_core::config::check_duration("max_window", config.max_window)?;
+        floodwall_core::config::check_duration("min_rtt", config.min_rtt)?;
         if config.min_window < Duration::from_millis(100) {
             return Err(ConfigError::new("min_window", "must be at least 100 ms"));
         }

@@ -1,5 +1,9 @@
+//! The configuration error every floodwall layer returns, and the bound
+//! every configured duration is checked against.
+
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// An invalid field in a layer's configuration: which field, what is wrong
 /// with it, and the value given where that helps. Every floodwall layer's
@@ -66,3 +70,31 @@ impl fmt::Display for ConfigError {
 }
 
 impl std::error::Error for ConfigError {}
+
+/// The longest duration any floodwall config accepts: 365 days. Deadlines,
+/// timers and windows are computed as `now + duration` on requests; bounded
+/// here, no accepted value can overflow an `Instant`, and none is long
+/// enough to be anything but a mistake.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 86_400);
+
+/// Checks that `value` is at most [`MAX_DURATION`].
+///
+/// # Errors
+/// A [`ConfigError`] naming `field`, with the value.
+///
+/// ```
+/// use std::time::Duration;
+/// use floodwall_core::config::{MAX_DURATION, check_duration};
+///
+/// assert!(check_duration("window", Duration::from_secs(60)).is_ok());
+/// let err = check_duration("window", MAX_DURATION * 2).unwrap_err();
+/// assert_eq!(err.field(), "window");
+/// assert!(err.to_string().starts_with("window must be at most 365 days"));
+/// ```
+pub fn check_duration(field: &'static str, value: Duration) -> Result<(), ConfigError> {
+    if value > MAX_DURATION {
+        return Err(ConfigError::new(field, "must be at most 365 days")
+            .with_value(format_args!("{value:?}")));
+    }
+    Ok(())
+}

@@ -53,9 +53,10 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod classify;
-mod config;
+pub mod config;
 mod deadline;
 mod extensions;
+pub mod hook;
 pub mod metrics;
 pub mod outcome;
 pub mod random;

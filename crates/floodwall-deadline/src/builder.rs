@@ -38,7 +38,8 @@ impl Builder<ServerDeadlineConfig> {
     /// The layer. Metric handles are registered now.
     ///
     /// # Errors
-    /// [`ConfigError`] when `max` is zero (every request would be refused).
+    /// [`ConfigError`] when `max` is zero (every request would be refused)
+    /// or above [`MAX_DURATION`](floodwall_core::config::MAX_DURATION).
     pub fn build(self) -> Result<ServerDeadlineLayer, ConfigError> {
         positive("max", self.config.max)?;
         Ok(ServerDeadlineLayer::from_parts(self.config, self.name))
@@ -50,14 +51,19 @@ impl Builder<PropagateDeadlineConfig> {
     ///
     /// # Errors
     /// [`ConfigError`] when `timeout` is zero (every call would fail
-    /// before it is sent).
+    /// before it is sent), or `timeout` or `margin` is above
+    /// [`MAX_DURATION`](floodwall_core::config::MAX_DURATION).
     pub fn build(self) -> Result<PropagateDeadlineLayer, ConfigError> {
         positive("timeout", self.config.timeout)?;
+        floodwall_core::config::check_duration("margin", self.config.margin)?;
         Ok(PropagateDeadlineLayer::from_parts(self.config, self.name))
     }
 }
 
 fn positive(field: &'static str, bound: Option<Duration>) -> Result<(), ConfigError> {
+    if let Some(d) = bound {
+        floodwall_core::config::check_duration(field, d)?;
+    }
     match bound {
         Some(d) if d.is_zero() => {
             Err(ConfigError::new(field, "must be > 0 when set").with_value("0s"))

@@ -233,6 +233,7 @@ impl AssignPriorityLayer {
     /// A zero rotation, an anonymous user priority above 127, or a user
     /// header that is not a valid header name.
     pub fn new(config: AssignConfig) -> Result<Self, ConfigError> {
+        floodwall_core::config::check_duration("rotation", config.rotation)?;
         if config.rotation.is_zero() {
             return Err(ConfigError::new("rotation", "must be above zero"));
         }

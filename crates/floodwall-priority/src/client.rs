@@ -194,6 +194,7 @@ impl ClientBuilder {
     /// [`ConfigError`] for a zero `level_ttl` (turn `collaborative` off
     /// instead to never drop locally).
     pub fn build(self) -> Result<PriorityClientLayer, ConfigError> {
+        floodwall_core::config::check_duration("level_ttl", self.config.level_ttl)?;
         if self.config.level_ttl.is_zero() {
             return Err(ConfigError::new(
                 "level_ttl",

@@ -52,6 +52,8 @@ impl AdmissionConfig {
     /// above [`MAX_THRESHOLD`](Self::MAX_THRESHOLD), α outside `(0, 1)` or β
     /// outside `(0, 1]`.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        floodwall_core::config::check_duration("window", self.window)?;
+        floodwall_core::config::check_duration("threshold", self.threshold)?;
         if self.window.is_zero() {
             return Err(ConfigError::new("window", "must be above zero"));
         }

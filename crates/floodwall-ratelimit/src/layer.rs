@@ -214,6 +214,7 @@ impl<A: Algorithm, W> Builder<A, W> {
     /// # Errors
     /// A [`ConfigError`] naming the invalid field.
     pub fn build(self) -> Result<RateLimitLayer<A, A::Limiter, W>, ConfigError> {
+        floodwall_core::config::check_duration("max_wait", A::max_wait(&self.config))?;
         let limiter = A::limiter(&self.config)?;
         Ok(self.finish(limiter))
     }
@@ -233,6 +234,7 @@ impl<A: Algorithm, W> Builder<A, W> {
         K: LimitKey,
         X: Fn(&Req) -> Option<K> + Send + Sync + 'static,
     {
+        floodwall_core::config::check_duration("max_wait", A::max_wait(&self.config))?;
         let capacity = key_capacity(*A::name_and_capacity(&mut self.config).1)?;
         let limiters = A::per_key(&self.config, capacity)?;
         Ok(self.finish(Keyed::new(limiters, extract)))

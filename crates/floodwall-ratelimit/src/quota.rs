@@ -54,6 +54,7 @@ impl Quota {
         if period.is_zero() {
             return Err(ZERO_PERIOD);
         }
+        floodwall_core::config::check_duration("per", period)?;
         let period_ns = u64::try_from(period.as_nanos()).map_err(|_| TOO_SLOW)?;
         if period_ns < u64::from(tokens) {
             return Err(TOO_FAST);
@@ -243,7 +244,12 @@ mod tests {
         assert_eq!(Quota::new(1, Duration::ZERO), Err(ZERO_PERIOD));
         assert_eq!(Quota::per_second(5).unwrap().with_burst(0), Err(ZERO_BURST));
         assert_eq!(Quota::new(10, Duration::from_nanos(5)), Err(TOO_FAST));
-        assert_eq!(Quota::new(1, Duration::from_secs(u64::MAX)), Err(TOO_SLOW));
+        assert_eq!(
+            Quota::new(1, Duration::from_secs(u64::MAX))
+                .unwrap_err()
+                .field(),
+            "per"
+        );
         assert_eq!(
             Quota::every(Duration::from_secs(86_400 * 365))
                 .unwrap()

@@ -57,9 +57,12 @@ impl Algorithm for SlidingWindows {
                 KeyedSlidingWindowCounter::new(CounterParams::fixed(window), capacity)
                     .with_metrics(prefix, name),
             ),
-            WindowMode::Log => KeyedSlidingWindow::Log(
-                KeyedSlidingLog::new(window, capacity).with_metrics(prefix, name),
-            ),
+            WindowMode::Log => {
+                crate::log::check_log_memory(window.limit(), capacity)?;
+                KeyedSlidingWindow::Log(
+                    KeyedSlidingLog::new(window, capacity).with_metrics(prefix, name),
+                )
+            }
         })
     }
 }

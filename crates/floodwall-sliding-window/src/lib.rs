@@ -75,5 +75,5 @@ pub use counter::{CounterParams, CounterState, KeyedSlidingWindowCounter, Slidin
 pub use floodwall_core::ConfigError;
 pub use floodwall_ratelimit::{Builder, Denied, Keyed, RateLimit, RateLimitHandle, error, future};
 pub use layer::{SlidingWindowLayer, SlidingWindows};
-pub use log::{KeyedSlidingLog, LogParams, LogState, SlidingLog};
+pub use log::{KeyedSlidingLog, LogParams, LogState, MAX_LOG_BYTES, SlidingLog};
 pub use window::{MAX_LENGTH, MAX_LIMIT, Window};

@@ -1,11 +1,33 @@
 use std::fmt;
 use std::time::Duration;
 
+use floodwall_core::ConfigError;
 use floodwall_ratelimit::{Denied, KeyRule, KeyState, Limiter, PerKey, Refund};
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
 use crate::window::{Window, nanos_since};
+
+/// The most memory the rings of a keyed exact log may take when every key
+/// it remembers is full: `limit × capacity × 8` bytes, at most 1 GiB. A
+/// config past it is refused at build (shorten the window's limit, lower
+/// the capacity, or use the sliding counter, 16 bytes per key).
+pub const MAX_LOG_BYTES: u64 = 1 << 30;
+
+/// Checks a keyed log's worst-case ring memory against [`MAX_LOG_BYTES`].
+pub(crate) fn check_log_memory(limit: u32, capacity: usize) -> Result<(), ConfigError> {
+    let bytes = u64::from(limit)
+        .saturating_mul(u64::try_from(capacity).unwrap_or(u64::MAX))
+        .saturating_mul(8);
+    if bytes > MAX_LOG_BYTES {
+        return Err(ConfigError::new(
+            "capacity",
+            "× limit × 8 bytes of log rings must be at most 1 GiB (lower either, or use the sliding counter)",
+        )
+        .with_value(capacity));
+    }
+    Ok(())
+}
 
 /// What every log shares: the window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

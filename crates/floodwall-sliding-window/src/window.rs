@@ -46,6 +46,7 @@ impl Window {
             )
             .with_value(limit));
         }
+        floodwall_core::config::check_duration("window", length)?;
         if length.is_zero() {
             return Err(ConfigError::new("window", "must be longer than zero"));
         }

@@ -101,8 +101,10 @@ impl<X> Shared<X> {
             match popped {
                 Some(p) => {
                     metrics.sojourn.record(p.sojourn.as_secs_f64());
-                    if let Some(hook) = &self.on_sojourn {
-                        hook(p.sojourn);
+                    if let Some(hook) = &self.on_sojourn
+                        && !floodwall_core::hook::contain(|| hook(p.sojourn))
+                    {
+                        tracing::error!(name = %self.name, "codel: the on_sojourn hook panicked");
                     }
                     finish(slots, p.item, Ok(()));
                 }

@@ -69,12 +69,17 @@ impl Builder {
     ///
     /// # Errors
     /// [`ConfigError`] for a zero timeout or capacity, a lease of
-    /// `max_tokens` 0 or `max_age` 0, a fallback share outside `(0, 1]`, or
-    /// an invalid breaker configuration.
+    /// `max_tokens` 0 or `max_age` 0, a timeout or `max_age` above
+    /// [`MAX_DURATION`](floodwall_core::config::MAX_DURATION), a fallback
+    /// share outside `(0, 1]`, or an invalid breaker configuration.
     pub fn build<K>(self) -> Result<RedisLimiter<K>, ConfigError>
     where
         K: Key,
     {
+        floodwall_core::config::check_duration("timeout", self.timeout)?;
+        if let Some((_, age)) = self.lease {
+            floodwall_core::config::check_duration("lease.max_age", age)?;
+        }
         if self.timeout.is_zero() {
             return Err(ConfigError::new("timeout", "must be above zero"));
         }

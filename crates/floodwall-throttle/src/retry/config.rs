@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use floodwall_core::ConfigError;
+use floodwall_core::config::check_duration;
 
 use super::Backoff;
 use crate::RetryBudget;
@@ -64,6 +65,8 @@ impl RetryConfig {
             return Err(ConfigError::new("max_attempts", "must be at least 1").with_value(0));
         }
         let b = &self.backoff;
+        check_duration("backoff.max", b.max)?;
+        check_duration("max_pushback", self.max_pushback)?;
         if b.initial.is_zero() || b.initial > b.max {
             return Err(
                 ConfigError::new("backoff.initial", "must be > 0 and at most backoff.max")
