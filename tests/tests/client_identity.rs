@@ -100,3 +100,48 @@ async fn a_victims_address_in_a_header_does_not_spend_the_victims_quota() {
     let victim = (0..BURST).map(|_| from("10.0.0.1", Some("192.0.2.10")));
     assert_eq!(admitted(&mut svc, victim).await, BURST);
 }
+
+#[tokio::test(start_paused = true)]
+async fn long_user_ids_cost_what_short_ones_do() {
+    use floodwall::core::key::{BoundedKey, MAX_KEY_LEN};
+    // Per user, keyed by a header the client controls, through BoundedKey.
+    let layer = |_: ()| {
+        TokenBucketLayer::builder(Quota::per_second(100).unwrap())
+            .capacity(10_000)
+            .build_keyed(|req: &Request<()>| {
+                req.headers()
+                    .get("x-user-id")
+                    .map(|v| BoundedKey::new(v.as_bytes()))
+            })
+            .unwrap()
+    };
+    let run = |id_len: usize| async move {
+        let layer = layer(());
+        let handle = layer.handle();
+        let mut svc = layer.layer(service_fn(|_: Request<()>| async {
+            Ok::<_, BoxError>(Response::new(()))
+        }));
+        for i in 0..1_000u32 {
+            let id = format!("{i:0>width$}", width = id_len);
+            let req = Request::builder().header("x-user-id", id).body(()).unwrap();
+            svc.ready().await.unwrap().call(req).await.unwrap();
+        }
+        let keys = handle.limiter().limiter().keys();
+        (keys.len(), keys.memory_bytes())
+    };
+    let (short_keys, short_bytes) = run(8).await;
+    let (long_keys, long_bytes) = run(8 * 1024).await;
+    assert_eq!((short_keys, long_keys), (1_000, 1_000));
+    // A key holds no heap of its own: 8 KB ids cost what 8-byte ids do (up
+    // to how the keys fall into shards, which sizes each shard's table).
+    assert!(
+        long_bytes <= short_bytes + short_bytes / 10,
+        "{long_bytes} vs {short_bytes}"
+    );
+    assert!(
+        long_bytes / 1_000 <= 256,
+        "{} bytes per key",
+        long_bytes / 1_000
+    );
+    assert!(std::mem::size_of::<BoundedKey>() <= MAX_KEY_LEN + 2);
+}

@@ -346,6 +346,18 @@ fn redis_limiter() {
                 .unwrap_err();
             assert_eq!(err.field(), "lease.max_age", "{err}");
         }
+        // Long keys name Redis keys of bounded length, one-to-one.
+        let limiter = RedisLimiter::builder(client(), quota)
+            .name("api")
+            .build::<String>()
+            .unwrap();
+        let long = limiter.redis_key(&"u".repeat(100_000));
+        assert!(
+            long.len() <= limiter.redis_key(&String::new()).len() + 33,
+            "{long}"
+        );
+        assert_ne!(long, limiter.redis_key(&"u".repeat(100_001)));
+        assert!(limiter.redis_key(&"alice".to_owned()).ends_with("alice"));
     });
 }
 

@@ -57,6 +57,7 @@ pub mod config;
 mod deadline;
 mod extensions;
 pub mod hook;
+pub mod key;
 pub mod metrics;
 pub mod outcome;
 pub mod random;

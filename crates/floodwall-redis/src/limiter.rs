@@ -298,9 +298,13 @@ where
         &self.inner.breaker
     }
 
-    /// The Redis key used for `key`.
+    /// The Redis key used for `key`: the prefix and the key as it shows,
+    /// a key that shows longer than
+    /// [`MAX_KEY_LEN`](floodwall_core::key::MAX_KEY_LEN) bytes as its
+    /// 128-bit digest ([`BoundedKey`](floodwall_core::key::BoundedKey)), so a
+    /// client cannot grow Redis's memory with long keys.
     pub fn redis_key(&self, key: &K) -> String {
-        format!("{}{}", self.inner.prefix, key)
+        types::redis_key(&self.inner.prefix, key)
     }
 }
 
@@ -417,7 +421,7 @@ where
 {
     pub(crate) async fn run(mut self) -> Result<Source, Refusal> {
         let inner = self.inner.clone();
-        let redis_key = format!("{}{}", inner.prefix, self.key);
+        let redis_key = types::redis_key(&inner.prefix, &self.key);
         let need = self.n.to_string();
         let want = self.want.to_string();
         let args: [&[u8]; 4] = [

@@ -33,6 +33,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use floodwall::core::key::BoundedKey;
 use floodwall::core::{Arrival, BoxError, Rejected};
 use floodwall::deadline::{ServerDeadlineConfig, ServerDeadlineLayer, Wire};
 use floodwall::http::{RejectionLayer, Respond};
@@ -133,7 +134,7 @@ struct Route {
     config: config::RouteConfig,
     service: RouteService,
     limit: Option<floodwall::token_bucket::RateLimitHandle<floodwall::token_bucket::TokenBucket>>,
-    global: Option<RedisLimiter<String>>,
+    global: Option<RedisLimiter<BoundedKey>>,
     overflow: Option<Arc<TokenBucket>>,
 }
 
@@ -405,7 +406,7 @@ fn build_route(
                 if c.name == floodwall::redis::DEFAULT_NAME {
                     c.name = format!("global:{label}");
                 }
-                Some(c.build::<String>(client.clone())?)
+                Some(c.build::<BoundedKey>(client.clone())?)
             }
             _ => None,
         };
@@ -440,14 +441,20 @@ fn build_route(
     })
 }
 
-/// The key of a route's global limit: the user, else the client IP.
-fn global_key(req: &Request<Incoming>, user_header: &str) -> Option<String> {
-    if let Some(user) = req.headers().get(user_header).and_then(|v| v.to_str().ok()) {
-        return Some(format!("user:{user}"));
+/// The key of a route's global limit: the user, else the client's key (its
+/// IP, an IPv6 client by its /64). Bounded: a user id longer than 59 bytes
+/// counts under its digest, so long ids cannot grow the limiter's memory
+/// or Redis's.
+fn global_key(req: &Request<Incoming>, user_header: &str) -> Option<BoundedKey> {
+    if let Some(user) = req.headers().get(user_header) {
+        let mut key = Vec::with_capacity(5 + user.len());
+        key.extend_from_slice(b"user:");
+        key.extend_from_slice(user.as_bytes());
+        return Some(BoundedKey::new(key));
     }
     req.extensions()
-        .get::<ClientIp>()
-        .map(|ip| format!("ip:{}", ip.0))
+        .get::<ClientKey>()
+        .map(|ip| BoundedKey::new(format!("ip:{}", ip.0)))
 }
 
 /// The shared state behind a running gateway.

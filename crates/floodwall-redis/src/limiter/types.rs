@@ -133,3 +133,12 @@ pub enum Health {
     /// by the fallback (half-open lets a few probes through to Redis).
     Fallback(State),
 }
+
+/// `prefix` and `key` as a [`BoundedKey`](floodwall_core::key::BoundedKey)
+/// shows it (itself up to 64 bytes, else a digest; one-to-one).
+pub(crate) fn redis_key(prefix: &str, key: &impl std::fmt::Display) -> String {
+    format!(
+        "{prefix}{}",
+        floodwall_core::key::BoundedKey::new(key.to_string())
+    )
+}
