@@ -587,3 +587,155 @@ async fn a_room_service_that_hangs_for_the_full_budget_opens_the_breaker() {
     let a = get(&d, "/api/room?id=9", &[("x-forwarded-for", "10.9.1.1")]).await;
     assert_eq!(a.reason(), Some("circuit_open"), "{}", a.body);
 }
+
+/// A client whose connections come from `local` (any 127.0.0.0/8 address
+/// works on loopback): lets one test be both an outside client and a
+/// trusted proxy.
+async fn call_from(local: [u8; 4], url: String, headers: &[(&str, &str)]) -> Answer {
+    let mut connector = HttpConnector::new();
+    connector.set_local_address(Some(std::net::IpAddr::from(local)));
+    let client: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build(connector);
+    let mut req = Request::builder().uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let res = tokio::time::timeout(
+        Duration::from_secs(5),
+        client.request(req.body(Full::default()).unwrap()),
+    )
+    .await
+    .expect("the gateway answers within 5 s")
+    .expect("a response");
+    let (parts, body) = res.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    Answer {
+        status: parts.status,
+        headers: parts.headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_id_from_an_untrusted_peer_is_not_believed() {
+    use floodwall::redis::RedisLimiterConfig;
+    use floodwall_redis::test_util::RedisServer;
+
+    let redis = RedisServer::start();
+    // Only 127.0.0.2 is a trusted proxy; clients at 127.0.0.1 are outside.
+    let d = start(|c| {
+        c.gateway.trusted_proxies = vec!["127.0.0.2".parse().unwrap()];
+        c.gateway.redis = Some(redis.addr());
+        c.per_ip = None;
+        let global = RedisLimiterConfig::new(Quota::per_hour(1).unwrap().with_burst(4).unwrap());
+        route(c, "/api/room").global_limit = Some(global);
+    })
+    .await;
+    let url = || format!("{}/api/room?id=3", d.url());
+    // Rotating x-user-id from outside: one client, one bucket (its IP's).
+    let mut statuses = Vec::new();
+    for i in 0..6 {
+        let user = format!("user-{i}");
+        let a = call_from([127, 0, 0, 1], url(), &[("x-user-id", &user)]).await;
+        statuses.push(a.status.as_u16());
+    }
+    assert_eq!(
+        statuses,
+        [200, 200, 200, 200, 429, 429],
+        "no rotation past the limit"
+    );
+    // Naming the victim from outside spends nothing of the victim's.
+    for _ in 0..4 {
+        call_from([127, 0, 0, 1], url(), &[("x-user-id", "victim")]).await;
+    }
+    let through_proxy = [("x-user-id", "victim"), ("x-forwarded-for", "198.51.100.9")];
+    for i in 0..4 {
+        let a = call_from([127, 0, 0, 2], url(), &through_proxy).await;
+        assert_eq!(a.status, StatusCode::OK, "victim request {i}: {}", a.body);
+    }
+    // The internal floodwall headers never reach a client.
+    let a = call_from([127, 0, 0, 2], url(), &[("x-user-id", "carol")]).await;
+    for name in [
+        "x-floodwall-admission-level",
+        "x-floodwall-priority",
+        "x-floodwall-upstream-drops",
+    ] {
+        assert!(!a.headers.contains_key(name), "{name} leaked");
+    }
+}
+
+/// A response body of `chunks` MiB, counting the chunks the reader pulled.
+struct Endless {
+    chunk: Bytes,
+    left: usize,
+    pulled: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl http_body::Body for Endless {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        if self.left == 0 {
+            return std::task::Poll::Ready(None);
+        }
+        self.left -= 1;
+        self.pulled
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        std::task::Poll::Ready(Some(Ok(http_body::Frame::data(self.chunk.clone()))))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_upstream_answer_is_a_502_not_a_memory_spike() {
+    use floodwall_examples::gateway::upstream::MAX_UPSTREAM_BODY;
+    // An upstream that answers every request with 256 MiB.
+    let pulled = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let counter = pulled.clone();
+    tokio::spawn(async move {
+        let chunk = Bytes::from(vec![b'x'; 1 << 20]);
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let (chunk, counter) = (chunk.clone(), counter.clone());
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |_req| {
+                    let body = Endless {
+                        chunk: chunk.clone(),
+                        left: 256,
+                        pulled: counter.clone(),
+                    };
+                    async move { Ok::<_, std::convert::Infallible>(http::Response::new(body)) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    let d = start(|c| {
+        c.upstreams.get_mut("static_primary").unwrap().url = format!("http://{addr}");
+    })
+    .await;
+    let a = get(&d, "/static/big.bin", &[]).await;
+    assert_eq!(a.status, StatusCode::BAD_GATEWAY, "{}", a.body);
+    assert_eq!(a.reason(), Some("upstream_too_large"));
+    assert!(
+        !a.body.contains("length limit"),
+        "no internal error text: {}",
+        a.body
+    );
+    // The gateway stopped reading at its cap: of 256 MiB it pulled about
+    // MAX_UPSTREAM_BODY (8 MiB), plus what was in flight in socket buffers.
+    let mib = pulled.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        mib <= MAX_UPSTREAM_BODY / (1 << 20) + 16,
+        "the upstream sent {mib} MiB before the gateway gave up"
+    );
+}

@@ -132,15 +132,24 @@ fn status_response(status: &tonic::Status) -> Response<Body> {
     if let Some(r) = std::error::Error::source(status).and_then(Rejected::find) {
         return GatewayResponder.respond(r);
     }
+    // The room service's own answers about the request (a bad argument, a
+    // missing room) are the client's business; transport and server
+    // failures are not: their text stays inside.
     let msg = status.message();
     match status.code() {
         Code::InvalidArgument => bad_request(msg),
         Code::NotFound => refusal(StatusCode::NOT_FOUND, "not_found", msg),
-        Code::DeadlineExceeded => refusal(StatusCode::GATEWAY_TIMEOUT, "deadline_exceeded", msg),
-        Code::Unavailable | Code::ResourceExhausted => {
-            refusal(StatusCode::SERVICE_UNAVAILABLE, "upstream_unavailable", msg)
-        }
-        _ => refusal(StatusCode::BAD_GATEWAY, "upstream_error", msg),
+        Code::DeadlineExceeded => refusal(
+            StatusCode::GATEWAY_TIMEOUT,
+            "deadline_exceeded",
+            "the upstream did not answer in time",
+        ),
+        Code::Unavailable | Code::ResourceExhausted => refusal(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "upstream_unavailable",
+            "the upstream is unavailable",
+        ),
+        _ => refusal(StatusCode::BAD_GATEWAY, "upstream_error", "upstream error"),
     }
 }
 
@@ -445,7 +454,7 @@ async fn proxy(h: &HttpUpstream, req: Request<Incoming>) -> Response<Body> {
         }
         Err(e) => match Rejected::find(&*e) {
             Some(r) => GatewayResponder.respond(r),
-            None => refusal(StatusCode::BAD_GATEWAY, "upstream_error", &e.to_string()),
+            None => super::upstream_failure(&e),
         },
     }
 }

@@ -148,6 +148,8 @@ pub struct Runtime {
     prefixes: Vec<(String, Arc<Route>)>,
     per_ip: Option<PerIpLayer>,
     client_ip: floodwall::http::client_ip::ClientIp,
+    /// The header naming the user: believed only from trusted proxies.
+    user_header: http::HeaderName,
     /// The connection routes' global limits share (kept across reloads
     /// while `gateway.redis` is unchanged).
     redis: Option<RedisClient>,
@@ -247,7 +249,9 @@ impl Runtime {
             }
         }
         prefixes.sort_by_key(|p| std::cmp::Reverse(p.0.len()));
+        let user_header = http::HeaderName::try_from(config.gateway.user_header.as_str())?;
         Ok(Self {
+            user_header,
             client_ip: floodwall::http::client_ip::ClientIp::behind(
                 config.gateway.trusted_proxies.iter().copied(),
             ),
@@ -291,6 +295,12 @@ impl Runtime {
     /// ([`ClientIp`](floodwall::http::client_ip::ClientIp)).
     pub fn client_ip(&self, peer: IpAddr, headers: &http::HeaderMap) -> IpAddr {
         self.client_ip.client_of(peer, headers)
+    }
+
+    /// Whether `peer` is a trusted proxy: only then are its forwarding and
+    /// user headers believed.
+    pub fn trusts(&self, peer: IpAddr) -> bool {
+        self.client_ip.is_trusted(peer)
     }
 
     /// The per-client key: the client IP, IPv6 clients by their /64.
@@ -594,6 +604,65 @@ where
     }
 }
 
+/// What a request may carry in from outside. From a peer that is not a
+/// trusted proxy, the user header and the forwarding headers are the
+/// client's own words: removed, so nobody can name a user or a client.
+/// Toward upstreams the real peer is appended to `X-Forwarded-For`.
+fn inbound_hygiene(headers: &mut http::HeaderMap, runtime: &Runtime, peer: IpAddr) {
+    const XFF: http::HeaderName = http::header::HeaderName::from_static("x-forwarded-for");
+    if !runtime.trusts(peer) {
+        headers.remove(&runtime.user_header);
+        headers.remove(&XFF);
+        headers.remove(http::header::FORWARDED);
+    }
+    let chain = headers
+        .get_all(&XFF)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let chain = if chain.is_empty() {
+        peer.to_string()
+    } else {
+        format!("{chain}, {peer}")
+    };
+    if let Ok(v) = HeaderValue::from_str(&chain) {
+        headers.insert(&XFF, v);
+    }
+}
+
+/// What a response may carry out: the floodwall wire headers between the
+/// gateway and its upstreams (admission level, priority, drop reports) are
+/// internal.
+fn outbound_hygiene(headers: &mut http::HeaderMap) {
+    use floodwall::core::wire::{ADMISSION_LEVEL_HEADER, PRIORITY_HEADER, UPSTREAM_DROPS_HEADER};
+    for name in [
+        ADMISSION_LEVEL_HEADER,
+        PRIORITY_HEADER,
+        UPSTREAM_DROPS_HEADER,
+    ] {
+        headers.remove(name);
+    }
+}
+
+/// The answer to an upstream failure that is not a floodwall rejection:
+/// 502 with a fixed text (what failed inside stays inside), or
+/// `upstream_too_large` when the upstream's body passed the cap.
+pub(crate) fn upstream_failure(e: &BoxError) -> Response<Body> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e.as_ref());
+    while let Some(err) = source {
+        if err.is::<http_body_util::LengthLimitError>() {
+            return refusal(
+                StatusCode::BAD_GATEWAY,
+                "upstream_too_large",
+                "the upstream's answer was too large",
+            );
+        }
+        source = err.source();
+    }
+    refusal(StatusCode::BAD_GATEWAY, "upstream_error", "upstream error")
+}
+
 /// The data plane: arrival, client IP, route lookup, the route's stack.
 #[derive(Debug, Clone)]
 struct DataPlane {
@@ -624,6 +693,7 @@ impl Service<Request<Incoming>> for DataPlane {
             .get::<SocketAddr>()
             .map_or(IpAddr::from([0, 0, 0, 0]), SocketAddr::ip);
         let ip = runtime.client_ip(peer, req.headers());
+        inbound_hygiene(req.headers_mut(), &runtime, peer);
         req.extensions_mut().insert(ClientIp(ip));
         req.extensions_mut()
             .insert(ClientKey(runtime.client_key(ip)));
@@ -634,13 +704,14 @@ impl Service<Request<Incoming>> for DataPlane {
         };
         let svc = route.service.clone();
         Box::pin(async move {
-            let res = match svc.oneshot(req).await {
+            let mut res = match svc.oneshot(req).await {
                 Ok(res) => res,
                 Err(e) => match Rejected::find(&*e) {
                     Some(r) => GatewayResponder.respond(r),
-                    None => refusal(StatusCode::BAD_GATEWAY, "upstream_error", &e.to_string()),
+                    None => upstream_failure(&e),
                 },
             };
+            outbound_hygiene(res.headers_mut());
             crate::tally::count_response(&shared.tally, &res);
             Ok(res)
         })

@@ -357,6 +357,10 @@ impl std::fmt::Debug for HttpUpstream {
     }
 }
 
+/// The largest upstream response body the gateway relays (8 MiB); a larger
+/// one is answered with 502 `upstream_too_large`.
+pub const MAX_UPSTREAM_BODY: usize = 8 << 20;
+
 impl HttpUpstream {
     fn build(name: &str, config: &UpstreamConfig, protected: bool) -> Result<Self, BoxError> {
         let mut connector = HttpConnector::new();
@@ -368,7 +372,11 @@ impl HttpUpstream {
             async move {
                 let res = client.request(req).await?;
                 let (parts, body) = res.into_parts();
-                let bytes = body.collect().await?.to_bytes();
+                // Capped: an oversized answer is a 502, not a memory spike.
+                let bytes = http_body_util::Limited::new(body, MAX_UPSTREAM_BODY)
+                    .collect()
+                    .await?
+                    .to_bytes();
                 Ok::<_, BoxError>(http::Response::from_parts(parts, bytes))
             }
         });
