@@ -10,7 +10,8 @@
 //! curl http://127.0.0.1:9090/metrics
 //! curl -X POST http://127.0.0.1:9090/reload          # re-read CONFIG
 //! ```
-//! Stops on Ctrl-C.
+//! Stops on Ctrl-C or SIGTERM: it stops accepting, lets in-flight requests
+//! finish for up to 10 s, then exits.
 
 use std::path::PathBuf;
 
@@ -32,6 +33,32 @@ async fn main() -> Result<(), BoxError> {
         gateway.admin_addr(),
         path.display()
     );
-    tokio::signal::ctrl_c().await?;
+    stop_signal().await?;
+    let drained = gateway.shutdown(DRAIN).await;
+    println!(
+        "gateway stopped ({})",
+        if drained {
+            "drained"
+        } else {
+            "drain deadline passed"
+        }
+    );
     Ok(())
+}
+
+/// How long in-flight requests may take to finish after a stop signal.
+const DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Ctrl-C, or SIGTERM on Unix (what `kill`, systemd and Kubernetes send).
+async fn stop_signal() -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r,
+            _ = term.recv() => Ok(()),
+        }
+    }
+    #[cfg(not(unix))]
+    tokio::signal::ctrl_c().await
 }

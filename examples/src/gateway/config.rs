@@ -78,6 +78,13 @@ pub struct Settings {
     /// The Redis that routes' `global_limit`s share with every other
     /// gateway instance. Default none.
     pub redis: Option<SocketAddr>,
+    /// The most data-port connections open at once; past it the gateway
+    /// stops accepting until one closes. Default 10,000. Read at start only.
+    pub max_connections: usize,
+    /// How long a client may take to send a request head; slower clients
+    /// are disconnected (slowloris). Default 10 s. Read at start only.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
 }
 
 impl Default for Settings {
@@ -91,6 +98,8 @@ impl Default for Settings {
             key_seed: None,
             protected: true,
             redis: None,
+            max_connections: 10_000,
+            header_read_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -252,6 +261,19 @@ impl GatewayConfig {
     /// # Errors
     /// The first rule broken.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.gateway.max_connections == 0 {
+            return Err(ConfigError::new(
+                "gateway: max_connections must be at least 1",
+            ));
+        }
+        if self.gateway.header_read_timeout.is_zero()
+            || floodwall::core::config::check_duration("", self.gateway.header_read_timeout)
+                .is_err()
+        {
+            return Err(ConfigError::new(
+                "gateway: header_read_timeout must be above zero and at most 365 days",
+            ));
+        }
         if self
             .per_ip
             .as_ref()

@@ -31,6 +31,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use floodwall::core::key::BoundedKey;
@@ -513,13 +514,17 @@ impl Shared {
     }
 }
 
-/// A running gateway. Dropping it stops both listeners.
+/// A running gateway. Dropping it stops both listeners (connections finish
+/// their in-flight requests); [`shutdown`](Self::shutdown) also waits for
+/// them.
 #[derive(Debug)]
 pub struct Gateway {
     addr: SocketAddr,
     admin_addr: SocketAddr,
     shared: Arc<Shared>,
-    _stop: watch::Sender<()>,
+    stop: watch::Sender<()>,
+    conns: Arc<tokio::sync::Semaphore>,
+    max_connections: usize,
 }
 
 impl Gateway {
@@ -534,6 +539,7 @@ impl Gateway {
     ) -> Result<Self, BoxError> {
         let listen = config.gateway.listen;
         let admin_listen = config.gateway.admin;
+        let settings = config.gateway.clone();
         let runtime = Runtime::build(config, 1, None)?;
         let shared = Arc::new(Shared {
             runtime: RwLock::new(Arc::new(runtime)),
@@ -542,18 +548,58 @@ impl Gateway {
             reloads: AtomicU64::new(0),
         });
         let (stop, stopped) = watch::channel(());
-        let data = TcpListener::bind(listen).await?;
+        let data = bind(listen)?;
         let addr = data.local_addr()?;
         let admin = TcpListener::bind(admin_listen).await?;
         let admin_addr = admin.local_addr()?;
-        tokio::spawn(serve(data, DataPlane::new(shared.clone()), stopped.clone()));
-        tokio::spawn(serve(admin, admin::Admin::new(shared.clone()), stopped));
+        let limits = ServeLimits {
+            max_connections: settings.max_connections,
+            header_read_timeout: settings.header_read_timeout,
+        };
+        let conns = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+        tokio::spawn(serve(
+            data,
+            DataPlane::new(shared.clone()),
+            stopped.clone(),
+            limits,
+            conns.clone(),
+        ));
+        let admin_limits = ServeLimits {
+            max_connections: 64,
+            ..limits
+        };
+        let admin_conns = Arc::new(tokio::sync::Semaphore::new(admin_limits.max_connections));
+        tokio::spawn(serve(
+            admin,
+            admin::Admin::new(shared.clone()),
+            stopped,
+            admin_limits,
+            admin_conns,
+        ));
         Ok(Self {
             addr,
             admin_addr,
             shared,
-            _stop: stop,
+            stop,
+            conns,
+            max_connections: limits.max_connections,
         })
+    }
+
+    /// Stops accepting, lets every open connection finish the requests it
+    /// has in flight (each gets its response; nothing new is read), and
+    /// waits for them up to `drain`. Returns whether all finished in time.
+    pub async fn shutdown(self, drain: Duration) -> bool {
+        let _ = self.stop.send(());
+        let all = u32::try_from(self.max_connections).unwrap_or(u32::MAX);
+        tokio::time::timeout(drain, self.conns.acquire_many(all))
+            .await
+            .is_ok_and(|p| p.is_ok())
+    }
+
+    /// Connections open on the data port now.
+    pub fn connections(&self) -> usize {
+        self.max_connections - self.conns.available_permits()
     }
 
     /// The data port's address.
@@ -572,34 +618,123 @@ impl Gateway {
     }
 }
 
-/// Accepts connections until `stop` fires, serving each with HTTP/1.1 and
-/// the peer address in request extensions.
-async fn serve<S>(listener: TcpListener, svc: S, mut stop: watch::Receiver<()>)
-where
+/// A listener with a backlog of 1,024 (std's and mio's default is 128): a
+/// burst of connections past `max_connections` waits in the kernel's
+/// queue instead of having its SYNs dropped.
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+/// How the listeners treat connections (from [`config::Settings`]).
+#[derive(Debug, Clone, Copy)]
+struct ServeLimits {
+    max_connections: usize,
+    header_read_timeout: Duration,
+}
+
+/// Accepts connections until `stop` fires, serving each with HTTP/1.1 or
+/// HTTP/2 and the peer address in request extensions, hardened against slow
+/// and many clients:
+///
+/// - at most `max_connections` at once: past the cap the listener stops
+///   accepting (new connections wait in the kernel's backlog) instead of
+///   spending memory and tasks on them;
+/// - a client that sends no byte, or not a whole request head, within
+///   `header_read_timeout` is disconnected (connection floods, slowloris),
+///   and HTTP/2 connections are pinged and dropped when they stop
+///   answering;
+/// - an accept error (`EMFILE`, `ENFILE`, a reset) backs off 5 ms doubling
+///   to 1 s instead of spinning a core.
+///
+/// On `stop` it stops accepting and asks every connection to finish its
+/// in-flight requests and close; [`Gateway::shutdown`] waits for them.
+async fn serve<S>(
+    listener: TcpListener,
+    svc: S,
+    mut stop: watch::Receiver<()>,
+    limits: ServeLimits,
+    conns: Arc<tokio::sync::Semaphore>,
+) where
     S: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
         + Clone
         + Send
         + 'static,
     S::Future: Send + 'static,
 {
+    const FIRST_BACKOFF: Duration = Duration::from_millis(5);
+    let mut backoff = FIRST_BACKOFF;
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    builder
+        .http2()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_timeout(Duration::from_secs(20));
+    let builder = Arc::new(builder);
     loop {
+        let permit = tokio::select! {
+            p = conns.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+            _ = stop.changed() => return,
+        };
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(_) => continue,
+                Ok(c) => {
+                    backoff = FIRST_BACKOFF;
+                    c
+                }
+                Err(_) => {
+                    // Out of descriptors or a connection reset before
+                    // accept: wait instead of spinning on the error.
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    continue;
+                }
             },
             _ = stop.changed() => return,
         };
         let _ = stream.set_nodelay(true);
         let svc = svc.clone();
+        let builder = builder.clone();
+        let mut stop = stop.clone();
+        let first_byte = limits.header_read_timeout;
         tokio::spawn(async move {
+            let _permit = permit;
+            // hyper's header timeout starts with the first byte: a
+            // connection that sends nothing at all is cut here instead.
+            let mut one = [0u8; 1];
+            if !matches!(
+                tokio::time::timeout(first_byte, stream.peek(&mut one)).await,
+                Ok(Ok(1))
+            ) {
+                return;
+            }
             let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
                 req.extensions_mut().insert(peer);
                 svc.clone().oneshot(req)
             });
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
+            let conn = builder.serve_connection(TokioIo::new(stream), svc);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = stop.changed() => {
+                    // Finish what is in flight, answer nothing new, close.
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
         });
     }
 }

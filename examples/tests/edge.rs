@@ -1,0 +1,241 @@
+//! The gateway's edge under hostile connection patterns, on loopback with
+//! bounded counts and times: slow clients (slowloris), a connection flood
+//! past the cap, and a graceful shutdown under load.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use floodwall_examples::deploy::Deployment;
+use floodwall_examples::gateway::GatewayConfig;
+use floodwall_examples::room::RoomConfig;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+async fn start(room: RoomConfig, tweak: impl FnOnce(&mut GatewayConfig)) -> Deployment {
+    Deployment::start(true, room, tweak).await.unwrap()
+}
+
+fn fast_room() -> RoomConfig {
+    RoomConfig {
+        service_time: Duration::from_millis(1),
+        jitter: 0.0,
+        ..RoomConfig::default()
+    }
+}
+
+type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+fn client() -> HttpClient {
+    Client::builder(TokioExecutor::new()).build(HttpConnector::new())
+}
+
+/// One GET on a keep-alive client: its status and latency.
+async fn timed_get(client: &HttpClient, url: &str) -> (StatusCode, Duration) {
+    let t0 = Instant::now();
+    let req = Request::get(url).body(Full::default()).unwrap();
+    let res = tokio::time::timeout(Duration::from_secs(5), client.request(req))
+        .await
+        .expect("answered within 5 s")
+        .expect("a response");
+    let status = res.status();
+    res.into_body().collect().await.unwrap();
+    (status, t0.elapsed())
+}
+
+/// `n` sequential requests: goodput (2xx per second) and p99 latency.
+async fn measure(client: &HttpClient, url: &str, n: usize) -> (f64, Duration) {
+    let t0 = Instant::now();
+    let mut ok = 0;
+    let mut lat = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (status, d) = timed_get(client, url).await;
+        if status.is_success() {
+            ok += 1;
+        }
+        lat.push(d);
+    }
+    lat.sort();
+    let p99 = lat[(n * 99 / 100).min(n - 1)];
+    (f64::from(ok) / t0.elapsed().as_secs_f64(), p99)
+}
+
+/// Process CPU time (user + system) so far, from /proc.
+fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    // Fields after the command name (which is in parentheses).
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // USER_HZ is 100 on Linux.
+    Duration::from_millis(ticks * 10)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_connections_are_cut_and_a_normal_client_keeps_its_goodput() {
+    let d = start(fast_room(), |c| {
+        c.gateway.header_read_timeout = Duration::from_secs(3);
+        c.per_ip = None;
+    })
+    .await;
+    let url = format!("{}/api/room?id=1", d.url());
+    let normal = client();
+    // Warm up, then the baseline.
+    measure(&normal, &url, 50).await;
+    let (base_goodput, base_p99) = measure(&normal, &url, 300).await;
+
+    // 1,000 connections, each sending a request head one byte at a time.
+    let mut slow = Vec::new();
+    for _ in 0..1_000 {
+        let mut s = TcpStream::connect(d.gateway.addr()).await.unwrap();
+        s.write_all(b"GET /api/room?id=1 HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        slow.push(s);
+    }
+    let trickle = tokio::spawn(async move {
+        for _ in 0..12 {
+            for s in &mut slow {
+                let _ = s.write_all(b"X").await;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        slow
+    });
+    let (goodput, p99) = measure(&normal, &url, 300).await;
+    let ratio = goodput / base_goodput;
+    eprintln!(
+        "slowloris: {goodput:.0} req/s ({:.0} % of {base_goodput:.0}), p99 {p99:?} (baseline {base_p99:?})",
+        ratio * 100.0
+    );
+    assert!(ratio >= 0.95, "goodput {:.0} % of baseline", ratio * 100.0);
+    assert!(p99 <= base_p99 * 2, "p99 {p99:?} vs baseline {base_p99:?}");
+
+    // Past the header timeout every trickling connection is closed.
+    let mut slow = trickle.await.unwrap();
+    let mut closed = 0;
+    for s in &mut slow {
+        let mut buf = [0u8; 1024];
+        match tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf)).await {
+            // Closed, or answered 408 and then closed.
+            Ok(Ok(0) | Err(_)) => closed += 1,
+            Ok(Ok(_)) => {
+                if matches!(
+                    tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf)).await,
+                    Ok(Ok(0) | Err(_))
+                ) {
+                    closed += 1;
+                }
+            }
+            Err(_) => {}
+        }
+    }
+    assert_eq!(
+        closed, 1_000,
+        "every slow connection was cut by the header timeout"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_flood_past_the_cap_neither_stops_service_nor_spins_a_core() {
+    let d = start(fast_room(), |c| {
+        c.gateway.max_connections = 200;
+        c.gateway.header_read_timeout = Duration::from_secs(2);
+        c.per_ip = None;
+    })
+    .await;
+    let url = format!("{}/api/room?id=1", d.url());
+    // A client with its connection open before the flood.
+    let normal = client();
+    assert!(timed_get(&normal, &url).await.0.is_success());
+    // 500 idle connections: two and a half times the cap (the rest wait in
+    // the listener's backlog of 1,024).
+    let mut flood = Vec::new();
+    for _ in 0..500 {
+        flood.push(TcpStream::connect(d.gateway.addr()).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(d.gateway.connections(), 200, "accepted up to the cap");
+    let cpu0 = cpu_time();
+    let t0 = Instant::now();
+    // The open connection is still served during the flood.
+    let (goodput, _) = measure(&normal, &url, 100).await;
+    assert!(goodput > 0.0);
+    tokio::time::sleep(Duration::from_secs(1).saturating_sub(t0.elapsed())).await;
+    let cpu = cpu_time() - cpu0;
+    let wall = t0.elapsed();
+    // 100 requests cost a few ms of CPU each at most; a listener spinning
+    // on accept would burn a whole core for the whole second.
+    assert!(
+        cpu < wall.mul_f64(0.8),
+        "{cpu:?} of CPU in {wall:?} during the flood"
+    );
+    // The idle connections are cut by the header timeout (2 s), freeing
+    // room for the queued ones, which are cut in turn: a new client behind
+    // 300 queued idle connections gets in within three header timeouts.
+    let fresh = client();
+    let t1 = Instant::now();
+    let req = Request::get(&url).body(Full::default()).unwrap();
+    let res = tokio::time::timeout(Duration::from_secs(10), fresh.request(req))
+        .await
+        .expect("a new client got in")
+        .expect("a response");
+    assert!(res.status().is_success());
+    let waited = t1.elapsed();
+    assert!(
+        waited < Duration::from_secs(7),
+        "a new client waited {waited:?}"
+    );
+    drop(flood);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_answers_every_accepted_request_and_stops_within_the_drain() {
+    let room = RoomConfig {
+        service_time: Duration::from_millis(200),
+        jitter: 0.0,
+        workers: 64,
+        ..RoomConfig::default()
+    };
+    let d = start(room, |c| c.per_ip = None).await;
+    let url = format!("{}/api/room?id=1", d.url());
+    // 40 requests in flight, each on its own connection.
+    let calls: Vec<_> = (0..40)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { timed_get(&client(), &url).await.0 })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let addr = d.gateway.addr();
+    let t0 = Instant::now();
+    let drained = d.gateway.shutdown(Duration::from_secs(5)).await;
+    let took = t0.elapsed();
+    assert!(drained, "every connection finished within the drain");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    for call in calls {
+        assert_eq!(
+            call.await.unwrap(),
+            StatusCode::OK,
+            "an accepted request lost"
+        );
+    }
+    // Nothing new is accepted.
+    let refused = tokio::time::timeout(Duration::from_secs(1), async {
+        match TcpStream::connect(addr).await {
+            Err(_) => true,
+            Ok(mut s) => {
+                let _ = s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+                let mut buf = [0u8; 64];
+                matches!(s.read(&mut buf).await, Ok(0) | Err(_))
+            }
+        }
+    })
+    .await
+    .unwrap_or(true);
+    assert!(refused, "a connection after shutdown was served");
+}
