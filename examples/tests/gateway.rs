@@ -739,3 +739,38 @@ async fn an_oversized_upstream_answer_is_a_502_not_a_memory_spike() {
         "the upstream sent {mib} MiB before the gateway gave up"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_port_needs_loopback_or_a_token() {
+    use floodwall_examples::gateway::Gateway;
+    let d = start(|_| {}).await;
+    let mut config = d.gateway.shared().runtime().config().clone();
+    config.gateway.listen = ([127, 0, 0, 1], 0).into();
+    // Off loopback without a token: refused before anything is bound.
+    config.gateway.admin = ([0, 0, 0, 0], 0).into();
+    let err = Gateway::start(config.clone(), None).await.unwrap_err();
+    assert!(err.to_string().contains("admin_token"), "{err}");
+    // With a token every admin request must carry it.
+    config.gateway.admin = ([127, 0, 0, 1], 0).into();
+    config.gateway.admin_token = Some("s3cret-token".into());
+    let gw = Gateway::start(config, None).await.unwrap();
+    let state = format!("http://{}/state", gw.admin_addr());
+    let a = call(Method::GET, state.clone(), &[], "").await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    let a = call(
+        Method::GET,
+        state.clone(),
+        &[("authorization", "Bearer wrong")],
+        "",
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    let a = call(
+        Method::GET,
+        state,
+        &[("authorization", "Bearer s3cret-token")],
+        "",
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+}

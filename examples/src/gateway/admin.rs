@@ -10,7 +10,10 @@
 //! | `POST /reload` | re-read and apply the config file |
 //!
 //! A config that fails to parse or validate is answered 400 with the
-//! reason, and the old config stays in force.
+//! reason, and the old config stays in force. With a token configured
+//! (`gateway.admin_token`, or `FLOODWALL_ADMIN_TOKEN`) every request must
+//! carry `Authorization: Bearer TOKEN` (else 401); without one the admin
+//! port may only listen on loopback.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -26,15 +29,59 @@ use tower::Service;
 use super::{Body, GatewayConfig, Shared, json};
 
 /// The admin service.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Admin {
     shared: Arc<Shared>,
+    token: Option<Arc<str>>,
+}
+
+impl std::fmt::Debug for Admin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Admin")
+            .field("token", &self.token.as_ref().map(|_| "…"))
+            .finish_non_exhaustive()
+    }
 }
 
 impl Admin {
-    pub(super) fn new(shared: Arc<Shared>) -> Self {
-        Self { shared }
+    pub(super) fn new(shared: Arc<Shared>, token: Option<Arc<str>>) -> Self {
+        Self { shared, token }
     }
+}
+
+/// The admin token: `FLOODWALL_ADMIN_TOKEN`, else `configured` (a file's
+/// contents when it starts with `@`). An empty token is an error.
+pub(super) fn token(
+    configured: Option<&str>,
+) -> Result<Option<Arc<str>>, floodwall::core::BoxError> {
+    let raw = match std::env::var("FLOODWALL_ADMIN_TOKEN") {
+        Ok(t) => Some(t),
+        Err(_) => match configured {
+            Some(path) if path.starts_with('@') => Some(
+                std::fs::read_to_string(&path[1..])
+                    .map_err(|e| format!("reading the admin token from {}: {e}", &path[1..]))?,
+            ),
+            other => other.map(str::to_owned),
+        },
+    };
+    match raw.map(|t| t.trim().to_owned()) {
+        Some(t) if t.is_empty() => Err("the admin token is empty".into()),
+        other => Ok(other.map(Arc::from)),
+    }
+}
+
+/// Whether `req` carries the bearer token (compared in constant time).
+fn authorized<B>(req: &Request<B>, token: &str) -> bool {
+    let Some(given) = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    let (a, b) = (given.as_bytes(), token.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn applied(result: Result<u64, floodwall::core::BoxError>) -> Response<Body> {
@@ -61,6 +108,19 @@ impl Service<Request<Incoming>> for Admin {
 
     fn call(&mut self, req: Request<Incoming>) -> Self::Future {
         let shared = self.shared.clone();
+        if let Some(token) = &self.token
+            && !authorized(&req, token)
+        {
+            let mut res = json(
+                StatusCode::UNAUTHORIZED,
+                &serde_json::json!({ "error": "the admin port needs a bearer token" }),
+            );
+            res.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static("Bearer"),
+            );
+            return Box::pin(async move { Ok(res) });
+        }
         Box::pin(async move {
             let res = match (req.method(), req.uri().path()) {
                 (&Method::GET, "/state") => {

@@ -69,8 +69,9 @@ pub struct Settings {
     pub user_header: String,
     /// The business priority of requests no route names. Default 10.
     pub default_priority: u8,
-    /// The user-priority hash key seed, the same on every gateway. Default:
-    /// a random key per process.
+    /// The user-priority hash key seed, the same on every gateway and
+    /// secret: prefer `FLOODWALL_KEY_SEED` in the environment, which
+    /// overrides this. Default: a random key per process.
     pub key_seed: Option<u64>,
     /// Every floodwall layer in place (default). `false` routes and proxies
     /// with no protection at all, for comparison.
@@ -78,6 +79,12 @@ pub struct Settings {
     /// The Redis that routes' `global_limit`s share with every other
     /// gateway instance. Default none.
     pub redis: Option<SocketAddr>,
+    /// The bearer token the admin port requires (`Authorization: Bearer
+    /// TOKEN`), or the name of a file holding it when it starts with `@`
+    /// (`"@/run/secrets/admin"`); `FLOODWALL_ADMIN_TOKEN` in the
+    /// environment overrides it. Without a token the admin port must be on
+    /// loopback. Default none. Read at start only.
+    pub admin_token: Option<String>,
     /// The most data-port connections open at once; past it the gateway
     /// stops accepting until one closes. Default 10,000. Read at start only.
     pub max_connections: usize,
@@ -98,6 +105,7 @@ impl Default for Settings {
             key_seed: None,
             protected: true,
             redis: None,
+            admin_token: None,
             max_connections: 10_000,
             header_read_timeout: Duration::from_secs(10),
         }

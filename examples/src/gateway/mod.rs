@@ -227,7 +227,7 @@ impl Runtime {
         let assign = AssignPriorityLayer::new(AssignConfig {
             business,
             user_header: Some(config.gateway.user_header.clone()),
-            key_seed: config.gateway.key_seed,
+            key_seed: key_seed(config.gateway.key_seed)?,
             ..AssignConfig::default()
         })?;
         let mut exact = HashMap::new();
@@ -452,6 +452,20 @@ fn build_route(
     })
 }
 
+/// The user-priority hash key: `FLOODWALL_KEY_SEED` (a secret shared by
+/// every instance, kept out of config files), else the config's
+/// `key_seed`, else a random key per process.
+fn key_seed(configured: Option<u64>) -> Result<Option<u64>, BoxError> {
+    match std::env::var("FLOODWALL_KEY_SEED") {
+        Ok(s) => s
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|_| "FLOODWALL_KEY_SEED must be an unsigned 64-bit integer".into()),
+        Err(_) => Ok(configured),
+    }
+}
+
 /// The key of a route's global limit: the user, else the client's key (its
 /// IP, an IPv6 client by its /64). Bounded: a user id longer than 59 bytes
 /// counts under its digest, so long ids cannot grow the limiter's memory
@@ -540,6 +554,14 @@ impl Gateway {
         let listen = config.gateway.listen;
         let admin_listen = config.gateway.admin;
         let settings = config.gateway.clone();
+        let admin_token = admin::token(settings.admin_token.as_deref())?;
+        if admin_token.is_none() && !admin_listen.ip().is_loopback() {
+            return Err(format!(
+                "the admin port {admin_listen} is not on loopback: set gateway.admin_token \
+                 (or FLOODWALL_ADMIN_TOKEN) to require a bearer token, or bind it to loopback"
+            )
+            .into());
+        }
         let runtime = Runtime::build(config, 1, None)?;
         let shared = Arc::new(Shared {
             runtime: RwLock::new(Arc::new(runtime)),
@@ -571,7 +593,7 @@ impl Gateway {
         let admin_conns = Arc::new(tokio::sync::Semaphore::new(admin_limits.max_connections));
         tokio::spawn(serve(
             admin,
-            admin::Admin::new(shared.clone()),
+            admin::Admin::new(shared.clone(), admin_token),
             stopped,
             admin_limits,
             admin_conns,

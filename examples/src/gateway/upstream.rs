@@ -205,7 +205,12 @@ impl Guards {
                     .classify(faults)
                     .on_state_change(move |c| {
                         let at_ms = u64::try_from(born.elapsed().as_millis()).unwrap_or(u64::MAX);
-                        log.lock().push(Transition {
+                        let mut log = log.lock();
+                        // Bounded: the newest MAX_TRANSITIONS are kept.
+                        if log.len() == MAX_TRANSITIONS {
+                            log.remove(0);
+                        }
+                        log.push(Transition {
                             at_ms,
                             from: state_name(c.from),
                             to: state_name(c.to),
@@ -356,6 +361,9 @@ impl std::fmt::Debug for HttpUpstream {
             .finish()
     }
 }
+
+/// How many breaker transitions an upstream's log keeps (the newest).
+pub const MAX_TRANSITIONS: usize = 64;
 
 /// The largest upstream response body the gateway relays (8 MiB); a larger
 /// one is answered with 502 `upstream_too_large`.
