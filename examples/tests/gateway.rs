@@ -774,3 +774,39 @@ async fn the_admin_port_needs_loopback_or_a_token() {
     .await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.body);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_keeps_the_live_state_of_what_it_did_not_change() {
+    let per_ip_burst = |c: &mut GatewayConfig, burst: u32| {
+        let p = c.per_ip.as_mut().unwrap();
+        p.quota = Quota::per_hour(1).unwrap().with_burst(burst).unwrap();
+    };
+    let d = start(|c| per_ip_burst(c, 3)).await;
+    let shared = d.gateway.shared();
+    for _ in 0..3 {
+        assert_eq!(get(&d, "/api/room?id=1", &[]).await.status, StatusCode::OK);
+    }
+    assert_eq!(
+        get(&d, "/api/room?id=1", &[]).await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // Reload with another route's limit changed: this client's per-IP
+    // bucket is the same bucket, still empty.
+    let mut config = shared.runtime().config().clone();
+    let other = config
+        .routes
+        .iter_mut()
+        .find(|r| r.path.as_deref() != Some("/api/room"))
+        .unwrap();
+    other.timeout += Duration::from_millis(1);
+    assert_eq!(shared.apply(config.clone()).unwrap(), 2);
+    assert_eq!(
+        get(&d, "/api/room?id=1", &[]).await.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "the reload did not hand out a fresh burst"
+    );
+    // Changing the per-IP limit itself starts it over.
+    per_ip_burst(&mut config, 5);
+    assert_eq!(shared.apply(config).unwrap(), 3);
+    assert_eq!(get(&d, "/api/room?id=1", &[]).await.status, StatusCode::OK);
+}

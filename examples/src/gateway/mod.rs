@@ -193,7 +193,13 @@ impl Runtime {
             };
             upstreams.insert(name.clone(), (up.clone(), client));
         }
+        // Live state is kept for everything whose settings did not change:
+        // the per-IP buckets, and below the routes themselves.
+        let same_edge = previous.is_some_and(|p| {
+            p.config.gateway == config.gateway && p.config.per_ip == config.per_ip
+        });
         let per_ip = match (&config.per_ip, protected) {
+            (Some(_), true) if same_edge => previous.and_then(|p| p.per_ip.clone()),
             (Some(c), true) => {
                 let mut c = c.clone();
                 if c.name == floodwall::token_bucket::DEFAULT_NAME {
@@ -230,17 +236,42 @@ impl Runtime {
             key_seed: key_seed(config.gateway.key_seed)?,
             ..AssignConfig::default()
         })?;
+        // A route is taken over (its limits, admission level and overflow
+        // state with it) when nothing it is built from changed: its own
+        // settings, the edge (gateway settings and per-IP limit), the
+        // upstreams and the priority table every route shares.
+        let priorities = |c: &GatewayConfig| -> Vec<_> {
+            c.routes
+                .iter()
+                .map(|r| (r.path.clone(), r.prefix.clone(), r.priority))
+                .collect()
+        };
+        let reusable = previous.filter(|p| {
+            same_edge
+                && p.config.upstreams == config.upstreams
+                && priorities(&p.config) == priorities(&config)
+        });
         let mut exact = HashMap::new();
         let mut prefixes = Vec::new();
         for r in &config.routes {
-            let route = Arc::new(build_route(
-                r,
-                &config,
-                &upstreams,
-                per_ip.clone(),
-                &assign,
-                redis.as_ref(),
-            )?);
+            let kept = reusable.and_then(|p| {
+                p.exact
+                    .values()
+                    .chain(p.prefixes.iter().map(|(_, route)| route))
+                    .find(|route| route.config == *r)
+                    .cloned()
+            });
+            let route = match kept {
+                Some(route) => route,
+                None => Arc::new(build_route(
+                    r,
+                    &config,
+                    &upstreams,
+                    per_ip.clone(),
+                    &assign,
+                    redis.as_ref(),
+                )?),
+            };
             match (&r.path, &r.prefix) {
                 (Some(p), _) => {
                     exact.insert(p.clone(), route);
@@ -486,6 +517,8 @@ fn global_key(req: &Request<Incoming>, user_header: &str) -> Option<BoundedKey> 
 #[derive(Debug)]
 pub struct Shared {
     runtime: RwLock<Arc<Runtime>>,
+    /// Serializes reloads; held while one builds, never by the data path.
+    reloading: parking_lot::Mutex<()>,
     tally: Tally,
     config_path: Option<std::path::PathBuf>,
     reloads: AtomicU64,
@@ -502,10 +535,14 @@ impl Shared {
     /// # Errors
     /// The config is invalid or a layer refused it; the old one stays.
     pub fn apply(&self, config: GatewayConfig) -> Result<u64, BoxError> {
-        let mut slot = self.runtime.write();
-        let version = slot.version + 1;
-        let next = Runtime::build(config, version, Some(&slot))?;
-        *slot = Arc::new(next);
+        // The new runtime is built beside the one in force: requests keep
+        // reading the current one (a read lock, never blocked by the build)
+        // until the swap, which takes the write lock only to replace an Arc.
+        let _one_at_a_time = self.reloading.lock();
+        let current = self.runtime();
+        let version = current.version + 1;
+        let next = Arc::new(Runtime::build(config, version, Some(&current))?);
+        *self.runtime.write() = next;
         self.reloads.fetch_add(1, Ordering::Relaxed);
         Ok(version)
     }
@@ -567,6 +604,7 @@ impl Gateway {
             runtime: RwLock::new(Arc::new(runtime)),
             tally: Tally::default(),
             config_path,
+            reloading: parking_lot::Mutex::new(()),
             reloads: AtomicU64::new(0),
         });
         let (stop, stopped) = watch::channel(());
