@@ -239,3 +239,78 @@ async fn shutdown_answers_every_accepted_request_and_stops_within_the_drain() {
     .unwrap_or(true);
     assert!(refused, "a connection after shutdown was served");
 }
+
+/// The `gateway` binary under load gets SIGTERM: every request it accepted
+/// is answered, and it exits within its drain deadline (10 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_load_loses_no_accepted_request() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    // A room service that takes 300 ms per call, for requests in flight.
+    let room = floodwall_examples::room::RoomService::start(RoomConfig {
+        service_time: Duration::from_millis(300),
+        jitter: 0.0,
+        workers: 64,
+        listen: ([127, 0, 0, 1], 0).into(),
+        ..RoomConfig::default()
+    })
+    .await
+    .unwrap();
+    let dir = std::env::temp_dir().join(format!("floodwall-sigterm-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[gateway]\nlisten = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n\n\
+             [upstreams.room]\nkind = \"grpc\"\nurl = \"{}\"\ntimeout = \"2s\"\n\n\
+             [[routes]]\npath = \"/api/room\"\nhandler = \"get_room\"\nupstream = \"room\"\ntimeout = \"2s\"\n",
+            room.url()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .arg(&config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    // "gateway on http://127.0.0.1:PORT (admin ...), config ..."
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .split_whitespace()
+        .nth(2)
+        .expect("the gateway prints its address")
+        .to_owned();
+    let calls: Vec<_> = (0..30)
+        .map(|_| {
+            let url = format!("{url}/api/room?id=1");
+            tokio::spawn(async move { timed_get(&client(), &url).await.0 })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let t0 = Instant::now();
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let exited = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    let took = t0.elapsed();
+    assert!(exited.success(), "{exited:?}");
+    assert!(took < Duration::from_secs(10), "exited after {took:?}");
+    for call in calls {
+        assert_eq!(
+            call.await.unwrap(),
+            StatusCode::OK,
+            "an accepted request was lost"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
