@@ -314,3 +314,100 @@ async fn sigterm_during_load_loses_no_accepted_request() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Process CPU time of `pid` (user + system), from /proc.
+fn cpu_time_of(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    Duration::from_millis(ticks * 10)
+}
+
+/// The `gateway` binary with only 64 file descriptors, flooded with 300
+/// connections: `accept` fails with `EMFILE`, and the listener backs off
+/// instead of spinning a core; once the flood leaves it serves again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn descriptor_exhaustion_does_not_spin_the_accept_loop() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let room = floodwall_examples::room::RoomService::start(RoomConfig {
+        listen: ([127, 0, 0, 1], 0).into(),
+        ..fast_room()
+    })
+    .await
+    .unwrap();
+    let dir = std::env::temp_dir().join(format!("floodwall-emfile-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[gateway]\nlisten = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\nheader_read_timeout = \"1s\"\n\n\
+             [upstreams.room]\nkind = \"grpc\"\nurl = \"{}\"\n\n\
+             [[routes]]\npath = \"/api/room\"\nhandler = \"get_room\"\nupstream = \"room\"\n",
+            room.url()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -n 64 && exec '{}' '{}'",
+            env!("CARGO_BIN_EXE_gateway"),
+            config.display()
+        ))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .split_whitespace()
+        .nth(2)
+        .expect("an address")
+        .to_owned();
+    let addr: std::net::SocketAddr = url.trim_start_matches("http://").parse().unwrap();
+    let pid = child.id();
+    let mut flood = Vec::new();
+    for _ in 0..300 {
+        if let Ok(Ok(s)) =
+            tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(addr)).await
+        {
+            flood.push(s);
+        }
+    }
+    let cpu0 = cpu_time_of(pid);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let cpu = cpu_time_of(pid) - cpu0;
+    assert!(
+        cpu < Duration::from_millis(500),
+        "the gateway burned {cpu:?} of CPU in 2 s of descriptor exhaustion"
+    );
+    // The flood leaves: the gateway serves again.
+    drop(flood);
+    let mut served = false;
+    for _ in 0..20 {
+        let req = Request::get(format!("{url}/api/room?id=1"))
+            .body(Full::default())
+            .unwrap();
+        if let Ok(Ok(res)) =
+            tokio::time::timeout(Duration::from_secs(2), client().request(req)).await
+            && res.status().is_success()
+        {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    let _ = tokio::task::spawn_blocking(move || child.wait()).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(served, "served again once descriptors were free");
+}
