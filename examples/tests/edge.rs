@@ -240,40 +240,29 @@ async fn shutdown_answers_every_accepted_request_and_stops_within_the_drain() {
     assert!(refused, "a connection after shutdown was served");
 }
 
-/// The `gateway` binary under load gets SIGTERM: every request it accepted
-/// is answered, and it exits within its drain deadline (10 s).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_during_load_loses_no_accepted_request() {
+/// The `gateway` binary on `config` (TOML text), started through `sh` so
+/// that `shell_prefix` (e.g. `ulimit -n 64 && `) applies to it: the child,
+/// its data URL, and the scratch directory holding the config.
+fn spawn_gateway(
+    name: &str,
+    config: &str,
+    shell_prefix: &str,
+) -> (std::process::Child, String, std::path::PathBuf) {
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
-
-    // A room service that takes 300 ms per call, for requests in flight.
-    let room = floodwall_examples::room::RoomService::start(RoomConfig {
-        service_time: Duration::from_millis(300),
-        jitter: 0.0,
-        workers: 64,
-        listen: ([127, 0, 0, 1], 0).into(),
-        ..RoomConfig::default()
-    })
-    .await
-    .unwrap();
-    let dir = std::env::temp_dir().join(format!("floodwall-sigterm-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("floodwall-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("gateway.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[gateway]\nlisten = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n\n\
-             [upstreams.room]\nkind = \"grpc\"\nurl = \"{}\"\ntimeout = \"2s\"\n\n\
-             [[routes]]\npath = \"/api/room\"\nhandler = \"get_room\"\nupstream = \"room\"\ntimeout = \"2s\"\n",
-            room.url()
-        ),
-    )
-    .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_gateway"))
-        .arg(&config)
+    let path = dir.join("gateway.toml");
+    std::fs::write(&path, config).unwrap();
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "{shell_prefix}exec '{}' '{}'",
+            env!("CARGO_BIN_EXE_gateway"),
+            path.display()
+        ))
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::null())
         .spawn()
         .unwrap();
     // "gateway on http://127.0.0.1:PORT (admin ...), config ..."
@@ -286,6 +275,36 @@ async fn sigterm_during_load_loses_no_accepted_request() {
         .nth(2)
         .expect("the gateway prints its address")
         .to_owned();
+    (child, url, dir)
+}
+
+/// A gateway config with one route to the room service at `room`.
+fn one_route_config(room: &str, extra_gateway: &str, upstream_timeout: &str) -> String {
+    format!(
+        "[gateway]\nlisten = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n{extra_gateway}\n\
+         [upstreams.room]\nkind = \"grpc\"\nurl = \"{room}\"\ntimeout = \"{upstream_timeout}\"\n\n\
+         [[routes]]\npath = \"/api/room\"\nhandler = \"get_room\"\nupstream = \"room\"\ntimeout = \"{upstream_timeout}\"\n"
+    )
+}
+
+/// The `gateway` binary under load gets SIGTERM: every request it accepted
+/// is answered, and it exits within its drain deadline (10 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_load_loses_no_accepted_request() {
+    use std::process::Command;
+
+    // A room service that takes 300 ms per call, for requests in flight.
+    let room = floodwall_examples::room::RoomService::start(RoomConfig {
+        service_time: Duration::from_millis(300),
+        jitter: 0.0,
+        workers: 64,
+        listen: ([127, 0, 0, 1], 0).into(),
+        ..RoomConfig::default()
+    })
+    .await
+    .unwrap();
+    let (mut child, url, dir) =
+        spawn_gateway("sigterm", &one_route_config(&room.url(), "", "2s"), "");
     let calls: Vec<_> = (0..30)
         .map(|_| {
             let url = format!("{url}/api/room?id=1");
@@ -329,8 +348,7 @@ fn cpu_time_of(pid: u32) -> Duration {
 /// instead of spinning a core; once the flood leaves it serves again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn descriptor_exhaustion_does_not_spin_the_accept_loop() {
-    use std::io::{BufRead, BufReader};
-    use std::process::{Command, Stdio};
+    use std::process::Command;
 
     let room = floodwall_examples::room::RoomService::start(RoomConfig {
         listen: ([127, 0, 0, 1], 0).into(),
@@ -338,39 +356,11 @@ async fn descriptor_exhaustion_does_not_spin_the_accept_loop() {
     })
     .await
     .unwrap();
-    let dir = std::env::temp_dir().join(format!("floodwall-emfile-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("gateway.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[gateway]\nlisten = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\nheader_read_timeout = \"1s\"\n\n\
-             [upstreams.room]\nkind = \"grpc\"\nurl = \"{}\"\n\n\
-             [[routes]]\npath = \"/api/room\"\nhandler = \"get_room\"\nupstream = \"room\"\n",
-            room.url()
-        ),
-    )
-    .unwrap();
-    let mut child = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "ulimit -n 64 && exec '{}' '{}'",
-            env!("CARGO_BIN_EXE_gateway"),
-            config.display()
-        ))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line
-        .split_whitespace()
-        .nth(2)
-        .expect("an address")
-        .to_owned();
+    let (mut child, url, dir) = spawn_gateway(
+        "emfile",
+        &one_route_config(&room.url(), "header_read_timeout = \"1s\"\n", "1s"),
+        "ulimit -n 64 && ",
+    );
     let addr: std::net::SocketAddr = url.trim_start_matches("http://").parse().unwrap();
     let pid = child.id();
     let mut flood = Vec::new();

@@ -36,8 +36,19 @@ impl Answer {
 }
 
 async fn call(method: Method, url: String, headers: &[(&str, &str)], body: &str) -> Answer {
+    send(HttpConnector::new(), method, url, headers, body).await
+}
+
+/// One request on a fresh client over `connector`.
+async fn send(
+    connector: HttpConnector,
+    method: Method,
+    url: String,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Answer {
     let client: Client<HttpConnector, Full<Bytes>> =
-        Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+        Client::builder(TokioExecutor::new()).build(connector);
     let mut req = Request::builder().method(method).uri(url);
     for (k, v) in headers {
         req = req.header(*k, *v);
@@ -594,26 +605,7 @@ async fn a_room_service_that_hangs_for_the_full_budget_opens_the_breaker() {
 async fn call_from(local: [u8; 4], url: String, headers: &[(&str, &str)]) -> Answer {
     let mut connector = HttpConnector::new();
     connector.set_local_address(Some(std::net::IpAddr::from(local)));
-    let client: Client<HttpConnector, Full<Bytes>> =
-        Client::builder(TokioExecutor::new()).build(connector);
-    let mut req = Request::builder().uri(url);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let res = tokio::time::timeout(
-        Duration::from_secs(5),
-        client.request(req.body(Full::default()).unwrap()),
-    )
-    .await
-    .expect("the gateway answers within 5 s")
-    .expect("a response");
-    let (parts, body) = res.into_parts();
-    let body = body.collect().await.unwrap().to_bytes();
-    Answer {
-        status: parts.status,
-        headers: parts.headers,
-        body: String::from_utf8_lossy(&body).into_owned(),
-    }
+    send(connector, Method::GET, url, headers, "").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
