@@ -401,3 +401,114 @@ async fn descriptor_exhaustion_does_not_spin_the_accept_loop() {
     let _ = std::fs::remove_dir_all(&dir);
     assert!(served, "served again once descriptors were free");
 }
+
+/// A peak resident set size, from /proc.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse::<u64>()
+        .unwrap()
+        * 1024
+}
+
+/// The `gateway` binary proxying to an upstream that answers 256 MiB: the
+/// client gets 502 `upstream_too_large`, and the gateway's peak resident
+/// memory grows by less than 32 MiB (the 8 MiB cap, plus socket and
+/// allocator slack), measured from /proc on the gateway's own process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_upstream_answer_grows_the_gateways_memory_by_less_than_32_mib() {
+    use std::process::Command;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    // The upstream: 256 MiB for /big, a few bytes otherwise.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let halt = stop.clone();
+    tokio::spawn(async move {
+        let chunk = Bytes::from(vec![b'x'; 1 << 20]);
+        while !halt.load(Ordering::Relaxed) {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let chunk = chunk.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let n = if req.uri().path().ends_with("/big") {
+                        256
+                    } else {
+                        0
+                    };
+                    let body = Chunks {
+                        chunk: chunk.clone(),
+                        left: n,
+                    };
+                    async move { Ok::<_, std::convert::Infallible>(http::Response::new(body)) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    let config = format!(
+        "[gateway]\nlisten = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n\n\
+         [upstreams.files]\nkind = \"http\"\nurl = \"http://{upstream}\"\ntimeout = \"10s\"\n\n\
+         [[routes]]\nprefix = \"/files/\"\nhandler = \"proxy\"\nupstream = \"files\"\ntimeout = \"10s\"\n"
+    );
+    let (mut child, url, dir) = spawn_gateway("bigbody", &config, "");
+    let pid = child.id();
+    // Warm: one small answer through the whole path.
+    let (status, _) = timed_get(&client(), &format!("{url}/files/small")).await;
+    assert_eq!(status, StatusCode::OK);
+    let before = peak_rss(pid);
+    let req = Request::get(format!("{url}/files/big"))
+        .body(Full::default())
+        .unwrap();
+    let res = tokio::time::timeout(Duration::from_secs(10), client().request(req))
+        .await
+        .expect("answered")
+        .expect("a response");
+    assert_eq!(res.status(), StatusCode::BAD_GATEWAY);
+    assert_eq!(
+        res.headers()
+            .get("x-floodwall-reason")
+            .and_then(|v| v.to_str().ok()),
+        Some("upstream_too_large")
+    );
+    let grew = peak_rss(pid).saturating_sub(before);
+    stop.store(true, Ordering::Relaxed);
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    let _ = tokio::task::spawn_blocking(move || child.wait()).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    eprintln!("peak RSS grew by {} KiB", grew / 1024);
+    assert!(grew < 32 << 20, "peak RSS grew by {} MiB", grew >> 20);
+}
+
+/// A response body of `left` frames of `chunk`, made as they are read.
+struct Chunks {
+    chunk: Bytes,
+    left: usize,
+}
+
+impl http_body::Body for Chunks {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        if self.left == 0 {
+            return std::task::Poll::Ready(None);
+        }
+        self.left -= 1;
+        std::task::Poll::Ready(Some(Ok(http_body::Frame::data(self.chunk.clone()))))
+    }
+}
