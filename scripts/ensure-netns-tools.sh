@@ -11,18 +11,6 @@ command -v ip >/dev/null 2>&1 || [ -x /usr/sbin/ip ] || [ -x /sbin/ip ] || missi
 command -v unshare >/dev/null 2>&1 || missing+=(util-linux)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
-if [ "$(id -u)" -eq 0 ]; then
-    as_root=()
-elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
-    as_root=(sudo -n)
-else
-    echo "${missing[*]} not installed and this user cannot install them;" >&2
-    echo "install Debian's ${missing[*]} (apt-get install ${missing[*]})." >&2
-    exit 1
-fi
-command -v apt-get >/dev/null 2>&1 || { echo "apt-get is not available to install ${missing[*]}." >&2; exit 1; }
-export DEBIAN_FRONTEND=noninteractive
-if ! "${as_root[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}" >&2; then
-    "${as_root[@]}" apt-get update -q >&2
-    "${as_root[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}" >&2
-fi
+# shellcheck source=apt-install.sh
+source "$(dirname "$0")/apt-install.sh"
+apt_install "${missing[@]}"

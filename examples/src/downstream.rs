@@ -138,3 +138,41 @@ async fn answer(
     }
     Ok(res)
 }
+
+/// A response body of `frames` copies of one chunk, made as they are read
+/// (a large answer that costs its server no memory), counting the frames a
+/// reader pulled.
+#[derive(Debug)]
+pub struct Repeat {
+    chunk: Bytes,
+    left: usize,
+    pulled: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Repeat {
+    /// `frames` frames of `chunk`; `pulled` counts those read.
+    pub fn new(chunk: Bytes, frames: usize, pulled: Arc<std::sync::atomic::AtomicUsize>) -> Self {
+        Self {
+            chunk,
+            left: frames,
+            pulled,
+        }
+    }
+}
+
+impl http_body::Body for Repeat {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        if self.left == 0 {
+            return std::task::Poll::Ready(None);
+        }
+        self.left -= 1;
+        self.pulled.fetch_add(1, Ordering::SeqCst);
+        std::task::Poll::Ready(Some(Ok(http_body::Frame::data(self.chunk.clone()))))
+    }
+}

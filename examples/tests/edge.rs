@@ -443,10 +443,11 @@ async fn an_oversized_upstream_answer_grows_the_gateways_memory_by_less_than_32_
                     } else {
                         0
                     };
-                    let body = Chunks {
-                        chunk: chunk.clone(),
-                        left: n,
-                    };
+                    let body = floodwall_examples::downstream::Repeat::new(
+                        chunk.clone(),
+                        n,
+                        Default::default(),
+                    );
                     async move { Ok::<_, std::convert::Infallible>(http::Response::new(body)) }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
@@ -489,26 +490,4 @@ async fn an_oversized_upstream_answer_grows_the_gateways_memory_by_less_than_32_
     let _ = std::fs::remove_dir_all(&dir);
     eprintln!("peak RSS grew by {} KiB", grew / 1024);
     assert!(grew < 32 << 20, "peak RSS grew by {} MiB", grew >> 20);
-}
-
-/// A response body of `left` frames of `chunk`, made as they are read.
-struct Chunks {
-    chunk: Bytes,
-    left: usize,
-}
-
-impl http_body::Body for Chunks {
-    type Data = Bytes;
-    type Error = std::convert::Infallible;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
-        if self.left == 0 {
-            return std::task::Poll::Ready(None);
-        }
-        self.left -= 1;
-        std::task::Poll::Ready(Some(Ok(http_body::Frame::data(self.chunk.clone()))))
-    }
 }

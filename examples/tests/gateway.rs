@@ -656,31 +656,6 @@ async fn a_user_id_from_an_untrusted_peer_is_not_believed() {
     }
 }
 
-/// A response body of `chunks` MiB, counting the chunks the reader pulled.
-struct Endless {
-    chunk: Bytes,
-    left: usize,
-    pulled: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-}
-
-impl http_body::Body for Endless {
-    type Data = Bytes;
-    type Error = std::convert::Infallible;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
-        if self.left == 0 {
-            return std::task::Poll::Ready(None);
-        }
-        self.left -= 1;
-        self.pulled
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        std::task::Poll::Ready(Some(Ok(http_body::Frame::data(self.chunk.clone()))))
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_upstream_answer_is_a_502_not_a_memory_spike() {
     use floodwall_examples::gateway::upstream::MAX_UPSTREAM_BODY;
@@ -698,11 +673,11 @@ async fn an_oversized_upstream_answer_is_a_502_not_a_memory_spike() {
             let (chunk, counter) = (chunk.clone(), counter.clone());
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |_req| {
-                    let body = Endless {
-                        chunk: chunk.clone(),
-                        left: 256,
-                        pulled: counter.clone(),
-                    };
+                    let body = floodwall_examples::downstream::Repeat::new(
+                        chunk.clone(),
+                        256,
+                        counter.clone(),
+                    );
                     async move { Ok::<_, std::convert::Infallible>(http::Response::new(body)) }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
