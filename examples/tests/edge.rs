@@ -491,3 +491,59 @@ async fn an_oversized_upstream_answer_grows_the_gateways_memory_by_less_than_32_
     eprintln!("peak RSS grew by {} KiB", grew / 1024);
     assert!(grew < 32 << 20, "peak RSS grew by {} MiB", grew >> 20);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_keep_alive_connection_is_closed_but_a_slow_answer_is_not() {
+    // The room takes 1 s per call; routes allow it; idle connections go
+    // after 2 s.
+    let room = RoomConfig {
+        service_time: Duration::from_secs(1),
+        jitter: 0.0,
+        ..RoomConfig::default()
+    };
+    let d = start(room, |c| {
+        c.gateway.idle_timeout = Duration::from_secs(2);
+        c.per_ip = None;
+        for r in &mut c.routes {
+            r.timeout = Duration::from_millis(1500);
+        }
+        for up in c.upstreams.values_mut() {
+            up.timeout = Duration::from_millis(1500);
+        }
+    })
+    .await;
+    let mut s = TcpStream::connect(d.gateway.addr()).await.unwrap();
+    s.write_all(b"GET /api/room?id=1 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    // The answer takes 1 s with no byte moving: it still arrives.
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf))
+        .await
+        .expect("answered")
+        .unwrap();
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    // Parked afterwards: closed within the idle timeout (plus slack).
+    let t0 = Instant::now();
+    let mut closed = false;
+    while t0.elapsed() < Duration::from_secs(5) {
+        match tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => {
+                closed = true;
+                break;
+            }
+            Ok(Ok(_)) => continue, // the rest of the body
+            Err(_) => break,
+        }
+    }
+    assert!(closed, "a parked connection stayed open {:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() < Duration::from_secs(4),
+        "closed after {:?}",
+        t0.elapsed()
+    );
+}

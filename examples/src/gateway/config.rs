@@ -92,6 +92,12 @@ pub struct Settings {
     /// are disconnected (slowloris). Default 10 s. Read at start only.
     #[serde(with = "humantime_serde")]
     pub header_read_timeout: Duration,
+    /// How long a connection may stay without a byte moving either way (a
+    /// keep-alive connection parked between requests); must exceed every
+    /// route's timeout, so that no answer in the making is cut. Default
+    /// 60 s. Read at start only.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
 }
 
 impl Default for Settings {
@@ -108,6 +114,7 @@ impl Default for Settings {
             admin_token: None,
             max_connections: 10_000,
             header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -269,6 +276,26 @@ impl GatewayConfig {
     /// # Errors
     /// The first rule broken.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(r) = self
+            .routes
+            .iter()
+            .find(|r| r.timeout >= self.gateway.idle_timeout)
+        {
+            return Err(ConfigError::new(format!(
+                "gateway: idle_timeout ({:?}) must exceed every route timeout ({:?} on {})",
+                self.gateway.idle_timeout,
+                r.timeout,
+                r.path
+                    .as_deref()
+                    .or(r.prefix.as_deref())
+                    .unwrap_or("a route")
+            )));
+        }
+        if floodwall::core::config::check_duration("", self.gateway.idle_timeout).is_err() {
+            return Err(ConfigError::new(
+                "gateway: idle_timeout must be at most 365 days",
+            ));
+        }
         if self.gateway.max_connections == 0 {
             return Err(ConfigError::new(
                 "gateway: max_connections must be at least 1",

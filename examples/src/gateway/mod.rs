@@ -21,6 +21,7 @@
 pub mod admin;
 pub mod config;
 mod handler;
+mod idle;
 pub mod upstream;
 
 use std::collections::{BTreeMap, HashMap};
@@ -615,6 +616,7 @@ impl Gateway {
         let limits = ServeLimits {
             max_connections: settings.max_connections,
             header_read_timeout: settings.header_read_timeout,
+            idle_timeout: settings.idle_timeout,
         };
         let conns = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
         tokio::spawn(serve(
@@ -697,6 +699,7 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 struct ServeLimits {
     max_connections: usize,
     header_read_timeout: Duration,
+    idle_timeout: Duration,
 }
 
 /// Accepts connections until `stop` fires, serving each with HTTP/1.1 or
@@ -709,7 +712,8 @@ struct ServeLimits {
 /// - a client that sends no byte, or not a whole request head, within
 ///   `header_read_timeout` is disconnected (connection floods, slowloris),
 ///   and HTTP/2 connections are pinged and dropped when they stop
-///   answering;
+///   answering; a connection on which no byte moves for `idle_timeout`
+///   (a parked keep-alive connection) is closed;
 /// - an accept error (`EMFILE`, `ENFILE`, a reset) backs off 5 ms doubling
 ///   to 1 s instead of spinning a core.
 ///
@@ -770,6 +774,7 @@ async fn serve<S>(
         let builder = builder.clone();
         let mut stop = stop.clone();
         let first_byte = limits.header_read_timeout;
+        let idle_timeout = limits.idle_timeout;
         tokio::spawn(async move {
             let _permit = permit;
             // hyper's header timeout starts with the first byte: a
@@ -785,7 +790,8 @@ async fn serve<S>(
                 req.extensions_mut().insert(peer);
                 svc.clone().oneshot(req)
             });
-            let conn = builder.serve_connection(TokioIo::new(stream), svc);
+            let io = idle::IdleTimeout::new(stream, idle_timeout);
+            let conn = builder.serve_connection(TokioIo::new(io), svc);
             tokio::pin!(conn);
             tokio::select! {
                 _ = conn.as_mut() => {}
