@@ -57,6 +57,7 @@
 //! outside this layer to answer the inner service's own errors.
 #![forbid(unsafe_code)]
 
+pub mod answer;
 pub mod client_ip;
 
 use std::fmt;
