@@ -482,6 +482,17 @@ async fn the_admin_port_serves_state_and_metrics() {
         "{}",
         &metrics.body[..metrics.body.len().min(500)]
     );
+    // The per-IP limit's requests, under the shared vocabulary's labels.
+    let admitted = metrics.body.lines().find(|l| {
+        l.starts_with("floodwall_token_bucket_requests_total{")
+            && l.contains("name=\"per_ip\"")
+            && l.contains("outcome=\"admitted\"")
+    });
+    let count: f64 = admitted
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no admitted per_ip series in\n{}", metrics.body));
+    assert!(count >= 1.0, "{count}");
     let none = call(Method::GET, format!("{admin}/nothing"), &[], "").await;
     assert_eq!(none.status, StatusCode::NOT_FOUND);
 }

@@ -129,9 +129,9 @@ impl Service<Request<Incoming>> for Admin {
                     state["responses"] = serde_json::to_value(shared.tally()).unwrap_or_default();
                     json(StatusCode::OK, &state)
                 }
-                (&Method::GET, "/metrics") => match crate::prom::registry() {
-                    Some(r) => {
-                        let mut res = Response::new(Full::from(r.render()));
+                (&Method::GET, "/metrics") => match crate::prom::render() {
+                    Some(text) => {
+                        let mut res = Response::new(Full::from(text));
                         res.headers_mut().insert(
                             http::header::CONTENT_TYPE,
                             http::HeaderValue::from_static("text/plain; version=0.0.4"),
