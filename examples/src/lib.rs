@@ -21,6 +21,7 @@ pub mod downstream;
 pub mod gateway;
 pub mod load;
 pub mod prom;
+pub mod relay;
 pub mod room;
 pub mod tally;
 
