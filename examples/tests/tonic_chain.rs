@@ -29,11 +29,13 @@ fn request(room_id: u64, timeout: &str, priority: &str) -> tonic::Request<GetRoo
     req
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_deadline_and_the_priority_cross_three_hops() {
+/// The room service C with `workers` taking `service_time` a call, and
+/// relays B (to C) and A (to B).
+async fn chain(workers: usize, service_time: Duration) -> (RoomService, Relay, Relay) {
     let c = RoomService::start(RoomConfig {
         listen: ([127, 0, 0, 1], 0).into(),
-        service_time: Duration::from_millis(5),
+        workers,
+        service_time,
         jitter: 0.0,
         ..RoomConfig::default()
     })
@@ -45,6 +47,12 @@ async fn the_deadline_and_the_priority_cross_three_hops() {
     let a = Relay::start(&b.url(), Duration::from_secs(5))
         .await
         .unwrap();
+    (c, b, a)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_deadline_and_the_priority_cross_three_hops() {
+    let (c, _b, a) = chain(RoomConfig::default().workers, Duration::from_millis(5)).await;
     let mut to_a = client(&a.url()).await;
     let room = to_a
         .get_room(request(7, "800m", "3-20"))
@@ -69,21 +77,7 @@ async fn the_deadline_and_the_priority_cross_three_hops() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admission_level_of_a_shedding_hop_comes_back_upstream() {
     // One worker, 20 ms a call: 40 callers at once overload C.
-    let c = RoomService::start(RoomConfig {
-        listen: ([127, 0, 0, 1], 0).into(),
-        workers: 1,
-        service_time: Duration::from_millis(20),
-        jitter: 0.0,
-        ..RoomConfig::default()
-    })
-    .await
-    .unwrap();
-    let b = Relay::start(&c.url(), Duration::from_secs(5))
-        .await
-        .unwrap();
-    let a = Relay::start(&b.url(), Duration::from_secs(5))
-        .await
-        .unwrap();
+    let (c, b, a) = chain(1, Duration::from_millis(20)).await;
     let url = a.url();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(4);
     let mut learned = None;
