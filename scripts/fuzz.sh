@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every cargo-fuzz target of floodwall for a bounded time each:
 #   fuzz/                        priority_header, gateway_config, forwarded_headers,
-#                                retry_headers, redis_replies
+#                                retry_headers, redis_script_reply
 #   crates/floodwall-deadline/fuzz  parse_timeouts (grpc-timeout, HTTP header)
 # Usage: scripts/fuzz.sh [SECONDS_PER_TARGET]   (default 10)
 # Installs cargo-fuzz from crates.io when it is missing. cargo-fuzz needs
@@ -45,5 +45,5 @@ run fuzz priority_header
 run fuzz gateway_config
 run fuzz forwarded_headers
 run fuzz retry_headers
-run fuzz redis_replies
+run fuzz redis_script_reply
 run crates/floodwall-deadline/fuzz parse_timeouts

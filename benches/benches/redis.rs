@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use floodwall::redis::{Fallback, RedisClient, RedisLimiter};
+use floodwall::redis::{Fallback, RedisConnection, RedisLimiter};
 use floodwall::token_bucket::Quota;
 use floodwall_redis::test_util::RedisServer;
 
@@ -18,7 +18,7 @@ fn decisions(c: &mut Criterion) {
         .build()
         .expect("a runtime");
     let _guard = rt.enter();
-    let client = RedisClient::new(server.addr());
+    let client = RedisConnection::open(&server.url()).expect("a redis URL");
     let build = |name: &str, quota: Quota| {
         RedisLimiter::builder(client.clone(), quota).name(name.to_owned())
     };

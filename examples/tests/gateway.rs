@@ -505,7 +505,7 @@ async fn two_gateways_share_a_routes_global_limit_through_redis() {
 
     let redis = RedisServer::start();
     let d = start(|c| {
-        c.gateway.redis = Some(redis.addr());
+        c.gateway.redis = Some(redis.url());
         let global = RedisLimiterConfig::new(Quota::per_second(1).unwrap().with_burst(4).unwrap());
         route(c, "/api/room").global_limit = Some(global);
     })
@@ -628,7 +628,7 @@ async fn a_user_id_from_an_untrusted_peer_is_not_believed() {
     // Only 127.0.0.2 is a trusted proxy; clients at 127.0.0.1 are outside.
     let d = start(|c| {
         c.gateway.trusted_proxies = vec!["127.0.0.2".parse().unwrap()];
-        c.gateway.redis = Some(redis.addr());
+        c.gateway.redis = Some(redis.url());
         c.per_ip = None;
         let global = RedisLimiterConfig::new(Quota::per_hour(1).unwrap().with_burst(4).unwrap());
         route(c, "/api/room").global_limit = Some(global);

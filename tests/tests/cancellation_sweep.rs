@@ -628,7 +628,7 @@ async fn the_whole_stack() {
 /// in flight, or while they wait for another request's fetch.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_limiter_with_leases() {
-    use floodwall::redis::{RedisClient, RedisLimiter, RedisRateLimitLayer, Source};
+    use floodwall::redis::{RedisConnection, RedisLimiter, RedisRateLimitLayer, Source};
     use floodwall_redis::test_util::RedisServer;
 
     let server = RedisServer::start();
@@ -636,11 +636,14 @@ async fn redis_limiter_with_leases() {
         .unwrap()
         .with_burst(1_000)
         .unwrap();
-    let limiter: RedisLimiter<u64> = RedisLimiter::builder(RedisClient::new(server.addr()), quota)
-        .lease(10, Duration::from_secs(1))
-        .timeout(Duration::from_secs(2))
-        .build()
-        .unwrap();
+    let limiter: RedisLimiter<u64> = RedisLimiter::builder(
+        RedisConnection::open(&server.url()).expect("a redis URL"),
+        quota,
+    )
+    .lease(10, Duration::from_secs(1))
+    .timeout(Duration::from_secs(2))
+    .build()
+    .unwrap();
     let backend = Backend::default();
     // Four keys, from the request's delay.
     let layer = RedisRateLimitLayer::new(limiter.clone(), |req: &Request<()>| {

@@ -918,14 +918,16 @@ async fn an_open_breaker_in_readiness_mode_is_not_ready_until_it_may_probe() {
 /// The Redis limiter keeps the same contract, against a real server.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_limiter_keeps_the_contract() {
-    use floodwall::redis::{RedisClient, RedisLimiter, RedisRateLimitLayer};
+    use floodwall::redis::{RedisConnection, RedisLimiter, RedisRateLimitLayer};
     use floodwall_redis::test_util::RedisServer;
 
     let server = RedisServer::start();
-    let limiter: RedisLimiter<u8> =
-        RedisLimiter::builder(RedisClient::new(server.addr()), once_per_hour())
-            .build()
-            .unwrap();
+    let limiter: RedisLimiter<u8> = RedisLimiter::builder(
+        RedisConnection::open(&server.url()).expect("a redis URL"),
+        once_per_hour(),
+    )
+    .build()
+    .unwrap();
     let layer = RedisRateLimitLayer::new(limiter, |_: &Req| Some(1u8));
     let backend = Backend::new();
     backend.set_ready(false);

@@ -330,9 +330,9 @@ fn deadlines_and_priority() {
 
 #[test]
 fn redis_limiter() {
-    use floodwall::redis::{Quota, RedisClient, RedisLimiter};
+    use floodwall::redis::{Quota, RedisConnection, RedisLimiter};
     run(async {
-        let client = || RedisClient::new(std::net::SocketAddr::from(([127, 0, 0, 1], 9)));
+        let client = || RedisConnection::open("redis://127.0.0.1:9/").unwrap();
         let quota = Quota::per_second(10).unwrap();
         for d in PAST {
             let err = RedisLimiter::builder(client(), quota)

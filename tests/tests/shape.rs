@@ -270,12 +270,12 @@ async fn grpc() {
 async fn redis() {
     use floodwall::redis::future::ResponseFuture as _;
     use floodwall::redis::{
-        Fallback, Quota, RedisClient, RedisLimiter, RedisRateLimitLayer, error::RateLimited,
+        Fallback, Quota, RedisConnection, RedisLimiter, RedisRateLimitLayer, error::RateLimited,
     };
     let _: Option<RateLimited> = None;
     // Built before it connects: nothing listens on port 9 of loopback, so
     // the call is decided by the local fallback (open here).
-    let client = RedisClient::new(SocketAddr::from((Ipv4Addr::LOCALHOST, 9)));
+    let client = RedisConnection::open("redis://127.0.0.1:9/").unwrap();
     let limiter: RedisLimiter<String> = one_config_error(
         RedisLimiter::builder(client, Quota::per_second(10).unwrap())
             .name("shape")

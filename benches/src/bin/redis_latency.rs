@@ -19,7 +19,9 @@ use hdrhistogram::Histogram;
 
 fn main() {
     let mut args = std::env::args().skip(1);
-    let addr = args.next().expect("usage: redis_latency <host:port> [samples]");
+    let addr = args
+        .next()
+        .expect("usage: redis_latency <host:port> [samples]");
     let samples: u64 = args.next().map_or(20_000, |s| s.parse().expect("samples"));
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -36,7 +38,9 @@ fn main() {
         for _ in 0..samples {
             let t = Instant::now();
             limiter.acquire(1, 1).await.expect("admitted");
-            serial.record(t.elapsed().as_nanos() as u64).expect("in range");
+            serial
+                .record(t.elapsed().as_nanos() as u64)
+                .expect("in range");
         }
         report("serial", &serial);
 
@@ -69,7 +73,8 @@ fn quota() -> Quota {
 }
 
 fn limiter(addr: &str) -> RedisLimiter<u64> {
-    let client = floodwall::redis::RedisClient::new(addr.parse().expect("host:port"));
+    let client =
+        floodwall::redis::RedisConnection::open(&format!("redis://{addr}/")).expect("a redis URL");
     RedisLimiter::builder(client, quota())
         .name("latency")
         .timeout(std::time::Duration::from_secs(1))

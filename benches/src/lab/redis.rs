@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use floodwall::redis::{RedisClient, RedisLimiter, Refusal};
+use floodwall::redis::{RedisConnection, RedisLimiter, Refusal};
 use floodwall::token_bucket::Quota;
 use floodwall_redis::test_util::RedisServer;
 use parking_lot::Mutex;
@@ -98,8 +98,11 @@ pub async fn run(
         let key: &'static str = ["k0", "k1", "k2", "k3", "k4", "k5", "k6", "k7"][n % 8];
         let mut limiters = Vec::new();
         for i in 0..config.instances {
-            let mut builder =
-                RedisLimiter::builder(RedisClient::new(server.addr()), quota).name("lab");
+            let mut builder = RedisLimiter::builder(
+                RedisConnection::open(&server.url()).expect("a redis URL"),
+                quota,
+            )
+            .name("lab");
             if leasing {
                 builder = builder.lease(config.lease.0, config.lease.1);
             }

@@ -6,7 +6,7 @@ use floodwall_breaker::BreakerConfig;
 use floodwall_core::ConfigError;
 use floodwall_ratelimit::Quota;
 
-use crate::{Builder, DEFAULT_NAME, Fallback, Key, RedisClient, RedisLimiter};
+use crate::{Builder, DEFAULT_NAME, Fallback, Key, RedisConnection, RedisLimiter};
 
 /// A [`RedisLimiter`]'s configuration as plain data.
 ///
@@ -112,8 +112,8 @@ impl RedisLimiterConfig {
     /// # Errors
     /// None today (the quota was validated when it was made); kept so the
     /// limiter's constructors read like every layer's.
-    pub fn builder(&self, client: RedisClient) -> Result<Builder, ConfigError> {
-        let mut builder = RedisLimiter::builder(client, self.quota)
+    pub fn builder(&self, redis: impl Into<RedisConnection>) -> Result<Builder, ConfigError> {
+        let mut builder = RedisLimiter::builder(redis, self.quota)
             .name(self.name.as_str())
             .timeout(self.timeout)
             .fallback(self.fallback)
@@ -134,16 +134,18 @@ impl RedisLimiterConfig {
     ///
     /// # Errors
     /// As [`Builder::build`].
-    pub fn build<K: Key>(&self, client: RedisClient) -> Result<RedisLimiter<K>, ConfigError> {
-        self.builder(client)?.build()
+    pub fn build<K: Key>(
+        &self,
+        redis: impl Into<RedisConnection>,
+    ) -> Result<RedisLimiter<K>, ConfigError> {
+        self.builder(redis)?.build()
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "serde"))]
 mod tests {
     use super::*;
 
-    #[cfg(feature = "serde")]
     #[test]
     fn deserializes_with_defaults_and_refuses_unknown_fields() {
         let cfg: RedisLimiterConfig =

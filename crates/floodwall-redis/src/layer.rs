@@ -42,13 +42,13 @@ impl<K: Key, X> RedisRateLimitLayer<K, X, One> {
     ///
     /// ```no_run
     /// use std::net::IpAddr;
-    /// use floodwall_redis::{RedisClient, RedisLimiter, RedisRateLimitLayer};
+    /// use floodwall_redis::{RedisConnection, RedisLimiter, RedisRateLimitLayer};
     /// use floodwall_ratelimit::Quota;
     /// use tower::{ServiceBuilder, service_fn};
     ///
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// let client = RedisClient::new("127.0.0.1:6379".parse()?);
+    /// let client = RedisConnection::open("redis://127.0.0.1:6379/")?;
     /// let per_ip = RedisLimiter::builder(client, Quota::per_second(50)?).name("per-ip").build::<IpAddr>()?;
     /// let svc = ServiceBuilder::new()
     ///     .layer(RedisRateLimitLayer::new(per_ip, |ip: &IpAddr| Some(*ip)))

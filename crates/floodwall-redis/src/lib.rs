@@ -16,18 +16,20 @@
 //!   [`RateLimited`](error::RateLimited) errors as every floodwall rate
 //!   limiter's, so `floodwall-http` and `floodwall-grpc` answer 429 /
 //!   `RESOURCE_EXHAUSTED` with `Retry-After`.
-//! - [`RedisClient`]: the small pipelined client it talks through (RESP2 on
-//!   one TCP connection, automatic pipelining, reconnect on demand).
+//! - [`RedisConnection`]: what it talks through — a connection of
+//!   [redis-rs](redis), made from a `redis::Client` (credentials, TLS with
+//!   the `tls` feature, database numbers), a `ConnectionManager`, a cluster
+//!   client or connection, or Sentinel (feature `sentinel`).
 //!
 //! ```no_run
 //! use std::time::Duration;
-//! use floodwall_redis::{Fallback, RedisClient, RedisLimiter, RedisRateLimitLayer};
+//! use floodwall_redis::{Fallback, RedisLimiter, RedisRateLimitLayer};
 //! use floodwall_ratelimit::Quota;
 //! use tower::{ServiceBuilder, ServiceExt, service_fn};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-//! let redis = RedisClient::new("127.0.0.1:6379".parse()?);
+//! let redis = redis::Client::open("redis://127.0.0.1:6379/")?;
 //! // 1,000 requests per second per room, across every instance.
 //! let per_room = RedisLimiter::builder(redis, Quota::per_second(1000)?.with_burst(100)?)
 //!     .name("room")
@@ -80,14 +82,19 @@
 //! refused call was sent, so a remembered refusal never outlasts Redis's.)
 //!
 //! # When Redis is away
-//! Every call is bounded by the timeout, script reload included. A failure
-//! or timeout is recorded by a circuit breaker
-//! ([`RedisLimiter::default_breaker`]: open after 3 failures in a row, 1 s
-//! growing to 30 s) and the request is decided by the [`Fallback`] at
-//! once. While the breaker is open no request touches Redis; after the open
-//! duration a few probes go through, and when they succeed Redis decides
-//! again. [`RedisLimiter::health`] and the `floodwall_redis_fallback` gauge
-//! tell which is deciding.
+//! Every call is bounded by the timeout, connecting and script reload
+//! included. A failure or timeout is recorded by a circuit breaker
+//! ([`RedisLimiter::default_breaker`]: open after 3 failures in a row,
+//! 500 ms growing to 1 s) and the request is decided by the [`Fallback`]
+//! at once. While the breaker is open no request touches Redis; after the
+//! open duration a few probes go through, and when they succeed Redis
+//! decides again. [`RedisLimiter::health`] and the
+//! `floodwall_redis_fallback` gauge tell which is deciding, and why:
+//! every failed call is classified ([`ErrorClass`]: unreachable, timeout,
+//! auth, read-only, loading, script) in the health, in
+//! [`RedisStats::errors_by_class`] and in the `reason` label of
+//! `floodwall_redis_errors_total`. An `auth` error will not heal by
+//! waiting; a `read_only` or `loading` one usually does within seconds.
 //!
 //! # Redis Cluster
 //! The script touches exactly one key, passed in `KEYS[1]`, so every call
@@ -99,19 +106,19 @@
 //! never a tag shared by every key (`{floodwall}:…`), which would put the
 //! whole limiter on one node. [`hash_slot`] computes a key's slot.
 //!
-//! Build the limiter with a client for any one node: when a node answers
-//! `MOVED`, the limiter remembers which node owns the slot, opens a
-//! connection to it and repeats the call there (within the same timeout);
-//! `ASK` (a slot being migrated) is followed once with `ASKING`. Nodes must
-//! announce IP addresses (the default), not host names.
-//! [`RedisStats::redirects`] counts the redirections followed.
+//! Build the limiter from a `redis::cluster::ClusterClient` (or a
+//! `ClusterConnection`): redis-rs routes each call to the slot's master,
+//! follows `MOVED` and `ASK`, and finds the new master after a failover;
+//! calls that meet a failover in progress fail as
+//! [`ErrorClass::ReadOnly`] and are decided by the fallback meanwhile.
 //!
 //! # Metrics
 //! `floodwall_redis_admitted_total` / `floodwall_redis_rejected_total`
 //! (labels `name`, `source`: `redis`, `lease`, `cached`, `fallback`,
 //! `fail_open`, `fail_closed`), `floodwall_redis_round_trips_total`,
 //! `floodwall_redis_round_trip_seconds`, `floodwall_redis_errors_total`
-//! (label `reason`) and the `floodwall_redis_fallback` gauge.
+//! (label `reason`: an [`ErrorClass`]) and the `floodwall_redis_fallback`
+//! gauge.
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -128,26 +135,40 @@ pub const METRIC_PREFIX: &str = "redis";
 /// The label naming who decided a request on `floodwall_redis_requests_total`.
 pub const LABEL_SOURCE: &str = "source";
 
-pub mod client;
 mod cluster;
 mod config;
+mod connection;
 pub mod error;
 mod layer;
 mod lease;
 mod limiter;
-pub mod resp;
-mod route;
 mod script;
 #[cfg(feature = "test-util")]
 #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
 pub mod test_util;
 
-pub use client::{RedisClient, RedisError};
+/// Entry points for the fuzz targets (`fuzz/`); not part of the API.
+#[doc(hidden)]
+pub mod __fuzz {
+    /// Reads `bytes` as redis-rs would off the socket and then as the
+    /// limiter reads its script's reply for a request that asked for
+    /// `want` tokens: the tokens granted, if the reply is one.
+    pub fn script_reply(bytes: &[u8], want: u32) -> Option<u32> {
+        let value = redis::parse_redis_value(bytes).ok()?;
+        crate::script::parse(value, want).ok().map(|g| g.granted)
+    }
+}
+
 pub use cluster::hash_slot;
 pub use config::{LeaseConfig, RedisLimiterConfig};
+pub use connection::RedisConnection;
+pub use error::ErrorClass;
 pub use floodwall_core::ConfigError;
 pub use floodwall_ratelimit::{One, Quota, Weigh};
 pub use layer::{RedisRateLimit, RedisRateLimitLayer};
+/// The redis-rs crate this one is built on, for building clients and
+/// connections of the same version.
+pub use redis;
 
 /// The response future of [`RedisRateLimit`].
 pub mod future {
@@ -156,5 +177,6 @@ pub mod future {
 #[doc(inline)]
 pub use future::ResponseFuture;
 pub use limiter::{
-    Builder, DEFAULT_NAME, Fallback, Health, Key, RedisLimiter, RedisStats, Refusal, Source,
+    Builder, DEFAULT_NAME, ErrorCounts, Fallback, Health, Key, RedisLimiter, RedisStats, Refusal,
+    Source,
 };

@@ -14,10 +14,10 @@ use metrics::{Counter, Histogram};
 use tokio::sync::futures::OwnedNotified;
 use tokio::time::Instant;
 
-use crate::client::{RedisClient, RedisError};
+use crate::connection::RedisConnection;
+use crate::error::{CallError, ErrorClass};
 use crate::lease::{Leases, Take};
-use crate::route::Router;
-use crate::script::Script;
+use crate::script::{Args, Script};
 
 mod builder;
 mod counters;
@@ -61,7 +61,7 @@ impl<K> fmt::Debug for RedisLimiter<K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisLimiter")
             .field("name", &self.inner.policy.name())
-            .field("redis", &self.inner.router.seed().addr())
+            .field("redis", &self.inner.redis)
             .field("prefix", &self.inner.prefix)
             .field("quota", &self.inner.quota)
             .field("timeout", &self.inner.timeout)
@@ -73,11 +73,11 @@ impl<K> fmt::Debug for RedisLimiter<K> {
 }
 
 struct Inner<K> {
-    router: Router,
+    redis: RedisConnection,
     script: Script,
     prefix: String,
-    interval_arg: Vec<u8>,
-    burst_arg: Vec<u8>,
+    interval_arg: String,
+    burst_arg: String,
     quota: Quota,
     timeout: Duration,
     leases: Leases<K>,
@@ -90,16 +90,17 @@ struct Inner<K> {
 }
 
 impl RedisLimiter<()> {
-    /// A builder for a limiter of `quota` on the Redis behind `client`.
+    /// A builder for a limiter of `quota` on the Redis behind `redis`: a
+    /// [`RedisConnection`], or anything that becomes one (a
+    /// `redis::Client`, a `ConnectionManager`, a cluster client…).
     ///
     /// ```
     /// use std::time::Duration;
-    /// use floodwall_redis::{Fallback, RedisClient, RedisLimiter};
+    /// use floodwall_redis::{Fallback, RedisLimiter};
     /// use floodwall_ratelimit::Quota;
     ///
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// let client = RedisClient::new("127.0.0.1:6379".parse()?);
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let client = redis::Client::open("redis://127.0.0.1:6379/")?;
     /// let limiter: RedisLimiter<String> = RedisLimiter::builder(client, Quota::per_second(1000)?)
     ///     .name("api")
     ///     .timeout(Duration::from_millis(20))
@@ -110,9 +111,9 @@ impl RedisLimiter<()> {
     /// # Ok(())
     /// # }
     /// ```
-    pub fn builder(client: RedisClient, quota: Quota) -> Builder {
+    pub fn builder(redis: impl Into<RedisConnection>, quota: Quota) -> Builder {
         Builder {
-            client,
+            redis: redis.into(),
             quota,
             name: Arc::from(DEFAULT_NAME),
             prefix: None,
@@ -126,18 +127,23 @@ impl RedisLimiter<()> {
 
     /// The breaker guarding Redis unless configured otherwise: opens after
     /// 3 failed calls in a row or half of the last 20 (from 10 calls), stays
-    /// open 1 s growing ×2 to 30 s with ±20 % jitter, and closes after 3
+    /// open 500 ms growing ×2 to 1 s with ±20 % jitter, and closes after 3
     /// successful probes. No slow-call timing: the timeout bounds calls.
+    ///
+    /// The open time stays short on purpose: a probe of a Redis that is
+    /// still away costs one connection attempt or one timeout, about once a
+    /// second per instance, and a Redis that is back decides again within
+    /// 1.2 s.
     pub fn default_breaker() -> BreakerConfig {
         BreakerConfig {
             window: WindowKind::Count(20),
             minimum_calls: 10,
             consecutive_failures: Some(3),
             detect_slow_calls: false,
-            open_duration: Duration::from_secs(1),
+            open_duration: Duration::from_millis(500),
             growth: Some(Growth {
                 multiplier: 2.0,
-                max: Duration::from_secs(30),
+                max: Duration::from_secs(1),
                 jitter: 0.2,
             }),
             half_open_calls: 3,
@@ -242,11 +248,23 @@ where
         }
     }
 
-    /// Whether Redis is deciding.
+    /// Whether Redis is deciding, and if not, the breaker's state and the
+    /// class of the last error that kept Redis from deciding.
     pub fn health(&self) -> Health {
         match self.inner.breaker.state() {
             State::Closed | State::Disabled => Health::Redis,
-            other => Health::Fallback(other),
+            state => Health::Fallback {
+                state,
+                cause: self.last_error(),
+            },
+        }
+    }
+
+    /// The class of the last failed call to Redis, if any call failed.
+    pub fn last_error(&self) -> Option<ErrorClass> {
+        match self.inner.stats.last_error.load(Ordering::Relaxed) {
+            0 => None,
+            i => ErrorClass::ALL.get(i as usize - 1).copied(),
         }
     }
 
@@ -257,12 +275,12 @@ where
         RedisStats {
             round_trips: load(&s.round_trips),
             errors: load(&s.errors),
+            errors_by_class: ErrorCounts::from_fn(|class| load(&s.by_class[class.index()])),
             lease_hits: load(&s.lease_hits),
             cached_refusals: load(&s.cached_refusals),
             fallback_decisions: load(&s.fallback),
             admitted: load(&s.admitted),
             rejected: load(&s.rejected),
-            redirects: self.inner.router.redirects(),
         }
     }
 
@@ -422,23 +440,22 @@ where
     pub(crate) async fn run(mut self) -> Result<Source, Refusal> {
         let inner = self.inner.clone();
         let redis_key = types::redis_key(&inner.prefix, &self.key);
-        let need = self.n.to_string();
-        let want = self.want.to_string();
-        let args: [&[u8]; 4] = [
-            &inner.interval_arg,
-            &inner.burst_arg,
-            need.as_bytes(),
-            want.as_bytes(),
-        ];
+        let args = Args {
+            key: &redis_key,
+            interval: &inner.interval_arg,
+            burst: &inner.burst_arg,
+            need: self.n,
+            want: self.want,
+        };
         let started = Instant::now();
         let result = match tokio::time::timeout_at(
             self.deadline,
-            inner.router.run(&inner.script, redis_key.as_bytes(), &args),
+            inner.script.run(&inner.redis, args),
         )
         .await
         {
             Ok(result) => result,
-            Err(_) => Err(RedisError::Timeout),
+            Err(_) => Err(CallError::timeout()),
         };
         let now = Instant::now();
         inner
@@ -455,8 +472,8 @@ where
             }
             Err(err) => {
                 inner.breaker.on_failure(permit, now);
-                inner.stats.errors.fetch_add(1, Ordering::Relaxed);
-                inner.metrics.errors[error_reason(&err)].increment(1);
+                inner.stats.record_error(err.class);
+                inner.metrics.errors[err.class.index()].increment(1);
                 tracing::debug!(limiter = %inner.policy.name(), error = %err, "redis limiter call failed");
                 self.release_claim();
                 return inner.fall_back(&self.key, self.n, now, None);

@@ -1,10 +1,11 @@
 //! The GCRA decision as one Lua script, run atomically inside Redis.
 
-use std::sync::OnceLock;
 use std::time::Duration;
 
-use crate::client::{RedisClient, RedisError};
-use crate::resp::Value;
+use redis::Value;
+
+use crate::connection::{Lent, RedisConnection};
+use crate::error::CallError;
 
 /// The script. One key (`KEYS[1]`, the limit's theoretical arrival time in
 /// microseconds of Redis's own clock), so it is safe on Redis Cluster: a
@@ -48,7 +49,7 @@ return {granted, 0, available - granted}
 /// What the script decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Grant {
-    /// Tokens taken (0 when refused).
+    /// Tokens taken (0 when refused); never more than asked for.
     pub(crate) granted: u32,
     /// When refused: how long until `need` tokens conform.
     pub(crate) retry_after: Duration,
@@ -56,91 +57,77 @@ pub(crate) struct Grant {
     pub(crate) available: u64,
 }
 
-/// The loaded script: its SHA once Redis has told us, so that every call
-/// after the first sends 40 bytes instead of the script.
-#[derive(Debug, Default)]
+/// The script, hashed once: redis-rs sends `EVALSHA` and, when Redis
+/// answers `NOSCRIPT` (restarted, flushed, or a cluster node that has not
+/// seen it), loads it and calls again.
+#[derive(Debug)]
 pub(crate) struct Script {
-    sha: OnceLock<[u8; 40]>,
+    script: redis::Script,
 }
 
-impl Script {
-    /// Runs the script for one key. Loads it first if this process has not
-    /// yet, and again if Redis answers `NOSCRIPT` (restarted, flushed, or a
-    /// cluster node that has not seen it): at most three round trips.
-    pub(crate) async fn run(
-        &self,
-        client: &RedisClient,
-        key: &[u8],
-        args: &[&[u8]; 4],
-    ) -> Result<Grant, RedisError> {
-        let sha = match self.sha.get() {
-            Some(sha) => *sha,
-            None => self.load(client).await?,
-        };
-        let reply = evalsha(client, &sha, key, args).await?;
-        let reply = match reply.error_code() {
-            Some("NOSCRIPT") => {
-                tracing::debug!("redis lost the limiter script; loading it again");
-                let sha = self.load(client).await?;
-                evalsha(client, &sha, key, args).await?
-            }
-            _ => reply,
-        };
-        parse(reply)
-    }
-
-    async fn load(&self, client: &RedisClient) -> Result<[u8; 40], RedisError> {
-        match client
-            .command(&[b"SCRIPT", b"LOAD", GCRA.as_bytes()])
-            .await?
-        {
-            Value::Bulk(Some(sha)) if sha.len() == 40 => {
-                let mut out = [0u8; 40];
-                out.copy_from_slice(&sha);
-                // Every load of the same text yields the same SHA.
-                let _ = self.sha.set(out);
-                Ok(out)
-            }
-            Value::Error(line) => Err(RedisError::Server(line)),
-            other => Err(RedisError::UnexpectedReply(format!(
-                "{other:?} to SCRIPT LOAD"
-            ))),
+impl Default for Script {
+    fn default() -> Self {
+        Self {
+            script: redis::Script::new(GCRA),
         }
     }
 }
 
-async fn evalsha(
-    client: &RedisClient,
-    sha: &[u8; 40],
-    key: &[u8],
-    args: &[&[u8]; 4],
-) -> Result<Value, RedisError> {
-    client
-        .command(&[
-            b"EVALSHA", sha, b"1", key, args[0], args[1], args[2], args[3],
-        ])
-        .await
+/// The script's arguments, formatted once per limiter where they can be.
+pub(crate) struct Args<'a> {
+    pub(crate) key: &'a str,
+    pub(crate) interval: &'a str,
+    pub(crate) burst: &'a str,
+    pub(crate) need: u32,
+    pub(crate) want: u32,
 }
 
-/// Reads the script's `{granted, retry_after_us, available}` reply.
-pub(crate) fn parse(reply: Value) -> Result<Grant, RedisError> {
+impl Script {
+    /// Runs the script for one key on a connection of `redis`. A
+    /// connection that proves unreachable is reported, so the next call
+    /// makes a new one.
+    pub(crate) async fn run(
+        &self,
+        redis: &RedisConnection,
+        args: Args<'_>,
+    ) -> Result<Grant, CallError> {
+        let mut lent: Lent = redis.lend().await?;
+        let reply = self
+            .script
+            .key(args.key)
+            .arg(args.interval)
+            .arg(args.burst)
+            .arg(args.need)
+            .arg(args.want)
+            .invoke_async::<Value>(&mut lent.conn)
+            .await;
+        let result = reply
+            .map_err(CallError::from)
+            .and_then(|value| parse(value, args.want));
+        if let Err(err) = &result {
+            redis.failed(&lent, err.class);
+        }
+        result
+    }
+}
+
+/// Reads the script's `{granted, retry_after_us, available}` reply;
+/// `granted` is clamped to `want`, what was asked for, whatever the
+/// script (or whatever answered in its place) says.
+pub(crate) fn parse(reply: Value, want: u32) -> Result<Grant, CallError> {
     let items = match reply {
-        Value::Array(Some(items)) if items.len() == 3 => items,
-        Value::Error(line) => return Err(RedisError::Server(line)),
+        Value::Array(items) if items.len() == 3 => items,
         other => {
-            return Err(RedisError::UnexpectedReply(format!(
-                "{other:?} from the limiter script"
-            )));
+            return Err(CallError::script(format!("{other:?}")));
         }
     };
     let int = |v: &Value| match v {
         Value::Int(n) if *n >= 0 => Ok(*n as u64),
-        other => Err(RedisError::UnexpectedReply(format!(
-            "{other:?} in the limiter script's reply"
-        ))),
+        other => Err(CallError::script(format!("{other:?} in the reply"))),
     };
+    let granted = int(&items[0])?;
     Ok(Grant {
-        granted: u32::try_from(int(&items[0])?).unwrap_or(u32::MAX),
+        granted: u32::try_from(granted).unwrap_or(u32::MAX).min(want),
         retry_after: Duration::from_micros(int(&items[1])?),
         available: int(&items[2])?,
     })
@@ -149,37 +136,50 @@ pub(crate) fn parse(reply: Value) -> Result<Grant, RedisError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::ErrorClass;
 
     #[test]
     fn parses_a_grant_and_a_refusal() {
-        let ok = Value::Array(Some(vec![Value::Int(5), Value::Int(0), Value::Int(3)]));
+        let ok = Value::Array(vec![Value::Int(5), Value::Int(0), Value::Int(3)]);
         assert_eq!(
-            parse(ok).unwrap(),
+            parse(ok, 5).unwrap(),
             Grant {
                 granted: 5,
                 retry_after: Duration::ZERO,
                 available: 3
             }
         );
-        let no = Value::Array(Some(vec![Value::Int(0), Value::Int(1500), Value::Int(0)]));
-        assert_eq!(parse(no).unwrap().retry_after, Duration::from_micros(1500));
+        let no = Value::Array(vec![Value::Int(0), Value::Int(1500), Value::Int(0)]);
+        assert_eq!(
+            parse(no, 1).unwrap().retry_after,
+            Duration::from_micros(1500)
+        );
     }
 
     #[test]
-    fn refuses_malformed_replies() {
-        assert!(matches!(
-            parse(Value::Error("ERR boom".into())),
-            Err(RedisError::Server(_))
-        ));
-        assert!(parse(Value::Int(1)).is_err());
-        assert!(
-            parse(Value::Array(Some(vec![
-                Value::Int(1),
-                Value::Int(-1),
-                Value::Int(0)
-            ])))
-            .is_err()
-        );
-        assert!(parse(Value::Array(Some(vec![Value::Int(1)]))).is_err());
+    fn clamps_granted_to_what_was_asked() {
+        let more = Value::Array(vec![Value::Int(1_000_000), Value::Int(0), Value::Int(0)]);
+        assert_eq!(parse(more, 10).unwrap().granted, 10);
+        let huge = Value::Array(vec![Value::Int(i64::MAX), Value::Int(0), Value::Int(0)]);
+        assert_eq!(parse(huge, 1).unwrap().granted, 1);
+    }
+
+    #[test]
+    fn refuses_malformed_replies_as_script_errors() {
+        let bad = [
+            Value::Int(1),
+            Value::Nil,
+            Value::Array(vec![Value::Int(1), Value::Int(-1), Value::Int(0)]),
+            Value::Array(vec![Value::Int(1)]),
+            Value::Array(vec![
+                Value::BulkString(b"1".to_vec()),
+                Value::Int(0),
+                Value::Int(0),
+            ]),
+        ];
+        for reply in bad {
+            let err = parse(reply.clone(), 1).expect_err("malformed");
+            assert_eq!(err.class, ErrorClass::Script, "{reply:?}");
+        }
     }
 }

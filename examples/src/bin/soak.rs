@@ -153,7 +153,7 @@ async fn main() -> Result<(), BoxError> {
     global.name = "get_room_user".to_owned();
     let redis_addr = redis.addr();
     let mut d = Deployment::start(true, RoomConfig::default(), |c| {
-        c.gateway.redis = Some(redis_addr);
+        c.gateway.redis = Some(format!("redis://{redis_addr}/"));
         if let Some(r) = c
             .routes
             .iter_mut()

@@ -77,8 +77,10 @@ pub struct Settings {
     /// with no protection at all, for comparison.
     pub protected: bool,
     /// The Redis that routes' `global_limit`s share with every other
-    /// gateway instance. Default none.
-    pub redis: Option<SocketAddr>,
+    /// gateway instance, as a redis-rs URL
+    /// (`redis://[user:password@]host[:port][/db]`, `rediss://` for TLS).
+    /// Default none.
+    pub redis: Option<String>,
     /// The bearer token the admin port requires (`Authorization: Bearer
     /// TOKEN`), or the name of a file holding it when it starts with `@`
     /// (`"@/run/secrets/admin"`); `FLOODWALL_ADMIN_TOKEN` in the
@@ -234,7 +236,7 @@ fn yes() -> bool {
 pub struct ConfigError(String);
 
 impl ConfigError {
-    fn new(msg: impl Into<String>) -> Self {
+    pub(crate) fn new(msg: impl Into<String>) -> Self {
         Self(msg.into())
     }
 }
@@ -342,8 +344,17 @@ impl GatewayConfig {
                 .unwrap_or("?");
             let at = |e: &dyn fmt::Display| ConfigError::new(format!("routes[{i}] ({label}): {e}"));
             if let Some(global) = &route.global_limit {
-                if self.gateway.redis.is_none() {
-                    return Err(at(&"global_limit needs gateway.redis"));
+                match &self.gateway.redis {
+                    None => return Err(at(&"global_limit needs gateway.redis")),
+                    Some(url) => {
+                        if let Err(err) = floodwall::redis::RedisConnection::open(url) {
+                            // The URL may hold a password: name the problem only.
+                            let kind = err.kind();
+                            return Err(ConfigError::new(format!(
+                                "gateway.redis: not a usable redis URL ({kind:?})"
+                            )));
+                        }
+                    }
                 }
                 if global.timeout.is_zero() {
                     return Err(at(&"global_limit: timeout must be above zero"));

@@ -40,7 +40,7 @@ use floodwall::core::{Arrival, BoxError, Rejected};
 use floodwall::deadline::{ServerDeadlineConfig, ServerDeadlineLayer, Wire};
 use floodwall::http::{RejectionLayer, Respond};
 use floodwall::priority::{AssignConfig, AssignPriorityLayer, BusinessTable};
-use floodwall::redis::{RedisClient, RedisLimiter, RedisRateLimitLayer};
+use floodwall::redis::{RedisConnection, RedisLimiter, RedisRateLimitLayer};
 use floodwall::token_bucket::{Keyed, KeyedTokenBucket, TokenBucket, TokenBucketLayer};
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::Full;
@@ -154,7 +154,8 @@ pub struct Runtime {
     user_header: http::HeaderName,
     /// The connection routes' global limits share (kept across reloads
     /// while `gateway.redis` is unchanged).
-    redis: Option<RedisClient>,
+    /// The URL it was made from, to tell whether a reload changed it.
+    redis: Option<(String, RedisConnection)>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -213,13 +214,22 @@ impl Runtime {
             }
             _ => None,
         };
-        let redis = match (config.gateway.redis, protected) {
-            (Some(addr), true) => Some(
-                previous
-                    .and_then(|p| p.redis.clone())
-                    .filter(|c| c.addr() == addr)
-                    .unwrap_or_else(|| RedisClient::new(addr)),
-            ),
+        let redis = match (&config.gateway.redis, protected) {
+            (Some(url), true) => match previous
+                .and_then(|p| p.redis.clone())
+                .filter(|(was, _)| was == url)
+            {
+                Some(kept) => Some(kept),
+                None => Some((
+                    url.clone(),
+                    RedisConnection::open(url).map_err(|err| {
+                        ConfigError::new(format!(
+                            "gateway.redis: not a usable redis URL ({:?})",
+                            err.kind()
+                        ))
+                    })?,
+                )),
+            },
             _ => None,
         };
         let mut business = BusinessTable::new(config.gateway.default_priority);
@@ -270,7 +280,7 @@ impl Runtime {
                     &upstreams,
                     per_ip.clone(),
                     &assign,
-                    redis.as_ref(),
+                    redis.as_ref().map(|(_, conn)| conn),
                 )?),
             };
             match (&r.path, &r.prefix) {
@@ -397,7 +407,7 @@ fn build_route(
     upstreams: &BTreeMap<String, (config::UpstreamConfig, Upstream)>,
     per_ip: Option<PerIpLayer>,
     assign: &AssignPriorityLayer,
-    redis: Option<&RedisClient>,
+    redis: Option<&RedisConnection>,
 ) -> Result<Route, BoxError> {
     let up = |name: &str| -> Result<Upstream, BoxError> {
         upstreams

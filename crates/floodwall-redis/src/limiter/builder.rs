@@ -6,7 +6,7 @@ use super::*;
 #[derive(Debug, Clone)]
 #[must_use = "call build()"]
 pub struct Builder {
-    pub(crate) client: RedisClient,
+    pub(crate) redis: RedisConnection,
     pub(crate) quota: Quota,
     pub(crate) name: Arc<str>,
     pub(crate) prefix: Option<String>,
@@ -142,11 +142,11 @@ impl Builder {
         ));
         Ok(RedisLimiter {
             inner: Arc::new(Inner {
-                router: Router::new(self.client),
+                redis: self.redis,
                 script: Script::default(),
                 prefix,
-                interval_arg: format!("{interval_us}").into_bytes(),
-                burst_arg: self.quota.burst().to_string().into_bytes(),
+                interval_arg: format!("{interval_us}"),
+                burst_arg: self.quota.burst().to_string(),
                 quota: self.quota,
                 timeout: self.timeout,
                 leases,

@@ -11,6 +11,20 @@ pub(crate) struct Counters {
     pub(crate) fallback: AtomicU64,
     pub(crate) admitted: AtomicU64,
     pub(crate) rejected: AtomicU64,
+    /// Errors by [`ErrorClass`], in [`ErrorClass::ALL`] order.
+    pub(crate) by_class: [AtomicU64; 7],
+    /// The last error's class: its index in [`ErrorClass::ALL`] plus one,
+    /// 0 before any.
+    pub(crate) last_error: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn record_error(&self, class: ErrorClass) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        self.by_class[class.index()].fetch_add(1, Ordering::Relaxed);
+        self.last_error
+            .store(class.index() as u64 + 1, Ordering::Relaxed);
+    }
 }
 
 pub(crate) struct Metrics {
@@ -18,7 +32,8 @@ pub(crate) struct Metrics {
     pub(crate) requests: [RequestCounters; 6],
     pub(crate) round_trips: Counter,
     pub(crate) round_trip_seconds: Histogram,
-    pub(crate) errors: [Counter; 5],
+    /// `errors_total` by [`ErrorClass`], in [`ErrorClass::ALL`] order.
+    pub(crate) errors: [Counter; 7],
 }
 
 pub(crate) const SOURCES: [Source; 6] = [
@@ -30,8 +45,6 @@ pub(crate) const SOURCES: [Source; 6] = [
     Source::FailClosed,
 ];
 
-pub(crate) const ERROR_REASONS: [&str; 5] = ["timeout", "io", "server", "protocol", "busy"];
-
 impl Metrics {
     pub(crate) fn new(name: &str) -> Self {
         let prefix = crate::METRIC_PREFIX;
@@ -41,22 +54,9 @@ impl Metrics {
             }),
             round_trips: metrics::counter!(metric_name(prefix, "round_trips_total"), LABEL_NAME => name.to_owned()),
             round_trip_seconds: metrics::histogram!(metric_name(prefix, "round_trip_seconds"), LABEL_NAME => name.to_owned()),
-            errors: ERROR_REASONS.map(|r| {
-                metrics::counter!(metric_name(prefix, "errors_total"), LABEL_NAME => name.to_owned(), LABEL_REASON => r)
+            errors: ErrorClass::ALL.map(|class| {
+                metrics::counter!(metric_name(prefix, "errors_total"), LABEL_NAME => name.to_owned(), LABEL_REASON => class.as_str())
             }),
         }
-    }
-}
-
-pub(crate) fn error_reason(err: &RedisError) -> usize {
-    match err {
-        RedisError::Timeout => 0,
-        RedisError::Io(_)
-        | RedisError::ConnectTimeout
-        | RedisError::Disconnected
-        | RedisError::Closed => 1,
-        RedisError::Server(_) => 2,
-        RedisError::Protocol(_) | RedisError::UnexpectedReply(_) => 3,
-        RedisError::Busy => 4,
     }
 }

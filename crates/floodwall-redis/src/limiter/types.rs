@@ -120,18 +120,72 @@ pub struct RedisStats {
     pub admitted: u64,
     /// Requests refused.
     pub rejected: u64,
-    /// Redis Cluster redirections followed (`MOVED`, `ASK`).
-    pub redirects: u64,
+    /// `errors` by class.
+    pub errors_by_class: ErrorCounts,
+}
+
+/// Failed calls to Redis, by [`ErrorClass`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ErrorCounts {
+    /// [`ErrorClass::Unreachable`].
+    pub unreachable: u64,
+    /// [`ErrorClass::Timeout`].
+    pub timeout: u64,
+    /// [`ErrorClass::Auth`].
+    pub auth: u64,
+    /// [`ErrorClass::ReadOnly`].
+    pub read_only: u64,
+    /// [`ErrorClass::Loading`].
+    pub loading: u64,
+    /// [`ErrorClass::Script`].
+    pub script: u64,
+    /// [`ErrorClass::Other`].
+    pub other: u64,
+}
+
+impl ErrorCounts {
+    pub(crate) fn from_fn(mut count: impl FnMut(ErrorClass) -> u64) -> Self {
+        Self {
+            unreachable: count(ErrorClass::Unreachable),
+            timeout: count(ErrorClass::Timeout),
+            auth: count(ErrorClass::Auth),
+            read_only: count(ErrorClass::ReadOnly),
+            loading: count(ErrorClass::Loading),
+            script: count(ErrorClass::Script),
+            other: count(ErrorClass::Other),
+        }
+    }
+
+    /// The count of one class.
+    pub fn get(&self, class: ErrorClass) -> u64 {
+        match class {
+            ErrorClass::Unreachable => self.unreachable,
+            ErrorClass::Timeout => self.timeout,
+            ErrorClass::Auth => self.auth,
+            ErrorClass::ReadOnly => self.read_only,
+            ErrorClass::Loading => self.loading,
+            ErrorClass::Script => self.script,
+            ErrorClass::Other => self.other,
+        }
+    }
 }
 
 /// Whether Redis is deciding, as the limiter's breaker sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Health {
     /// The breaker is closed: requests go to Redis.
     Redis,
     /// The breaker is open, half-open, or forced open: requests are decided
     /// by the fallback (half-open lets a few probes through to Redis).
-    Fallback(State),
+    Fallback {
+        /// The breaker's state.
+        state: State,
+        /// The class of the last failed call (none when the breaker was
+        /// forced open before any call failed).
+        cause: Option<ErrorClass>,
+    },
 }
 
 /// `prefix` and `key` as a [`BoundedKey`](floodwall_core::key::BoundedKey)
