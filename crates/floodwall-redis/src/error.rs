@@ -107,8 +107,9 @@ pub enum ErrorClass {
     /// Redis is loading its dataset (`LOADING`) or busy running another
     /// script (`BUSY`).
     Loading,
-    /// The script failed (`ERR` from Lua, `NOSCRIPT` after reloading) or
-    /// its reply had an unexpected shape.
+    /// The script failed (`ERR` from Lua, `WRONGTYPE` when its key holds
+    /// another type, `NOSCRIPT` after reloading) or its reply had an
+    /// unexpected shape.
     Script,
     /// Anything else (a client configuration error, for one).
     Other,
@@ -176,6 +177,8 @@ impl ErrorClass {
             ErrorKind::Extension => match err.code() {
                 Some("NOAUTH" | "WRONGPASS" | "NOPERM") => ErrorClass::Auth,
                 Some("BUSY") => ErrorClass::Loading,
+                // The limiter's key holds something else: the script failed.
+                Some("WRONGTYPE") => ErrorClass::Script,
                 _ => ErrorClass::Other,
             },
             _ => ErrorClass::Other,

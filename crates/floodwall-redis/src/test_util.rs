@@ -24,9 +24,16 @@ use std::time::{Duration, Instant};
 pub struct ServerOptions {
     /// `requirepass`: the password of the `default` user.
     pub password: Option<String>,
-    /// ACL users, each as `redis-server --user` takes it, such as
+    /// ACL users, each as an ACL rule line, such as
     /// `"limiter on >secret ~floodwall:* +@all"`.
     pub users: Vec<String>,
+    /// Start as a replica of this server (`--replicaof`): it refuses
+    /// writes (`READONLY`).
+    pub replica_of: Option<SocketAddr>,
+    /// Keep the dataset in the server's own directory across
+    /// [`RedisServer::restart`] (`SAVE` writes it, the restart loads it),
+    /// with `DEBUG` enabled to fill it (`DEBUG POPULATE`).
+    pub persist: bool,
     /// Also listen for TLS, on [`RedisServer::tls_addr`], with a
     /// certificate for `127.0.0.1` signed by a CA made for this server
     /// ([`RedisServer::ca_pem`]). Clients need no certificate of their own.
@@ -43,6 +50,7 @@ pub struct RedisServer {
     binary: PathBuf,
     args: Vec<String>,
     dir: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
 }
 
 impl RedisServer {
@@ -74,7 +82,25 @@ impl RedisServer {
             args.extend(["--requirepass".to_owned(), password.clone()]);
         }
         for user in &options.users {
-            args.extend(["--user".to_owned(), user.clone()]);
+            // redis-server joins the words after `--user` into one rule line.
+            args.push("--user".to_owned());
+            args.extend(user.split_whitespace().map(str::to_owned));
+        }
+        if let Some(master) = options.replica_of {
+            args.extend([
+                "--replicaof".to_owned(),
+                master.ip().to_string(),
+                master.port().to_string(),
+            ]);
+        }
+        let data_dir = options.persist.then(|| temp_dir("data"));
+        if let Some(dir) = &data_dir {
+            args.extend([
+                "--dir".to_owned(),
+                dir.display().to_string(),
+                "--enable-debug-command".to_owned(),
+                "yes".to_owned(),
+            ]);
         }
         if let (Some(dir), Some(port)) = (&tls_dir, tls_port) {
             let file = |name: &str| dir.join(name).display().to_string();
@@ -95,6 +121,7 @@ impl RedisServer {
         server.tls_port = tls_port;
         server.password = options.password;
         server.dir = tls_dir;
+        server.data_dir = data_dir;
         server
     }
 
@@ -113,6 +140,7 @@ impl RedisServer {
                 binary: binary.clone(),
                 args: args(port),
                 dir: None,
+                data_dir: None,
             };
             match server.spawn() {
                 Ok(()) => return server,
@@ -198,8 +226,9 @@ impl RedisServer {
         assert!(status.success(), "kill {sig} failed");
     }
 
-    /// Starts the server again on the same port, empty (persistence is
-    /// off), after [`kill`](Self::kill).
+    /// Starts the server again on the same port after [`kill`](Self::kill):
+    /// empty, unless started with [`ServerOptions::persist`] (then it
+    /// loads what was last `SAVE`d, and answers `LOADING` meanwhile).
     ///
     /// # Panics
     /// If it does not answer within 10 s.
@@ -247,7 +276,10 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
-        if let Some(dir) = self.dir.take() {
+        for dir in [self.dir.take(), self.data_dir.take()]
+            .into_iter()
+            .flatten()
+        {
             let _ = std::fs::remove_dir_all(dir);
         }
     }
@@ -442,9 +474,9 @@ fn admin(
     let info =
         redis::ConnectionAddr::Tcp(addr.ip().to_string(), addr.port()).into_connection_info()?;
     let info = match password {
-        Some(password) => info.set_redis_settings(
-            redis::RedisConnectionInfo::default().set_password(password),
-        ),
+        Some(password) => {
+            info.set_redis_settings(redis::RedisConnectionInfo::default().set_password(password))
+        }
         None => info,
     };
     let client = redis::Client::open(info)?;
@@ -550,10 +582,13 @@ fn ping(addr: SocketAddr) -> bool {
     if stream.write_all(b"*1\r\n$4\r\nPING\r\n").is_err() {
         return false;
     }
-    // `+PONG`, or `-NOAUTH` from a server with a password: up either way.
+    // `+PONG`, `-NOAUTH` from a server with a password, or `-LOADING` from
+    // one still loading its dataset: up, in each case.
     let mut reply = [0u8; 7];
     stream.read_exact(&mut reply).is_ok()
-        && (&reply == b"+PONG\r\n" || reply.starts_with(b"-NOAUTH"))
+        && (&reply == b"+PONG\r\n"
+            || reply.starts_with(b"-NOAUTH")
+            || reply.starts_with(b"-LOADIN"))
 }
 
 /// The `redis-server` binary, found (or installed) once per process: tests
