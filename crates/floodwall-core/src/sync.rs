@@ -30,6 +30,17 @@ pub fn seqcst_handoff() {
     loom::sync::atomic::fence(Ordering::SeqCst);
 }
 
+/// One turn of a short wait for another thread to finish a few
+/// instructions (a reconfiguration sealing a cell): a spin hint normally,
+/// a yield under loom so the model lets the other thread run.
+#[inline(always)]
+pub fn spin_wait() {
+    #[cfg(not(floodwall_loom))]
+    std::hint::spin_loop();
+    #[cfg(floodwall_loom)]
+    loom::thread::yield_now();
+}
+
 /// A mutual-exclusion lock for the cores' slow paths: `std`'s (or loom's)
 /// without poisoning — a panic while holding it cannot leave the cores'
 /// plain data half-updated, because they keep none under it but `()` or

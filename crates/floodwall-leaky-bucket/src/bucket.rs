@@ -44,7 +44,7 @@ impl LeakyBucket {
     }
 
     /// The rate (and, for a meter, capacity).
-    pub fn quota(&self) -> &Quota {
+    pub fn quota(&self) -> Quota {
         match self {
             LeakyBucket::Meter(meter) => meter.quota(),
             LeakyBucket::Shaper(shaper) => shaper.quota(),

@@ -69,15 +69,24 @@ impl LeakyMeter {
     }
 
     /// The drain rate and capacity.
-    pub fn quota(&self) -> &Quota {
+    pub fn quota(&self) -> Quota {
         self.bucket.quota()
+    }
+
+    /// Drains at `rate` and holds `rate.burst()` from `now` on, keeping the
+    /// room left now (capped at the new capacity): a meter is a token
+    /// bucket, reconfigured as
+    /// [`TokenBucket::reconfigure`](floodwall_ratelimit::TokenBucket::reconfigure)
+    /// is (SPECS.md, "Reconfiguration"). Atomic for concurrent deciders.
+    pub fn reconfigure(&self, rate: Quota, now: Instant) {
+        self.bucket.reconfigure(rate, now);
     }
 }
 
 impl fmt::Debug for LeakyMeter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LeakyMeter")
-            .field("quota", self.quota())
+            .field("quota", &self.quota())
             .finish_non_exhaustive()
     }
 }

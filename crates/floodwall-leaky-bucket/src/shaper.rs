@@ -115,7 +115,7 @@ impl LeakyShaper {
     }
 
     /// The release rate.
-    pub fn quota(&self) -> &Quota {
+    pub fn quota(&self) -> Quota {
         self.bucket.quota()
     }
 }
@@ -129,7 +129,7 @@ pub(crate) fn queued(delay: Duration, interval: Duration) -> u32 {
 impl fmt::Debug for LeakyShaper {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LeakyShaper")
-            .field("quota", self.quota())
+            .field("quota", &self.quota())
             .field("queue", &self.queue)
             .finish_non_exhaustive()
     }

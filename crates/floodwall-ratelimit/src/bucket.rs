@@ -1,4 +1,4 @@
-use floodwall_core::sync::{AtomicU64, Ordering};
+use floodwall_core::sync::{AtomicU64, Mutex};
 use std::fmt;
 use std::time::Duration;
 
@@ -7,7 +7,7 @@ use tokio::time::Instant;
 use crate::{Denied, Limiter, Refund, Remaining};
 
 use crate::Quota;
-use crate::gcra::{Params, Reservation, max_wait_ns, nanos_since};
+use crate::gcra::{LiveParams, Params, Reservation, max_wait_ns, nanos_since};
 
 /// A lock-free token bucket in GCRA form: the sans-IO core of the
 /// token-bucket layer.
@@ -48,8 +48,10 @@ use crate::gcra::{Params, Reservation, max_wait_ns, nanos_since};
 pub struct TokenBucket {
     tat: AtomicU64,
     epoch: Instant,
-    params: Params,
-    quota: Quota,
+    params: LiveParams,
+    /// The quota enforced; held while reconfiguring, so reconfigurations
+    /// run one at a time.
+    quota: Mutex<Quota>,
 }
 
 impl TokenBucket {
@@ -64,8 +66,8 @@ impl TokenBucket {
         Self {
             tat: AtomicU64::new(0),
             epoch,
-            params: Params::of(&quota),
-            quota,
+            params: LiveParams::new(Params::of(&quota)),
+            quota: Mutex::new(quota),
         }
     }
 
@@ -78,6 +80,39 @@ impl TokenBucket {
     pub fn try_acquire(&self, now: Instant, n: u32) -> Result<(), Denied> {
         let t = nanos_since(self.epoch, now);
         self.params.step(&self.tat, t, n, 0).map(|_| ())
+    }
+
+    /// Enforces `quota` from `now` on, keeping the tokens available now
+    /// (capped at the new burst; SPECS.md, "Reconfiguration"): with `a`
+    /// tokens available under the old quota, the bucket holds
+    /// `min(a, b')` and refills at the new rate. Raising a quota grants
+    /// nothing at once; lowering it takes away what exceeds the new burst.
+    /// Reservations already made keep their start times; later ones queue
+    /// behind them at the new interval.
+    ///
+    /// Atomic for concurrent deciders: each decision runs wholly under the
+    /// old quota or wholly under the new one. Lock-free for them: while the
+    /// bucket's one cell is converted (a few instructions), a decider
+    /// spins.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use floodwall_ratelimit::{Quota, TokenBucket};
+    /// use tokio::time::Instant;
+    ///
+    /// let t0 = Instant::now();
+    /// let bucket = TokenBucket::with_epoch(Quota::per_second(10)?, t0);
+    /// bucket.try_acquire(t0, 4).unwrap(); // 6 of 10 left
+    /// bucket.reconfigure(Quota::per_second(100)?.with_burst(20)?, t0);
+    /// assert_eq!(bucket.available(t0), 6); // carried over, not refilled
+    /// assert_eq!(bucket.available(t0 + Duration::from_millis(50)), 11); // 100/s now
+    /// # Ok::<(), floodwall_core::ConfigError>(())
+    /// ```
+    pub fn reconfigure(&self, quota: Quota, now: Instant) {
+        let t = nanos_since(self.epoch, now);
+        let mut current = self.quota.lock();
+        self.params.reconfigure(&self.tat, Params::of(&quota), t);
+        *current = quota;
     }
 
     /// Reserves `n` tokens at `now`, allowing the request to start up to
@@ -112,26 +147,27 @@ impl TokenBucket {
     /// burst of 1, how long a request arriving now would wait for its slot.
     pub fn time_to_full(&self, now: Instant) -> Duration {
         let t = nanos_since(self.epoch, now);
-        Duration::from_nanos(self.tat.load(Ordering::Relaxed).saturating_sub(t))
+        Duration::from_nanos(LiveParams::settled(&self.tat).saturating_sub(t))
     }
 
     /// Whole tokens available at `now` (0 to burst).
     pub fn available(&self, now: Instant) -> u32 {
         let t = nanos_since(self.epoch, now);
-        self.params.available(self.tat.load(Ordering::Relaxed), t)
+        let tat = LiveParams::settled(&self.tat);
+        self.params.load().available(tat, t)
     }
 
     /// The quota this bucket enforces.
-    pub fn quota(&self) -> &Quota {
-        &self.quota
+    pub fn quota(&self) -> Quota {
+        *self.quota.lock()
     }
 }
 
 impl fmt::Debug for TokenBucket {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TokenBucket")
-            .field("quota", &self.quota)
-            .field("tat_ns", &self.tat.load(Ordering::Relaxed))
+            .field("quota", &self.quota())
+            .field("tat_ns", &LiveParams::settled(&self.tat))
             .finish_non_exhaustive()
     }
 }

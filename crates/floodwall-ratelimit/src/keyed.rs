@@ -19,8 +19,9 @@ const EVICTION_SAMPLE: usize = 5;
 /// under a shared read lock.
 pub trait KeyState: Send + Sync + 'static {
     /// What every key's state shares (a window length, a log size), held
-    /// once by the map.
-    type Params: Send + Sync + 'static;
+    /// once by the map (a copy per shard, so a reconfiguration changes it
+    /// shard by shard under the shard's lock).
+    type Params: Clone + Send + Sync + 'static;
 
     /// A fresh state, equivalent to a key never seen.
     fn fresh(params: &Self::Params) -> Self;
@@ -32,6 +33,16 @@ pub trait KeyState: Send + Sync + 'static {
     /// changing any decision; among keys still in debt, the one idle soonest
     /// is the cheapest to forget.
     fn idle_at(&self, params: &Self::Params, t: u64) -> u64;
+}
+
+/// Per-key state that can carry itself over to new parameters: what a
+/// live reconfiguration of a keyed limiter does to every remembered key
+/// (SPECS.md, "Reconfiguration").
+pub trait Carry: KeyState {
+    /// Converts this state, held under `old`, to the state under `new`
+    /// at `t`. Called with the key's shard locked for writing: no decision
+    /// on the key runs meanwhile.
+    fn carry(&self, old: &Self::Params, new: &Self::Params, t: u64);
 }
 
 /// Keys to limiter state, at most `capacity` keys, never more.
@@ -56,7 +67,9 @@ pub trait KeyState: Send + Sync + 'static {
 /// about twice the number of keys that can be in debt at the same moment
 /// and it stays near zero.
 pub struct KeyedMap<K, S: KeyState> {
-    params: S::Params,
+    /// The parameters in force (each shard holds its own copy, changed
+    /// with the shard's keys); held while reconfiguring.
+    params: parking_lot::Mutex<S::Params>,
     shards: Box<[RwLock<Shard<K, S>>]>,
     shard_shift: u32,
     hasher: DefaultHashBuilder,
@@ -66,7 +79,8 @@ pub struct KeyedMap<K, S: KeyState> {
     metrics: KeyedMetrics,
 }
 
-struct Shard<K, S> {
+struct Shard<K, S: KeyState> {
+    params: S::Params,
     table: HashTable<u32>,
     slots: Vec<Slot<K, S>>,
     capacity: usize,
@@ -104,6 +118,7 @@ impl<K: Hash + Eq, S: KeyState> KeyedMap<K, S> {
         let shards: Box<[_]> = (0..shards)
             .map(|i| {
                 RwLock::new(Shard {
+                    params: params.clone(),
                     table: HashTable::new(),
                     slots: Vec::new(),
                     capacity: base + usize::from(i < extra),
@@ -113,7 +128,7 @@ impl<K: Hash + Eq, S: KeyState> KeyedMap<K, S> {
             })
             .collect();
         Self {
-            params,
+            params: parking_lot::Mutex::new(params),
             shard_shift: 64 - shards.len().trailing_zeros(),
             shards,
             hasher: DefaultHashBuilder::default(),
@@ -156,11 +171,12 @@ impl<K: Hash + Eq, S: KeyState> KeyedMap<K, S> {
         &self.shards[idx]
     }
 
-    /// Runs `decide` on `key`'s state at `t` (nanoseconds since the
-    /// limiter's epoch). For a key not in the map, `decide` runs on a fresh
-    /// state, which is remembered only if it is no longer idle afterwards.
+    /// Runs `decide` on the parameters and `key`'s state at `t`
+    /// (nanoseconds since the limiter's epoch). For a key not in the map,
+    /// `decide` runs on a fresh state, which is remembered only if it is no
+    /// longer idle afterwards.
     #[inline]
-    pub fn with<R>(&self, key: &K, t: u64, decide: impl Fn(&S) -> R) -> R
+    pub fn with<R>(&self, key: &K, t: u64, decide: impl Fn(&S::Params, &S) -> R) -> R
     where
         K: Clone,
     {
@@ -172,7 +188,7 @@ impl<K: Hash + Eq, S: KeyState> KeyedMap<K, S> {
                 .table
                 .find(hash, |&i| guard.slots[i as usize].key == *key)
             {
-                return decide(&guard.slots[i as usize].state);
+                return decide(&guard.params, &guard.slots[i as usize].state);
             }
         }
         self.insert_slow(shard, hash, key, t, decide)
@@ -185,7 +201,7 @@ impl<K: Hash + Eq, S: KeyState> KeyedMap<K, S> {
         hash: u64,
         key: &K,
         t: u64,
-        decide: impl Fn(&S) -> R,
+        decide: impl Fn(&S::Params, &S) -> R,
     ) -> R
     where
         K: Clone,
@@ -196,11 +212,11 @@ impl<K: Hash + Eq, S: KeyState> KeyedMap<K, S> {
             .table
             .find(hash, |&i| shard.slots[i as usize].key == *key)
         {
-            return decide(&shard.slots[i as usize].state);
+            return decide(&shard.params, &shard.slots[i as usize].state);
         }
-        let state = S::fresh(&self.params);
-        let outcome = decide(&state);
-        if state.idle_at(&self.params, t) <= t {
+        let state = S::fresh(&shard.params);
+        let outcome = decide(&shard.params, &state);
+        if state.idle_at(&shard.params, t) <= t {
             // Still equivalent to a fresh state: nothing to remember.
             return outcome;
         }
@@ -228,15 +244,37 @@ impl<K: Hash + Eq, S: KeyState> KeyedMap<K, S> {
         outcome
     }
 
-    /// Runs `inspect` on `key`'s state if the key is remembered; never
-    /// inserts.
-    pub fn get<R>(&self, key: &K, inspect: impl FnOnce(&S) -> R) -> Option<R> {
+    /// Runs `inspect` on the parameters and `key`'s state if the key is
+    /// remembered; never inserts.
+    pub fn get<R>(&self, key: &K, inspect: impl FnOnce(&S::Params, &S) -> R) -> Option<R> {
         let hash = self.hasher.hash_one(key);
         let guard = self.shard(hash).read();
         guard
             .table
             .find(hash, |&i| guard.slots[i as usize].key == *key)
-            .map(|&i| inspect(&guard.slots[i as usize].state))
+            .map(|&i| inspect(&guard.params, &guard.slots[i as usize].state))
+    }
+
+    /// Replaces the parameters by `params` at `t`, carrying every
+    /// remembered key's state over ([`Carry`]). Shard by shard, each under
+    /// its write lock: a decision on a key sees the old parameters and
+    /// state or the new ones, never a mix; decisions on a shard wait while
+    /// it is converted (about 10 ns per key it holds). Reconfigurations run
+    /// one at a time.
+    pub fn reconfigure(&self, params: S::Params, t: u64)
+    where
+        S: Carry,
+    {
+        let mut current = self.params.lock();
+        for shard in self.shards.iter() {
+            let mut guard = shard.write();
+            let shard = &mut *guard;
+            for slot in &shard.slots {
+                slot.state.carry(&shard.params, &params, t);
+            }
+            shard.params = params.clone();
+        }
+        *current = params;
     }
 
     /// Makes room in a full shard: drops idle keys among a few sampled slots,
@@ -251,7 +289,7 @@ impl<K: Hash + Eq, S: KeyState> KeyedMap<K, S> {
                 break;
             }
             let i = (next_random(&mut shard.rng) % shard.slots.len() as u64) as usize;
-            let idle_at = shard.slots[i].state.idle_at(&self.params, t);
+            let idle_at = shard.slots[i].state.idle_at(&shard.params, t);
             if idle_at <= t {
                 self.remove_slot(shard, i);
                 self.count_idle(1);
@@ -307,7 +345,7 @@ impl<K: Hash + Eq, S: KeyState> KeyedMap<K, S> {
     fn sweep_shard(&self, shard: &mut Shard<K, S>, t: u64) -> usize {
         shard.since_sweep = 0;
         let before = shard.slots.len();
-        let params = &self.params;
+        let params = &shard.params;
         shard.slots.retain(|s| s.state.idle_at(params, t) > t);
         let dropped = before - shard.slots.len();
         if dropped > 0 {
@@ -343,9 +381,9 @@ impl<K: Hash + Eq, S: KeyState> KeyedMap<K, S> {
 }
 
 impl<K, S: KeyState> KeyedMap<K, S> {
-    /// What every key's state shares.
-    pub fn params(&self) -> &S::Params {
-        &self.params
+    /// What every key's state shares, as last set.
+    pub fn params(&self) -> S::Params {
+        self.params.lock().clone()
     }
 
     /// Keys currently remembered (never more than [`capacity`](Self::capacity)).

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::Quota;
 use crate::gcra::{Params, Reservation, max_wait_ns};
-use crate::{Denied, KeyRule, KeyState, PerKey};
+use crate::{Carry, Denied, KeyRule, KeyState, PerKey};
 
 /// One token bucket per key (per client IP, user, room, ...), with a hard cap
 /// on how many keys are remembered: a [`PerKey`] over [`Tat`].
@@ -105,6 +105,17 @@ impl KeyState for Tat {
 
     fn idle_at(&self, _: &Quota, _t: u64) -> u64 {
         self.0.load(Ordering::Relaxed)
+    }
+}
+
+impl Carry for Tat {
+    /// The tokens the key has at `t` carry over, capped at the new burst
+    /// (SPECS.md, "Reconfiguration"; as
+    /// [`TokenBucket::reconfigure`](crate::TokenBucket::reconfigure)).
+    fn carry(&self, old: &Quota, new: &Quota, t: u64) {
+        let tat = self.0.load(Ordering::Relaxed);
+        let carried = Params::of(old).carry(Params::of(new), tat, t);
+        self.0.store(carried, Ordering::Relaxed);
     }
 }
 

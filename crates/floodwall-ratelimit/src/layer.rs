@@ -6,11 +6,12 @@ use std::time::Duration;
 
 use floodwall_core::metrics::{LABEL_NAME, RequestCounters, metric_name};
 use floodwall_core::{ConfigError, RateLimitPolicy};
-use metrics::Counter;
+use metrics::{Counter, Gauge};
+use parking_lot::RwLock;
 use tokio::time::Instant;
 use tower_layer::Layer;
 
-use crate::{Keyed, KeyedLimit, One, RateLimit, Refund, key_capacity};
+use crate::{Keyed, KeyedLimit, One, RateLimit, Reconfigure, Refund, key_capacity};
 
 /// A rate-limiting algorithm as the shared layer builds it: its
 /// configuration, its limiter, its per-key form.
@@ -143,7 +144,7 @@ impl<A: Algorithm, L: fmt::Debug, W> fmt::Debug for RateLimitLayer<A, L, W> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RateLimitLayer")
             .field("layer", &A::METRIC_PREFIX)
-            .field("name", &self.shared.policy.name())
+            .field("name", &self.shared.name)
             .field("max_wait", &self.shared.max_wait)
             .field("limiter", &self.shared.limiter)
             .finish()
@@ -246,9 +247,10 @@ impl<A: Algorithm, W> Builder<A, W> {
         let name: Arc<str> = Arc::from(A::name_and_capacity(&mut self.config).0.as_str());
         RateLimitLayer {
             shared: Arc::new(Shared {
-                metrics: Metrics::new(A::METRIC_PREFIX, &name),
+                metrics: Metrics::new(A::METRIC_PREFIX, &name, (quota, window)),
                 limiter,
-                policy: Arc::new(RateLimitPolicy::new(name, quota, window)),
+                policy: RwLock::new(Arc::new(RateLimitPolicy::new(name.clone(), quota, window))),
+                name,
                 max_wait,
                 weigh: self.weigh,
             }),
@@ -272,9 +274,18 @@ impl<A: Schedules, W> Builder<A, W> {
 pub(crate) struct Shared<L, W> {
     pub(crate) limiter: L,
     pub(crate) weigh: W,
-    pub(crate) policy: Arc<RateLimitPolicy>,
+    pub(crate) name: Arc<str>,
+    /// What refusals report; replaced by a reconfiguration.
+    pub(crate) policy: RwLock<Arc<RateLimitPolicy>>,
     pub(crate) max_wait: Duration,
     pub(crate) metrics: Metrics,
+}
+
+impl<L, W> Shared<L, W> {
+    /// The policy in force.
+    pub(crate) fn policy(&self) -> Arc<RateLimitPolicy> {
+        self.policy.read().clone()
+    }
 }
 
 /// Metric handles, registered once when the layer is built:
@@ -284,14 +295,28 @@ pub(crate) struct Shared<L, W> {
 pub(crate) struct Metrics {
     pub(crate) requests: RequestCounters,
     pub(crate) waited: Counter,
+    /// `floodwall_<layer>_reconfigurations_total{name}`.
+    pub(crate) reconfigured: Counter,
+    /// `floodwall_<layer>_limit{name}`: the configured limit, requests per
+    /// second.
+    pub(crate) limit: Gauge,
 }
 
 impl Metrics {
-    fn new(layer: &'static str, name: &str) -> Self {
-        Self {
+    fn new(layer: &'static str, name: &str, (quota, window): (u64, Duration)) -> Self {
+        let metrics = Self {
             requests: RequestCounters::new(layer, name),
             waited: metrics::counter!(metric_name(layer, "waited_total"), LABEL_NAME => name.to_owned()),
-        }
+            reconfigured: metrics::counter!(metric_name(layer, "reconfigurations_total"), LABEL_NAME => name.to_owned()),
+            limit: metrics::gauge!(metric_name(layer, "limit"), LABEL_NAME => name.to_owned()),
+        };
+        metrics.set_limit(quota, window);
+        metrics
+    }
+
+    fn set_limit(&self, quota: u64, window: Duration) {
+        self.limit
+            .set(quota as f64 / window.as_secs_f64().max(f64::MIN_POSITIVE));
     }
 }
 
@@ -303,12 +328,13 @@ pub struct RateLimitHandle<L, W = One> {
 impl<L, W> RateLimitHandle<L, W> {
     /// The layer's name.
     pub fn name(&self) -> &str {
-        self.shared.policy.name()
+        &self.shared.name
     }
 
-    /// The policy the layer reports in `RateLimit` header fields.
-    pub fn policy(&self) -> &RateLimitPolicy {
-        &self.shared.policy
+    /// The policy the layer reports in `RateLimit` header fields (the one
+    /// in force: a reconfiguration replaces it).
+    pub fn policy(&self) -> Arc<RateLimitPolicy> {
+        self.shared.policy()
     }
 
     /// The limiter, to read its state (tokens available, keys remembered).
@@ -323,6 +349,33 @@ impl<L, W> RateLimitHandle<L, W> {
         L: Remaining,
     {
         self.shared.limiter.remaining(Instant::now())
+    }
+}
+
+impl<L: Reconfigure, W> RateLimitHandle<L, W> {
+    /// Changes the layer's limit while it serves: the next decision is made
+    /// under `params` (a [`Quota`](crate::Quota) for token buckets, every
+    /// key's at once for a keyed layer), with the state carried over by
+    /// the algorithm's rule (SPECS.md, "Reconfiguration"; for token
+    /// buckets, the tokens available now, capped at the new burst).
+    /// Atomic for concurrent callers: each decision is wholly under the old
+    /// limit or wholly under the new. The `RateLimit-Policy` the layer
+    /// reports changes with it; `floodwall_<layer>_reconfigurations_total`
+    /// counts the change and `floodwall_<layer>_limit` shows the new rate.
+    /// A quota is valid once made ([`Quota::new`](crate::Quota::new)
+    /// validates), so there is nothing left to refuse here. The example is
+    /// on `floodwall_token_bucket::TokenBucketLayer`.
+    pub fn reconfigure(&self, params: impl Into<L::Params>) {
+        let params = params.into();
+        let (quota, window) = L::policy(&params);
+        let shared = &self.shared;
+        let mut policy = shared.policy.write();
+        shared.limiter.reconfigure(params, Instant::now());
+        *policy = Arc::new(RateLimitPolicy::new(shared.name.clone(), quota, window));
+        drop(policy);
+        shared.metrics.reconfigured.increment(1);
+        shared.metrics.set_limit(quota, window);
+        tracing::info!(name = %shared.name, quota, ?window, "rate limit reconfigured");
     }
 }
 

@@ -240,3 +240,58 @@ where
         self(req)
     }
 }
+
+/// A limiter whose parameters can change while it serves: what
+/// [`RateLimitHandle::reconfigure`](crate::RateLimitHandle::reconfigure)
+/// calls (SPECS.md, "Reconfiguration").
+pub trait Reconfigure {
+    /// What changes: a quota, a window.
+    type Params;
+
+    /// Applies `params` from `now` on, carrying the state over by the
+    /// algorithm's rule, atomically for concurrent deciders.
+    fn reconfigure(&self, params: Self::Params, now: Instant);
+
+    /// What `RateLimit` header fields advertise under `params`: the quota
+    /// and its window.
+    fn policy(params: &Self::Params) -> (u64, Duration);
+}
+
+impl Reconfigure for crate::TokenBucket {
+    type Params = crate::Quota;
+
+    fn reconfigure(&self, quota: crate::Quota, now: Instant) {
+        crate::TokenBucket::reconfigure(self, quota, now);
+    }
+
+    fn policy(quota: &crate::Quota) -> (u64, Duration) {
+        (u64::from(quota.tokens()), quota.period())
+    }
+}
+
+impl<K> Reconfigure for crate::KeyedTokenBucket<K>
+where
+    K: std::hash::Hash + Eq,
+{
+    type Params = crate::Quota;
+
+    fn reconfigure(&self, quota: crate::Quota, now: Instant) {
+        crate::PerKey::reconfigure(self, quota, now);
+    }
+
+    fn policy(quota: &crate::Quota) -> (u64, Duration) {
+        (u64::from(quota.tokens()), quota.period())
+    }
+}
+
+impl<M: Reconfigure, X> Reconfigure for Keyed<M, X> {
+    type Params = M::Params;
+
+    fn reconfigure(&self, params: M::Params, now: Instant) {
+        self.limiter.reconfigure(params, now);
+    }
+
+    fn policy(params: &M::Params) -> (u64, Duration) {
+        M::policy(params)
+    }
+}

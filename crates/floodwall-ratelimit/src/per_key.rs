@@ -9,7 +9,7 @@ use tokio::time::Instant;
 use floodwall_core::ConfigError;
 
 use crate::time::nanos_since;
-use crate::{Denied, KeyState, KeyedLimit, KeyedMap};
+use crate::{Carry, Denied, KeyState, KeyedLimit, KeyedMap};
 
 /// How one key is limited: the decision an algorithm makes on one key's
 /// state, at `t` nanoseconds since the limiter's epoch.
@@ -134,10 +134,11 @@ impl<K: Hash + Eq, S: KeyRule> PerKey<K, S> {
     where
         K: Clone,
     {
-        let params = self.map.params();
-        S::admissible(params, n)?;
         let t = nanos_since(self.epoch, now);
-        self.map.with(key, t, |state| state.acquire(params, t, n))
+        self.map.with(key, t, |params, state| {
+            S::admissible(params, n)?;
+            state.acquire(params, t, n)
+        })
     }
 
     /// Schedules `n` units for `key` to start within `max_wait` of `now`;
@@ -156,29 +157,28 @@ impl<K: Hash + Eq, S: KeyRule> PerKey<K, S> {
     where
         K: Clone,
     {
-        let params = self.map.params();
-        S::admissible(params, n)?;
         let t = nanos_since(self.epoch, now);
-        self.map
-            .with(key, t, |state| state.reserve(params, t, n, max_wait))
+        self.map.with(key, t, |params, state| {
+            S::admissible(params, n)?;
+            state.reserve(params, t, n, max_wait)
+        })
     }
 
     /// Gives back a cancelled reservation of `key`'s, if the algorithm can
     /// and the key is still remembered.
     pub fn refund(&self, key: &K, permit: S::Permit, now: Instant) {
         let t = nanos_since(self.epoch, now);
-        let params = self.map.params();
-        self.map.get(key, |state| state.refund(params, permit, t));
+        self.map
+            .get(key, |params, state| state.refund(params, permit, t));
     }
 
     /// How many single units `key` may take at `now` (a fresh key's full
     /// allowance for a key not remembered).
     pub fn remaining(&self, key: &K, now: Instant) -> u32 {
         let t = nanos_since(self.epoch, now);
-        let params = self.map.params();
         self.map
-            .get(key, |state| S::remaining(Some(state), params, t))
-            .unwrap_or_else(|| S::remaining(None, params, t))
+            .get(key, |params, state| S::remaining(Some(state), params, t))
+            .unwrap_or_else(|| S::remaining(None, &self.map.params(), t))
     }
 
     /// Reads `key`'s state at `now` through `inspect(state, params, t)`;
@@ -191,8 +191,21 @@ impl<K: Hash + Eq, S: KeyRule> PerKey<K, S> {
         inspect: impl FnOnce(&S, &S::Params, u64) -> R,
     ) -> Option<R> {
         let t = nanos_since(self.epoch, now);
-        let params = self.map.params();
-        self.map.get(key, |state| inspect(state, params, t))
+        self.map.get(key, |params, state| inspect(state, params, t))
+    }
+
+    /// Replaces the parameters (a quota, a window) by `params` from `now`
+    /// on, carrying every remembered key's state over by the algorithm's
+    /// rule ([`Carry`]; for token buckets, the tokens each key has now,
+    /// capped at the new burst). Keys not remembered start fresh under
+    /// the new parameters. See [`KeyedMap::reconfigure`] for what it costs
+    /// deciders.
+    pub fn reconfigure(&self, params: impl Into<S::Params>, now: Instant)
+    where
+        S: Carry,
+    {
+        self.map
+            .reconfigure(params.into(), nanos_since(self.epoch, now));
     }
 
     /// Drops every key idle at `now`, releasing its memory. Decisions do not
@@ -208,8 +221,8 @@ impl<K, S: KeyState> PerKey<K, S> {
         &self.map
     }
 
-    /// What every key's limiter shares (a quota, a window).
-    pub fn params(&self) -> &S::Params {
+    /// What every key's limiter shares (a quota, a window), as last set.
+    pub fn params(&self) -> S::Params {
         self.map.params()
     }
 
@@ -226,7 +239,7 @@ where
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PerKey")
-            .field("params", self.map.params())
+            .field("params", &self.map.params())
             .field("map", &self.map)
             .finish()
     }

@@ -89,7 +89,7 @@ where
             }
             Ok((wait, permit)) => {
                 tracing::trace!(
-                    name = shared.policy.name(),
+                    name = %shared.name,
                     ?wait,
                     "rate limit: request waits for its turn"
                 );
@@ -112,12 +112,12 @@ impl<S, L, W> RateLimit<S, L, W> {
     #[cold]
     fn reject(&self, denied: Denied) -> BoxError {
         let shared = &self.shared;
-        let policy = shared.policy.clone();
+        let policy = shared.policy();
         match denied {
             Denied::RateLimited { retry_after } => {
                 shared.metrics.requests.rejected(RejectKind::RateLimited);
                 tracing::debug!(
-                    name = shared.policy.name(),
+                    name = %shared.name,
                     ?retry_after,
                     "rate limit: refused"
                 );
@@ -126,7 +126,7 @@ impl<S, L, W> RateLimit<S, L, W> {
             Denied::ExceedsBurst { requested, burst } => {
                 shared.metrics.requests.rejected(RejectKind::RateLimited);
                 tracing::debug!(
-                    name = shared.policy.name(),
+                    name = %shared.name,
                     requested,
                     burst,
                     "rate limit: exceeds burst"
@@ -150,7 +150,7 @@ impl<S: fmt::Debug, L: fmt::Debug, W> fmt::Debug for RateLimit<S, L, W> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RateLimit")
             .field("inner", &self.inner)
-            .field("name", &self.shared.policy.name())
+            .field("name", &self.shared.name)
             .field("limiter", &self.shared.limiter)
             .finish()
     }

@@ -9,6 +9,24 @@ use crate::{TokenBucket, TokenBucketConfig};
 /// (with `wait`) scheduling them. It is the shared [`RateLimitLayer`] run
 /// by the [`TokenBuckets`] algorithm; see there for cloning, shedding and
 /// the builder, and the crate documentation for examples.
+///
+/// # Changing the limit while serving
+/// [`handle().reconfigure(quota)`](floodwall_ratelimit::RateLimitHandle::reconfigure)
+/// changes the quota of a running layer (every key's at once, for a keyed
+/// one), keeping each bucket's tokens, capped at the new burst:
+///
+/// ```
+/// use floodwall_token_bucket::{Quota, TokenBucketLayer};
+///
+/// # fn main() -> Result<(), floodwall_core::ConfigError> {
+/// let layer = TokenBucketLayer::builder(Quota::per_second(100)?).name("api").build()?;
+/// let handle = layer.handle();
+/// // During an incident: halve it, without handing anyone a fresh burst.
+/// handle.reconfigure(Quota::per_second(50)?);
+/// assert_eq!(handle.policy().quota(), 50);
+/// # Ok(())
+/// # }
+/// ```
 pub type TokenBucketLayer<L = TokenBucket, W = One> = RateLimitLayer<TokenBuckets, L, W>;
 
 /// The token bucket as a [`RateLimitLayer`]'s [`Algorithm`].
