@@ -34,6 +34,7 @@ mod per_key;
 mod quota;
 mod service;
 pub mod time;
+mod warm;
 
 pub use bucket::TokenBucket;
 pub use gcra::{MAX_WAIT, Reservation};
@@ -46,3 +47,4 @@ pub use limiter::{Denied, Keyed, KeyedLimit, Limiter, One, Reconfigure, Refund, 
 pub use per_key::{DEFAULT_KEY_CAPACITY, KeyRule, PerKey, default_key_capacity, key_capacity};
 pub use quota::Quota;
 pub use service::RateLimit;
+pub use warm::{WarmCurve, WarmParams, WarmState, WarmUp, WarmingBucket};

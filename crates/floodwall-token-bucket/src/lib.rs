@@ -103,6 +103,7 @@ pub const METRIC_PREFIX: &str = "token_bucket";
 
 mod config;
 mod layer;
+mod warm;
 
 pub use config::{DEFAULT_NAME, TokenBucketConfig};
 pub use floodwall_core::ConfigError;
@@ -110,4 +111,6 @@ pub use floodwall_ratelimit::{
     Builder, Denied, Keyed, KeyedTokenBucket, Limiter, MAX_WAIT, One, Quota, RateLimit,
     RateLimitHandle, Refund, Reservation, Tat, TokenBucket, Weigh, error, future,
 };
+pub use floodwall_ratelimit::{WarmCurve, WarmUp, WarmingBucket};
 pub use layer::{TokenBucketLayer, TokenBuckets};
+pub use warm::{WarmUpConfig, WarmUpLayer, WarmingBuckets};
