@@ -241,6 +241,27 @@ impl<A: Algorithm, W> Builder<A, W> {
         Ok(self.finish(Keyed::new(limiters, extract)))
     }
 
+    /// A keyed layer over a per-key limiter made elsewhere — a
+    /// [`TieredTokenBucket`](crate::TieredTokenBucket), or any
+    /// [`KeyedLimit`] — with `extract(&request)` giving the key; the
+    /// configuration gives the name, the wait bound and the policy the
+    /// layer reports.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] for an invalid wait bound.
+    pub fn build_keyed_with<Req, M, X>(
+        self,
+        limiter: M,
+        extract: X,
+    ) -> Result<RateLimitLayer<A, Keyed<M, X>, W>, ConfigError>
+    where
+        M: KeyedLimit,
+        X: Fn(&Req) -> Option<M::Key> + Send + Sync + 'static,
+    {
+        floodwall_core::config::check_duration("max_wait", A::max_wait(&self.config))?;
+        Ok(self.finish(Keyed::new(limiter, extract)))
+    }
+
     fn finish<L>(mut self, limiter: L) -> RateLimitLayer<A, L, W> {
         let (quota, window) = A::policy(&self.config);
         let max_wait = A::max_wait(&self.config);

@@ -33,6 +33,7 @@ mod limiter;
 mod per_key;
 mod quota;
 mod service;
+mod tiers;
 pub mod time;
 mod warm;
 
@@ -47,4 +48,5 @@ pub use limiter::{Denied, Keyed, KeyedLimit, Limiter, One, Reconfigure, Refund, 
 pub use per_key::{DEFAULT_KEY_CAPACITY, KeyRule, PerKey, default_key_capacity, key_capacity};
 pub use quota::Quota;
 pub use service::RateLimit;
+pub use tiers::{TierTat, TieredTokenBucket, Tiers, TiersBuilder};
 pub use warm::{WarmCurve, WarmParams, WarmState, WarmUp, WarmingBucket};

@@ -111,6 +111,6 @@ pub use floodwall_ratelimit::{
     Builder, Denied, Keyed, KeyedTokenBucket, Limiter, MAX_WAIT, One, Quota, RateLimit,
     RateLimitHandle, Refund, Reservation, Tat, TokenBucket, Weigh, error, future,
 };
-pub use floodwall_ratelimit::{WarmCurve, WarmUp, WarmingBucket};
+pub use floodwall_ratelimit::{TieredTokenBucket, Tiers, WarmCurve, WarmUp, WarmingBucket};
 pub use layer::{TokenBucketLayer, TokenBuckets};
 pub use warm::{WarmUpConfig, WarmUpLayer, WarmingBuckets};
