@@ -99,7 +99,7 @@ impl BulkheadConfig {
 
     /// The CoDel queue this bulkhead is: a FIFO queue whose every request
     /// may wait exactly `max_wait` (Fail-at-Scale timeouts with M = N).
-    fn codel(&self) -> CodelConfig {
+    pub(crate) fn codel(&self) -> CodelConfig {
         let waits = !self.max_wait.is_zero();
         // Nobody waits without a wait: a placeholder timeout for a queue of 0.
         let wait = if waits {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use floodwall_admit::gate::{Gate, Gated, Open};
 use floodwall_core::metrics::{LABEL_NAME, LABEL_REASON, RequestCounters, metric_name};
-use floodwall_core::sync::{self, AtomicUsize, Mutex, Ordering};
+use floodwall_core::sync::{self, AtomicU64, AtomicUsize, Mutex, Ordering};
 use floodwall_core::{Arrival, BoxError, Deadline, RejectKind, Rejected, Rejection};
 use metrics::{Counter, Gauge, Histogram};
 use tokio::time::{Instant, Sleep};
@@ -191,11 +191,15 @@ impl<X> Builder<X> {
                 metrics::counter!(metric_name(prefix, "dropped_total"), LABEL_NAME => name.clone(), LABEL_REASON => r.as_str())
             }),
             lifo: metrics::gauge!(metric_name(prefix, "lifo"), &[label()]),
+            reconfigured: metrics::counter!(metric_name(prefix, "reconfigurations_total"), &[label()]),
+            limit: metrics::gauge!(metric_name(prefix, "limit"), &[label()]),
         };
+        metrics.limit.set(self.config.workers as f64);
         Ok(CodelLayer {
             shared: Arc::new(Shared {
                 workers: AtomicUsize::new(self.config.workers),
-                min_remaining: self.config.min_remaining,
+                min_remaining: AtomicU64::new(nanos(self.config.min_remaining)),
+                config: Mutex::new(self.config),
                 busy: AtomicUsize::new(0),
                 queued: AtomicUsize::new(0),
                 waiters: Mutex::new(Waiters {
@@ -273,7 +277,7 @@ where
         // A deadline that cannot be met is refused even with a worker free
         // (no clock read when requests carry no deadline).
         if let Some(d) = shared.timing.deadline(&req)
-            && Instant::now() + shared.min_remaining >= d
+            && Instant::now() + shared.min_remaining() >= d
         {
             shared.metrics.shed(DropReason::Deadline);
             return Gated::rejected(future::shed(DropReason::Deadline));
@@ -325,7 +329,7 @@ impl<S, X> Codel<S, X> {
         // the deadline can no longer be met, whichever comes first.
         let timeout = expires.map(|t| (t + Duration::from_nanos(1), DropReason::Timeout));
         let deadline = deadline.map(|d| {
-            let at = d.checked_sub(shared.min_remaining).unwrap_or(now);
+            let at = d.checked_sub(shared.min_remaining()).unwrap_or(now);
             (at, DropReason::Deadline)
         });
         let timer = match (timeout, deadline) {
@@ -386,4 +390,9 @@ mod loom_model {
             );
         });
     }
+}
+
+/// A duration in nanoseconds, saturating.
+pub(crate) fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }

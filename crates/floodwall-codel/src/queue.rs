@@ -135,6 +135,24 @@ impl<T> AdmissionQueue<T> {
         })
     }
 
+    /// Applies `config` from now on, validated as [`new`](Self::new)
+    /// validates (a refused configuration changes nothing). The waiting
+    /// requests stay, each with the expiry it was given, and CoDel's state
+    /// (dropping or not, its drop count) is kept: the new target and
+    /// interval apply to the next decision. A queue longer than a new
+    /// bound keeps its waiters and refuses newcomers until it is under it.
+    ///
+    /// # Errors
+    /// As [`CodelConfig::validate`].
+    pub fn reconfigure(&mut self, config: &CodelConfig) -> Result<(), ConfigError> {
+        config.validate()?;
+        self.policy = config.policy;
+        self.lifo = config.lifo;
+        self.max_len = config.max_queue;
+        self.min_remaining = config.min_remaining;
+        Ok(())
+    }
+
     /// How many requests wait.
     pub fn len(&self) -> usize {
         self.entries.len()

@@ -80,11 +80,15 @@ const SAMPLE_SOFT_CAP: u64 = 1 << 19;
 /// ```
 pub struct AdmissionController {
     base: Instant,
-    window_ns: u64,
-    window_requests: u64,
-    threshold_us: u64,
-    alpha: f64,
-    beta: f64,
+    /// The configuration's numbers: `window_requests` is read by every
+    /// arrival; the others only where a window closes, under `closing`,
+    /// which a reconfiguration also holds.
+    window_ns: AtomicU64,
+    window_requests: AtomicU64,
+    threshold_us: AtomicU64,
+    alpha: AtomicU64,
+    beta: AtomicU64,
+    config: Mutex<AdmissionConfig>,
     level: AtomicU16,
     histogram: Box<[AtomicU32]>,
     /// One bit per cell that may be non-zero, so closing a window visits
@@ -138,11 +142,12 @@ impl AdmissionController {
         let window_ns = u64::try_from(config.window.as_nanos()).unwrap_or(u64::MAX / 4);
         Ok(Self {
             base: now,
-            window_ns,
-            window_requests: u64::from(config.window_requests),
-            threshold_us: micros(config.threshold),
-            alpha: config.alpha,
-            beta: config.beta,
+            window_ns: AtomicU64::new(window_ns),
+            window_requests: AtomicU64::new(u64::from(config.window_requests)),
+            threshold_us: AtomicU64::new(micros(config.threshold)),
+            alpha: AtomicU64::new(config.alpha.to_bits()),
+            beta: AtomicU64::new(config.beta.to_bits()),
+            config: Mutex::new(*config),
             level: AtomicU16::new(ADMIT_ALL),
             histogram: (0..CELLS).map(|_| AtomicU32::new(0)).collect(),
             touched: (0..CELLS / 64).map(|_| AtomicU64::new(0)).collect(),
@@ -188,7 +193,7 @@ impl AdmissionController {
         if self.histogram[cell].fetch_add(1, Relaxed) == 0 {
             self.touched[cell / 64].fetch_or(1 << (cell % 64), Relaxed);
         }
-        if self.arrivals.fetch_add(1, Relaxed) + 1 >= self.window_requests {
+        if self.arrivals.fetch_add(1, Relaxed) + 1 >= self.window_requests.load(Relaxed) {
             self.close(now);
         }
         if index <= level {
@@ -222,6 +227,42 @@ impl AdmissionController {
         self.close(now)
     }
 
+    /// Applies `config` from `now` on, validated as [`new`](Self::new)
+    /// validates (a refused configuration changes nothing). The admission
+    /// level, the histogram and the counts of the window in progress are
+    /// kept: α, β and the threshold apply when that window closes, and a
+    /// new `window_requests` to its arrivals so far. A new window length
+    /// moves the current window's end to its start plus the new length
+    /// (if that is already past, the next arrival closes it).
+    ///
+    /// # Errors
+    /// As [`AdmissionConfig::validate`].
+    pub fn reconfigure(&self, config: &AdmissionConfig, now: Instant) -> Result<(), ConfigError> {
+        config.validate()?;
+        let window_ns = u64::try_from(config.window.as_nanos()).unwrap_or(u64::MAX / 4);
+        let _closing = self.closing.lock();
+        let mut current = self.config.lock();
+        let old_window = self.window_ns.swap(window_ns, Relaxed);
+        if old_window != window_ns {
+            let start = self.window_end.load(Relaxed).saturating_sub(old_window);
+            self.window_end
+                .store(start.saturating_add(window_ns), Relaxed);
+        }
+        self.window_requests
+            .store(u64::from(config.window_requests), Relaxed);
+        self.threshold_us.store(micros(config.threshold), Relaxed);
+        self.alpha.store(config.alpha.to_bits(), Relaxed);
+        self.beta.store(config.beta.to_bits(), Relaxed);
+        *current = *config;
+        let _ = now;
+        Ok(())
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> AdmissionConfig {
+        *self.config.lock()
+    }
+
     /// The report of the last closed window, if any.
     pub fn last_window(&self) -> Option<WindowReport> {
         self.closing.lock().last
@@ -246,14 +287,14 @@ impl AdmissionController {
         // Whoever holds the lock is closing this window already.
         let mut closing = self.closing.try_lock()?;
         let t = self.nanos(now);
-        let due = self.arrivals.load(Relaxed) >= self.window_requests
+        let due = self.arrivals.load(Relaxed) >= self.window_requests.load(Relaxed)
             || t >= self.window_end.load(Relaxed)
             || self.samples.load(Relaxed) >> SAMPLE_SHIFT >= SAMPLE_SOFT_CAP;
         if !due {
             return None;
         }
         self.window_end
-            .store(t.saturating_add(self.window_ns), Relaxed);
+            .store(t.saturating_add(self.window_ns.load(Relaxed)), Relaxed);
         self.arrivals.store(0, Relaxed);
         let samples = self.samples.swap(0, Relaxed);
         let upstream_drops = self.upstream_drops.swap(0, Relaxed);
@@ -294,10 +335,12 @@ impl AdmissionController {
         let window = Window {
             cells,
             upstream_drops,
-            overloaded: average_us > self.threshold_us,
+            overloaded: average_us > self.threshold_us.load(Relaxed),
             least_seen: *least_seen,
         };
-        let (level, stats) = window.next_level(previous, self.alpha, self.beta);
+        let alpha = f64::from_bits(self.alpha.load(Relaxed));
+        let beta = f64::from_bits(self.beta.load(Relaxed));
+        let (level, stats) = window.next_level(previous, alpha, beta);
         self.level.store(level, Relaxed);
         let report = WindowReport {
             arrivals: stats.arrivals,

@@ -381,6 +381,24 @@ impl AdmissionHandle {
         self.shared.controller.record_queuing(now, queued);
     }
 
+    /// Changes the layer's configuration while it serves (see
+    /// [`AdmissionController::reconfigure`] for what is kept), and counts
+    /// it in `floodwall_priority_reconfigurations_total{name}`.
+    ///
+    /// # Errors
+    /// As [`AdmissionConfig::validate`]: a refused configuration changes
+    /// nothing.
+    pub fn reconfigure(&self, config: &AdmissionConfig) -> Result<(), ConfigError> {
+        self.shared.controller.reconfigure(config, Instant::now())?;
+        metrics::counter!(
+            floodwall_core::metrics::metric_name(crate::METRIC_PREFIX, "reconfigurations_total"),
+            floodwall_core::metrics::LABEL_NAME => self.shared.name.to_string()
+        )
+        .increment(1);
+        tracing::info!(name = %self.shared.name, ?config, "priority admission reconfigured");
+        Ok(())
+    }
+
     /// The controller itself.
     pub fn controller(&self) -> &AdmissionController {
         &self.shared.controller

@@ -4,6 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use super::Shared;
+use crate::config::{CodelConfig, ConfigError};
 use floodwall_core::sync::Ordering;
 use tokio::time::Instant;
 
@@ -20,6 +21,8 @@ pub(super) trait Target: Send + Sync {
     fn queue_len(&self) -> usize;
     fn is_lifo(&self) -> bool;
     fn waiters(&self) -> usize;
+    fn reconfigure(&self, config: &CodelConfig) -> Result<(), ConfigError>;
+    fn config(&self) -> CodelConfig;
 }
 
 impl<X: Send + Sync> Target for Shared<X> {
@@ -55,6 +58,27 @@ impl<X: Send + Sync> Target for Shared<X> {
 
     fn waiters(&self) -> usize {
         self.waiters.lock().slots.len()
+    }
+
+    fn reconfigure(&self, config: &CodelConfig) -> Result<(), ConfigError> {
+        config.validate()?;
+        {
+            let mut w = self.waiters.lock();
+            w.queue.reconfigure(config)?;
+            self.min_remaining
+                .store(super::nanos(config.min_remaining), Ordering::Relaxed);
+            *self.config.lock() = *config;
+        }
+        self.set_workers(config.workers);
+        self.metrics.reconfigured.increment(1);
+        self.metrics.limit.set(config.workers as f64);
+        Ok(())
+    }
+
+    fn config(&self) -> CodelConfig {
+        let mut config = *self.config.lock();
+        config.workers = self.workers();
+        config
     }
 }
 
@@ -93,6 +117,39 @@ impl CodelHandle {
     /// Whether the queue would serve newest first now.
     pub fn is_lifo(&self) -> bool {
         self.shared.is_lifo()
+    }
+
+    /// Changes the layer's configuration while it serves, validated as
+    /// [`CodelLayer::new`](crate::CodelLayer::new) validates (a refused
+    /// configuration changes nothing). Workers as
+    /// [`set_workers`](Self::set_workers): fewer never cancel a running
+    /// request, the excess drains as they finish; the queue's policy
+    /// (CoDel target and interval, fail-at-scale M and N), LIFO rule, bound
+    /// and `min_remaining` apply to the next decision, with the requests
+    /// already waiting and CoDel's state kept (see
+    /// [`AdmissionQueue::reconfigure`](crate::AdmissionQueue::reconfigure)).
+    /// Counted in `floodwall_<layer>_reconfigurations_total{name}`;
+    /// `floodwall_<layer>_limit{name}` shows the workers.
+    ///
+    /// # Errors
+    /// As [`CodelConfig::validate`].
+    pub fn reconfigure(&self, config: &CodelConfig) -> Result<(), ConfigError> {
+        self.shared.reconfigure(config)
+    }
+
+    /// As [`reconfigure`](Self::reconfigure), for a bulkhead's
+    /// configuration.
+    ///
+    /// # Errors
+    /// As [`BulkheadConfig::validate`](crate::BulkheadConfig::validate).
+    pub fn reconfigure_bulkhead(&self, config: &crate::BulkheadConfig) -> Result<(), ConfigError> {
+        config.validate()?;
+        self.shared.reconfigure(&config.codel())
+    }
+
+    /// The configuration in force (workers as set last).
+    pub fn config(&self) -> CodelConfig {
+        self.shared.config()
     }
 
     /// Response futures that are waiting: queued, or granted a worker they

@@ -24,6 +24,10 @@ pub(crate) struct Metrics {
     pub(crate) sojourn: Histogram,
     pub(crate) dropped: [Counter; 4],
     pub(crate) lifo: Gauge,
+    /// `reconfigurations_total{name}`.
+    pub(crate) reconfigured: Counter,
+    /// `limit{name}`: the workers configured.
+    pub(crate) limit: Gauge,
 }
 
 impl Metrics {
@@ -39,12 +43,16 @@ pub(crate) struct Shared<X> {
     /// How many requests may run at once (changed by
     /// [`CodelHandle::set_workers`]).
     pub(crate) workers: AtomicUsize,
-    pub(crate) min_remaining: Duration,
+    /// `min_remaining` in nanoseconds (changed by a reconfiguration).
+    pub(crate) min_remaining: AtomicU64,
     /// Workers taken (running requests, and grants not yet picked up).
     pub(crate) busy: AtomicUsize,
     /// A copy of the queue's length, for the lock-free fast path.
     pub(crate) queued: AtomicUsize,
     pub(crate) waiters: Mutex<Waiters>,
+    /// The configuration in force (its `workers` as configured; the live
+    /// count is `workers`).
+    pub(crate) config: Mutex<CodelConfig>,
     pub(crate) timing: X,
     pub(crate) name: Arc<str>,
     pub(crate) metrics: Metrics,
@@ -56,6 +64,12 @@ pub(crate) struct Shared<X> {
 pub(crate) type SojournHook = Arc<dyn Fn(Duration) + Send + Sync>;
 
 impl<X> Shared<X> {
+    /// How much time a request's deadline must leave when it starts.
+    #[inline]
+    pub(crate) fn min_remaining(&self) -> Duration {
+        Duration::from_nanos(self.min_remaining.load(Ordering::Relaxed))
+    }
+
     /// Takes a worker if one is free.
     #[inline]
     pub(crate) fn try_take(&self) -> bool {
