@@ -1,5 +1,7 @@
 use floodwall_core::sync::{AtomicU32, AtomicU64, Mutex, Ordering};
 use std::fmt;
+
+use parking_lot::RwLock;
 use std::time::Duration;
 
 use floodwall_core::random::{Random, SplitMix};
@@ -95,6 +97,12 @@ pub struct BreakerRefused {
     pub retry_after: Option<Duration>,
 }
 
+/// What a reconfiguration replaces together.
+struct Live {
+    config: BreakerConfig,
+    window: Window,
+}
+
 enum Window {
     Count(CountWindow),
     Time(TimeWindow),
@@ -138,9 +146,14 @@ type Listener = Box<dyn Fn(&StateChange) + Send + Sync>;
 /// corrupting a count).
 pub struct CircuitBreaker {
     word: AtomicU64,
-    config: BreakerConfig,
+    /// The configuration and the closed state's window, changed together
+    /// by a reconfiguration (under its write lock, taken after
+    /// `transition`); a decision reads them under one read lock, so it sees
+    /// one configuration and no record is lost to a resize.
+    live: RwLock<Live>,
     epoch: Instant,
-    window: Window,
+    /// When the breaker last opened (ns since the epoch).
+    opened_at: AtomicU64,
     consecutive: AtomicU32,
     open_until: AtomicU64,
     opens: AtomicU32,
@@ -188,12 +201,15 @@ impl CircuitBreaker {
         }
         Ok(Self {
             word: AtomicU64::new(pack(0, State::Closed)),
-            window: match config.window {
-                WindowKind::Count(n) => Window::Count(CountWindow::new(n)),
-                WindowKind::Time(s) => Window::Time(TimeWindow::new(s)),
-            },
-            config,
+            live: RwLock::new(Live {
+                window: match config.window {
+                    WindowKind::Count(n) => Window::Count(CountWindow::new(n)),
+                    WindowKind::Time(s) => Window::Time(TimeWindow::new(s)),
+                },
+                config,
+            }),
             epoch,
+            opened_at: AtomicU64::new(0),
             consecutive: AtomicU32::new(0),
             open_until: AtomicU64::new(0),
             opens: AtomicU32::new(0),
@@ -259,16 +275,60 @@ impl CircuitBreaker {
 
     /// The closed state's window at `now`.
     pub fn counts(&self, now: Instant) -> WindowCounts {
-        match &self.window {
+        match &self.live.read().window {
             Window::Count(w) => w.counts(),
             Window::Time(w) => w.counts(self.nanos(now) / 1_000_000_000),
         }
     }
 
-    /// The configuration (with `minimum_calls` clamped to a count window's
-    /// size).
-    pub fn config(&self) -> &BreakerConfig {
-        &self.config
+    /// The configuration in force (with `minimum_calls` clamped to a count
+    /// window's size).
+    pub fn config(&self) -> BreakerConfig {
+        self.live.read().config
+    }
+
+    /// Applies `config` from `now` on, validated as [`new`](Self::new)
+    /// validates (a refused configuration changes nothing), atomically for
+    /// concurrent callers (each decision reads one configuration). The
+    /// state and its generation are kept (SPECS.md, "Reconfiguration"):
+    /// - a count window of another size keeps the newest calls it holds
+    ///   (as many as fit); a window of another kind, or a time window of
+    ///   another length, starts empty (`minimum_calls` keeps it from
+    ///   judging too early);
+    /// - thresholds, minimum calls, the consecutive-failure limit, slow-call
+    ///   settings, half-open probes and the ramp apply to the next decision;
+    /// - a new open duration applies to the next opening, and to the
+    ///   current one if it ends it sooner (from when it opened).
+    ///
+    /// # Errors
+    /// As [`BreakerConfig::validate`].
+    pub fn reconfigure(&self, config: BreakerConfig, now: Instant) -> Result<(), ConfigError> {
+        config.validate()?;
+        let mut config = config;
+        if let WindowKind::Count(n) = config.window {
+            config.minimum_calls = config.minimum_calls.min(n);
+        }
+        let _guard = self.transition.lock();
+        let mut live = self.live.write();
+        if live.config.window != config.window {
+            live.window = match (&live.window, config.window) {
+                (Window::Count(w), WindowKind::Count(n)) => Window::Count(w.resized(n)),
+                (_, WindowKind::Count(n)) => Window::Count(CountWindow::new(n)),
+                (_, WindowKind::Time(s)) => Window::Time(TimeWindow::new(s)),
+            };
+        }
+        live.config = config;
+        drop(live);
+        let (_, state) = unpack(self.word.load(Ordering::Acquire));
+        if state == State::Open {
+            let sooner = self
+                .opened_at
+                .load(Ordering::Acquire)
+                .saturating_add(config.open_duration.as_nanos() as u64);
+            self.open_until.fetch_min(sooner, Ordering::AcqRel);
+        }
+        let _ = now;
+        Ok(())
     }
 
     /// Asks to make a call at `now`.
@@ -288,7 +348,8 @@ impl CircuitBreaker {
     #[inline]
     pub fn try_acquire_with(&self, clock: impl Fn() -> Instant) -> Result<Permit, BreakerRefused> {
         let (generation, state) = unpack(self.word.load(Ordering::Acquire));
-        let started = || self.config.detect_slow_calls.then(&clock);
+        let detect_slow_calls = self.live.read().config.detect_slow_calls;
+        let started = || detect_slow_calls.then(&clock);
         match state {
             State::Closed => {
                 let closed_at = self.closed_at.load(Ordering::Acquire);
@@ -348,18 +409,19 @@ impl CircuitBreaker {
                     Ok(Permit {
                         generation: c.generation,
                         kind: PermitKind::Probe,
-                        started: self.config.detect_slow_calls.then_some(now),
+                        started: self.config().detect_slow_calls.then_some(now),
                     })
                 }
             }
             State::HalfOpen => {
                 let started = self.probes_started.load(Ordering::Acquire);
-                if started < self.config.half_open_calls {
+                let config = self.config();
+                if started < config.half_open_calls {
                     self.probes_started.store(started + 1, Ordering::Release);
                     Ok(Permit {
                         generation,
                         kind: PermitKind::Probe,
-                        started: self.config.detect_slow_calls.then_some(now),
+                        started: config.detect_slow_calls.then_some(now),
                     })
                 } else {
                     Err(BreakerRefused {
@@ -406,7 +468,8 @@ impl CircuitBreaker {
 
     /// Whether a ramp that began at `closed_at` admits a call at `now`.
     fn ramp_admits(&self, closed_at: u64, now: Instant) -> bool {
-        let Some(ramp) = self.config.ramp else {
+        let config = self.config();
+        let Some(ramp) = config.ramp else {
             return true;
         };
         let elapsed = self.nanos(now).saturating_sub(closed_at);
@@ -421,7 +484,7 @@ impl CircuitBreaker {
             );
             return true;
         }
-        let start = self.config.ramp_start;
+        let start = config.ramp_start;
         let fraction = start + (1.0 - start) * elapsed as f64 / ramp as f64;
         self.rng.next_f64() < fraction
     }
@@ -430,10 +493,11 @@ impl CircuitBreaker {
     /// ramp or disabled, the ramp's fraction while it lasts, 0 otherwise.
     pub fn admitted_fraction(&self, now: Instant) -> f64 {
         let closed_at = self.closed_at.load(Ordering::Acquire);
-        match (self.state(), self.config.ramp) {
+        let config = self.config();
+        match (self.state(), config.ramp) {
             (State::Closed, Some(ramp)) if closed_at != NO_RAMP => {
                 let elapsed = self.nanos(now).saturating_sub(closed_at) as f64;
-                let start = self.config.ramp_start;
+                let start = config.ramp_start;
                 (start + (1.0 - start) * elapsed / ramp.as_nanos() as f64).min(1.0)
             }
             (State::Closed | State::Disabled, _) => 1.0,
@@ -448,7 +512,7 @@ impl fmt::Debug for CircuitBreaker {
         f.debug_struct("CircuitBreaker")
             .field("state", &state)
             .field("generation", &generation)
-            .field("config", &self.config)
+            .field("config", &self.config())
             .finish_non_exhaustive()
     }
 }

@@ -334,6 +334,25 @@ impl BreakerHandle {
         self.shared.breaker().state()
     }
 
+    /// Changes the breaker's configuration while it serves (see
+    /// [`CircuitBreaker::reconfigure`]: state and generation kept, a
+    /// smaller count window keeps the newest calls), and counts it in
+    /// `floodwall_breaker_reconfigurations_total{name}`.
+    ///
+    /// # Errors
+    /// As [`BreakerConfig::validate`](crate::BreakerConfig::validate): a
+    /// refused configuration changes nothing.
+    pub fn reconfigure(&self, config: crate::BreakerConfig) -> Result<(), ConfigError> {
+        self.shared.breaker().reconfigure(config, Instant::now())?;
+        metrics::counter!(
+            floodwall_core::metrics::metric_name(crate::METRIC_PREFIX, "reconfigurations_total"),
+            floodwall_core::metrics::LABEL_NAME => self.name().to_owned()
+        )
+        .increment(1);
+        tracing::info!(name = self.name(), "breaker reconfigured");
+        Ok(())
+    }
+
     /// The closed state's window now.
     pub fn counts(&self) -> WindowCounts {
         self.shared.breaker().counts(Instant::now())

@@ -103,6 +103,22 @@ impl CountWindow {
         )
     }
 
+    /// A window of `n` calls holding the newest of this one's calls, as
+    /// many as fit, in their order.
+    pub(crate) fn resized(&self, n: u32) -> Self {
+        let resized = Self::new(n);
+        let len = self.slots.len() as u64;
+        let head = self.head.load(Ordering::Acquire);
+        let keep = head.min(len).min(u64::from(n.max(1)));
+        for i in head - keep..head {
+            let code = self.slots[(i % len) as usize].load(Ordering::Acquire);
+            if code & PRESENT != 0 {
+                resized.record(code);
+            }
+        }
+        resized
+    }
+
     /// Empties the window.
     pub(crate) fn reset(&self) {
         self.head.store(0, Ordering::Release);

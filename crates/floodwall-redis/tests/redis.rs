@@ -360,9 +360,12 @@ async fn a_hung_or_dead_redis_costs_at_most_the_timeout_then_the_fallback_decide
         "slowest decision {slowest:?}"
     );
     let timeouts = hung.iter().filter(|(_, took)| *took >= timeout).count();
+    // Three before the breaker opens, and at most one round of three
+    // half-open probes: the default open duration (500 ms ± 20 %) can end
+    // inside the 500 ms the server is hung.
     assert!(
-        (1..=3).contains(&timeouts),
-        "the breaker opens after 3 timeouts ({timeouts})"
+        (1..=6).contains(&timeouts),
+        "the breaker opens after 3 timeouts and probes at most once ({timeouts})"
     );
     for (decision, _) in hung.iter().chain(&dead) {
         assert_eq!(source(decision), Source::Fallback, "{decision:?}");

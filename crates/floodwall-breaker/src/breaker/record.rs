@@ -42,37 +42,51 @@ impl CircuitBreaker {
             // From an earlier generation: it must not decide this one.
             return;
         }
-        // Slow means strictly longer than the threshold.
-        let slow = permit
-            .started
-            .is_some_and(|s| clock().saturating_duration_since(s) > self.config.slow_call_duration);
         match (state, permit.kind) {
             (State::Closed, PermitKind::Call) => {
-                let counts = self.record_window(clock, failed, slow);
-                let run = self.count_run(failed);
-                if run || self.over_threshold(counts) {
+                let trips = {
+                    let live = self.live.read();
+                    let slow = self.slow(&live.config, &permit, clock);
+                    let counts = self.record_window(&live.window, clock, failed, slow);
+                    let run = self.count_run(&live.config, failed);
+                    run || self.over_threshold(&live.config, counts)
+                };
+                if trips {
                     self.trip(generation, clock());
                 }
             }
             (State::Disabled, PermitKind::Untracked) => {
                 // Metrics only: counted, never acted on.
-                self.record_window(clock, failed, slow);
+                let live = self.live.read();
+                let slow = self.slow(&live.config, &permit, clock);
+                self.record_window(&live.window, clock, failed, slow);
             }
             (State::HalfOpen, PermitKind::Probe) => {
+                let slow = self.slow(&self.config(), &permit, clock);
                 self.record_probe(generation, clock, failed, slow)
             }
             _ => {}
         }
     }
 
+    /// Whether the permitted call was slow: strictly longer than the
+    /// threshold.
+    #[inline]
+    fn slow(&self, config: &BreakerConfig, permit: &Permit, clock: &dyn Fn() -> Instant) -> bool {
+        permit
+            .started
+            .is_some_and(|s| clock().saturating_duration_since(s) > config.slow_call_duration)
+    }
+
     #[inline]
     pub(super) fn record_window(
         &self,
+        window: &Window,
         clock: &dyn Fn() -> Instant,
         failed: bool,
         slow: bool,
     ) -> WindowCounts {
-        match &self.window {
+        match window {
             Window::Count(w) => w.record(code(failed, slow)),
             Window::Time(w) => w.record(self.nanos(clock()) / 1_000_000_000, code(failed, slow)),
         }
@@ -80,8 +94,8 @@ impl CircuitBreaker {
 
     /// Updates the run of consecutive failures; whether it reached the limit.
     #[inline]
-    pub(super) fn count_run(&self, failed: bool) -> bool {
-        match self.config.consecutive_failures {
+    pub(super) fn count_run(&self, config: &BreakerConfig, failed: bool) -> bool {
+        match config.consecutive_failures {
             Some(limit) if failed => self.consecutive.fetch_add(1, Ordering::AcqRel) + 1 >= limit,
             Some(_) => {
                 self.consecutive.store(0, Ordering::Release);
@@ -94,21 +108,14 @@ impl CircuitBreaker {
     /// Whether the window's rates reach a threshold (with at least
     /// `minimum_calls` calls in it).
     #[inline]
-    pub(super) fn over_threshold(&self, c: WindowCounts) -> bool {
-        if !self.config.rates
+    pub(super) fn over_threshold(&self, config: &BreakerConfig, c: WindowCounts) -> bool {
+        if !config.rates
             || (c.failures == 0 && c.slow == 0)
-            || c.calls < u64::from(self.config.minimum_calls)
+            || c.calls < u64::from(config.minimum_calls)
         {
             return false;
         }
-        self.rates_trip(c.calls, c.failures, c.slow)
-    }
-
-    pub(super) fn rates_trip(&self, calls: u64, failures: u64, slow: u64) -> bool {
-        let calls = calls as f64;
-        failures as f64 * 100.0 >= self.config.failure_rate_threshold * calls
-            || (self.config.detect_slow_calls
-                && slow as f64 * 100.0 >= self.config.slow_call_rate_threshold * calls)
+        rates_trip(config, c.calls, c.failures, c.slow)
     }
 
     pub(super) fn record_probe(
@@ -130,18 +137,19 @@ impl CircuitBreaker {
             self.probe_slow.fetch_add(1, Ordering::AcqRel);
         }
         let done = self.probes_done.fetch_add(1, Ordering::AcqRel) + 1;
-        let n = self.config.half_open_calls;
+        let config = self.config();
+        let n = config.half_open_calls;
         if done < n {
             return;
         }
         let failures = self.probe_failures.load(Ordering::Acquire);
         let slows = self.probe_slow.load(Ordering::Acquire);
         let now = clock();
-        let change = if self.rates_trip(u64::from(n), u64::from(failures), u64::from(slows)) {
+        let change = if rates_trip(&config, u64::from(n), u64::from(failures), u64::from(slows)) {
             self.open_locked(generation, state, now)
         } else {
             self.clear_closed_state();
-            if self.config.ramp.is_some() {
+            if config.ramp.is_some() {
                 self.closed_at.store(self.nanos(now), Ordering::Release);
             }
             self.set(generation, state, State::Closed)
@@ -153,8 +161,9 @@ impl CircuitBreaker {
     /// The open duration for the `k`-th consecutive open: grown, spread by
     /// the jitter, and capped.
     pub(super) fn open_duration(&self, k: u32) -> Duration {
-        let base = self.config.open_duration;
-        let Some(g) = self.config.growth else {
+        let config = self.config();
+        let base = config.open_duration;
+        let Some(g) = config.growth else {
             return base;
         };
         let grown = base.as_secs_f64() * g.multiplier.powi(i32::try_from(k).unwrap_or(i32::MAX));
@@ -183,15 +192,15 @@ impl CircuitBreaker {
     /// Opens (the lock held).
     pub(super) fn open_locked(&self, generation: u64, from: State, now: Instant) -> StateChange {
         let k = self.opens.fetch_add(1, Ordering::AcqRel);
-        let until = self
-            .nanos(now)
-            .saturating_add(self.open_duration(k).as_nanos() as u64);
+        let opened = self.nanos(now);
+        self.opened_at.store(opened, Ordering::Release);
+        let until = opened.saturating_add(self.open_duration(k).as_nanos() as u64);
         self.open_until.store(until, Ordering::Release);
         self.set(generation, from, State::Open)
     }
 
     pub(super) fn clear_closed_state(&self) {
-        match &self.window {
+        match &self.live.read().window {
             Window::Count(w) => w.reset(),
             Window::Time(w) => w.reset(),
         }
@@ -257,4 +266,12 @@ impl CircuitBreaker {
     pub fn reset(&self) {
         self.force(State::Closed);
     }
+}
+
+/// Whether `failures` or `slow` of `calls` reach `config`'s rate thresholds.
+pub(super) fn rates_trip(config: &BreakerConfig, calls: u64, failures: u64, slow: u64) -> bool {
+    let calls = calls as f64;
+    failures as f64 * 100.0 >= config.failure_rate_threshold * calls
+        || (config.detect_slow_calls
+            && slow as f64 * 100.0 >= config.slow_call_rate_threshold * calls)
 }
