@@ -783,10 +783,16 @@ async fn a_reload_keeps_the_live_state_of_what_it_did_not_change() {
         StatusCode::TOO_MANY_REQUESTS,
         "the reload did not hand out a fresh burst"
     );
-    // Changing the per-IP limit itself starts it over.
+    // Changing the per-IP limit itself reconfigures it: the bucket keeps
+    // what it had (nothing), it is not handed a fresh burst of 5.
     per_ip_burst(&mut config, 5);
     assert_eq!(shared.apply(config).unwrap(), 3);
-    assert_eq!(get(&d, "/api/room?id=1", &[]).await.status, StatusCode::OK);
+    assert_eq!(
+        get(&d, "/api/room?id=1", &[]).await.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "a raised per-IP limit does not refill a spent bucket"
+    );
+    assert_eq!(shared.runtime().state()["per_ip"]["limit"]["burst"], 5);
 }
 
 /// Addresses of one /64 the namespace below gives its loopback, and one of
@@ -844,5 +850,111 @@ async fn ipv6_rotation_inside_a_64_does_not_evade_the_per_ip_limit() {
         lines.next(),
         Some("200"),
         "the neighbouring /64 is another client"
+    );
+}
+
+/// Live reconfiguration through the reload path: a client that spent its
+/// per-IP bucket stays limited across a reload that changed another route;
+/// a route limit raised by the admin API keeps the tokens its bucket had
+/// (not a fresh burst) and refills at the new rate; `/state` shows the
+/// limits in force.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloads_change_limits_through_their_handles_and_keep_the_buckets() {
+    let d = start(|c| {
+        c.per_ip.as_mut().unwrap().quota = Quota::per_minute(3).unwrap();
+        route(c, "/api/room").limit.as_mut().unwrap().quota =
+            Quota::per_second(1).unwrap().with_burst(4).unwrap();
+    })
+    .await;
+    let shared = d.gateway.shared();
+    let spender = [("x-forwarded-for", "10.9.0.1")];
+    for _ in 0..3 {
+        assert_eq!(
+            get(&d, "/api/rooms?ids=1", &spender).await.status,
+            StatusCode::OK
+        );
+    }
+    assert_eq!(
+        get(&d, "/api/rooms?ids=1", &spender).await.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "per-IP bucket spent"
+    );
+    // Another route changes (its timeout): the per-IP buckets stay.
+    let mut config = shared.runtime().config().clone();
+    route(&mut config, "/api/rooms").timeout = Duration::from_millis(777);
+    shared.apply(config).unwrap();
+    assert_eq!(
+        get(&d, "/api/rooms?ids=1", &spender).await.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "still limited right after the reload"
+    );
+
+    // The route limit: 1 of its 4 tokens spent by another client.
+    let other = [("x-forwarded-for", "10.9.0.2")];
+    assert_eq!(
+        get(&d, "/api/room?id=1", &other).await.status,
+        StatusCode::OK
+    );
+    let left = |state: &serde_json::Value| {
+        state["routes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["route"] == "/api/room")
+            .unwrap()["limit_tokens_left"]
+            .as_u64()
+            .unwrap()
+    };
+    assert_eq!(left(&shared.runtime().state()), 3);
+    // Raised through the admin API: 2/s, burst 10. The bucket keeps its 3
+    // tokens (a fresh burst would be 10) and refills one per 500 ms.
+    let body = r#"{"route": "/api/room", "quota": {"rate": 2, "burst": 10}}"#;
+    let answer = call(Method::POST, format!("{}/limit", d.admin_url()), &[], body).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    let state = shared.runtime().state();
+    assert_eq!(left(&state), 3, "carried over, not refilled");
+    let room = state["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["route"] == "/api/room")
+        .unwrap();
+    assert_eq!(room["limit"]["tokens"], 2);
+    assert_eq!(room["limit"]["burst"], 10);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(left(&shared.runtime().state()), 5, "3 + 2 at the new rate");
+    // Exactly the 5 tokens it has.
+    let mut admitted = 0;
+    for i in 0..8 {
+        let ip = format!("10.9.1.{i}");
+        if get(&d, "/api/room?id=1", &[("x-forwarded-for", &ip)])
+            .await
+            .status
+            == StatusCode::OK
+        {
+            admitted += 1;
+        }
+    }
+    assert_eq!(admitted, 5);
+    // The per-IP limit changes the same way; a bad change is refused and
+    // changes nothing.
+    let bad = r#"{"route": "/nowhere", "quota": {"rate": 2}}"#;
+    let answer = call(Method::POST, format!("{}/limit", d.admin_url()), &[], bad).await;
+    assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{}", answer.body);
+    // 100 a minute: the spent client's first token is 600 ms away.
+    let per_ip = r#"{"quota": {"rate": 100, "per": "1m"}}"#;
+    let answer = call(
+        Method::POST,
+        format!("{}/limit", d.admin_url()),
+        &[],
+        per_ip,
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    assert_eq!(shared.runtime().state()["per_ip"]["limit"]["tokens"], 100);
+    assert_eq!(
+        get(&d, "/api/rooms?ids=1", &spender).await.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "the spent client keeps its empty bucket"
     );
 }

@@ -8,6 +8,7 @@
 //! | `GET /config` | the configuration in force, JSON |
 //! | `POST /config` | apply the TOML in the body |
 //! | `POST /reload` | re-read and apply the config file |
+//! | `POST /limit` | change one limit: `{"route": "/api/room", "quota": {"rate": 50, "burst": 10}}` (no `route`: the per-IP limit); its buckets are kept |
 //!
 //! A config that fails to parse or validate is answered 400 with the
 //! reason, and the old config stays in force. With a token configured
@@ -167,15 +168,35 @@ impl Service<Request<Incoming>> for Admin {
                     }
                 }
                 (&Method::POST, "/reload") => applied(shared.reload_file()),
+                (&Method::POST, "/limit") => {
+                    match Limited::new(req.into_body(), 64 << 10).collect().await {
+                        Ok(body) => applied(
+                            serde_json::from_slice::<LimitChange>(&body.to_bytes())
+                                .map_err(|e| format!("not a limit change: {e}").into())
+                                .and_then(|c| shared.set_limit(c.route.as_deref(), c.quota)),
+                        ),
+                        Err(e) => applied(Err(format!("reading the body: {e}").into())),
+                    }
+                }
                 _ => json(
                     StatusCode::NOT_FOUND,
                     &serde_json::json!({
                         "error": "unknown admin path",
-                        "paths": ["GET /state", "GET /metrics", "GET /config", "POST /config", "POST /reload"],
+                        "paths": ["GET /state", "GET /metrics", "GET /config", "POST /config", "POST /reload", "POST /limit"],
                     }),
                 ),
             };
             Ok(res)
         })
     }
+}
+
+/// The body of `POST /limit`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitChange {
+    /// The route (path or prefix as configured); none for the per-IP limit.
+    #[serde(default)]
+    route: Option<String>,
+    quota: floodwall::token_bucket::Quota,
 }

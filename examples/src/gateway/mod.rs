@@ -152,6 +152,10 @@ pub struct Runtime {
     client_ip: floodwall::http::client_ip::ClientIp,
     /// The header naming the user: believed only from trusted proxies.
     user_header: http::HeaderName,
+    /// Limit changes found by [`build`](Self::build) on layers the
+    /// previous runtime shares with this one, applied by `commit` once the
+    /// whole runtime is built (a refused configuration changes nothing).
+    pending: parking_lot::Mutex<Vec<Box<dyn FnOnce() + Send>>>,
     /// The connection routes' global limits share (kept across reloads
     /// while `gateway.redis` is unchanged).
     /// The URL it was made from, to tell whether a reload changed it.
@@ -195,13 +199,31 @@ impl Runtime {
             };
             upstreams.insert(name.clone(), (up.clone(), client));
         }
-        // Live state is kept for everything whose settings did not change:
-        // the per-IP buckets, and below the routes themselves.
-        let same_edge = previous.is_some_and(|p| {
-            p.config.gateway == config.gateway && p.config.per_ip == config.per_ip
-        });
+        // Live state is kept for everything whose settings did not change,
+        // and for limits whose quota alone changed: those are reconfigured
+        // through their handles (buckets kept, SPECS.md "Reconfiguration")
+        // once the whole runtime is built.
+        let mut pending: Vec<Box<dyn FnOnce() + Send>> = Vec::new();
+        let previous_per_ip = previous
+            .filter(|p| p.config.gateway.protected == protected)
+            .and_then(|p| Some((p.config.per_ip.clone()?, p.per_ip.clone()?)));
+        let mut per_ip_kept =
+            config.per_ip.is_none() && previous.is_some_and(|p| p.config.per_ip.is_none());
         let per_ip = match (&config.per_ip, protected) {
-            (Some(_), true) if same_edge => previous.and_then(|p| p.per_ip.clone()),
+            (Some(c), true)
+                if previous_per_ip
+                    .as_ref()
+                    .is_some_and(|(was, _)| same_but_quota(was, c)) =>
+            {
+                let (was, layer) = previous_per_ip.clone().expect("checked");
+                if was.quota != c.quota {
+                    let handle = layer.handle();
+                    let quota = c.quota;
+                    pending.push(Box::new(move || handle.reconfigure(quota)));
+                }
+                per_ip_kept = true;
+                Some(layer)
+            }
             (Some(c), true) => {
                 let mut c = c.clone();
                 if c.name == floodwall::token_bucket::DEFAULT_NAME {
@@ -257,6 +279,7 @@ impl Runtime {
                 .map(|r| (r.path.clone(), r.prefix.clone(), r.priority))
                 .collect()
         };
+        let same_edge = per_ip_kept && previous.is_some_and(|p| p.config.gateway == config.gateway);
         let reusable = previous.filter(|p| {
             same_edge
                 && p.config.upstreams == config.upstreams
@@ -266,11 +289,33 @@ impl Runtime {
         let mut prefixes = Vec::new();
         for r in &config.routes {
             let kept = reusable.and_then(|p| {
-                p.exact
+                let old = p
+                    .exact
                     .values()
                     .chain(p.prefixes.iter().map(|(_, route)| route))
                     .find(|route| route.config == *r)
-                    .cloned()
+                    .or_else(|| {
+                        p.exact
+                            .values()
+                            .chain(p.prefixes.iter().map(|(_, route)| route))
+                            .find(|route| route_but_quota(&route.config, r))
+                    })?;
+                if old.config == *r {
+                    return Some(old.clone());
+                }
+                // Only the route limit's quota changed: the same route, its
+                // bucket reconfigured.
+                if let (Some(handle), Some(limit)) = (&old.limit, &r.limit) {
+                    let (handle, quota) = (handle.clone(), limit.quota);
+                    pending.push(Box::new(move || handle.reconfigure(quota)));
+                }
+                Some(Arc::new(Route {
+                    config: r.clone(),
+                    service: old.service.clone(),
+                    limit: old.limit.clone(),
+                    global: old.global.clone(),
+                    overflow: old.overflow.clone(),
+                }))
             });
             let route = match kept {
                 Some(route) => route,
@@ -304,8 +349,18 @@ impl Runtime {
             exact,
             prefixes,
             per_ip,
+            pending: parking_lot::Mutex::new(pending),
             redis,
         })
+    }
+
+    /// Applies the limit changes [`build`](Self::build) found on layers
+    /// shared with the previous runtime (their buckets kept). Called once
+    /// the runtime is built and about to replace the previous one.
+    pub fn commit(&self) {
+        for change in self.pending.lock().drain(..) {
+            change();
+        }
     }
 
     fn route(&self, path: &str) -> Option<&Arc<Route>> {
@@ -366,6 +421,7 @@ impl Runtime {
                     "handler": format!("{:?}", r.config.handler),
                     "upstream": r.config.upstream,
                     "limit_tokens_left": r.limit.as_ref().map(|h| h.remaining()),
+                    "limit": r.limit.as_ref().map(|h| quota_json(&h.limiter().quota())),
                     "global_limit": r.global.as_ref().map(|l| {
                         let s = l.stats();
                         serde_json::json!({
@@ -393,7 +449,11 @@ impl Runtime {
             "per_ip": self.per_ip.as_ref().map(|l| {
                 let h = l.handle();
                 let keys = h.limiter().limiter().keys();
-                serde_json::json!({ "keys": keys.len(), "capacity": keys.capacity() })
+                serde_json::json!({
+                    "keys": keys.len(),
+                    "capacity": keys.capacity(),
+                    "limit": quota_json(&h.limiter().limiter().params()),
+                })
             }),
             "routes": routes,
             "upstreams": upstreams,
@@ -553,9 +613,43 @@ impl Shared {
         let current = self.runtime();
         let version = current.version + 1;
         let next = Arc::new(Runtime::build(config, version, Some(&current))?);
+        next.commit();
         *self.runtime.write() = next;
         self.reloads.fetch_add(1, Ordering::Relaxed);
         Ok(version)
+    }
+
+    /// Changes one limit without re-reading the configuration: the route
+    /// limit of `route` (a path or prefix as configured), or the per-IP
+    /// limit when `route` is `None`, to `quota`. The rest of the
+    /// configuration in force is applied again as it is, so only that
+    /// limit changes, through its handle, its buckets kept.
+    ///
+    /// # Errors
+    /// No such route, a route or gateway without that limit, or as
+    /// [`apply`](Self::apply).
+    pub fn set_limit(
+        &self,
+        route: Option<&str>,
+        quota: floodwall::token_bucket::Quota,
+    ) -> Result<u64, BoxError> {
+        let mut config = self.runtime().config().clone();
+        let limit = match route {
+            None => config
+                .per_ip
+                .as_mut()
+                .ok_or("no per-IP limit is configured")?,
+            Some(key) => config
+                .routes
+                .iter_mut()
+                .find(|r| r.path.as_deref() == Some(key) || r.prefix.as_deref() == Some(key))
+                .ok_or_else(|| format!("no route {key:?}"))?
+                .limit
+                .as_mut()
+                .ok_or_else(|| format!("route {key:?} has no limit"))?,
+        };
+        limit.quota = quota;
+        self.apply(config)
     }
 
     /// Re-reads the config file the gateway started from and applies it.
@@ -927,6 +1021,36 @@ impl Service<Request<Incoming>> for DataPlane {
             Ok(res)
         })
     }
+}
+
+/// Two token-bucket configurations that differ at most in their quota
+/// (which a handle can change live).
+fn same_but_quota(
+    a: &floodwall::token_bucket::TokenBucketConfig,
+    b: &floodwall::token_bucket::TokenBucketConfig,
+) -> bool {
+    a.name == b.name && a.max_wait == b.max_wait && a.capacity == b.capacity
+}
+
+/// Two route configurations that differ at most in their limit's quota.
+fn route_but_quota(a: &config::RouteConfig, b: &config::RouteConfig) -> bool {
+    match (&a.limit, &b.limit) {
+        (Some(la), Some(lb)) if same_but_quota(la, lb) => {
+            let mut a = a.clone();
+            a.limit = b.limit.clone();
+            a == *b
+        }
+        _ => false,
+    }
+}
+
+/// A quota as `/state` shows it: tokens per period and the burst.
+fn quota_json(q: &floodwall::token_bucket::Quota) -> serde_json::Value {
+    serde_json::json!({
+        "tokens": q.tokens(),
+        "period_ms": q.period().as_millis() as u64,
+        "burst": q.burst(),
+    })
 }
 
 #[cfg(test)]
