@@ -72,21 +72,97 @@ fn positive(field: &'static str, bound: Option<Duration>) -> Result<(), ConfigEr
     }
 }
 
-/// A deadline layer's handle. The layers hold no state that changes, so
-/// it names the layer (its metric label); cheap to clone; made by the
-/// layers' `handle`.
-#[derive(Debug, Clone)]
+/// A deadline layer's handle: names the layer and changes its
+/// configuration while it serves. Cheap to clone; made by the layers'
+/// `handle`.
+#[derive(Clone)]
 pub struct DeadlineHandle {
     name: Arc<str>,
+    target: Target,
+}
+
+#[derive(Clone)]
+enum Target {
+    Server(Arc<crate::server::ServerShared>),
+    Client(Arc<crate::client::ClientShared>),
+}
+
+impl std::fmt::Debug for DeadlineHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeadlineHandle")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
 }
 
 impl DeadlineHandle {
-    pub(crate) fn new(name: Arc<str>) -> Self {
-        Self { name }
+    pub(crate) fn server(shared: Arc<crate::server::ServerShared>) -> Self {
+        Self {
+            name: shared.name.clone(),
+            target: Target::Server(shared),
+        }
+    }
+
+    pub(crate) fn client(shared: Arc<crate::client::ClientShared>) -> Self {
+        Self {
+            name: shared.name.clone(),
+            target: Target::Client(shared),
+        }
+    }
+
+    /// Changes a server layer's configuration while it serves (`max`,
+    /// `trust_inbound`), validated as the builder validates; the next
+    /// request reads it. Requests already admitted keep their deadlines.
+    ///
+    /// # Errors
+    /// [`ConfigError`] as [`Builder::build`] for a server layer; for a
+    /// different `wire` (it names the header the layer reads), or for a
+    /// client layer's handle.
+    pub fn reconfigure_server(&self, config: &ServerDeadlineConfig) -> Result<(), ConfigError> {
+        let Target::Server(shared) = &self.target else {
+            return Err(ConfigError::new("layer", "this is a client layer's handle"));
+        };
+        positive("max", config.max)?;
+        if config.wire != shared.wire {
+            return Err(ConfigError::new("wire", "cannot change while serving"));
+        }
+        *shared.config.write() = config.clone();
+        reconfigured(&self.name);
+        Ok(())
+    }
+
+    /// Changes a client layer's configuration while it serves (`margin`,
+    /// `timeout`), validated as the builder validates; the next call reads
+    /// it.
+    ///
+    /// # Errors
+    /// As [`reconfigure_server`](Self::reconfigure_server), for a client
+    /// layer.
+    pub fn reconfigure_client(&self, config: &PropagateDeadlineConfig) -> Result<(), ConfigError> {
+        let Target::Client(shared) = &self.target else {
+            return Err(ConfigError::new("layer", "this is a server layer's handle"));
+        };
+        positive("timeout", config.timeout)?;
+        floodwall_core::config::check_duration("margin", config.margin)?;
+        if config.wire != shared.wire {
+            return Err(ConfigError::new("wire", "cannot change while serving"));
+        }
+        *shared.config.write() = config.clone();
+        reconfigured(&self.name);
+        Ok(())
     }
 
     /// The layer's name (its metric label).
     pub fn name(&self) -> &str {
         &self.name
     }
+}
+
+fn reconfigured(name: &Arc<str>) {
+    metrics::counter!(
+        floodwall_core::metrics::metric_name(crate::METRIC_PREFIX, "reconfigurations_total"),
+        floodwall_core::metrics::LABEL_NAME => name.to_string()
+    )
+    .increment(1);
+    tracing::info!(name = %name, "deadline layer reconfigured");
 }

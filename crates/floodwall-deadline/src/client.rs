@@ -2,6 +2,8 @@
 
 use std::fmt;
 use std::sync::Arc;
+
+use parking_lot::RwLock;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -42,9 +44,12 @@ impl Default for PropagateDeadlineConfig {
     }
 }
 
-struct ClientShared {
-    name: Arc<str>,
-    config: PropagateDeadlineConfig,
+pub(crate) struct ClientShared {
+    pub(crate) name: Arc<str>,
+    /// Replaced by a reconfiguration; a request reads it once.
+    pub(crate) config: RwLock<PropagateDeadlineConfig>,
+    /// The wire format (fixed: it names the header).
+    pub(crate) wire: Wire,
     header: HeaderName,
     metrics: Metrics,
 }
@@ -75,14 +80,15 @@ impl PropagateDeadlineLayer {
 
     /// The layer's handle.
     pub fn handle(&self) -> DeadlineHandle {
-        DeadlineHandle::new(self.shared.name.clone())
+        DeadlineHandle::client(self.shared.clone())
     }
 
     pub(crate) fn from_parts(config: PropagateDeadlineConfig, name: Arc<str>) -> Self {
         Self {
             shared: Arc::new(ClientShared {
                 header: config.wire.header(),
-                config,
+                wire: config.wire.clone(),
+                config: RwLock::new(config),
                 metrics: Metrics::new(&name),
                 name,
             }),
@@ -93,7 +99,7 @@ impl PropagateDeadlineLayer {
 impl fmt::Debug for PropagateDeadlineLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PropagateDeadlineLayer")
-            .field("config", &self.shared.config)
+            .field("config", &*self.shared.config.read())
             .finish_non_exhaustive()
     }
 }
@@ -149,16 +155,20 @@ where
             };
         // A timeout the caller already put on this request (tonic's
         // `Request::set_timeout`, say) caps it like the configured one.
+        let (timeout, margin) = {
+            let config = shared.config.read();
+            (config.timeout, config.margin)
+        };
         let explicit = req
             .headers()
             .get(&shared.header)
-            .and_then(|v| shared.config.wire.parse(v));
-        if inherited.is_none() && shared.config.timeout.is_none() && explicit.is_none() {
+            .and_then(|v| shared.wire.parse(v));
+        if inherited.is_none() && timeout.is_none() && explicit.is_none() {
             shared.metrics.requests.admitted();
             return ResponseFuture::open(self.inner.call(req));
         }
         let now = Instant::now();
-        let cap = [shared.config.timeout, explicit]
+        let cap = [timeout, explicit]
             .into_iter()
             .flatten()
             .map(|t| Deadline::after(now, t))
@@ -170,17 +180,14 @@ where
         // Wait until the caller's deadline; tell the callee `margin` less,
         // so that its answer (or its DEADLINE_EXCEEDED) can come back.
         let wait = earliest(inherited, cap).expect("one of them is set");
-        let send = earliest(
-            inherited.map(|d| bring_forward(d, shared.config.margin, now)),
-            cap,
-        )
-        .expect("one of them is set");
+        let send = earliest(inherited.map(|d| bring_forward(d, margin, now)), cap)
+            .expect("one of them is set");
         let remaining = send.remaining(now);
         if remaining.is_zero() {
             return ResponseFuture::expired(&shared.metrics, Phase::BeforeSend);
         }
         req.headers_mut()
-            .insert(shared.header.clone(), shared.config.wire.encode(remaining));
+            .insert(shared.header.clone(), shared.wire.encode(remaining));
         // The caller limited this call if the deadline it inherited is the
         // caller's (not this server's own budget) and earlier than the
         // call's own budget (the configured or explicit timeout), or the

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use floodwall_core::{Arrival, BoxError, ConfigError, Deadline, Phase, outcome};
 use http::header::HeaderName;
+use parking_lot::RwLock;
 use tokio::time::Instant;
 use tower_layer::Layer;
 use tower_service::Service;
@@ -41,9 +42,12 @@ impl Default for ServerDeadlineConfig {
     }
 }
 
-struct ServerShared {
-    name: Arc<str>,
-    config: ServerDeadlineConfig,
+pub(crate) struct ServerShared {
+    pub(crate) name: Arc<str>,
+    /// Replaced by a reconfiguration; a request reads it once.
+    pub(crate) config: RwLock<ServerDeadlineConfig>,
+    /// The wire format (fixed: it names the header).
+    pub(crate) wire: Wire,
     header: HeaderName,
     metrics: Metrics,
 }
@@ -92,14 +96,15 @@ impl ServerDeadlineLayer {
 
     /// The layer's handle.
     pub fn handle(&self) -> DeadlineHandle {
-        DeadlineHandle::new(self.shared.name.clone())
+        DeadlineHandle::server(self.shared.clone())
     }
 
     pub(crate) fn from_parts(config: ServerDeadlineConfig, name: Arc<str>) -> Self {
         Self {
             shared: Arc::new(ServerShared {
                 header: config.wire.header(),
-                config,
+                wire: config.wire.clone(),
+                config: RwLock::new(config),
                 metrics: Metrics::new(&name),
                 name,
             }),
@@ -110,7 +115,7 @@ impl ServerDeadlineLayer {
 impl fmt::Debug for ServerDeadlineLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ServerDeadlineLayer")
-            .field("config", &self.shared.config)
+            .field("config", &*self.shared.config.read())
             .finish_non_exhaustive()
     }
 }
@@ -161,14 +166,18 @@ where
             Some(a) => a.instant(),
             None => Arrival::stamp(req.extensions_mut(), now).instant(),
         };
-        let inbound = if shared.config.trust_inbound {
+        let (trust_inbound, max) = {
+            let config = shared.config.read();
+            (config.trust_inbound, config.max)
+        };
+        let inbound = if trust_inbound {
             req.headers()
                 .get(&shared.header)
-                .and_then(|v| shared.config.wire.parse(v))
+                .and_then(|v| shared.wire.parse(v))
         } else {
             None
         };
-        let timeout = match (inbound, shared.config.max) {
+        let timeout = match (inbound, max) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
@@ -178,7 +187,7 @@ where
         };
         // The caller limited this request if its timeout is shorter than
         // the server's own budget (`max`), or if there is no such budget.
-        let mut caller_limited = inbound.is_some_and(|i| shared.config.max.is_none_or(|m| i < m));
+        let mut caller_limited = inbound.is_some_and(|i| max.is_none_or(|m| i < m));
         // An outer layer's deadline (in the extensions or the task scope)
         // is never extended; the earliest one's origin counts.
         let mut deadline = Deadline::after(arrival, timeout);

@@ -230,6 +230,23 @@ impl<C, X> ThrottleHandle<C, X> {
     pub fn name(&self) -> &str {
         &self.shared.name
     }
+
+    /// Changes the throttle's configuration while it serves (see
+    /// [`AdaptiveThrottle::reconfigure`]: K, the guards and the window),
+    /// counted in `floodwall_throttle_reconfigurations_total{name}`.
+    ///
+    /// # Errors
+    /// As [`ThrottleConfig::validate`]: a refused configuration changes
+    /// nothing.
+    pub fn reconfigure(&self, config: ThrottleConfig) -> Result<(), ConfigError> {
+        self.shared.throttle.reconfigure(config)?;
+        metrics::counter!(
+            floodwall_core::metrics::metric_name(crate::METRIC_PREFIX, "reconfigurations_total"),
+            floodwall_core::metrics::LABEL_NAME => self.shared.name.to_string()
+        )
+        .increment(1);
+        Ok(())
+    }
 }
 
 impl<C, X> Clone for ThrottleHandle<C, X> {

@@ -162,6 +162,16 @@ impl RetryHandle {
         &self.name
     }
 
+    /// Changes the retry budget's `max_tokens` and `token_ratio` while it
+    /// is in use (see [`RetryBudget::reconfigure`]: tokens kept, capped at
+    /// the new maximum); every layer sharing the budget sees it.
+    ///
+    /// # Errors
+    /// As [`RetryBudget::new`]: a refused change changes nothing.
+    pub fn reconfigure_budget(&self, max_tokens: f64, token_ratio: f64) -> Result<(), ConfigError> {
+        self.budget.reconfigure(max_tokens, token_ratio)
+    }
+
     /// The budget the layer draws on (shared with every layer given it).
     pub fn budget(&self) -> &Arc<RetryBudget> {
         &self.budget

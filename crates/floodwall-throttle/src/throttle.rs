@@ -2,6 +2,7 @@ use std::fmt;
 use std::time::Duration;
 
 use floodwall_core::{ConfigError, Criticality};
+use parking_lot::RwLock;
 use tokio::time::Instant;
 
 use floodwall_core::random::{Random, SplitMix};
@@ -104,6 +105,9 @@ impl ThrottleConfig {
 #[derive(Debug, PartialEq)]
 pub struct Ticket {
     bucket: u64,
+    /// The window layout it was counted in: a ticket from before a change
+    /// of window is not counted in the new one.
+    layout: u64,
     class: Option<Criticality>,
     probability: f64,
 }
@@ -165,11 +169,47 @@ pub struct ThrottleStats {
 /// # Ok::<(), floodwall_throttle::ConfigError>(())
 /// ```
 pub struct AdaptiveThrottle<R = SplitMix> {
+    /// The counts and the configuration, replaced (the counts only when the
+    /// window changes) by a reconfiguration; a decision reads them under
+    /// one read lock.
+    live: RwLock<Live>,
+    epoch: Instant,
+    rng: R,
+}
+
+/// What a reconfiguration may replace.
+struct Live {
     classes: [TrailingCounts<2>; 5],
     config: ThrottleConfig,
     bucket_ns: u64,
-    epoch: Instant,
-    rng: R,
+    /// Bumped when the window's layout (length, buckets) changes.
+    layout: u64,
+}
+
+impl Live {
+    #[inline]
+    fn bucket(&self, epoch: Instant, now: Instant) -> u64 {
+        let d = now.saturating_duration_since(epoch);
+        let ns = d
+            .as_secs()
+            .saturating_mul(1_000_000_000)
+            .saturating_add(u64::from(d.subsec_nanos()));
+        ns / self.bucket_ns
+    }
+
+    #[inline]
+    fn counts(&self, class: Option<Criticality>) -> &TrailingCounts<2> {
+        &self.classes[class.map_or(4, Criticality::index)]
+    }
+
+    fn probability(&self, requests: u64, accepts: u64) -> f64 {
+        let c = &self.config;
+        if c.min_rps > 0.0 && (requests as f64) < c.min_rps * c.window.as_secs_f64() {
+            return 0.0;
+        }
+        let p = (requests as f64 - c.k * accepts as f64) / (requests as f64 + 1.0);
+        p.clamp(0.0, c.max_probability)
+    }
 }
 
 impl AdaptiveThrottle<SplitMix> {
@@ -194,117 +234,128 @@ impl<R: Random> AdaptiveThrottle<R> {
         let buckets = config.buckets as usize;
         let bucket_ns = (config.window.as_nanos() / u128::from(config.buckets)) as u64;
         Ok(Self {
-            classes: std::array::from_fn(|_| TrailingCounts::new(buckets)),
-            config,
-            bucket_ns,
+            live: RwLock::new(Live {
+                classes: std::array::from_fn(|_| TrailingCounts::new(buckets)),
+                config,
+                bucket_ns,
+                layout: 0,
+            }),
             epoch,
             rng,
         })
     }
 
-    #[inline]
-    fn bucket(&self, now: Instant) -> u64 {
-        let d = now.saturating_duration_since(self.epoch);
-        let ns = d
-            .as_secs()
-            .saturating_mul(1_000_000_000)
-            .saturating_add(u64::from(d.subsec_nanos()));
-        ns / self.bucket_ns
-    }
-
-    #[inline]
-    fn counts(&self, class: Option<Criticality>) -> &TrailingCounts<2> {
-        &self.classes[class.map_or(4, Criticality::index)]
-    }
-
-    /// The statistics and rejection probability for `class` at `now`.
+    /// Requests, accepts and the rejection probability now for `class`.
     pub fn stats(&self, now: Instant, class: Option<Criticality>) -> ThrottleStats {
-        let [requests, accepts] = self.counts(class).totals(self.bucket(now));
+        let live = self.live.read();
+        let [requests, accepts] = live.counts(class).totals(live.bucket(self.epoch, now));
         ThrottleStats {
             requests,
             accepts,
-            probability: self.probability(requests, accepts),
+            probability: live.probability(requests, accepts),
         }
     }
 
-    /// `max(0, (requests − K·accepts) / (requests + 1))`, with the guards.
-    fn probability(&self, requests: u64, accepts: u64) -> f64 {
-        let c = &self.config;
-        if c.min_rps > 0.0 && (requests as f64) < c.min_rps * c.window.as_secs_f64() {
-            return 0.0;
-        }
-        let p = (requests as f64 - c.k * accepts as f64) / (requests as f64 + 1.0);
-        p.clamp(0.0, c.max_probability)
-    }
-
-    /// Decides a new attempt for `class` at `now` and records it as a
-    /// request either way: `Ok` to send it, `Err(p)` with the probability it
-    /// was rejected with. Call [`record_accept`](Self::record_accept) when
-    /// the backend accepts a sent attempt.
+    /// Counts a request of `class` at `now` and decides it: refused with
+    /// the rejection probability `p` (drawn), or admitted.
+    ///
+    /// # Errors
+    /// The probability it was refused with.
     #[inline]
     pub fn admit(&self, now: Instant, class: Option<Criticality>) -> Result<(), f64> {
         self.admit_ticket(now, class).map(|_| ())
     }
 
-    /// As [`admit`](Self::admit), returning the [`Ticket`] to
-    /// [`accept`](Self::accept) with, so that no second clock read is
-    /// needed: the accept is counted in the request's bucket, or in the
-    /// current one if time has moved on (an accept whose request already
-    /// left the window still counts until its own bucket leaves).
+    /// As [`admit`](Self::admit), returning the ticket to report the
+    /// outcome with ([`accept`](Self::accept) or [`forget`](Self::forget)).
+    ///
+    /// # Errors
+    /// The probability it was refused with.
     #[inline]
     pub fn admit_ticket(&self, now: Instant, class: Option<Criticality>) -> Result<Ticket, f64> {
-        let bucket = self.bucket(now);
-        let counts = self.counts(class);
+        let live = self.live.read();
+        let bucket = live.bucket(self.epoch, now);
+        let counts = live.counts(class);
         let [requests, accepts] = counts.totals(bucket);
         counts.add(bucket, REQUESTS);
-        let p = self.probability(requests, accepts);
+        let p = live.probability(requests, accepts);
         if p > 0.0 && self.rng.next_f64() < p {
             Err(p)
         } else {
             Ok(Ticket {
                 bucket,
+                layout: live.layout,
                 class,
                 probability: p,
             })
         }
     }
 
-    /// Records that the backend accepted the attempt admitted with `ticket`.
+    /// The backend accepted the request `ticket` was issued for.
     #[inline]
     pub fn accept(&self, ticket: Ticket) {
-        self.counts(ticket.class).add(ticket.bucket, ACCEPTS);
+        let live = self.live.read();
+        if ticket.layout == live.layout {
+            live.counts(ticket.class).add(ticket.bucket, ACCEPTS);
+        }
     }
 
-    /// Takes back the attempt admitted with `ticket`: it said nothing about
-    /// the backend (refused by a layer below, dropped by its caller, or
-    /// timed out on a deadline its caller imposed), so it counts neither
-    /// as a request nor as an accept. Nothing happens if its bucket has
-    /// already left the window.
+    /// The request `ticket` was issued for says nothing about the backend
+    /// (cancelled, refused by a layer below): it is taken out of the counts.
     pub fn forget(&self, ticket: Ticket) {
-        self.counts(ticket.class).remove(ticket.bucket, REQUESTS);
+        let live = self.live.read();
+        if ticket.layout == live.layout {
+            live.counts(ticket.class).remove(ticket.bucket, REQUESTS);
+        }
     }
 
-    /// Records an attempt for `class` at `now` without deciding it.
+    /// Counts a request of `class` at `now` without deciding it.
     pub fn record_request(&self, now: Instant, class: Option<Criticality>) {
-        self.counts(class).add(self.bucket(now), REQUESTS);
+        let live = self.live.read();
+        live.counts(class)
+            .add(live.bucket(self.epoch, now), REQUESTS);
     }
 
-    /// Records that the backend accepted an attempt of `class`.
+    /// Counts an accept of `class` at `now`.
     #[inline]
     pub fn record_accept(&self, now: Instant, class: Option<Criticality>) {
-        self.counts(class).add(self.bucket(now), ACCEPTS);
+        let live = self.live.read();
+        live.counts(class)
+            .add(live.bucket(self.epoch, now), ACCEPTS);
     }
 
-    /// The configuration.
-    pub fn config(&self) -> &ThrottleConfig {
-        &self.config
+    /// The configuration in force.
+    pub fn config(&self) -> ThrottleConfig {
+        self.live.read().config
+    }
+
+    /// Applies `config` from now on, validated as [`with_rng`](Self::with_rng)
+    /// validates (a refused configuration changes nothing). `k`, `min_rps`
+    /// and `max_probability` apply to the next decision, with the counts
+    /// kept; a window of another length or bucket count starts its counts
+    /// afresh (the probability builds up again as it fills), and outcomes
+    /// of requests admitted before the change are not counted in it.
+    ///
+    /// # Errors
+    /// As [`ThrottleConfig::validate`].
+    pub fn reconfigure(&self, config: ThrottleConfig) -> Result<(), ConfigError> {
+        config.validate()?;
+        let mut live = self.live.write();
+        if live.config.window != config.window || live.config.buckets != config.buckets {
+            let buckets = config.buckets as usize;
+            live.classes = std::array::from_fn(|_| TrailingCounts::new(buckets));
+            live.bucket_ns = (config.window.as_nanos() / u128::from(config.buckets)) as u64;
+            live.layout += 1;
+        }
+        live.config = config;
+        Ok(())
     }
 }
 
 impl<R> fmt::Debug for AdaptiveThrottle<R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AdaptiveThrottle")
-            .field("config", &self.config)
+            .field("config", &self.live.read().config)
             .finish_non_exhaustive()
     }
 }
