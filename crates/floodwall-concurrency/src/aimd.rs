@@ -196,3 +196,16 @@ mod tests {
         );
     }
 }
+
+impl crate::Reconfigure for Aimd {
+    type Config = AimdConfig;
+
+    /// Applies `config` (validated as [`Aimd::new`] validates), keeping
+    /// the limit it has, clamped to the new bounds, and its RTT estimates.
+    fn reconfigure(&mut self, config: AimdConfig) -> Result<(), ConfigError> {
+        Aimd::new(config.clone())?;
+        self.limit = self.limit.clamp(1, config.max_limit);
+        self.config = config;
+        Ok(())
+    }
+}

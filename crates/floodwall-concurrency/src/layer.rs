@@ -274,6 +274,7 @@ trait Target: Send + Sync {
     fn partitions(&self) -> Partitions;
     fn estimates(&self) -> Estimates;
     fn name(&self) -> &str;
+    fn with_algorithm_any(&self, f: &mut dyn FnMut(&mut dyn std::any::Any));
 }
 
 impl<A: Algorithm, C: Send + Sync, P: Send + Sync> Target for AdaptiveLimitPolicy<A, C, P> {
@@ -304,9 +305,60 @@ impl<A: Algorithm, C: Send + Sync, P: Send + Sync> Target for AdaptiveLimitPolic
     fn name(&self) -> &str {
         &self.name
     }
+    fn with_algorithm_any(&self, f: &mut dyn FnMut(&mut dyn std::any::Any)) {
+        self.limiter.with_algorithm(|a| f(a));
+    }
 }
 
 impl AdaptiveLimitHandle {
+    /// Changes the algorithm's parameters while the layer serves (min and
+    /// max limits, smoothing, thresholds…): `R` is the algorithm the layer
+    /// runs (`Aimd`, `Vegas`, `Gradient2`, `EnvoyGradient`), `config` its
+    /// configuration, validated as its constructor validates. The limit
+    /// carries over, clamped to the new bounds, and is adopted at once
+    /// (listeners such as a CoDel queue's worker count hear of it); the RTT
+    /// estimates are kept.
+    ///
+    /// ```
+    /// use floodwall_concurrency::{AdaptiveLimitLayer, Aimd, AimdConfig};
+    ///
+    /// # fn main() -> Result<(), floodwall_core::ConfigError> {
+    /// let layer: AdaptiveLimitLayer<Aimd> = AdaptiveLimitLayer::new(AimdConfig::default())?;
+    /// let handle = layer.handle();
+    /// handle.reconfigure::<Aimd>(AimdConfig { max_limit: 8, ..AimdConfig::default() })?;
+    /// assert!(handle.limit() <= 8);
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// [`ConfigError`] as the algorithm's constructor, or (field
+    /// `algorithm`) when the layer runs another algorithm; a refused
+    /// configuration changes nothing.
+    pub fn reconfigure<R: crate::Reconfigure>(&self, config: R::Config) -> Result<(), ConfigError>
+    where
+        R: 'static,
+    {
+        let mut config = Some(config);
+        let mut result = Err(ConfigError::new(
+            "algorithm",
+            "the layer runs another algorithm",
+        ));
+        self.shared.with_algorithm_any(&mut |any| {
+            if let (Some(algorithm), Some(config)) = (any.downcast_mut::<R>(), config.take()) {
+                result = algorithm.reconfigure(config);
+            }
+        });
+        if result.is_ok() {
+            metrics::counter!(
+                floodwall_core::metrics::metric_name(crate::METRIC_PREFIX, "reconfigurations_total"),
+                floodwall_core::metrics::LABEL_NAME => self.shared.name().to_owned()
+            )
+            .increment(1);
+        }
+        result
+    }
+
     /// The limit now.
     pub fn limit(&self) -> u32 {
         self.shared.limit()

@@ -140,6 +140,23 @@ pub trait Algorithm: Send + 'static {
     }
 }
 
+/// An algorithm whose parameters can change while it runs (live
+/// reconfiguration, through
+/// [`AdaptiveLimitHandle::reconfigure`](crate::AdaptiveLimitHandle::reconfigure)):
+/// the limit it has carries over, clamped to the new bounds, and its RTT
+/// estimates are kept.
+pub trait Reconfigure: Algorithm + Sized {
+    /// The configuration it takes.
+    type Config;
+
+    /// Applies `config`, validated as the algorithm's constructor
+    /// validates (a refused configuration changes nothing).
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the offending field.
+    fn reconfigure(&mut self, config: Self::Config) -> Result<(), ConfigError>;
+}
+
 /// What [`AdaptiveLimitLayer::new`] and [`builder`](AdaptiveLimitLayer::builder)
 /// take: an algorithm's config (`VegasConfig`, `Gradient2Config`,
 /// `AimdConfig`, `EnvoyGradientConfig`, `BbrConfig`), validated into the
