@@ -91,6 +91,19 @@ impl Algorithm for Aimd {
     }
 }
 
+impl crate::Reconfigure for Aimd {
+    type Config = AimdConfig;
+
+    /// Applies `config` (validated as [`Aimd::new`] validates), keeping
+    /// the limit it has, clamped to the new bounds, and its RTT estimates.
+    fn reconfigure(&mut self, config: AimdConfig) -> Result<(), ConfigError> {
+        Aimd::new(config)?;
+        self.limit = self.limit.clamp(1, config.max_limit);
+        self.config = config;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -194,18 +207,5 @@ mod tests {
             }),
             "initial_limit"
         );
-    }
-}
-
-impl crate::Reconfigure for Aimd {
-    type Config = AimdConfig;
-
-    /// Applies `config` (validated as [`Aimd::new`] validates), keeping
-    /// the limit it has, clamped to the new bounds, and its RTT estimates.
-    fn reconfigure(&mut self, config: AimdConfig) -> Result<(), ConfigError> {
-        Aimd::new(config.clone())?;
-        self.limit = self.limit.clamp(1, config.max_limit);
-        self.config = config;
-        Ok(())
     }
 }

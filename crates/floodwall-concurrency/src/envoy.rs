@@ -275,6 +275,19 @@ impl Algorithm for EnvoyGradient {
     }
 }
 
+impl crate::Reconfigure for EnvoyGradient {
+    type Config = EnvoyGradientConfig;
+
+    /// Applies `config` (validated as [`EnvoyGradient::new`] validates), keeping
+    /// the limit it has, clamped to the new bounds, and its RTT estimates.
+    fn reconfigure(&mut self, config: EnvoyGradientConfig) -> Result<(), ConfigError> {
+        EnvoyGradient::new(config)?;
+        self.limit = self.limit.clamp(config.min_limit, config.max_limit);
+        self.config = config;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -430,18 +443,5 @@ mod tests {
             }),
             "update_interval"
         );
-    }
-}
-
-impl crate::Reconfigure for EnvoyGradient {
-    type Config = EnvoyGradientConfig;
-
-    /// Applies `config` (validated as [`EnvoyGradient::new`] validates), keeping
-    /// the limit it has, clamped to the new bounds, and its RTT estimates.
-    fn reconfigure(&mut self, config: EnvoyGradientConfig) -> Result<(), ConfigError> {
-        EnvoyGradient::new(config.clone())?;
-        self.limit = self.limit.clamp(config.min_limit, config.max_limit);
-        self.config = config;
-        Ok(())
     }
 }

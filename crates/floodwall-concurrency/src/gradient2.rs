@@ -168,6 +168,21 @@ impl Algorithm for Gradient2 {
     }
 }
 
+impl crate::Reconfigure for Gradient2 {
+    type Config = Gradient2Config;
+
+    /// Applies `config` (validated as [`Gradient2::new`] validates), keeping
+    /// the limit it has, clamped to the new bounds, and its RTT estimates.
+    fn reconfigure(&mut self, config: Gradient2Config) -> Result<(), ConfigError> {
+        Gradient2::new(config)?;
+        self.estimate = self
+            .estimate
+            .clamp(f64::from(config.min_limit), f64::from(config.max_limit));
+        self.config = config;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -274,20 +289,5 @@ mod tests {
             }),
             "initial_limit"
         );
-    }
-}
-
-impl crate::Reconfigure for Gradient2 {
-    type Config = Gradient2Config;
-
-    /// Applies `config` (validated as [`Gradient2::new`] validates), keeping
-    /// the limit it has, clamped to the new bounds, and its RTT estimates.
-    fn reconfigure(&mut self, config: Gradient2Config) -> Result<(), ConfigError> {
-        Gradient2::new(config.clone())?;
-        self.estimate = self
-            .estimate
-            .clamp(f64::from(config.min_limit), f64::from(config.max_limit));
-        self.config = config;
-        Ok(())
     }
 }

@@ -325,7 +325,8 @@ impl AdaptiveLimitHandle {
     /// # fn main() -> Result<(), floodwall_core::ConfigError> {
     /// let layer: AdaptiveLimitLayer<Aimd> = AdaptiveLimitLayer::new(AimdConfig::default())?;
     /// let handle = layer.handle();
-    /// handle.reconfigure::<Aimd>(AimdConfig { max_limit: 8, ..AimdConfig::default() })?;
+    /// // Still validated as for a new limiter: initial_limit within the bounds.
+    /// handle.reconfigure::<Aimd>(AimdConfig { initial_limit: 4, max_limit: 8, ..AimdConfig::default() })?;
     /// assert!(handle.limit() <= 8);
     /// # Ok(())
     /// # }
@@ -335,10 +336,7 @@ impl AdaptiveLimitHandle {
     /// [`ConfigError`] as the algorithm's constructor, or (field
     /// `algorithm`) when the layer runs another algorithm; a refused
     /// configuration changes nothing.
-    pub fn reconfigure<R: crate::Reconfigure>(&self, config: R::Config) -> Result<(), ConfigError>
-    where
-        R: 'static,
-    {
+    pub fn reconfigure<R: crate::Reconfigure>(&self, config: R::Config) -> Result<(), ConfigError> {
         let mut config = Some(config);
         let mut result = Err(ConfigError::new(
             "algorithm",

@@ -172,6 +172,19 @@ impl Algorithm for Vegas {
     }
 }
 
+impl crate::Reconfigure for Vegas {
+    type Config = VegasConfig;
+
+    /// Applies `config` (validated as [`Vegas::new`] validates), keeping
+    /// the limit it has, clamped to the new bounds, and its RTT estimates.
+    fn reconfigure(&mut self, config: VegasConfig) -> Result<(), ConfigError> {
+        Vegas::new(config)?;
+        self.estimate = self.estimate.clamp(1.0, f64::from(config.max_limit));
+        self.config = config;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -294,18 +307,5 @@ mod tests {
             }),
             "initial_limit"
         );
-    }
-}
-
-impl crate::Reconfigure for Vegas {
-    type Config = VegasConfig;
-
-    /// Applies `config` (validated as [`Vegas::new`] validates), keeping
-    /// the limit it has, clamped to the new bounds, and its RTT estimates.
-    fn reconfigure(&mut self, config: VegasConfig) -> Result<(), ConfigError> {
-        Vegas::new(config.clone())?;
-        self.estimate = self.estimate.clamp(1.0, f64::from(config.max_limit));
-        self.config = config;
-        Ok(())
     }
 }
