@@ -183,13 +183,13 @@ where
         match self.limiter.plan(key, n, Instant::now()) {
             Plan::Decided(Ok(_)) => Gated::running(self.inner.call(req), ()),
             Plan::Decided(Err(refusal)) => {
-                Gated::rejected(error::boxed(refusal, self.limiter.policy()))
+                Gated::rejected(error::boxed(refusal, &self.limiter.policy()))
             }
             Plan::Later(later) => {
                 // The ready service goes with the request; a clone stays.
                 let clone = self.inner.clone();
                 let svc = std::mem::replace(&mut self.inner, clone);
-                let policy = self.limiter.policy().clone();
+                let policy = self.limiter.policy();
                 Gated::waiting(RedisCheck {
                     check: Box::pin(async move {
                         later.run().await.map_err(|r| error::boxed(r, &policy))

@@ -38,11 +38,6 @@ use tokio::time::Instant;
 pub(crate) struct Leases<K> {
     map: Mutex<Map<K>>,
     capacity: usize,
-    /// Tokens to ask for per lease round trip (1: leasing off).
-    size: u32,
-    max_age: Duration,
-    /// The quota's emission interval, for refusals of heavier requests.
-    interval: Duration,
 }
 
 #[derive(Debug)]
@@ -50,6 +45,11 @@ struct Map<K> {
     entries: HashMap<K, Entry>,
     /// No sweep for room before this instant (see the type docs).
     next_sweep: Option<Instant>,
+    /// Tokens to ask for per lease round trip (1: leasing off).
+    size: u32,
+    max_age: Duration,
+    /// The quota's emission interval, for refusals of heavier requests.
+    interval: Duration,
 }
 
 #[derive(Debug)]
@@ -101,7 +101,7 @@ pub(crate) enum Take {
 impl<K> Leases<K> {
     /// Tokens asked for per lease round trip (1: leasing off).
     pub(crate) fn size(&self) -> u32 {
-        self.size
+        self.map.lock().size
     }
 }
 
@@ -111,11 +111,32 @@ impl<K: Hash + Eq + Clone> Leases<K> {
             map: Mutex::new(Map {
                 entries: HashMap::new(),
                 next_sweep: None,
+                size: size.max(1),
+                max_age,
+                interval,
             }),
             capacity,
-            size: size.max(1),
-            max_age,
-            interval,
+        }
+    }
+
+    /// Takes a new lease size, lease age and quota interval from now on.
+    /// Leased tokens are kept (they were taken out of the global bucket and
+    /// expire by their age); remembered refusals are forgotten, since the
+    /// new quota may admit what the old one refused: the next request on
+    /// such a key asks Redis.
+    pub(crate) fn reconfigure(
+        &self,
+        size: u32,
+        max_age: Duration,
+        interval: Duration,
+        now: Instant,
+    ) {
+        let mut map = self.map.lock();
+        map.size = size.max(1);
+        map.max_age = max_age;
+        map.interval = interval;
+        for entry in map.entries.values_mut() {
+            entry.blocked_until = entry.blocked_until.min(now);
         }
     }
 
@@ -127,8 +148,9 @@ impl<K: Hash + Eq + Clone> Leases<K> {
             want: n,
             claimed: false,
         };
-        let leasing = self.size > 1;
         let mut map = self.map.lock();
+        let (size, interval) = (map.size, map.interval);
+        let leasing = size > 1;
         if let Some(entry) = map.entries.get_mut(key) {
             if entry.expires <= now {
                 entry.tokens = 0;
@@ -138,7 +160,7 @@ impl<K: Hash + Eq + Clone> Leases<K> {
                 return Take::Taken;
             }
             // A request of n tokens conforms (n − 1)·I after one token does.
-            let until = entry.blocked_until + self.interval * n.saturating_sub(1);
+            let until = entry.blocked_until + interval * n.saturating_sub(1);
             if until > now {
                 return Take::Blocked(until - now);
             }
@@ -156,7 +178,7 @@ impl<K: Hash + Eq + Clone> Leases<K> {
             }
             entry.fetching = true;
             return Take::Fetch {
-                want: self.size.max(n),
+                want: size.max(n),
                 claimed: true,
             };
         }
@@ -165,7 +187,7 @@ impl<K: Hash + Eq + Clone> Leases<K> {
         }
         map.entries.insert(key.clone(), Entry::new(now, true, now));
         Take::Fetch {
-            want: self.size.max(n),
+            want: size.max(n),
             claimed: true,
         }
     }
@@ -176,7 +198,7 @@ impl<K: Hash + Eq + Clone> Leases<K> {
     fn make_room(&self, map: &mut Map<K>, now: Instant) -> bool {
         if map.entries.len() >= self.capacity && map.next_sweep.is_none_or(|at| now >= at) {
             map.entries.retain(|_, e| e.is_useful(now));
-            map.next_sweep = Some(now + self.max_age / 8);
+            map.next_sweep = Some(now + map.max_age / 8);
         }
         map.entries.len() < self.capacity
     }
@@ -185,13 +207,14 @@ impl<K: Hash + Eq + Clone> Leases<K> {
     /// they expire after the lease's maximum age.
     pub(crate) fn fill(&self, key: &K, leftover: u32, now: Instant) {
         let mut map = self.map.lock();
+        let max_age = map.max_age;
         if let Some(entry) = map.entries.get_mut(key) {
             entry.fetching = false;
             if entry.expires <= now {
                 entry.tokens = 0;
             }
             entry.tokens = entry.tokens.saturating_add(leftover);
-            entry.expires = now + self.max_age;
+            entry.expires = now + max_age;
             entry.fetched.notify_waiters();
         }
     }
@@ -208,9 +231,9 @@ impl<K: Hash + Eq + Clone> Leases<K> {
     /// after `retry_after` counted from `sent` (when the request left, so
     /// the block never outlasts Redis's own).
     pub(crate) fn block(&self, key: &K, n: u32, sent: Instant, retry_after: Duration) {
-        let one = retry_after.saturating_sub(self.interval * n.saturating_sub(1));
-        let until = sent + one;
         let mut map = self.map.lock();
+        let one = retry_after.saturating_sub(map.interval * n.saturating_sub(1));
+        let until = sent + one;
         if let Some(entry) = map.entries.get_mut(key) {
             entry.blocked_until = entry.blocked_until.max(until);
             return;

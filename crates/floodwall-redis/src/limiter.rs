@@ -11,6 +11,7 @@ use floodwall_core::metrics::{LABEL_NAME, LABEL_REASON, RequestCounters, metric_
 use floodwall_core::{ConfigError, RateLimitPolicy, RejectKind};
 use floodwall_ratelimit::{Denied, KeyedTokenBucket, Quota};
 use metrics::{Counter, Histogram};
+use parking_lot::RwLock;
 use tokio::sync::futures::OwnedNotified;
 use tokio::time::Instant;
 
@@ -60,13 +61,13 @@ impl<K> Clone for RedisLimiter<K> {
 impl<K> fmt::Debug for RedisLimiter<K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisLimiter")
-            .field("name", &self.inner.policy.name())
+            .field("name", &self.inner.name)
             .field("redis", &self.inner.redis)
             .field("prefix", &self.inner.prefix)
-            .field("quota", &self.inner.quota)
-            .field("timeout", &self.inner.timeout)
+            .field("quota", &self.inner.live.read().quota)
+            .field("timeout", &self.inner.live.read().timeout)
             .field("lease", &self.inner.leases.size())
-            .field("fallback", &self.inner.fallback)
+            .field("fallback", &self.inner.live.read().fallback)
             .field("breaker", &self.inner.breaker.state())
             .finish()
     }
@@ -75,18 +76,29 @@ impl<K> fmt::Debug for RedisLimiter<K> {
 struct Inner<K> {
     redis: RedisConnection,
     script: Script,
+    name: Arc<str>,
     prefix: String,
-    interval_arg: String,
-    burst_arg: String,
-    quota: Quota,
-    timeout: Duration,
+    /// What a reconfiguration replaces; read once per decision.
+    live: RwLock<Live>,
     leases: Leases<K>,
-    fallback: Fallback,
     local: Option<KeyedTokenBucket<K>>,
     breaker: CircuitBreaker,
-    policy: Arc<RateLimitPolicy>,
+    capacity: usize,
     metrics: Metrics,
     stats: Counters,
+}
+
+/// The configuration in force.
+pub(crate) struct Live {
+    pub(crate) quota: Quota,
+    pub(crate) interval_arg: Arc<str>,
+    pub(crate) burst_arg: Arc<str>,
+    pub(crate) timeout: Duration,
+    pub(crate) fallback: Fallback,
+    pub(crate) lease: Option<(u32, Duration)>,
+    pub(crate) policy: Arc<RateLimitPolicy>,
+    /// When the quota last changed (none: as built).
+    pub(crate) changed_at: Option<Instant>,
 }
 
 impl RedisLimiter<()> {
@@ -175,7 +187,8 @@ where
     /// (or a wait for another request's lease fetch) still to make, all
     /// within the timeout from `now`.
     pub(crate) fn plan(&self, key: K, n: u32, now: Instant) -> Plan<K> {
-        self.plan_until(key, n, now, now + self.inner.timeout, true)
+        let timeout = self.inner.live.read().timeout;
+        self.plan_until(key, n, now, now + timeout, true)
     }
 
     fn plan_until(
@@ -188,7 +201,7 @@ where
     ) -> Plan<K> {
         let inner = &self.inner;
         let n = n.max(1);
-        let burst = inner.quota.burst();
+        let burst = inner.live.read().quota.burst();
         if n > burst {
             inner.record(Source::Redis, false);
             return Plan::Decided(Err(Refusal::ExceedsBurst {
@@ -300,14 +313,110 @@ where
         self.inner.leases.size()
     }
 
-    /// The global quota.
-    pub fn quota(&self) -> &Quota {
-        &self.inner.quota
+    /// The global quota in force.
+    pub fn quota(&self) -> Quota {
+        self.inner.live.read().quota
     }
 
     /// The quota as reported in `RateLimit-Policy` headers.
-    pub fn policy(&self) -> &Arc<RateLimitPolicy> {
-        &self.inner.policy
+    pub fn policy(&self) -> Arc<RateLimitPolicy> {
+        self.inner.live.read().policy.clone()
+    }
+
+    /// The configuration in force, as the plain data it is built from
+    /// (name, prefix, capacity and breaker as built; the breaker's own
+    /// configuration is [`breaker`](Self::breaker)`().config()`).
+    pub fn config(&self) -> crate::RedisLimiterConfig {
+        let live = self.inner.live.read();
+        crate::RedisLimiterConfig {
+            name: self.inner.name.to_string(),
+            prefix: Some(self.inner.prefix.clone()),
+            quota: live.quota,
+            timeout: live.timeout,
+            lease: live.lease.map(|(max_tokens, max_age)| crate::LeaseConfig {
+                max_tokens,
+                max_age,
+            }),
+            fallback: live.fallback,
+            capacity: self.inner.capacity,
+            breaker: Some(self.inner.breaker.config()),
+        }
+    }
+
+    /// Changes the quota, leasing, timeout, fallback share and breaker while
+    /// the limiter serves, validated as [`Builder::build`] validates (a
+    /// refused configuration changes nothing). The name, prefix, capacity
+    /// and the fallback's kind (local, open, closed) are the limiter's
+    /// identity and cannot change (a [`ConfigError`] names them).
+    ///
+    /// What carries over: each key's bucket in Redis keeps the tokens it
+    /// has, capped at the new burst (SPECS.md, "Reconfiguration"): the
+    /// script stores the quota beside the TAT and converts a key the first
+    /// time it meets it under another quota, so every key converts at its
+    /// next decision, with the tokens it has then under the old quota.
+    /// Leased tokens are kept (they left the global bucket and expire by
+    /// their age); remembered refusals are forgotten; the local fallback's
+    /// buckets are reconfigured the same way; the breaker keeps its state
+    /// (see [`CircuitBreaker::reconfigure`]). Instances sharing a quota
+    /// should all be reconfigured: each decides under its own.
+    ///
+    /// # Errors
+    /// As [`Builder::build`], and for a changed name, prefix, capacity or
+    /// fallback kind.
+    pub fn reconfigure(&self, config: &crate::RedisLimiterConfig) -> Result<(), ConfigError> {
+        let inner = &self.inner;
+        if config.name != *inner.name {
+            return Err(ConfigError::new("name", "cannot change while serving"));
+        }
+        if config.prefix.as_ref().is_some_and(|p| *p != inner.prefix) {
+            return Err(ConfigError::new("prefix", "cannot change while serving"));
+        }
+        if config.capacity != inner.capacity {
+            return Err(ConfigError::new("capacity", "cannot change while serving"));
+        }
+        floodwall_core::config::check_duration("timeout", config.timeout)?;
+        if config.timeout.is_zero() {
+            return Err(ConfigError::new("timeout", "must be above zero"));
+        }
+        let lease = config.lease.map(|l| (l.max_tokens, l.max_age));
+        let derived = builder::Derived::of(&inner.name, config.quota, lease, config.fallback)?;
+        if derived.local.is_some() != inner.local.is_some() {
+            return Err(ConfigError::new(
+                "fallback",
+                "its kind cannot change while serving (its share can)",
+            ));
+        }
+        if let Some(breaker) = config.breaker {
+            breaker.validate()?;
+        }
+        let now = Instant::now();
+        let mut live = inner.live.write();
+        if let Some(breaker) = config.breaker {
+            inner.breaker.reconfigure(breaker, now)?;
+        }
+        inner.leases.reconfigure(
+            derived.lease_size,
+            derived.lease_age,
+            config.quota.interval(),
+            now,
+        );
+        if let (Some(local), Some(quota)) = (&inner.local, derived.local) {
+            local.reconfigure(quota, now);
+        }
+        *live = Live {
+            quota: config.quota,
+            interval_arg: derived.interval_arg,
+            burst_arg: derived.burst_arg,
+            timeout: config.timeout,
+            fallback: config.fallback,
+            lease,
+            policy: derived.policy,
+            changed_at: Some(now),
+        };
+        drop(live);
+        inner.metrics.reconfigured.increment(1);
+        tracing::info!(limiter = %inner.name, quota = ?config.quota, "redis limiter reconfigured");
+        Ok(())
     }
 
     /// The breaker guarding Redis, for manual control (force it open for
@@ -350,7 +459,8 @@ where
         retry: Option<Duration>,
     ) -> Result<Source, Refusal> {
         self.stats.fallback.fetch_add(1, Ordering::Relaxed);
-        let decision = match (&self.fallback, &self.local) {
+        let fallback = self.live.read().fallback;
+        let decision = match (&fallback, &self.local) {
             (Fallback::Open, _) => Ok(Source::FailOpen),
             (Fallback::Local { .. }, Some(local)) => match local.try_acquire(key, now, n) {
                 Ok(()) => Ok(Source::Fallback),
@@ -367,7 +477,7 @@ where
         let source = match &decision {
             Ok(source) => *source,
             Err(Refusal::RateLimited { source, .. }) => *source,
-            Err(_) if self.fallback == Fallback::Closed => Source::FailClosed,
+            Err(_) if fallback == Fallback::Closed => Source::FailClosed,
             Err(_) => Source::Fallback,
         };
         self.record(source, decision.is_ok());
@@ -440,12 +550,25 @@ where
     pub(crate) async fn run(mut self) -> Result<Source, Refusal> {
         let inner = self.inner.clone();
         let redis_key = types::redis_key(&inner.prefix, &self.key);
+        let (interval_arg, burst_arg, changed_at) = {
+            let live = inner.live.read();
+            (
+                live.interval_arg.clone(),
+                live.burst_arg.clone(),
+                live.changed_at,
+            )
+        };
+        let since_us = changed_at.map_or(0, |at| {
+            u64::try_from(Instant::now().saturating_duration_since(at).as_micros())
+                .unwrap_or(u64::MAX)
+        });
         let args = Args {
             key: &redis_key,
-            interval: &inner.interval_arg,
-            burst: &inner.burst_arg,
+            interval: &interval_arg,
+            burst: &burst_arg,
             need: self.n,
             want: self.want,
+            since_us,
         };
         let started = Instant::now();
         let result = match tokio::time::timeout_at(
@@ -474,7 +597,7 @@ where
                 inner.breaker.on_failure(permit, now);
                 inner.stats.record_error(err.class);
                 inner.metrics.errors[err.class.index()].increment(1);
-                tracing::debug!(limiter = %inner.policy.name(), error = %err, "redis limiter call failed");
+                tracing::debug!(limiter = %inner.name, error = %err, "redis limiter call failed");
                 self.release_claim();
                 return inner.fall_back(&self.key, self.n, now, None);
             }

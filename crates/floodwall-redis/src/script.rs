@@ -23,6 +23,17 @@ use crate::error::CallError;
 /// (ITU-T I.371, as floodwall-token-bucket implements it) with `n = granted`. The key expires when its TAT passes:
 /// from then on an absent key and a full bucket are the same thing.
 ///
+/// The key holds `TAT:I:b` (the TAT and the quota it was made under, as
+/// the arguments spelled them). A call under another quota first carries
+/// the key over (SPECS.md, "Reconfiguration") at the change instant
+/// `tc = now − ARGV[5]` (the microseconds since the caller's limiter was
+/// reconfigured): with `a = min(b', max(0, b − (max(TAT, tc) − tc)/I))`
+/// tokens available under the old quota then, `TAT' = tc + (b' − a)·I'`,
+/// and from `tc` on the key refills at the new rate; a TAT beyond a full
+/// bucket (which only leasing's batched grants can leave) keeps its
+/// excess. A bare number (written before the quota was stored) is read
+/// under the caller's quota.
+///
 /// Reply: `{granted, retry_after_us, available_after}`.
 pub(crate) const GCRA: &str = r#"
 if redis.replicate_commands then redis.replicate_commands() end
@@ -32,7 +43,28 @@ local need = tonumber(ARGV[3])
 local want = tonumber(ARGV[4])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local tat = tonumber(redis.call('GET', KEYS[1]) or now) or now
+local tc = now - (tonumber(ARGV[5]) or 0)
+local tat = now
+local raw = redis.call('GET', KEYS[1])
+if raw then
+  local s, oi, ob = string.match(raw, '^([^:]+):([^:]+):([^:]+)$')
+  if s then
+    tat = tonumber(s) or now
+    if oi ~= ARGV[1] or ob ~= ARGV[2] then
+      local old_i, old_b = tonumber(oi), tonumber(ob)
+      local ahead = math.max(tat - tc, 0)
+      local tol = old_b * old_i
+      if ahead >= tol then
+        tat = tc + (ahead - tol) + burst * interval
+      else
+        local a = math.min(burst, (tol - ahead) / old_i)
+        tat = tc + (burst - a) * interval
+      end
+    end
+  else
+    tat = tonumber(raw) or now
+  end
+end
 if tat < now then tat = now end
 local available = math.floor((now + burst * interval - tat) / interval + 1e-9)
 if available < need then
@@ -42,7 +74,7 @@ end
 local granted = math.min(want, available)
 local new_tat = tat + granted * interval
 local ttl = math.ceil((new_tat - now) / 1000)
-redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.max(ttl, 1))
+redis.call('SET', KEYS[1], string.format('%.0f', new_tat) .. ':' .. ARGV[1] .. ':' .. ARGV[2], 'PX', math.max(ttl, 1))
 return {granted, 0, available - granted}
 "#;
 
@@ -80,6 +112,8 @@ pub(crate) struct Args<'a> {
     pub(crate) burst: &'a str,
     pub(crate) need: u32,
     pub(crate) want: u32,
+    /// Microseconds since the limiter's quota last changed (0 if never).
+    pub(crate) since_us: u64,
 }
 
 impl Script {
@@ -99,6 +133,7 @@ impl Script {
             .arg(args.burst)
             .arg(args.need)
             .arg(args.want)
+            .arg(args.since_us)
             .invoke_async::<Value>(&mut lent.conn)
             .await;
         let result = reply

@@ -587,3 +587,65 @@ async fn on_a_redis_cluster_each_key_is_decided_by_the_node_that_owns_its_slot()
         "keys spread over every node: {keys:?}"
     );
 }
+
+/// Reconfigured while it serves: each key in Redis keeps the tokens it
+/// has, capped at the new burst, converted at its next decision; no key is
+/// handed a fresh burst; identity changes are refused.
+#[tokio::test]
+async fn a_reconfigured_quota_carries_each_keys_tokens_over_in_redis() {
+    let server = RedisServer::start();
+    let limiter: RedisLimiter<&str> = builder(server.addr(), quota(1, 5)).build().unwrap();
+    let admitted = |limiter: &RedisLimiter<&'static str>, key: &'static str, tries: usize| {
+        let limiter = limiter.clone();
+        async move {
+            let mut n = 0;
+            for _ in 0..tries {
+                if limiter.acquire(key, 1).await.is_ok() {
+                    n += 1;
+                }
+            }
+            n
+        }
+    };
+    assert_eq!(admitted(&limiter, "spent", 5).await, 5);
+    assert_eq!(admitted(&limiter, "three", 2).await, 2);
+    assert_eq!(admitted(&limiter, "full", 0).await, 0);
+    assert!(limiter.acquire("spent", 1).await.is_err());
+
+    // Burst 5 → 4 at the same rate: "three" keeps 3, "full" is capped at 4.
+    let mut config = limiter.config();
+    config.quota = quota(1, 4);
+    limiter.reconfigure(&config).unwrap();
+    assert_eq!(limiter.quota(), quota(1, 4));
+    assert_eq!(limiter.policy().quota(), 1);
+    assert_eq!(admitted(&limiter, "three", 10).await, 3);
+    assert_eq!(admitted(&limiter, "full", 10).await, 4);
+    // The spent key is not handed a fresh burst; Redis decides (the
+    // remembered refusal was forgotten) and refuses.
+    assert!(matches!(
+        limiter.acquire("spent", 1).await,
+        Err(Refusal::RateLimited {
+            source: Source::Redis,
+            ..
+        })
+    ));
+    // Raised to 20/s: the spent key refills at the new rate from the change
+    // (converted at its next decision, as of the change instant).
+    config.quota = quota(20, 10);
+    limiter.reconfigure(&config).unwrap();
+    tokio::time::sleep(Duration::from_millis(260)).await;
+    assert_eq!(
+        admitted(&limiter, "spent", 8).await,
+        5,
+        "5.2 tokens at 20/s"
+    );
+
+    // Identity changes are refused and change nothing.
+    let mut renamed = limiter.config();
+    renamed.name = "other".into();
+    assert_eq!(limiter.reconfigure(&renamed).unwrap_err().field(), "name");
+    let mut open = limiter.config();
+    open.fallback = Fallback::Open;
+    assert_eq!(limiter.reconfigure(&open).unwrap_err().field(), "fallback");
+    assert_eq!(limiter.quota(), quota(20, 10));
+}

@@ -86,38 +86,16 @@ impl Builder {
         if self.capacity == 0 {
             return Err(ConfigError::new("capacity", "must be at least 1 key"));
         }
-        let rate_per_sec = f64::from(self.quota.tokens()) / self.quota.period().as_secs_f64();
-        let lease_size = match self.lease {
-            None => 1,
-            Some((0, _)) => {
-                return Err(ConfigError::new("lease.max_tokens", "must be at least 1"));
-            }
-            Some((_, age)) if age.is_zero() => {
-                return Err(ConfigError::new("lease.max_age", "must be above zero"));
-            }
-            Some((max_tokens, age)) => {
-                let refill = (rate_per_sec * age.as_secs_f64()).floor();
-                // A lease of one token is no lease: every request needs one.
-                (refill.min(f64::from(max_tokens)) as u32).clamp(1, self.quota.burst())
-            }
-        };
-        let lease_age = self.lease.map_or(Duration::ZERO, |(_, age)| age);
-        let leases = Leases::new(lease_size, lease_age, self.quota.interval(), self.capacity);
-        let local = match self.fallback {
-            Fallback::Local { share } => {
-                if !(share > 0.0 && share <= 1.0) {
-                    return Err(ConfigError::new("fallback.share", "must be in (0, 1]"));
-                }
-                let burst = (f64::from(self.quota.burst()) * share).ceil().max(1.0) as u32;
-                let quota = Quota::per_second_f64(rate_per_sec * share)
-                    .and_then(|q| q.with_burst(burst))
-                    .map_err(|_| {
-                        ConfigError::new("fallback.share", "gives a rate the clock cannot express")
-                    })?;
-                Some(KeyedTokenBucket::new(quota, self.capacity))
-            }
-            Fallback::Open | Fallback::Closed => None,
-        };
+        let derived = Derived::of(&self.name, self.quota, self.lease, self.fallback)?;
+        let leases = Leases::new(
+            derived.lease_size,
+            derived.lease_age,
+            self.quota.interval(),
+            self.capacity,
+        );
+        let local = derived
+            .local
+            .map(|quota| KeyedTokenBucket::new(quota, self.capacity));
         let metrics = Metrics::new(&self.name);
         let fallback_gauge = metrics::gauge!(metric_name(crate::METRIC_PREFIX, "fallback"), LABEL_NAME => self.name.to_string());
         fallback_gauge.set(0.0);
@@ -131,32 +109,104 @@ impl Builder {
                 tracing::info!(limiter = %name, "redis limiter back on redis");
             }
         });
-        let interval_us = self.quota.interval().as_nanos() as f64 / 1000.0;
         let prefix = self
             .prefix
             .unwrap_or_else(|| format!("floodwall:{}:", self.name));
-        let policy = Arc::new(RateLimitPolicy::new(
-            self.name.clone(),
-            u64::from(self.quota.tokens()),
-            self.quota.period(),
-        ));
         Ok(RedisLimiter {
             inner: Arc::new(Inner {
+                name: self.name.clone(),
                 redis: self.redis,
                 script: Script::default(),
                 prefix,
-                interval_arg: format!("{interval_us}"),
-                burst_arg: self.quota.burst().to_string(),
-                quota: self.quota,
-                timeout: self.timeout,
+                live: RwLock::new(Live {
+                    quota: self.quota,
+                    interval_arg: derived.interval_arg,
+                    burst_arg: derived.burst_arg,
+                    timeout: self.timeout,
+                    fallback: self.fallback,
+                    lease: self.lease,
+                    policy: derived.policy,
+                    changed_at: None,
+                }),
                 leases,
-                fallback: self.fallback,
                 local,
                 breaker,
-                policy,
+                capacity: self.capacity,
                 metrics,
                 stats: Counters::default(),
             }),
+        })
+    }
+}
+
+/// What a limiter derives from its quota, lease and fallback: built once by
+/// the builder, again by a reconfiguration.
+pub(crate) struct Derived {
+    pub(crate) lease_size: u32,
+    pub(crate) lease_age: Duration,
+    pub(crate) local: Option<Quota>,
+    pub(crate) interval_arg: Arc<str>,
+    pub(crate) burst_arg: Arc<str>,
+    pub(crate) policy: Arc<RateLimitPolicy>,
+}
+
+impl Derived {
+    /// Validates and derives (see [`Builder::build`]'s errors).
+    pub(crate) fn of(
+        name: &Arc<str>,
+        quota: Quota,
+        lease: Option<(u32, Duration)>,
+        fallback: Fallback,
+    ) -> Result<Self, ConfigError> {
+        if let Some((_, age)) = lease {
+            floodwall_core::config::check_duration("lease.max_age", age)?;
+        }
+        let rate_per_sec = f64::from(quota.tokens()) / quota.period().as_secs_f64();
+        let lease_size = match lease {
+            None => 1,
+            Some((0, _)) => {
+                return Err(ConfigError::new("lease.max_tokens", "must be at least 1"));
+            }
+            Some((_, age)) if age.is_zero() => {
+                return Err(ConfigError::new("lease.max_age", "must be above zero"));
+            }
+            Some((max_tokens, age)) => {
+                let refill = (rate_per_sec * age.as_secs_f64()).floor();
+                // A lease of one token is no lease: every request needs one.
+                (refill.min(f64::from(max_tokens)) as u32).clamp(1, quota.burst())
+            }
+        };
+        let local = match fallback {
+            Fallback::Local { share } => {
+                if !(share > 0.0 && share <= 1.0) {
+                    return Err(ConfigError::new("fallback.share", "must be in (0, 1]"));
+                }
+                let burst = (f64::from(quota.burst()) * share).ceil().max(1.0) as u32;
+                Some(
+                    Quota::per_second_f64(rate_per_sec * share)
+                        .and_then(|q| q.with_burst(burst))
+                        .map_err(|_| {
+                            ConfigError::new(
+                                "fallback.share",
+                                "gives a rate the clock cannot express",
+                            )
+                        })?,
+                )
+            }
+            Fallback::Open | Fallback::Closed => None,
+        };
+        let interval_us = quota.interval().as_nanos() as f64 / 1000.0;
+        Ok(Self {
+            lease_size,
+            lease_age: lease.map_or(Duration::ZERO, |(_, age)| age),
+            local,
+            interval_arg: Arc::from(format!("{interval_us}")),
+            burst_arg: Arc::from(quota.burst().to_string()),
+            policy: Arc::new(RateLimitPolicy::new(
+                name.clone(),
+                u64::from(quota.tokens()),
+                quota.period(),
+            )),
         })
     }
 }

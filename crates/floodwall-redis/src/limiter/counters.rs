@@ -34,6 +34,8 @@ pub(crate) struct Metrics {
     pub(crate) round_trip_seconds: Histogram,
     /// `errors_total` by [`ErrorClass`], in [`ErrorClass::ALL`] order.
     pub(crate) errors: [Counter; 7],
+    /// `reconfigurations_total`.
+    pub(crate) reconfigured: Counter,
 }
 
 pub(crate) const SOURCES: [Source; 6] = [
@@ -54,6 +56,7 @@ impl Metrics {
             }),
             round_trips: metrics::counter!(metric_name(prefix, "round_trips_total"), LABEL_NAME => name.to_owned()),
             round_trip_seconds: metrics::histogram!(metric_name(prefix, "round_trip_seconds"), LABEL_NAME => name.to_owned()),
+            reconfigured: metrics::counter!(metric_name(prefix, "reconfigurations_total"), LABEL_NAME => name.to_owned()),
             errors: ErrorClass::ALL.map(|class| {
                 metrics::counter!(metric_name(prefix, "errors_total"), LABEL_NAME => name.to_owned(), LABEL_REASON => class.as_str())
             }),
