@@ -39,6 +39,14 @@ pub trait KeyState: Send + Sync + 'static {
 /// live reconfiguration of a keyed limiter does to every remembered key
 /// (SPECS.md, "Reconfiguration").
 pub trait Carry: KeyState {
+    /// The parameters to put in force when `new` replaces `old` at `t`
+    /// (an algorithm may anchor them to the change instant). By default,
+    /// `new` itself.
+    fn prepare(old: &Self::Params, new: Self::Params, t: u64) -> Self::Params {
+        let _ = (old, t);
+        new
+    }
+
     /// Converts this state, held under `old`, to the state under `new`
     /// at `t`. Called with the key's shard locked for writing: no decision
     /// on the key runs meanwhile.
@@ -266,6 +274,7 @@ impl<K: Hash + Eq, S: KeyState> KeyedMap<K, S> {
         S: Carry,
     {
         let mut current = self.params.lock();
+        let params = S::prepare(&current, params, t);
         for shard in self.shards.iter() {
             let mut guard = shard.write();
             let shard = &mut *guard;

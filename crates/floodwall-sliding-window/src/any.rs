@@ -34,7 +34,7 @@ impl SlidingWindow {
     }
 
     /// The limit and window length.
-    pub fn window(&self) -> &Window {
+    pub fn window(&self) -> Window {
         match self {
             SlidingWindow::Counter(counter) => counter.window(),
             SlidingWindow::Log(log) => log.window(),
@@ -118,5 +118,41 @@ where
             KeyedSlidingWindow::Counter(counters) => counters.try_acquire(key, now, n),
             KeyedSlidingWindow::Log(logs) => logs.try_acquire(key, now, n),
         }
+    }
+}
+
+impl floodwall_ratelimit::Reconfigure for SlidingWindow {
+    type Params = Window;
+
+    /// See [`SlidingWindowCounter::reconfigure`] and
+    /// [`SlidingLog::reconfigure`].
+    fn reconfigure(&self, window: Window, now: Instant) {
+        match self {
+            SlidingWindow::Counter(counter) => counter.reconfigure(window, now),
+            SlidingWindow::Log(log) => log.reconfigure(window, now),
+        }
+    }
+
+    fn policy(window: &Window) -> (u64, std::time::Duration) {
+        (u64::from(window.limit()), window.length())
+    }
+}
+
+impl<K: Hash + Eq + Clone + Send + Sync + 'static> floodwall_ratelimit::Reconfigure
+    for KeyedSlidingWindow<K>
+{
+    type Params = Window;
+
+    /// Every key at once, shard by shard, by the rule of its mode (see
+    /// [`SlidingWindowCounter::reconfigure`], [`SlidingLog::reconfigure`]).
+    fn reconfigure(&self, window: Window, now: Instant) {
+        match self {
+            KeyedSlidingWindow::Counter(counters) => counters.reconfigure(window, now),
+            KeyedSlidingWindow::Log(logs) => logs.reconfigure(window, now),
+        }
+    }
+
+    fn policy(window: &Window) -> (u64, std::time::Duration) {
+        (u64::from(window.limit()), window.length())
     }
 }

@@ -3,6 +3,7 @@ use std::fmt;
 use std::time::Duration;
 
 use floodwall_ratelimit::{Denied, KeyRule, KeyState, Limiter, PerKey, Refund};
+use parking_lot::RwLock;
 use tokio::time::Instant;
 
 use crate::window::{Window, nanos_since};
@@ -19,6 +20,9 @@ pub struct CounterParams {
     /// second's worth, at least 2 and at most 2^24 (so that at most 1/256 of
     /// the 32-bit window cycle is read as "ahead").
     skew: u32,
+    /// Where windows are aligned (ns since the epoch): 0, or the instant
+    /// a reconfiguration changed the window's length.
+    origin: u64,
 }
 
 /// A counter's state in one word: the window index (its low 32 bits), the
@@ -47,6 +51,7 @@ impl CounterParams {
             limit: window.limit(),
             fixed,
             skew: one_second.clamp(2, 1 << 24) as u32,
+            origin: 0,
         }
     }
 
@@ -65,6 +70,7 @@ impl CounterParams {
     /// aliases a recent one, and its old counts apply for at most a second.
     #[inline]
     fn view(self, word: u64, t: u64) -> View {
+        let t = t.saturating_sub(self.origin);
         let mut w = t / self.window;
         let mut e = t % self.window;
         let stored = (word >> 32) as u32;
@@ -196,7 +202,42 @@ impl KeyState for CounterState {
         }
         let windows_ago = u64::from((v.w as u32).wrapping_sub((word >> 32) as u32));
         let relevant = if params.fixed { 1 } else { 2 };
-        (v.w - windows_ago.min(v.w) + relevant).saturating_mul(params.window)
+        (v.w - windows_ago.min(v.w) + relevant)
+            .saturating_mul(params.window)
+            .saturating_add(params.origin)
+    }
+}
+
+impl floodwall_ratelimit::Carry for CounterState {
+    /// A new window length restarts window alignment at the change instant
+    /// (SPECS.md, "Reconfiguration"); a new limit alone keeps the
+    /// alignment.
+    fn prepare(old: &CounterParams, new: CounterParams, t: u64) -> CounterParams {
+        CounterParams {
+            origin: if new.window == old.window {
+                old.origin
+            } else {
+                t
+            },
+            // Sliding or fixed is the limiter's mode, not a parameter.
+            fixed: old.fixed,
+            ..new
+        }
+    }
+
+    /// Counts are kept and the new limit applies to the current estimate;
+    /// after a change of window length, the estimate at the change instant
+    /// becomes the previous window's count of the new alignment (rounded
+    /// up), so the estimate does not jump.
+    fn carry(&self, old: &CounterParams, new: &CounterParams, t: u64) {
+        if old.window == new.window {
+            return;
+        }
+        let estimate = old.estimate(self, t).ceil().min(f64::from(u16::MAX)) as u32;
+        // Window −1 of the new alignment (which starts at t) holds it as its
+        // current count: at t it reads as the previous window's.
+        let before = (t.saturating_sub(new.origin) / new.window).wrapping_sub(1);
+        self.0.store(pack(before, 0, estimate), Ordering::Relaxed);
     }
 }
 
@@ -239,9 +280,11 @@ impl KeyState for CounterState {
 /// ```
 pub struct SlidingWindowCounter {
     state: CounterState,
-    params: CounterParams,
+    /// The parameters and the window they come from, replaced by a
+    /// reconfiguration (under the write lock, converting the state); a
+    /// decision reads them under the read lock.
+    params: RwLock<(CounterParams, Window)>,
     epoch: Instant,
-    window: Window,
 }
 
 impl SlidingWindowCounter {
@@ -269,9 +312,8 @@ impl SlidingWindowCounter {
     fn build(window: Window, epoch: Instant, fixed: bool) -> Self {
         Self {
             state: CounterState(AtomicU64::new(0)),
-            params: CounterParams::new(window, fixed),
+            params: RwLock::new((CounterParams::new(window, fixed), window)),
             epoch,
-            window,
         }
     }
 
@@ -285,37 +327,56 @@ impl SlidingWindowCounter {
     #[inline]
     pub fn try_acquire(&self, now: Instant, n: u32) -> Result<(), Denied> {
         let t = nanos_since(self.epoch, now);
-        self.params.decide(&self.state, t, n)
+        self.params.read().0.decide(&self.state, t, n)
+    }
+
+    /// Counts under `window` from `now` on (SPECS.md, "Reconfiguration"):
+    /// the counts are kept and a new limit applies to the current estimate;
+    /// a new length restarts the window alignment at `now`, the estimate
+    /// then carried as the previous window's count. Atomic for concurrent
+    /// deciders (they wait for the change under a read lock).
+    pub fn reconfigure(&self, window: Window, now: Instant) {
+        use floodwall_ratelimit::Carry;
+        let t = nanos_since(self.epoch, now);
+        let mut params = self.params.write();
+        let old = params.0;
+        let new = CounterState::prepare(&old, CounterParams::new(window, old.fixed), t);
+        self.state.carry(&old, &new, t);
+        *params = (new, window);
     }
 
     /// The estimate of requests in the last window at `now`.
     pub fn estimate(&self, now: Instant) -> f64 {
         self.params
+            .read()
+            .0
             .estimate(&self.state, nanos_since(self.epoch, now))
     }
 
     /// How many single requests would be admitted at `now`.
     pub fn remaining(&self, now: Instant) -> u32 {
         self.params
+            .read()
+            .0
             .remaining(&self.state, nanos_since(self.epoch, now))
     }
 
     /// The limit and window length.
-    pub fn window(&self) -> &Window {
-        &self.window
+    pub fn window(&self) -> Window {
+        self.params.read().1
     }
 
     /// Whether this is a fixed window.
     pub fn is_fixed(&self) -> bool {
-        self.params.fixed
+        self.params.read().0.fixed
     }
 }
 
 impl fmt::Debug for SlidingWindowCounter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SlidingWindowCounter")
-            .field("window", &self.window)
-            .field("fixed", &self.params.fixed)
+            .field("window", &self.window())
+            .field("fixed", &self.is_fixed())
             .finish_non_exhaustive()
     }
 }

@@ -4,6 +4,7 @@ use std::time::Duration;
 use floodwall_core::ConfigError;
 use floodwall_ratelimit::{Denied, KeyRule, KeyState, Limiter, PerKey, Refund};
 use parking_lot::Mutex;
+use parking_lot::RwLock;
 use tokio::time::Instant;
 
 use crate::window::{Window, nanos_since};
@@ -162,9 +163,10 @@ impl KeyState for LogState {
 /// ```
 pub struct SlidingLog {
     state: LogState,
-    params: LogParams,
+    /// The parameters and the window they come from, replaced by a
+    /// reconfiguration; a decision reads them under the read lock.
+    params: RwLock<(LogParams, Window)>,
     epoch: Instant,
-    window: Window,
 }
 
 impl SlidingLog {
@@ -178,9 +180,8 @@ impl SlidingLog {
         let params = LogParams::new(window);
         Self {
             state: params.fresh(),
-            params,
+            params: RwLock::new((params, window)),
             epoch,
-            window,
         }
     }
 
@@ -193,24 +194,42 @@ impl SlidingLog {
     /// if `n` is above the limit.
     pub fn try_acquire(&self, now: Instant, n: u32) -> Result<(), Denied> {
         self.params
+            .read()
+            .0
             .decide(&self.state, nanos_since(self.epoch, now), n)
+    }
+
+    /// Logs under `window` from `now` on (SPECS.md, "Reconfiguration"):
+    /// the logged admissions are kept (the newest of them, up to a smaller
+    /// new limit) and judged by the new limit and length. Atomic for
+    /// concurrent deciders.
+    pub fn reconfigure(&self, window: Window, now: Instant) {
+        use floodwall_ratelimit::Carry;
+        let t = nanos_since(self.epoch, now);
+        let mut params = self.params.write();
+        let new = LogParams::new(window);
+        self.state.carry(&params.0, &new, t);
+        *params = (new, window);
     }
 
     /// Admissions in the window ending at `now`.
     pub fn count(&self, now: Instant) -> u32 {
-        self.params.count(&self.state, nanos_since(self.epoch, now))
+        self.params
+            .read()
+            .0
+            .count(&self.state, nanos_since(self.epoch, now))
     }
 
     /// The limit and window length.
-    pub fn window(&self) -> &Window {
-        &self.window
+    pub fn window(&self) -> Window {
+        self.params.read().1
     }
 }
 
 impl fmt::Debug for SlidingLog {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SlidingLog")
-            .field("window", &self.window)
+            .field("window", &self.window())
             .finish_non_exhaustive()
     }
 }
@@ -256,6 +275,25 @@ impl LogState {
     /// Admissions in the window ending at `t`.
     pub fn count(&self, params: &LogParams, t: u64) -> u32 {
         params.count(self, t)
+    }
+}
+
+impl floodwall_ratelimit::Carry for LogState {
+    /// The logged admissions are kept, the newest of them up to a smaller
+    /// new limit, in order; the new length judges them.
+    fn carry(&self, _old: &LogParams, new: &LogParams, _t: u64) {
+        let mut ring = self.0.lock();
+        let len = ring.slots.len();
+        let logged: Vec<u64> = (0..len)
+            .map(|i| ring.slots[(ring.head + i) % len])
+            .filter(|&s| s != 0)
+            .collect();
+        let size = new.limit as usize;
+        let keep = &logged[logged.len().saturating_sub(size)..];
+        let mut slots = vec![0; size];
+        slots[size - keep.len()..].copy_from_slice(keep);
+        ring.slots = slots.into_boxed_slice();
+        ring.head = 0;
     }
 }
 
