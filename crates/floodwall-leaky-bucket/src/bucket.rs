@@ -83,3 +83,30 @@ impl Remaining for LeakyBucket {
         }
     }
 }
+
+impl floodwall_ratelimit::Reconfigure for LeakyBucket {
+    type Params = crate::LeakyParams;
+
+    /// The mode (meter or shaper) is the bucket's own; `params` gives the
+    /// rate, the capacity (a meter's burst) and the queue (a shaper's).
+    fn reconfigure(&self, params: crate::LeakyParams, now: Instant) {
+        match self {
+            LeakyBucket::Meter(meter) => meter.reconfigure(*params.quota(), now),
+            LeakyBucket::Shaper(shaper) => shaper.reconfigure(
+                *params.quota(),
+                params.queue().unwrap_or(shaper.queue()),
+                now,
+            ),
+        }
+    }
+
+    fn policy(params: &crate::LeakyParams) -> (u64, Duration) {
+        (u64::from(params.quota().tokens()), params.quota().period())
+    }
+}
+
+impl floodwall_ratelimit::Advertise for crate::LeakyParams {
+    fn advertised(&self) -> (u64, Duration) {
+        (u64::from(self.quota().tokens()), self.quota().period())
+    }
+}

@@ -111,6 +111,25 @@ impl KeyState for Level {
     }
 }
 
+impl floodwall_ratelimit::Carry for Level {
+    /// The mode (meter or shaper) is the limiter's own: new parameters
+    /// take it from the old.
+    fn prepare(old: &LeakyParams, new: LeakyParams, _t: u64) -> LeakyParams {
+        match (old.shaper, new.shaper) {
+            (Some(_), None) => LeakyParams::shaper(new.quota, old.queue().unwrap_or(0)),
+            (None, Some(_)) => LeakyParams::meter(new.quota),
+            _ => new,
+        }
+    }
+
+    /// As a token bucket's (SPECS.md, "Reconfiguration"): a meter keeps the
+    /// room it has, capped at the new capacity; a shaper's slots already
+    /// given are kept and new ones follow the new interval.
+    fn carry(&self, old: &LeakyParams, new: &LeakyParams, t: u64) {
+        self.0.carry(&old.quota, &new.quota, t);
+    }
+}
+
 impl KeyRule for Level {
     type Permit = ();
 

@@ -2,6 +2,7 @@ use std::fmt;
 use std::time::Duration;
 
 use floodwall_ratelimit::{Denied, Limiter, MAX_WAIT, Quota, Refund, Reserved, TokenBucket};
+use parking_lot::RwLock;
 use tokio::time::Instant;
 
 /// A leaky bucket as a shaper (a queue): requests leave one interval apart,
@@ -39,8 +40,10 @@ use tokio::time::Instant;
 /// ```
 pub struct LeakyShaper {
     bucket: TokenBucket,
-    queue: u32,
-    horizon: Duration,
+    /// The queue's capacity and the horizon it gives, replaced by a
+    /// reconfiguration (under the write lock, with the bucket); a decision
+    /// reads them under the read lock.
+    queue: RwLock<(u32, Duration)>,
 }
 
 /// `q·I`, the furthest ahead a start slot may be (at most
@@ -69,9 +72,8 @@ impl LeakyShaper {
     pub fn with_epoch(rate: Quota, queue: u32, epoch: Instant) -> Self {
         let rate = spaced(rate);
         Self {
-            horizon: horizon(&rate, queue),
+            queue: RwLock::new((queue, horizon(&rate, queue))),
             bucket: TokenBucket::with_epoch(rate, epoch),
-            queue,
         }
     }
 
@@ -82,14 +84,24 @@ impl LeakyShaper {
     /// [`Denied::RateLimited`] when the queue is full, with the time until it
     /// will have room.
     pub fn admit(&self, now: Instant) -> Result<Duration, Denied> {
-        match self.bucket.reserve(now, 1, self.horizon) {
+        let queue = self.queue.read();
+        let horizon = queue.1;
+        match self.bucket.reserve(now, 1, horizon) {
             Ok(reservation) => Ok(reservation.wait()),
-            Err(denied) => Err(self.queue_full(denied)),
+            Err(denied) => Err(queue_full(denied, horizon)),
         }
     }
 
-    fn queue_full(&self, denied: Denied) -> Denied {
-        queue_full(denied, self.horizon)
+    /// Releases at `rate` with room for `queue` waiters from `now` on
+    /// (SPECS.md, "Reconfiguration"): requests already given a start slot
+    /// keep it; new slots follow the new interval from the last one given.
+    /// A queue longer than a new capacity keeps its waiters and refuses
+    /// newcomers until it is under it. Atomic for concurrent deciders.
+    pub fn reconfigure(&self, rate: Quota, queue: u32, now: Instant) {
+        let rate = spaced(rate);
+        let mut current = self.queue.write();
+        self.bucket.reconfigure(rate, now);
+        *current = (queue, horizon(&rate, queue));
     }
 
     /// How long a request arriving at `now` would wait for its slot if it
@@ -101,7 +113,7 @@ impl LeakyShaper {
 
     /// The longest wait the queue allows, `q·I` (capped at about 36 years).
     pub fn horizon(&self) -> Duration {
-        self.horizon
+        self.queue.read().1
     }
 
     /// Requests waiting at `now` for their start slot.
@@ -111,7 +123,7 @@ impl LeakyShaper {
 
     /// The queue's capacity.
     pub fn queue(&self) -> u32 {
-        self.queue
+        self.queue.read().0
     }
 
     /// The release rate.
@@ -130,7 +142,7 @@ impl fmt::Debug for LeakyShaper {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LeakyShaper")
             .field("quota", &self.quota())
-            .field("queue", &self.queue)
+            .field("queue", &self.queue())
             .finish_non_exhaustive()
     }
 }
@@ -145,9 +157,11 @@ impl<Req> Limiter<Req> for LeakyShaper {
     /// Every request gets the next slot if the queue has room; the layer's
     /// wait bound is the queue's.
     fn reserve(&self, _req: &Req, now: Instant, n: u32, _max_wait: Duration) -> Reserved<()> {
-        match self.bucket.reserve(now, n, self.horizon) {
+        let queue = self.queue.read();
+        let horizon = queue.1;
+        match self.bucket.reserve(now, n, horizon) {
             Ok(reservation) => Ok((reservation.wait(), ())),
-            Err(denied) => Err(self.queue_full(denied)),
+            Err(denied) => Err(queue_full(denied, horizon)),
         }
     }
 }

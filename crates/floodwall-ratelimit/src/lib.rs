@@ -44,7 +44,9 @@ pub use keyed_bucket::{KeyedTokenBucket, Tat};
 pub use layer::{
     Algorithm, Builder, KeyedLayer, LimitKey, RateLimitHandle, RateLimitLayer, Remaining, Schedules,
 };
-pub use limiter::{Denied, Keyed, KeyedLimit, Limiter, One, Reconfigure, Refund, Reserved, Weigh};
+pub use limiter::{
+    Advertise, Denied, Keyed, KeyedLimit, Limiter, One, Reconfigure, Refund, Reserved, Weigh,
+};
 pub use per_key::{DEFAULT_KEY_CAPACITY, KeyRule, PerKey, default_key_capacity, key_capacity};
 pub use quota::Quota;
 pub use service::RateLimit;

@@ -269,18 +269,34 @@ impl Reconfigure for crate::TokenBucket {
     }
 }
 
-impl<K> Reconfigure for crate::KeyedTokenBucket<K>
+/// Parameters that say what `RateLimit` header fields advertise: the quota
+/// and its window (what a keyed limiter's reconfiguration reports).
+pub trait Advertise {
+    /// The quota and its window.
+    fn advertised(&self) -> (u64, Duration);
+}
+
+impl Advertise for crate::Quota {
+    fn advertised(&self) -> (u64, Duration) {
+        (u64::from(self.tokens()), self.period())
+    }
+}
+
+impl<K, S> Reconfigure for crate::PerKey<K, S>
 where
     K: std::hash::Hash + Eq,
+    S: crate::Carry + crate::KeyRule,
+    S::Params: Advertise,
 {
-    type Params = crate::Quota;
+    type Params = S::Params;
 
-    fn reconfigure(&self, quota: crate::Quota, now: Instant) {
-        crate::PerKey::reconfigure(self, quota, now);
+    /// Every key at once, shard by shard (see [`crate::PerKey::reconfigure`]).
+    fn reconfigure(&self, params: S::Params, now: Instant) {
+        crate::PerKey::reconfigure(self, params, now);
     }
 
-    fn policy(quota: &crate::Quota) -> (u64, Duration) {
-        (u64::from(quota.tokens()), quota.period())
+    fn policy(params: &S::Params) -> (u64, Duration) {
+        params.advertised()
     }
 }
 
