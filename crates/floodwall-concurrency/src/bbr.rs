@@ -143,30 +143,7 @@ impl Bbr {
     /// nanoseconds in the window, a threshold outside `[0, 1]`, or a
     /// `max_limit` of zero.
     pub fn with_cpu(config: BbrConfig, cpu: impl CpuUsage) -> Result<Self, ConfigError> {
-        floodwall_core::config::check_duration("window", config.window)?;
-        floodwall_core::config::check_duration("cooling", config.cooling)?;
-        floodwall_core::config::check_duration("probe_rtt", config.probe_rtt)?;
-        if config.buckets == 0 {
-            return Err(ConfigError::new("buckets", "must be at least 1"));
-        }
-        if config.buckets > BbrConfig::MAX_BUCKETS {
-            return Err(
-                ConfigError::new("buckets", "must be at most 65,536").with_value(config.buckets)
-            );
-        }
-        let bucket_len = config.window / config.buckets;
-        if bucket_len.is_zero() {
-            return Err(ConfigError::new(
-                "window",
-                "must be at least one nanosecond per bucket",
-            ));
-        }
-        if !(0.0..=1.0).contains(&config.cpu_threshold) {
-            return Err(ConfigError::new("cpu_threshold", "must be in [0, 1]"));
-        }
-        if config.max_limit == 0 {
-            return Err(ConfigError::new("max_limit", "must be at least 1"));
-        }
+        let bucket_len = validate(&config)?;
         Ok(Self {
             bucket_len,
             origin: None,
@@ -307,6 +284,60 @@ impl fmt::Debug for Bbr {
             .field("limit", &self.limit)
             .finish_non_exhaustive()
     }
+}
+
+impl crate::Reconfigure for Bbr {
+    type Config = BbrConfig;
+
+    /// Applies `config` (validated as [`Bbr::with_cpu`] validates): the
+    /// limit carries over, capped at the new `max_limit`; a window of
+    /// another length or bucket count starts its statistics afresh (the
+    /// limit is then recomputed as the new buckets finish); the CPU source
+    /// is kept.
+    fn reconfigure(&mut self, config: BbrConfig) -> Result<(), ConfigError> {
+        let bucket_len = validate(&config)?;
+        if config.window != self.config.window || config.buckets != self.config.buckets {
+            self.bucket_len = bucket_len;
+            self.origin = None;
+            self.ring = vec![Bucket::default(); config.buckets as usize];
+            self.computed_in = None;
+            self.max_in_flight = None;
+            self.min_rt = None;
+            self.min_rt_bucket = 0;
+        }
+        self.limit = self.limit.clamp(1, config.max_limit);
+        self.config = config;
+        Ok(())
+    }
+}
+
+/// Validates `config` (see [`Bbr::with_cpu`]) and returns its bucket length.
+fn validate(config: &BbrConfig) -> Result<Duration, ConfigError> {
+    floodwall_core::config::check_duration("window", config.window)?;
+    floodwall_core::config::check_duration("cooling", config.cooling)?;
+    floodwall_core::config::check_duration("probe_rtt", config.probe_rtt)?;
+    if config.buckets == 0 {
+        return Err(ConfigError::new("buckets", "must be at least 1"));
+    }
+    if config.buckets > BbrConfig::MAX_BUCKETS {
+        return Err(
+            ConfigError::new("buckets", "must be at most 65,536").with_value(config.buckets)
+        );
+    }
+    let bucket_len = config.window / config.buckets;
+    if bucket_len.is_zero() {
+        return Err(ConfigError::new(
+            "window",
+            "must be at least one nanosecond per bucket",
+        ));
+    }
+    if !(0.0..=1.0).contains(&config.cpu_threshold) {
+        return Err(ConfigError::new("cpu_threshold", "must be in [0, 1]"));
+    }
+    if config.max_limit == 0 {
+        return Err(ConfigError::new("max_limit", "must be at least 1"));
+    }
+    Ok(bucket_len)
 }
 
 #[cfg(test)]

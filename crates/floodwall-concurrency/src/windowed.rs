@@ -163,6 +163,16 @@ impl<A: Algorithm> Algorithm for Windowed<A> {
     }
 }
 
+impl<A: crate::Reconfigure> crate::Reconfigure for Windowed<A> {
+    type Config = A::Config;
+
+    /// Reconfigures the inner algorithm (see its own rule); the window it
+    /// is fed by is kept.
+    fn reconfigure(&mut self, config: A::Config) -> Result<(), ConfigError> {
+        self.inner.reconfigure(config)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

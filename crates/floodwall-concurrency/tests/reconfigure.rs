@@ -70,3 +70,36 @@ fn another_algorithms_or_an_invalid_configuration_is_refused_and_changes_nothing
         .unwrap();
     assert_eq!(handle.limit(), 3.min(before));
 }
+
+#[test]
+fn bbr_and_windowed_algorithms_reconfigure_too() {
+    use floodwall_concurrency::{Bbr, BbrConfig, Reconfigure, WindowConfig, Windowed};
+    let mut bbr = Bbr::new(BbrConfig::default()).unwrap();
+    let before = floodwall_concurrency::Algorithm::limit(&bbr);
+    bbr.reconfigure(BbrConfig {
+        max_limit: 7,
+        ..BbrConfig::default()
+    })
+    .unwrap();
+    assert_eq!(floodwall_concurrency::Algorithm::limit(&bbr), before.min(7));
+    let zero = BbrConfig {
+        max_limit: 0,
+        ..BbrConfig::default()
+    };
+    assert_eq!(bbr.reconfigure(zero).unwrap_err().field(), "max_limit");
+
+    let inner = Aimd::new(AimdConfig {
+        initial_limit: 30,
+        ..AimdConfig::default()
+    })
+    .unwrap();
+    let mut windowed = Windowed::new(inner, WindowConfig::default()).unwrap();
+    windowed
+        .reconfigure(AimdConfig {
+            initial_limit: 5,
+            max_limit: 10,
+            ..AimdConfig::default()
+        })
+        .unwrap();
+    assert_eq!(floodwall_concurrency::Algorithm::limit(&windowed), 10);
+}

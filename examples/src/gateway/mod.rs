@@ -424,7 +424,11 @@ impl Runtime {
                     "limit": r.limit.as_ref().map(|h| quota_json(&h.limiter().quota())),
                     "global_limit": r.global.as_ref().map(|l| {
                         let s = l.stats();
+                        let c = l.config();
                         serde_json::json!({
+                            "limit": quota_json(&c.quota),
+                            "timeout_ms": c.timeout.as_millis() as u64,
+                            "lease_tokens": l.lease_size(),
                             "health": format!("{:?}", l.health()),
                             "admitted": s.admitted,
                             "rejected": s.rejected,

@@ -266,6 +266,7 @@ impl Guards {
             let c = b.counts();
             serde_json::json!({
                 "state": state_name(b.state()),
+                "config": format!("{:?}", b.breaker().config()),
                 "window": format!("{c:?}"),
                 "transitions": self.transitions.lock().clone(),
             })
