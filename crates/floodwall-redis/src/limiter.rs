@@ -415,6 +415,7 @@ where
         };
         drop(live);
         inner.metrics.reconfigured.increment(1);
+        inner.metrics.limit.set(counters::rate(&config.quota));
         tracing::info!(limiter = %inner.name, quota = ?config.quota, "redis limiter reconfigured");
         Ok(())
     }

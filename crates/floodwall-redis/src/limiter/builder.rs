@@ -97,6 +97,7 @@ impl Builder {
             .local
             .map(|quota| KeyedTokenBucket::new(quota, self.capacity));
         let metrics = Metrics::new(&self.name);
+        metrics.limit.set(rate(&self.quota));
         let fallback_gauge = metrics::gauge!(metric_name(crate::METRIC_PREFIX, "fallback"), LABEL_NAME => self.name.to_string());
         fallback_gauge.set(0.0);
         let name = self.name.clone();

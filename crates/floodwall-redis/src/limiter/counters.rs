@@ -36,6 +36,8 @@ pub(crate) struct Metrics {
     pub(crate) errors: [Counter; 7],
     /// `reconfigurations_total`.
     pub(crate) reconfigured: Counter,
+    /// `limit`: the configured global rate, requests per second.
+    pub(crate) limit: metrics::Gauge,
 }
 
 pub(crate) const SOURCES: [Source; 6] = [
@@ -57,9 +59,15 @@ impl Metrics {
             round_trips: metrics::counter!(metric_name(prefix, "round_trips_total"), LABEL_NAME => name.to_owned()),
             round_trip_seconds: metrics::histogram!(metric_name(prefix, "round_trip_seconds"), LABEL_NAME => name.to_owned()),
             reconfigured: metrics::counter!(metric_name(prefix, "reconfigurations_total"), LABEL_NAME => name.to_owned()),
+            limit: metrics::gauge!(metric_name(prefix, "limit"), LABEL_NAME => name.to_owned()),
             errors: ErrorClass::ALL.map(|class| {
                 metrics::counter!(metric_name(prefix, "errors_total"), LABEL_NAME => name.to_owned(), LABEL_REASON => class.as_str())
             }),
         }
     }
+}
+
+/// A quota's rate, requests per second.
+pub(crate) fn rate(quota: &Quota) -> f64 {
+    f64::from(quota.tokens()) / quota.period().as_secs_f64().max(f64::MIN_POSITIVE)
 }
