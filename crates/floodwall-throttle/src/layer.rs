@@ -231,6 +231,11 @@ impl<C, X> ThrottleHandle<C, X> {
         &self.shared.name
     }
 
+    /// The configuration in force.
+    pub fn config(&self) -> ThrottleConfig {
+        self.shared.throttle.config()
+    }
+
     /// Changes the throttle's configuration while it serves (see
     /// [`AdaptiveThrottle::reconfigure`]: K, the guards and the window),
     /// counted in `floodwall_throttle_reconfigurations_total{name}`.

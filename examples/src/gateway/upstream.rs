@@ -23,7 +23,7 @@ use floodwall::core::{BoxError, Classify, GrpcClassifier, HttpClassifier, Outcom
 use floodwall::deadline::{PropagateDeadlineConfig, PropagateDeadlineLayer, Wire};
 use floodwall::grpc::{StatusErrorLayer, TonicClassifier};
 use floodwall::priority::{PriorityClientConfig, PriorityClientHandle, PriorityClientLayer};
-use floodwall::throttle::{ThrottleLayer, ThrottleStats};
+use floodwall::throttle::{ThrottleConfig, ThrottleLayer, ThrottleStats};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -164,12 +164,15 @@ impl<B> Classify<http::Response<B>, BoxError> for HttpFaultsOnly {
     }
 }
 
+/// The throttle's numbers and configuration now, for `/state`.
+type ThrottleView = Arc<dyn Fn() -> (ThrottleStats, ThrottleConfig) + Send + Sync>;
+
 /// The client-side guards toward one upstream (breaker, throttle,
 /// collaborative priority admission), as configured, and their handles.
 #[derive(Clone, Default)]
 struct Guards {
     breaker: Option<BreakerHandle>,
-    throttle: Option<Arc<dyn Fn() -> ThrottleStats + Send + Sync>>,
+    throttle: Option<ThrottleView>,
     priority: Option<PriorityClientHandle>,
     transitions: Arc<Mutex<Vec<Transition>>>,
 }
@@ -238,7 +241,7 @@ impl Guards {
             breaker: breaker.as_ref().map(BreakerLayer::handle),
             throttle: throttle.as_ref().map(|t| {
                 let handle = t.handle();
-                Arc::new(move || handle.stats(None)) as Arc<dyn Fn() -> ThrottleStats + Send + Sync>
+                Arc::new(move || (handle.stats(None), handle.config())) as ThrottleView
             }),
             priority: Some(priority.handle()),
             transitions,
@@ -254,9 +257,10 @@ impl Guards {
     }
 
     fn state(&self, kind: &str, url: &str) -> serde_json::Value {
-        let throttle = self.throttle.as_ref().map(|stats| {
-            let s = stats();
+        let throttle = self.throttle.as_ref().map(|view| {
+            let (s, config) = view();
             serde_json::json!({
+                "config": format!("{config:?}"),
                 "requests": s.requests,
                 "accepts": s.accepts,
                 "reject_probability": s.probability,
