@@ -84,14 +84,39 @@ impl Params {
         }
     }
 
-    /// Decides a request of weight `n` at `t`, allowing it to be scheduled up
-    /// to `max_wait` ns in the future (at most [`MAX_WAIT_NS`]), and updates
-    /// `cell` on success.
+    /// The decision for a request of weight `n` at `t` on a bucket whose
+    /// TAT is `tat`, scheduled up to `max_wait` ns ahead (at most
+    /// [`MAX_WAIT_NS`]): the reservation, whose `tat` is the TAT to store
+    /// (nothing to store when it holds no tokens), or the refusal.
     ///
     /// `tat' = max(TAT, t) + n·I`; the request conforms at `tat' − b·I` (its
     /// earliest start), so it is admitted now iff `tat' − t ≤ b·I`, and
     /// reserved for later iff `tat' − t ≤ b·I + max_wait`. On refusal
     /// nothing changes and `retry_after = tat' − b·I − t`.
+    #[inline]
+    fn decide(self, tat: u64, t: u64, n: u32, max_wait: u64) -> Result<Reservation, Denied> {
+        if n > self.burst {
+            return Err(Denied::ExceedsBurst {
+                requested: n,
+                burst: self.burst,
+            });
+        }
+        let new_tat = tat.max(t).saturating_add(u64::from(n) * self.interval);
+        let ahead = new_tat - t;
+        if ahead > self.tolerance + max_wait.min(MAX_WAIT_NS) {
+            return Err(Denied::RateLimited {
+                retry_after: Duration::from_nanos(ahead - self.tolerance),
+            });
+        }
+        Ok(Reservation {
+            wait_ns: ahead.saturating_sub(self.tolerance),
+            tat: new_tat,
+            tokens: n,
+        })
+    }
+
+    /// Decides a request of weight `n` at `t` (see [`decide`](Self::decide))
+    /// and updates `cell` on success.
     #[inline]
     pub(crate) fn step(
         self,
@@ -100,34 +125,20 @@ impl Params {
         n: u32,
         max_wait: u64,
     ) -> Result<Reservation, Denied> {
-        if n > self.burst {
-            return Err(Denied::ExceedsBurst {
-                requested: n,
-                burst: self.burst,
-            });
-        }
-        let cost = u64::from(n) * self.interval;
-        let limit = self.tolerance + max_wait.min(MAX_WAIT_NS);
         // Relaxed is enough: the TAT is the only shared datum and every
         // read-modify-write of one atomic is totally ordered.
         let mut tat = cell.load(Ordering::Relaxed);
         loop {
-            let new_tat = tat.max(t).saturating_add(cost);
-            let ahead = new_tat - t;
-            if ahead > limit {
-                return Err(Denied::RateLimited {
-                    retry_after: Duration::from_nanos(ahead - self.tolerance),
-                });
-            }
-            let reservation = Reservation {
-                wait_ns: ahead.saturating_sub(self.tolerance),
-                tat: new_tat,
-                tokens: n,
-            };
-            if cost == 0 {
+            let reservation = self.decide(tat, t, n, max_wait)?;
+            if reservation.tokens == 0 {
                 return Ok(reservation);
             }
-            match cell.compare_exchange_weak(tat, new_tat, Ordering::Relaxed, Ordering::Relaxed) {
+            match cell.compare_exchange_weak(
+                tat,
+                reservation.tat,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
                 Ok(_) => return Ok(reservation),
                 Err(actual) => tat = actual,
             }
@@ -147,44 +158,26 @@ impl Params {
         n: u32,
         max_wait: u64,
     ) -> Stepped {
-        // An answer that writes nothing is checked against the cell too: if
-        // it still holds `raw`, no reconfiguration has sealed it since, so
-        // the parameters read after it were the ones `raw` was made under.
-        let unchanged = |answer: Result<Reservation, Denied>| {
-            if cell.load(Ordering::Acquire) == raw {
-                Stepped::Done(answer)
-            } else {
-                Stepped::Retry
+        match self.decide(raw >> 1, t, n, max_wait) {
+            Ok(reservation) if reservation.tokens > 0 => {
+                let new_raw = encode(reservation.tat, raw & 1);
+                match cell.compare_exchange_weak(raw, new_raw, Ordering::AcqRel, Ordering::Acquire)
+                {
+                    Ok(_) => Stepped::Done(Ok(reservation)),
+                    Err(_) => Stepped::Retry,
+                }
             }
-        };
-        let tat = raw >> 1;
-        if n > self.burst {
-            return unchanged(Err(Denied::ExceedsBurst {
-                requested: n,
-                burst: self.burst,
-            }));
-        }
-        let cost = u64::from(n) * self.interval;
-        let limit = self.tolerance + max_wait.min(MAX_WAIT_NS);
-        let new_tat = tat.max(t).saturating_add(cost);
-        let ahead = new_tat - t;
-        if ahead > limit {
-            return unchanged(Err(Denied::RateLimited {
-                retry_after: Duration::from_nanos(ahead - self.tolerance),
-            }));
-        }
-        let reservation = Reservation {
-            wait_ns: ahead.saturating_sub(self.tolerance),
-            tat: new_tat,
-            tokens: n,
-        };
-        if cost == 0 {
-            return unchanged(Ok(reservation));
-        }
-        let new_raw = encode(new_tat, raw & 1);
-        match cell.compare_exchange_weak(raw, new_raw, Ordering::AcqRel, Ordering::Acquire) {
-            Ok(_) => Stepped::Done(Ok(reservation)),
-            Err(_) => Stepped::Retry,
+            // An answer that writes nothing is checked against the cell too:
+            // if it still holds `raw`, no reconfiguration has sealed it
+            // since, so the parameters read after it were the ones `raw` was
+            // made under.
+            answer => {
+                if cell.load(Ordering::Acquire) == raw {
+                    Stepped::Done(answer)
+                } else {
+                    Stepped::Retry
+                }
+            }
         }
     }
 
