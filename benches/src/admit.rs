@@ -82,6 +82,7 @@ pub const CASES: &[&str] = &[
     "concurrency-aimd",
     "resilience-aimd",
     "deadline-server",
+    "ema-timeout",
     "tower-timeout",
     "deadline-propagate",
     "priority-admission",
@@ -231,6 +232,14 @@ pub fn run(case: &str, n: u64) -> Option<Duration> {
                 trust_inbound: true,
                 max: Some(Duration::from_secs(2)),
             })
+            .unwrap()
+            .layer(Respond),
+            n,
+        ),
+        "ema-timeout" => drive(
+            floodwall::deadline::EmaTimeoutLayer::new(
+                floodwall::deadline::EmaTimeoutConfig::default(),
+            )
             .unwrap()
             .layer(Respond),
             n,

@@ -12,6 +12,10 @@
 //! - [`PropagateDeadlineLayer`]: sends an outbound call the time that
 //!   remains, less a margin, capped by the call's own timeout; fails it
 //!   locally when nothing remains.
+//! - [`EmaTimeoutLayer`]: the ema-timeout algorithm, a per-call timeout
+//!   from the EMA of the calls' latencies ([`EmaTimeout`]): long while the
+//!   dependency is fast, short once it is slow; a sooner deadline in force
+//!   wins.
 //! - [`current`], [`scope`], [`carry`], [`spawn`]: the task-scoped deadline.
 //!
 //! Both layers create a Tokio timer in `call`, as tower's `Timeout` does:
@@ -20,6 +24,7 @@
 
 mod builder;
 mod client;
+mod ema;
 pub mod future;
 mod scope;
 mod server;
@@ -46,6 +51,7 @@ pub mod error {
     pub use crate::timeout::TimeoutError;
     pub use floodwall_core::{ConfigError, DeadlineExceeded, Phase};
 }
+pub use ema::{EmaFuture, EmaTimeout, EmaTimeoutConfig, EmaTimeoutLayer, EmaTimeoutService};
 pub use error::{ConfigError, DeadlineExceeded, Phase};
 pub use future::{ClientFuture, ResponseFuture, ServerFuture};
 pub use scope::{Carried, Scoped, carry, current, current_scoped, scope, spawn};
