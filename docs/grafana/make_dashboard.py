@@ -72,6 +72,10 @@ rows = [
          [(quantile(0.99, 'floodwall_bulkhead_sojourn_seconds'), 'p99 {{name}}'),
           (mean('floodwall_bulkhead_sojourn_seconds'), 'mean {{name}}')]),
     ]),
+    ('Request coalescing', [
+        ('Calls by role (leader: made; follower: shared; bypass: not coalesced)', 'ops',
+         [(rate('floodwall_coalesce_calls_total', 'name, role'), '{{name}} {{role}}')]),
+    ]),
     ('Deadlines', [
         ('Deadlines exceeded, by phase', 'ops',
          [(rate('floodwall_deadline_exceeded_total', 'name, phase'), '{{name}} {{phase}}')]),

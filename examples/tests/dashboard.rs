@@ -3,7 +3,7 @@
 //! `/metrics` with every label the panel uses, and every floodwall metric
 //! family the gateway exposes is on the dashboard. The layers the gateway
 //! does not run (leaky bucket, sliding window, bulkhead, adaptive
-//! concurrency) and a breaker transition are exercised in the same process,
+//! concurrency, coalescing) and a breaker transition are exercised in the same process,
 //! so the same scrape holds every floodwall metric.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -289,6 +289,20 @@ async fn exercise_the_other_layers() {
         .build()
         .unwrap();
     once!(adaptive);
+    let coalesce: floodwall::tail::CoalesceLayer<_, u8, ()> =
+        floodwall::tail::CoalesceLayer::builder(
+            floodwall::tail::CoalesceConfig::default(),
+            |_: &http::Request<()>| Some(1u8),
+        )
+        .name("dash")
+        .build()
+        .unwrap();
+    let svc = coalesce.layer(service_fn(|_: http::Request<()>| async {
+        Ok::<_, floodwall::core::BoxError>(())
+    }));
+    svc.oneshot(http::Request::new(()))
+        .await
+        .expect("coalesced");
     let breaker = BreakerLayer::builder(BreakerConfig::default())
         .name("dash")
         .build()

@@ -95,6 +95,7 @@ const CASES: &[&str] = &[
     "http",
     "grpc",
     "redis",
+    "tail",
 ];
 
 /// Facade modules that hold no layer of their own.
@@ -285,6 +286,24 @@ async fn redis() {
     let limiter = shareable(&limiter);
     let layer = RedisRateLimitLayer::new(limiter, |_: &Req| Some("k".to_owned()));
     spawn_oneshot!(layer).expect("admitted by the open fallback");
+}
+
+#[tokio::test]
+async fn tail() {
+    use floodwall::tail::future::ResponseFuture as _;
+    use floodwall::tail::{CoalesceConfig, CoalesceHandle, CoalesceLayer, error::CoalescedError};
+    let _: Option<CoalescedError> = None;
+    let key = |req: &Req| Some(req.body().clone());
+    let _: CoalesceLayer<_, String, Res> =
+        one_config_error(CoalesceLayer::new(CoalesceConfig::default(), key));
+    let layer: CoalesceLayer<_, String, Res> = one_config_error(
+        CoalesceLayer::builder(CoalesceConfig::default(), key)
+            .name("shape")
+            .build(),
+    );
+    let handle: CoalesceHandle = shareable(&layer.handle());
+    assert_eq!(handle.name(), "shape");
+    spawn_oneshot!(layer).expect("answered");
 }
 
 #[test]

@@ -10,6 +10,7 @@
 //! | `sliding_window` | `sliding-window` | two-window counter, exact sliding log, fixed window |
 //! | `throttle` | `throttle` | Google-SRE adaptive client throttling, gRPC-A6 retry budget and retries |
 //! | `breaker` | `breaker` | circuit breaker: count and time windows, failure and slow-call rates, half-open probes, ramp |
+//! | `tail` | `tail` | tail latency: request coalescing (singleflight) |
 //! | `deadline` | `deadline` | deadline propagation: `grpc-timeout` and an HTTP header, server enforcement, task-scoped deadlines for outbound calls |
 //! | `codel` | `codel` | server admission queue: worker limit, Fail-at-Scale timeouts or RFC 8289 CoDel, adaptive LIFO, deadline-aware drops |
 //! | `concurrency` | `concurrency` | adaptive concurrency limit: Vegas, Gradient2, AIMD, Envoy gradient controller, BBR-style CPU-aware; priority partitions |
@@ -121,3 +122,7 @@ pub use floodwall_grpc as grpc;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use floodwall_redis as redis;
+
+#[cfg(feature = "tail")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tail")))]
+pub use floodwall_tail as tail;
