@@ -35,7 +35,8 @@ use floodwall::core::{
     Arrival, BoxError, Deadline, HttpClassifier, Priority, RejectKind, Rejected,
 };
 use floodwall::deadline::{
-    PropagateDeadlineConfig, PropagateDeadlineLayer, ServerDeadlineConfig, ServerDeadlineLayer,
+    EmaTimeoutConfig, EmaTimeoutLayer, PropagateDeadlineConfig, PropagateDeadlineLayer,
+    ServerDeadlineConfig, ServerDeadlineLayer,
 };
 use floodwall::grpc::GrpcRejectionLayer;
 use floodwall::http::HttpRejectionLayer;
@@ -44,6 +45,7 @@ use floodwall::priority::{
     AdmissionConfig, AdmissionLayer, AssignConfig, AssignPriorityLayer, PriorityClientConfig,
     PriorityClientLayer,
 };
+use floodwall::tail::{CoalesceConfig, CoalesceLayer, WhenFull};
 use floodwall::sliding_window::{SlidingWindowConfig, SlidingWindowLayer, Window, WindowMode};
 use floodwall::throttle::{RetryConfig, RetryLayer, SplitMix, ThrottleConfig, ThrottleLayer};
 use floodwall::token_bucket::{Quota, TokenBucketLayer};
@@ -228,6 +230,12 @@ fn with(headers: &[(&'static str, &str)]) -> Req {
         b = b.header(*k, *v);
     }
     b.body(()).unwrap()
+}
+
+/// The coalescing key: the request's headers rendered (identical requests
+/// coalesce; an `x-key` header tells them apart).
+fn by_key(req: &Req) -> Option<String> {
+    Some(format!("{:?}", req.headers()))
 }
 
 fn held(_: usize) -> Req {
@@ -497,6 +505,37 @@ const CASES: &[Case] = &[
         }),
     },
     Case {
+        module: "deadline",
+        name: "EMA dynamic timeout",
+        open: || boxed(EmaTimeoutLayer::new(EmaTimeoutConfig::default()).unwrap()),
+        refusal: None,
+    },
+    Case {
+        module: "tail",
+        name: "request coalescing",
+        open: || boxed(CoalesceLayer::new(CoalesceConfig::default(), by_key).unwrap()),
+        refusal: Some(Refusal {
+            // One key in flight at most, refused over it: a second key is
+            // refused while the first one's call runs.
+            layer: || {
+                boxed(
+                    CoalesceLayer::new(
+                        CoalesceConfig {
+                            max_keys: 1,
+                            when_full: WhenFull::Refuse,
+                            ..CoalesceConfig::default()
+                        },
+                        by_key,
+                    )
+                    .unwrap(),
+                )
+            },
+            request: |i| with(&[("x-delay-ms", "60000"), ("x-key", &i.to_string())]),
+            kind: RejectKind::Overloaded,
+            while_in_flight: true,
+        }),
+    },
+    Case {
         module: "priority",
         name: "DAGOR admission",
         open: || boxed(AdmissionLayer::new(AdmissionConfig::default()).unwrap()),
@@ -752,6 +791,7 @@ async fn cancellation_returns_everything(case: &Case) {
             drop(fut);
         }
     }
+    settle().await;
     assert_eq!(backend.live(), 0, "{}: backend work left alive", case.name);
     if let Some(refusal) = &case.refusal
         && refusal.while_in_flight
@@ -760,6 +800,7 @@ async fn cancellation_returns_everything(case: &Case) {
         let mut svc: Svc = (refusal.layer)().layer(backend.clone());
         let (_, held) = refuse(&mut svc, refusal, case.name).await;
         drop(held);
+        settle().await;
         assert_eq!(backend.live(), 0, "{}", case.name);
         let mut fut = Box::pin(svc.ready().await.unwrap().call(held_request()));
         assert!(
@@ -767,6 +808,14 @@ async fn cancellation_returns_everything(case: &Case) {
             "{}: the dropped requests' permits did not come back",
             case.name
         );
+    }
+}
+
+/// Lets tasks a layer spawned see that nobody waits for them any more
+/// (no time passes).
+async fn settle() {
+    for _ in 0..8 {
+        tokio::task::yield_now().await;
     }
 }
 

@@ -91,8 +91,9 @@ struct Shared<K, R> {
 /// response instead of calling (SPECS.md, "Request coalescing").
 ///
 /// - The call runs in a task of its own, so a leader whose caller goes
-///   away does not fail its followers: **the call goes on for them** (and
-///   its response is dropped if nobody waits).
+///   away does not fail its followers: **the call goes on for them**. Once
+///   nobody waits for it any more (every caller gone or timed out), the
+///   call is cancelled: its future is dropped, so no work runs for nobody.
 /// - Every waiter gets a clone of the same response (`Response: Clone`;
 ///   wrap it in an `Arc` to share a large one).
 /// - A failed call's error is shared ([`CoalescedError`]) or each follower
@@ -391,7 +392,8 @@ where
             };
         }
         let (tx, rx) = watch::channel(None);
-        flights.insert(key.clone(), Arc::new(Flight { tx }));
+        let flight = Arc::new(Flight { tx });
+        flights.insert(key.clone(), flight.clone());
         drop(flights);
         shared.leaders.increment(1);
         shared.requests.admitted();
@@ -400,11 +402,26 @@ where
         let fut = inner.call(req);
         let publisher = shared.clone();
         tokio::spawn(async move {
-            let outcome = fut.await.map_err(|e| CoalescedError(Arc::from(e.into())));
-            let flight = publisher.flights.lock().remove(&key);
-            if let Some(flight) = flight {
-                flight.tx.send_replace(Some(outcome));
-            }
+            let mut fut = std::pin::pin!(fut);
+            let outcome = loop {
+                tokio::select! {
+                    outcome = &mut fut => break outcome,
+                    () = flight.tx.closed() => {
+                        // Every waiter went away. New followers subscribe
+                        // under the map's lock, so under it "nobody waits"
+                        // is final: the call is cancelled (its future
+                        // dropped) and the key freed.
+                        let mut flights = publisher.flights.lock();
+                        if flight.tx.receiver_count() == 0 {
+                            remove_if_same(&mut flights, &key, &flight);
+                            return;
+                        }
+                    }
+                }
+            };
+            let outcome = outcome.map_err(|e| CoalescedError(Arc::from(e.into())));
+            remove_if_same(&mut publisher.flights.lock(), &key, &flight);
+            flight.tx.send_replace(Some(outcome));
         });
         Box::pin(async move {
             match wait(rx, deadline).await? {
@@ -412,6 +429,17 @@ where
                 Err(error) => Err(BoxError::from(error)),
             }
         })
+    }
+}
+
+/// Frees `key` if it still names `flight` (and not a later call's flight).
+fn remove_if_same<K: Hash + Eq, R>(
+    flights: &mut HashMap<K, Arc<Flight<R>>>,
+    key: &K,
+    flight: &Arc<Flight<R>>,
+) {
+    if flights.get(key).is_some_and(|f| Arc::ptr_eq(f, flight)) {
+        flights.remove(key);
     }
 }
 

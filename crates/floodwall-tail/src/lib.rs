@@ -3,7 +3,7 @@
 //! - [`CoalesceLayer`]: request coalescing (singleflight): while a call for
 //!   a key is in flight, later requests with that key share its response
 //!   instead of calling; the call goes on for the followers if the leader's
-//!   caller goes away.
+//!   caller goes away, and is cancelled once nobody waits for it.
 #![forbid(unsafe_code)]
 
 mod coalesce;

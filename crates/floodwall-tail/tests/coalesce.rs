@@ -1,6 +1,6 @@
 //! Request coalescing against SPECS.md: 1,000 concurrent identical
 //! requests make exactly one inner call; the leader's caller going away
-//! fails no follower; errors shared or retried by config; a follower's own
+//! fails no follower, a call nobody waits for is cancelled; errors shared or retried by config; a follower's own
 //! deadline bounds its wait; the bound on keys in flight.
 
 use std::sync::Arc;
@@ -82,6 +82,58 @@ async fn the_leaders_caller_going_away_fails_no_follower_and_the_call_goes_on() 
     }
     assert_eq!(calls.load(Ordering::SeqCst), 1);
     assert_eq!(layer.in_flight(), 0);
+}
+
+/// Marks its drop: the backend future's end, finished or cancelled.
+struct DropFlag(Arc<AtomicUsize>);
+
+impl Drop for DropFlag {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_call_nobody_waits_for_is_cancelled_and_its_key_freed() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let dropped = Arc::new(AtomicUsize::new(0));
+    let finished = Arc::new(AtomicUsize::new(0));
+    let slow = {
+        let (calls, dropped, finished) = (calls.clone(), dropped.clone(), finished.clone());
+        service_fn(move |req: Req| {
+            let (calls, dropped, finished) = (calls.clone(), dropped.clone(), finished.clone());
+            async move {
+                let _flag = DropFlag(dropped);
+                calls.fetch_add(1, Ordering::SeqCst);
+                sleep(ms(50)).await;
+                finished.fetch_add(1, Ordering::SeqCst);
+                Ok::<_, BoxError>(Arc::new(format!("room {}", req.body())))
+            }
+        })
+    };
+    let layer = layer(CoalesceConfig::default());
+    let svc = layer.layer(slow);
+    let callers: Vec<_> = (0..3)
+        .map(|_| tokio::spawn(svc.clone().oneshot(http::Request::new(5))))
+        .collect();
+    sleep(ms(10)).await;
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(layer.in_flight(), 1);
+    for caller in callers {
+        caller.abort();
+        assert!(caller.await.unwrap_err().is_cancelled());
+    }
+    tokio::task::yield_now().await;
+    // Cancelled at 10 ms, not run to its end for nobody.
+    assert_eq!(dropped.load(Ordering::SeqCst), 1);
+    assert_eq!(finished.load(Ordering::SeqCst), 0);
+    assert_eq!(layer.in_flight(), 0);
+    // The key is free: the next request leads a call of its own.
+    let start = Instant::now();
+    assert_eq!(*svc.clone().oneshot(http::Request::new(5)).await.unwrap(), "room 5");
+    assert_eq!(start.elapsed(), ms(50));
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    assert_eq!(finished.load(Ordering::SeqCst), 1);
 }
 
 #[tokio::test(start_paused = true)]
