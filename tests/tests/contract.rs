@@ -45,8 +45,8 @@ use floodwall::priority::{
     AdmissionConfig, AdmissionLayer, AssignConfig, AssignPriorityLayer, PriorityClientConfig,
     PriorityClientLayer,
 };
-use floodwall::tail::{CoalesceConfig, CoalesceLayer, WhenFull};
 use floodwall::sliding_window::{SlidingWindowConfig, SlidingWindowLayer, Window, WindowMode};
+use floodwall::tail::{CoalesceConfig, CoalesceLayer, WhenFull};
 use floodwall::throttle::{RetryConfig, RetryLayer, SplitMix, ThrottleConfig, ThrottleLayer};
 use floodwall::token_bucket::{Quota, TokenBucketLayer};
 use http::{Request, Response, StatusCode};

@@ -130,7 +130,10 @@ async fn a_call_nobody_waits_for_is_cancelled_and_its_key_freed() {
     assert_eq!(layer.in_flight(), 0);
     // The key is free: the next request leads a call of its own.
     let start = Instant::now();
-    assert_eq!(*svc.clone().oneshot(http::Request::new(5)).await.unwrap(), "room 5");
+    assert_eq!(
+        *svc.clone().oneshot(http::Request::new(5)).await.unwrap(),
+        "room 5"
+    );
     assert_eq!(start.elapsed(), ms(50));
     assert_eq!(calls.load(Ordering::SeqCst), 2);
     assert_eq!(finished.load(Ordering::SeqCst), 1);
