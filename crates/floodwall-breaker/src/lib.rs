@@ -8,6 +8,9 @@
 //!   [`CircuitOpen`] rejections, outcomes come from a
 //!   [`Classify`](floodwall_core::Classify), dropped calls give their permit
 //!   back; [`BreakerHandle`] reads the state and controls it.
+//! - [`BreakerGroupLayer`]: a breaker per key (host, endpoint, tenant) in a
+//!   bounded [`BreakerGroup`]: one bad host is refused while the others
+//!   serve; idle closed breakers are evicted, open ones kept.
 //!
 //! ```
 //! use std::time::Duration;
@@ -40,6 +43,7 @@ pub const METRIC_PREFIX: &str = "breaker";
 mod breaker;
 mod config;
 pub mod error;
+mod group;
 mod layer;
 mod policy;
 mod window;
@@ -47,6 +51,10 @@ mod window;
 pub use breaker::{BreakerRefused, CircuitBreaker, Permit, State, StateChange};
 pub use config::{BreakerConfig, ConfigError, Growth, WindowKind};
 pub use error::CircuitOpen;
+pub use group::{
+    BreakerGroup, BreakerGroupConfig, BreakerGroupHandle, BreakerGroupLayer, BreakerGroupService,
+    GROUP_METRIC_PREFIX, GROUP_NAME, GroupBuilder, GroupPermit, GroupPolicy,
+};
 #[allow(deprecated)]
 pub use layer::{Breaker, BreakerHandle, BreakerLayer, BreakerService, Builder, DEFAULT_NAME};
 pub use policy::BreakerPolicy;

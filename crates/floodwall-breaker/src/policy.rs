@@ -60,25 +60,42 @@ impl<C: Send + Sync + 'static> Policy for BreakerPolicy<C> {
 
     #[inline]
     fn release(&self, permit: Permit, verdict: Verdict) {
-        let failed = match verdict {
-            Verdict::Answered(Outcome::Success) => false,
-            Verdict::Answered(_) | Verdict::TimedOut => true,
-            Verdict::Silent(_) => {
-                // Says nothing about the dependency: the permit goes back
-                // undecided (a half-open probe frees its slot).
-                self.cancelled.increment(1);
-                self.breaker.on_cancel(permit);
-                return;
-            }
-        };
-        if failed {
-            self.failure.increment(1);
-        } else {
-            self.success.increment(1);
-        }
-        // The clock is read only if the outcome needs the time.
-        self.breaker.on_outcome_with(permit, failed, Instant::now);
+        record(
+            &self.breaker,
+            permit,
+            verdict,
+            [&self.success, &self.failure, &self.cancelled],
+        );
     }
+}
+
+/// Records a finished call on `breaker` by floodwall's outcome rule and
+/// counts it (`[success, failure, cancelled]`): a call that says nothing
+/// gives its permit back undecided (a half-open probe frees its slot).
+#[inline]
+pub(crate) fn record(
+    breaker: &CircuitBreaker,
+    permit: Permit,
+    verdict: Verdict,
+    counters: [&Counter; 3],
+) {
+    let [success, failure, cancelled] = counters;
+    let failed = match verdict {
+        Verdict::Answered(Outcome::Success) => false,
+        Verdict::Answered(_) | Verdict::TimedOut => true,
+        Verdict::Silent(_) => {
+            cancelled.increment(1);
+            breaker.on_cancel(permit);
+            return;
+        }
+    };
+    if failed {
+        failure.increment(1);
+    } else {
+        success.increment(1);
+    }
+    // The clock is read only if the outcome needs the time.
+    breaker.on_outcome_with(permit, failed, Instant::now);
 }
 
 impl<C: Send + Sync + 'static, Req> Admit<Req> for BreakerPolicy<C> {

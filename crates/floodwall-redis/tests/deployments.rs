@@ -459,7 +459,11 @@ async fn a_connection_manager_is_used_as_it_is() {
     let server = RedisServer::start();
     let client = redis::Client::open(server.url()).unwrap();
     let manager = redis::aio::ConnectionManager::new(client).await.unwrap();
-    let limiter: RedisLimiter<&str> = RedisLimiter::builder(manager, quota()).build().unwrap();
+    // A slow refill (1 a minute), so that a busy machine taking longer than
+    // one refill interval (5 ms at the suite's 200/s) between the burst and
+    // the next call cannot refill a token.
+    let slow = Quota::per_minute(1).unwrap().with_burst(BURST).unwrap();
+    let limiter: RedisLimiter<&str> = RedisLimiter::builder(manager, slow).build().unwrap();
     for _ in 0..BURST {
         assert_eq!(limiter.acquire("key", 1).await, Ok(Source::Redis));
     }

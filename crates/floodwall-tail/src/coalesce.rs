@@ -18,6 +18,8 @@ use tower_service::Service;
 
 /// What the followers of a failed call get.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
 pub enum OnError {
     /// The leader's error, shared ([`CoalescedError`]). Default.
     #[default]
@@ -28,6 +30,8 @@ pub enum OnError {
 
 /// What a request does when `max_keys` keys are already in flight.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
 pub enum WhenFull {
     /// Call the inner service on its own, uncoalesced. Default.
     #[default]
@@ -38,6 +42,8 @@ pub enum WhenFull {
 
 /// The configuration of a [`CoalesceLayer`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
 pub struct CoalesceConfig {
     /// How many keys may be in flight at once. Default 10,000.
     pub max_keys: usize,

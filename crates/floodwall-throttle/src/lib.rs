@@ -62,6 +62,6 @@ pub use future::ResponseFuture;
 pub use retry::{
     Backoff, BudgetConfig, Builder as RetryBuilder, DoNotRetry, NO_RETRY_HEADER, Retry,
     RetryConfig, RetryErrors, RetryFuture, RetryHandle, RetryHint, RetryHttp, RetryLayer,
-    RetryPolicy, Verdict, error_verdict,
+    RetryPolicy, Verdict, error_verdict, mark_given_up,
 };
 pub use throttle::{AdaptiveThrottle, ThrottleConfig, ThrottleStats, Ticket};

@@ -22,7 +22,7 @@ pub use config::{BudgetConfig, RetryConfig};
 
 pub use policy::{
     Backoff, DoNotRetry, NO_RETRY_HEADER, RetryErrors, RetryHint, RetryHttp, RetryPolicy, Verdict,
-    error_verdict,
+    error_verdict, mark_given_up,
 };
 
 struct Shared<P> {
@@ -409,7 +409,9 @@ where
                             shared.budget.on_success();
                             return Poll::Ready(result);
                         }
-                        Verdict::Fatal => return Poll::Ready(give_up(&shared.policy, result)),
+                        Verdict::Fatal => {
+                            return Poll::Ready(mark_given_up(&shared.policy, result));
+                        }
                         Verdict::Failure(hint) => {
                             shared.budget.on_failure();
                             hint
@@ -431,7 +433,7 @@ where
                     };
                     if let Some(counter) = skipped {
                         counter.increment(1);
-                        return Poll::Ready(give_up(&shared.policy, result));
+                        return Poll::Ready(mark_given_up(&shared.policy, result));
                     }
                     let delay = match hint {
                         RetryHint::RetryAfter(d) => {
@@ -459,25 +461,13 @@ where
                     if let Err(err) = ready!(this.svc.poll_ready(cx)) {
                         // The service cannot take the retry: end here, marked
                         // so that layers above do not retry either.
-                        return Poll::Ready(give_up(&this.shared.policy, Err(err.into())));
+                        return Poll::Ready(mark_given_up(&this.shared.policy, Err(err.into())));
                     }
                     let fut = this.svc.call(this.req.clone());
                     this.state.set(State::Calling { fut });
                 }
             }
         }
-    }
-}
-
-/// Marks a failure the layer gives up on, for retry layers further up.
-fn give_up<P: RetryPolicy<R>, R>(policy: &P, result: Result<R, BoxError>) -> Result<R, BoxError> {
-    match result {
-        Ok(mut res) => {
-            policy.mark(&mut res);
-            Ok(res)
-        }
-        Err(err) if error_verdict(&err) == Verdict::Failure(RetryHint::DoNotRetry) => Err(err),
-        Err(err) => Err(Box::new(DoNotRetry::new(err))),
     }
 }
 

@@ -177,6 +177,23 @@ impl<B> RetryPolicy<http::Response<B>> for RetryHttp {
     }
 }
 
+/// Marks an answer a retry or hedging layer gives up on, for retry layers
+/// further up: a response through the policy's [`mark`](RetryPolicy::mark),
+/// an error wrapped in [`DoNotRetry`] (unless it already carries one).
+pub fn mark_given_up<P: RetryPolicy<R>, R>(
+    policy: &P,
+    result: Result<R, BoxError>,
+) -> Result<R, BoxError> {
+    match result {
+        Ok(mut res) => {
+            policy.mark(&mut res);
+            Ok(res)
+        }
+        Err(err) if error_verdict(&err) == Verdict::Failure(RetryHint::DoNotRetry) => Err(err),
+        Err(err) => Err(Box::new(DoNotRetry::new(err))),
+    }
+}
+
 /// An error a retry layer gave up on, marked so that retry layers further
 /// up do not retry it again. The original error is its source (and
 /// `Rejected::find` still finds a rejection inside).
