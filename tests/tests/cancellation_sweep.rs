@@ -683,3 +683,157 @@ async fn redis_limiter_with_leases() {
     assert_eq!(limiter.stats().errors, 0);
     exercised(&out);
 }
+
+/// Lets tasks a layer spawned see that nobody waits for them any more.
+async fn settle() {
+    for _ in 0..8 {
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn hedging_cancels_every_attempt_it_started() {
+    use floodwall::tail::{HedgeConfig, HedgeDelay, HedgeLayer};
+    let layer = HedgeLayer::new(HedgeConfig {
+        max_attempts: 3,
+        delay: HedgeDelay::Fixed(Duration::from_micros(700)),
+        ..HedgeConfig::default()
+    })
+    .unwrap();
+    let budget = layer.handle().budget().clone();
+    let (backend, out) = sweep_layer(
+        layer,
+        Sweep {
+            fail: 0.2,
+            ..Sweep::default()
+        },
+    )
+    .await;
+    // Hedges went out: more backend calls than requests.
+    assert!(backend.calls() > 3_000, "{} calls", backend.calls());
+    assert!(budget.tokens() <= budget.max_tokens());
+    exercised(&out);
+}
+
+#[tokio::test(start_paused = true)]
+async fn coalescing_frees_every_key_and_cancels_calls_nobody_waits_for() {
+    use floodwall::tail::{CoalesceConfig, CoalesceLayer};
+    // Requests with the same delay share a call: many do, at 2,000 delays.
+    let layer = CoalesceLayer::new(CoalesceConfig::default(), |req: &Request<()>| {
+        req.headers().get("x-delay-us").cloned()
+    })
+    .unwrap();
+    let handle = layer.handle();
+    let backend = Backend::default();
+    let mut svc = layer.layer(backend.clone());
+    let out = sweep(&mut svc, Sweep::default()).await;
+    settle().await;
+    assert_eq!(backend.live(), 0, "a call ran on for nobody");
+    assert_eq!(handle.in_flight(), 0, "a key stayed in flight");
+    assert!(backend.calls() < 3_000, "nothing was coalesced");
+    exercised(&out);
+}
+
+#[tokio::test(start_paused = true)]
+async fn fallback_and_the_ema_timeout() {
+    use floodwall::deadline::{EmaTimeoutConfig, EmaTimeoutLayer};
+    use floodwall::tail::{FallbackConfig, FallbackLayer, fallback};
+    let ema = EmaTimeoutLayer::new(EmaTimeoutConfig {
+        avg: Duration::from_micros(500),
+        hwm: Duration::from_millis(1),
+        max: Duration::from_micros(1_500),
+        n: 10,
+    })
+    .unwrap();
+    let backend = Backend::default();
+    let mut svc = ServiceBuilder::new()
+        .layer(
+            FallbackLayer::new(
+                FallbackConfig::default(),
+                fallback::value(Response::new(())),
+            )
+            .unwrap(),
+        )
+        .layer(ema)
+        .service(backend.clone());
+    let out = sweep(
+        &mut svc,
+        Sweep {
+            fail: 0.3,
+            ..Sweep::default()
+        },
+    )
+    .await;
+    assert_eq!(backend.live(), 0);
+    assert_eq!(out.err, 0, "every failure and timeout fell back: {out:?}");
+    exercised(&out);
+}
+
+#[tokio::test(start_paused = true)]
+async fn breakers_per_key_give_back_their_probes() {
+    use floodwall::breaker::{BreakerGroupConfig, BreakerGroupLayer};
+    let config = BreakerGroupConfig {
+        breaker: BreakerConfig {
+            window: WindowKind::Count(10),
+            minimum_calls: 5,
+            open_duration: Duration::from_millis(2),
+            half_open_calls: 2,
+            detect_slow_calls: false,
+            ..BreakerConfig::default()
+        },
+        max_keys: 6,
+    };
+    // Eight keys over six slots: breakers are evicted and made anew.
+    let layer = BreakerGroupLayer::new(config, |req: &Request<()>| {
+        let delay: u64 = req
+            .headers()
+            .get("x-delay-us")?
+            .to_str()
+            .ok()?
+            .parse()
+            .ok()?;
+        Some(delay % 8)
+    })
+    .unwrap();
+    let handle = layer.handle();
+    let mut seen = std::collections::HashSet::new();
+    let backend = Backend::default();
+    let mut svc = layer.layer(backend.clone());
+    let out = sweep_watching(
+        &mut svc,
+        Sweep {
+            fail: 0.5,
+            ..Sweep::default()
+        },
+        || {
+            seen.extend(handle.not_closed().into_iter().map(|(_, s)| s));
+        },
+    )
+    .await;
+    assert!(
+        seen.contains(&State::Open) && seen.contains(&State::HalfOpen),
+        "{seen:?}"
+    );
+    assert_eq!(backend.live(), 0);
+    assert!(handle.keys() <= 6);
+    // Dropped probes gave their slots back: healthy calls close every key.
+    for key in 0..8u64 {
+        for _ in 0..6 {
+            if handle.state(&key).is_none_or(|s| s == State::Closed) {
+                break;
+            }
+            advance(Duration::from_millis(3)).await;
+            let req = Request::builder()
+                .header("x-delay-us", key.to_string())
+                .body(())
+                .unwrap();
+            let _ = svc.ready().await.unwrap().call(req).await;
+        }
+        assert!(
+            handle.state(&key).is_none_or(|s| s == State::Closed),
+            "key {key}: {:?}",
+            handle.state(&key)
+        );
+    }
+    exercised(&out);
+}

@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use floodwall::breaker::{BreakerConfig, BreakerLayer};
+use floodwall::breaker::{BreakerConfig, BreakerGroupConfig, BreakerGroupLayer, BreakerLayer};
 use floodwall::bulkhead::{BulkheadConfig, BulkheadLayer};
 use floodwall::codel::{CodelConfig, CodelLayer};
 use floodwall::concurrency::{AdaptiveLimitLayer, AimdConfig};
@@ -46,7 +46,10 @@ use floodwall::priority::{
     PriorityClientLayer,
 };
 use floodwall::sliding_window::{SlidingWindowConfig, SlidingWindowLayer, Window, WindowMode};
-use floodwall::tail::{CoalesceConfig, CoalesceLayer, WhenFull};
+use floodwall::tail::{
+    CoalesceConfig, CoalesceLayer, FallbackConfig, FallbackLayer, HedgeConfig, HedgeDelay,
+    HedgeLayer, WhenFull, fallback,
+};
 use floodwall::throttle::{RetryConfig, RetryLayer, SplitMix, ThrottleConfig, ThrottleLayer};
 use floodwall::token_bucket::{Quota, TokenBucketLayer};
 use http::{Request, Response, StatusCode};
@@ -390,6 +393,59 @@ const CASES: &[Case] = &[
             kind: RejectKind::CircuitOpen,
             while_in_flight: false,
         }),
+    },
+    Case {
+        module: "breaker",
+        name: "breakers per key",
+        open: || boxed(BreakerGroupLayer::new(BreakerGroupConfig::default(), by_key).unwrap()),
+        refusal: Some(Refusal {
+            layer: || {
+                boxed(
+                    BreakerGroupLayer::new(
+                        BreakerGroupConfig {
+                            breaker: BreakerConfig::consecutive(1),
+                            ..BreakerGroupConfig::default()
+                        },
+                        |_: &Req| Some(()),
+                    )
+                    .unwrap(),
+                )
+            },
+            request: |_| with(&[("x-fail", "1")]),
+            kind: RejectKind::CircuitOpen,
+            while_in_flight: false,
+        }),
+    },
+    Case {
+        module: "tail",
+        name: "hedging",
+        open: || {
+            boxed(
+                HedgeLayer::new(HedgeConfig {
+                    delay: HedgeDelay::Fixed(Duration::from_millis(20)),
+                    ..HedgeConfig::default()
+                })
+                .unwrap(),
+            )
+        },
+        refusal: None,
+    },
+    Case {
+        module: "tail",
+        name: "fallback on rejections and timeouts",
+        open: || {
+            boxed(
+                FallbackLayer::new(
+                    FallbackConfig {
+                        on_failure: false,
+                        ..FallbackConfig::default()
+                    },
+                    fallback::value(Response::new(())),
+                )
+                .unwrap(),
+            )
+        },
+        refusal: None,
     },
     Case {
         module: "throttle",

@@ -182,6 +182,19 @@ async fn breaker() {
     use floodwall::breaker::{BreakerConfig, BreakerHandle, BreakerLayer, error::CircuitOpen};
     admission_shape!(BreakerLayer, BreakerConfig::default(), BreakerHandle);
     let _: Option<CircuitOpen> = None;
+    // Breakers per key: the same shape, with the key function.
+    use floodwall::breaker::{BreakerGroupConfig, BreakerGroupHandle, BreakerGroupLayer};
+    let key = |req: &Req| req.extensions().get::<SocketAddr>().copied();
+    let _: BreakerGroupLayer<SocketAddr, _> =
+        one_config_error(BreakerGroupLayer::new(BreakerGroupConfig::default(), key));
+    let layer = one_config_error(
+        BreakerGroupLayer::builder(BreakerGroupConfig::default(), key)
+            .name("shape")
+            .build(),
+    );
+    let handle: BreakerGroupHandle<SocketAddr> = shareable(&layer.handle());
+    assert_eq!(handle.name(), "shape");
+    spawn_oneshot!(layer).expect("admitted");
 }
 
 #[tokio::test]
@@ -302,6 +315,24 @@ async fn tail() {
             .build(),
     );
     let handle: CoalesceHandle = shareable(&layer.handle());
+    assert_eq!(handle.name(), "shape");
+    spawn_oneshot!(layer).expect("answered");
+
+    use floodwall::tail::future::{FallbackResponseFuture as _, HedgeFuture as _};
+    use floodwall::tail::{
+        FallbackConfig, FallbackHandle, FallbackLayer, HedgeConfig, HedgeHandle, HedgeLayer,
+        error::FallbackFailed, fallback,
+    };
+    let _: Option<FallbackFailed> = None;
+    admission_shape!(HedgeLayer, HedgeConfig::default(), HedgeHandle);
+    let answer = || fallback::value(Response::new(String::new()));
+    let _ = one_config_error(FallbackLayer::new(FallbackConfig::default(), answer()));
+    let layer = one_config_error(
+        FallbackLayer::builder(FallbackConfig::default(), answer())
+            .name("shape")
+            .build(),
+    );
+    let handle: FallbackHandle = shareable(&layer.handle());
     assert_eq!(handle.name(), "shape");
     spawn_oneshot!(layer).expect("answered");
 }
