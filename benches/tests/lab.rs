@@ -93,3 +93,65 @@ fn floodwall_adaptive_limits_hold_goodput_at_5x_with_retrying_clients() {
         assert!((8.0..60.0).contains(&limit.mean), "{row:?}");
     }
 }
+
+mod tail {
+    use std::time::Duration;
+
+    use floodwall_benches::lab::tail::{HedgeLab, HedgeStack, hedge_scenario, herd_scenarios};
+
+    /// A 1 % tail at 10× the median: hedging at the p95 cuts the caller's
+    /// p99 5× (to the floor: the delay plus the fastest attempt) with at
+    /// most 5 % more attempts, floodwall's percentile delay as tower's.
+    #[test]
+    fn hedging_at_the_p95_cuts_the_p99_five_fold_with_5_percent_more_attempts() {
+        let lab = HedgeLab::default();
+        let none = hedge_scenario(lab, HedgeStack::None, None);
+        assert_eq!(none.p99, Duration::from_millis(1_000));
+        for stack in [
+            HedgeStack::FloodwallP95,
+            HedgeStack::FloodwallFixed,
+            HedgeStack::TowerHedge,
+        ] {
+            let row = hedge_scenario(lab, stack, None);
+            let cut = none.p99.as_secs_f64() / row.p99.as_secs_f64();
+            assert!(cut >= 5.0, "{stack:?}: p99 {:?}, cut {cut:.2}", row.p99);
+            assert!(
+                row.extra <= 0.05,
+                "{stack:?}: {:.1} % more attempts",
+                row.extra * 100.0
+            );
+        }
+    }
+
+    /// At twice the dependency's capacity, hedges drawing on the A6 budget
+    /// add at most 10 % load; naive hedging doubles it.
+    #[test]
+    fn under_overload_the_budget_keeps_hedges_under_10_percent_of_the_load() {
+        let lab = HedgeLab {
+            requests: 2_000,
+            gap: Duration::from_millis(5),
+            warm_up: 500,
+            ..HedgeLab::default()
+        };
+        let floodwall = hedge_scenario(lab, HedgeStack::FloodwallFixed, Some(10));
+        assert!(
+            floodwall.extra > 0.0 && floodwall.extra <= 0.10,
+            "{floodwall:?}"
+        );
+        let naive = hedge_scenario(lab, HedgeStack::ResilienceHedge, Some(10));
+        assert!(naive.extra >= 0.9, "{naive:?}");
+        assert!(
+            naive.p99 > floodwall.p99 * 2,
+            "naive hedging feeds the overload"
+        );
+    }
+
+    /// 10,000 callers of one key within 10 ms: one backend call.
+    #[test]
+    fn a_thundering_herd_reaches_the_backend_once() {
+        let rows = herd_scenarios(10_000);
+        assert_eq!(rows[0].calls, 10_000, "uncoalesced");
+        assert_eq!(rows[1].calls, 1, "floodwall");
+        assert_eq!(rows[2].calls, 1, "tower-resilience");
+    }
+}

@@ -5,6 +5,7 @@
 //! cargo run --release -p floodwall-benches --bin lab -- concurrency [--quick] [--out DIR]
 //! cargo run --release -p floodwall-benches --bin lab -- e2e [--quick] [--only bare|gateway|layers-off]
 //! cargo run --release -p floodwall-benches --bin lab -- redis [--quick]
+//! cargo run --release -p floodwall-benches --bin lab -- tail [--quick]
 //! cargo run --release -p floodwall-benches --bin lab -- report
 //! ```
 //!
@@ -27,6 +28,11 @@
 //! `redis` runs the distributed limiter against a real `redis-server` on
 //! loopback: three instances sharing one key, leasing off and on, below and
 //! above the quota (see `floodwall_benches::lab::redis`).
+//!
+//! `tail` runs the tail-latency scenarios: hedging against a 1 % tail at
+//! 10× the median (floodwall, tower's `Hedge`, tower-resilience's hedge),
+//! hedging at twice the dependency's capacity, and a thundering herd of
+//! 10,000 callers through coalescing (see `floodwall_benches::lab::tail`).
 //!
 //! `tables` only refills docs/performance.md's criterion tables from
 //! criterion's last results (after running one bench).
@@ -355,6 +361,66 @@ fn report(args: &Args) -> Result<(), Error> {
     Ok(())
 }
 
+/// The tail-latency scenarios (issue 28): hedging with a 1 % tail at 10×
+/// the median, hedging at twice the dependency's capacity, and a
+/// thundering herd through coalescing; their Markdown.
+fn tail(args: &Args) -> Result<String, Error> {
+    use floodwall_benches::lab::tail::{
+        HedgeLab, HedgeStack, hedge_scenario, hedge_table, herd_scenarios, herd_table,
+    };
+    let mut lab = HedgeLab::default();
+    if args.quick {
+        lab.requests = 8_000;
+    }
+    let started = Instant::now();
+    let rows: Vec<_> = HedgeStack::ALL
+        .iter()
+        .map(|&s| hedge_scenario(lab, s, None))
+        .collect();
+    // Overload: 10 workers at a 100 ms median serve about 100 requests/s;
+    // one request every 5 ms offers 200/s.
+    let overload = HedgeLab {
+        requests: if args.quick { 2_000 } else { 4_000 },
+        gap: std::time::Duration::from_millis(5),
+        warm_up: 1_000,
+        ..lab
+    };
+    let overloaded: Vec<_> = HedgeStack::ALL
+        .iter()
+        .map(|&s| hedge_scenario(overload, s, Some(10)))
+        .collect();
+    let herd = herd_scenarios(10_000);
+    eprintln!(
+        "lab: tail scenarios in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(format!(
+        "Dependency: median {:?}, each attempt uniform in [0.8, 1.2] × median or, with probability {} %, 10 × median; {} requests one every {:?} (open loop), the first {} not measured (the percentile delays need a full {:?} period first); seed {}. Fixed delays are the distribution's p95, {:.2} ms.
+
+{}
+**Overload**: the same dependency with 10 workers (about 100 requests/s, uninterruptible: a hedge that lost still takes its worker), offered one request every {:?} (twice its capacity), {} requests, the first {} not measured. Extra attempts are the load hedging added while requests arrived.
+
+{}
+**Thundering herd**: 10,000 callers of one hot key within 10 ms (10 batches 1 ms apart, real time, one thread); the backend answers after 50 ms.
+
+{}",
+        lab.median,
+        lab.tail * 100.0,
+        lab.requests,
+        lab.gap,
+        lab.warm_up,
+        lab.period,
+        lab.seed,
+        lab.p95().as_secs_f64() * 1e3,
+        hedge_table(&rows),
+        overload.gap,
+        overload.requests,
+        overload.warm_up,
+        hedge_table(&overloaded),
+        herd_table(&herd)
+    ))
+}
+
 fn main() {
     let result = parse().and_then(|args| match args.command.as_str() {
         _ if args.only.is_some() && args.command != "e2e" => Err("--only applies to e2e".into()),
@@ -362,11 +428,12 @@ fn main() {
         "concurrency" => concurrency(&args).map(|(_, _, md)| println!("{md}")),
         "e2e" => e2e(&args).map(|md| println!("{md}")),
         "redis" => redis(&args).map(|md| println!("{md}")),
+        "tail" => tail(&args).map(|md| println!("{md}")),
         "tables" => tables(),
         "report" => report(&args),
         "help" | "--help" | "-h" => {
             println!(
-                "usage: lab (sim | concurrency | e2e | redis | tables | report) [--quick] [--out DIR]\n       \
+                "usage: lab (sim | concurrency | e2e | redis | tail | tables | report) [--quick] [--out DIR]\n       \
                  lab e2e [--quick] --only (bare | gateway | layers-off)"
             );
             Ok(())

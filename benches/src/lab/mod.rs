@@ -13,6 +13,7 @@ pub mod plot;
 pub mod redis;
 pub mod report;
 pub mod sim;
+pub mod tail;
 
 pub use hist::Histogram;
 pub use load::{Arrivals, open_loop};

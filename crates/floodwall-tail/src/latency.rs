@@ -33,9 +33,12 @@ fn bucket(micros: u64) -> usize {
     LINEAR + octave * SUB + mantissa
 }
 
-/// The largest value (µs) bucket `i` holds: a percentile read from the
-/// histogram is never below the true one by more than a bucket's width.
-fn upper_bound(i: usize) -> u64 {
+/// The smallest value (µs) bucket `i` holds: a percentile read from the
+/// histogram is never above the true one, and below it by less than a
+/// bucket's width (1/16 of its power of two). Reading low hedges a little
+/// early rather than late: Tokio's timer already rounds a delay up to the
+/// next millisecond.
+fn lower_bound(i: usize) -> u64 {
     if i < LINEAR {
         return i as u64;
     }
@@ -43,11 +46,12 @@ fn upper_bound(i: usize) -> u64 {
     let mantissa = ((i - LINEAR) % SUB) as u64;
     let exponent = octave + SUB_BITS + 1;
     let step = 1u64 << (exponent - SUB_BITS);
-    (1u64 << exponent) + mantissa * step + step - 1
+    (1u64 << exponent) + mantissa * step
 }
 
 /// The `percentile` of the latencies recorded over each `period`, read
-/// from a histogram of 528 buckets (about 6 % apart) once the period ends:
+/// from a histogram of 528 buckets (about 6 % apart; the bucket's lower
+/// bound is read) once the period ends:
 /// the value stays in force for the next period, as tower's `Hedge` reads
 /// its rotating histogram. A period with fewer than `min_samples` samples
 /// gives no value (no hedging).
@@ -134,7 +138,7 @@ impl LatencyWindow {
     }
 }
 
-/// The smallest bucket bound at or above the `p` quantile of `counts`.
+/// The lower bound of the bucket holding the `p` quantile of `counts`.
 fn percentile_of(counts: &[u32], p: f64) -> Option<u64> {
     let total: u64 = counts.iter().map(|&c| u64::from(c)).sum();
     if total == 0 {
@@ -146,7 +150,7 @@ fn percentile_of(counts: &[u32], p: f64) -> Option<u64> {
     for (i, &c) in counts.iter().enumerate() {
         seen += u64::from(c);
         if seen >= rank {
-            return Some(upper_bound(i));
+            return Some(lower_bound(i));
         }
     }
     None
@@ -178,9 +182,9 @@ mod tests {
             last = i;
             assert!(i < BUCKETS);
             if micros < 1 << 36 {
-                assert!(upper_bound(i) >= micros, "{micros}: {}", upper_bound(i));
+                assert!(lower_bound(i) <= micros, "{micros}: {}", lower_bound(i));
                 // Within one bucket width (1/16 of the octave) of the value.
-                assert!(upper_bound(i) - micros <= micros / 16 + 1, "{micros}");
+                assert!(micros - lower_bound(i) < micros / 16 + 1, "{micros}");
             }
         }
     }

@@ -410,9 +410,9 @@ async fn the_percentile_delay_is_read_from_the_last_period() {
     assert_eq!(handle.delay(), None);
     sleep(ms(1_000)).await;
     // The 90th of 1..=100 ms is 90 ms; the histogram's bucket bound is
-    // within 1/16 above it.
+    // within 1/16 under it.
     let delay = handle.delay().unwrap();
-    assert!(delay >= ms(90) && delay <= ms(96), "{delay:?}");
+    assert!(delay > ms(84) && delay <= ms(90), "{delay:?}");
     // A slow call is now hedged at that delay (the timer wakes on the
     // next whole millisecond).
     let backend = Backend::new([
