@@ -52,6 +52,45 @@ where
     started.elapsed()
 }
 
+/// As [`drive`], awaiting each response to its end on a current-thread
+/// runtime of its own (for layers whose calls run in tasks).
+fn drive_to_end<S>(mut svc: S, n: u64) -> Duration
+where
+    S: Service<Req>,
+    S::Error: std::fmt::Debug,
+{
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("a runtime");
+    let req = http::Request::new(());
+    rt.block_on(async move {
+        let started = std::time::Instant::now();
+        for _ in 0..n {
+            std::future::poll_fn(|cx| svc.poll_ready(cx))
+                .await
+                .expect("ready");
+            let res = svc.call(std::hint::black_box(req.clone())).await;
+            std::hint::black_box(res.expect("answered"));
+        }
+        started.elapsed()
+    })
+}
+
+/// tower's `Hedge` policy: every request may be hedged.
+#[derive(Clone, Copy, Debug)]
+struct HedgeAll;
+
+impl tower::hedge::Policy<Req> for HedgeAll {
+    fn clone_request(&self, req: &Req) -> Option<Req> {
+        Some(req.clone())
+    }
+
+    fn can_retry(&self, _: &Req) -> bool {
+        true
+    }
+}
+
 fn open_quota() -> Quota {
     Quota::per_second(1_000_000_000)
         .expect("a quota")
@@ -88,6 +127,13 @@ pub const CASES: &[&str] = &[
     "priority-admission",
     "priority-client",
     "tower-load-shed",
+    "hedge",
+    "tower-hedge",
+    "resilience-hedge",
+    "fallback",
+    "resilience-fallback",
+    "coalesce",
+    "resilience-coalesce",
 ];
 
 /// Runs `n` requests through `case` (inside a Tokio runtime context);
@@ -269,6 +315,65 @@ pub fn run(case: &str, n: u64) -> Option<Duration> {
             n,
         ),
         "tower-load-shed" => drive(tower::load_shed::LoadShedLayer::new().layer(Respond), n),
+        // Hedging with a delay no answer here reaches: the cost of arming a
+        // hedge on every call.
+        "hedge" => drive(
+            floodwall::tail::HedgeLayer::new(floodwall::tail::HedgeConfig {
+                delay: floodwall::tail::HedgeDelay::Fixed(Duration::from_secs(1)),
+                ..floodwall::tail::HedgeConfig::default()
+            })
+            .unwrap()
+            .layer(Respond),
+            n,
+        ),
+        "tower-hedge" => drive(
+            tower::hedge::Hedge::new::<Req>(Respond, HedgeAll, 10, 0.95, Duration::from_secs(10)),
+            n,
+        ),
+        "resilience-hedge" => drive(
+            tower_resilience_hedge::HedgeLayer::builder()
+                .delay(Duration::from_secs(1))
+                .max_hedged_attempts(2)
+                .build()
+                .layer(Respond),
+            n,
+        ),
+        // Fallback on a call that succeeds: the cost of being ready to
+        // answer from the fallback.
+        "fallback" => drive(
+            floodwall::tail::FallbackLayer::new(
+                floodwall::tail::FallbackConfig::default(),
+                floodwall::tail::fallback::value(http::Response::new(())),
+            )
+            .unwrap()
+            .layer(Respond),
+            n,
+        ),
+        "resilience-fallback" => drive(
+            tower_resilience_fallback::FallbackLayer::<
+                Req,
+                http::Response<()>,
+                std::convert::Infallible,
+            >::value(http::Response::new(()))
+            .layer(Respond),
+            n,
+        ),
+        // Coalescing, one request at a time (each one a leader): awaited
+        // to its end on a runtime of its own, since floodwall's call runs
+        // in a task.
+        "coalesce" => drive_to_end(
+            floodwall::tail::CoalesceLayer::new(
+                floodwall::tail::CoalesceConfig::default(),
+                |_: &Req| Some(1u8),
+            )
+            .unwrap()
+            .layer(Respond),
+            n,
+        ),
+        "resilience-coalesce" => drive_to_end(
+            tower_resilience_coalesce::CoalesceLayer::new(|_: &Req| 1u8).layer(Respond),
+            n,
+        ),
         _ => return None,
     })
 }

@@ -77,15 +77,14 @@ pub const METRIC_PREFIX: &str = "coalesce";
 
 type Outcome<R> = Option<Result<R, CoalescedError>>;
 
-/// One call in flight: where its outcome is published.
-struct Flight<R> {
-    tx: watch::Sender<Outcome<R>>,
-}
+/// One call in flight: where its outcome is published (the map and the
+/// call's leader each hold a sender; followers subscribe).
+type Flight<R> = watch::Sender<Outcome<R>>;
 
 struct Shared<K, R> {
     name: Arc<str>,
     config: CoalesceConfig,
-    flights: Mutex<HashMap<K, Arc<Flight<R>>>>,
+    flights: Mutex<HashMap<K, Flight<R>>>,
     requests: RequestCounters,
     leaders: Counter,
     followers: Counter,
@@ -96,8 +95,9 @@ struct Shared<K, R> {
 /// for a key is in flight, later requests with that key wait for its
 /// response instead of calling (SPECS.md, "Request coalescing").
 ///
-/// - The call runs in a task of its own, so a leader whose caller goes
-///   away does not fail its followers: **the call goes on for them**. Once
+/// - The leader's future drives the call; if the leader's caller goes away
+///   while followers wait, the call moves to a task of its own: **the call
+///   goes on for them**, and no follower fails. Once
 ///   nobody waits for it any more (every caller gone or timed out), the
 ///   call is cancelled: its future is dropped, so no work runs for nobody.
 /// - Every waiter gets a clone of the same response (`Response: Clone`;
@@ -364,7 +364,7 @@ where
         let deadline = req.extensions().get::<Deadline>().copied();
         let mut flights = shared.flights.lock();
         if let Some(flight) = flights.get(&key) {
-            let rx = flight.tx.subscribe();
+            let rx = flight.subscribe();
             drop(flights);
             shared.followers.increment(1);
             shared.requests.admitted();
@@ -397,54 +397,155 @@ where
                 }
             };
         }
-        let (tx, rx) = watch::channel(None);
-        let flight = Arc::new(Flight { tx });
+        let (flight, _) = watch::channel(None);
         flights.insert(key.clone(), flight.clone());
         drop(flights);
         shared.leaders.increment(1);
         shared.requests.admitted();
-        // The call runs on its own: the leader's caller going away does not
-        // fail the followers.
-        let fut = inner.call(req);
-        let publisher = shared.clone();
-        tokio::spawn(async move {
-            let mut fut = std::pin::pin!(fut);
-            let outcome = loop {
-                tokio::select! {
-                    outcome = &mut fut => break outcome,
-                    () = flight.tx.closed() => {
-                        // Every waiter went away. New followers subscribe
-                        // under the map's lock, so under it "nobody waits"
-                        // is final: the call is cancelled (its future
-                        // dropped) and the key freed.
-                        let mut flights = publisher.flights.lock();
-                        if flight.tx.receiver_count() == 0 {
-                            remove_if_same(&mut flights, &key, &flight);
-                            return;
-                        }
-                    }
-                }
-            };
-            let outcome = outcome.map_err(|e| CoalescedError(Arc::from(e.into())));
-            remove_if_same(&mut publisher.flights.lock(), &key, &flight);
-            flight.tx.send_replace(Some(outcome));
-        });
+        // The leader drives the call itself; if its caller goes away while
+        // followers wait, the call moves to a task of its own and goes on
+        // for them (`Lead`'s drop).
+        let call = inner.call(req);
+        let lead = Lead {
+            fut: Some(Box::pin(async move { call.await.map_err(Into::into) })),
+            flight,
+            shared,
+            key: Some(key),
+        };
         Box::pin(async move {
-            match wait(rx, deadline).await? {
-                Ok(response) => Ok(response),
-                Err(error) => Err(BoxError::from(error)),
-            }
+            let outcome = match deadline {
+                None => lead.await,
+                Some(deadline) => match tokio::time::timeout_at(deadline.instant(), lead).await {
+                    Ok(outcome) => outcome,
+                    Err(_) => {
+                        return Err(Rejected::boxed(floodwall_core::DeadlineExceeded::new(
+                            floodwall_core::Phase::InFlight,
+                            true,
+                        )));
+                    }
+                },
+            };
+            outcome.map_err(BoxError::from)
         })
     }
 }
 
+/// The leader's side of a call: drives the inner future and publishes its
+/// outcome to the followers. Dropped before the end, it hands the call to
+/// a task while followers wait, or cancels it when none does.
+struct Lead<K, R>
+where
+    K: Hash + Eq + Send + Sync + 'static,
+    R: Clone + Send + Sync + 'static,
+{
+    fut: Option<Call<R>>,
+    flight: Flight<R>,
+    shared: Arc<Shared<K, R>>,
+    key: Option<K>,
+}
+
+// Nothing in a `Lead` is pinned in place: its call is boxed.
+impl<K, R> Unpin for Lead<K, R>
+where
+    K: Hash + Eq + Send + Sync + 'static,
+    R: Clone + Send + Sync + 'static,
+{
+}
+
+/// A call in flight, its error boxed.
+type Call<R> = Pin<Box<dyn Future<Output = Result<R, BoxError>> + Send>>;
+
+impl<K, R> Future for Lead<K, R>
+where
+    K: Hash + Eq + Send + Sync + 'static,
+    R: Clone + Send + Sync + 'static,
+{
+    type Output = Result<R, CoalescedError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        let fut = this.fut.as_mut().expect("polled after its end");
+        let outcome =
+            std::task::ready!(fut.as_mut().poll(cx)).map_err(|e| CoalescedError(Arc::from(e)));
+        this.fut = None;
+        let key = this.key.take().expect("published once");
+        publish(&this.shared, &key, &this.flight, &outcome);
+        Poll::Ready(outcome)
+    }
+}
+
+/// Frees `key` and hands `outcome` to the followers waiting, if any.
+fn publish<K: Hash + Eq, R: Clone>(
+    shared: &Shared<K, R>,
+    key: &K,
+    flight: &Flight<R>,
+    outcome: &Result<R, CoalescedError>,
+) {
+    remove_if_same(&mut shared.flights.lock(), key, flight);
+    // Followers subscribe under the map's lock: none comes after this.
+    if flight.receiver_count() > 0 {
+        flight.send_replace(Some(outcome.clone()));
+    }
+}
+
+impl<K, R> Drop for Lead<K, R>
+where
+    K: Hash + Eq + Send + Sync + 'static,
+    R: Clone + Send + Sync + 'static,
+{
+    fn drop(&mut self) {
+        let (Some(fut), Some(key)) = (self.fut.take(), self.key.take()) else {
+            return; // finished and published
+        };
+        let mut flights = self.shared.flights.lock();
+        if self.flight.receiver_count() == 0 {
+            // Nobody waits: the call is cancelled (its future dropped here).
+            remove_if_same(&mut flights, &key, &self.flight);
+            return;
+        }
+        drop(flights);
+        // Followers wait: the call goes on for them in a task of its own.
+        // (Without a runtime, shutting down, the followers see the call
+        // abandoned.)
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(go_on(fut, self.flight.clone(), self.shared.clone(), key));
+        }
+    }
+}
+
+/// Finishes a call its leader left, for the followers; cancels it (drops
+/// its future) once none of them waits any more.
+async fn go_on<K: Hash + Eq, R: Clone>(
+    mut fut: Call<R>,
+    flight: Flight<R>,
+    shared: Arc<Shared<K, R>>,
+    key: K,
+) {
+    let outcome = loop {
+        tokio::select! {
+            outcome = &mut fut => break outcome,
+            () = flight.closed() => {
+                // Every waiter went away. New followers subscribe under the
+                // map's lock, so under it "nobody waits" is final.
+                let mut flights = shared.flights.lock();
+                if flight.receiver_count() == 0 {
+                    remove_if_same(&mut flights, &key, &flight);
+                    return;
+                }
+            }
+        }
+    };
+    let outcome = outcome.map_err(|e| CoalescedError(Arc::from(e)));
+    publish(&shared, &key, &flight, &outcome);
+}
+
 /// Frees `key` if it still names `flight` (and not a later call's flight).
 fn remove_if_same<K: Hash + Eq, R>(
-    flights: &mut HashMap<K, Arc<Flight<R>>>,
+    flights: &mut HashMap<K, Flight<R>>,
     key: &K,
-    flight: &Arc<Flight<R>>,
+    flight: &Flight<R>,
 ) {
-    if flights.get(key).is_some_and(|f| Arc::ptr_eq(f, flight)) {
+    if flights.get(key).is_some_and(|f| f.same_channel(flight)) {
         flights.remove(key);
     }
 }
