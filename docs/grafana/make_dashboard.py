@@ -72,9 +72,19 @@ rows = [
          [(quantile(0.99, 'floodwall_bulkhead_sojourn_seconds'), 'p99 {{name}}'),
           (mean('floodwall_bulkhead_sojourn_seconds'), 'mean {{name}}')]),
     ]),
-    ('Request coalescing', [
-        ('Calls by role (leader: made; follower: shared; bypass: not coalesced)', 'ops',
+    ('Tail latency and degradation: hedging, coalescing, fallback, breakers per key', [
+        ('Hedges sent and not sent (by reason)', 'ops',
+         [(rate('floodwall_hedge_attempts_total', 'name'), 'sent {{name}}'),
+          (rate('floodwall_hedge_skipped_total', 'name, reason'), 'skipped {{name}} {{reason}}')]),
+        ('Coalesced calls by role (leader: made; follower: shared; bypass: not coalesced)', 'ops',
          [(rate('floodwall_coalesce_calls_total', 'name, role'), '{{name}} {{role}}')]),
+        ('Fallback answers by trigger and result (failed: the fallback failed too)', 'ops',
+         [(rate('floodwall_fallback_answers_total', 'name, trigger, result'), '{{name}} {{trigger}} {{result}}')]),
+        ('Breakers per key: keys not closed', 'short',
+         [(gauge('floodwall_breaker_group_open'), '{{name}}')]),
+        ('Breakers per key: calls by outcome and transitions', 'ops',
+         [(rate('floodwall_breaker_group_calls_total', 'name, outcome'), '{{name}} {{outcome}}'),
+          (rate('floodwall_breaker_group_transitions_total', 'name, from, to'), '{{name}} {{from}} -> {{to}}')]),
     ]),
     ('Deadlines', [
         ('Deadlines exceeded, by phase', 'ops',

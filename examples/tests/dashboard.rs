@@ -309,6 +309,53 @@ async fn exercise_the_other_layers() {
         .unwrap();
     breaker.handle().force_open();
     breaker.handle().reset();
+    // Hedging: a slow first attempt, hedged after 1 ms.
+    let hedge = floodwall::tail::HedgeLayer::builder(floodwall::tail::HedgeConfig {
+        delay: floodwall::tail::HedgeDelay::Fixed(Duration::from_millis(1)),
+        ..floodwall::tail::HedgeConfig::default()
+    })
+    .name("dash")
+    .build()
+    .unwrap();
+    let first = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let svc = hedge.layer(service_fn(move |_: ()| {
+        let slow = first.swap(false, std::sync::atomic::Ordering::SeqCst);
+        async move {
+            if slow {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Ok::<_, floodwall::core::BoxError>(())
+        }
+    }));
+    svc.oneshot(()).await.expect("hedged");
+    // A fallback answering a failure.
+    let fallback = floodwall::tail::FallbackLayer::builder(
+        floodwall::tail::FallbackConfig::default(),
+        floodwall::tail::fallback::value(()),
+    )
+    .name("dash")
+    .build()
+    .unwrap();
+    let svc = fallback.layer(service_fn(|_: ()| async {
+        Err::<(), floodwall::core::BoxError>("down".into())
+    }));
+    svc.oneshot(()).await.expect("fell back");
+    // Breakers per key: one key opens.
+    let group = floodwall::breaker::BreakerGroupLayer::builder(
+        floodwall::breaker::BreakerGroupConfig {
+            breaker: BreakerConfig::consecutive(1),
+            ..Default::default()
+        },
+        |_: &()| Some(1u8),
+    )
+    .name("dash")
+    .build()
+    .unwrap();
+    let svc = group.layer(service_fn(|_: ()| async {
+        Err::<(), floodwall::core::BoxError>("down".into())
+    }));
+    let _ = svc.clone().oneshot(()).await;
+    let _ = svc.oneshot(()).await;
 }
 
 #[test]

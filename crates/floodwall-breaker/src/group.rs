@@ -30,7 +30,7 @@ pub const GROUP_NAME: &str = "breaker_group";
 /// `floodwall_breaker_group_transitions_total{name, from, to}` (summed over
 /// keys), the gauges `floodwall_breaker_group_keys{name}` and
 /// `floodwall_breaker_group_open{name}` (keys not closed), and
-/// `floodwall_breaker_group_evictions_total{name, reason}` (`idle`: a
+/// `floodwall_breaker_group_evicted_total{name, reason}` (`idle`: a
 /// closed breaker evicted for a new key; `overflow`: a new key sent to the
 /// shared overflow breaker because every slot holds an open one).
 pub const GROUP_METRIC_PREFIX: &str = "breaker_group";
@@ -212,7 +212,7 @@ impl<K: Hash + Eq + Clone> BreakerGroup<K> {
         config.validate()?;
         let name: Arc<str> = name.into();
         let label = name.to_string();
-        let evicted = |reason: &'static str| metrics::counter!(metric_name(GROUP_METRIC_PREFIX, "evictions_total"), LABEL_NAME => label.clone(), "reason" => reason);
+        let evicted = |reason: &'static str| metrics::counter!(metric_name(GROUP_METRIC_PREFIX, "evicted_total"), LABEL_NAME => label.clone(), "reason" => reason);
         let metrics = Arc::new(GroupMetrics {
             keys: metrics::gauge!(metric_name(GROUP_METRIC_PREFIX, "keys"), LABEL_NAME => label.clone()),
             open: metrics::gauge!(metric_name(GROUP_METRIC_PREFIX, "open"), LABEL_NAME => label.clone()),

@@ -7,19 +7,22 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use floodwall::core::{BoxError, Deadline, Priority, Rejected};
+use floodwall::core::{BoxError, Classify, Deadline, Outcome, Priority, Rejected};
+use floodwall::tail::fallback::{self, Value};
+use floodwall::tail::{FallbackConfig, FallbackLayer};
 use http::{HeaderMap, HeaderName, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 use tonic::Code;
-use tower::{Service, ServiceExt};
+use tower::{Layer, Service, ServiceExt};
 
 use super::config::HandlerKind;
-use super::upstream::{GrpcUpstream, HttpUpstream, Upstream};
+use super::upstream::{GrpcUpstream, HttpTransport, HttpUpstream, Upstream};
 use super::{Body, GatewayResponder, json, refusal};
 use crate::proto::{BatchGetRoomsRequest, EnterRoomRequest, GetRoomRequest, RoomInfo};
 use floodwall::http::Respond;
+use tower::util::BoxCloneSyncService;
 
 /// Largest request body the proxy forwards.
 const MAX_BODY: usize = 1 << 20;
@@ -34,8 +37,49 @@ struct Inner {
     kind: HandlerKind,
     primary: Upstream,
     overflow: Option<(Arc<floodwall::token_bucket::TokenBucket>, Upstream)>,
-    optional: Vec<(String, HttpUpstream)>,
+    optional: Vec<Module>,
     user_header: String,
+}
+
+/// An optional module: its upstream, behind a fallback that turns any
+/// failure of it (an error, a non-2xx answer, a refusal by its upstream's
+/// stack, a timeout) into a marked empty answer, so the route degrades
+/// instead of failing.
+struct Module {
+    name: String,
+    upstream: HttpUpstream,
+    fallback: FallbackLayer<Value<Response<Bytes>>, ModuleClassifier>,
+}
+
+/// How a module's answer is read: anything but a 2xx is a failure.
+#[derive(Debug, Clone, Copy)]
+struct ModuleClassifier;
+
+impl Classify<Response<Bytes>, BoxError> for ModuleClassifier {
+    fn classify(&self, result: Result<&Response<Bytes>, &BoxError>) -> Outcome {
+        match result {
+            Ok(res) if res.status().is_success() => Outcome::Success,
+            _ => Outcome::Failure,
+        }
+    }
+}
+
+/// Marks the answer a module's fallback gave.
+#[derive(Debug, Clone, Copy)]
+struct Degraded;
+
+fn module(name: String, upstream: HttpUpstream) -> Result<Module, BoxError> {
+    let mut marked = Response::new(Bytes::new());
+    marked.extensions_mut().insert(Degraded);
+    let fallback = FallbackLayer::builder(FallbackConfig::default(), fallback::value(marked))
+        .name(format!("module:{name}"))
+        .classify(ModuleClassifier)
+        .build()?;
+    Ok(Module {
+        name,
+        upstream,
+        fallback,
+    })
 }
 
 impl RouteHandler {
@@ -45,8 +89,12 @@ impl RouteHandler {
         overflow: Option<(Arc<floodwall::token_bucket::TokenBucket>, Upstream)>,
         optional: Vec<(String, HttpUpstream)>,
         user_header: String,
-    ) -> Self {
-        Self {
+    ) -> Result<Self, BoxError> {
+        let optional = optional
+            .into_iter()
+            .map(|(name, upstream)| module(name, upstream))
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
             inner: Arc::new(Inner {
                 kind,
                 primary,
@@ -54,7 +102,7 @@ impl RouteHandler {
                 optional,
                 user_header,
             }),
-        }
+        })
     }
 }
 
@@ -270,11 +318,14 @@ impl Inner {
         let modules: Vec<ModuleFuture> = self
             .optional
             .iter()
-            .map(|(name, h)| -> ModuleFuture {
-                let path = format!("/{name}?room={room_id}");
-                let (name, h) = (name.clone(), h.clone());
+            .map(|m| -> ModuleFuture {
+                let path = format!("/{}?room={room_id}", m.name);
+                let name = m.name.clone();
+                let h = m.upstream.clone();
+                let svc: HttpTransport =
+                    BoxCloneSyncService::new(m.fallback.layer(m.upstream.transport.clone()));
                 Box::pin(async move {
-                    let r = fetch(h, path, priority, deadline).await;
+                    let r = fetch(&h, svc, path, priority, deadline).await;
                     (name, r)
                 })
             })
@@ -334,10 +385,12 @@ async fn join_all<T>(mut set: Vec<Pin<Box<dyn Future<Output = T> + Send>>>) -> V
     out.into_iter().flatten().collect()
 }
 
-/// GETs a JSON document from an optional module; any failure (status,
-/// transport, shed, deadline, bad JSON) is an error.
+/// GETs a JSON document from an optional module through its fallback; an
+/// answer the fallback gave (the module failed, was shed or ran out of
+/// time) or bad JSON is an error.
 async fn fetch(
-    h: HttpUpstream,
+    h: &HttpUpstream,
+    svc: HttpTransport,
     path: String,
     priority: Option<Priority>,
     deadline: Option<Deadline>,
@@ -349,9 +402,9 @@ async fn fetch(
     if let Some(d) = deadline {
         req.extensions_mut().insert(d);
     }
-    let res = h.transport.clone().oneshot(req).await?;
-    if !res.status().is_success() {
-        return Err(format!("module answered {}", res.status()).into());
+    let res = svc.oneshot(req).await?;
+    if res.extensions().get::<Degraded>().is_some() {
+        return Err("the module failed: its fallback answered".into());
     }
     Ok(serde_json::from_slice(res.body())?)
 }

@@ -503,7 +503,7 @@ fn build_route(
         overflow,
         optional,
         config.gateway.user_header.clone(),
-    );
+    )?;
     let label = r.path.as_deref().or(r.prefix.as_deref()).unwrap_or("");
     let (service, limit, global) = if protected {
         let limit = match &r.limit {
