@@ -352,9 +352,9 @@ impl<K: Hash + Eq + Clone> BreakerGroup<K> {
         let mut current = self.config.write();
         let table = self.map.read();
         for slot in &table.slots {
-            slot.breaker.reconfigure(config.breaker.clone(), now)?;
+            slot.breaker.reconfigure(config.breaker, now)?;
         }
-        self.overflow.reconfigure(config.breaker.clone(), now)?;
+        self.overflow.reconfigure(config.breaker, now)?;
         *current = config;
         Ok(())
     }
@@ -369,7 +369,7 @@ fn new_breaker(
 ) -> Result<CircuitBreaker, ConfigError> {
     let m = metrics.clone();
     Ok(
-        CircuitBreaker::with_epoch(config.clone(), epoch)?.on_state_change(move |c| {
+        CircuitBreaker::with_epoch(*config, epoch)?.on_state_change(move |c| {
             metrics::counter!(
                 metric_name(GROUP_METRIC_PREFIX, "transitions_total"),
                 LABEL_NAME => m.name.to_string(),
