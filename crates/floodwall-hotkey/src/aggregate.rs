@@ -1,0 +1,611 @@
+//! Write aggregation: many additive updates to one key within a window,
+//! one downstream write.
+
+use std::fmt;
+use std::future::Future;
+use std::hash::Hash;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use floodwall_core::config::check_duration;
+use floodwall_core::metrics::{LABEL_NAME, RequestCounters, metric_name};
+use floodwall_core::{BoxError, ConfigError, RejectKind, Rejected, Rejection};
+use hashbrown::HashMap;
+use metrics::Counter;
+use parking_lot::Mutex;
+use tokio::sync::{oneshot, watch};
+use tower_layer::Layer;
+use tower_service::Service;
+
+/// The default name (metric label) of an [`AggregateLayer`].
+pub const AGGREGATE_NAME: &str = "aggregate";
+
+/// The prefix of the aggregation layer's metric names:
+/// `floodwall_aggregate_requests_total{name, outcome, reason}` (updates
+/// accepted or refused), `floodwall_aggregate_writes_total{name, result}`
+/// (downstream writes, `ok` or `failed`) and
+/// `floodwall_aggregate_merged_total{name}` (updates merged into writes).
+pub const AGGREGATE_METRIC_PREFIX: &str = "aggregate";
+
+/// An additive update: add `delta` to `key`'s record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Update<K, D> {
+    /// The record.
+    pub key: K,
+    /// What to add to it.
+    pub delta: D,
+}
+
+/// How deltas for one key merge: associative (`merge(merge(a, b), c) ==
+/// merge(a, merge(b, c))`), so a batch is the same whatever the order its
+/// updates arrived in. [`Sum`] adds them.
+pub trait Merge<D>: Send + Sync + 'static {
+    /// `a` and `b` as one delta.
+    fn merge(&self, a: D, b: D) -> D;
+}
+
+/// Adds deltas (`+1`, `+2`, `−1` → `+2`), saturating for integers.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Sum;
+
+macro_rules! sum_saturating {
+    ($($t:ty),*) => {$(
+        impl Merge<$t> for Sum {
+            fn merge(&self, a: $t, b: $t) -> $t {
+                a.saturating_add(b)
+            }
+        }
+    )*};
+}
+sum_saturating!(
+    i8, i16, i32, i64, i128, isize, u8, u16, u32, u64, u128, usize
+);
+
+impl Merge<f64> for Sum {
+    fn merge(&self, a: f64, b: f64) -> f64 {
+        a + b
+    }
+}
+
+impl<D, F> Merge<D> for F
+where
+    F: Fn(D, D) -> D + Send + Sync + 'static,
+{
+    fn merge(&self, a: D, b: D) -> D {
+        self(a, b)
+    }
+}
+
+/// An [`AggregateLayer`]'s configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
+pub struct AggregateConfig {
+    /// How long a key's batch gathers updates after its first one. Default
+    /// 20 ms.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
+    pub window: Duration,
+    /// A batch of this many updates is written at once, before its window
+    /// ends. Default 10,000.
+    pub max_batch: usize,
+    /// Keys with a batch gathering at once; an update for another key is
+    /// refused over that ([`AggregateFull`]). Default 10,000.
+    pub max_keys: usize,
+}
+
+impl Default for AggregateConfig {
+    fn default() -> Self {
+        Self {
+            window: Duration::from_millis(20),
+            max_batch: 10_000,
+            max_keys: 10_000,
+        }
+    }
+}
+
+impl AggregateConfig {
+    /// Checks the values.
+    ///
+    /// # Errors
+    /// [`ConfigError`] for a zero or out-of-range window, or a `max_batch`
+    /// or `max_keys` of 0.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check_duration("window", self.window)?;
+        if self.window.is_zero() {
+            return Err(ConfigError::new("window", "must be above zero"));
+        }
+        if self.max_batch == 0 {
+            return Err(ConfigError::new("max_batch", "must be at least 1"));
+        }
+        if self.max_keys == 0 {
+            return Err(ConfigError::new("max_keys", "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+/// A batch's write, as every caller in it sees it: the downstream answer,
+/// or its error shared.
+type Landed<R> = Option<Result<R, AggregateError>>;
+
+/// One key's batch while it gathers.
+struct Batch<D, R> {
+    /// Always `Some` while the batch gathers (taken to merge).
+    delta: Option<D>,
+    updates: u64,
+    landed: watch::Sender<Landed<R>>,
+    /// Tells the batch's timer to write it now.
+    now: Option<oneshot::Sender<()>>,
+    id: u64,
+}
+
+struct Shared<K, D, R, M> {
+    name: Arc<str>,
+    config: AggregateConfig,
+    merge: M,
+    batches: Mutex<HashMap<K, Batch<D, R>>>,
+    next_id: AtomicU64,
+    /// Writes started and not finished.
+    writing: AtomicU64,
+    requests: RequestCounters,
+    writes_ok: Counter,
+    writes_failed: Counter,
+    merged: Counter,
+}
+
+/// A Tower layer that aggregates additive writes (SPECS.md, "Write
+/// aggregation"): [`Update`]s for one key within `window` of its batch's
+/// first are merged ([`Merge`], [`Sum`] by default) into **one** downstream
+/// call, and every caller's future resolves with that write's answer (a
+/// clone of the response, or its error shared as [`AggregateError`]).
+///
+/// - A batch is written when its window ends or when it holds `max_batch`
+///   updates, whichever comes first.
+/// - At most `max_keys` keys gather at once; an update for another key is
+///   refused with [`AggregateFull`] (an `Overloaded` rejection): never
+///   dropped silently.
+/// - **An accepted update is written even if its caller goes away**: the
+///   write runs in a task of its own. A caller that drops its future only
+///   stops waiting for the answer.
+/// - [`AggregateHandle::flush`] writes every gathering batch now and waits
+///   for the writes (call it on shutdown).
+///
+/// The downstream service takes the merged `Update<K, D>`; it must be
+/// `Clone` (each write calls a clone, polled ready first) and its response
+/// `Clone`. One layer value is one set of batches: every service it builds,
+/// and their clones, share them.
+///
+/// ```
+/// use std::sync::{Arc, Mutex};
+/// use floodwall_hotkey::{AggregateConfig, AggregateLayer, Update};
+/// use tower::{Layer, ServiceExt, service_fn};
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() -> Result<(), floodwall_core::BoxError> {
+/// let writes = Arc::new(Mutex::new(Vec::new()));
+/// let w = writes.clone();
+/// let store = service_fn(move |u: Update<&'static str, i64>| {
+///     w.lock().unwrap().push(u);
+///     async { Ok::<_, floodwall_core::BoxError>(()) }
+/// });
+/// let likes = AggregateLayer::new(AggregateConfig::default())?.layer(store);
+/// let calls: Vec<_> = [1, 2, -1]
+///     .into_iter()
+///     .map(|delta| tokio::spawn(likes.clone().oneshot(Update { key: "post:7", delta })))
+///     .collect();
+/// for call in calls {
+///     call.await??;
+/// }
+/// assert_eq!(*writes.lock().unwrap(), [Update { key: "post:7", delta: 2 }]);
+/// # Ok(())
+/// # }
+/// ```
+pub struct AggregateLayer<K, D, R, M = Sum> {
+    shared: Arc<Shared<K, D, R, M>>,
+}
+
+impl<K, D, R, M> Clone for AggregateLayer<K, D, R, M> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<K, D, R, M> fmt::Debug for AggregateLayer<K, D, R, M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AggregateLayer")
+            .field("name", &self.shared.name)
+            .field("config", &self.shared.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<K: Hash + Eq, D, R> AggregateLayer<K, D, R> {
+    /// A layer summing deltas ([`Sum`]).
+    ///
+    /// # Errors
+    /// As [`AggregateConfig::validate`].
+    pub fn new(config: AggregateConfig) -> Result<Self, ConfigError> {
+        AggregateLayer::builder(config).build()
+    }
+}
+
+impl AggregateLayer<(), (), ()> {
+    /// A builder, to set the name and the merge.
+    pub fn builder(config: AggregateConfig) -> AggregateBuilder {
+        AggregateBuilder {
+            config,
+            merge: Sum,
+            name: Arc::from(AGGREGATE_NAME),
+        }
+    }
+}
+
+impl<K, D, R, M> AggregateLayer<K, D, R, M>
+where
+    K: Hash + Eq + Send + 'static,
+    D: Send + 'static,
+    R: Send + Sync + 'static,
+    M: Send + Sync + 'static,
+{
+    /// A handle on the layer's batches.
+    pub fn handle(&self) -> AggregateHandle {
+        AggregateHandle {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// Builds an [`AggregateLayer`]; from [`AggregateLayer::builder`].
+#[derive(Debug, Clone)]
+#[must_use = "call build()"]
+pub struct AggregateBuilder<M = Sum> {
+    config: AggregateConfig,
+    merge: M,
+    name: Arc<str>,
+}
+
+impl<M> AggregateBuilder<M> {
+    /// The layer's name (its metric label). Default [`AGGREGATE_NAME`].
+    pub fn name(mut self, name: impl Into<Arc<str>>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// How deltas merge (associative). Default [`Sum`].
+    pub fn merge<M2>(self, merge: M2) -> AggregateBuilder<M2> {
+        AggregateBuilder {
+            config: self.config,
+            merge,
+            name: self.name,
+        }
+    }
+
+    /// The layer. Metric handles are registered now.
+    ///
+    /// # Errors
+    /// As [`AggregateConfig::validate`].
+    pub fn build<K: Hash + Eq, D, R>(self) -> Result<AggregateLayer<K, D, R, M>, ConfigError> {
+        self.config.validate()?;
+        let name = self.name;
+        let writes = |result: &'static str| metrics::counter!(metric_name(AGGREGATE_METRIC_PREFIX, "writes_total"), LABEL_NAME => name.to_string(), "result" => result);
+        Ok(AggregateLayer {
+            shared: Arc::new(Shared {
+                config: self.config,
+                merge: self.merge,
+                batches: Mutex::new(HashMap::new()),
+                next_id: AtomicU64::new(0),
+                writing: AtomicU64::new(0),
+                requests: RequestCounters::new(AGGREGATE_METRIC_PREFIX, &name),
+                writes_ok: writes("ok"),
+                writes_failed: writes("failed"),
+                merged: metrics::counter!(metric_name(AGGREGATE_METRIC_PREFIX, "merged_total"), LABEL_NAME => name.to_string()),
+                name,
+            }),
+        })
+    }
+}
+
+/// What an [`AggregateHandle`] reaches, whatever the types.
+trait Target: Send + Sync {
+    fn name(&self) -> &str;
+    fn pending(&self) -> usize;
+    fn writing(&self) -> u64;
+    fn write_all_now(&self);
+}
+
+impl<K, D, R, M> Target for Shared<K, D, R, M>
+where
+    K: Send,
+    D: Send,
+    R: Send + Sync,
+    M: Send + Sync,
+{
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn pending(&self) -> usize {
+        self.batches.lock().len()
+    }
+
+    fn writing(&self) -> u64 {
+        self.writing.load(Ordering::Acquire)
+    }
+
+    fn write_all_now(&self) {
+        for batch in self.batches.lock().values_mut() {
+            if let Some(now) = batch.now.take() {
+                let _ = now.send(());
+            }
+        }
+    }
+}
+
+/// A cheap handle on an [`AggregateLayer`]'s batches.
+#[derive(Clone)]
+pub struct AggregateHandle {
+    shared: Arc<dyn Target>,
+}
+
+impl AggregateHandle {
+    /// The layer's name.
+    pub fn name(&self) -> &str {
+        self.shared.name()
+    }
+
+    /// Keys with a batch gathering now.
+    pub fn pending(&self) -> usize {
+        self.shared.pending()
+    }
+
+    /// Writes every gathering batch now and waits until no batch gathers
+    /// and no write runs (on shutdown: stop taking updates first).
+    pub async fn flush(&self) {
+        loop {
+            self.shared.write_all_now();
+            if self.shared.pending() == 0 && self.shared.writing() == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+}
+
+impl fmt::Debug for AggregateHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AggregateHandle")
+            .field("name", &self.name())
+            .field("pending", &self.pending())
+            .finish()
+    }
+}
+
+impl<S, K, D, R, M> Layer<S> for AggregateLayer<K, D, R, M> {
+    type Service = Aggregate<S, K, D, R, M>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Aggregate {
+            inner,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// The service an [`AggregateLayer`] builds.
+pub struct Aggregate<S, K, D, R, M = Sum> {
+    inner: S,
+    shared: Arc<Shared<K, D, R, M>>,
+}
+
+impl<S: Clone, K, D, R, M> Clone for Aggregate<S, K, D, R, M> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<S, K, D, R, M> fmt::Debug for Aggregate<S, K, D, R, M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Aggregate")
+            .field("name", &self.shared.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The response future of [`Aggregate`].
+pub type AggregateFuture<R> = Pin<Box<dyn Future<Output = Result<R, BoxError>> + Send>>;
+
+impl<S, K, D, R, M> Service<Update<K, D>> for Aggregate<S, K, D, R, M>
+where
+    S: Service<Update<K, D>, Response = R> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: Into<BoxError>,
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    D: Send + Sync + 'static,
+    R: Clone + Send + Sync + 'static,
+    M: Merge<D>,
+{
+    type Response = R;
+    type Error = BoxError;
+    type Future = AggregateFuture<R>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // Updates are taken into batches, not sent: the downstream's
+        // readiness is awaited by each write.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, update: Update<K, D>) -> Self::Future {
+        let shared = &self.shared;
+        let mut batches = shared.batches.lock();
+        let rx = if let Some(batch) = batches.get_mut(&update.key) {
+            let held = batch.delta.take().expect("a gathering batch holds a delta");
+            batch.delta = Some(shared.merge.merge(held, update.delta));
+            batch.updates += 1;
+            let rx = batch.landed.subscribe();
+            if batch.updates >= shared.config.max_batch as u64
+                && let Some(now) = batch.now.take()
+            {
+                let _ = now.send(());
+            }
+            rx
+        } else if batches.len() >= shared.config.max_keys {
+            drop(batches);
+            shared.requests.rejected(RejectKind::Overloaded);
+            let max_keys = shared.config.max_keys;
+            return Box::pin(async move { Err(Rejected::boxed(AggregateFull { max_keys })) });
+        } else {
+            let (landed, rx) = watch::channel(None);
+            let (now, write_now) = oneshot::channel();
+            let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+            let key = update.key.clone();
+            batches.insert(
+                update.key,
+                Batch {
+                    delta: Some(update.delta),
+                    updates: 1,
+                    landed,
+                    now: Some(now),
+                    id,
+                },
+            );
+            tokio::spawn(gather_and_write(
+                self.inner.clone(),
+                shared.clone(),
+                key,
+                id,
+                write_now,
+            ));
+            rx
+        };
+        drop(batches);
+        shared.requests.admitted();
+        Box::pin(async move {
+            let mut rx = rx;
+            match rx.wait_for(Option::is_some).await {
+                Ok(landed) => match landed.clone().expect("waited for it") {
+                    Ok(response) => Ok(response),
+                    Err(error) => Err(BoxError::from(error)),
+                },
+                // The write's task ended without an answer (the runtime is
+                // shutting down).
+                Err(_) => Err(BoxError::from("the aggregated write was abandoned")),
+            }
+        })
+    }
+}
+
+/// A batch's life after its first update: gathers until its window ends
+/// (or it is told to write now), then writes the merged update and tells
+/// every caller in it.
+async fn gather_and_write<S, K, D, R, M>(
+    mut svc: S,
+    shared: Arc<Shared<K, D, R, M>>,
+    key: K,
+    id: u64,
+    write_now: oneshot::Receiver<()>,
+) where
+    S: Service<Update<K, D>, Response = R>,
+    S::Error: Into<BoxError>,
+    K: Hash + Eq,
+    R: Clone,
+{
+    tokio::select! {
+        () = tokio::time::sleep(shared.config.window) => {}
+        _ = write_now => {}
+    }
+    let batch = {
+        let mut batches = shared.batches.lock();
+        match batches.get(&key) {
+            Some(b) if b.id == id => {
+                // Counted as writing before it stops gathering: a flush
+                // never sees it in neither.
+                shared.writing.fetch_add(1, Ordering::AcqRel);
+                batches.remove(&key)
+            }
+            _ => None,
+        }
+    };
+    let Some(batch) = batch else {
+        return;
+    };
+    shared.merged.increment(batch.updates);
+    let update = Update {
+        key,
+        delta: batch.delta.expect("a gathering batch holds a delta"),
+    };
+    let result = async {
+        std::future::poll_fn(|cx| svc.poll_ready(cx))
+            .await
+            .map_err(Into::into)?;
+        svc.call(update).await.map_err(Into::into)
+    }
+    .await;
+    match &result {
+        Ok(_) => shared.writes_ok.increment(1),
+        Err(e) => {
+            shared.writes_failed.increment(1);
+            tracing::warn!(name = %shared.name, error = %e, "an aggregated write failed");
+        }
+    }
+    batch
+        .landed
+        .send_replace(Some(result.map_err(|e| AggregateError(Arc::from(e)))));
+    shared.writing.fetch_sub(1, Ordering::AcqRel);
+}
+
+/// An aggregated write's error, shared by every update in its batch.
+#[derive(Debug, Clone)]
+pub struct AggregateError(Arc<dyn std::error::Error + Send + Sync>);
+
+impl AggregateError {
+    /// The write's error.
+    pub fn inner(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        &*self.0
+    }
+}
+
+impl fmt::Display for AggregateError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "the aggregated write failed: {}", self.0)
+    }
+}
+
+impl std::error::Error for AggregateError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.0)
+    }
+}
+
+/// Refused: `max_keys` keys were already gathering and the update is for
+/// another. An `Overloaded` rejection (HTTP 503 / gRPC `UNAVAILABLE`): the
+/// update was not taken.
+#[derive(Debug, Clone, Copy)]
+pub struct AggregateFull {
+    max_keys: usize,
+}
+
+impl fmt::Display for AggregateFull {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "write aggregation is full ({} keys gathering)",
+            self.max_keys
+        )
+    }
+}
+
+impl std::error::Error for AggregateFull {}
+
+impl Rejection for AggregateFull {
+    fn kind(&self) -> RejectKind {
+        RejectKind::Overloaded
+    }
+}
