@@ -9,12 +9,11 @@ use std::task::{Context, Poll};
 
 use floodwall_core::metrics::{LABEL_NAME, RequestCounters, metric_name};
 use floodwall_core::{BoxError, ConfigError, Deadline, RejectKind, Rejected, Rejection};
-use hashbrown::HashMap;
 use metrics::Counter;
-use parking_lot::Mutex;
-use tokio::sync::watch;
 use tower_layer::Layer;
 use tower_service::Service;
+
+use crate::singleflight::{Entry, Singleflight};
 
 /// What the followers of a failed call get.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -75,16 +74,10 @@ pub const DEFAULT_NAME: &str = "coalesce";
 /// a request not coalesced).
 pub const METRIC_PREFIX: &str = "coalesce";
 
-type Outcome<R> = Option<Result<R, CoalescedError>>;
-
-/// One call in flight: where its outcome is published (the map and the
-/// call's leader each hold a sender; followers subscribe).
-type Flight<R> = watch::Sender<Outcome<R>>;
-
 struct Shared<K, R> {
     name: Arc<str>,
     config: CoalesceConfig,
-    flights: Mutex<HashMap<K, Flight<R>>>,
+    flights: Arc<Singleflight<K, R>>,
     requests: RequestCounters,
     leaders: Counter,
     followers: Counter,
@@ -184,7 +177,7 @@ where
             key: Arc::new(key),
             shared: Arc::new(Shared {
                 config,
-                flights: Mutex::new(HashMap::new()),
+                flights: Arc::new(Singleflight::default()),
                 requests: RequestCounters::new(METRIC_PREFIX, &name),
                 leaders: role("leader"),
                 followers: role("follower"),
@@ -196,7 +189,7 @@ where
 
     /// Keys with a call in flight now.
     pub fn in_flight(&self) -> usize {
-        self.shared.flights.lock().len()
+        self.shared.flights.len()
     }
 
     /// A cheap handle on the layer's live state.
@@ -262,7 +255,7 @@ impl<K: Send + Sync, R: Send + Sync> Target for Shared<K, R> {
     }
 
     fn in_flight(&self) -> usize {
-        self.flights.lock().len()
+        self.flights.len()
     }
 }
 
@@ -362,29 +355,25 @@ where
             return Box::pin(async move { inner.call(req).await.map_err(Into::into) });
         };
         let deadline = req.extensions().get::<Deadline>().copied();
-        let mut flights = shared.flights.lock();
-        if let Some(flight) = flights.get(&key) {
-            let rx = flight.subscribe();
-            drop(flights);
-            shared.followers.increment(1);
-            shared.requests.admitted();
-            let on_error = shared.config.on_error;
-            return Box::pin(async move {
-                match wait(rx, deadline).await? {
-                    Ok(response) => Ok(response),
-                    Err(_) if on_error == OnError::Retry => {
-                        std::future::poll_fn(|cx| inner.poll_ready(cx))
-                            .await
-                            .map_err(Into::into)?;
-                        inner.call(req).await.map_err(Into::into)
+        match shared.flights.enter(key, shared.config.max_keys) {
+            Entry::Follower(follower) => {
+                shared.followers.increment(1);
+                shared.requests.admitted();
+                let on_error = shared.config.on_error;
+                Box::pin(async move {
+                    match follower.wait(deadline).await? {
+                        Ok(response) => Ok(response),
+                        Err(_) if on_error == OnError::Retry => {
+                            std::future::poll_fn(|cx| inner.poll_ready(cx))
+                                .await
+                                .map_err(Into::into)?;
+                            inner.call(req).await.map_err(Into::into)
+                        }
+                        Err(shared_error) => Err(BoxError::from(shared_error)),
                     }
-                    Err(shared_error) => Err(BoxError::from(shared_error)),
-                }
-            });
-        }
-        if flights.len() >= shared.config.max_keys {
-            drop(flights);
-            return match shared.config.when_full {
+                })
+            }
+            Entry::Full => match shared.config.when_full {
                 WhenFull::PassThrough => {
                     shared.bypassed.increment(1);
                     shared.requests.admitted();
@@ -395,189 +384,42 @@ where
                     let max = shared.config.max_keys;
                     Box::pin(async move { Err(Rejected::boxed(CoalesceFull { max_keys: max })) })
                 }
-            };
-        }
-        let (flight, _) = watch::channel(None);
-        flights.insert(key.clone(), flight.clone());
-        drop(flights);
-        shared.leaders.increment(1);
-        shared.requests.admitted();
-        // The leader drives the call itself; if its caller goes away while
-        // followers wait, the call moves to a task of its own and goes on
-        // for them (`Lead`'s drop).
-        let call = inner.call(req);
-        let lead = Lead {
-            fut: Some(Box::pin(async move { call.await.map_err(Into::into) })),
-            flight,
-            shared,
-            key: Some(key),
-        };
-        Box::pin(async move {
-            let outcome = match deadline {
-                None => lead.await,
-                Some(deadline) => match tokio::time::timeout_at(deadline.instant(), lead).await {
-                    Ok(outcome) => outcome,
-                    Err(_) => {
-                        return Err(Rejected::boxed(floodwall_core::DeadlineExceeded::new(
-                            floodwall_core::Phase::InFlight,
-                            true,
-                        )));
-                    }
-                },
-            };
-            outcome.map_err(BoxError::from)
-        })
-    }
-}
-
-/// The leader's side of a call: drives the inner future and publishes its
-/// outcome to the followers. Dropped before the end, it hands the call to
-/// a task while followers wait, or cancels it when none does.
-struct Lead<K, R>
-where
-    K: Hash + Eq + Send + Sync + 'static,
-    R: Clone + Send + Sync + 'static,
-{
-    fut: Option<Call<R>>,
-    flight: Flight<R>,
-    shared: Arc<Shared<K, R>>,
-    key: Option<K>,
-}
-
-// Nothing in a `Lead` is pinned in place: its call is boxed.
-impl<K, R> Unpin for Lead<K, R>
-where
-    K: Hash + Eq + Send + Sync + 'static,
-    R: Clone + Send + Sync + 'static,
-{
-}
-
-/// A call in flight, its error boxed.
-type Call<R> = Pin<Box<dyn Future<Output = Result<R, BoxError>> + Send>>;
-
-impl<K, R> Future for Lead<K, R>
-where
-    K: Hash + Eq + Send + Sync + 'static,
-    R: Clone + Send + Sync + 'static,
-{
-    type Output = Result<R, CoalescedError>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = &mut *self;
-        let fut = this.fut.as_mut().expect("polled after its end");
-        let outcome =
-            std::task::ready!(fut.as_mut().poll(cx)).map_err(|e| CoalescedError(Arc::from(e)));
-        this.fut = None;
-        let key = this.key.take().expect("published once");
-        publish(&this.shared, &key, &this.flight, &outcome);
-        Poll::Ready(outcome)
-    }
-}
-
-/// Frees `key` and hands `outcome` to the followers waiting, if any.
-fn publish<K: Hash + Eq, R: Clone>(
-    shared: &Shared<K, R>,
-    key: &K,
-    flight: &Flight<R>,
-    outcome: &Result<R, CoalescedError>,
-) {
-    remove_if_same(&mut shared.flights.lock(), key, flight);
-    // Followers subscribe under the map's lock: none comes after this.
-    if flight.receiver_count() > 0 {
-        flight.send_replace(Some(outcome.clone()));
-    }
-}
-
-impl<K, R> Drop for Lead<K, R>
-where
-    K: Hash + Eq + Send + Sync + 'static,
-    R: Clone + Send + Sync + 'static,
-{
-    fn drop(&mut self) {
-        let (Some(fut), Some(key)) = (self.fut.take(), self.key.take()) else {
-            return; // finished and published
-        };
-        let mut flights = self.shared.flights.lock();
-        if self.flight.receiver_count() == 0 {
-            // Nobody waits: the call is cancelled (its future dropped here).
-            remove_if_same(&mut flights, &key, &self.flight);
-            return;
-        }
-        drop(flights);
-        // Followers wait: the call goes on for them in a task of its own.
-        // (Without a runtime, shutting down, the followers see the call
-        // abandoned.)
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(go_on(fut, self.flight.clone(), self.shared.clone(), key));
-        }
-    }
-}
-
-/// Finishes a call its leader left, for the followers; cancels it (drops
-/// its future) once none of them waits any more.
-async fn go_on<K: Hash + Eq, R: Clone>(
-    mut fut: Call<R>,
-    flight: Flight<R>,
-    shared: Arc<Shared<K, R>>,
-    key: K,
-) {
-    let outcome = loop {
-        tokio::select! {
-            outcome = &mut fut => break outcome,
-            () = flight.closed() => {
-                // Every waiter went away. New followers subscribe under the
-                // map's lock, so under it "nobody waits" is final.
-                let mut flights = shared.flights.lock();
-                if flight.receiver_count() == 0 {
-                    remove_if_same(&mut flights, &key, &flight);
-                    return;
-                }
+            },
+            Entry::Leader(leader) => {
+                shared.leaders.increment(1);
+                shared.requests.admitted();
+                // The leader drives the call itself; if its caller goes away
+                // while followers wait, the call goes on for them.
+                let call = inner.call(req);
+                let lead = leader.run(Box::pin(async move { call.await.map_err(Into::into) }));
+                Box::pin(async move {
+                    let outcome = match deadline {
+                        None => lead.await,
+                        Some(deadline) => {
+                            match tokio::time::timeout_at(deadline.instant(), lead).await {
+                                Ok(outcome) => outcome,
+                                Err(_) => return Err(in_flight_deadline()),
+                            }
+                        }
+                    };
+                    outcome.map_err(BoxError::from)
+                })
             }
         }
-    };
-    let outcome = outcome.map_err(|e| CoalescedError(Arc::from(e)));
-    publish(&shared, &key, &flight, &outcome);
-}
-
-/// Frees `key` if it still names `flight` (and not a later call's flight).
-fn remove_if_same<K: Hash + Eq, R>(
-    flights: &mut HashMap<K, Flight<R>>,
-    key: &K,
-    flight: &Flight<R>,
-) {
-    if flights.get(key).is_some_and(|f| f.same_channel(flight)) {
-        flights.remove(key);
     }
 }
 
-/// Waits for a flight's outcome, at most until `deadline`.
-async fn wait<R: Clone>(
-    mut rx: watch::Receiver<Outcome<R>>,
-    deadline: Option<Deadline>,
-) -> Result<Result<R, CoalescedError>, BoxError> {
-    let outcome = async {
-        match rx.wait_for(Option::is_some).await {
-            Ok(outcome) => Ok(outcome.clone().expect("waited for it")),
-            // The call's task ended without publishing (the runtime is
-            // shutting down).
-            Err(_) => Err(BoxError::from("the coalesced call was abandoned")),
-        }
-    };
-    match deadline {
-        None => outcome.await,
-        Some(deadline) => match tokio::time::timeout_at(deadline.instant(), outcome).await {
-            Ok(outcome) => outcome,
-            Err(_) => Err(Rejected::boxed(floodwall_core::DeadlineExceeded::new(
-                floodwall_core::Phase::InFlight,
-                true,
-            ))),
-        },
-    }
+/// The rejection of a caller whose own deadline ran out while it waited.
+pub(crate) fn in_flight_deadline() -> BoxError {
+    Rejected::boxed(floodwall_core::DeadlineExceeded::new(
+        floodwall_core::Phase::InFlight,
+        true,
+    ))
 }
 
 /// A coalesced call's error, shared by every request that waited for it.
 #[derive(Debug, Clone)]
-pub struct CoalescedError(Arc<dyn std::error::Error + Send + Sync>);
+pub struct CoalescedError(pub(crate) Arc<dyn std::error::Error + Send + Sync>);
 
 impl CoalescedError {
     /// The call's error.

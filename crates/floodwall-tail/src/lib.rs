@@ -10,6 +10,7 @@
 //!   a key is in flight, later requests with that key share its response
 //!   instead of calling; the call goes on for the followers if the leader's
 //!   caller goes away, and is cancelled once nobody waits for it.
+//!   [`Singleflight`] is its core, for other layers to coalesce with.
 //! - [`FallbackLayer`]: on a floodwall rejection, a classified failure or a
 //!   timeout, an answer from a fallback ([`fallback::value`],
 //!   [`fallback::from_fn`], [`fallback::service`]); the fallback's own
@@ -20,6 +21,7 @@ mod coalesce;
 mod fallback_layer;
 mod hedge;
 mod latency;
+mod singleflight;
 
 pub use coalesce::{
     Builder, Coalesce, CoalesceConfig, CoalesceFull, CoalesceHandle, CoalesceLayer, CoalescedError,
@@ -34,6 +36,7 @@ pub use hedge::{
     HEDGE_METRIC_PREFIX, HEDGE_NAME, Hedge, HedgeBuilder, HedgeCall, HedgeConfig, HedgeDelay,
     HedgeHandle, HedgeLayer, HedgeSkip, HedgeStep, MAX_ATTEMPTS,
 };
+pub use singleflight::{Call, Entry, Follower, Lead, Leader, Singleflight};
 
 /// Where a [`FallbackLayer`]'s answer comes from.
 pub mod fallback {
