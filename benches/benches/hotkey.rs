@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant as StdInstant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use floodwall_hotkey::{HeavyKeeper, TopKConfig};
+use floodwall::hotkey::{HeavyKeeper, TopKConfig};
 use tokio::time::Instant;
 
 const BLOCK: usize = 4_096;

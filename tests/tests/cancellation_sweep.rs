@@ -837,3 +837,46 @@ async fn breakers_per_key_give_back_their_probes() {
     }
     exercised(&out);
 }
+
+#[tokio::test(start_paused = true)]
+async fn hot_keys_and_their_cache_leave_no_call_behind() {
+    use floodwall::hotkey::{HotCacheConfig, HotCacheLayer, HotKeyConfig, HotKeyLayer};
+    // Four keys, all hot within a few requests; answers cached for 1 ms so
+    // that misses (and their coalesced calls) keep coming.
+    let hot = HotKeyLayer::new(
+        HotKeyConfig {
+            min_count: 5,
+            ..HotKeyConfig::default()
+        },
+        |req: &Request<()>| {
+            let delay: u64 = req
+                .headers()
+                .get("x-delay-us")?
+                .to_str()
+                .ok()?
+                .parse()
+                .ok()?;
+            Some(delay % 4)
+        },
+    )
+    .unwrap();
+    let hot_handle = hot.handle();
+    let cache: HotCacheLayer<u64, Response<()>> = HotCacheLayer::new(HotCacheConfig {
+        ttl: Duration::from_millis(1),
+        ..HotCacheConfig::default()
+    })
+    .unwrap();
+    let cache_handle = cache.handle();
+    let backend = Backend::default();
+    let mut svc = ServiceBuilder::new()
+        .layer(hot)
+        .layer(cache)
+        .service(backend.clone());
+    let out = sweep(&mut svc, Sweep::default()).await;
+    settle().await;
+    assert_eq!(backend.live(), 0, "a call ran on for nobody");
+    assert_eq!(cache_handle.in_flight(), 0, "a key stayed in flight");
+    assert_eq!(hot_handle.hot().len(), 4);
+    assert!(backend.calls() < 3_000, "nothing was cached");
+    exercised(&out);
+}

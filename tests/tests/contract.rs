@@ -39,12 +39,14 @@ use floodwall::deadline::{
     ServerDeadlineConfig, ServerDeadlineLayer,
 };
 use floodwall::grpc::GrpcRejectionLayer;
+use floodwall::hotkey::{HotCacheConfig, HotCacheLayer, HotKeyConfig, HotKeyLayer};
 use floodwall::http::HttpRejectionLayer;
 use floodwall::leaky_bucket::{LeakyBucketConfig, LeakyBucketLayer};
 use floodwall::priority::{
     AdmissionConfig, AdmissionLayer, AssignConfig, AssignPriorityLayer, PriorityClientConfig,
     PriorityClientLayer,
 };
+use floodwall::ratelimit::Quota as HotQuota;
 use floodwall::sliding_window::{SlidingWindowConfig, SlidingWindowLayer, Window, WindowMode};
 use floodwall::tail::{
     CoalesceConfig, CoalesceLayer, FallbackConfig, FallbackLayer, HedgeConfig, HedgeDelay,
@@ -415,6 +417,36 @@ const CASES: &[Case] = &[
             kind: RejectKind::CircuitOpen,
             while_in_flight: false,
         }),
+    },
+    Case {
+        module: "hotkey",
+        name: "hot-key marking and per-hot-key quota",
+        open: || boxed(HotKeyLayer::new(HotKeyConfig::default(), by_key).unwrap()),
+        refusal: Some(Refusal {
+            // Hot from its second request, then limited to 1 an hour.
+            layer: || {
+                boxed(
+                    HotKeyLayer::new(
+                        HotKeyConfig {
+                            min_count: 1,
+                            hot_limit: Some(HotQuota::per_hour(1).unwrap()),
+                            ..HotKeyConfig::default()
+                        },
+                        by_key,
+                    )
+                    .unwrap(),
+                )
+            },
+            request: plain,
+            kind: RejectKind::RateLimited,
+            while_in_flight: false,
+        }),
+    },
+    Case {
+        module: "hotkey",
+        name: "hot-key cache",
+        open: || boxed(HotCacheLayer::<String, Res>::new(HotCacheConfig::default()).unwrap()),
+        refusal: None,
     },
     Case {
         module: "tail",

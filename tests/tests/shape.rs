@@ -96,6 +96,7 @@ const CASES: &[&str] = &[
     "grpc",
     "redis",
     "tail",
+    "hotkey",
 ];
 
 /// Facade modules that hold no layer of their own.
@@ -335,6 +336,56 @@ async fn tail() {
     let handle: FallbackHandle = shareable(&layer.handle());
     assert_eq!(handle.name(), "shape");
     spawn_oneshot!(layer).expect("answered");
+}
+
+#[tokio::test]
+async fn hotkey() {
+    use floodwall::hotkey::future::{AggregateFuture as _, HotCacheFuture as _, HotKeyFuture as _};
+    use floodwall::hotkey::{
+        AggregateConfig, AggregateHandle, AggregateLayer, HotCacheConfig, HotCacheHandle,
+        HotCacheLayer, HotKeyConfig, HotKeyHandle, HotKeyLayer, Update,
+        error::{AggregateError, AggregateFull},
+    };
+    let _: Option<(AggregateError, AggregateFull)> = None;
+    let key = |req: &Req| req.extensions().get::<SocketAddr>().copied();
+    let _: HotKeyLayer<SocketAddr, _> =
+        one_config_error(HotKeyLayer::new(HotKeyConfig::default(), key));
+    let layer = one_config_error(
+        HotKeyLayer::builder(HotKeyConfig::default(), key)
+            .name("shape")
+            .build(),
+    );
+    let handle: HotKeyHandle<SocketAddr> = shareable(&layer.handle());
+    assert_eq!(handle.name(), "shape");
+    spawn_oneshot!(layer).expect("admitted");
+
+    let _: HotCacheLayer<SocketAddr, Res> =
+        one_config_error(HotCacheLayer::new(HotCacheConfig::default()));
+    let layer: HotCacheLayer<SocketAddr, Res> = one_config_error(
+        HotCacheLayer::builder(HotCacheConfig::default())
+            .name("shape")
+            .build(),
+    );
+    let handle: HotCacheHandle = shareable(&layer.handle());
+    assert_eq!(handle.name(), "shape");
+    spawn_oneshot!(layer).expect("answered");
+
+    // Aggregation takes `Update`s, not HTTP requests.
+    let _: AggregateLayer<u32, i64, ()> =
+        one_config_error(AggregateLayer::new(AggregateConfig::default()));
+    let layer: AggregateLayer<u32, i64, ()> = one_config_error(
+        AggregateLayer::builder(AggregateConfig::default())
+            .name("shape")
+            .build(),
+    );
+    let handle: AggregateHandle = shareable(&layer.handle());
+    assert_eq!(handle.name(), "shape");
+    let svc = layer.layer(service_fn(|_: Update<u32, i64>| async {
+        Ok::<_, Infallible>(())
+    }));
+    let joined = tokio::spawn(svc.oneshot(Update { key: 1, delta: 1 })).await;
+    let answer: Result<(), BoxError> = joined.expect("the task ran");
+    answer.expect("written");
 }
 
 #[test]

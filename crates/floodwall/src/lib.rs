@@ -10,7 +10,8 @@
 //! | `sliding_window` | `sliding-window` | two-window counter, exact sliding log, fixed window |
 //! | `throttle` | `throttle` | Google-SRE adaptive client throttling, gRPC-A6 retry budget and retries |
 //! | `breaker` | `breaker` | circuit breaker: count and time windows, failure and slow-call rates, half-open probes, ramp |
-//! | `tail` | `tail` | tail latency: request coalescing (singleflight) |
+//! | `tail` | `tail` | tail latency and degradation: hedging (gRPC A6), request coalescing, fallback |
+//! | `hotkey` | `hotkey` | hot keys: HeavyKeeper Top-K, hot-key marking, per-hot-key quotas and cache, write aggregation |
 //! | `deadline` | `deadline` | deadline propagation: `grpc-timeout` and an HTTP header, server enforcement, task-scoped deadlines for outbound calls |
 //! | `codel` | `codel` | server admission queue: worker limit, Fail-at-Scale timeouts or RFC 8289 CoDel, adaptive LIFO, deadline-aware drops |
 //! | `concurrency` | `concurrency` | adaptive concurrency limit: Vegas, Gradient2, AIMD, Envoy gradient controller, BBR-style CPU-aware; priority partitions |
@@ -126,3 +127,7 @@ pub use floodwall_redis as redis;
 #[cfg(feature = "tail")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tail")))]
 pub use floodwall_tail as tail;
+
+#[cfg(feature = "hotkey")]
+#[cfg_attr(docsrs, doc(cfg(feature = "hotkey")))]
+pub use floodwall_hotkey as hotkey;
