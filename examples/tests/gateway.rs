@@ -958,3 +958,41 @@ async fn reloads_change_limits_through_their_handles_and_keep_the_buckets() {
         "the spent client keeps its empty bucket"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hot_room_is_answered_from_the_hot_cache() {
+    let d = start(|c| {
+        route(c, "/api/room").hot = Some(floodwall_examples::gateway::config::HotRouteConfig {
+            min_count: 5,
+            ttl: Duration::from_secs(30),
+            k: 20,
+        });
+        route(c, "/api/room").limit = None;
+    })
+    .await;
+    let before = d.room.state().tally.ok;
+    for _ in 0..40 {
+        let a = get(&d, "/api/room?id=3&fields=title", &[]).await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+        assert!(a.body.contains("\"title\""), "{}", a.body);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let calls = d.room.state().tally.ok - before;
+    // Until room 3 is hot (its 5th read), then one call to fill the cache.
+    assert!(calls <= 6, "{calls} room service calls for 40 reads");
+    // Another room's reads all reach the room service.
+    let a = get(&d, "/api/room?id=4&fields=title", &[]).await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(d.room.state().tally.ok - before, calls + 1);
+    let state = call(Method::GET, format!("{}/state", d.admin_url()), &[], "")
+        .await
+        .json();
+    let room = state["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["route"] == "/api/room")
+        .unwrap();
+    assert_eq!(room["hot"]["keys"][0]["key"], "id=3&fields=title", "{room}");
+    assert!(room["hot"]["hits"].as_u64().unwrap() >= 34, "{room}");
+}

@@ -81,6 +81,8 @@ struct Shared<K, R> {
     allow: Option<Rule<K>>,
     deny: Option<Rule<K>>,
     hits: Counter,
+    /// Requests answered from the cache, for the handle.
+    hit_count: std::sync::atomic::AtomicU64,
     misses: Counter,
     joined: Counter,
     bypassed: Counter,
@@ -274,6 +276,7 @@ where
                 allow: self.allow,
                 deny: self.deny,
                 hits: lookups("hit"),
+                hit_count: std::sync::atomic::AtomicU64::new(0),
                 misses: lookups("miss"),
                 joined: lookups("joined"),
                 bypassed: lookups("bypass"),
@@ -287,6 +290,7 @@ trait Target: Send + Sync {
     fn name(&self) -> &str;
     fn cached(&self) -> usize;
     fn in_flight(&self) -> usize;
+    fn hits(&self) -> u64;
     fn clear(&self);
 }
 
@@ -301,6 +305,10 @@ impl<K: Send + Sync, R: Send + Sync> Target for Shared<K, R> {
 
     fn in_flight(&self) -> usize {
         self.flights.len()
+    }
+
+    fn hits(&self) -> u64 {
+        self.hit_count.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn clear(&self) {
@@ -324,6 +332,11 @@ impl HotCacheHandle {
     /// or swept).
     pub fn cached(&self) -> usize {
         self.shared.cached()
+    }
+
+    /// Requests answered from the cache so far (backend calls saved).
+    pub fn hits(&self) -> u64 {
+        self.shared.hits()
     }
 
     /// Keys whose answer is being fetched now (one call each).
@@ -414,6 +427,9 @@ where
         };
         if let Some(answer) = shared.lookup(&key, Instant::now()) {
             shared.hits.increment(1);
+            shared
+                .hit_count
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return Box::pin(async move { Ok(answer) });
         }
         let deadline = req.extensions().get::<floodwall_core::Deadline>().copied();

@@ -47,6 +47,27 @@ fn normal(rng: &SplitMix, i: u64) -> Shot {
     viewer(rng, shot)
 }
 
+/// The hot room's reads during the burst (its viewers' field list).
+const HOT_QUERY: &str = "id=1&fields=title,viewers,live";
+
+/// The `/api/room` route's hot keys and cache hits in a gateway `/state`,
+/// once room 1 is among them.
+fn hot_room(state: &serde_json::Value) -> Option<(String, u64)> {
+    let route = state["routes"]
+        .as_array()?
+        .iter()
+        .find(|r| r["route"] == "/api/room")?;
+    let hot = &route["hot"];
+    let keys: Vec<&str> = hot["keys"]
+        .as_array()?
+        .iter()
+        .filter_map(|k| k["key"].as_str())
+        .collect();
+    keys.iter()
+        .any(|k| k.starts_with("id=1&") || *k == "id=1")
+        .then(|| (keys.join(", "), hot["hits"].as_u64().unwrap_or(0)))
+}
+
 struct RunReport {
     rows: Vec<(&'static str, Duration, PhaseStats)>,
 }
@@ -72,21 +93,43 @@ async fn run(protected: bool) -> Result<RunReport, BoxError> {
     let rng = Arc::new(SplitMix::new(if protected { 1 } else { 2 }));
     let mut room_before = d.room.state().tally;
     let mut room_rows = Vec::new();
+    let mut detected = None;
+    let mut hot_report = None;
     for (phase, (name, len)) in PHASES.iter().enumerate() {
         let r1 = rng.clone();
         let normal_stream = load.run(phase, NORMAL_RPS, *len, move |i| normal(&r1, i));
         match *name {
             "hot-room burst" => {
                 let r2 = rng.clone();
-                let hot = load.run(phase, HOT_RPS, *len, move |_| {
-                    viewer(&r2, Shot::post("/api/room/enter?id=1"))
+                // The hot room's viewers enter it, and one in three looks at
+                // it: those reads are what the gateway's hot cache answers.
+                let hot = load.run(phase, HOT_RPS, *len, move |i| {
+                    let shot = if i.is_multiple_of(3) {
+                        Shot::get(format!("/api/room?{HOT_QUERY}"))
+                    } else {
+                        Shot::post("/api/room/enter?id=1")
+                    };
+                    viewer(&r2, shot)
                 });
                 let bot = load.run(phase, BOT_RPS, *len, |_| {
                     Shot::get("/api/room?id=1")
                         .header("x-user-id", "bot-7")
                         .header("x-forwarded-for", "203.0.113.7")
                 });
-                tokio::join!(normal_stream, hot, bot);
+                let gateway = d.gateway.shared().clone();
+                let watch = async move {
+                    let start = std::time::Instant::now();
+                    while start.elapsed() < *len {
+                        if hot_room(&gateway.runtime().state()).is_some() {
+                            return Some(start.elapsed());
+                        }
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    None
+                };
+                let (_, _, _, seen) = tokio::join!(normal_stream, hot, bot, watch);
+                detected = seen;
+                hot_report = hot_room(&d.gateway.shared().runtime().state());
             }
             "room failing" => {
                 d.room.knobs().set_error_rate(1.0);
@@ -117,6 +160,12 @@ async fn run(protected: bool) -> Result<RunReport, BoxError> {
         println!(
             "      {name:<16} {:>5} / {:>5} / {:>5} / {:>5} / {:>5}",
             t.ok, t.overloaded, t.prioritized, t.deadline_exceeded, t.failed
+        );
+    }
+    if let Some((keys, hits)) = hot_report {
+        println!(
+            "    hot rooms: {keys} detected {} after the burst began; {hits} room reads answered from the gateway's hot cache (room service calls saved)",
+            detected.map_or_else(|| "(late)".to_owned(), |t| format!("{} ms", t.as_millis()))
         );
     }
     let state = d.room.state();

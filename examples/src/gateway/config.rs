@@ -207,6 +207,36 @@ pub struct RouteConfig {
     /// answer when they fail or are shed.
     #[serde(default)]
     pub optional: Vec<String>,
+    /// For `get_room`: find the hot rooms (HeavyKeeper) and answer them
+    /// from a local cache, a hot room reaching the room service at most
+    /// once per `ttl`.
+    #[serde(default)]
+    pub hot: Option<HotRouteConfig>,
+}
+
+/// Hot-room detection and caching on a `get_room` route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HotRouteConfig {
+    /// A room (with its field list) is hot at this many requests in about
+    /// the last second (the sketch halves its counts every 500 ms).
+    /// Default 50.
+    #[serde(default = "fifty")]
+    pub min_count: u32,
+    /// How long a hot room's answer is served from the cache. Default 1 s.
+    #[serde(default = "one_second", with = "humantime_serde")]
+    pub ttl: Duration,
+    /// Hot rooms tracked at once. Default 20.
+    #[serde(default = "twenty")]
+    pub k: usize,
+}
+
+fn fifty() -> u32 {
+    50
+}
+
+fn twenty() -> usize {
+    20
 }
 
 /// Overflow routing: the primary upstream takes `rate` per second (in
@@ -414,6 +444,14 @@ impl GatewayConfig {
                     )));
                 }
             }
+            if let Some(hot) = &route.hot {
+                if route.handler != HandlerKind::GetRoom {
+                    return Err(at(&"only get_room routes cache hot rooms"));
+                }
+                if hot.min_count == 0 || hot.k == 0 || hot.ttl.is_zero() {
+                    return Err(at(&"hot: min_count, k and ttl must be above zero"));
+                }
+            }
             if !route.optional.is_empty() && route.handler != HandlerKind::EnterRoom {
                 return Err(at(&"only enter_room routes have optional modules"));
             }
@@ -494,6 +532,14 @@ url = "http://127.0.0.1:2"
             (
                 "[[routes]]\npath = \"/a\"\nhandler = \"get_room\"\nupstream = \"room\"\noptional = [\"cdn\"]\n",
                 "only enter_room routes have optional modules",
+            ),
+            (
+                "[[routes]]\npath = \"/a\"\nhandler = \"enter_room\"\nupstream = \"room\"\nhot = {}\n",
+                "only get_room routes cache hot rooms",
+            ),
+            (
+                "[[routes]]\npath = \"/a\"\nhandler = \"get_room\"\nupstream = \"room\"\nhot = { min_count = 0 }\n",
+                "hot: min_count, k and ttl must be above zero",
             ),
             (
                 "[[routes]]\npath = \"/a\"\nhandler = \"get_room\"\nupstream = \"room\"\noverflow = { rate = 5, upstream = \"cdn\" }\n",

@@ -38,6 +38,10 @@ use bytes::Bytes;
 use floodwall::core::key::BoundedKey;
 use floodwall::core::{Arrival, BoxError, Rejected};
 use floodwall::deadline::{ServerDeadlineConfig, ServerDeadlineLayer, Wire};
+use floodwall::hotkey::{
+    HotCacheConfig, HotCacheHandle, HotCacheLayer, HotKeyConfig, HotKeyHandle, HotKeyLayer,
+    TopKConfig,
+};
 use floodwall::http::{RejectionLayer, Respond};
 use floodwall::priority::{AssignConfig, AssignPriorityLayer, BusinessTable};
 use floodwall::redis::{RedisConnection, RedisLimiter, RedisRateLimitLayer};
@@ -135,6 +139,8 @@ impl Respond<Body> for GatewayResponder {
 struct Route {
     config: config::RouteConfig,
     service: RouteService,
+    /// Hot-room detection and its cache (`get_room` routes with `hot`).
+    hot: Option<(HotKeyHandle<String>, HotCacheHandle)>,
     limit: Option<floodwall::token_bucket::RateLimitHandle<floodwall::token_bucket::TokenBucket>>,
     global: Option<RedisLimiter<BoundedKey>>,
     overflow: Option<Arc<TokenBucket>>,
@@ -312,6 +318,7 @@ impl Runtime {
                 Some(Arc::new(Route {
                     config: r.clone(),
                     service: old.service.clone(),
+                    hot: old.hot.clone(),
                     limit: old.limit.clone(),
                     global: old.global.clone(),
                     overflow: old.overflow.clone(),
@@ -421,6 +428,19 @@ impl Runtime {
                     "handler": format!("{:?}", r.config.handler),
                     "upstream": r.config.upstream,
                     "limit_tokens_left": r.limit.as_ref().map(|h| h.remaining()),
+                    "hot": r.hot.as_ref().map(|(detect, cache)| {
+                        let mut keys: Vec<_> = detect
+                            .hot()
+                            .iter()
+                            .map(|(k, e)| serde_json::json!({"key": k, "estimate": e}))
+                            .collect();
+                        keys.sort_by_key(|k| std::cmp::Reverse(k["estimate"].as_u64()));
+                        serde_json::json!({
+                            "keys": keys,
+                            "cached": cache.cached(),
+                            "hits": cache.hits(),
+                        })
+                    }),
                     "limit": r.limit.as_ref().map(|h| quota_json(&h.limiter().quota())),
                     "global_limit": r.global.as_ref().map(|l| {
                         let s = l.stats();
@@ -505,7 +525,7 @@ fn build_route(
         config.gateway.user_header.clone(),
     )?;
     let label = r.path.as_deref().or(r.prefix.as_deref()).unwrap_or("");
-    let (service, limit, global) = if protected {
+    let (service, limit, global, hot) = if protected {
         let limit = match &r.limit {
             Some(c) => {
                 let mut c = c.clone();
@@ -533,6 +553,13 @@ fn build_route(
                 global_key(req, &user_header)
             })
         });
+        let (hot_layers, hot) = match &r.hot {
+            Some(h) => {
+                let (layers, handles) = hot_room_layers(label, h)?;
+                (Some(layers), Some(handles))
+            }
+            None => (None, None),
+        };
         let stack = ServiceBuilder::new()
             .layer(RejectionLayer::with(GatewayResponder))
             .option_layer(per_ip)
@@ -544,18 +571,61 @@ fn build_route(
                 trust_inbound: true,
                 max: Some(r.timeout),
             })?)
+            .option_layer(hot_layers)
             .service(handler);
-        (BoxCloneSyncService::new(stack), handle, global)
+        (BoxCloneSyncService::new(stack), handle, global, hot)
     } else {
-        (BoxCloneSyncService::new(handler), None, None)
+        (BoxCloneSyncService::new(handler), None, None, None)
     };
     Ok(Route {
         config: r.clone(),
         service,
+        hot,
         limit,
         global,
         overflow: overflow_bucket,
     })
+}
+
+/// The hot-room layers of a `get_room` route: the key is the request's
+/// query (the room and its field list: one cached answer per distinct
+/// query), at most 256 bytes (longer ones are not counted).
+type HotRoomLayers = tower::layer::util::Stack<
+    HotCacheLayer<String, Response<Body>>,
+    HotKeyLayer<String, fn(&Request<Incoming>) -> Option<String>>,
+>;
+
+fn hot_room_layers(
+    label: &str,
+    h: &config::HotRouteConfig,
+) -> Result<(HotRoomLayers, (HotKeyHandle<String>, HotCacheHandle)), BoxError> {
+    fn query_key(req: &Request<Incoming>) -> Option<String> {
+        req.uri()
+            .query()
+            .filter(|q| q.len() <= 256)
+            .map(str::to_owned)
+    }
+    let detect = HotKeyLayer::builder(
+        HotKeyConfig {
+            topk: TopKConfig {
+                k: h.k,
+                ..TopKConfig::default()
+            },
+            min_count: h.min_count,
+            ..HotKeyConfig::default()
+        },
+        query_key as fn(&Request<Incoming>) -> Option<String>,
+    )
+    .name(format!("route:{label}"))
+    .build()?;
+    let cache: HotCacheLayer<String, Response<Body>> = HotCacheLayer::builder(HotCacheConfig {
+        ttl: h.ttl,
+        max_entries: h.k,
+    })
+    .name(format!("route:{label}"))
+    .build()?;
+    let handles = (detect.handle(), cache.handle());
+    Ok((tower::layer::util::Stack::new(cache, detect), handles))
 }
 
 /// The user-priority hash key: `FLOODWALL_KEY_SEED` (a secret shared by
