@@ -86,6 +86,16 @@ rows = [
          [(rate('floodwall_breaker_group_calls_total', 'name, outcome'), '{{name}} {{outcome}}'),
           (rate('floodwall_breaker_group_transitions_total', 'name, from, to'), '{{name}} {{from}} -> {{to}}')]),
     ]),
+    ('Hot keys: detection, cache, write aggregation', [
+        ('Requests marked hot, and changes of the hot set', 'ops',
+         [(rate('floodwall_hotkey_marked_total', 'name'), 'hot {{name}}'),
+          (rate('floodwall_hotkey_changes_total', 'name'), 'changes {{name}}')]),
+        ('Hot cache lookups by result (hit: a backend call saved)', 'ops',
+         [(rate('floodwall_hot_cache_lookups_total', 'name, result'), '{{name}} {{result}}')]),
+        ('Aggregated writes by result, and updates merged into them', 'ops',
+         [(rate('floodwall_aggregate_writes_total', 'name, result'), 'writes {{name}} {{result}}'),
+          (rate('floodwall_aggregate_merged_total', 'name'), 'merged {{name}}')]),
+    ]),
     ('Deadlines', [
         ('Deadlines exceeded, by phase', 'ops',
          [(rate('floodwall_deadline_exceeded_total', 'name, phase'), '{{name}} {{phase}}')]),

@@ -356,6 +356,49 @@ async fn exercise_the_other_layers() {
     }));
     let _ = svc.clone().oneshot(()).await;
     let _ = svc.oneshot(()).await;
+    // A hot key, answered from the hot cache; an aggregated write.
+    use floodwall::hotkey::{
+        AggregateConfig, AggregateLayer, HotCacheConfig, HotCacheLayer, HotKeyConfig, HotKeyLayer,
+        Update,
+    };
+    let hot = HotKeyLayer::builder(
+        HotKeyConfig {
+            min_count: 1,
+            ..HotKeyConfig::default()
+        },
+        |_: &http::Request<()>| Some(1u8),
+    )
+    .name("dash")
+    .build()
+    .unwrap();
+    let cache: HotCacheLayer<u8, ()> = HotCacheLayer::builder(HotCacheConfig::default())
+        .name("dash")
+        .build()
+        .unwrap();
+    let svc = tower::ServiceBuilder::new()
+        .layer(hot)
+        .layer(cache)
+        .service(service_fn(|_: http::Request<()>| async {
+            Ok::<_, floodwall::core::BoxError>(())
+        }));
+    for _ in 0..3 {
+        svc.clone()
+            .oneshot(http::Request::new(()))
+            .await
+            .expect("answered");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let aggregate: AggregateLayer<u8, i64, ()> =
+        AggregateLayer::builder(AggregateConfig::default())
+            .name("dash")
+            .build()
+            .unwrap();
+    let svc = aggregate.layer(service_fn(|_: Update<u8, i64>| async {
+        Ok::<_, floodwall::core::BoxError>(())
+    }));
+    svc.oneshot(Update { key: 1, delta: 1 })
+        .await
+        .expect("written");
 }
 
 #[test]

@@ -31,7 +31,7 @@ pub const HOT_KEY_NAME: &str = "hotkey";
 
 /// The prefix of the hot-key layer's metric names:
 /// `floodwall_hotkey_requests_total{name, outcome, reason}` (refused: a hot
-/// key over its own quota), `floodwall_hotkey_hot_requests_total{name}`
+/// key over its own quota), `floodwall_hotkey_marked_total{name}`
 /// (requests marked hot), the gauge `floodwall_hotkey_keys{name}` (keys
 /// hot now) and `floodwall_hotkey_changes_total{name}` (changes of the hot
 /// set).
@@ -404,7 +404,7 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static, X> HotKeyBuilder<K, X> {
                 last_refresh: AtomicU64::new(0),
                 limiter,
                 requests: RequestCounters::new(HOT_KEY_METRIC_PREFIX, &name),
-                hot_requests: metrics::counter!(metric_name(HOT_KEY_METRIC_PREFIX, "hot_requests_total"), LABEL_NAME => label.clone()),
+                hot_requests: metrics::counter!(metric_name(HOT_KEY_METRIC_PREFIX, "marked_total"), LABEL_NAME => label.clone()),
                 hot_keys: metrics::gauge!(metric_name(HOT_KEY_METRIC_PREFIX, "keys"), LABEL_NAME => label.clone()),
                 changes: metrics::counter!(metric_name(HOT_KEY_METRIC_PREFIX, "changes_total"), LABEL_NAME => label),
                 config: self.config,
