@@ -371,15 +371,16 @@ async fn exercise_the_other_layers() {
     .name("dash")
     .build()
     .unwrap();
-    let cache: HotCacheLayer<u8, ()> = HotCacheLayer::builder(HotCacheConfig::default())
-        .name("dash")
-        .build()
-        .unwrap();
+    let cache: HotCacheLayer<u8, http::Response<()>> =
+        HotCacheLayer::builder(HotCacheConfig::default())
+            .name("dash")
+            .build()
+            .unwrap();
     let svc = tower::ServiceBuilder::new()
         .layer(hot)
         .layer(cache)
         .service(service_fn(|_: http::Request<()>| async {
-            Ok::<_, floodwall::core::BoxError>(())
+            Ok::<_, floodwall::core::BoxError>(http::Response::new(()))
         }));
     for _ in 0..3 {
         svc.clone()

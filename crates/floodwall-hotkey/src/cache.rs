@@ -126,9 +126,11 @@ impl<K: Hash + Eq + Clone, R: Clone> Shared<K, R> {
 ///
 /// - a fresh cached answer is returned without calling the service;
 /// - misses for one key are coalesced ([`floodwall_tail::Singleflight`]):
-///   one call, every waiter answered with a clone of its response, the
-///   answer cached for `ttl`; so a hot key reaches the backend **at most
-///   once per TTL** (errors are not cached);
+///   one call, every waiter answered with a clone of its response, a
+///   **successful** (2xx) answer cached for `ttl`; so a hot key reaches the
+///   backend **at most once per TTL** (error answers and errors are never
+///   cached: a 504 one caller's short deadline caused is not served to the
+///   next);
 /// - allow and deny rules choose which hot keys may be cached
 ///   ([`HotCacheBuilder::allow`], [`HotCacheBuilder::deny`]);
 /// - requests that are not hot pass through untouched.
@@ -148,13 +150,13 @@ impl<K: Hash + Eq + Clone, R: Clone> Shared<K, R> {
 /// let c = calls.clone();
 /// let rooms = ServiceBuilder::new()
 ///     .layer(HotKeyLayer::new(HotKeyConfig { min_count: 2, ..HotKeyConfig::default() }, |r: &http::Request<u64>| Some(*r.body()))?)
-///     .layer(HotCacheLayer::<u64, String>::new(HotCacheConfig { ttl: Duration::from_secs(1), ..HotCacheConfig::default() })?)
+///     .layer(HotCacheLayer::<u64, http::Response<String>>::new(HotCacheConfig { ttl: Duration::from_secs(1), ..HotCacheConfig::default() })?)
 ///     .service(service_fn(move |r: http::Request<u64>| {
 ///         c.fetch_add(1, Ordering::SeqCst);
-///         async move { Ok::<_, floodwall_core::BoxError>(format!("room {}", r.body())) }
+///         async move { Ok::<_, floodwall_core::BoxError>(http::Response::new(format!("room {}", r.body()))) }
 ///     }));
 /// for _ in 0..100 {
-///     assert_eq!(rooms.clone().oneshot(http::Request::new(7)).await?, "room 7");
+///     assert_eq!(rooms.clone().oneshot(http::Request::new(7)).await?.body(), "room 7");
 ///     tokio::time::advance(Duration::from_millis(1)).await;
 /// }
 /// // One call before room 7 was hot, one to fill the cache.
@@ -397,18 +399,18 @@ impl<S, K, R> fmt::Debug for HotCache<S, K, R> {
 /// The response future of [`HotCache`].
 pub type HotCacheFuture<R> = Pin<Box<dyn Future<Output = Result<R, BoxError>> + Send>>;
 
-impl<S, B, K, R> Service<http::Request<B>> for HotCache<S, K, R>
+impl<S, B, K, RB> Service<http::Request<B>> for HotCache<S, K, http::Response<RB>>
 where
-    S: Service<http::Request<B>, Response = R> + Clone + Send + 'static,
+    S: Service<http::Request<B>, Response = http::Response<RB>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,
     B: Send + 'static,
     K: Hash + Eq + Clone + Send + Sync + 'static,
-    R: Clone + Send + Sync + 'static,
+    RB: Clone + Send + Sync + 'static,
 {
-    type Response = R;
+    type Response = http::Response<RB>;
     type Error = BoxError;
-    type Future = HotCacheFuture<R>;
+    type Future = HotCacheFuture<http::Response<RB>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(Into::into)
@@ -447,10 +449,14 @@ where
                 let call = inner.call(req);
                 let filler = shared.clone();
                 // The answer is cached by the call itself, so a call that
-                // goes on after its leader left still fills the cache.
+                // goes on after its leader left still fills the cache. Only
+                // a success is cached: an error answer (a 504 for a caller's
+                // short deadline, a 503) is that call's alone.
                 let lead = leader.run(Box::pin(async move {
                     let answer = call.await.map_err(Into::into)?;
-                    filler.store(key, answer.clone());
+                    if answer.status().is_success() {
+                        filler.store(key, answer.clone());
+                    }
                     Ok(answer)
                 }));
                 Box::pin(async move { lead.await.map_err(BoxError::from) })

@@ -20,16 +20,23 @@ fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
-/// A room service taking 5 ms, counting calls per room.
+type Res = http::Response<String>;
+
+/// A room service taking 5 ms, counting calls per room; room 404 is
+/// missing (a 404 answer).
 fn rooms(
     calls: Arc<Mutex<HashMap<u64, u64>>>,
-) -> impl Service<Req, Response = String, Error = BoxError, Future: Send> + Clone + Send + 'static {
+) -> impl Service<Req, Response = Res, Error = BoxError, Future: Send> + Clone + Send + 'static {
     service_fn(move |req: Req| {
         let room = *req.body();
         *calls.lock().entry(room).or_default() += 1;
         async move {
             sleep(ms(5)).await;
-            Ok::<_, BoxError>(format!("room {room}"))
+            let mut res = http::Response::new(format!("room {room}"));
+            if room == 404 {
+                *res.status_mut() = http::StatusCode::NOT_FOUND;
+            }
+            Ok::<_, BoxError>(res)
         }
     })
 }
@@ -46,7 +53,7 @@ async fn a_room_asked_10_000_times_a_second_reaches_the_backend_once_per_ttl() {
     let calls: Arc<Mutex<HashMap<u64, u64>>> = Arc::default();
     let hot = HotKeyLayer::new(HotKeyConfig::default(), by_room).unwrap();
     let handle = hot.handle();
-    let cache: HotCacheLayer<u64, String> = HotCacheLayer::new(HotCacheConfig {
+    let cache: HotCacheLayer<u64, Res> = HotCacheLayer::new(HotCacheConfig {
         ttl: Duration::from_secs(1),
         ..HotCacheConfig::default()
     })
@@ -181,7 +188,7 @@ async fn allow_and_deny_rules_choose_which_hot_keys_are_cached() {
     let cache = HotCacheLayer::builder(HotCacheConfig::default())
         .allow(|room: &u64| *room < 100)
         .deny(|room: &u64| *room == 13)
-        .build::<String>()
+        .build::<Res>()
         .unwrap();
     let cache_handle = cache.handle();
     let svc = ServiceBuilder::new()
@@ -197,7 +204,7 @@ async fn allow_and_deny_rules_choose_which_hot_keys_are_cached() {
         )
         .layer(cache)
         .service(rooms(calls.clone()));
-    for room in [7u64, 13, 700] {
+    for room in [7u64, 13, 700, 404] {
         for _ in 0..20 {
             svc.clone().oneshot(http::Request::new(room)).await.unwrap();
             advance(ms(1)).await;
@@ -207,6 +214,7 @@ async fn allow_and_deny_rules_choose_which_hot_keys_are_cached() {
     assert_eq!(calls[&7], 2, "cached once hot");
     assert_eq!(calls[&13], 20, "denied");
     assert_eq!(calls[&700], 20, "not allowed");
+    assert_eq!(calls[&404], 20, "an error answer is never cached");
     assert_eq!(cache_handle.cached(), 1);
 }
 
@@ -233,14 +241,14 @@ fn configs_are_validated() {
         .is_err()
     );
     assert!(
-        HotCacheLayer::<u64, String>::new(HotCacheConfig {
+        HotCacheLayer::<u64, Res>::new(HotCacheConfig {
             ttl: Duration::ZERO,
             ..HotCacheConfig::default()
         })
         .is_err()
     );
     assert!(
-        HotCacheLayer::<u64, String>::new(HotCacheConfig {
+        HotCacheLayer::<u64, Res>::new(HotCacheConfig {
             max_entries: 0,
             ..HotCacheConfig::default()
         })
