@@ -6,6 +6,7 @@
 //! cargo run --release -p floodwall-benches --bin lab -- e2e [--quick] [--only bare|gateway|layers-off]
 //! cargo run --release -p floodwall-benches --bin lab -- redis [--quick]
 //! cargo run --release -p floodwall-benches --bin lab -- tail [--quick]
+//! cargo run --release -p floodwall-benches --bin lab -- hotkey [--quick]
 //! cargo run --release -p floodwall-benches --bin lab -- report
 //! ```
 //!
@@ -421,6 +422,32 @@ fn tail(args: &Args) -> Result<String, Error> {
     ))
 }
 
+/// HeavyKeeper as its memory grows (docs/hotkey.md): precision and count
+/// error of the top-100 on a Zipf(1.0) stream against exact counts, and the
+/// slowest report of a new hot key; the table, and the two plots under
+/// `docs/img/lab/`.
+fn hotkey(args: &Args) -> Result<String, Error> {
+    use floodwall_benches::lab::hotkey::{charts, memory_sweep, table};
+    let items = if args.quick { 1_000_000 } else { 10_000_000 };
+    let started = Instant::now();
+    let rows = memory_sweep(items, 1_000_000);
+    eprintln!(
+        "lab: hotkey sweep in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for (stem, chart) in charts(&rows) {
+        let svg = floodwall_benches::lab::plot::svg(&chart);
+        write(&args.out.join(format!("{stem}.svg")), &svg)?;
+        write(&root.join(format!("docs/img/lab/{stem}.svg")), &svg)?;
+    }
+    Ok(format!(
+        "Zipf(1.0), {items} items over 1,000,000 keys, top-100, seed 2026; detection on the shifting stream of \
+         `floodwall_hotkey::testing::slowest_detection` (3 periods, default fading):\n\n{}",
+        table(&rows)
+    ))
+}
+
 fn main() {
     let result = parse().and_then(|args| match args.command.as_str() {
         _ if args.only.is_some() && args.command != "e2e" => Err("--only applies to e2e".into()),
@@ -429,11 +456,12 @@ fn main() {
         "e2e" => e2e(&args).map(|md| println!("{md}")),
         "redis" => redis(&args).map(|md| println!("{md}")),
         "tail" => tail(&args).map(|md| println!("{md}")),
+        "hotkey" => hotkey(&args).map(|md| println!("{md}")),
         "tables" => tables(),
         "report" => report(&args),
         "help" | "--help" | "-h" => {
             println!(
-                "usage: lab (sim | concurrency | e2e | redis | tail | tables | report) [--quick] [--out DIR]\n       \
+                "usage: lab (sim | concurrency | e2e | redis | tail | hotkey | tables | report) [--quick] [--out DIR]\n       \
                  lab e2e [--quick] --only (bare | gateway | layers-off)"
             );
             Ok(())

@@ -8,6 +8,7 @@
 pub mod docs;
 pub mod e2e;
 pub mod hist;
+pub mod hotkey;
 pub mod load;
 pub mod plot;
 pub mod redis;

@@ -17,6 +17,9 @@
 mod aggregate;
 mod cache;
 mod hot;
+#[cfg(feature = "test-util")]
+#[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
+pub mod testing;
 mod topk;
 
 pub use aggregate::{
