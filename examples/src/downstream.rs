@@ -1,7 +1,8 @@
 //! Simulated HTTP downstreams for the gateway's optional modules (gifts,
 //! recommendations) and the elastic overflow pool: each answers any path
 //! with a small JSON document naming itself, after a configurable latency,
-//! failing a configurable fraction of requests with 500.
+//! failing a configurable fraction of requests with 500. A `POST
+//! /send?anchor=N&count=C` adds `C` to the downstream's gift total.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -28,6 +29,11 @@ struct State {
     latency_us: AtomicU64,
     error_ppm: AtomicU64,
     served: AtomicU64,
+    /// The sum of the `count` of every successful `POST /send` (the gift
+    /// store's total).
+    sent: AtomicU64,
+    /// Successful `POST /send` requests (gift-store writes).
+    writes: AtomicU64,
     rng: SplitMix,
 }
 
@@ -52,6 +58,8 @@ impl Downstream {
             latency_us: AtomicU64::new(u64::try_from(latency.as_micros()).unwrap_or(u64::MAX)),
             error_ppm: AtomicU64::new(0),
             served: AtomicU64::new(0),
+            sent: AtomicU64::new(0),
+            writes: AtomicU64::new(0),
             rng: SplitMix::from_entropy(),
         });
         let (stop, mut stopped) = watch::channel(());
@@ -89,6 +97,17 @@ impl Downstream {
         self.state.served.load(Ordering::Relaxed)
     }
 
+    /// The sum of the `count` query parameters of the successful
+    /// `POST /send` requests (a gift store's total).
+    pub fn sent(&self) -> u64 {
+        self.state.sent.load(Ordering::Relaxed)
+    }
+
+    /// Successful `POST /send` requests so far (a gift store's writes).
+    pub fn writes(&self) -> u64 {
+        self.state.writes.load(Ordering::Relaxed)
+    }
+
     /// Fails this fraction (0.0..=1.0) of requests with 500.
     pub fn set_error_rate(&self, rate: f64) {
         let ppm = (rate.clamp(0.0, 1.0) * 1e6).round() as u64;
@@ -118,6 +137,16 @@ async fn answer(
             serde_json::json!({ "error": "injected failure", "served_by": st.name }),
         )
     } else {
+        if req.method() == http::Method::POST && req.uri().path() == "/send" {
+            let count = req
+                .uri()
+                .query()
+                .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("count=")))
+                .and_then(|c| c.parse::<u64>().ok())
+                .unwrap_or(0);
+            st.sent.fetch_add(count, Ordering::Relaxed);
+            st.writes.fetch_add(1, Ordering::Relaxed);
+        }
         (
             StatusCode::OK,
             serde_json::json!({

@@ -996,3 +996,36 @@ async fn a_hot_room_is_answered_from_the_hot_cache() {
     assert_eq!(room["hot"]["keys"][0]["key"], "id=3&fields=title", "{room}");
     assert!(room["hot"]["hits"].as_u64().unwrap() >= 34, "{room}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gifts_to_one_anchor_are_aggregated_into_few_writes() {
+    // One client address for 100 fans: no per-IP limit here.
+    let d = start(|c| c.per_ip = None).await;
+    let writes_before = d.gifts.writes();
+    let calls: Vec<_> = (0..100)
+        .map(|i| {
+            let url = format!("{}/api/gift?anchor=7&count={}", d.url(), 1 + i % 3);
+            tokio::spawn(async move {
+                call(Method::POST, url, &[("x-user-id", &format!("fan-{i}"))], "").await
+            })
+        })
+        .collect();
+    let mut sent = 0;
+    for (i, c) in calls.into_iter().enumerate() {
+        let a = c.await.unwrap();
+        assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+        sent += 1 + i as u64 % 3;
+    }
+    let writes = d.gifts.writes() - writes_before;
+    assert_eq!(d.gifts.sent(), sent, "every gift counted once");
+    assert!(writes < 20, "{writes} writes for 100 gifts");
+    // A bad count is refused before it joins a batch.
+    let a = call(
+        Method::POST,
+        format!("{}/api/gift?anchor=7&count=0", d.url()),
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+}

@@ -95,6 +95,7 @@ async fn run(protected: bool) -> Result<RunReport, BoxError> {
     let mut room_rows = Vec::new();
     let mut detected = None;
     let mut hot_report = None;
+    let mut gift_report = None;
     for (phase, (name, len)) in PHASES.iter().enumerate() {
         let r1 = rng.clone();
         let normal_stream = load.run(phase, NORMAL_RPS, *len, move |i| normal(&r1, i));
@@ -103,14 +104,18 @@ async fn run(protected: bool) -> Result<RunReport, BoxError> {
                 let r2 = rng.clone();
                 // The hot room's viewers enter it, and one in three looks at
                 // it: those reads are what the gateway's hot cache answers.
+                // One in six sends the anchor a gift: aggregated per anchor.
                 let hot = load.run(phase, HOT_RPS, *len, move |i| {
-                    let shot = if i.is_multiple_of(3) {
+                    let shot = if i % 6 == 5 {
+                        Shot::post("/api/gift?anchor=1")
+                    } else if i.is_multiple_of(3) {
                         Shot::get(format!("/api/room?{HOT_QUERY}"))
                     } else {
                         Shot::post("/api/room/enter?id=1")
                     };
                     viewer(&r2, shot)
                 });
+                let (writes_before, gifts_before) = (d.gifts.writes(), d.gifts.sent());
                 let bot = load.run(phase, BOT_RPS, *len, |_| {
                     Shot::get("/api/room?id=1")
                         .header("x-user-id", "bot-7")
@@ -130,6 +135,10 @@ async fn run(protected: bool) -> Result<RunReport, BoxError> {
                 let (_, _, _, seen) = tokio::join!(normal_stream, hot, bot, watch);
                 detected = seen;
                 hot_report = hot_room(&d.gateway.shared().runtime().state());
+                gift_report = Some((
+                    d.gifts.sent() - gifts_before,
+                    d.gifts.writes() - writes_before,
+                ));
             }
             "room failing" => {
                 d.room.knobs().set_error_rate(1.0);
@@ -166,6 +175,13 @@ async fn run(protected: bool) -> Result<RunReport, BoxError> {
         println!(
             "    hot rooms: {keys} detected {} after the burst began; {hits} room reads answered from the gateway's hot cache (room service calls saved)",
             detected.map_or_else(|| "(late)".to_owned(), |t| format!("{} ms", t.as_millis()))
+        );
+    }
+    if let Some((gifts, writes)) = gift_report
+        && protected
+    {
+        println!(
+            "    gifts to the hot room's anchor: {gifts} stored in {writes} writes to the gift store (aggregated per 20 ms)"
         );
     }
     let state = d.room.state();

@@ -168,6 +168,11 @@ pub enum HandlerKind {
     BatchRooms,
     /// Forwards the request to an HTTP upstream as it is.
     Proxy,
+    /// `POST ?anchor=N&count=C` (count 1 to 1,000, default 1): gifts to one
+    /// anchor within the route's aggregation window are merged into one
+    /// `POST /send?anchor=N&count=SUM` to the HTTP upstream, and every
+    /// sender is answered when that write lands.
+    SendGift,
 }
 
 /// One route.
@@ -207,6 +212,10 @@ pub struct RouteConfig {
     /// answer when they fail or are shed.
     #[serde(default)]
     pub optional: Vec<String>,
+    /// For `send_gift`: how gifts are aggregated (`window`, `max_batch`,
+    /// `max_keys`). Default: 20 ms windows.
+    #[serde(default)]
+    pub aggregate: Option<floodwall::hotkey::AggregateConfig>,
     /// For `get_room`: find the hot rooms (HeavyKeeper) and answer them
     /// from a local cache, a hot room reaching the room service at most
     /// once per `ttl`.
@@ -418,7 +427,7 @@ impl GatewayConfig {
                 return Err(at(&format!("priority {b} is above 127")));
             }
             let wanted = match route.handler {
-                HandlerKind::Proxy => UpstreamKind::Http,
+                HandlerKind::Proxy | HandlerKind::SendGift => UpstreamKind::Http,
                 _ => UpstreamKind::Grpc,
             };
             let kind_of = |name: &str| -> Result<UpstreamKind, ConfigError> {
@@ -443,6 +452,12 @@ impl GatewayConfig {
                         o.upstream
                     )));
                 }
+            }
+            if let Some(a) = &route.aggregate {
+                if route.handler != HandlerKind::SendGift {
+                    return Err(at(&"only send_gift routes aggregate"));
+                }
+                a.validate().map_err(|e| at(&format!("aggregate: {e}")))?;
             }
             if let Some(hot) = &route.hot {
                 if route.handler != HandlerKind::GetRoom {

@@ -8,6 +8,7 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use floodwall::core::{BoxError, Classify, Deadline, Outcome, Priority, Rejected};
+use floodwall::hotkey::{AggregateConfig, AggregateLayer, Update};
 use floodwall::tail::fallback::{self, Value};
 use floodwall::tail::{FallbackConfig, FallbackLayer};
 use http::{HeaderMap, HeaderName, Request, Response, StatusCode};
@@ -39,6 +40,37 @@ struct Inner {
     overflow: Option<(Arc<floodwall::token_bucket::TokenBucket>, Upstream)>,
     optional: Vec<Module>,
     user_header: String,
+    /// `send_gift`: the aggregated writes to the gift store.
+    gifts: Option<GiftWrites>,
+}
+
+/// Gifts merged per anchor into one write to the gift store per window
+/// (an `Aggregate` over the store, boxed).
+type GiftWrites = BoxCloneSyncService<Update<u64, i64>, Response<Bytes>, BoxError>;
+type GiftStore = BoxCloneSyncService<Update<u64, i64>, Response<Bytes>, BoxError>;
+
+/// The aggregated gift writes of a `send_gift` route toward `h`.
+fn gift_writes(
+    name: &str,
+    h: &HttpUpstream,
+    config: AggregateConfig,
+) -> Result<GiftWrites, BoxError> {
+    let h = h.clone();
+    let store: GiftStore =
+        BoxCloneSyncService::new(tower::service_fn(move |u: Update<u64, i64>| {
+            let h = h.clone();
+            async move {
+                let uri = h.uri(&format!("/send?anchor={}&count={}", u.key, u.delta))?;
+                let mut req = Request::new(Full::new(Bytes::new()));
+                *req.method_mut() = http::Method::POST;
+                *req.uri_mut() = uri;
+                h.transport.clone().oneshot(req).await
+            }
+        }));
+    let layer = AggregateLayer::builder(config)
+        .name(format!("gifts:{name}"))
+        .build()?;
+    Ok(BoxCloneSyncService::new(layer.layer(store)))
 }
 
 /// An optional module: its upstream, behind a fallback that turns any
@@ -89,11 +121,18 @@ impl RouteHandler {
         overflow: Option<(Arc<floodwall::token_bucket::TokenBucket>, Upstream)>,
         optional: Vec<(String, HttpUpstream)>,
         user_header: String,
+        gifts: Option<(&str, AggregateConfig)>,
     ) -> Result<Self, BoxError> {
         let optional = optional
             .into_iter()
             .map(|(name, upstream)| module(name, upstream))
             .collect::<Result<_, _>>()?;
+        let gifts = match (kind, gifts, &primary) {
+            (HandlerKind::SendGift, Some((name, config)), Upstream::Http(h)) => {
+                Some(gift_writes(name, h, config)?)
+            }
+            _ => None,
+        };
         Ok(Self {
             inner: Arc::new(Inner {
                 kind,
@@ -101,6 +140,7 @@ impl RouteHandler {
                 overflow,
                 optional,
                 user_header,
+                gifts,
             }),
         })
     }
@@ -119,6 +159,51 @@ impl Service<Request<Incoming>> for RouteHandler {
         let inner = self.inner.clone();
         Box::pin(async move { Ok(inner.handle(req).await) })
     }
+}
+
+/// `POST ?anchor=N&count=C`: the gift joins its anchor's batch; answered
+/// when the batch's write to the gift store lands. (Boxed: the answer
+/// borrows nothing of the route.)
+fn send_gift(
+    gifts: GiftWrites,
+    req: &Request<Incoming>,
+) -> Pin<Box<dyn Future<Output = Response<Body>> + Send>> {
+    let ready = |res: Response<Body>| -> Pin<Box<dyn Future<Output = Response<Body>> + Send>> {
+        Box::pin(std::future::ready(res))
+    };
+    if req.method() != http::Method::POST {
+        return ready(refusal(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "POST a gift",
+        ));
+    }
+    let query = req.uri().query();
+    let Some(anchor) = query_param(query, "anchor").and_then(|v| v.parse::<u64>().ok()) else {
+        return ready(bad_request("`anchor` must be a number"));
+    };
+    let count = match query_param(query, "count").map(str::parse::<i64>) {
+        None => 1,
+        Some(Ok(c)) if (1..=1_000).contains(&c) => c,
+        Some(_) => return ready(bad_request("`count` must be 1 to 1000")),
+    };
+    let write = gifts.oneshot(Update {
+        key: anchor,
+        delta: count,
+    });
+    Box::pin(async move {
+        match write.await {
+            Ok(res) if res.status().is_success() => json(
+                StatusCode::OK,
+                &serde_json::json!({ "anchor": anchor, "count": count }),
+            ),
+            Ok(_) => refusal(StatusCode::BAD_GATEWAY, "upstream_error", "upstream error"),
+            Err(e) => match Rejected::find(&*e) {
+                Some(r) => GatewayResponder.respond(r),
+                None => refusal(StatusCode::BAD_GATEWAY, "upstream_error", "upstream error"),
+            },
+        }
+    })
 }
 
 /// The query parameter `name`, if present.
@@ -284,6 +369,14 @@ impl Inner {
             (HandlerKind::EnterRoom, Upstream::Grpc(g)) => {
                 self.enter_room(&g, &req, priority, deadline).await
             }
+            (HandlerKind::SendGift, Upstream::Http(_)) => match self.gifts.clone() {
+                Some(gifts) => send_gift(gifts, &req).await,
+                None => refusal(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "misconfigured",
+                    "send_gift route without its aggregation",
+                ),
+            },
             _ => refusal(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "misconfigured",

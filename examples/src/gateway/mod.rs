@@ -523,6 +523,10 @@ fn build_route(
         overflow,
         optional,
         config.gateway.user_header.clone(),
+        Some((
+            r.path.as_deref().or(r.prefix.as_deref()).unwrap_or(""),
+            r.aggregate.unwrap_or_default(),
+        )),
     )?;
     let label = r.path.as_deref().or(r.prefix.as_deref()).unwrap_or("");
     let (service, limit, global, hot) = if protected {
