@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::Hot;
+use crate::{Hot, Keyed};
 
 /// The default name (metric label) of a [`HotCacheLayer`].
 pub const HOT_CACHE_NAME: &str = "hot_cache";
@@ -100,6 +100,13 @@ impl<K: Hash + Eq + Clone, R: Clone> Shared<K, R> {
         (now < *expires).then(|| answer.clone())
     }
 
+    /// Caches `answer` for `key` unless a fresh answer is cached already.
+    fn store_if_absent(&self, key: K, answer: &R) {
+        if self.lookup(&key, Instant::now()).is_none() {
+            self.store(key, answer.clone());
+        }
+    }
+
     /// Caches `answer` for `key` until `ttl` from now; over `max_entries`,
     /// expired entries go first, then the one expiring soonest.
     fn store(&self, key: K, answer: R) {
@@ -133,7 +140,10 @@ impl<K: Hash + Eq + Clone, R: Clone> Shared<K, R> {
 ///   next);
 /// - allow and deny rules choose which hot keys may be cached
 ///   ([`HotCacheBuilder::allow`], [`HotCacheBuilder::deny`]);
-/// - requests that are not hot pass through untouched.
+/// - reads the hot-key layer counted but that are not hot (yet) are still
+///   coalesced, not cached: a key turning hot reaches the backend once per
+///   call in flight, not once per request, before it is detected;
+/// - requests without a key pass through untouched.
 ///
 /// Cache only what may be served `ttl` stale: reads.
 ///
@@ -420,14 +430,21 @@ where
         let ready = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, ready);
         let shared = self.shared.clone();
-        let key = match req.extensions().get::<Hot<K>>() {
-            Some(hot) if shared.cacheable(&hot.key) => hot.key.clone(),
+        // Hot and cacheable: served from the cache. Any other counted read
+        // (a `Keyed` one) is still coalesced, so a key about to turn hot
+        // does not reach the backend once per request meanwhile.
+        let (key, hot) = match (
+            req.extensions().get::<Hot<K>>(),
+            req.extensions().get::<Keyed<K>>(),
+        ) {
+            (Some(hot), _) if shared.cacheable(&hot.key) => (hot.key.clone(), true),
+            (_, Some(Keyed(key))) => (key.clone(), false),
             _ => {
                 shared.bypassed.increment(1);
                 return Box::pin(async move { inner.call(req).await.map_err(Into::into) });
             }
         };
-        if let Some(answer) = shared.lookup(&key, Instant::now()) {
+        if hot && let Some(answer) = shared.lookup(&key, Instant::now()) {
             shared.hits.increment(1);
             shared
                 .hit_count
@@ -438,7 +455,15 @@ where
         match shared.flights.enter(key.clone(), shared.config.max_entries) {
             Entry::Follower(follower) => {
                 shared.joined.increment(1);
-                Box::pin(async move { follower.wait(deadline).await?.map_err(BoxError::from) })
+                Box::pin(async move {
+                    let answer = follower.wait(deadline).await?.map_err(BoxError::from)?;
+                    // A hot read that joined a call started while its key was
+                    // cold: the answer fills the cache.
+                    if hot && answer.status().is_success() {
+                        shared.store_if_absent(key, &answer);
+                    }
+                    Ok(answer)
+                })
             }
             Entry::Full => {
                 shared.bypassed.increment(1);
@@ -454,7 +479,7 @@ where
                 // short deadline, a 503) is that call's alone.
                 let lead = leader.run(Box::pin(async move {
                     let answer = call.await.map_err(Into::into)?;
-                    if answer.status().is_success() {
+                    if hot && answer.status().is_success() {
                         filler.store(key, answer.clone());
                     }
                     Ok(answer)

@@ -143,6 +143,11 @@ pub struct Hot<K> {
     pub estimate: u32,
 }
 
+/// Put in every counted request's extensions (hot or not): its key, for
+/// [`HotCacheLayer`](crate::HotCacheLayer) to coalesce cold reads too.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keyed<K>(pub K);
+
 /// A change of the hot set, as the change callbacks see it.
 #[derive(Debug)]
 pub struct HotChange<'a, K> {
@@ -594,8 +599,12 @@ where
                 )));
             }
             shared.hot_requests.increment(1);
-            req.extensions_mut().insert(Hot { key, estimate });
+            req.extensions_mut().insert(Hot {
+                key: key.clone(),
+                estimate,
+            });
         }
+        req.extensions_mut().insert(Keyed(key));
         shared.requests.admitted();
         HotKeyFuture::called(self.inner.call(req))
     }

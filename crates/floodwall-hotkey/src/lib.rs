@@ -33,7 +33,7 @@ pub use cache::{
 pub use floodwall_core::ConfigError;
 pub use hot::{
     HOT_KEY_METRIC_PREFIX, HOT_KEY_NAME, Hot, HotChange, HotKey, HotKeyBuilder, HotKeyConfig,
-    HotKeyFuture, HotKeyHandle, HotKeyLayer, HotSet,
+    HotKeyFuture, HotKeyHandle, HotKeyLayer, HotSet, Keyed,
 };
 pub use topk::{HeavyKeeper, TopKConfig};
 

@@ -505,7 +505,7 @@ url = "http://127.0.0.1:2"
     #[test]
     fn the_reference_config_is_valid() {
         let c = GatewayConfig::parse(crate::deploy::REFERENCE_CONFIG).unwrap();
-        assert_eq!(c.routes.len(), 4);
+        assert_eq!(c.routes.len(), 5);
         assert_eq!(c.upstreams["room"].timeout, Duration::from_millis(400));
     }
 
