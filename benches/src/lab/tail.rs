@@ -19,8 +19,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use floodwall::core::BoxError;
+use floodwall::core::random::{Random, SplitMix};
 use floodwall::tail::{CoalesceConfig, CoalesceLayer, HedgeConfig, HedgeDelay, HedgeLayer};
-use parking_lot::Mutex;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
@@ -86,26 +86,13 @@ impl HedgeLab {
     }
 }
 
-/// SplitMix64, drawn under a lock in call order.
-struct Rng(u64);
-
-impl Rng {
-    fn next_f64(&mut self) -> f64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
 /// The dependency: a seeded latency per attempt, optionally `workers`
 /// at a time (the rest queue, FIFO), counting its calls; uninterruptible
 /// (an abandoned attempt still takes its worker for its whole time).
 #[derive(Clone)]
 pub struct Dependency {
     lab: HedgeLab,
-    rng: Arc<Mutex<Rng>>,
+    rng: Arc<SplitMix>,
     workers: Option<Arc<Semaphore>>,
     calls: Arc<AtomicU64>,
 }
@@ -125,7 +112,7 @@ impl Dependency {
     pub fn new(lab: HedgeLab, workers: Option<usize>) -> Self {
         Self {
             lab,
-            rng: Arc::new(Mutex::new(Rng(lab.seed))),
+            rng: Arc::new(SplitMix::new(lab.seed)),
             workers: workers.map(|w| Arc::new(Semaphore::new(w))),
             calls: Arc::default(),
         }
@@ -150,13 +137,10 @@ impl Service<u64> for Dependency {
 
     fn call(&mut self, req: u64) -> Self::Future {
         self.calls.fetch_add(1, Ordering::SeqCst);
-        let latency = {
-            let mut rng = self.rng.lock();
-            if rng.next_f64() < self.lab.tail {
-                self.lab.median * 10
-            } else {
-                self.lab.median.mul_f64(0.8 + 0.4 * rng.next_f64())
-            }
+        let latency = if self.rng.next_f64() < self.lab.tail {
+            self.lab.median * 10
+        } else {
+            self.lab.median.mul_f64(0.8 + 0.4 * self.rng.next_f64())
         };
         let Some(workers) = self.workers.clone() else {
             // Unbounded capacity: an abandoned attempt takes nobody's place.

@@ -312,8 +312,7 @@ impl<S, X> Codel<S, X> {
     {
         // Cloned first: nothing may fail between queueing the request and
         // arming its guard.
-        let clone = self.inner.clone();
-        let service = std::mem::replace(&mut self.inner, clone);
+        let service = floodwall_core::service::take_ready(&mut self.inner);
         let shared = &self.shared;
         let now = Instant::now();
         let start = shared.timing.arrival(&req).unwrap_or(now);

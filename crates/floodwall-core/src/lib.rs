@@ -62,6 +62,7 @@ pub mod metrics;
 pub mod outcome;
 pub mod random;
 mod rejection;
+pub mod service;
 pub mod sync;
 #[cfg(feature = "test-util")]
 pub mod testing;

@@ -427,8 +427,7 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let ready = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, ready);
+        let mut inner = floodwall_core::service::take_ready(&mut self.inner);
         let shared = self.shared.clone();
         // Hot and cacheable: served from the cache. Any other counted read
         // (a `Keyed` one) is still coalesced, so a key about to turn hot

@@ -3,34 +3,10 @@
 
 use std::collections::HashSet;
 
+use floodwall_core::random::{Random, SplitMix};
 use tokio::time::Instant;
 
 use crate::{HeavyKeeper, TopKConfig};
-
-/// SplitMix64: a small seeded generator.
-#[derive(Debug, Clone)]
-pub struct Rng(u64);
-
-impl Rng {
-    /// A generator seeded with `seed`.
-    pub fn new(seed: u64) -> Self {
-        Self(seed)
-    }
-
-    /// The next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// A uniform draw in `[0, 1)`.
-    pub fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
 
 /// Zipf(s) over ranks `0..n` (rank 0 the most frequent), drawn in O(1)
 /// by Walker's alias method.
@@ -70,9 +46,9 @@ impl Zipf {
     }
 
     /// One rank.
-    pub fn draw(&self, rng: &mut Rng) -> u64 {
+    pub fn draw(&self, rng: &SplitMix) -> u64 {
         let i = (rng.next_u64() % self.prob.len() as u64) as usize;
-        if rng.unit() < self.prob[i] {
+        if rng.next_f64() < self.prob[i] {
             i as u64
         } else {
             u64::from(self.alias[i])
@@ -96,12 +72,12 @@ pub struct Score {
 /// If `config` is invalid or `keys` is 0.
 pub fn score(config: TopKConfig, keys: usize, items: usize, seed: u64) -> Score {
     let zipf = Zipf::new(keys, 1.0);
-    let mut rng = Rng::new(seed);
+    let rng = SplitMix::new(seed);
     let mut exact = vec![0u32; keys];
     let now = Instant::now();
     let sketch = HeavyKeeper::with_epoch(config, now, seed).expect("a valid config");
     for _ in 0..items {
-        let key = zipf.draw(&mut rng);
+        let key = zipf.draw(&rng);
         exact[key as usize] += 1;
         sketch.add(&key, now);
     }
@@ -151,7 +127,7 @@ pub fn slowest_detection(
     let sketch =
         HeavyKeeper::with_epoch(TopKConfig { k: 10, ..config }, t0, seed).expect("a valid config");
     let zipf = Zipf::new(100_000, 1.0);
-    let mut rng = Rng::new(seed ^ 0xD1CE);
+    let rng = SplitMix::new(seed ^ 0xD1CE);
     let per_ms = 20;
     let mut worst = Duration::ZERO;
     for period in 0..periods {
@@ -162,10 +138,10 @@ pub fn slowest_detection(
         for ms in 0..10_000u64 {
             let now = t0 + start + Duration::from_millis(ms);
             for j in 0..per_ms {
-                let key = if rng.unit() < 0.5 {
+                let key = if rng.next_f64() < 0.5 {
                     hot[(ms as usize * per_ms + j) % 10]
                 } else {
-                    zipf.draw(&mut rng)
+                    zipf.draw(&rng)
                 };
                 sketch.add(&key, now);
             }

@@ -187,8 +187,7 @@ where
             }
             Plan::Later(later) => {
                 // The ready service goes with the request; a clone stays.
-                let clone = self.inner.clone();
-                let svc = std::mem::replace(&mut self.inner, clone);
+                let svc = floodwall_core::service::take_ready(&mut self.inner);
                 let policy = self.limiter.policy();
                 Gated::waiting(RedisCheck {
                     check: Box::pin(async move {

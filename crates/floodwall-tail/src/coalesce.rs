@@ -346,8 +346,7 @@ where
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         // The instance polled ready makes this call; a clone stays.
-        let ready = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, ready);
+        let mut inner = floodwall_core::service::take_ready(&mut self.inner);
         let shared = self.shared.clone();
         let Some(key) = (self.key)(&req) else {
             shared.bypassed.increment(1);

@@ -728,8 +728,7 @@ where
     fn call(&mut self, req: Req) -> Self::Future {
         // The instance polled ready makes the first attempt and is kept for
         // hedges (polled ready again before each); a clone stays behind.
-        let clone = self.inner.clone();
-        let mut svc = std::mem::replace(&mut self.inner, clone);
+        let mut svc = floodwall_core::service::take_ready(&mut self.inner);
         let now = Instant::now();
         let (delay, gather, max_attempts, max_pushback) = self.shared.delay(now);
         self.shared.requests.admitted();

@@ -347,8 +347,7 @@ where
     fn call(&mut self, req: Req) -> Self::Future {
         // The instance polled ready makes the first attempt and is kept for
         // retries (polled ready again before each); a clone stays behind.
-        let clone = self.inner.clone();
-        let mut svc = std::mem::replace(&mut self.inner, clone);
+        let mut svc = floodwall_core::service::take_ready(&mut self.inner);
         let fut = svc.call(req.clone());
         RetryFuture {
             svc,
