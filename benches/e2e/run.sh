@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# What floodwall costs a server, under Debian's real load generators
+# (issue 30): a minimal hyper server and a minimal axum server
+# (`e2e_server`), each bare, with floodwall's recommended server stack and
+# with the peer stack (tower_governor + tower Timeout + LoadShed +
+# ConcurrencyLimit), driven by `wrk` (HTTP/1.1) and `h2load` (HTTP/2, the
+# gRPC shape). The server runs on one core, the generator on another;
+# rounds alternate every configuration; the server's CPU time comes from
+# /proc. Prints a Markdown table: medians over the rounds, with the spread.
+# A benchmark, not a test: not part of CI.
+#
+#   bash benches/e2e/run.sh            # ROUNDS=3 DURATION=5 CONNS=32
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+# shellcheck source=../../scripts/apt-install.sh
+source scripts/apt-install.sh
+command -v wrk >/dev/null || apt_install wrk
+command -v h2load >/dev/null || apt_install nghttp2-client
+command -v taskset >/dev/null || apt_install util-linux
+cargo build -q --release -p floodwall-benches --bin e2e_server
+BIN=target/release/e2e_server
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-5}
+CONNS=${CONNS:-32}
+SERVER_CORE=${SERVER_CORE:-0}
+LOAD_CORE=${LOAD_CORE:-1}
+SERVERS=${SERVERS:-"hyper axum"}
+GENERATORS=${GENERATORS:-"wrk h2load"}
+STACKS=${STACKS:-"bare floodwall peer"}
+CLK=$(getconf CLK_TCK)
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"; jobs -p | xargs -r kill 2>/dev/null' EXIT
+results="$tmp/results.tsv"
+
+# utime + stime of a process, in clock ticks.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+run_one() {
+    local server=$1 stack=$2 gen=$3 round=$4
+    taskset -c "$SERVER_CORE" "$BIN" "$server" "$stack" >"$tmp/srv.txt" 2>&1 &
+    local pid=$!
+    local addr=""
+    for _ in $(seq 100); do
+        addr=$(sed -n 's/^listening on //p' "$tmp/srv.txt")
+        [ -n "$addr" ] && break
+        sleep 0.05
+    done
+    [ -n "$addr" ] || { cat "$tmp/srv.txt" >&2; exit 1; }
+    # Warm-up: connections, allocator, keyed-limiter entries.
+    taskset -c "$LOAD_CORE" wrk -t1 -c"$CONNS" -d1s "http://$addr/" >/dev/null
+    local t0 requests rps p50 p99
+    t0=$(cpu_ticks "$pid")
+    if [ "$gen" = wrk ]; then
+        taskset -c "$LOAD_CORE" wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "http://$addr/" >"$tmp/gen.txt"
+        requests=$(awk '/requests in/ {print $1}' "$tmp/gen.txt")
+        rps=$(awk '/Requests\/sec/ {print $2}' "$tmp/gen.txt")
+        p50=$(awk '$1 == "50%" {print $2}' "$tmp/gen.txt")
+        p99=$(awk '$1 == "99%" {print $2}' "$tmp/gen.txt")
+    else
+        taskset -c "$LOAD_CORE" h2load -c"$CONNS" -m10 -D"$DURATION" "http://$addr/" >"$tmp/gen.txt"
+        requests=$(awk '/^requests:/ {print $8}' "$tmp/gen.txt")
+        rps=$(awk '/^finished in/ {gsub(",", "", $4); print $4}' "$tmp/gen.txt")
+        p50=$(awk '/^time for request:/ {print $6}' "$tmp/gen.txt")
+        p99="-"
+    fi
+    local t1
+    t1=$(cpu_ticks "$pid")
+    kill "$pid"
+    wait "$pid" 2>/dev/null || true
+    local cpu_us
+    cpu_us=$(awk -v d="$((t1 - t0))" -v clk="$CLK" -v n="$requests" 'BEGIN {printf "%.3f", d / clk * 1e6 / n}')
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$server" "$gen" "$stack" "$round" "$rps" "$cpu_us" "$p50" "$p99" >>"$results"
+    echo "e2e: round $round $server $gen $stack: $rps req/s, $cpu_us µs CPU/request, p50 $p50" >&2
+}
+
+for round in $(seq "$ROUNDS"); do
+    for server in $SERVERS; do
+        for gen in $GENERATORS; do
+            for stack in $STACKS; do
+                run_one "$server" "$stack" "$gen" "$round"
+            done
+        done
+    done
+done
+
+python3 - "$results" "$ROUNDS" "$DURATION" "$CONNS" <<'PY'
+import statistics, sys
+from collections import defaultdict
+path, rounds, duration, conns = sys.argv[1], *sys.argv[2:]
+rows = defaultdict(list)
+for line in open(path):
+    server, gen, stack, _, rps, cpu, p50, p99 = line.rstrip("\n").split("\t")
+    rows[(server, gen, stack)].append((float(rps), float(cpu), p50, p99))
+print(f"{rounds} alternating rounds of {duration} s, {conns} connections; server on one core, "
+      "generator on another; medians, spread min–max.\n")
+print("| server | generator | stack | req/s | server CPU µs/request | vs bare | p50 | p99 |")
+print("|---|---|---|---:|---:|---:|---|---|")
+for (server, gen, stack), rs in sorted(rows.items(), key=lambda kv: (kv[0][0], kv[0][1], ["bare", "floodwall", "peer"].index(kv[0][2]))):
+    rps = [r[0] for r in rs]
+    cpu = [r[1] for r in rs]
+    bare = statistics.median(r[1] for r in rows[(server, gen, "bare")]) if (server, gen, "bare") in rows else None
+    vs = f"{(statistics.median(cpu) / bare - 1) * 100:+.1f} %" if bare else "-"
+    mid = sorted(rs, key=lambda r: r[1])[len(rs) // 2]
+    print(f"| {server} | {gen} | {stack} | {statistics.median(rps):,.0f} ({min(rps):,.0f}–{max(rps):,.0f}) "
+          f"| {statistics.median(cpu):.2f} ({min(cpu):.2f}–{max(cpu):.2f}) | {vs} | {mid[2]} | {mid[3]} |")
+PY
