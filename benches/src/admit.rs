@@ -134,6 +134,7 @@ pub const CASES: &[&str] = &[
     "resilience-fallback",
     "coalesce",
     "resilience-coalesce",
+    "server-stack",
 ];
 
 /// Runs `n` requests through `case` (inside a Tokio runtime context);
@@ -372,6 +373,30 @@ pub fn run(case: &str, n: u64) -> Option<Duration> {
         ),
         "resilience-coalesce" => drive_to_end(
             tower_resilience_coalesce::CoalesceLayer::new(|_: &Req| 1u8).layer(Respond),
+            n,
+        ),
+        // The recommended server stack (issue 30's e2e `floodwall` stack):
+        // answers, server deadline, per-IP token bucket, CoDel.
+        "server-stack" => drive(
+            tower::ServiceBuilder::new()
+                .layer(floodwall::http::answer::AnswerLayer::new())
+                .layer(
+                    ServerDeadlineLayer::new(ServerDeadlineConfig {
+                        max: Some(Duration::from_secs(2)),
+                        ..ServerDeadlineConfig::default()
+                    })
+                    .unwrap(),
+                )
+                .layer(
+                    TokenBucketLayer::builder(open_quota())
+                        .capacity(100_000)
+                        .build_keyed(|r: &Req| {
+                            r.extensions().get::<std::net::SocketAddr>().map(|a| a.ip())
+                        })
+                        .unwrap(),
+                )
+                .layer(CodelLayer::new(CodelConfig::with_workers(1_024)).unwrap())
+                .service(Respond),
             n,
         ),
         _ => return None,
