@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v valgrind >/dev/null || { sudo -n apt-get install -y valgrind >/dev/null 2>&1 || apt-get install -y valgrind >/dev/null; }
-cargo build -q --release -p floodwall-benches --bin icount
+cargo build -q --release -p floodwall-benches --no-default-features --bin icount
 bin=target/release/icount
 small=${ICOUNT_SMALL:-2000}
 large=${ICOUNT_LARGE:-12000}

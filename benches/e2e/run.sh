@@ -17,7 +17,7 @@ source scripts/apt-install.sh
 command -v wrk >/dev/null || apt_install wrk
 command -v h2load >/dev/null || apt_install nghttp2-client
 command -v taskset >/dev/null || apt_install util-linux
-cargo build -q --release -p floodwall-benches --bin e2e_server
+cargo build -q --release -p floodwall-benches --no-default-features --bin e2e_server
 BIN=target/release/e2e_server
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-5}
@@ -27,6 +27,7 @@ LOAD_CORE=${LOAD_CORE:-1}
 SERVERS=${SERVERS:-"hyper axum"}
 GENERATORS=${GENERATORS:-"wrk h2load"}
 STACKS=${STACKS:-"bare floodwall peer"}
+PROXIES=${PROXIES:-"bare layers-off gateway"}
 CLK=$(getconf CLK_TCK)
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"; jobs -p | xargs -r kill 2>/dev/null' EXIT
@@ -37,15 +38,17 @@ cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 run_one() {
     local server=$1 stack=$2 gen=$3 round=$4
-    taskset -c "$SERVER_CORE" "$BIN" "$server" "$stack" >"$tmp/srv.txt" 2>&1 &
+    # A file of its own: a stale address from the previous server is never read.
+    local out="$tmp/srv-$server-$stack-$gen-$round.txt"
+    taskset -c "$SERVER_CORE" "$BIN" "$server" "$stack" >"$out" 2>&1 &
     local pid=$!
     local addr=""
     for _ in $(seq 100); do
-        addr=$(sed -n 's/^listening on //p' "$tmp/srv.txt")
+        addr=$(sed -n 's/^listening on //p' "$out" 2>/dev/null)
         [ -n "$addr" ] && break
         sleep 0.05
     done
-    [ -n "$addr" ] || { cat "$tmp/srv.txt" >&2; exit 1; }
+    [ -n "$addr" ] || { cat "$out" >&2; exit 1; }
     # Warm-up: connections, allocator, keyed-limiter entries.
     taskset -c "$LOAD_CORE" wrk -t1 -c"$CONNS" -d1s "http://$addr/" >/dev/null
     local t0 requests rps p50 p99
@@ -81,6 +84,10 @@ for round in $(seq "$ROUNDS"); do
             done
         done
     done
+    # The gateway: proxy and upstream share the server's core.
+    for stack in $PROXIES; do
+        run_one proxy "$stack" wrk "$round"
+    done
 done
 
 python3 - "$results" "$ROUNDS" "$DURATION" "$CONNS" <<'PY'
@@ -95,11 +102,16 @@ print(f"{rounds} alternating rounds of {duration} s, {conns} connections; server
       "generator on another; medians, spread min–max.\n")
 print("| server | generator | stack | req/s | server CPU µs/request | vs bare | p50 | p99 |")
 print("|---|---|---|---:|---:|---:|---|---|")
-for (server, gen, stack), rs in sorted(rows.items(), key=lambda kv: (kv[0][0], kv[0][1], ["bare", "floodwall", "peer"].index(kv[0][2]))):
+order = ["bare", "floodwall", "peer", "layers-off", "gateway"]
+for (server, gen, stack), rs in sorted(rows.items(), key=lambda kv: (kv[0][0], kv[0][1], order.index(kv[0][2]))):
     rps = [r[0] for r in rs]
     cpu = [r[1] for r in rs]
     bare = statistics.median(r[1] for r in rows[(server, gen, "bare")]) if (server, gen, "bare") in rows else None
     vs = f"{(statistics.median(cpu) / bare - 1) * 100:+.1f} %" if bare else "-"
+    if server == "proxy" and bare:
+        # The proxies compare by throughput (issue 30): req/s against the bare proxy's.
+        base = statistics.median(r[0] for r in rows[(server, gen, "bare")])
+        vs += f" CPU, {statistics.median(rps) / base * 100:.1f} % of bare req/s"
     mid = sorted(rs, key=lambda r: r[1])[len(rs) // 2]
     print(f"| {server} | {gen} | {stack} | {statistics.median(rps):,.0f} ({min(rps):,.0f}–{max(rps):,.0f}) "
           f"| {statistics.median(cpu):.2f} ({min(cpu):.2f}–{max(cpu):.2f}) | {vs} | {mid[2]} | {mid[3]} |")

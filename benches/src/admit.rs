@@ -135,6 +135,9 @@ pub const CASES: &[&str] = &[
     "coalesce",
     "resilience-coalesce",
     "server-stack",
+    "bare-body",
+    "server-stack-body",
+    "peer-stack",
 ];
 
 /// Runs `n` requests through `case` (inside a Tokio runtime context);
@@ -399,8 +402,94 @@ pub fn run(case: &str, n: u64) -> Option<Duration> {
                 .service(Respond),
             n,
         ),
+        // The same stack and the peer stack (issue 30's e2e `peer`:
+        // tower_governor per IP, tower's Timeout, LoadShed +
+        // ConcurrencyLimit) answering with axum's body, which
+        // tower_governor's refusals need; `bare-body` is their baseline.
+        "bare-body" => drive(RespondBody, n),
+        "server-stack-body" => drive(
+            tower::ServiceBuilder::new()
+                .layer(floodwall::http::answer::AnswerLayer::new())
+                .layer(
+                    ServerDeadlineLayer::new(ServerDeadlineConfig {
+                        max: Some(Duration::from_secs(2)),
+                        ..ServerDeadlineConfig::default()
+                    })
+                    .unwrap(),
+                )
+                .layer(
+                    TokenBucketLayer::builder(open_quota())
+                        .capacity(100_000)
+                        .build_keyed(|r: &Req| {
+                            r.extensions().get::<std::net::SocketAddr>().map(|a| a.ip())
+                        })
+                        .unwrap(),
+                )
+                .layer(CodelLayer::new(CodelConfig::with_workers(1_024)).unwrap())
+                .service(RespondBody),
+            n,
+        ),
+        "peer-stack" => drive(
+            tower::ServiceBuilder::new()
+                .layer(
+                    tower_governor::GovernorLayer::<_, _, axum::body::Body>::new(
+                        tower_governor::governor::GovernorConfigBuilder::default()
+                            .per_nanosecond(1)
+                            .burst_size(u32::MAX)
+                            .key_extractor(PeerIp)
+                            .finish()
+                            .expect("a governor config"),
+                    ),
+                )
+                .layer(tower::timeout::TimeoutLayer::new(Duration::from_secs(2)))
+                .layer(tower::load_shed::LoadShedLayer::new())
+                .layer(tower::limit::ConcurrencyLimitLayer::new(1_024))
+                .service(RespondBody),
+            n,
+        ),
         _ => return None,
     })
+}
+
+/// [`Respond`] with axum's body.
+#[derive(Clone, Copy, Debug)]
+struct RespondBody;
+
+impl<B> Service<http::Request<B>> for RespondBody {
+    type Response = http::Response<axum::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: http::Request<B>) -> Self::Future {
+        let mut res = http::Response::new(axum::body::Body::empty());
+        res.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/grpc"),
+        );
+        std::future::ready(Ok(res))
+    }
+}
+
+/// tower_governor's key: the peer address's IP.
+#[derive(Clone, Copy, Debug)]
+struct PeerIp;
+
+impl tower_governor::key_extractor::KeyExtractor for PeerIp {
+    type Key = std::net::IpAddr;
+
+    fn extract<T>(
+        &self,
+        req: &http::Request<T>,
+    ) -> Result<Self::Key, tower_governor::GovernorError> {
+        req.extensions()
+            .get::<std::net::SocketAddr>()
+            .map(std::net::SocketAddr::ip)
+            .ok_or(tower_governor::GovernorError::UnableToExtractKey)
+    }
 }
 
 /// The widest sliding window: never refuses at the request rates here.

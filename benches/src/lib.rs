@@ -8,7 +8,9 @@ use std::task::{Context, Poll};
 use tower::Service;
 
 pub mod admit;
+#[cfg(feature = "lab")]
 pub mod lab;
+pub mod proxy;
 
 /// The criterion settings every floodwall bench uses: 0.5 s of warm-up and
 /// 2 s of measurement per benchmark.

@@ -419,7 +419,7 @@ struct Handler {
 }
 
 fn deadline_of<T>(req: &Request<T>) -> Option<Deadline> {
-    req.extensions().get::<Deadline>().copied()
+    Deadline::of(req.extensions())
 }
 
 #[tonic::async_trait]

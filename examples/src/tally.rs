@@ -137,17 +137,16 @@ pub struct TallyService<S> {
 }
 
 fn grpc_code(headers: &http::HeaderMap) -> Option<tonic::Code> {
-    let v = headers.get("grpc-status")?.to_str().ok()?;
+    const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+    let v = headers.get(&GRPC_STATUS)?.to_str().ok()?;
     Some(tonic::Code::from_i32(v.parse().ok()?))
 }
 
 /// Counts one response into `tally`: by the gateway's reason header when
 /// it names a rejection kind, else by gRPC status, else by HTTP status.
 pub fn count_response<B>(tally: &Tally, res: &http::Response<B>) {
-    let reason = res
-        .headers()
-        .get(crate::gateway::REASON_HEADER)
-        .and_then(|v| v.to_str().ok());
+    const REASON: http::HeaderName = http::HeaderName::from_static(crate::gateway::REASON_HEADER);
+    let reason = res.headers().get(&REASON).and_then(|v| v.to_str().ok());
     if let Some(kind) = KINDS.iter().find(|k| Some(k.as_str()) == reason) {
         tally.rejected(*kind);
         return;

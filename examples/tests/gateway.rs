@@ -1029,3 +1029,99 @@ async fn gifts_to_one_anchor_are_aggregated_into_few_writes() {
     .await;
     assert_eq!(a.status, StatusCode::BAD_REQUEST);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_its_layers_off_the_gateway_forwards_what_it_forwards_with_them_on() {
+    use floodwall_examples::gateway::Gateway;
+    // An upstream that answers with the target and headers it received,
+    // a repeated header and a floodwall wire header.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let svc =
+                    hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
+                        let mut lines = vec![req.uri().to_string()];
+                        for (k, v) in req.headers() {
+                            lines.push(format!("{k}: {}", v.to_str().unwrap_or("?")));
+                        }
+                        let mut res = http::Response::new(Full::new(Bytes::from(lines.join("\n"))));
+                        let h = res.headers_mut();
+                        h.append("set-cookie", http::HeaderValue::from_static("a=1"));
+                        h.append("set-cookie", http::HeaderValue::from_static("b=2"));
+                        h.insert("x-floodwall-priority", http::HeaderValue::from_static("7"));
+                        Ok::<_, std::convert::Infallible>(res)
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    let text = format!(
+        r#"
+[gateway]
+protected = false
+listen = "127.0.0.1:0"
+admin = "127.0.0.1:0"
+trusted_proxies = ["127.0.0.1"]
+
+[upstreams.up]
+kind = "http"
+url = "http://{addr}"
+
+[[routes]]
+prefix = "/"
+handler = "proxy"
+upstream = "up"
+timeout = "2s"
+"#
+    );
+    let gw = Gateway::start(GatewayConfig::parse(&text).unwrap(), None)
+        .await
+        .unwrap();
+    let headers = [
+        ("x-forwarded-for", "198.51.100.7"),
+        ("x-multi", "1"),
+        ("x-multi", "2"),
+        ("keep-alive", "timeout=5"),
+    ];
+    let url = format!("http://{}/a/b?c=d", gw.addr());
+    let a = call(Method::GET, url, &headers, "").await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    let mut lines = a.body.lines();
+    assert_eq!(
+        lines.next(),
+        Some("/a/b?c=d"),
+        "the path and query, as sent"
+    );
+    let seen: Vec<&str> = lines.collect();
+    // The peer (a trusted proxy) appended to the chain; repeated headers
+    // kept in order; hop-by-hop ones dropped.
+    assert!(
+        seen.contains(&"x-forwarded-for: 198.51.100.7, 127.0.0.1"),
+        "{seen:?}"
+    );
+    let multi: Vec<_> = seen.iter().filter(|l| l.starts_with("x-multi:")).collect();
+    assert_eq!(multi, [&"x-multi: 1", &"x-multi: 2"]);
+    assert!(
+        !seen.iter().any(|l| l.starts_with("keep-alive:")),
+        "{seen:?}"
+    );
+    let cookies: Vec<&str> = a
+        .headers
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    assert_eq!(cookies, ["a=1", "b=2"]);
+    assert!(
+        !a.headers.contains_key("x-floodwall-priority"),
+        "wire header leaked"
+    );
+    assert_eq!(gw.shared().tally().ok, 1);
+}

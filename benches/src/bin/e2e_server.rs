@@ -5,6 +5,7 @@
 //!
 //! ```text
 //! e2e_server <hyper|axum> <bare|floodwall|peer> [port]
+//! e2e_server proxy <bare|layers-off|gateway>
 //! ```
 //!
 //! - `floodwall`: the recommended server stack (docs/choosing.md): the
@@ -12,6 +13,11 @@
 //!   the CoDel admission queue.
 //! - `peer`: what a user would otherwise pick: tower_governor per IP,
 //!   tower's `Timeout`, `LoadShed` + `ConcurrencyLimit`.
+//!
+//! - `proxy`: a reverse proxy toward an upstream in the same process (the
+//!   examples' `Downstream`, answering at once): the bare hyper proxy, the
+//!   reference gateway with its layers off, or with every layer on
+//!   (`floodwall_benches::proxy`).
 //!
 //! Limits are set far above what the benchmark offers: the cost measured
 //! is the layers' own, nothing is refused. One worker thread (the script
@@ -27,6 +33,7 @@ use floodwall::core::BoxError;
 use floodwall::deadline::{ServerDeadlineConfig, ServerDeadlineLayer};
 use floodwall::http::answer::AnswerLayer;
 use floodwall::token_bucket::{Quota, TokenBucketLayer};
+use floodwall_benches::proxy;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -180,7 +187,33 @@ fn main() -> Result<(), BoxError> {
                 .await?;
                 Ok(())
             }
-            other => Err(format!("server {other:?}: hyper or axum").into()),
+            "proxy" => {
+                drop(listener);
+                let upstream =
+                    floodwall_examples::downstream::Downstream::start("upstream", Duration::ZERO)
+                        .await?;
+                let url = upstream.url();
+                let addr = match which.as_str() {
+                    "bare" => proxy::bare_proxy(url.trim_start_matches("http://").parse()?).await?,
+                    "layers-off" | "gateway" => {
+                        let config = proxy::gateway_config(&url, which == "gateway")?;
+                        let gateway =
+                            floodwall_examples::gateway::Gateway::start(config, None).await?;
+                        let addr = gateway.addr();
+                        // Serves until the process is killed.
+                        std::mem::forget(gateway);
+                        addr
+                    }
+                    other => {
+                        return Err(format!("proxy {other:?}: bare, layers-off or gateway").into());
+                    }
+                };
+                println!("listening on {addr}");
+                std::future::pending::<()>().await;
+                drop(upstream);
+                Ok(())
+            }
+            other => Err(format!("server {other:?}: hyper, axum or proxy").into()),
         }
     })
 }

@@ -277,7 +277,7 @@ where
         // A deadline that cannot be met is refused even with a worker free
         // (no clock read when requests carry no deadline).
         if let Some(d) = shared.timing.deadline(&req)
-            && Instant::now() + shared.min_remaining() >= d
+            && floodwall_core::clock::now() + shared.min_remaining() >= d
         {
             shared.metrics.shed(DropReason::Deadline);
             return Gated::rejected(future::shed(DropReason::Deadline));
@@ -335,13 +335,13 @@ impl<S, X> Codel<S, X> {
             (Some(a), Some(b)) => Some(if b.0 <= a.0 { b } else { a }),
             (a, b) => a.or(b),
         };
-        Gated::waiting(Queued {
+        Gated::waiting(Box::pin(Queued {
             waiter,
             service: Some(service),
             req: Some(req),
             timer,
             sleep: None,
-        })
+        }))
     }
 }
 

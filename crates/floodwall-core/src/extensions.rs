@@ -34,16 +34,102 @@ impl Arrival {
     }
 
     /// Stamps `extensions` with an arrival at `now` unless one is present,
-    /// and returns the arrival in force.
+    /// and returns the arrival in force. The arrival goes in the request's
+    /// [`Stamp`], with its deadline: one allocation for both.
     pub fn stamp(extensions: &mut http::Extensions, now: Instant) -> Self {
-        *extensions.get_or_insert(Self(now))
+        if let Some(stamp) = extensions.get_mut::<Stamp>() {
+            return *stamp.arrival.get_or_insert(Self(now));
+        }
+        extensions.insert(Stamp {
+            arrival: Some(Self(now)),
+            deadline: None,
+        });
+        Self(now)
+    }
+
+    /// The arrival stamped on a request, if any: the one in its [`Stamp`],
+    /// else an `Arrival` inserted on its own (by code written before the
+    /// stamp).
+    ///
+    /// ```
+    /// use floodwall_core::Arrival;
+    /// use tokio::time::Instant;
+    ///
+    /// let mut req = http::Request::new(());
+    /// assert_eq!(Arrival::of(req.extensions()), None);
+    /// let now = Instant::now();
+    /// Arrival::stamp(req.extensions_mut(), now);
+    /// assert_eq!(Arrival::of(req.extensions()).map(Arrival::instant), Some(now));
+    /// ```
+    #[inline]
+    pub fn of(extensions: &http::Extensions) -> Option<Self> {
+        match extensions.get::<Stamp>() {
+            Some(Stamp {
+                arrival: Some(a), ..
+            }) => Some(*a),
+            _ => extensions.get::<Arrival>().copied(),
+        }
+    }
+}
+
+/// What floodwall layers stamp on a request, kept in **one** extension so
+/// that a request costs one allocation however many layers stamp it: when
+/// it arrived ([`Arrival`]) and by when it must be answered ([`Deadline`]).
+///
+/// Read and write it through [`Arrival::of`], [`Arrival::stamp`],
+/// [`Deadline::of`] and [`Deadline::set`]; a `Deadline` or `Arrival`
+/// inserted into the extensions on its own is still read when the stamp has
+/// none.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stamp {
+    arrival: Option<Arrival>,
+    deadline: Option<Deadline>,
+}
+
+impl Stamp {
+    /// What is stamped on a request: its [`Stamp`], with an `Arrival` or
+    /// `Deadline` inserted on their own filling what the stamp lacks.
+    #[inline]
+    pub fn of(extensions: &http::Extensions) -> Stamp {
+        if extensions.is_empty() {
+            return Stamp::default();
+        }
+        let mut stamp = extensions.get::<Stamp>().copied().unwrap_or_default();
+        if stamp.arrival.is_none() {
+            stamp.arrival = extensions.get::<Arrival>().copied();
+        }
+        if stamp.deadline.is_none() {
+            stamp.deadline = extensions.get::<Deadline>().copied();
+        }
+        stamp
+    }
+
+    /// A stamp of `arrival` and `deadline`, to [`insert`](Self::insert).
+    pub const fn new(arrival: Option<Arrival>, deadline: Option<Deadline>) -> Stamp {
+        Stamp { arrival, deadline }
+    }
+
+    /// Puts this stamp on a request in place of any stamped before: one
+    /// allocation (none more when it replaces a stamp).
+    pub fn insert(self, extensions: &mut http::Extensions) {
+        extensions.insert(self);
+    }
+
+    /// The arrival stamped, if any.
+    pub const fn arrival(&self) -> Option<Arrival> {
+        self.arrival
+    }
+
+    /// The deadline stamped, if any.
+    pub const fn deadline(&self) -> Option<Deadline> {
+        self.deadline
     }
 }
 
 /// The instant by which a request must be answered.
 ///
 /// Travels in request extensions and, for outbound calls made while handling
-/// a request, in a task-local scope (see `floodwall-deadline`).
+/// a request, in a scope set around each poll (see `floodwall-deadline`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Deadline(Instant);
 
@@ -81,6 +167,44 @@ impl Deadline {
     /// The earlier of two deadlines.
     pub fn min(self, other: Deadline) -> Deadline {
         if other.0 < self.0 { other } else { self }
+    }
+
+    /// The deadline stamped on a request, if any: the one in its [`Stamp`],
+    /// else a `Deadline` inserted on its own.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use floodwall_core::Deadline;
+    /// use tokio::time::Instant;
+    ///
+    /// let mut req = http::Request::new(());
+    /// let d = Deadline::after(Instant::now(), Duration::from_millis(200));
+    /// Deadline::set(req.extensions_mut(), d);
+    /// assert_eq!(Deadline::of(req.extensions()), Some(d));
+    /// ```
+    #[inline]
+    pub fn of(extensions: &http::Extensions) -> Option<Self> {
+        match extensions.get::<Stamp>() {
+            Some(Stamp {
+                deadline: Some(d), ..
+            }) => Some(*d),
+            _ => extensions.get::<Deadline>().copied(),
+        }
+    }
+
+    /// Stamps `deadline` on a request, in the request's [`Stamp`] next to
+    /// its arrival; it replaces any deadline stamped before (and hides one
+    /// inserted on its own from [`Deadline::of`]).
+    pub fn set(extensions: &mut http::Extensions, deadline: Deadline) {
+        match extensions.get_mut::<Stamp>() {
+            Some(stamp) => stamp.deadline = Some(deadline),
+            None => {
+                extensions.insert(Stamp {
+                    arrival: None,
+                    deadline: Some(deadline),
+                });
+            }
+        }
     }
 }
 
@@ -380,6 +504,46 @@ mod tests {
         let later = Instant::now();
         assert_eq!(Arrival::stamp(&mut ext, later).instant(), t0);
         assert_eq!(Arrival::new(t0).elapsed(later), Duration::from_millis(3));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn arrival_and_deadline_share_one_stamp() {
+        let mut ext = http::Extensions::new();
+        let t0 = Instant::now();
+        let d = Deadline::after(t0, Duration::from_millis(50));
+        Deadline::set(&mut ext, d);
+        assert_eq!(
+            Arrival::of(&ext),
+            None,
+            "a deadline alone stamps no arrival"
+        );
+        assert_eq!(Arrival::stamp(&mut ext, t0).instant(), t0);
+        assert_eq!(ext.len(), 1, "one extension holds both");
+        assert_eq!(Deadline::of(&ext), Some(d));
+        let sooner = Deadline::after(t0, Duration::from_millis(10));
+        Deadline::set(&mut ext, sooner);
+        assert_eq!(Deadline::of(&ext), Some(sooner), "set replaces");
+        assert_eq!(Arrival::of(&ext).map(Arrival::instant), Some(t0));
+        let stamp = *ext.get::<Stamp>().unwrap();
+        assert_eq!(
+            (stamp.arrival(), stamp.deadline()),
+            (Some(Arrival::new(t0)), Some(sooner))
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn extensions_inserted_on_their_own_are_still_read() {
+        let t0 = Instant::now();
+        let d = Deadline::after(t0, Duration::from_millis(50));
+        let mut ext = http::Extensions::new();
+        ext.insert(d);
+        ext.insert(Arrival::new(t0));
+        assert_eq!(Deadline::of(&ext), Some(d));
+        assert_eq!(Arrival::of(&ext), Some(Arrival::new(t0)));
+        // A deadline set through the stamp hides the one on its own.
+        let later = Deadline::after(t0, Duration::from_millis(90));
+        Deadline::set(&mut ext, later);
+        assert_eq!(Deadline::of(&ext), Some(later));
     }
 
     #[test]

@@ -53,6 +53,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod classify;
+pub mod clock;
 pub mod config;
 mod deadline;
 mod extensions;
@@ -73,7 +74,7 @@ pub use classify::{Classify, GrpcClassifier, GrpcCode, HttpClassifier, Outcome, 
 pub use config::ConfigError;
 pub use deadline::{DeadlineExceeded, Phase};
 pub use extensions::{
-    Arrival, Criticality, Deadline, InvalidPriority, ParsePriorityError, Priority,
+    Arrival, Criticality, Deadline, InvalidPriority, ParsePriorityError, Priority, Stamp,
 };
 pub use rejection::{RateLimitPolicy, RejectKind, Rejected, Rejection};
 

@@ -126,7 +126,13 @@ impl DeadlineHandle {
         if config.wire != shared.wire {
             return Err(ConfigError::new("wire", "cannot change while serving"));
         }
-        *shared.config.write() = config.clone();
+        let mut current = shared.config.write();
+        *current = config.clone();
+        shared.packed.store(
+            crate::server::Packed::of(config).0,
+            std::sync::atomic::Ordering::Release,
+        );
+        drop(current);
         reconfigured(&self.name);
         Ok(())
     }

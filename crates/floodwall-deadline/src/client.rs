@@ -7,7 +7,7 @@ use parking_lot::RwLock;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use floodwall_core::{BoxError, ConfigError, Deadline, Phase, outcome};
+use floodwall_core::{BoxError, ConfigError, Deadline, Phase, clock, outcome};
 use http::header::HeaderName;
 use tokio::time::Instant;
 use tower_layer::Layer;
@@ -148,10 +148,10 @@ where
         // The deadline this call inherits, and whether it is the caller's
         // (a deadline in the extensions alone counts as the caller's).
         let (inherited, from_caller) =
-            match (scope::current_scoped(), req.extensions().get::<Deadline>()) {
-                (Some(s), Some(&e)) if e < s.deadline() => (Some(e), true),
+            match (scope::current_scoped(), Deadline::of(req.extensions())) {
+                (Some(s), Some(e)) if e < s.deadline() => (Some(e), true),
                 (Some(s), _) => (Some(s.deadline()), s.from_caller()),
-                (None, e) => (e.copied(), true),
+                (None, e) => (e, true),
             };
         // A timeout the caller already put on this request (tonic's
         // `Request::set_timeout`, say) caps it like the configured one.
@@ -167,7 +167,7 @@ where
             shared.metrics.requests.admitted();
             return ResponseFuture::open(self.inner.call(req));
         }
-        let now = Instant::now();
+        let now = clock::now();
         let cap = [timeout, explicit]
             .into_iter()
             .flatten()
@@ -193,7 +193,7 @@ where
         // call's own budget (the configured or explicit timeout), or the
         // call has no budget of its own.
         let caller_limited = from_caller && inherited.is_some_and(|i| cap.is_none_or(|c| i < c));
-        req.extensions_mut().insert(wait);
+        Deadline::set(req.extensions_mut(), wait);
         let fut = outcome::limit_scope(caller_limited, || self.inner.call(req));
         shared.metrics.requests.admitted();
         ResponseFuture::timed(

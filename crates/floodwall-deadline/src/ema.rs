@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use floodwall_core::{BoxError, ConfigError, Deadline, Phase, outcome};
+use floodwall_core::{BoxError, ConfigError, Deadline, Phase, clock, outcome};
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep, sleep_until};
 use tower_layer::Layer;
@@ -256,22 +256,19 @@ where
     }
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
-        let now = Instant::now();
+        let now = clock::now();
         let own = Deadline::after(now, self.core.timeout());
         // A deadline already in force wins when it is sooner; it is then
         // the caller's, and its expiry says nothing about the dependency.
-        let outer = [
-            req.extensions().get::<Deadline>().copied(),
-            scope::current(),
-        ]
-        .into_iter()
-        .flatten()
-        .min();
+        let outer = [Deadline::of(req.extensions()), scope::current()]
+            .into_iter()
+            .flatten()
+            .min();
         let (deadline, caller_limited) = match outer {
             Some(outer) if outer < own => (outer, true),
             _ => (own, false),
         };
-        req.extensions_mut().insert(deadline);
+        Deadline::set(req.extensions_mut(), deadline);
         let fut = outcome::limit_scope(caller_limited, || self.inner.call(req));
         EmaFuture {
             fut,

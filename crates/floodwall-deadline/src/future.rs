@@ -10,10 +10,9 @@ use floodwall_core::metrics::{LABEL_NAME, RequestCounters, metric_name};
 use floodwall_core::{BoxError, Deadline, DeadlineExceeded, Phase, RejectKind, Rejected, outcome};
 use metrics::{Counter, Histogram};
 use pin_project_lite::pin_project;
-use tokio::task::futures::TaskLocalFuture;
 use tokio::time::{Instant, Sleep, sleep_until};
 
-use crate::scope::Scoped;
+use crate::scope::ScopedFuture;
 
 pub(crate) fn exceeded(phase: Phase, caller_limited: bool) -> BoxError {
     Rejected::boxed(DeadlineExceeded::new(phase, caller_limited))
@@ -67,8 +66,12 @@ pin_project! {
         // runtime's timer.
         Timed {
             #[pin] fut: T,
-            #[pin] sleep: Option<Sleep>,
+            // Boxed: a call answered at once never makes it, and the
+            // future stays small to move.
+            sleep: Option<Pin<Box<Sleep>>>,
             at: Instant,
+            // When the call was made: the timer's instant is clamped from it.
+            made: Instant,
             counter: Counter,
             phase: Phase,
             caller_limited: bool,
@@ -80,7 +83,7 @@ pin_project! {
 
 /// The response future of [`ServerDeadline`](crate::ServerDeadline): the handler runs with its
 /// deadline in the task scope.
-pub type ServerFuture<F> = ResponseFuture<F, TaskLocalFuture<Scoped, F>>;
+pub type ServerFuture<F> = ResponseFuture<F, ScopedFuture<F>>;
 
 /// The response future of [`PropagateDeadline`](crate::PropagateDeadline).
 pub type ClientFuture<F> = ResponseFuture<F, F>;
@@ -100,17 +103,12 @@ impl<O, T> ResponseFuture<O, T> {
         phase: Phase,
         caller_limited: bool,
     ) -> Self {
-        // Tokio's timer cannot take instants near the clock's end; thirty
-        // years is forever here.
-        const FAR: Duration = Duration::from_secs(86_400 * 365 * 30);
-        let at = now
-            .checked_add(FAR)
-            .map_or(deadline.instant(), |far| deadline.instant().min(far));
         Self {
             kind: Kind::Timed {
                 fut,
                 sleep: None,
-                at,
+                at: deadline.instant(),
+                made: now,
                 counter: metrics.exceeded[phase as usize].clone(),
                 phase,
                 caller_limited,
@@ -141,8 +139,9 @@ where
             KindProj::Open { fut } => fut.poll(cx).map_err(Into::into),
             KindProj::Timed {
                 fut,
-                mut sleep,
+                sleep,
                 at,
+                made,
                 counter,
                 phase,
                 caller_limited,
@@ -150,10 +149,12 @@ where
                 if let Poll::Ready(out) = fut.poll(cx) {
                     return Poll::Ready(out.map_err(Into::into));
                 }
-                if sleep.is_none() {
-                    sleep.set(Some(sleep_until(*at)));
-                }
-                ready!(sleep.as_pin_mut().expect("made above").poll(cx));
+                ready!(
+                    sleep
+                        .get_or_insert_with(|| Box::pin(sleep_until(timer_at(*at, *made))))
+                        .as_mut()
+                        .poll(cx)
+                );
                 counter.increment(1);
                 let (phase, caller_limited) = (*phase, *caller_limited);
                 // Drop the inner future now, not when the caller drops us;
@@ -166,6 +167,14 @@ where
             }
         }
     }
+}
+
+/// The timer's instant for a deadline `at` set at `made`: tokio's timer
+/// cannot take instants near the clock's end, and thirty years is forever
+/// here.
+fn timer_at(at: Instant, made: Instant) -> Instant {
+    const FAR: Duration = Duration::from_secs(86_400 * 365 * 30);
+    made.checked_add(FAR).map_or(at, |far| at.min(far))
 }
 
 impl<O, T> fmt::Debug for ResponseFuture<O, T> {

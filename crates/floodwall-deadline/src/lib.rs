@@ -54,7 +54,7 @@ pub mod error {
 pub use ema::{EmaFuture, EmaTimeout, EmaTimeoutConfig, EmaTimeoutLayer, EmaTimeoutService};
 pub use error::{ConfigError, DeadlineExceeded, Phase};
 pub use future::{ClientFuture, ResponseFuture, ServerFuture};
-pub use scope::{Carried, Scoped, carry, current, current_scoped, scope, spawn};
+pub use scope::{Carried, Scoped, ScopedFuture, carry, current, current_scoped, scope, spawn};
 pub use server::{ServerDeadline, ServerDeadlineConfig, ServerDeadlineLayer};
 pub use timeout::{
     DEFAULT_HTTP_HEADER, GRPC_MAX_DIGITS, GRPC_TIMEOUT_HEADER, HTTP_MAX_DIGITS, TimeoutError,

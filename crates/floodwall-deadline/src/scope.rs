@@ -1,13 +1,35 @@
 //! The task-scoped deadline: outbound calls made while handling a request
 //! see the request's deadline without threading it through every function.
 
+use std::cell::Cell;
+use std::fmt;
 use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use floodwall_core::Deadline;
-use tokio::task::futures::TaskLocalFuture;
 
-tokio::task_local! {
-    static CURRENT: Scoped;
+thread_local! {
+    /// The deadline of the future being polled (or the call being made) on
+    /// this thread, if it runs in a scope. A plain cell, set around each
+    /// poll and restored after: cheaper than a tokio task-local, which
+    /// borrows a `RefCell` and moves the future into its own wrapper.
+    static CURRENT: Cell<Option<Scoped>> = const { Cell::new(None) };
+}
+
+/// Puts the previous scope back, even if the scoped code panics.
+struct Restore(Option<Scoped>);
+
+impl Drop for Restore {
+    #[inline]
+    fn drop(&mut self) {
+        CURRENT.with(|c| c.set(self.0));
+    }
+}
+
+#[inline]
+fn enter_cell(scoped: Scoped) -> Restore {
+    Restore(CURRENT.with(|c| c.replace(Some(scoped))))
 }
 
 /// A deadline in a task's scope, with where it came from.
@@ -52,8 +74,9 @@ pub fn current() -> Option<Deadline> {
 }
 
 /// The deadline in scope for the running task with where it came from.
+#[inline]
 pub fn current_scoped() -> Option<Scoped> {
-    CURRENT.try_with(|d| *d).ok()
+    CURRENT.with(Cell::get)
 }
 
 /// Runs `fut` with `deadline` in scope, or with the deadline in scope where
@@ -63,45 +86,40 @@ pub fn current_scoped() -> Option<Scoped> {
 ///
 /// A deadline scoped by hand counts as the caller's
 /// ([`Scoped::from_caller`]).
-pub fn scope<F: Future>(deadline: Deadline, fut: F) -> TaskLocalFuture<Scoped, F> {
+pub fn scope<F: Future>(deadline: Deadline, fut: F) -> ScopedFuture<F> {
     let scoped = Scoped {
         deadline,
         from_caller: true,
     };
-    CURRENT.scope(
-        current_scoped().map_or(scoped, |outer| outer.min(scoped)),
+    ScopedFuture::new(
+        Some(current_scoped().map_or(scoped, |outer| outer.min(scoped))),
         fut,
     )
 }
 
 /// Calls `call` with `deadline` in scope, and runs the future it returns in
 /// that scope too (for services that start work in `call`).
+#[inline]
 pub(crate) fn enter<F: Future>(
     deadline: Deadline,
     from_caller: bool,
     call: impl FnOnce() -> F,
-) -> TaskLocalFuture<Scoped, F> {
+) -> ScopedFuture<F> {
     let scoped = Scoped {
         deadline,
         from_caller,
     };
-    let fut = CURRENT.sync_scope(scoped, call);
-    CURRENT.scope(scoped, fut)
+    let fut = {
+        let _restore = enter_cell(scoped);
+        call()
+    };
+    ScopedFuture::new(Some(scoped), fut)
 }
 
 /// Wraps `fut` so that it runs with the current deadline (if any) in scope,
 /// wherever it is polled: for work handed to another task.
 pub fn carry<F: Future>(fut: F) -> Carried<F> {
-    match current_scoped() {
-        Some(d) => Carried {
-            inner: CarriedInner::Scoped {
-                fut: CURRENT.scope(d, fut),
-            },
-        },
-        None => Carried {
-            inner: CarriedInner::Bare { fut },
-        },
-    }
+    ScopedFuture::new(current_scoped(), fut)
 }
 
 /// Spawns `fut` on the Tokio runtime with the current deadline in scope.
@@ -116,39 +134,63 @@ where
     tokio::spawn(carry(fut))
 }
 
+/// A future carrying the deadline that was in scope when it was made; see
+/// [`carry`].
+pub type Carried<F> = ScopedFuture<F>;
+
 pin_project_lite::pin_project! {
-    /// A future carrying the deadline that was in scope when it was made;
-    /// see [`carry`].
-    pub struct Carried<F: Future> {
+    /// A future running in a deadline scope ([`scope`], [`carry`], and the
+    /// server layer's handler future): the deadline is in scope while it is
+    /// polled and while it is dropped, and restored after.
+    pub struct ScopedFuture<F> {
         #[pin]
-        inner: CarriedInner<F>,
+        fut: Option<F>,
+        scoped: Option<Scoped>,
     }
-}
 
-pin_project_lite::pin_project! {
-    #[project = CarriedProj]
-    enum CarriedInner<F: Future> {
-        Scoped { #[pin] fut: TaskLocalFuture<Scoped, F> },
-        Bare { #[pin] fut: F },
-    }
-}
-
-impl<F: Future> Future for Carried<F> {
-    type Output = F::Output;
-
-    fn poll(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Self::Output> {
-        match self.project().inner.project() {
-            CarriedProj::Scoped { fut } => fut.poll(cx),
-            CarriedProj::Bare { fut } => fut.poll(cx),
+    impl<F> PinnedDrop for ScopedFuture<F> {
+        fn drop(this: Pin<&mut Self>) {
+            let mut this = this.project();
+            // Drop the inner future in its scope, as it was polled.
+            if let Some(scoped) = *this.scoped {
+                let _restore = enter_cell(scoped);
+                this.fut.set(None);
+            }
         }
     }
 }
 
-impl<F: Future> std::fmt::Debug for Carried<F> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Carried").finish_non_exhaustive()
+impl<F> ScopedFuture<F> {
+    #[inline]
+    fn new(scoped: Option<Scoped>, fut: F) -> Self {
+        Self {
+            fut: Some(fut),
+            scoped,
+        }
+    }
+}
+
+impl<F: Future> Future for ScopedFuture<F> {
+    type Output = F::Output;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let fut = this.fut.as_pin_mut().expect("polled after drop");
+        match *this.scoped {
+            Some(scoped) => {
+                let _restore = enter_cell(scoped);
+                fut.poll(cx)
+            }
+            None => fut.poll(cx),
+        }
+    }
+}
+
+impl<F> fmt::Debug for ScopedFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ScopedFuture")
+            .field("scoped", &self.scoped)
+            .finish_non_exhaustive()
     }
 }

@@ -2,13 +2,13 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use floodwall_core::{Arrival, BoxError, ConfigError, Deadline, Phase, outcome};
+use floodwall_core::{Arrival, BoxError, ConfigError, Deadline, Phase, Stamp, clock, outcome};
 use http::header::HeaderName;
 use parking_lot::RwLock;
-use tokio::time::Instant;
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -42,10 +42,38 @@ impl Default for ServerDeadlineConfig {
     }
 }
 
+/// `trust_inbound` and `max` in one word: bit 0 the trust, the bits above
+/// `max` in nanoseconds plus one (0 for none). `max` is at most
+/// [`MAX_DURATION`](floodwall_core::config::MAX_DURATION) (about 2^55 ns),
+/// so it fits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Packed(pub(crate) u64);
+
+impl Packed {
+    pub(crate) fn of(config: &ServerDeadlineConfig) -> Packed {
+        let max = config.max.map_or(0, |m| {
+            u64::try_from(m.as_nanos()).map_or(u64::MAX >> 2, |n| n.min(u64::MAX >> 2)) + 1
+        });
+        Packed((max << 1) | u64::from(config.trust_inbound))
+    }
+
+    fn unpack(self) -> (bool, Option<Duration>) {
+        let max = self.0 >> 1;
+        (
+            self.0 & 1 == 1,
+            (max != 0).then(|| Duration::from_nanos(max - 1)),
+        )
+    }
+}
+
 pub(crate) struct ServerShared {
     pub(crate) name: Arc<str>,
-    /// Replaced by a reconfiguration; a request reads it once.
+    /// Replaced by a reconfiguration (for the handle and `Debug`).
     pub(crate) config: RwLock<ServerDeadlineConfig>,
+    /// What a request reads of it, in one word ([`Packed`]): one plain
+    /// load per request instead of a lock, and a reconfiguration is seen
+    /// whole or not at all.
+    pub(crate) packed: AtomicU64,
     /// The wire format (fixed: it names the header).
     pub(crate) wire: Wire,
     header: HeaderName,
@@ -104,6 +132,7 @@ impl ServerDeadlineLayer {
             shared: Arc::new(ServerShared {
                 header: config.wire.header(),
                 wire: config.wire.clone(),
+                packed: AtomicU64::new(Packed::of(&config).0),
                 config: RwLock::new(config),
                 metrics: Metrics::new(&name),
                 name,
@@ -161,19 +190,14 @@ where
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
         let shared = &self.shared;
-        let now = Instant::now();
-        let arrival = match req.extensions().get::<Arrival>() {
-            Some(a) => a.instant(),
-            None => Arrival::stamp(req.extensions_mut(), now).instant(),
-        };
-        let (trust_inbound, max) = {
-            let config = shared.config.read();
-            (config.trust_inbound, config.max)
-        };
+        // The one clock read of the request's call chain (an outer floodwall
+        // layer's, if there is one).
+        let now = clock::now();
+        let stamped = Stamp::of(req.extensions());
+        let arrival = stamped.arrival().unwrap_or(Arrival::new(now));
+        let (trust_inbound, max) = Packed(shared.packed.load(Ordering::Acquire)).unpack();
         let inbound = if trust_inbound {
-            req.headers()
-                .get(&shared.header)
-                .and_then(|v| shared.wire.parse(v))
+            find_header(req.headers(), &shared.header).and_then(|v| shared.wire.parse(v))
         } else {
             None
         };
@@ -182,6 +206,7 @@ where
             (a, b) => a.or(b),
         };
         let Some(timeout) = timeout else {
+            Stamp::new(Some(arrival), stamped.deadline()).insert(req.extensions_mut());
             shared.metrics.requests.admitted();
             return ResponseFuture::open(self.inner.call(req));
         };
@@ -190,8 +215,9 @@ where
         let mut caller_limited = inbound.is_some_and(|i| max.is_none_or(|m| i < m));
         // An outer layer's deadline (in the extensions or the task scope)
         // is never extended; the earliest one's origin counts.
-        let mut deadline = Deadline::after(arrival, timeout);
-        if let Some(&outer) = req.extensions().get::<Deadline>()
+        let own = Deadline::after(arrival.instant(), timeout);
+        let mut deadline = own;
+        if let Some(outer) = stamped.deadline()
             && outer < deadline
         {
             (deadline, caller_limited) = (outer, true);
@@ -201,17 +227,24 @@ where
         {
             (deadline, caller_limited) = (outer.deadline(), outer.from_caller());
         }
-        shared
-            .metrics
-            .inbound
-            .record(deadline.remaining(now).as_secs_f64());
+        // Time left on arrival; no clock arithmetic in the usual case, a
+        // request stamped now whose own timeout decides.
+        let left = if arrival.instant() == now && deadline == own {
+            timeout
+        } else {
+            deadline.remaining(now)
+        };
+        shared.metrics.inbound.record(left.as_secs_f64());
         if deadline.is_expired(now) {
             return ResponseFuture::expired(&shared.metrics, Phase::OnArrival);
         }
-        req.extensions_mut().insert(deadline);
-        // In scope for the inner `call` as well as for its future.
+        Stamp::new(Some(arrival), Some(deadline)).insert(req.extensions_mut());
+        // In scope for the inner `call` as well as for its future; the
+        // layers below decide at `now`.
         let fut = scope::enter(deadline, caller_limited, || {
-            outcome::limit_scope(caller_limited, || self.inner.call(req))
+            clock::within(now, || {
+                outcome::limit_scope(caller_limited, || self.inner.call(req))
+            })
         });
         shared.metrics.requests.admitted();
         ResponseFuture::timed(
@@ -222,5 +255,66 @@ where
             Phase::InFlight,
             caller_limited,
         )
+    }
+}
+
+/// `headers[name]`: a scan of the entries for the few a request usually
+/// has (comparing names is cheaper than hashing one), the map's lookup
+/// beyond.
+#[inline]
+fn find_header<'a>(
+    headers: &'a http::HeaderMap,
+    name: &HeaderName,
+) -> Option<&'a http::HeaderValue> {
+    const SCAN: usize = 12;
+    if headers.keys_len() <= SCAN {
+        headers.iter().find_map(|(k, v)| (k == name).then_some(v))
+    } else {
+        headers.get(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_header_is_found_by_scan_and_by_lookup() {
+        let name = HeaderName::from_static("grpc-timeout");
+        for extra in [0, 3, 11, 12, 40] {
+            let mut headers = http::HeaderMap::new();
+            for i in 0..extra {
+                headers.insert(
+                    HeaderName::try_from(format!("x-filler-{i}")).unwrap(),
+                    http::HeaderValue::from_static("1"),
+                );
+            }
+            assert_eq!(find_header(&headers, &name), None, "{extra} others");
+            headers.insert(name.clone(), http::HeaderValue::from_static("2S"));
+            headers.insert(http::header::HOST, http::HeaderValue::from_static("a"));
+            assert_eq!(
+                find_header(&headers, &name).map(|v| v.to_str().unwrap()),
+                Some("2S"),
+                "{extra} others"
+            );
+        }
+    }
+
+    #[test]
+    fn the_packed_config_round_trips() {
+        for (trust_inbound, max) in [
+            (true, None),
+            (false, None),
+            (true, Some(Duration::ZERO)),
+            (false, Some(Duration::from_millis(2_500))),
+            (true, Some(floodwall_core::config::MAX_DURATION)),
+        ] {
+            let config = ServerDeadlineConfig {
+                trust_inbound,
+                max,
+                ..ServerDeadlineConfig::default()
+            };
+            assert_eq!(Packed::of(&config).unpack(), (trust_inbound, max));
+        }
     }
 }

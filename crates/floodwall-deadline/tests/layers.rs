@@ -59,7 +59,7 @@ impl Probe {
                 probe.runs.fetch_add(1, Ordering::SeqCst);
                 let now = Instant::now();
                 let scoped = current().map(|d| d.remaining(now));
-                let extension = req.extensions().get::<Deadline>().map(|d| d.remaining(now));
+                let extension = Deadline::of(req.extensions()).map(|d| d.remaining(now));
                 *probe.seen.lock().unwrap() = Some((scoped, extension));
                 sleep(work).await;
                 probe.finished.store(true, Ordering::SeqCst);

@@ -443,14 +443,14 @@ where
                 return Box::pin(async move { inner.call(req).await.map_err(Into::into) });
             }
         };
-        if hot && let Some(answer) = shared.lookup(&key, Instant::now()) {
+        if hot && let Some(answer) = shared.lookup(&key, floodwall_core::clock::now()) {
             shared.hits.increment(1);
             shared
                 .hit_count
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return Box::pin(async move { Ok(answer) });
         }
-        let deadline = req.extensions().get::<floodwall_core::Deadline>().copied();
+        let deadline = floodwall_core::Deadline::of(req.extensions());
         match shared.flights.enter(key.clone(), shared.config.max_entries) {
             Entry::Follower(follower) => {
                 shared.joined.increment(1);

@@ -579,7 +579,7 @@ where
             shared.requests.admitted();
             return HotKeyFuture::called(self.inner.call(req));
         };
-        let now = Instant::now();
+        let now = floodwall_core::clock::now();
         let estimate = shared.sketch.add(&key, now);
         let crossed = estimate >= shared.config.min_count && !shared.hot.read().contains(&key);
         shared.refresh_if_due(now, crossed);

@@ -463,7 +463,7 @@ where
     #[inline]
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let shared = &*self.shared;
-        let now = Instant::now();
+        let now = floodwall_core::clock::now();
         let priority = shared.priority_of(&mut req);
         if shared.trust_inbound
             && let Some(drops) = req.headers_mut().remove(&DROPS)
@@ -490,10 +490,7 @@ where
         };
         shared.requests(priority).admitted();
         if shared.queuing == Queuing::AtCall {
-            let queued = req
-                .extensions()
-                .get::<Arrival>()
-                .map_or(Duration::ZERO, |a| a.elapsed(now));
+            let queued = Arrival::of(req.extensions()).map_or(Duration::ZERO, |a| a.elapsed(now));
             shared.controller.record_queuing(now, queued);
         }
         // In criticality mode the priority above is made up: the handler

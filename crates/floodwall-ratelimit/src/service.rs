@@ -2,8 +2,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use floodwall_core::{BoxError, RejectKind, Rejected};
-use tokio::time::Instant;
+use floodwall_core::{BoxError, RejectKind, Rejected, clock};
 use tower_service::Service;
 
 use crate::error::{ExceedsBurst, RateLimited};
@@ -70,14 +69,15 @@ where
 
     #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
-        let now = Instant::now();
+        // The call chain's instant when an outer layer read the clock.
+        let now = clock::now();
         let shared = &*self.shared;
         let n = shared.weigh.weigh(&req);
         if shared.max_wait.is_zero() {
             return match shared.limiter.acquire(&req, now, n) {
                 Ok(()) => {
                     shared.metrics.requests.admitted();
-                    Gated::running(self.inner.call(req), ())
+                    Gated::running(clock::within(now, || self.inner.call(req)), ())
                 }
                 Err(denied) => Gated::rejected(self.reject(denied)),
             };
@@ -85,7 +85,7 @@ where
         match shared.limiter.reserve(&req, now, n, shared.max_wait) {
             Ok((wait, _)) if wait.is_zero() => {
                 shared.metrics.requests.admitted();
-                Gated::running(self.inner.call(req), ())
+                Gated::running(clock::within(now, || self.inner.call(req)), ())
             }
             Ok((wait, permit)) => {
                 tracing::trace!(

@@ -9,7 +9,6 @@ use std::task::{Context, Poll, ready};
 use floodwall_admit::gate::{Gate, Gated, Open};
 use floodwall_core::BoxError;
 use floodwall_ratelimit::{One, Weigh};
-use tokio::time::Instant;
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -180,7 +179,7 @@ where
             return Gated::running(self.inner.call(req), ());
         };
         let n = weigh.weigh(&req);
-        match self.limiter.plan(key, n, Instant::now()) {
+        match self.limiter.plan(key, n, floodwall_core::clock::now()) {
             Plan::Decided(Ok(_)) => Gated::running(self.inner.call(req), ()),
             Plan::Decided(Err(refusal)) => {
                 Gated::rejected(error::boxed(refusal, &self.limiter.policy()))
@@ -189,13 +188,13 @@ where
                 // The ready service goes with the request; a clone stays.
                 let svc = floodwall_core::service::take_ready(&mut self.inner);
                 let policy = self.limiter.policy();
-                Gated::waiting(RedisCheck {
+                Gated::waiting(Box::pin(RedisCheck {
                     check: Box::pin(async move {
                         later.run().await.map_err(|r| error::boxed(r, &policy))
                     }),
                     svc: Some(svc),
                     req: Some(req),
-                })
+                }))
             }
         }
     }
@@ -209,7 +208,7 @@ type Check = Pin<Box<dyn Future<Output = Result<Source, BoxError>> + Send>>;
 /// Dropping it during the round trip abandons the decision: the breaker's
 /// probe slot and the lease claim are given back and the inner service is
 /// never called.
-pub type ResponseFuture<S, Req> = Gated<RedisCheck<S, Req>>;
+pub type ResponseFuture<S, Req> = Gated<Pin<Box<RedisCheck<S, Req>>>>;
 
 /// A request waiting for Redis's answer; it owns the (ready) service and
 /// the request until then.

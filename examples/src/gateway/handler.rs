@@ -156,9 +156,33 @@ impl Service<Request<Incoming>> for RouteHandler {
     }
 
     fn call(&mut self, req: Request<Incoming>) -> Self::Future {
-        let inner = self.inner.clone();
-        Box::pin(async move { Ok(inner.handle(req).await) })
+        let this = self.clone();
+        Box::pin(async move { Ok(this.serve(req).await) })
     }
+}
+
+impl RouteHandler {
+    /// Answers one request. A proxy route's answer is made inline, in a
+    /// future of a few hundred bytes the caller can hold in its own
+    /// allocation; the other handlers' futures (gRPC calls, the aggregated
+    /// page: kilobytes) are boxed here, on their routes only.
+    pub(super) async fn serve(&self, req: Request<Incoming>) -> Response<Body> {
+        if self.inner.kind == HandlerKind::Proxy {
+            return match self.inner.pick() {
+                Upstream::Http(h) => proxy(h, req).await,
+                Upstream::Grpc(_) => misconfigured(),
+            };
+        }
+        Box::pin(self.inner.handle(req)).await
+    }
+}
+
+fn misconfigured() -> Response<Body> {
+    refusal(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "misconfigured",
+        "route handler and upstream kind disagree",
+    )
 }
 
 /// `POST ?anchor=N&count=C`: the gift joins its anchor's batch; answered
@@ -334,10 +358,17 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
     )
 }
 
-fn copy_end_to_end(from: &HeaderMap, to: &mut HeaderMap) {
-    for (k, v) in from {
-        if !is_hop_by_hop(k) {
-            to.append(k.clone(), v.clone());
+/// Moves the end-to-end headers of `from` into `to`, in order; the values
+/// move, nothing is copied.
+fn move_end_to_end(from: HeaderMap, to: &mut HeaderMap) {
+    // A name comes with its first value; `None` continues the same name.
+    let mut current: Option<HeaderName> = None;
+    for (name, value) in from {
+        if let Some(name) = name {
+            current = (!is_hop_by_hop(&name)).then_some(name);
+        }
+        if let Some(name) = &current {
+            to.append(name, value);
         }
     }
 }
@@ -356,18 +387,17 @@ impl Inner {
 
     async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
         let priority = req.extensions().get::<Priority>().copied();
-        let deadline = req.extensions().get::<Deadline>().copied();
-        let upstream = self.pick().clone();
-        match (self.kind, upstream) {
-            (HandlerKind::Proxy, Upstream::Http(h)) => proxy(&h, req).await,
+        let deadline = Deadline::of(req.extensions());
+        match (self.kind, self.pick()) {
+            (HandlerKind::Proxy, Upstream::Http(h)) => proxy(h, req).await,
             (HandlerKind::GetRoom, Upstream::Grpc(g)) => {
-                get_room(&g, &req, priority, deadline).await
+                get_room(g, &req, priority, deadline).await
             }
             (HandlerKind::BatchRooms, Upstream::Grpc(g)) => {
-                batch_rooms(&g, &req, priority, deadline).await
+                batch_rooms(g, &req, priority, deadline).await
             }
             (HandlerKind::EnterRoom, Upstream::Grpc(g)) => {
-                self.enter_room(&g, &req, priority, deadline).await
+                self.enter_room(g, &req, priority, deadline).await
             }
             (HandlerKind::SendGift, Upstream::Http(_)) => match self.gifts.clone() {
                 Some(gifts) => send_gift(gifts, &req).await,
@@ -377,11 +407,7 @@ impl Inner {
                     "send_gift route without its aggregation",
                 ),
             },
-            _ => refusal(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "misconfigured",
-                "route handler and upstream kind disagree",
-            ),
+            _ => misconfigured(),
         }
     }
 
@@ -493,7 +519,7 @@ async fn fetch(
         req.extensions_mut().insert(p);
     }
     if let Some(d) = deadline {
-        req.extensions_mut().insert(d);
+        Deadline::set(req.extensions_mut(), d);
     }
     let res = svc.oneshot(req).await?;
     if res.extensions().get::<Degraded>().is_some() {
@@ -560,11 +586,19 @@ async fn batch_rooms(
 /// Forwards the request to the upstream and its answer back.
 async fn proxy(h: &HttpUpstream, req: Request<Incoming>) -> Response<Body> {
     let (parts, body) = req.into_parts();
-    let pq = parts
-        .uri
-        .path_and_query()
-        .map_or("/", http::uri::PathAndQuery::as_str);
-    let uri = match h.uri(pq) {
+    // The head is taken apart: what the extensions say is read now, and
+    // the method, path and headers move into the outbound request.
+    let http::request::Parts {
+        method,
+        uri,
+        headers,
+        extensions,
+        ..
+    } = parts;
+    let priority = extensions.get::<Priority>().copied();
+    let deadline = Deadline::of(&extensions);
+    drop(extensions);
+    let uri = match h.uri_of(uri) {
         Ok(u) => u,
         Err(e) => return bad_request(&e.to_string()),
     };
@@ -579,23 +613,23 @@ async fn proxy(h: &HttpUpstream, req: Request<Incoming>) -> Response<Body> {
         }
     };
     let mut out = Request::new(Full::new(body));
-    *out.method_mut() = parts.method;
+    *out.method_mut() = method;
     *out.uri_mut() = uri;
-    copy_end_to_end(&parts.headers, out.headers_mut());
+    move_end_to_end(headers, out.headers_mut());
     // Inbound priority headers were replaced at the edge; send ours on.
-    if let Some(p) = parts.extensions.get::<Priority>().copied() {
+    if let Some(p) = priority {
         out.headers_mut()
             .insert(floodwall::core::wire::PRIORITY_HEADER, p.header_value());
     }
-    if let Some(d) = parts.extensions.get::<Deadline>().copied() {
-        out.extensions_mut().insert(d);
+    if let Some(d) = deadline {
+        Deadline::set(out.extensions_mut(), d);
     }
-    match h.transport.clone().oneshot(out).await {
+    match h.send(out).await {
         Ok(res) => {
             let (rp, rb) = res.into_parts();
             let mut back = Response::new(Full::new(rb));
             *back.status_mut() = rp.status;
-            copy_end_to_end(&rp.headers, back.headers_mut());
+            move_end_to_end(rp.headers, back.headers_mut());
             back
         }
         Err(e) => match Rejected::find(&*e) {

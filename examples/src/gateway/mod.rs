@@ -73,8 +73,9 @@ pub const REASON_HEADER: &str = "x-floodwall-reason";
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientIp(pub IpAddr);
 
-/// The key per-client limits count under, in request extensions: the client
-/// IP, an IPv6 client by its /64 (one host cannot mint a bucket per
+/// The key per-client limits count under, in request extensions when such a
+/// limit is configured (the per-IP limit, a route's global limit): the
+/// client IP, an IPv6 client by its /64 (one host cannot mint a bucket per
 /// address).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientKey(pub IpAddr);
@@ -139,6 +140,10 @@ impl Respond<Body> for GatewayResponder {
 struct Route {
     config: config::RouteConfig,
     service: RouteService,
+    /// With the layers off, the handler itself (`service` is then the same
+    /// handler, boxed): the data plane calls it without a boxed service
+    /// or a second boxed future.
+    direct: Option<RouteHandler>,
     /// Hot-room detection and its cache (`get_room` routes with `hot`).
     hot: Option<(HotKeyHandle<String>, HotCacheHandle)>,
     limit: Option<floodwall::token_bucket::RateLimitHandle<floodwall::token_bucket::TokenBucket>>,
@@ -155,6 +160,9 @@ pub struct Runtime {
     /// Longest first.
     prefixes: Vec<(String, Arc<Route>)>,
     per_ip: Option<PerIpLayer>,
+    /// Whether a layer reads [`ClientKey`] (the per-IP limit, a route's
+    /// global limit): only then is it put in the request's extensions.
+    keys_clients: bool,
     client_ip: floodwall::http::client_ip::ClientIp,
     /// The header naming the user: believed only from trusted proxies.
     user_header: http::HeaderName,
@@ -318,6 +326,7 @@ impl Runtime {
                 Some(Arc::new(Route {
                     config: r.clone(),
                     service: old.service.clone(),
+                    direct: old.direct.clone(),
                     hot: old.hot.clone(),
                     limit: old.limit.clone(),
                     global: old.global.clone(),
@@ -345,8 +354,14 @@ impl Runtime {
         }
         prefixes.sort_by_key(|p| std::cmp::Reverse(p.0.len()));
         let user_header = http::HeaderName::try_from(config.gateway.user_header.as_str())?;
+        let keys_clients = per_ip.is_some()
+            || exact
+                .values()
+                .chain(prefixes.iter().map(|(_, r)| r))
+                .any(|r| r.global.is_some());
         Ok(Self {
             user_header,
+            keys_clients,
             client_ip: floodwall::http::client_ip::ClientIp::behind(
                 config.gateway.trusted_proxies.iter().copied(),
             ),
@@ -529,6 +544,7 @@ fn build_route(
         )),
     )?;
     let label = r.path.as_deref().or(r.prefix.as_deref()).unwrap_or("");
+    let direct = (!protected).then(|| handler.clone());
     let (service, limit, global, hot) = if protected {
         let limit = match &r.limit {
             Some(c) => {
@@ -584,6 +600,7 @@ fn build_route(
     Ok(Route {
         config: r.clone(),
         service,
+        direct,
         hot,
         limit,
         global,
@@ -998,18 +1015,35 @@ fn inbound_hygiene(headers: &mut http::HeaderMap, runtime: &Runtime, peer: IpAdd
         headers.remove(&XFF);
         headers.remove(http::header::FORWARDED);
     }
-    let chain = headers
-        .get_all(&XFF)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect::<Vec<_>>()
-        .join(", ");
-    let chain = if chain.is_empty() {
-        peer.to_string()
+    let value = if headers.contains_key(&XFF) {
+        let chain = headers
+            .get_all(&XFF)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let chain = if chain.is_empty() {
+            peer.to_string()
+        } else {
+            format!("{chain}, {peer}")
+        };
+        HeaderValue::from_str(&chain).ok()
     } else {
-        format!("{chain}, {peer}")
+        // The usual case, the peer alone: written on the stack, one
+        // allocation (the value's own).
+        use std::io::Write as _;
+        const LEN: usize = 64; // an IPv6 address takes at most 45
+        let mut buf = [0u8; LEN];
+        let mut w = &mut buf[..];
+        let written = write!(w, "{peer}").is_ok();
+        let n = LEN - w.len();
+        if written {
+            HeaderValue::from_bytes(&buf[..n]).ok()
+        } else {
+            None
+        }
     };
-    if let Ok(v) = HeaderValue::from_str(&chain) {
+    if let Some(v) = value {
         headers.insert(&XFF, v);
     }
 }
@@ -1019,11 +1053,13 @@ fn inbound_hygiene(headers: &mut http::HeaderMap, runtime: &Runtime, peer: IpAdd
 /// internal.
 fn outbound_hygiene(headers: &mut http::HeaderMap) {
     use floodwall::core::wire::{ADMISSION_LEVEL_HEADER, PRIORITY_HEADER, UPSTREAM_DROPS_HEADER};
-    for name in [
-        ADMISSION_LEVEL_HEADER,
-        PRIORITY_HEADER,
-        UPSTREAM_DROPS_HEADER,
-    ] {
+    // Names made once, not parsed from text on every response.
+    const INTERNAL: [http::HeaderName; 3] = [
+        http::HeaderName::from_static(ADMISSION_LEVEL_HEADER),
+        http::HeaderName::from_static(PRIORITY_HEADER),
+        http::HeaderName::from_static(UPSTREAM_DROPS_HEADER),
+    ];
+    for name in &INTERNAL {
         headers.remove(name);
     }
 }
@@ -1078,13 +1114,24 @@ impl Service<Request<Incoming>> for DataPlane {
         let ip = runtime.client_ip(peer, req.headers());
         inbound_hygiene(req.headers_mut(), &runtime, peer);
         req.extensions_mut().insert(ClientIp(ip));
-        req.extensions_mut()
-            .insert(ClientKey(runtime.client_key(ip)));
+        if runtime.keys_clients {
+            req.extensions_mut()
+                .insert(ClientKey(runtime.client_key(ip)));
+        }
         let shared = self.shared.clone();
         let Some(route) = runtime.route(req.uri().path()) else {
             let res = refusal(StatusCode::NOT_FOUND, "no_route", "no route for this path");
             return Box::pin(async move { Ok(res) });
         };
+        if let Some(handler) = route.direct.clone() {
+            // Layers off: the handler's future lives in this allocation.
+            return Box::pin(async move {
+                let mut res = handler.serve(req).await;
+                outbound_hygiene(res.headers_mut());
+                crate::tally::count_response(&shared.tally, &res);
+                Ok(res)
+            });
+        }
         let svc = route.service.clone();
         Box::pin(async move {
             let mut res = match svc.oneshot(req).await {

@@ -31,8 +31,8 @@ use hyper_util::rt::TokioExecutor;
 use parking_lot::Mutex;
 use serde::Serialize;
 use tokio::time::Instant;
-use tower::ServiceBuilder;
 use tower::util::BoxCloneSyncService;
+use tower::{ServiceBuilder, ServiceExt};
 
 use super::config::{UpstreamConfig, UpstreamKind};
 use crate::proto::room_client::RoomClient;
@@ -355,6 +355,9 @@ impl GrpcUpstream {
 pub struct HttpUpstream {
     /// The transport (the floodwall stack over a pooled hyper client).
     pub transport: HttpTransport,
+    /// With the layers off, the pooled client itself: [`send`](Self::send)
+    /// calls it directly (`transport` is then the same call, boxed).
+    direct: Option<Box<Client<HttpConnector, Full<Bytes>>>>,
     base: http::Uri,
     guards: Guards,
 }
@@ -374,29 +377,41 @@ pub const MAX_TRANSITIONS: usize = 64;
 /// one is answered with 502 `upstream_too_large`.
 pub const MAX_UPSTREAM_BODY: usize = 8 << 20;
 
+/// Sends `req` through `client` and collects the answer, capped at
+/// [`MAX_UPSTREAM_BODY`]. The request is handed to the client before the
+/// returned future exists, so the future holds no clone of the client.
+fn send_via(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    req: http::Request<Full<Bytes>>,
+) -> impl Future<Output = Result<http::Response<Bytes>, BoxError>> + Send + use<> {
+    let res = client.request(req);
+    async move {
+        let res = res.await?;
+        let (parts, body) = res.into_parts();
+        // Capped: an oversized answer is a 502, not a memory spike.
+        let bytes = http_body_util::Limited::new(body, MAX_UPSTREAM_BODY)
+            .collect()
+            .await?
+            .to_bytes();
+        Ok::<_, BoxError>(http::Response::from_parts(parts, bytes))
+    }
+}
+
 impl HttpUpstream {
     fn build(name: &str, config: &UpstreamConfig, protected: bool) -> Result<Self, BoxError> {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         let client: Client<HttpConnector, Full<Bytes>> =
             Client::builder(TokioExecutor::new()).build(connector);
-        let send = tower::service_fn(move |req: http::Request<Full<Bytes>>| {
+        let send = {
             let client = client.clone();
-            async move {
-                let res = client.request(req).await?;
-                let (parts, body) = res.into_parts();
-                // Capped: an oversized answer is a 502, not a memory spike.
-                let bytes = http_body_util::Limited::new(body, MAX_UPSTREAM_BODY)
-                    .collect()
-                    .await?
-                    .to_bytes();
-                Ok::<_, BoxError>(http::Response::from_parts(parts, bytes))
-            }
-        });
+            tower::service_fn(move |req: http::Request<Full<Bytes>>| send_via(&client, req))
+        };
         let base = config.url.parse()?;
         if !protected {
             return Ok(Self {
                 transport: BoxCloneSyncService::new(send),
+                direct: Some(Box::new(client)),
                 base,
                 guards: Guards::default(),
             });
@@ -416,9 +431,37 @@ impl HttpUpstream {
         );
         Ok(Self {
             transport,
+            direct: None,
             base,
             guards,
         })
+    }
+
+    /// Sends `req` through the transport and collects the answer. With the
+    /// layers off this calls the pooled client directly: no boxed service
+    /// to clone, no boxed future.
+    pub(crate) async fn send(
+        &self,
+        req: http::Request<Full<Bytes>>,
+    ) -> Result<http::Response<Bytes>, BoxError> {
+        match &self.direct {
+            Some(client) => send_via(client, req).await,
+            None => self.transport.clone().oneshot(req).await,
+        }
+    }
+
+    /// The absolute URI on this upstream of `inbound`'s path and query
+    /// (`/` when it has none), which is moved, not parsed again:
+    /// [`uri`](Self::uri) of its path and query, without the copy.
+    pub(crate) fn uri_of(&self, inbound: http::Uri) -> Result<http::Uri, BoxError> {
+        let mut parts = self.base.clone().into_parts();
+        parts.path_and_query = Some(
+            inbound
+                .into_parts()
+                .path_and_query
+                .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+        );
+        Ok(http::Uri::from_parts(parts)?)
     }
 
     /// The absolute URI of `path_and_query` on this upstream.

@@ -3,8 +3,10 @@
 use super::*;
 
 /// The response future of [`Codel`]: the inner call holding a worker, a
-/// ready refusal, or a wait in the queue followed by the inner call.
-pub type ResponseFuture<S, Req, X> = Gated<Queued<S, Req, X>>;
+/// ready refusal, or a wait in the queue followed by the inner call. The
+/// wait is boxed: a request that runs at once moves a small future, and one
+/// that waits pays one allocation next to its queue slot.
+pub type ResponseFuture<S, Req, X> = Gated<Pin<Box<Queued<S, Req, X>>>>;
 
 /// A request waiting in the queue for a worker; it owns the service and the
 /// request until it gets one, and leaves the queue when dropped.

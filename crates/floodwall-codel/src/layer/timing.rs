@@ -35,10 +35,10 @@ pub struct TimingFromExtensions;
 
 impl<B> TimingOf<http::Request<B>> for TimingFromExtensions {
     fn arrival(&self, req: &http::Request<B>) -> Option<Instant> {
-        req.extensions().get::<Arrival>().map(|a| a.instant())
+        Arrival::of(req.extensions()).map(Arrival::instant)
     }
 
     fn deadline(&self, req: &http::Request<B>) -> Option<Instant> {
-        req.extensions().get::<Deadline>().map(|d| d.instant())
+        Deadline::of(req.extensions()).map(Deadline::instant)
     }
 }
