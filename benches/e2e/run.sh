@@ -14,6 +14,8 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 # shellcheck source=../../scripts/apt-install.sh
 source scripts/apt-install.sh
+# shellcheck source=lib.sh
+source benches/e2e/lib.sh
 command -v wrk >/dev/null || apt_install wrk
 command -v h2load >/dev/null || apt_install nghttp2-client
 command -v taskset >/dev/null || apt_install util-linux
@@ -41,14 +43,8 @@ run_one() {
     # A file of its own: a stale address from the previous server is never read.
     local out="$tmp/srv-$server-$stack-$gen-$round.txt"
     taskset -c "$SERVER_CORE" "$BIN" "$server" "$stack" >"$out" 2>&1 &
-    local pid=$!
-    local addr=""
-    for _ in $(seq 100); do
-        addr=$(sed -n 's/^listening on //p' "$out" 2>/dev/null)
-        [ -n "$addr" ] && break
-        sleep 0.05
-    done
-    [ -n "$addr" ] || { cat "$out" >&2; exit 1; }
+    local pid=$! addr
+    addr=$(listening_on "$out")
     # Warm-up: connections, allocator, keyed-limiter entries.
     taskset -c "$LOAD_CORE" wrk -t1 -c"$CONNS" -d1s "http://$addr/" >/dev/null
     local t0 requests rps p50 p99

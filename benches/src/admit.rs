@@ -380,55 +380,13 @@ pub fn run(case: &str, n: u64) -> Option<Duration> {
         ),
         // The recommended server stack (issue 30's e2e `floodwall` stack):
         // answers, server deadline, per-IP token bucket, CoDel.
-        "server-stack" => drive(
-            tower::ServiceBuilder::new()
-                .layer(floodwall::http::answer::AnswerLayer::new())
-                .layer(
-                    ServerDeadlineLayer::new(ServerDeadlineConfig {
-                        max: Some(Duration::from_secs(2)),
-                        ..ServerDeadlineConfig::default()
-                    })
-                    .unwrap(),
-                )
-                .layer(
-                    TokenBucketLayer::builder(open_quota())
-                        .capacity(100_000)
-                        .build_keyed(|r: &Req| {
-                            r.extensions().get::<std::net::SocketAddr>().map(|a| a.ip())
-                        })
-                        .unwrap(),
-                )
-                .layer(CodelLayer::new(CodelConfig::with_workers(1_024)).unwrap())
-                .service(Respond),
-            n,
-        ),
+        "server-stack" => drive(server_stack(Respond), n),
         // The same stack and the peer stack (issue 30's e2e `peer`:
         // tower_governor per IP, tower's Timeout, LoadShed +
         // ConcurrencyLimit) answering with axum's body, which
         // tower_governor's refusals need; `bare-body` is their baseline.
         "bare-body" => drive(RespondBody, n),
-        "server-stack-body" => drive(
-            tower::ServiceBuilder::new()
-                .layer(floodwall::http::answer::AnswerLayer::new())
-                .layer(
-                    ServerDeadlineLayer::new(ServerDeadlineConfig {
-                        max: Some(Duration::from_secs(2)),
-                        ..ServerDeadlineConfig::default()
-                    })
-                    .unwrap(),
-                )
-                .layer(
-                    TokenBucketLayer::builder(open_quota())
-                        .capacity(100_000)
-                        .build_keyed(|r: &Req| {
-                            r.extensions().get::<std::net::SocketAddr>().map(|a| a.ip())
-                        })
-                        .unwrap(),
-                )
-                .layer(CodelLayer::new(CodelConfig::with_workers(1_024)).unwrap())
-                .service(RespondBody),
-            n,
-        ),
+        "server-stack-body" => drive(server_stack(RespondBody), n),
         "peer-stack" => drive(
             tower::ServiceBuilder::new()
                 .layer(
@@ -449,6 +407,34 @@ pub fn run(case: &str, n: u64) -> Option<Duration> {
         ),
         _ => return None,
     })
+}
+
+/// The recommended server stack (issue 30's e2e `floodwall` stack) over
+/// `inner`: answers, server deadline, per-IP token bucket, CoDel.
+fn server_stack<S, B>(
+    inner: S,
+) -> impl Service<Req, Response = http::Response<B>, Error = std::convert::Infallible>
+where
+    S: Service<Req, Response = http::Response<B>, Error = std::convert::Infallible> + Clone,
+    B: Default,
+{
+    tower::ServiceBuilder::new()
+        .layer(floodwall::http::answer::AnswerLayer::new())
+        .layer(
+            ServerDeadlineLayer::new(ServerDeadlineConfig {
+                max: Some(Duration::from_secs(2)),
+                ..ServerDeadlineConfig::default()
+            })
+            .unwrap(),
+        )
+        .layer(
+            TokenBucketLayer::builder(open_quota())
+                .capacity(100_000)
+                .build_keyed(|r: &Req| r.extensions().get::<std::net::SocketAddr>().map(|a| a.ip()))
+                .unwrap(),
+        )
+        .layer(CodelLayer::new(CodelConfig::with_workers(1_024)).unwrap())
+        .service(inner)
 }
 
 /// [`Respond`] with axum's body.

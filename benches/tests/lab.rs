@@ -94,6 +94,52 @@ fn floodwall_adaptive_limits_hold_goodput_at_5x_with_retrying_clients() {
     }
 }
 
+/// Issue 30, part 4: DAGOR in front of the queue keeps the workers busy
+/// (the lab's full runs: ≥ 96 % from 2× to 10×; 3 s measured here, so a
+/// point of slack) and the classes in order.
+#[test]
+fn dagor_over_the_queue_keeps_the_workers_busy_in_class_order() {
+    let mut scenarios = Vec::new();
+    for retries in [false, true] {
+        for load in [2.0, 10.0] {
+            for stack in [Stack::CodelPriority, Stack::Full] {
+                scenarios.push(Scenario {
+                    stack,
+                    load,
+                    retries,
+                });
+            }
+        }
+    }
+    let rows = run_all(&config(), &scenarios, 2).expect("scenarios build");
+    for row in &rows {
+        assert!(row.goodput() >= 0.95, "{row:?}");
+        for class in 0..3 {
+            assert!(
+                row.class_success(class) + 0.02 >= row.class_success(class + 1),
+                "class {class}: {row:?}"
+            );
+        }
+        assert!(row.class_success(3) < 0.05, "{row:?}");
+    }
+}
+
+/// Issue 30, part 4: with `SystemCpu`'s smoothing (up at once) BBR engages
+/// in time against a sudden 3× (aegis' average: 0 %).
+#[test]
+fn bbr_defaults_engage_in_time_at_3x() {
+    for retries in [false, true] {
+        let scenario = Scenario {
+            stack: Stack::FwBbr,
+            load: 3.0,
+            retries,
+        };
+        let row = run(&config(), scenario).expect("scenario builds");
+        assert!(row.goodput() >= 0.9, "retries {retries}: {row:?}");
+        assert!(row.wasted_fraction() < 0.05, "{row:?}");
+    }
+}
+
 mod tail {
     use std::time::Duration;
 

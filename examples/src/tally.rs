@@ -41,14 +41,7 @@ pub struct TallySnapshot {
     pub failed: u64,
 }
 
-const KINDS: [RejectKind; 6] = [
-    RejectKind::RateLimited,
-    RejectKind::Overloaded,
-    RejectKind::CircuitOpen,
-    RejectKind::Throttled,
-    RejectKind::DeadlineExceeded,
-    RejectKind::Prioritized,
-];
+const KINDS: [RejectKind; 6] = RejectKind::ALL;
 
 fn slot(kind: RejectKind) -> usize {
     KINDS.iter().position(|&k| k == kind).unwrap_or(0)

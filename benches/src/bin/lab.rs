@@ -3,6 +3,8 @@
 //! ```text
 //! cargo run --release -p floodwall-benches --bin lab -- sim [--quick] [--out DIR]
 //! cargo run --release -p floodwall-benches --bin lab -- concurrency [--quick] [--out DIR]
+//! cargo run --release -p floodwall-benches --bin lab -- realtime [--quick] [--write-docs]
+//! cargo run --release -p floodwall-benches --bin lab -- realtime-concurrency [--quick] [--write-docs]
 //! cargo run --release -p floodwall-benches --bin lab -- e2e [--quick] [--only bare|gateway|layers-off]
 //! cargo run --release -p floodwall-benches --bin lab -- redis [--quick]
 //! cargo run --release -p floodwall-benches --bin lab -- tail [--quick]
@@ -20,6 +22,22 @@
 //! limits (every floodwall algorithm, tower-resilience's AIMD and Vegas,
 //! tower's fixed limit) and writes `concurrency.csv`, `concurrency-*.svg`
 //! and `concurrency.md`; its tables add the limit each one kept.
+//!
+//! `sim` and `concurrency` take `--stacks a,b,…` (names as in the tables)
+//! and `--loads 0.5,2,…` (multiples of capacity) to run fewer scenarios.
+//!
+//! `realtime` runs the stacks of `sim` (and `realtime-concurrency` those of
+//! `concurrency`) in real time, the network hop a real HTTP/1.1 connection
+//! over loopback (see `floodwall_benches::lab::realtime`), at 0.5× to 10×
+//! capacity, without and with client retries, one scenario at a time: short
+//! runs (2 s of warm-up, 3 s measured; the DAGOR stacks above capacity
+//! warm up until their admission level can have settled, 10–35 s), about
+//! 13 and 10 minutes. `--quick`: 1 s of warm-up and 2 s measured for every
+//! scenario, about 5 and 6 minutes. They take `--stacks` and `--loads`
+//! too, and write `realtime.csv`, `realtime-*.svg` and `realtime.md` (or
+//! `realtime-concurrency.*`) under `DIR`; with `--write-docs`, also the
+//! plots under `docs/img/lab/` and the `realtime` (or
+//! `realtime-concurrency`) region of docs/performance.md.
 //!
 //! `e2e` compares, in real time over loopback, the reference gateway with
 //! every layer on, the same gateway with its layers off, a bare hyper proxy
@@ -48,10 +66,15 @@ use std::time::Instant;
 
 use floodwall_benches::lab::e2e::{E2eConfig, Proxy, compare, table as e2e_table};
 use floodwall_benches::lab::redis::RedisLabConfig;
-use floodwall_benches::lab::{Row, Scenario, SimConfig, Stack, docs, report, run_all};
+use floodwall_benches::lab::{
+    RealtimeConfig, Row, Scenario, SimConfig, Stack, docs, plot, realtime, report, run_all,
+};
 
 /// Offered loads, as multiples of capacity.
 const LOADS: [f64; 7] = [0.5, 1.0, 2.0, 3.0, 5.0, 7.0, 10.0];
+
+/// Offered loads of the real-time runs, as multiples of capacity.
+const REALTIME_LOADS: [f64; 6] = [0.5, 1.0, 2.0, 3.0, 5.0, 10.0];
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
@@ -60,6 +83,9 @@ struct Args {
     quick: bool,
     out: PathBuf,
     only: Option<Proxy>,
+    stacks: Option<Vec<Stack>>,
+    loads: Option<Vec<f64>>,
+    write_docs: bool,
 }
 
 fn parse() -> Result<Args, Error> {
@@ -70,6 +96,9 @@ fn parse() -> Result<Args, Error> {
         quick: false,
         out: PathBuf::from("target/lab"),
         only: None,
+        stacks: None,
+        loads: None,
+        write_docs: false,
     };
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -81,10 +110,52 @@ fn parse() -> Result<Args, Error> {
                     format!("--only {name:?}: expected bare, gateway or layers-off")
                 })?);
             }
+            "--stacks" => {
+                let list = args
+                    .next()
+                    .ok_or("--stacks needs a list: tower-shed,fw-full,…")?;
+                let stacks = list
+                    .split(',')
+                    .map(|name| {
+                        Stack::from_name(name.trim())
+                            .ok_or_else(|| format!("--stacks: no stack named {name:?}"))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                parsed.stacks = Some(stacks);
+            }
+            "--loads" => {
+                let list = args.next().ok_or("--loads needs a list: 0.5,2,10")?;
+                let loads = list
+                    .split(',')
+                    .map(|load| match load.trim().parse::<f64>() {
+                        Ok(x) if x.is_finite() && x > 0.0 => Ok(x),
+                        _ => Err(format!("--loads: {load:?} is not a positive number")),
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                parsed.loads = Some(loads);
+            }
+            "--write-docs" => parsed.write_docs = true,
             other => return Err(format!("unknown argument {other:?} (try `lab help`)").into()),
         }
     }
     Ok(parsed)
+}
+
+/// Every stack of `stacks` at every load of `loads`, without then with
+/// client retries.
+fn scenarios(stacks: &[Stack], loads: &[f64]) -> Vec<Scenario> {
+    [false, true]
+        .into_iter()
+        .flat_map(move |retries| {
+            stacks.iter().flat_map(move |&stack| {
+                loads.iter().map(move |&load| Scenario {
+                    stack,
+                    load,
+                    retries,
+                })
+            })
+        })
+        .collect()
 }
 
 fn write(path: &Path, contents: &str) -> Result<(), Error> {
@@ -107,18 +178,10 @@ fn lab(
     if args.quick {
         config.measure = std::time::Duration::from_secs(2);
     }
-    let scenarios: Vec<Scenario> = [false, true]
-        .into_iter()
-        .flat_map(|retries| {
-            stacks.iter().flat_map(move |&stack| {
-                LOADS.into_iter().map(move |load| Scenario {
-                    stack,
-                    load,
-                    retries,
-                })
-            })
-        })
-        .collect();
+    let scenarios = scenarios(
+        args.stacks.as_deref().unwrap_or(stacks),
+        args.loads.as_deref().unwrap_or(&LOADS),
+    );
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let started = Instant::now();
     eprintln!(
@@ -142,32 +205,62 @@ fn lab(
     };
     write(&args.out.join(format!("{stem}.csv")), &report::csv(&rows))?;
     for (name, chart) in report::charts(&rows, prefix) {
-        write(
-            &args.out.join(format!("{name}.svg")),
-            &floodwall_benches::lab::plot::svg(&chart),
-        )?;
+        write(&args.out.join(format!("{name}.svg")), &plot::svg(&chart))?;
     }
-    let mut md = String::new();
-    for (retries, what) in [(false, "no retries"), (true, "clients retrying")] {
-        md.push_str(&tables(&rows, retries, what));
-    }
+    let md = tables_md(&rows, &tables);
     write(&args.out.join(format!("{stem}.md")), &md)?;
     eprintln!("lab: wrote {}", args.out.display());
     Ok((config, rows, md))
 }
 
-/// Every stack of the main comparison.
-fn sim(args: &Args) -> Result<(SimConfig, Vec<Row>, String), Error> {
-    lab(args, &Stack::ALL, "", |rows, retries, what| {
-        let mut md = format!("\nGoodput, % of capacity ({what}):\n\n");
-        md.push_str(&report::goodput_table(rows, retries));
-        md.push_str(&format!("\np99 latency of successes, ms ({what}):\n\n"));
-        md.push_str(&report::latency_table(rows, retries));
-        for load in [2.0, 5.0] {
+/// `tables` without and with client retries.
+fn tables_md(rows: &[Row], tables: &impl Fn(&[Row], bool, &str) -> String) -> String {
+    let mut md = String::new();
+    for (retries, what) in [(false, "no retries"), (true, "clients retrying")] {
+        md.push_str(&tables(rows, retries, what));
+    }
+    md
+}
+
+/// The main comparison's tables: goodput and p99 latency per stack and
+/// load, and every metric of every stack at each load of `detail` that was
+/// run.
+fn overload_tables(rows: &[Row], retries: bool, what: &str, detail: &[f64]) -> String {
+    let mut md = format!("\nGoodput, % of capacity ({what}):\n\n");
+    md.push_str(&report::goodput_table(rows, retries));
+    md.push_str(&format!("\np99 latency of successes, ms ({what}):\n\n"));
+    md.push_str(&report::latency_table(rows, retries));
+    for &load in detail {
+        if rows.iter().any(|r| r.scenario.load == load) {
             md.push_str(&format!("\nAt {load}× capacity ({what}):\n\n"));
             md.push_str(&report::detail_table(rows, load, retries));
         }
-        md
+    }
+    md
+}
+
+/// The adaptive limits' tables: goodput, p99 latency and the limit kept per
+/// stack and load, and every metric at 5× capacity.
+fn concurrency_tables(rows: &[Row], retries: bool, what: &str) -> String {
+    let mut md = format!("\nGoodput, % of capacity ({what}):\n\n");
+    md.push_str(&report::goodput_table(rows, retries));
+    md.push_str(&format!("\np99 latency of successes, ms ({what}):\n\n"));
+    md.push_str(&report::latency_table(rows, retries));
+    md.push_str(&format!(
+        "\nThe limit over the measured time, mean (min–max) ({what}):\n\n"
+    ));
+    md.push_str(&report::limit_table(rows, retries));
+    if rows.iter().any(|r| r.scenario.load == 5.0) {
+        md.push_str(&format!("\nAt 5× capacity ({what}):\n\n"));
+        md.push_str(&report::detail_table(rows, 5.0, retries));
+    }
+    md
+}
+
+/// Every stack of the main comparison.
+fn sim(args: &Args) -> Result<(SimConfig, Vec<Row>, String), Error> {
+    lab(args, &Stack::ALL, "", |rows, retries, what| {
+        overload_tables(rows, retries, what, &[2.0, 5.0])
     })
 }
 
@@ -177,20 +270,170 @@ fn concurrency(args: &Args) -> Result<(SimConfig, Vec<Row>, String), Error> {
         args,
         &Stack::CONCURRENCY,
         "concurrency-",
-        |rows, retries, what| {
-            let mut md = format!("\nGoodput, % of capacity ({what}):\n\n");
-            md.push_str(&report::goodput_table(rows, retries));
-            md.push_str(&format!("\np99 latency of successes, ms ({what}):\n\n"));
-            md.push_str(&report::latency_table(rows, retries));
-            md.push_str(&format!(
-                "\nThe limit over the measured time, mean (min–max) ({what}):\n\n"
-            ));
-            md.push_str(&report::limit_table(rows, retries));
-            md.push_str(&format!("\nAt 5× capacity ({what}):\n\n"));
-            md.push_str(&report::detail_table(rows, 5.0, retries));
-            md
-        },
+        concurrency_tables,
     )
+}
+
+/// Runs every stack of `stacks` (or `--stacks`) at every real-time load (or
+/// `--loads`), without and with client retries, in real time over
+/// loopback, one scenario at a time; writes `{stem}.csv`, the
+/// `{stem}-*.svg` charts and `{stem}.md` under `--out`, and with
+/// `--write-docs` the charts under `docs/img/lab/` and the `{stem}` region
+/// of docs/performance.md. Returns the Markdown tables.
+fn realtime_lab(
+    args: &Args,
+    stacks: &[Stack],
+    stem: &str,
+    tables: impl Fn(&[Row], bool, &str) -> String,
+) -> Result<String, Error> {
+    let config = if args.quick {
+        RealtimeConfig::quick()
+    } else {
+        RealtimeConfig::default()
+    };
+    let stacks = args.stacks.as_deref().unwrap_or(stacks);
+    let loads = args.loads.as_deref().unwrap_or(&REALTIME_LOADS);
+    let scenarios = scenarios(stacks, loads);
+    let planned: std::time::Duration = scenarios.iter().map(|&sc| config.length(sc)).sum();
+    let sim = &config.sim;
+    eprintln!(
+        "lab {stem}: {} scenarios in real time over loopback, about {:.1} min: capacity {:.0}/s ({} workers × {:?}), deadline {:?}, {:?} warm-up{} + {:?} measured, seed {}",
+        scenarios.len(),
+        planned.as_secs_f64() / 60.0,
+        sim.capacity(),
+        sim.workers,
+        sim.service_time,
+        sim.deadline,
+        sim.warmup,
+        if config.settle_dagor {
+            " (DAGOR stacks above capacity: until their level can have settled)"
+        } else {
+            ""
+        },
+        sim.measure,
+        sim.seed
+    );
+    let started = Instant::now();
+    let mut rows = Vec::with_capacity(scenarios.len());
+    for (i, &sc) in scenarios.iter().enumerate() {
+        let row = realtime::run(&config, sc)?;
+        eprintln!(
+            "lab {stem}: {}/{} {} at {}×{}: goodput {:.1} %, p99 {:.0} ms, classes {}",
+            i + 1,
+            scenarios.len(),
+            sc.stack,
+            sc.load,
+            if sc.retries { ", clients retrying" } else { "" },
+            row.goodput() * 100.0,
+            row.latency.quantile(0.99).as_secs_f64() * 1e3,
+            (0..row.classes.len())
+                .map(|c| format!("{:.0} %", row.class_success(c) * 100.0))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        rows.push(row);
+    }
+    eprintln!(
+        "lab {stem}: ran in {:.1} min",
+        started.elapsed().as_secs_f64() / 60.0
+    );
+
+    let prefix = format!("{stem}-");
+    let mut charts = report::charts(&rows, &prefix);
+    for (_, chart) in &mut charts {
+        chart.title.push_str(", real time");
+    }
+    for (name, chart) in &charts {
+        write(&args.out.join(format!("{name}.svg")), &plot::svg(chart))?;
+    }
+    write(&args.out.join(format!("{stem}.csv")), &report::csv(&rows))?;
+    let md = tables_md(&rows, &tables);
+    write(&args.out.join(format!("{stem}.md")), &md)?;
+    eprintln!("lab {stem}: wrote {}", args.out.display());
+
+    if args.write_docs {
+        let root = root();
+        let img = root.join("docs/img/lab");
+        for (name, chart) in &charts {
+            write(&img.join(format!("{name}.svg")), &plot::svg(chart))?;
+        }
+        let doc_path = root.join("docs/performance.md");
+        let doc = std::fs::read_to_string(&doc_path)?;
+        let text = realtime_docs(&config, stacks, loads, &scenarios, &prefix, &md);
+        std::fs::write(&doc_path, docs::replace_region(&doc, stem, &text)?)?;
+        eprintln!(
+            "lab {stem}: rewrote the {stem} region of {} and its plots under {}",
+            doc_path.display(),
+            img.display()
+        );
+    }
+    Ok(md)
+}
+
+/// The `realtime` (or `realtime-concurrency`) region of docs/performance.md:
+/// the machine, the configuration, the stacks, the plots and the tables.
+fn realtime_docs(
+    config: &RealtimeConfig,
+    stacks: &[Stack],
+    loads: &[f64],
+    scenarios: &[Scenario],
+    prefix: &str,
+    md: &str,
+) -> String {
+    let sim = &config.sim;
+    let settling: Vec<std::time::Duration> = scenarios
+        .iter()
+        .map(|&sc| config.warmup(sc))
+        .filter(|&w| w > sim.warmup)
+        .collect();
+    let dagor = match (settling.iter().min(), settling.iter().max()) {
+        (Some(lo), Some(hi)) => format!(
+            " (the stacks with DAGOR admission above capacity: {:.0}–{:.0} s, until their admission \
+             level can have settled from admitting everything)",
+            lo.as_secs_f64(),
+            hi.as_secs_f64()
+        ),
+        _ => String::new(),
+    };
+    let mut text = format!(
+        "Run on: {} Real time: the server stack behind a hyper HTTP/1.1 server on 127.0.0.1, on its own thread and \
+         current-thread runtime; the clients and the open-loop generator on another, sending headers-only requests \
+         through a pooled hyper-util client (a client that gives up closes its connection, and the server drops the \
+         request). Server and clients as in virtual time: {} workers × {:?} ± {:.0} % (capacity {:.0} requests/s), \
+         uninterruptible; Poisson arrivals, {} business classes in equal shares, deadline {:?}; with retries, naive \
+         clients retry at once up to {} attempts in all, each timing out after {:?}; seed {}. {:?} of warm-up{}, then \
+         {:?} measured, one scenario at a time. Offered loads {}× capacity. The numbers vary from run to run.\n\n\
+         | stack | what it is |\n|---|---|\n",
+        docs::machine(),
+        sim.workers,
+        sim.service_time,
+        sim.jitter * 100.0,
+        sim.capacity(),
+        sim.classes,
+        sim.deadline,
+        sim.max_attempts,
+        sim.try_timeout,
+        sim.seed,
+        sim.warmup,
+        dagor,
+        sim.measure,
+        loads
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("×, ")
+    );
+    for stack in stacks {
+        text.push_str(&format!("| `{}` | {} |\n", stack.name(), stack.describe()));
+    }
+    text.push_str(&format!(
+        "\n![Goodput vs offered load, real time](img/lab/{prefix}goodput.svg)\n\n\
+         ![Goodput vs offered load, clients retrying, real time](img/lab/{prefix}goodput-retries.svg)\n\n\
+         ![p99 latency vs offered load, real time](img/lab/{prefix}latency.svg)\n\n\
+         ![p99 latency vs offered load, clients retrying, real time](img/lab/{prefix}latency-retries.svg)\n"
+    ));
+    text.push_str(md);
+    text
 }
 
 fn e2e(args: &Args) -> Result<String, Error> {
@@ -291,7 +534,22 @@ fn report(args: &Args) -> Result<(), Error> {
     // Criterion first: fail fast if its results are missing.
     let medians = docs::criterion_medians(&target.join("criterion"));
     doc = docs::fill_bench_tables(&doc, &medians)?;
+    doc = overload_regions(args, &doc)?;
+    let e2e_md = e2e(args)?;
+    doc = docs::replace_region(&doc, "e2e", &e2e_md)?;
+    let redis_md = redis(args)?;
+    doc = docs::replace_region(&doc, "redis", &redis_md)?;
+    doc = docs::replace_region(&doc, "machine", &docs::machine())?;
+    std::fs::write(&doc_path, doc)?;
+    eprintln!("lab: rewrote {}", doc_path.display());
+    Ok(())
+}
 
+/// The virtual-time lab's regions of docs/performance.md (`overload`,
+/// `concurrency`) and their plots under docs/img/lab, from fresh runs.
+fn overload_regions(args: &Args, doc: &str) -> Result<String, Error> {
+    let root = root();
+    let mut doc = doc.to_owned();
     let (config, rows, md) = sim(args)?;
     let (_, concurrency_rows, concurrency_md) = concurrency(args)?;
     let img = root.join("docs/img/lab");
@@ -351,14 +609,19 @@ fn report(args: &Args) -> Result<(), Error> {
     );
     adaptive.push_str(&concurrency_md);
     doc = docs::replace_region(&doc, "concurrency", &adaptive)?;
+    Ok(doc)
+}
 
-    let e2e_md = e2e(args)?;
-    doc = docs::replace_region(&doc, "e2e", &e2e_md)?;
-    let redis_md = redis(args)?;
-    doc = docs::replace_region(&doc, "redis", &redis_md)?;
-    doc = docs::replace_region(&doc, "machine", &docs::machine())?;
-    std::fs::write(&doc_path, doc)?;
-    eprintln!("lab: rewrote {}", doc_path.display());
+/// `lab overload-docs`: only the virtual-time lab's regions and plots of
+/// docs/performance.md (no criterion, e2e or Redis runs).
+fn overload_docs(args: &Args) -> Result<(), Error> {
+    let doc_path = root().join("docs/performance.md");
+    let doc = std::fs::read_to_string(&doc_path)?;
+    std::fs::write(&doc_path, overload_regions(args, &doc)?)?;
+    eprintln!(
+        "lab: rewrote the overload and concurrency regions of {}",
+        doc_path.display()
+    );
     Ok(())
 }
 
@@ -451,17 +714,42 @@ fn hotkey(args: &Args) -> Result<String, Error> {
 fn main() {
     let result = parse().and_then(|args| match args.command.as_str() {
         _ if args.only.is_some() && args.command != "e2e" => Err("--only applies to e2e".into()),
+        _ if args.write_docs && !args.command.starts_with("realtime") => {
+            Err("--write-docs applies to realtime and realtime-concurrency (report rewrites the rest)".into())
+        }
+        _ if (args.stacks.is_some() || args.loads.is_some())
+            && !matches!(
+                args.command.as_str(),
+                "sim" | "concurrency" | "realtime" | "realtime-concurrency"
+            ) =>
+        {
+            Err("--stacks and --loads apply to sim, concurrency, realtime and realtime-concurrency".into())
+        }
         "sim" => sim(&args).map(|(_, _, md)| println!("{md}")),
         "concurrency" => concurrency(&args).map(|(_, _, md)| println!("{md}")),
+        "realtime" => realtime_lab(&args, &Stack::ALL, "realtime", |rows, retries, what| {
+            overload_tables(rows, retries, what, &[2.0, 5.0, 10.0])
+        })
+        .map(|md| println!("{md}")),
+        "realtime-concurrency" => realtime_lab(
+            &args,
+            &Stack::CONCURRENCY,
+            "realtime-concurrency",
+            concurrency_tables,
+        )
+        .map(|md| println!("{md}")),
         "e2e" => e2e(&args).map(|md| println!("{md}")),
         "redis" => redis(&args).map(|md| println!("{md}")),
         "tail" => tail(&args).map(|md| println!("{md}")),
         "hotkey" => hotkey(&args).map(|md| println!("{md}")),
         "tables" => tables(),
         "report" => report(&args),
+        "overload-docs" => overload_docs(&args),
         "help" | "--help" | "-h" => {
             println!(
-                "usage: lab (sim | concurrency | e2e | redis | tail | hotkey | tables | report) [--quick] [--out DIR]\n       \
+                "usage: lab (sim | concurrency | e2e | redis | tail | hotkey | tables | overload-docs | report | realtime | realtime-concurrency) [--quick] [--out DIR]\n       \
+                 lab (sim | concurrency) [--quick] [--out DIR] [--stacks a,b,…] [--loads 0.5,2,…]\n       \
+                 lab (realtime | realtime-concurrency) [--quick] [--out DIR] [--stacks a,b,…] [--loads 0.5,2,…] [--write-docs]\n       \
                  lab e2e [--quick] --only (bare | gateway | layers-off)"
             );
             Ok(())

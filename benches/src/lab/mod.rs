@@ -3,7 +3,8 @@
 //! their CSV, SVG and Markdown outputs.
 //!
 //! `cargo run --release -p floodwall-benches --bin lab -- sim` runs every
-//! scenario; docs/performance.md explains the model and the results.
+//! scenario; `-- realtime` runs them in real time over loopback
+//! ([`realtime`]); docs/performance.md explains the model and the results.
 
 pub mod docs;
 pub mod e2e;
@@ -11,6 +12,7 @@ pub mod hist;
 pub mod hotkey;
 pub mod load;
 pub mod plot;
+pub mod realtime;
 pub mod redis;
 pub mod report;
 pub mod sim;
@@ -18,4 +20,5 @@ pub mod tail;
 
 pub use hist::Histogram;
 pub use load::{Arrivals, open_loop};
+pub use realtime::RealtimeConfig;
 pub use sim::{LimitStats, Row, Scenario, SimConfig, Stack, run, run_all};

@@ -17,7 +17,9 @@
 //! stack needs downstream (deadline, priority) must travel on the wire.
 //!
 //! Each run builds a fresh paused current-thread runtime: the same
-//! configuration and seed give the same numbers.
+//! configuration and seed give the same numbers. The same scenarios also
+//! run in real time, the hop a real HTTP/1.1 connection over loopback
+//! ([`realtime`](super::realtime)).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -54,6 +56,7 @@ use tower_resilience_bulkhead::{BulkheadLayer, BulkheadServiceError};
 
 use super::hist::Histogram;
 use super::load::{Arrivals, open_loop};
+use super::realtime::Remote;
 
 /// The simulated server and the clients' behaviour.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -127,8 +130,9 @@ pub enum Stack {
     Adaptive,
     /// floodwall's CoDel + adaptive LIFO queue (Fail at Scale defaults).
     Codel,
-    /// floodwall's DAGOR admission over its queue (FIFO, Fail-at-Scale
-    /// timeouts with M = 50 ms, see [`Stack::describe`]), the queue's
+    /// floodwall's DAGOR admission over its queue (FIFO, at most 2.5 ×
+    /// workers waiting, Fail-at-Scale timeouts with M = 50 ms; DAGOR's
+    /// threshold two service times: `dagor_sizing` in the source), the queue's
     /// sojourns feeding the admission control.
     CodelPriority,
     /// Everything: clients with deadline propagation, collaborative
@@ -150,7 +154,8 @@ pub enum Stack {
     /// floodwall's adaptive limit, Envoy's gradient controller (defaults).
     FwEnvoy,
     /// floodwall's adaptive limit, the aegis BBR limiter, the workers' busy
-    /// fraction standing for the CPU usage, smoothed as aegis smooths it.
+    /// fraction standing for the CPU usage, smoothed as `SystemCpu` smooths
+    /// it (at once upward, aegis' EMA downward).
     FwBbr,
     /// As [`Stack::FwBbr`], the busy fraction of the last 500 ms unsmoothed.
     FwBbrFast,
@@ -228,7 +233,7 @@ impl Stack {
                 "floodwall adaptive limit: Envoy gradient controller (Envoy defaults)"
             }
             Stack::FwBbr => {
-                "floodwall adaptive limit: aegis BBR; CPU usage = the workers' busy fraction per 500 ms, EMA 0.95 (aegis)"
+                "floodwall adaptive limit: aegis BBR; CPU usage = the workers' busy fraction per 500 ms, up at once, down by EMA 0.95 (SystemCpu)"
             }
             Stack::FwBbrFast => {
                 "floodwall adaptive limit: aegis BBR; CPU usage = the workers' busy fraction of the last 500 ms"
@@ -422,11 +427,15 @@ pub fn run_all(
         .collect()
 }
 
-type Svc = BoxCloneService<Request<()>, Response<()>, BoxError>;
+/// A server stack: the simulated server behind the layers of a [`Stack`].
+pub(super) type Svc = BoxCloneService<Request<()>, Response<()>, BoxError>;
+
+/// What the network hop answers with.
+pub(super) type HopFuture = Pin<Box<dyn Future<Output = Result<Response<()>, BoxError>> + Send>>;
 
 /// What the server and the hop count, for work started in the window.
 #[derive(Debug)]
-struct Counters {
+pub(super) struct Counters {
     from: Instant,
     to: Instant,
     attempts: AtomicU64,
@@ -435,6 +444,19 @@ struct Counters {
 }
 
 impl Counters {
+    /// Counters for a run that starts at `t0`: its window is the measured
+    /// time after the warm-up.
+    pub(super) fn starting(t0: Instant, config: &SimConfig) -> Arc<Self> {
+        let from = t0 + config.warmup;
+        Arc::new(Self {
+            from,
+            to: from + config.measure,
+            attempts: AtomicU64::new(0),
+            busy_ns: AtomicU64::new(0),
+            wasted_ns: AtomicU64::new(0),
+        })
+    }
+
     fn in_window(&self, t: Instant) -> bool {
         t >= self.from && t < self.to
     }
@@ -442,7 +464,7 @@ impl Counters {
 
 /// A refusal by a third-party layer, with the reason it stands for.
 #[derive(Debug)]
-struct Shed(&'static str);
+pub(super) struct Shed(pub(super) &'static str);
 
 impl fmt::Display for Shed {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -453,7 +475,7 @@ impl fmt::Display for Shed {
 impl std::error::Error for Shed {}
 
 /// The reason an attempt failed.
-fn reason(err: &BoxError) -> &'static str {
+pub(super) fn reason(err: &BoxError) -> &'static str {
     if let Some(r) = Rejected::find(&**err) {
         return r.kind().as_str();
     }
@@ -468,11 +490,23 @@ fn reason(err: &BoxError) -> &'static str {
 
 /// The simulated server: a pool of workers that cannot be interrupted.
 #[derive(Clone)]
-struct Server {
+pub(super) struct Server {
     pool: Arc<Semaphore>,
     rng: Arc<SplitMix>,
     counters: Arc<Counters>,
     config: SimConfig,
+}
+
+impl Server {
+    /// An idle server of `config`'s workers, counting into `counters`.
+    pub(super) fn new(config: SimConfig, counters: Arc<Counters>) -> Self {
+        Self {
+            pool: Arc::new(Semaphore::new(config.workers)),
+            rng: Arc::new(SplitMix::new(config.seed ^ 0x5e7)),
+            counters,
+            config,
+        }
+    }
 }
 
 impl Service<Request<()>> for Server {
@@ -485,7 +519,7 @@ impl Service<Request<()>> for Server {
     }
 
     fn call(&mut self, req: Request<()>) -> Self::Future {
-        let deadline = req.extensions().get::<Deadline>().copied();
+        let deadline = Deadline::of(req.extensions());
         let draw = (self.rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
         let c = &self.config;
         let work = c.service_time.mul_f64(1.0 + c.jitter * (2.0 * draw - 1.0));
@@ -517,17 +551,31 @@ impl Service<Request<()>> for Server {
 /// The network: only the headers cross it.
 #[derive(Clone)]
 struct Hop {
-    inner: Svc,
+    link: Link,
     counters: Arc<Counters>,
+}
+
+/// What carries a request from the clients to the server stack.
+#[derive(Clone)]
+pub(super) enum Link {
+    /// The server stack itself, on the clients' runtime (virtual time).
+    InProcess(Svc),
+    /// An HTTP/1.1 connection over loopback to the server stack on its own
+    /// thread (real time).
+    Loopback(Arc<Remote>),
 }
 
 impl Service<Request<()>> for Hop {
     type Response = Response<()>;
     type Error = BoxError;
-    type Future = <Svc as Service<Request<()>>>::Future;
+    type Future = HopFuture;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.inner.poll_ready(cx)
+        match &mut self.link {
+            Link::InProcess(inner) => inner.poll_ready(cx),
+            // The server stack's readiness is on the other side of the wire.
+            Link::Loopback(_) => Poll::Ready(Ok(())),
+        }
     }
 
     fn call(&mut self, req: Request<()>) -> Self::Future {
@@ -535,24 +583,56 @@ impl Service<Request<()>> for Hop {
             self.counters.attempts.fetch_add(1, Relaxed);
         }
         let (parts, ()) = req.into_parts();
-        let mut wire = Request::new(());
-        *wire.headers_mut() = parts.headers;
-        self.inner.call(wire)
+        match &mut self.link {
+            Link::InProcess(inner) => {
+                let mut wire = Request::new(());
+                *wire.headers_mut() = parts.headers;
+                inner.call(wire)
+            }
+            Link::Loopback(remote) => remote.send(parts.headers),
+        }
     }
 }
 
 /// The queue timeout under congestion (Fail-at-Scale M) when DAGOR admission
-/// sits in front of the queue: well above DAGOR's 20 ms overload threshold.
-/// With the default M = 5 ms (and LIFO, which serves the newest first) no
-/// served request ever waits 20 ms, so DAGOR never sees overload and sheds
-/// nothing by priority; the queue sheds at random instead.
+/// sits in front of the queue: above DAGOR's overload threshold. With the
+/// default M = 5 ms (and LIFO, which serves the newest first) no served
+/// request ever waits 20 ms, so DAGOR never sees overload and sheds
+/// nothing by priority; the queue sheds at random instead. With the queue
+/// bounded by [`dagor_sizing`] this timeout rarely binds.
 const DAGOR_QUEUE_TARGET: Duration = Duration::from_millis(50);
+
+/// DAGOR's threshold and the queue's bound when DAGOR sits in front of the
+/// queue (issue 30, part 4).
+///
+/// DAGOR cuts the admitted load by α = 5 % after an overloaded window and
+/// gives back β·N (2 % of capacity at 2×) per calm one, so its level is a
+/// sawtooth: the server keeps its workers busy only if the *bottom* of the
+/// sawtooth is still at or above capacity, i.e. if a window counts as
+/// overloaded only once the admitted load is ≥ 1/(1 − α) ≈ 1.05 × capacity.
+/// Then the queue has to absorb the overshoot, and refuse it at once: a
+/// request that times out after waiting comes back at once from a naive
+/// client and keeps the queue pinned (a retry storm DAGOR answers with a
+/// second and third cut).
+///
+/// So: the queue holds at most 2.5 × workers requests (2.5 service times of
+/// work, 50 ms here) and refuses the rest on arrival; DAGOR's threshold is
+/// 0.8 of that, two service times (40 ms here): with Poisson arrivals a
+/// FIFO over 8 workers already averages 20 ms of waiting at ≈ 0.99 of
+/// capacity (where it idles ≈ 3 % of the time), so DAGOR's default 20 ms
+/// held the level below capacity. This threshold is a deployment choice,
+/// not DAGOR's default: it is one service time deep on this small server.
+fn dagor_sizing(config: &SimConfig) -> (Duration, usize) {
+    let max_queue = (config.workers * 5).div_ceil(2);
+    let threshold = config.service_time * 2;
+    (threshold, max_queue)
+}
 
 /// The Fail-at-Scale N: the bulkhead's wait bound, for a like comparison.
 const QUEUE_BOUND: Duration = Duration::from_millis(100);
 
 /// Reads a stack's adaptive concurrency limit.
-type LimitProbe = Arc<dyn Fn() -> u32 + Send + Sync>;
+pub(super) type LimitProbe = Arc<dyn Fn() -> u32 + Send + Sync>;
 
 /// tower-resilience's adaptive limiter under `LoadShed` (it waits for a
 /// permit in `poll_ready`), its algorithm kept to read the limit.
@@ -587,9 +667,14 @@ fn fw_adaptive<A: fwc::Algorithm>(algorithm: A, server: Server) -> (Svc, Option<
 
 /// The lab's stand-in for a CPU usage: the busy fraction of the server's
 /// workers, averaged over each 500 ms (as a CPU usage is the CPU time of an
-/// interval over its length; read every 10 ms here) and smoothed as
-/// aegis smooths the CPU: `usage = usage × decay + average × (1 − decay)`.
-fn busy_fraction(pool: Arc<Semaphore>, workers: usize, decay: f64) -> impl fwc::cpu::CpuUsage {
+/// interval over its length; read every 10 ms here) and smoothed by
+/// `smooth(previous, average)` (`None` before the first average):
+/// [`fwc::cpu::smooth`] is what `SystemCpu` does.
+fn busy_fraction(
+    pool: Arc<Semaphore>,
+    workers: usize,
+    smooth: fn(Option<f64>, f64) -> f64,
+) -> impl fwc::cpu::CpuUsage {
     const READS: u32 = 50;
     let usage = Arc::new(AtomicU64::new(0f64.to_bits()));
     let smoothed = usage.clone();
@@ -597,12 +682,13 @@ fn busy_fraction(pool: Arc<Semaphore>, workers: usize, decay: f64) -> impl fwc::
         let period = fwc::cpu::SAMPLE_INTERVAL / READS;
         let mut tick = tokio::time::interval(period);
         let mut sum = 0.0;
+        let mut last = None;
         for n in 1.. {
             tick.tick().await;
             sum += 1.0 - pool.available_permits() as f64 / workers as f64;
             if n % READS == 0 {
-                let old = f64::from_bits(smoothed.load(Relaxed));
-                let new = old * decay + sum / f64::from(READS) * (1.0 - decay);
+                let new = smooth(last, sum / f64::from(READS));
+                last = Some(new);
                 smoothed.store(new.to_bits(), Relaxed);
                 sum = 0.0;
             }
@@ -621,7 +707,7 @@ fn windowed<A: fwc::Algorithm>(algorithm: A) -> Result<fwc::Windowed<A>, BoxErro
 
 /// The server behind `stack`, and how to read its adaptive limit if it
 /// has one.
-fn server_stack(
+pub(super) fn server_stack(
     config: &SimConfig,
     stack: Stack,
     server: Server,
@@ -708,25 +794,29 @@ fn server_stack(
             return Ok(fw_adaptive(envoy, server));
         }
         Stack::FwBbr | Stack::FwBbrFast => {
-            let decay = if stack == Stack::FwBbr {
-                fwc::cpu::DECAY
+            let smooth: fn(Option<f64>, f64) -> f64 = if stack == Stack::FwBbr {
+                fwc::cpu::smooth
             } else {
-                0.0
+                |_, sample| sample
             };
-            let cpu = busy_fraction(server.pool.clone(), workers, decay);
+            let cpu = busy_fraction(server.pool.clone(), workers, smooth);
             let bbr = fwc::Bbr::with_cpu(fwc::BbrConfig::default(), cpu)?;
             return Ok(fw_adaptive(bbr, server));
         }
         Stack::Codel => BoxCloneService::new(codel().build()?.layer(server)),
         Stack::CodelPriority | Stack::Full => {
-            let admit = AdmissionLayer::builder(AdmissionConfig::default())
-                .trust_inbound(true)
-                .queuing(Queuing::Reported)
-                .build()?;
+            let (threshold, max_queue) = dagor_sizing(config);
+            let admit = AdmissionLayer::builder(AdmissionConfig {
+                threshold,
+                ..AdmissionConfig::default()
+            })
+            .trust_inbound(true)
+            .queuing(Queuing::Reported)
+            .build()?;
             let reporter = admit.handle();
             let queue = CodelLayer::builder(CodelConfig {
                 workers,
-                max_queue: workers * 64,
+                max_queue,
                 policy: Policy::FailAtScale {
                     target: DAGOR_QUEUE_TARGET,
                     interval: Duration::from_millis(100),
@@ -782,7 +872,7 @@ impl Call {
     fn extended(self) -> Request<()> {
         let mut req = Request::new(());
         req.extensions_mut().insert(self.priority);
-        req.extensions_mut().insert(self.deadline);
+        Deadline::set(req.extensions_mut(), self.deadline);
         req
     }
 }
@@ -879,25 +969,26 @@ impl Client {
 }
 
 async fn simulate(config: SimConfig, scenario: Scenario) -> Result<Row, BoxError> {
-    let t0 = Instant::now();
-    let from = t0 + config.warmup;
-    let to = from + config.measure;
-    let counters = Arc::new(Counters {
-        from,
-        to,
-        attempts: AtomicU64::new(0),
-        busy_ns: AtomicU64::new(0),
-        wasted_ns: AtomicU64::new(0),
-    });
-    let server = Server {
-        pool: Arc::new(Semaphore::new(config.workers)),
-        rng: Arc::new(SplitMix::new(config.seed ^ 0x5e7)),
-        counters: counters.clone(),
-        config,
-    };
+    let counters = Counters::starting(Instant::now(), &config);
+    let server = Server::new(config, counters.clone());
     let (inner, probe) = server_stack(&config, scenario.stack, server)?;
+    measure(config, scenario, Link::InProcess(inner), counters, probe).await
+}
+
+/// Runs `scenario`'s clients and open-loop generator from now, through
+/// `link` to a server counting into `counters` (whose window must start
+/// `config.warmup` from now), and reads what was measured; `probe` reads
+/// the server stack's adaptive limit, if it has one.
+pub(super) async fn measure(
+    config: SimConfig,
+    scenario: Scenario,
+    link: Link,
+    counters: Arc<Counters>,
+    probe: Option<LimitProbe>,
+) -> Result<Row, BoxError> {
+    let (from, to) = (counters.from, counters.to);
     let hop = Hop {
-        inner,
+        link,
         counters: counters.clone(),
     };
     // The limit, every 100 ms of the measured time.

@@ -26,14 +26,45 @@ impl<F: Fn() -> f64 + Send + Sync + 'static> CpuUsage for F {
 /// How often [`SystemCpu`] samples (go-kratos/aegis' rate).
 pub const SAMPLE_INTERVAL: Duration = Duration::from_millis(500);
 
-/// How much of the smoothed usage each sample keeps (go-kratos/aegis'
+/// How much of the smoothed usage each *lower* sample keeps (go-kratos/aegis'
 /// decay): `usage = usage × 0.95 + sample × 0.05`, a time constant of
-/// about 10 s at one sample per 500 ms.
+/// about 10 s at one sample per 500 ms. A higher sample is taken at once
+/// (see [`smooth`]).
 pub const DECAY: f64 = 0.95;
+
+/// One smoothing step of [`SystemCpu`]: the usage after `sample`, given the
+/// usage before it (`None` before the first sample).
+///
+/// Up at once, down slowly: a sample above the usage replaces it; a sample
+/// below it is averaged in with [`DECAY`], as aegis averages every sample.
+/// aegis' symmetric average takes 32 samples (16 s) to go from idle to its
+/// 80 % threshold after a step to full load, and 9 s from 50 %: a server
+/// that cannot interrupt its work queues 16 s of a 3× overload before
+/// [`Bbr`](crate::Bbr) engages, and every request behind that queue is
+/// abandoned. Taken at once, the first sample after the step (≤ 1 s)
+/// engages it; the slow way down keeps it engaged through the dips it
+/// causes itself (ProbeRTT, a limit below the workers), as aegis intends.
+///
+/// ```
+/// use floodwall_concurrency::cpu::{DECAY, smooth};
+///
+/// assert_eq!(smooth(None, 0.3), 0.3);
+/// assert_eq!(smooth(Some(0.3), 0.9), 0.9, "up at once");
+/// let down = smooth(Some(0.9), 0.5);
+/// assert!((down - (0.9 * DECAY + 0.5 * (1.0 - DECAY))).abs() < 1e-12);
+/// ```
+#[must_use]
+pub fn smooth(previous: Option<f64>, sample: f64) -> f64 {
+    match previous {
+        Some(usage) if sample < usage => usage * DECAY + sample * (1.0 - DECAY),
+        _ => sample,
+    }
+}
 
 /// The process's CPU usage, measured by one background thread
 /// (`floodwall-cpu`, started on first use, shared by every limiter) every
-/// [`SAMPLE_INTERVAL`] and smoothed with [`DECAY`].
+/// [`SAMPLE_INTERVAL`] and smoothed by [`smooth`] (up at once, down with
+/// [`DECAY`]).
 ///
 /// What is measured, first that works:
 /// 1. cgroup v2: the cgroup's `cpu.stat` `usage_usec`, against its
@@ -48,8 +79,9 @@ pub const DECAY: f64 = 0.95;
 /// the sources exists (not Linux), the usage reads 0 and a BBR limiter
 /// never engages.
 ///
-/// Unlike go-kratos, whose average starts at 0 and takes about 30 s to
-/// reach a step in load, the average starts from the first measurement.
+/// Unlike go-kratos, whose average starts at 0 and follows a rise as slowly
+/// as a fall (16 s from idle to 80 % after a step to full load), the usage
+/// starts from the first measurement and rises to a higher one at once.
 #[derive(Clone)]
 pub struct SystemCpu {
     value: Arc<AtomicU64>,
@@ -106,7 +138,7 @@ fn sample_forever(value: &AtomicU64) {
             let used = after.saturating_sub(before).as_secs_f64();
             if wall > 0.0 {
                 let sample = (used / (wall * capacity)).clamp(0.0, 1.0);
-                let next = smoothed.map_or(sample, |s| s * DECAY + sample * (1.0 - DECAY));
+                let next = smooth(smoothed, sample);
                 smoothed = Some(next);
                 value.store(next.to_bits(), Ordering::Relaxed);
             }
@@ -253,6 +285,24 @@ mod tests {
         let stat = "4242 (my (odd) app) S 1 2 3 4 5 6 7 8 9 10 250 50 0 0 20 0 1 0";
         assert_eq!(process_cpu_time(stat), Some(Duration::from_secs(3)));
         assert_eq!(process_cpu_time("garbage"), None);
+    }
+
+    #[test]
+    fn smoothing_rises_at_once_and_falls_with_aegis_decay() {
+        // From idle, a step to full load is past the 80 % threshold at the
+        // first sample (aegis' average needs 32).
+        assert_eq!(smooth(Some(0.0), 1.0), 1.0);
+        let mut aegis = 0.0;
+        let samples = std::iter::from_fn(|| {
+            aegis = aegis * DECAY + 1.0 - DECAY;
+            Some(aegis)
+        });
+        assert_eq!(samples.take_while(|&u| u < 0.8).count() + 1, 32);
+        // Down: 0.95 per sample toward the new level; a dip to 60 % for
+        // two samples (a ProbeRTT) keeps a full usage above 80 %.
+        let dipped = smooth(Some(smooth(Some(1.0), 0.6)), 0.6);
+        assert!((dipped - (0.6 + 0.4 * DECAY * DECAY)).abs() < 1e-12);
+        assert!(dipped > 0.8);
     }
 
     #[test]

@@ -53,14 +53,7 @@ pub fn metric_name(layer: &str, what: &str) -> String {
 }
 
 /// Every rejection kind, in the order [`RequestCounters`] keeps them.
-const KINDS: [RejectKind; 6] = [
-    RejectKind::RateLimited,
-    RejectKind::Overloaded,
-    RejectKind::CircuitOpen,
-    RejectKind::Throttled,
-    RejectKind::DeadlineExceeded,
-    RejectKind::Prioritized,
-];
+const KINDS: [RejectKind; 6] = RejectKind::ALL;
 
 /// The `floodwall_<layer>_requests_total{name, outcome, reason}` counters of
 /// one layer instance, registered once when the layer is built; counting a

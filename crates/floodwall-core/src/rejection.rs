@@ -29,6 +29,16 @@ pub enum RejectKind {
 }
 
 impl RejectKind {
+    /// Every kind, in declaration order (the order the metrics keep them).
+    pub const ALL: [RejectKind; 6] = [
+        RejectKind::RateLimited,
+        RejectKind::Overloaded,
+        RejectKind::CircuitOpen,
+        RejectKind::Throttled,
+        RejectKind::DeadlineExceeded,
+        RejectKind::Prioritized,
+    ];
+
     /// A short, stable, lower-case name, used as a metric label value.
     pub const fn as_str(self) -> &'static str {
         match self {
