@@ -8,7 +8,8 @@
 # makes, the futures moved through hyper, the allocator. User space only:
 # the kernel's share (syscalls, TCP) is the same for every stack.
 #
-#   bash benches/e2e/icount.sh                  # every server, stack and protocol
+#   bash benches/e2e/icount.sh                  # every server, stack and protocol,
+#                                               # and the proxies (bare, layers-off, gateway)
 #   bash benches/e2e/icount.sh hyper floodwall h1
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -57,5 +58,9 @@ else
                 one "$server" "$stack" "$proto"
             done
         done
+    done
+    # The gateway (its upstream in the same process, counted alike).
+    for stack in bare layers-off gateway; do
+        one proxy "$stack" h1
     done
 fi
