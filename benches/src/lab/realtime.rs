@@ -540,10 +540,8 @@ mod tests {
         assert_eq!(reason(&round_trip("boom".into())), "other");
     }
 
-    /// Real time, about 10 s: `cargo test --release -p floodwall-benches
-    /// --lib -- --ignored over_loopback`.
+    /// Real time over loopback, about 10 s.
     #[test]
-    #[ignore = "real time, about 10 s"]
     fn short_runs_over_loopback() {
         let config = RealtimeConfig {
             sim: SimConfig {

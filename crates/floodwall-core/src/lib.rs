@@ -61,6 +61,7 @@ pub mod hook;
 pub mod key;
 pub mod metrics;
 pub mod outcome;
+mod priority;
 pub mod random;
 mod rejection;
 pub mod service;
@@ -73,9 +74,8 @@ pub mod wire;
 pub use classify::{Classify, GrpcClassifier, GrpcCode, HttpClassifier, Outcome, ResultClassifier};
 pub use config::ConfigError;
 pub use deadline::{DeadlineExceeded, Phase};
-pub use extensions::{
-    Arrival, Criticality, Deadline, InvalidPriority, ParsePriorityError, Priority, Stamp,
-};
+pub use extensions::{Arrival, Deadline, Stamp};
+pub use priority::{Criticality, InvalidPriority, ParsePriorityError, Priority};
 pub use rejection::{RateLimitPolicy, RejectKind, Rejected, Rejection};
 
 /// The boxed error type returned by every floodwall service.
