@@ -1,24 +1,32 @@
 //! Write aggregation: many additive updates to one key within a window,
 //! one downstream write.
+//!
+//! This file holds the configuration, the layer, its builder and its
+//! handle, and the batches they share; `merge.rs` the updates and how
+//! their deltas merge, `service.rs` the Tower service and the task that
+//! writes each batch, and `error.rs` the errors callers see.
 
 use std::fmt;
-use std::future::Future;
 use std::hash::Hash;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
+use floodwall_core::ConfigError;
 use floodwall_core::config::check_duration;
 use floodwall_core::metrics::{LABEL_NAME, RequestCounters, metric_name};
-use floodwall_core::{BoxError, ConfigError, RejectKind, Rejected, Rejection};
 use hashbrown::HashMap;
 use metrics::Counter;
 use parking_lot::Mutex;
 use tokio::sync::{oneshot, watch};
-use tower_layer::Layer;
-use tower_service::Service;
+
+mod error;
+mod merge;
+mod service;
+
+pub use error::{AggregateError, AggregateFull};
+pub use merge::{Merge, Sum, Update};
+pub use service::{Aggregate, AggregateFuture};
 
 /// The default name (metric label) of an [`AggregateLayer`].
 pub const AGGREGATE_NAME: &str = "aggregate";
@@ -29,55 +37,6 @@ pub const AGGREGATE_NAME: &str = "aggregate";
 /// (downstream writes, `ok` or `failed`) and
 /// `floodwall_aggregate_merged_total{name}` (updates merged into writes).
 pub const AGGREGATE_METRIC_PREFIX: &str = "aggregate";
-
-/// An additive update: add `delta` to `key`'s record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Update<K, D> {
-    /// The record.
-    pub key: K,
-    /// What to add to it.
-    pub delta: D,
-}
-
-/// How deltas for one key merge: associative (`merge(merge(a, b), c) ==
-/// merge(a, merge(b, c))`), so a batch is the same whatever the order its
-/// updates arrived in. [`Sum`] adds them.
-pub trait Merge<D>: Send + Sync + 'static {
-    /// `a` and `b` as one delta.
-    fn merge(&self, a: D, b: D) -> D;
-}
-
-/// Adds deltas (`+1`, `+2`, `−1` → `+2`), saturating for integers.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Sum;
-
-macro_rules! sum_saturating {
-    ($($t:ty),*) => {$(
-        impl Merge<$t> for Sum {
-            fn merge(&self, a: $t, b: $t) -> $t {
-                a.saturating_add(b)
-            }
-        }
-    )*};
-}
-sum_saturating!(
-    i8, i16, i32, i64, i128, isize, u8, u16, u32, u64, u128, usize
-);
-
-impl Merge<f64> for Sum {
-    fn merge(&self, a: f64, b: f64) -> f64 {
-        a + b
-    }
-}
-
-impl<D, F> Merge<D> for F
-where
-    F: Fn(D, D) -> D + Send + Sync + 'static,
-{
-    fn merge(&self, a: D, b: D) -> D {
-        self(a, b)
-    }
-}
 
 /// An [`AggregateLayer`]'s configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -382,230 +341,5 @@ impl fmt::Debug for AggregateHandle {
             .field("name", &self.name())
             .field("pending", &self.pending())
             .finish()
-    }
-}
-
-impl<S, K, D, R, M> Layer<S> for AggregateLayer<K, D, R, M> {
-    type Service = Aggregate<S, K, D, R, M>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        Aggregate {
-            inner,
-            shared: self.shared.clone(),
-        }
-    }
-}
-
-/// The service an [`AggregateLayer`] builds.
-pub struct Aggregate<S, K, D, R, M = Sum> {
-    inner: S,
-    shared: Arc<Shared<K, D, R, M>>,
-}
-
-impl<S: Clone, K, D, R, M> Clone for Aggregate<S, K, D, R, M> {
-    fn clone(&self) -> Self {
-        Self {
-            inner: self.inner.clone(),
-            shared: self.shared.clone(),
-        }
-    }
-}
-
-impl<S, K, D, R, M> fmt::Debug for Aggregate<S, K, D, R, M> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Aggregate")
-            .field("name", &self.shared.name)
-            .finish_non_exhaustive()
-    }
-}
-
-/// The response future of [`Aggregate`].
-pub type AggregateFuture<R> = Pin<Box<dyn Future<Output = Result<R, BoxError>> + Send>>;
-
-impl<S, K, D, R, M> Service<Update<K, D>> for Aggregate<S, K, D, R, M>
-where
-    S: Service<Update<K, D>, Response = R> + Clone + Send + 'static,
-    S::Future: Send,
-    S::Error: Into<BoxError>,
-    K: Hash + Eq + Clone + Send + Sync + 'static,
-    D: Send + Sync + 'static,
-    R: Clone + Send + Sync + 'static,
-    M: Merge<D>,
-{
-    type Response = R;
-    type Error = BoxError;
-    type Future = AggregateFuture<R>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        // Updates are taken into batches, not sent: the downstream's
-        // readiness is awaited by each write.
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, update: Update<K, D>) -> Self::Future {
-        let shared = &self.shared;
-        let mut batches = shared.batches.lock();
-        let rx = if let Some(batch) = batches.get_mut(&update.key) {
-            let held = batch.delta.take().expect("a gathering batch holds a delta");
-            batch.delta = Some(shared.merge.merge(held, update.delta));
-            batch.updates += 1;
-            let rx = batch.landed.subscribe();
-            if batch.updates >= shared.config.max_batch as u64
-                && let Some(now) = batch.now.take()
-            {
-                let _ = now.send(());
-            }
-            rx
-        } else if batches.len() >= shared.config.max_keys {
-            drop(batches);
-            shared.requests.rejected(RejectKind::Overloaded);
-            let max_keys = shared.config.max_keys;
-            return Box::pin(async move { Err(Rejected::boxed(AggregateFull { max_keys })) });
-        } else {
-            let (landed, rx) = watch::channel(None);
-            let (now, write_now) = oneshot::channel();
-            let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
-            let key = update.key.clone();
-            batches.insert(
-                update.key,
-                Batch {
-                    delta: Some(update.delta),
-                    updates: 1,
-                    landed,
-                    now: Some(now),
-                    id,
-                },
-            );
-            tokio::spawn(gather_and_write(
-                self.inner.clone(),
-                shared.clone(),
-                key,
-                id,
-                write_now,
-            ));
-            rx
-        };
-        drop(batches);
-        shared.requests.admitted();
-        Box::pin(async move {
-            let mut rx = rx;
-            match rx.wait_for(Option::is_some).await {
-                Ok(landed) => match landed.clone().expect("waited for it") {
-                    Ok(response) => Ok(response),
-                    Err(error) => Err(BoxError::from(error)),
-                },
-                // The write's task ended without an answer (the runtime is
-                // shutting down).
-                Err(_) => Err(BoxError::from("the aggregated write was abandoned")),
-            }
-        })
-    }
-}
-
-/// A batch's life after its first update: gathers until its window ends
-/// (or it is told to write now), then writes the merged update and tells
-/// every caller in it.
-async fn gather_and_write<S, K, D, R, M>(
-    mut svc: S,
-    shared: Arc<Shared<K, D, R, M>>,
-    key: K,
-    id: u64,
-    write_now: oneshot::Receiver<()>,
-) where
-    S: Service<Update<K, D>, Response = R>,
-    S::Error: Into<BoxError>,
-    K: Hash + Eq,
-    R: Clone,
-{
-    tokio::select! {
-        () = tokio::time::sleep(shared.config.window) => {}
-        _ = write_now => {}
-    }
-    let batch = {
-        let mut batches = shared.batches.lock();
-        match batches.get(&key) {
-            Some(b) if b.id == id => {
-                // Counted as writing before it stops gathering: a flush
-                // never sees it in neither.
-                shared.writing.fetch_add(1, Ordering::AcqRel);
-                batches.remove(&key)
-            }
-            _ => None,
-        }
-    };
-    let Some(batch) = batch else {
-        return;
-    };
-    shared.merged.increment(batch.updates);
-    let update = Update {
-        key,
-        delta: batch.delta.expect("a gathering batch holds a delta"),
-    };
-    let result = async {
-        std::future::poll_fn(|cx| svc.poll_ready(cx))
-            .await
-            .map_err(Into::into)?;
-        svc.call(update).await.map_err(Into::into)
-    }
-    .await;
-    match &result {
-        Ok(_) => shared.writes_ok.increment(1),
-        Err(e) => {
-            shared.writes_failed.increment(1);
-            tracing::warn!(name = %shared.name, error = %e, "an aggregated write failed");
-        }
-    }
-    batch
-        .landed
-        .send_replace(Some(result.map_err(|e| AggregateError(Arc::from(e)))));
-    shared.writing.fetch_sub(1, Ordering::AcqRel);
-}
-
-/// An aggregated write's error, shared by every update in its batch.
-#[derive(Debug, Clone)]
-pub struct AggregateError(Arc<dyn std::error::Error + Send + Sync>);
-
-impl AggregateError {
-    /// The write's error.
-    pub fn inner(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
-        &*self.0
-    }
-}
-
-impl fmt::Display for AggregateError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "the aggregated write failed: {}", self.0)
-    }
-}
-
-impl std::error::Error for AggregateError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&*self.0)
-    }
-}
-
-/// Refused: `max_keys` keys were already gathering and the update is for
-/// another. An `Overloaded` rejection (HTTP 503 / gRPC `UNAVAILABLE`): the
-/// update was not taken.
-#[derive(Debug, Clone, Copy)]
-pub struct AggregateFull {
-    max_keys: usize,
-}
-
-impl fmt::Display for AggregateFull {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "write aggregation is full ({} keys gathering)",
-            self.max_keys
-        )
-    }
-}
-
-impl std::error::Error for AggregateFull {}
-
-impl Rejection for AggregateFull {
-    fn kind(&self) -> RejectKind {
-        RejectKind::Overloaded
     }
 }

@@ -1,30 +1,35 @@
 //! The hot-key layer: counts each request's key, knows the hot set, marks
 //! hot requests and limits each hot key on its own quota.
+//!
+//! This file holds the state the layer shares (the sketch and the hot set
+//! read from it), the layer, its builder and its handle; `config.rs` the
+//! configuration, `set.rs` what the layer publishes (the hot set, the
+//! request extensions, the changes) and `service.rs` the Tower service and
+//! its response future.
 
 use std::fmt;
-use std::future::Future;
 use std::hash::Hash;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
-use std::time::Duration;
 
-use floodwall_core::config::check_duration;
 use floodwall_core::metrics::{LABEL_NAME, RequestCounters, metric_name};
-use floodwall_core::{BoxError, ConfigError, RateLimitPolicy, RejectKind, Rejected};
-use floodwall_ratelimit::error::RateLimited;
-use floodwall_ratelimit::{Denied, KeyedTokenBucket, Quota};
+use floodwall_core::{ConfigError, RateLimitPolicy};
+use floodwall_ratelimit::KeyedTokenBucket;
 use hashbrown::HashMap;
 use metrics::{Counter, Gauge};
 use parking_lot::RwLock;
-use pin_project_lite::pin_project;
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tower_layer::Layer;
-use tower_service::Service;
 
-use crate::{HeavyKeeper, TopKConfig};
+use crate::HeavyKeeper;
+
+mod config;
+mod service;
+mod set;
+
+pub use config::HotKeyConfig;
+pub use service::{HotKey, HotKeyFuture};
+pub use set::{Hot, HotChange, HotSet, Keyed};
 
 /// The default name (metric label) of a [`HotKeyLayer`].
 pub const HOT_KEY_NAME: &str = "hotkey";
@@ -36,128 +41,6 @@ pub const HOT_KEY_NAME: &str = "hotkey";
 /// hot now) and `floodwall_hotkey_changes_total{name}` (changes of the hot
 /// set).
 pub const HOT_KEY_METRIC_PREFIX: &str = "hotkey";
-
-/// A [`HotKeyLayer`]'s configuration.
-#[derive(Debug, Clone, Copy, PartialEq)]
-#[cfg_attr(feature = "serde", derive(serde::Deserialize))]
-#[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
-pub struct HotKeyConfig {
-    /// The sketch counting the keys; its `k` bounds the hot set. Default
-    /// `k` 20, the rest [`TopKConfig::default`] (64 KiB, halved every
-    /// 500 ms).
-    pub topk: TopKConfig,
-    /// A key among the top `k` is hot while its estimate is at least this
-    /// (arrivals over about the last two fading periods). Default 50.
-    pub min_count: u32,
-    /// How often the hot set is read from the sketch; a key that crosses
-    /// `min_count` makes it read at once (at most once a millisecond).
-    /// Default 100 ms.
-    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
-    pub refresh: Duration,
-    /// Each hot key's own quota (a hot room cannot take the whole
-    /// service); `None`: hot keys are only marked. Default `None`.
-    pub hot_limit: Option<Quota>,
-}
-
-impl Default for HotKeyConfig {
-    fn default() -> Self {
-        Self {
-            topk: TopKConfig {
-                k: 20,
-                ..TopKConfig::default()
-            },
-            min_count: 50,
-            refresh: Duration::from_millis(100),
-            hot_limit: None,
-        }
-    }
-}
-
-impl HotKeyConfig {
-    /// Checks the values.
-    ///
-    /// # Errors
-    /// As [`TopKConfig::validate`]; a `min_count` of 0; a zero or
-    /// out-of-range `refresh`.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        self.topk.validate()?;
-        if self.min_count == 0 {
-            return Err(ConfigError::new("min_count", "must be at least 1"));
-        }
-        check_duration("refresh", self.refresh)?;
-        if self.refresh.is_zero() {
-            return Err(ConfigError::new("refresh", "must be above zero"));
-        }
-        Ok(())
-    }
-}
-
-/// The hot keys at one instant, with their estimates.
-#[derive(Debug, Clone)]
-pub struct HotSet<K> {
-    keys: HashMap<K, u32>,
-}
-
-impl<K> Default for HotSet<K> {
-    fn default() -> Self {
-        Self {
-            keys: HashMap::new(),
-        }
-    }
-}
-
-impl<K: Hash + Eq> HotSet<K> {
-    /// Whether `key` is hot.
-    pub fn contains(&self, key: &K) -> bool {
-        self.keys.contains_key(key)
-    }
-
-    /// `key`'s estimate, if it is hot.
-    pub fn estimate(&self, key: &K) -> Option<u32> {
-        self.keys.get(key).copied()
-    }
-
-    /// The hot keys and their estimates (in no order).
-    pub fn iter(&self) -> impl Iterator<Item = (&K, u32)> {
-        self.keys.iter().map(|(k, &e)| (k, e))
-    }
-
-    /// How many keys are hot.
-    pub fn len(&self) -> usize {
-        self.keys.len()
-    }
-
-    /// Whether no key is hot.
-    pub fn is_empty(&self) -> bool {
-        self.keys.is_empty()
-    }
-}
-
-/// Put in a hot request's extensions: its key and estimate, for the
-/// handler (and [`HotCacheLayer`](crate::HotCacheLayer)) to read.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Hot<K> {
-    /// The request's key.
-    pub key: K,
-    /// Its estimate when the hot set was last read.
-    pub estimate: u32,
-}
-
-/// Put in every counted request's extensions (hot or not): its key, for
-/// [`HotCacheLayer`](crate::HotCacheLayer) to coalesce cold reads too.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Keyed<K>(pub K);
-
-/// A change of the hot set, as the change callbacks see it.
-#[derive(Debug)]
-pub struct HotChange<'a, K> {
-    /// Keys hot now that were not.
-    pub heated: &'a [K],
-    /// Keys hot before that are not now.
-    pub cooled: &'a [K],
-    /// The hot set now.
-    pub hot: &'a HotSet<K>,
-}
 
 type Listener<K> = Box<dyn Fn(&HotChange<'_, K>) + Send + Sync>;
 
@@ -461,151 +344,5 @@ impl<K: Hash + Eq + Clone> HotKeyHandle<K> {
     /// The heaviest keys the sketch holds now (hot or not), heaviest first.
     pub fn top(&self) -> Vec<(K, u32)> {
         self.shared.sketch.top()
-    }
-}
-
-impl<S, K, X> Layer<S> for HotKeyLayer<K, X> {
-    type Service = HotKey<S, K, X>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        HotKey {
-            inner,
-            shared: self.shared.clone(),
-            key: self.key.clone(),
-        }
-    }
-}
-
-/// The service a [`HotKeyLayer`] builds.
-pub struct HotKey<S, K, X> {
-    inner: S,
-    shared: Arc<Shared<K>>,
-    key: Arc<X>,
-}
-
-impl<S: Clone, K, X> Clone for HotKey<S, K, X> {
-    fn clone(&self) -> Self {
-        Self {
-            inner: self.inner.clone(),
-            shared: self.shared.clone(),
-            key: self.key.clone(),
-        }
-    }
-}
-
-impl<S, K, X> fmt::Debug for HotKey<S, K, X> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("HotKey")
-            .field("name", &self.shared.name)
-            .finish_non_exhaustive()
-    }
-}
-
-pin_project! {
-    #[project = StateProj]
-    enum State<F> {
-        Called { #[pin] fut: F },
-        Refused { error: Option<BoxError> },
-    }
-}
-
-pin_project! {
-    /// The response future of [`HotKey`]: the inner call, or a hot key's
-    /// refusal ready at once.
-    pub struct HotKeyFuture<F> {
-        #[pin]
-        state: State<F>,
-    }
-}
-
-impl<F> HotKeyFuture<F> {
-    fn called(fut: F) -> Self {
-        Self {
-            state: State::Called { fut },
-        }
-    }
-
-    fn refused(error: BoxError) -> Self {
-        Self {
-            state: State::Refused { error: Some(error) },
-        }
-    }
-}
-
-impl<F> fmt::Debug for HotKeyFuture<F> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self.state {
-            State::Called { .. } => "HotKeyFuture::Called",
-            State::Refused { .. } => "HotKeyFuture::Refused",
-        })
-    }
-}
-
-impl<F, T, E> Future for HotKeyFuture<F>
-where
-    F: Future<Output = Result<T, E>>,
-    E: Into<BoxError>,
-{
-    type Output = Result<T, BoxError>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().state.project() {
-            StateProj::Called { fut } => fut.poll(cx).map_err(Into::into),
-            StateProj::Refused { error } => {
-                Poll::Ready(Err(error.take().expect("polled after its end")))
-            }
-        }
-    }
-}
-
-impl<S, B, K, X> Service<http::Request<B>> for HotKey<S, K, X>
-where
-    S: Service<http::Request<B>>,
-    S::Error: Into<BoxError>,
-    K: Hash + Eq + Clone + Send + Sync + 'static,
-    X: Fn(&http::Request<B>) -> Option<K>,
-{
-    type Response = S::Response;
-    type Error = BoxError;
-    type Future = HotKeyFuture<S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx).map_err(Into::into)
-    }
-
-    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
-        let shared = &*self.shared;
-        let Some(key) = (self.key)(&req) else {
-            shared.requests.admitted();
-            return HotKeyFuture::called(self.inner.call(req));
-        };
-        let now = floodwall_core::clock::now();
-        let estimate = shared.sketch.add(&key, now);
-        let crossed = estimate >= shared.config.min_count && !shared.hot.read().contains(&key);
-        shared.refresh_if_due(now, crossed);
-        let hot = shared.hot.read().estimate(&key);
-        if let Some(estimate) = hot {
-            if let Some((limiter, policy)) = &shared.limiter
-                && let Err(denied) = limiter.try_acquire(&key, now, 1)
-            {
-                let retry_after = match denied {
-                    Denied::RateLimited { retry_after } => retry_after,
-                    _ => Duration::ZERO,
-                };
-                shared.requests.rejected(RejectKind::RateLimited);
-                return HotKeyFuture::refused(Rejected::boxed(RateLimited::new(
-                    retry_after,
-                    policy.clone(),
-                )));
-            }
-            shared.hot_requests.increment(1);
-            req.extensions_mut().insert(Hot {
-                key: key.clone(),
-                estimate,
-            });
-        }
-        req.extensions_mut().insert(Keyed(key));
-        shared.requests.admitted();
-        HotKeyFuture::called(self.inner.call(req))
     }
 }

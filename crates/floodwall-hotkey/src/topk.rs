@@ -1,218 +1,23 @@
 //! HeavyKeeper Top-K (Gong et al., USENIX ATC 2018): which keys are heavy,
 //! in bounded memory, sans-IO, lock-free to count into.
+//!
+//! This file holds the sketch ([`HeavyKeeper`]): counting, the top-k list
+//! and fading; `config.rs` its configuration and `bucket.rs` the pieces it
+//! is built from (a bucket in one word, the key hash, the per-thread
+//! decay draws).
 
-use std::cell::Cell;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::{BuildHasher, Hash};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::time::Duration;
 
 use floodwall_core::ConfigError;
-use hashbrown::HashMap;
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
-/// A [`HeavyKeeper`]'s configuration (SPECS.md, "HeavyKeeper Top-K").
-#[derive(Debug, Clone, Copy, PartialEq)]
-#[cfg_attr(feature = "serde", derive(serde::Deserialize))]
-#[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
-pub struct TopKConfig {
-    /// How many heavy keys are kept. Default 100.
-    pub k: usize,
-    /// Buckets per row. Default 2,048.
-    pub width: usize,
-    /// Rows: each key has one bucket per row. Default 4.
-    pub depth: usize,
-    /// The decay base `b`: a bucket holding another key with count `c`
-    /// decays with probability `b^-c`. Default 1.08 (the paper's).
-    pub decay: f64,
-    /// Every count is halved this often, so heavy means heavy *now*: a key
-    /// that stops arriving loses half its weight per period (the period is
-    /// the view's half-life; a new key arriving as fast as an old one
-    /// overtakes it within two periods). `None`: never. Default 500 ms.
-    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
-    pub fade_every: Option<Duration>,
-}
+mod bucket;
+mod config;
 
-impl Default for TopKConfig {
-    fn default() -> Self {
-        Self {
-            k: 100,
-            width: 2_048,
-            depth: 4,
-            decay: 1.08,
-            fade_every: Some(Duration::from_millis(500)),
-        }
-    }
-}
-
-impl TopKConfig {
-    /// aegis's parameters for `k`: width `1024 · ln k`, depth 4, decay
-    /// probability `0.925^c` (base 1/0.925 ≈ 1.081), no fading.
-    pub fn aegis(k: usize) -> Self {
-        Self {
-            k,
-            width: ((1024.0 * (k.max(2) as f64).ln()) as usize).max(1),
-            depth: 4,
-            decay: 1.0 / 0.925,
-            fade_every: None,
-        }
-    }
-
-    /// The sketch's memory: `depth × width` buckets of 8 bytes (the
-    /// top-k list adds `k` keys).
-    pub fn sketch_bytes(&self) -> usize {
-        self.depth * self.width * std::mem::size_of::<AtomicU64>()
-    }
-
-    /// Checks the values.
-    ///
-    /// # Errors
-    /// [`ConfigError`] for a `k`, `width` or `depth` of 0 (or a depth over
-    /// 16), a decay base not finite and above 1, or a zero fade period.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.k == 0 {
-            return Err(ConfigError::new("k", "must be at least 1"));
-        }
-        if self.width == 0 {
-            return Err(ConfigError::new("width", "must be at least 1"));
-        }
-        if !(1..=16).contains(&self.depth) {
-            return Err(ConfigError::new("depth", "must be in 1..=16").with_value(self.depth));
-        }
-        if !(self.decay.is_finite() && self.decay > 1.0) {
-            return Err(
-                ConfigError::new("decay", "must be finite and above 1").with_value(self.decay)
-            );
-        }
-        if self.fade_every.is_some_and(|d| d.is_zero()) {
-            return Err(ConfigError::new("fade_every", "must be above zero"));
-        }
-        Ok(())
-    }
-}
-
-/// A bucket in one `u64`: the fingerprint in the high 32 bits (its top bit
-/// set while the key holding the bucket is in the top-k list), the count in
-/// the low 32.
-const MEMBER: u64 = 1 << 63;
-const FP_MASK: u64 = 0x7FFF_FFFF << 32;
-
-fn pack(fingerprint: u64, count: u64) -> u64 {
-    fingerprint | count
-}
-
-fn count_of(bucket: u64) -> u64 {
-    bucket & 0xFFFF_FFFF
-}
-
-fn fingerprint_of(bucket: u64) -> u64 {
-    bucket & FP_MASK
-}
-
-/// A key's hash, mixed (the splitmix64 finalizer over a seeded FxHash-
-/// style fold): the row indices and the fingerprint come from it.
-#[derive(Debug, Clone, Copy)]
-struct Mix(u64);
-
-impl Hasher for Mix {
-    fn finish(&self) -> u64 {
-        splitmix(self.0)
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut word = [0u8; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
-            self.write_u64(u64::from_le_bytes(word));
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x517C_C1B7_2722_0A95);
-    }
-
-    fn write_u32(&mut self, n: u32) {
-        self.write_u64(u64::from(n));
-    }
-
-    fn write_u8(&mut self, n: u8) {
-        self.write_u64(u64::from(n));
-    }
-
-    fn write_usize(&mut self, n: usize) {
-        self.write_u64(n as u64);
-    }
-}
-
-fn splitmix(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Seeded(u64);
-
-impl BuildHasher for Seeded {
-    type Hasher = Mix;
-
-    fn build_hasher(&self) -> Mix {
-        Mix(self.0)
-    }
-}
-
-/// Threads seeded one after another.
-static THREADS: AtomicU64 = AtomicU64::new(0);
-
-thread_local! {
-    /// Each thread's own generator for the decay draws: no shared line.
-    static RNG: Cell<u64> = Cell::new(
-        splitmix(THREADS.fetch_add(1, Ordering::Relaxed).wrapping_mul(0x9E37_79B9_7F4A_7C15)) | 1
-    );
-}
-
-/// A uniform draw in `[0, 2^64)` (xorshift64*).
-fn draw() -> u64 {
-    RNG.with(|rng| {
-        let mut x = rng.get();
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        rng.set(x);
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    })
-}
-
-/// The bucket of hash `h` in `row`: the hash re-mixed per row.
-#[inline]
-fn index(h: u64, row: usize, width: usize) -> usize {
-    let z =
-        (h ^ (row as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)).wrapping_mul(0xD6E8_FEB8_6659_FD93);
-    (((z >> 32) * width as u64) >> 32) as usize
-}
-
-/// The top-k list: members by hash.
-type Members<K> = HashMap<u64, K, std::hash::BuildHasherDefault<Identity>>;
-
-/// Hashes already mixed: the members are keyed by them.
-#[derive(Debug, Clone, Copy, Default)]
-struct Identity(u64);
-
-impl Hasher for Identity {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 << 8) | u64::from(b);
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-}
+use bucket::{MEMBER, Members, Seeded, count_of, draw, fingerprint, fingerprint_of, index, pack};
+pub use config::TopKConfig;
 
 /// The HeavyKeeper Top-K sketch (Gong et al., "HeavyKeeper: An Accurate
 /// Algorithm for Finding Top-k Elephant Flows", USENIX ATC 2018).
@@ -518,10 +323,4 @@ impl<K: Hash + Eq + Clone> HeavyKeeper<K> {
             }
         }
     }
-}
-
-/// A key's fingerprint from its hash: 31 bits, never zero, in the bucket's
-/// high half.
-fn fingerprint(h: u64) -> u64 {
-    ((h >> 33) | 1) << 32
 }
