@@ -146,7 +146,7 @@ kind = "http"
 url = "{upstream}"
 timeout = "2s"
 breaker = {{ window = {{ count = 100 }}, minimum_calls = 100, failure_rate_threshold = 50.0, open_duration = "1s", half_open_calls = 3 }}
-throttle = {{ window = "10s", buckets = 10, k = 2.0 }}
+throttle = {{ window = "10s", buckets = 10, k = 2.0, min_rps = 10.0 }}
 
 [[routes]]
 prefix = "/"

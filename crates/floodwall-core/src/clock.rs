@@ -48,18 +48,49 @@ pub fn in_chain() -> bool {
 /// chain has one instant).
 #[inline]
 pub fn within<R>(at: Instant, call: impl FnOnce() -> R) -> R {
-    struct Restore;
-    impl Drop for Restore {
-        fn drop(&mut self) {
+    let _chain = enter(at);
+    call()
+}
+
+/// [`within`] as a guard, for a `call` that takes a large request by value:
+/// [`now`] reads `at` until the guard drops (unless a chain was in force
+/// already, which keeps its instant). Moving the request into a closure
+/// copies it; a guard leaves it where it is.
+///
+/// ```
+/// use floodwall_core::clock;
+/// use tokio::time::Instant;
+///
+/// let t0 = Instant::now();
+/// {
+///     let _chain = clock::enter(t0);
+///     assert_eq!(clock::now(), t0);
+/// }
+/// assert!(!clock::in_chain());
+/// ```
+#[inline]
+pub fn enter(at: Instant) -> Chain {
+    if in_chain() {
+        return Chain { owner: false };
+    }
+    CALL_AT.with(|c| c.set(Some(at)));
+    Chain { owner: true }
+}
+
+/// The guard [`enter`] returns: ends the chain it began when dropped.
+#[derive(Debug)]
+#[must_use = "the chain ends when the guard drops"]
+pub struct Chain {
+    owner: bool,
+}
+
+impl Drop for Chain {
+    #[inline]
+    fn drop(&mut self) {
+        if self.owner {
             CALL_AT.with(|c| c.set(None));
         }
     }
-    if in_chain() {
-        return call();
-    }
-    CALL_AT.with(|c| c.set(Some(at)));
-    let _restore = Restore;
-    call()
 }
 
 #[cfg(test)]

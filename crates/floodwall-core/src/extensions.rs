@@ -109,9 +109,14 @@ impl Stamp {
     }
 
     /// Puts this stamp on a request in place of any stamped before: one
-    /// allocation (none more when it replaces a stamp).
+    /// allocation, none when it replaces a stamp (written over in place).
     pub fn insert(self, extensions: &mut http::Extensions) {
-        extensions.insert(self);
+        match extensions.get_mut::<Stamp>() {
+            Some(stamp) => *stamp = self,
+            None => {
+                extensions.insert(self);
+            }
+        }
     }
 
     /// The arrival stamped, if any.
@@ -281,6 +286,10 @@ mod tests {
             (stamp.arrival(), stamp.deadline()),
             (Some(Arrival::new(t0)), Some(sooner))
         );
+        // A whole stamp put over it replaces both.
+        Stamp::new(None, Some(d)).insert(&mut ext);
+        assert_eq!((Arrival::of(&ext), Deadline::of(&ext)), (None, Some(d)));
+        assert_eq!(ext.len(), 1);
     }
 
     #[tokio::test(start_paused = true)]

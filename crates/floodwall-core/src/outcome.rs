@@ -194,19 +194,41 @@ pub fn caller_limited() -> bool {
 /// afterwards, even if `call` panics.
 #[inline]
 pub fn limit_scope<R>(limited: bool, call: impl FnOnce() -> R) -> R {
-    struct Restore(bool);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            CALLER_LIMITED.with(|c| c.set(self.0));
-        }
-    }
-    let previous = CALLER_LIMITED.with(|c| c.replace(limited));
-    if previous == limited {
-        // Nothing to restore (nested scopes restore themselves).
-        return call();
-    }
-    let _restore = Restore(previous);
+    let _limit = limit(limited);
     call()
+}
+
+/// [`limit_scope`] as a guard, for a `call` that takes a large request by
+/// value (a closure would copy it): [`caller_limited`] reads `limited`
+/// until the guard drops, and the previous mark is restored then.
+///
+/// ```
+/// use floodwall_core::outcome;
+///
+/// {
+///     let _limit = outcome::limit(true);
+///     assert!(outcome::caller_limited());
+/// }
+/// assert!(!outcome::caller_limited());
+/// ```
+#[inline]
+pub fn limit(limited: bool) -> Limit {
+    let previous = CALLER_LIMITED.with(|c| c.replace(limited));
+    Limit { previous }
+}
+
+/// The guard [`limit`] returns: restores the previous mark when dropped.
+#[derive(Debug)]
+#[must_use = "the mark is restored when the guard drops"]
+pub struct Limit {
+    previous: bool,
+}
+
+impl Drop for Limit {
+    #[inline]
+    fn drop(&mut self) {
+        CALLER_LIMITED.with(|c| c.set(self.previous));
+    }
 }
 
 #[cfg(test)]

@@ -130,6 +130,30 @@ impl Priority {
     /// # Ok::<(), floodwall_core::InvalidPriority>(())
     /// ```
     pub fn header_value(self) -> http::HeaderValue {
+        // A request usually carries one of a few priorities: the values
+        // made last on this thread are kept (a clone is a reference count;
+        // making one is an allocation and a validation).
+        const SLOTS: usize = 64;
+        thread_local! {
+            static MADE: std::cell::RefCell<[Option<(u16, http::HeaderValue)>; SLOTS]> =
+                const { std::cell::RefCell::new([const { None }; SLOTS]) };
+        }
+        let index = self.index();
+        let slot = usize::from(index) % SLOTS;
+        MADE.with(|made| {
+            let mut made = made.borrow_mut();
+            match &made[slot] {
+                Some((i, value)) if *i == index => value.clone(),
+                _ => {
+                    let value = self.make_header_value();
+                    made[slot] = Some((index, value.clone()));
+                    value
+                }
+            }
+        })
+    }
+
+    fn make_header_value(self) -> http::HeaderValue {
         fn push(buf: &mut [u8; 7], len: &mut usize, n: u8) {
             let digits = [n / 100, n / 10 % 10, n % 10];
             let skip = if n >= 100 {
@@ -253,6 +277,24 @@ impl std::error::Error for InvalidPriority {}
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn header_values_are_right_whatever_the_cache_holds() {
+        // Every priority twice, in an order that makes every cache slot
+        // change hands: a value handed out is always the priority's own.
+        for round in 0..2 {
+            for index in (0..32_768u16).rev().step_by(7).chain(0..200) {
+                let p = Priority::from_index(index);
+                let value = p.header_value();
+                assert_eq!(
+                    value.to_str().unwrap(),
+                    format!("{}-{}", p.business(), p.user()),
+                    "round {round}"
+                );
+                assert_eq!(value.to_str().unwrap().parse::<Priority>().unwrap(), p);
+            }
+        }
+    }
 
     #[test]
     fn priority_order_is_lexicographic() {

@@ -194,7 +194,10 @@ where
         // call has no budget of its own.
         let caller_limited = from_caller && inherited.is_some_and(|i| cap.is_none_or(|c| i < c));
         Deadline::set(req.extensions_mut(), wait);
-        let fut = outcome::limit_scope(caller_limited, || self.inner.call(req));
+        let fut = {
+            let _limit = outcome::limit(caller_limited);
+            self.inner.call(req)
+        };
         shared.metrics.requests.admitted();
         ResponseFuture::timed(
             fut,

@@ -269,7 +269,10 @@ where
             _ => (own, false),
         };
         Deadline::set(req.extensions_mut(), deadline);
-        let fut = outcome::limit_scope(caller_limited, || self.inner.call(req));
+        let fut = {
+            let _limit = outcome::limit(caller_limited);
+            self.inner.call(req)
+        };
         EmaFuture {
             fut,
             sleep: None,

@@ -18,7 +18,7 @@ thread_local! {
 }
 
 /// Puts the previous scope back, even if the scoped code panics.
-struct Restore(Option<Scoped>);
+pub(crate) struct Restore(Option<Scoped>);
 
 impl Drop for Restore {
     #[inline]
@@ -97,23 +97,17 @@ pub fn scope<F: Future>(deadline: Deadline, fut: F) -> ScopedFuture<F> {
     )
 }
 
-/// Calls `call` with `deadline` in scope, and runs the future it returns in
-/// that scope too (for services that start work in `call`).
+/// Puts `deadline` in scope until the guard drops, for a `call` into the
+/// layers below (a guard, not a closure, so the request is not copied);
+/// [`ScopedFuture::entered`] keeps it in scope for the future the call
+/// returns.
 #[inline]
-pub(crate) fn enter<F: Future>(
-    deadline: Deadline,
-    from_caller: bool,
-    call: impl FnOnce() -> F,
-) -> ScopedFuture<F> {
+pub(crate) fn enter(deadline: Deadline, from_caller: bool) -> (Scoped, Restore) {
     let scoped = Scoped {
         deadline,
         from_caller,
     };
-    let fut = {
-        let _restore = enter_cell(scoped);
-        call()
-    };
-    ScopedFuture::new(Some(scoped), fut)
+    (scoped, enter_cell(scoped))
 }
 
 /// Wraps `fut` so that it runs with the current deadline (if any) in scope,
@@ -161,6 +155,12 @@ pin_project_lite::pin_project! {
 }
 
 impl<F> ScopedFuture<F> {
+    /// `fut`, made in the scope [`enter`] returned, kept in it.
+    #[inline]
+    pub(crate) fn entered(scoped: Scoped, fut: F) -> Self {
+        Self::new(Some(scoped), fut)
+    }
+
     #[inline]
     fn new(scoped: Option<Scoped>, fut: F) -> Self {
         Self {

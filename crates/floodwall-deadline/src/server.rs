@@ -14,7 +14,7 @@ use tower_service::Service;
 
 use crate::builder::{Builder, DeadlineHandle};
 use crate::future::{Metrics, ResponseFuture, ServerFuture};
-use crate::scope::{self};
+use crate::scope::{self, ScopedFuture};
 use crate::wire::Wire;
 
 /// A server's deadline policy.
@@ -241,11 +241,12 @@ where
         Stamp::new(Some(arrival), Some(deadline)).insert(req.extensions_mut());
         // In scope for the inner `call` as well as for its future; the
         // layers below decide at `now`.
-        let fut = scope::enter(deadline, caller_limited, || {
-            clock::within(now, || {
-                outcome::limit_scope(caller_limited, || self.inner.call(req))
-            })
-        });
+        let fut = {
+            let (scoped, _scope) = scope::enter(deadline, caller_limited);
+            let _chain = clock::enter(now);
+            let _limit = outcome::limit(caller_limited);
+            ScopedFuture::entered(scoped, self.inner.call(req))
+        };
         shared.metrics.requests.admitted();
         ResponseFuture::timed(
             fut,

@@ -318,9 +318,11 @@ struct Hops<'a> {
 
 impl<'a> Hops<'a> {
     fn new(header: ForwardedHeader, headers: &'a HeaderMap) -> Self {
+        // Names made once: a name given as text is parsed on every lookup.
+        const XFF: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
         let name = match header {
-            ForwardedHeader::XForwardedFor => "x-forwarded-for",
-            ForwardedHeader::Forwarded => "forwarded",
+            ForwardedHeader::XForwardedFor => &XFF,
+            ForwardedHeader::Forwarded => &http::header::FORWARDED,
         };
         Self {
             header,

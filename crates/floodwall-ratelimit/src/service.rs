@@ -77,7 +77,8 @@ where
             return match shared.limiter.acquire(&req, now, n) {
                 Ok(()) => {
                     shared.metrics.requests.admitted();
-                    Gated::running(clock::within(now, || self.inner.call(req)), ())
+                    let _chain = clock::enter(now);
+                    Gated::running(self.inner.call(req), ())
                 }
                 Err(denied) => Gated::rejected(self.reject(denied)),
             };
@@ -85,7 +86,8 @@ where
         match shared.limiter.reserve(&req, now, n, shared.max_wait) {
             Ok((wait, _)) if wait.is_zero() => {
                 shared.metrics.requests.admitted();
-                Gated::running(clock::within(now, || self.inner.call(req)), ())
+                let _chain = clock::enter(now);
+                Gated::running(self.inner.call(req), ())
             }
             Ok((wait, permit)) => {
                 tracing::trace!(

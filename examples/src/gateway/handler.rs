@@ -343,32 +343,33 @@ fn outbound<T>(
     req
 }
 
-/// Hop-by-hop headers a proxy must not forward (RFC 9110 §7.6.1).
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-            | "host"
-    )
-}
+/// Hop-by-hop headers a proxy must not forward (RFC 9110 §7.6.1), and
+/// `host` (the outbound request's comes from its URI).
+const HOP_BY_HOP: [HeaderName; 8] = [
+    http::header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    http::header::TE,
+    http::header::TRAILER,
+    http::header::TRANSFER_ENCODING,
+    http::header::UPGRADE,
+    http::header::HOST,
+];
 
-/// Moves the end-to-end headers of `from` into `to`, in order; the values
-/// move, nothing is copied.
-fn move_end_to_end(from: HeaderMap, to: &mut HeaderMap) {
-    // A name comes with its first value; `None` continues the same name.
-    let mut current: Option<HeaderName> = None;
-    for (name, value) in from {
-        if let Some(name) = name {
-            current = (!is_hop_by_hop(&name)).then_some(name);
+/// Drops the hop-by-hop headers of `headers`, keeping the end-to-end ones
+/// in place and in order, so the map itself moves on: a scan of its names
+/// (compared, not hashed) and one removal per hop-by-hop name present
+/// (usually `host` alone), no second map built.
+fn keep_end_to_end(headers: &mut HeaderMap) {
+    let mut found = 0u16;
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            found |= 1 << i;
         }
-        if let Some(name) = &current {
-            to.append(name, value);
+    }
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if found & (1 << i) != 0 {
+            headers.remove(name);
         }
     }
 }
@@ -595,8 +596,9 @@ async fn proxy(h: &HttpUpstream, req: Request<Incoming>) -> Response<Body> {
         extensions,
         ..
     } = parts;
-    let priority = extensions.get::<Priority>().copied();
-    let deadline = Deadline::of(&extensions);
+    // What the extensions carried (the arrival, the deadline, the priority)
+    // is in the task's scope as well, which the upstream's layers read: the
+    // outbound request needs no extensions of its own.
     drop(extensions);
     let uri = match h.uri_of(uri) {
         Ok(u) => u,
@@ -615,21 +617,19 @@ async fn proxy(h: &HttpUpstream, req: Request<Incoming>) -> Response<Body> {
     let mut out = Request::new(Full::new(body));
     *out.method_mut() = method;
     *out.uri_mut() = uri;
-    move_end_to_end(headers, out.headers_mut());
-    // Inbound priority headers were replaced at the edge; send ours on.
-    if let Some(p) = priority {
-        out.headers_mut()
-            .insert(floodwall::core::wire::PRIORITY_HEADER, p.header_value());
-    }
-    if let Some(d) = deadline {
-        Deadline::set(out.extensions_mut(), d);
-    }
+    let mut headers = headers;
+    keep_end_to_end(&mut headers);
+    // The priority header moved on with the others (the edge's
+    // `AssignPriority` wrote the request's own over the caller's), and the
+    // upstream's `PriorityClient` writes it from the `Priority` extension.
+    *out.headers_mut() = headers;
     match h.send(out).await {
         Ok(res) => {
-            let (rp, rb) = res.into_parts();
+            let (mut rp, rb) = res.into_parts();
             let mut back = Response::new(Full::new(rb));
             *back.status_mut() = rp.status;
-            move_end_to_end(rp.headers, back.headers_mut());
+            keep_end_to_end(&mut rp.headers);
+            *back.headers_mut() = rp.headers;
             back
         }
         Err(e) => match Rejected::find(&*e) {

@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -14,31 +14,63 @@ use tokio::time::{Instant, Sleep};
 /// `io` that fails with `TimedOut` after `idle` without a byte read or
 /// written. The gateway sets `idle` above every route timeout, so a request
 /// whose answer is still being made is never cut by it.
+///
+/// A byte moved only notes the instant; the timer is not reset for it (a
+/// reset re-files the timer: hundreds of instructions per request). When
+/// the timer fires it is moved to `idle` after the last byte if that is
+/// still ahead, and the connection fails only if it is not.
 pub(crate) struct IdleTimeout<T> {
     io: T,
     idle: Duration,
+    last: Instant,
     timer: Pin<Box<Sleep>>,
+    /// The waker the timer holds, once polled: while it is the caller's
+    /// and the timer has not fired, the timer need not be polled again.
+    armed: Option<Waker>,
 }
 
 impl<T> IdleTimeout<T> {
     pub(crate) fn new(io: T, idle: Duration) -> Self {
+        let now = Instant::now();
         Self {
             io,
             idle,
-            timer: Box::pin(tokio::time::sleep(idle)),
+            last: now,
+            timer: Box::pin(tokio::time::sleep_until(now + idle)),
+            armed: None,
         }
     }
 
     fn moved(&mut self) {
-        self.timer.as_mut().reset(Instant::now() + self.idle);
+        self.last = Instant::now();
     }
 
+    /// Whether the connection has been idle for `idle`; otherwise the timer
+    /// is set to wake the caller when it might have been.
     fn expired(&mut self, cx: &mut Context<'_>) -> bool {
-        self.timer.as_mut().poll(cx).is_ready()
+        if !self.timer.is_elapsed() && self.armed.as_ref().is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            return false;
+        }
+        loop {
+            if self.timer.as_mut().poll(cx).is_pending() {
+                if !self.armed.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    self.armed = Some(cx.waker().clone());
+                }
+                return false;
+            }
+            let due = self.last + self.idle;
+            if due <= Instant::now() {
+                return true;
+            }
+            // A byte moved since the timer was set: idle only from then.
+            self.timer.as_mut().reset(due);
+            self.armed = None;
+        }
     }
 
-    /// What a write of the stream came to: bytes written restart the
-    /// timer, a write still pending past it fails.
+    /// What a write of the stream came to: bytes written note the
+    /// activity, a write still pending past the idle time fails.
     fn wrote(
         &mut self,
         cx: &mut Context<'_>,
@@ -116,5 +148,34 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for IdleTimeout<T> {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test(start_paused = true)]
+    async fn a_parked_connection_fails_after_the_idle_time_and_traffic_defers_it() {
+        let idle = Duration::from_secs(10);
+        let (client, server) = tokio::io::duplex(64);
+        let mut conn = IdleTimeout::new(server, idle);
+        let mut client = client;
+        let start = Instant::now();
+        // Traffic every 6 s keeps it open past several idle times.
+        for _ in 0..5 {
+            tokio::time::sleep(Duration::from_secs(6)).await;
+            client.write_all(b"x").await.unwrap();
+            let mut b = [0u8; 1];
+            conn.read_exact(&mut b).await.unwrap();
+        }
+        assert_eq!(start.elapsed(), Duration::from_secs(30));
+        // Then nothing: it fails 10 s after the last byte, not before.
+        let last = Instant::now();
+        let mut b = [0u8; 1];
+        let err = conn.read(&mut b).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(last.elapsed(), idle);
     }
 }

@@ -69,10 +69,6 @@ use crate::tally::{Tally, TallySnapshot};
 /// (`upstream_unavailable`, `upstream_error`).
 pub const REASON_HEADER: &str = "x-floodwall-reason";
 
-/// The client IP the gateway decided on, in request extensions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ClientIp(pub IpAddr);
-
 /// The key per-client limits count under, in request extensions when such a
 /// limit is configured (the per-IP limit, a route's global limit): the
 /// client IP, an IPv6 client by its /64 (one host cannot mint a bucket per
@@ -972,6 +968,7 @@ async fn serve<S>(
         let svc = svc.clone();
         let builder = builder.clone();
         let mut stop = stop.clone();
+        let probe = stop.clone();
         let first_byte = limits.header_read_timeout;
         let idle_timeout = limits.idle_timeout;
         tokio::spawn(async move {
@@ -985,20 +982,34 @@ async fn serve<S>(
             ) {
                 return;
             }
+            let peer = Peer::new(peer);
             let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
-                req.extensions_mut().insert(peer);
+                req.extensions_mut().insert(peer.clone());
                 svc.clone().oneshot(req)
             });
             let io = idle::IdleTimeout::new(stream, idle_timeout);
             let conn = builder.serve_connection(TokioIo::new(io), svc);
             tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                _ = stop.changed() => {
-                    // Finish what is in flight, answer nothing new, close.
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
+            let changed = stop.changed();
+            tokio::pin!(changed);
+            let mut armed = false;
+            let stopped = std::future::poll_fn(|cx| {
+                // The stop signal is polled once, to be woken by it, and
+                // again only once it has fired: not on every wake-up of a
+                // busy connection.
+                if !armed || probe.has_changed().unwrap_or(true) {
+                    if changed.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(true);
+                    }
+                    armed = true;
                 }
+                conn.as_mut().poll(cx).map(|_| false)
+            })
+            .await;
+            if stopped {
+                // Finish what is in flight, answer nothing new, close.
+                conn.as_mut().graceful_shutdown();
+                let _ = conn.await;
             }
         });
     }
@@ -1008,7 +1019,15 @@ async fn serve<S>(
 /// trusted proxy, the user header and the forwarding headers are the
 /// client's own words: removed, so nobody can name a user or a client.
 /// Toward upstreams the real peer is appended to `X-Forwarded-For`.
-fn inbound_hygiene(headers: &mut http::HeaderMap, runtime: &Runtime, peer: IpAddr) {
+///
+/// `forwarded` is the peer's own `X-Forwarded-For` value when the
+/// connection made it already ([`Peer`]).
+fn inbound_hygiene(
+    headers: &mut http::HeaderMap,
+    runtime: &Runtime,
+    peer: IpAddr,
+    forwarded: Option<HeaderValue>,
+) {
     const XFF: http::HeaderName = http::header::HeaderName::from_static("x-forwarded-for");
     if !runtime.trusts(peer) {
         headers.remove(&runtime.user_header);
@@ -1028,23 +1047,48 @@ fn inbound_hygiene(headers: &mut http::HeaderMap, runtime: &Runtime, peer: IpAdd
             format!("{chain}, {peer}")
         };
         HeaderValue::from_str(&chain).ok()
+    } else if forwarded.is_some() {
+        // The usual case, the peer alone, written once per connection.
+        forwarded
     } else {
-        // The usual case, the peer alone: written on the stack, one
-        // allocation (the value's own).
-        use std::io::Write as _;
-        const LEN: usize = 64; // an IPv6 address takes at most 45
-        let mut buf = [0u8; LEN];
-        let mut w = &mut buf[..];
-        let written = write!(w, "{peer}").is_ok();
-        let n = LEN - w.len();
-        if written {
-            HeaderValue::from_bytes(&buf[..n]).ok()
-        } else {
-            None
-        }
+        forwarded_value(peer)
     };
     if let Some(v) = value {
         headers.insert(&XFF, v);
+    }
+}
+
+/// `peer` as an `X-Forwarded-For` value: written on the stack, one
+/// allocation (the value's own).
+fn forwarded_value(peer: IpAddr) -> Option<HeaderValue> {
+    use std::io::Write as _;
+    const LEN: usize = 64; // an IPv6 address takes at most 45
+    let mut buf = [0u8; LEN];
+    let mut w = &mut buf[..];
+    let written = write!(w, "{peer}").is_ok();
+    let n = LEN - w.len();
+    if written {
+        HeaderValue::from_bytes(&buf[..n]).ok()
+    } else {
+        None
+    }
+}
+
+/// The connection's peer, in each of its requests' extensions: its address
+/// and the `X-Forwarded-For` value naming it, made once per connection
+/// instead of formatted for every request.
+#[derive(Debug, Clone)]
+struct Peer {
+    addr: SocketAddr,
+    forwarded: Option<HeaderValue>,
+}
+
+impl Peer {
+    fn new(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            forwarded: forwarded_value(addr.ip()),
+        }
     }
 }
 
@@ -1059,6 +1103,12 @@ fn outbound_hygiene(headers: &mut http::HeaderMap) {
         http::HeaderName::from_static(PRIORITY_HEADER),
         http::HeaderName::from_static(UPSTREAM_DROPS_HEADER),
     ];
+    // A response rarely carries one: a scan of its few names (compared,
+    // not hashed) decides whether any lookup is needed.
+    const SCAN: usize = 16;
+    if headers.keys_len() <= SCAN && !headers.keys().any(|k| INTERNAL.contains(k)) {
+        return;
+    }
     for name in &INTERNAL {
         headers.remove(name);
     }
@@ -1105,26 +1155,28 @@ impl Service<Request<Incoming>> for DataPlane {
 
     fn call(&mut self, mut req: Request<Incoming>) -> Self::Future {
         let now = Instant::now();
-        Arrival::stamp(req.extensions_mut(), now);
         let runtime = self.shared.runtime();
-        let peer = req
-            .extensions()
-            .get::<SocketAddr>()
-            .map_or(IpAddr::from([0, 0, 0, 0]), SocketAddr::ip);
-        let ip = runtime.client_ip(peer, req.headers());
-        inbound_hygiene(req.headers_mut(), &runtime, peer);
-        req.extensions_mut().insert(ClientIp(ip));
-        if runtime.keys_clients {
-            req.extensions_mut()
-                .insert(ClientKey(runtime.client_key(ip)));
-        }
+        // Taken out: nothing below reads it, and the request's extensions
+        // stay within the map's first allocation.
+        let (peer, forwarded) = match req.extensions_mut().remove::<Peer>() {
+            Some(p) => (p.addr.ip(), p.forwarded),
+            None => (
+                req.extensions()
+                    .get::<SocketAddr>()
+                    .map_or(IpAddr::from([0, 0, 0, 0]), SocketAddr::ip),
+                None,
+            ),
+        };
         let shared = self.shared.clone();
         let Some(route) = runtime.route(req.uri().path()) else {
             let res = refusal(StatusCode::NOT_FOUND, "no_route", "no route for this path");
             return Box::pin(async move { Ok(res) });
         };
         if let Some(handler) = route.direct.clone() {
-            // Layers off: the handler's future lives in this allocation.
+            // Layers off: nothing below reads the arrival or the client's
+            // address, so neither is worked out; the handler's future
+            // lives in this allocation.
+            inbound_hygiene(req.headers_mut(), &runtime, peer, forwarded);
             return Box::pin(async move {
                 let mut res = handler.serve(req).await;
                 outbound_hygiene(res.headers_mut());
@@ -1132,6 +1184,15 @@ impl Service<Request<Incoming>> for DataPlane {
                 Ok(res)
             });
         }
+        Arrival::stamp(req.extensions_mut(), now);
+        if runtime.keys_clients {
+            // From the forwarding headers as they came in, before ours is
+            // added.
+            let ip = runtime.client_ip(peer, req.headers());
+            req.extensions_mut()
+                .insert(ClientKey(runtime.client_key(ip)));
+        }
+        inbound_hygiene(req.headers_mut(), &runtime, peer, forwarded);
         let svc = route.service.clone();
         Box::pin(async move {
             let mut res = match svc.oneshot(req).await {
