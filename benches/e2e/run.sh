@@ -35,8 +35,8 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"; jobs -p | xargs -r kill 2>/dev/null' EXIT
 results="$tmp/results.tsv"
 
-# utime + stime of a process, in clock ticks.
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# utime and stime of a process, in clock ticks.
+cpu_ticks() { awk '{print $14, $15}' "/proc/$1/stat"; }
 
 run_one() {
     local server=$1 stack=$2 gen=$3 round=$4
@@ -66,10 +66,14 @@ run_one() {
     t1=$(cpu_ticks "$pid")
     kill "$pid"
     wait "$pid" 2>/dev/null || true
-    local cpu_us
-    cpu_us=$(awk -v d="$((t1 - t0))" -v clk="$CLK" -v n="$requests" 'BEGIN {printf "%.3f", d / clk * 1e6 / n}')
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$server" "$gen" "$stack" "$round" "$rps" "$cpu_us" "$p50" "$p99" >>"$results"
-    echo "e2e: round $round $server $gen $stack: $rps req/s, $cpu_us µs CPU/request, p50 $p50" >&2
+    # User and system time per request, in µs.
+    local user_us sys_us cpu_us
+    read -r user_us sys_us < <(awk -v a="$t0" -v b="$t1" -v clk="$CLK" -v n="$requests" 'BEGIN {
+        split(a, x, " "); split(b, y, " ");
+        printf "%.3f %.3f", (y[1] - x[1]) / clk * 1e6 / n, (y[2] - x[2]) / clk * 1e6 / n }')
+    cpu_us=$(awk -v u="$user_us" -v s="$sys_us" 'BEGIN {printf "%.3f", u + s}')
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$server" "$gen" "$stack" "$round" "$rps" "$cpu_us" "$p50" "$p99" "$user_us" "$sys_us" >>"$results"
+    echo "e2e: round $round $server $gen $stack: $rps req/s, $cpu_us µs CPU/request ($user_us user), p50 $p50" >&2
 }
 
 for round in $(seq "$ROUNDS"); do
@@ -92,12 +96,12 @@ from collections import defaultdict
 path, rounds, duration, conns = sys.argv[1], *sys.argv[2:]
 rows = defaultdict(list)
 for line in open(path):
-    server, gen, stack, _, rps, cpu, p50, p99 = line.rstrip("\n").split("\t")
-    rows[(server, gen, stack)].append((float(rps), float(cpu), p50, p99))
+    server, gen, stack, _, rps, cpu, p50, p99, user, system = line.rstrip("\n").split("\t")
+    rows[(server, gen, stack)].append((float(rps), float(cpu), p50, p99, float(user), float(system)))
 print(f"{rounds} alternating rounds of {duration} s, {conns} connections; server on one core, "
       "generator on another; medians, spread min–max.\n")
-print("| server | generator | stack | req/s | server CPU µs/request | vs bare | p50 | p99 |")
-print("|---|---|---|---:|---:|---:|---|---|")
+print("| server | generator | stack | req/s | server CPU µs/request | user / system µs | vs bare | p50 | p99 |")
+print("|---|---|---|---:|---:|---:|---:|---|---|")
 order = ["bare", "floodwall", "peer", "layers-off", "gateway"]
 for (server, gen, stack), rs in sorted(rows.items(), key=lambda kv: (kv[0][0], kv[0][1], order.index(kv[0][2]))):
     rps = [r[0] for r in rs]
@@ -110,5 +114,7 @@ for (server, gen, stack), rs in sorted(rows.items(), key=lambda kv: (kv[0][0], k
         vs += f" CPU, {statistics.median(rps) / base * 100:.1f} % of bare req/s"
     mid = sorted(rs, key=lambda r: r[1])[len(rs) // 2]
     print(f"| {server} | {gen} | {stack} | {statistics.median(rps):,.0f} ({min(rps):,.0f}–{max(rps):,.0f}) "
-          f"| {statistics.median(cpu):.2f} ({min(cpu):.2f}–{max(cpu):.2f}) | {vs} | {mid[2]} | {mid[3]} |")
+          f"| {statistics.median(cpu):.2f} ({min(cpu):.2f}–{max(cpu):.2f}) "
+          f"| {statistics.median(r[4] for r in rs):.2f} / {statistics.median(r[5] for r in rs):.2f} "
+          f"| {vs} | {mid[2]} | {mid[3]} |")
 PY

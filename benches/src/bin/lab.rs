@@ -313,18 +313,24 @@ fn realtime_lab(
         sim.measure,
         sim.seed
     );
+    let measured = realtime::measured_capacity(sim)?;
+    eprintln!(
+        "lab {stem}: the server saturated does {measured:.0} requests/s in real time ({:.1} % of nominal)",
+        measured / sim.capacity() * 100.0
+    );
     let started = Instant::now();
     let mut rows = Vec::with_capacity(scenarios.len());
     for (i, &sc) in scenarios.iter().enumerate() {
         let row = realtime::run(&config, sc)?;
         eprintln!(
-            "lab {stem}: {}/{} {} at {}×{}: goodput {:.1} %, p99 {:.0} ms, classes {}",
+            "lab {stem}: {}/{} {} at {}×{}: goodput {:.1} % ({:.1} % of measured), p99 {:.0} ms, classes {}",
             i + 1,
             scenarios.len(),
             sc.stack,
             sc.load,
             if sc.retries { ", clients retrying" } else { "" },
             row.goodput() * 100.0,
+            row.goodput() * sim.capacity() / measured * 100.0,
             row.latency.quantile(0.99).as_secs_f64() * 1e3,
             (0..row.classes.len())
                 .map(|c| format!("{:.0} %", row.class_success(c) * 100.0))
@@ -347,7 +353,11 @@ fn realtime_lab(
         write(&args.out.join(format!("{name}.svg")), &plot::svg(chart))?;
     }
     write(&args.out.join(format!("{stem}.csv")), &report::csv(&rows))?;
-    let md = tables_md(&rows, &tables);
+    let md = format!(
+        "{}{}",
+        measured_md(&rows, sim.capacity(), measured),
+        tables_md(&rows, &tables)
+    );
     write(&args.out.join(format!("{stem}.md")), &md)?;
     eprintln!("lab {stem}: wrote {}", args.out.display());
 
@@ -368,6 +378,59 @@ fn realtime_lab(
         );
     }
     Ok(md)
+}
+
+/// Goodput against the capacity the server showed saturated
+/// ([`realtime::measured_capacity`]): one row per stack, one column per
+/// load, "without retries / with retries" in each cell.
+fn measured_md(rows: &[Row], nominal: f64, measured: f64) -> String {
+    let mut loads: Vec<f64> = rows.iter().map(|r| r.scenario.load).collect();
+    loads.sort_by(f64::total_cmp);
+    loads.dedup();
+    let mut stacks: Vec<Stack> = Vec::new();
+    for r in rows {
+        if !stacks.contains(&r.scenario.stack) {
+            stacks.push(r.scenario.stack);
+        }
+    }
+    let cell = |stack: Stack, load: f64, retries: bool| {
+        rows.iter()
+            .find(|r| {
+                r.scenario.stack == stack
+                    && r.scenario.load == load
+                    && r.scenario.retries == retries
+            })
+            .map_or("–".to_owned(), |r| {
+                format!("{:.1}", r.goodput() * nominal / measured * 100.0)
+            })
+    };
+    let mut md = format!(
+        "\nThe server saturated (its workers always busy, no layer, no network: \
+         `floodwall_benches::lab::realtime::measured_capacity`) served {measured:.0} requests/s, \
+         {:.1} % of the nominal {nominal:.0}/s: tokio's timer wakes a worker on the millisecond tick \
+         after its job's end. Goodput as % of that measured capacity, without / with retries:\n\n\
+         | stack |",
+        measured / nominal * 100.0
+    );
+    for load in &loads {
+        md.push_str(&format!(" {load}× |"));
+    }
+    md.push_str("\n|---|");
+    md.push_str(&"---:|".repeat(loads.len()));
+    md.push('\n');
+    for stack in stacks {
+        md.push_str(&format!("| `{}` |", stack.name()));
+        for &load in &loads {
+            md.push_str(&format!(
+                " {} / {} |",
+                cell(stack, load, false),
+                cell(stack, load, true)
+            ));
+        }
+        md.push('\n');
+    }
+    md.push('\n');
+    md
 }
 
 /// The `realtime` (or `realtime-concurrency`) region of docs/performance.md:

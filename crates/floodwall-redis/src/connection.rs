@@ -110,6 +110,9 @@ struct Dialer {
     dialing: tokio::sync::Mutex<u64>,
 }
 
+// One per connection, made once: its size does not matter (without the
+// `sentinel` feature the cluster client is the one large variant).
+#[allow(clippy::large_enum_variant)]
 enum Target {
     Node(redis::Client),
     Cluster(ClusterClient),
