@@ -70,7 +70,7 @@ run_one() {
     local user_us sys_us cpu_us
     read -r user_us sys_us < <(awk -v a="$t0" -v b="$t1" -v clk="$CLK" -v n="$requests" 'BEGIN {
         split(a, x, " "); split(b, y, " ");
-        printf "%.3f %.3f", (y[1] - x[1]) / clk * 1e6 / n, (y[2] - x[2]) / clk * 1e6 / n }')
+        printf "%.3f %.3f\n", (y[1] - x[1]) / clk * 1e6 / n, (y[2] - x[2]) / clk * 1e6 / n }')
     cpu_us=$(awk -v u="$user_us" -v s="$sys_us" 'BEGIN {printf "%.3f", u + s}')
     printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$server" "$gen" "$stack" "$round" "$rps" "$cpu_us" "$p50" "$p99" "$user_us" "$sys_us" >>"$results"
     echo "e2e: round $round $server $gen $stack: $rps req/s, $cpu_us µs CPU/request ($user_us user), p50 $p50" >&2

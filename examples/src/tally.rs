@@ -131,7 +131,9 @@ pub struct TallyService<S> {
 
 fn grpc_code(headers: &http::HeaderMap) -> Option<tonic::Code> {
     const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
-    let v = headers.get(&GRPC_STATUS)?.to_str().ok()?;
+    let v = floodwall::core::wire::find_header(headers, &GRPC_STATUS)?
+        .to_str()
+        .ok()?;
     Some(tonic::Code::from_i32(v.parse().ok()?))
 }
 
@@ -139,7 +141,8 @@ fn grpc_code(headers: &http::HeaderMap) -> Option<tonic::Code> {
 /// it names a rejection kind, else by gRPC status, else by HTTP status.
 pub fn count_response<B>(tally: &Tally, res: &http::Response<B>) {
     const REASON: http::HeaderName = http::HeaderName::from_static(crate::gateway::REASON_HEADER);
-    let reason = res.headers().get(&REASON).and_then(|v| v.to_str().ok());
+    let reason =
+        floodwall::core::wire::find_header(res.headers(), &REASON).and_then(|v| v.to_str().ok());
     if let Some(kind) = KINDS.iter().find(|k| Some(k.as_str()) == reason) {
         tally.rejected(*kind);
         return;

@@ -19,3 +19,134 @@ pub const ADMISSION_LEVEL_HEADER: &str = "x-floodwall-admission-level";
 /// dropped locally (by the server's advertised admission level) since its
 /// previous request. The server counts them as arrivals it refused.
 pub const UPSTREAM_DROPS_HEADER: &str = "x-floodwall-upstream-drops";
+
+/// Up to how many header names [`find_header`], [`remove_header`] and
+/// [`set_header`] scan before they use the map's hashed lookup.
+pub const SCAN: usize = 12;
+
+/// `headers[name]`. A request or response usually has a few headers, and
+/// comparing their names is cheaper than hashing one (a standard name
+/// compares as one byte, a custom one by its length first): up to
+/// [`SCAN`] names the entries are scanned, beyond them the map's lookup
+/// is used.
+///
+/// ```
+/// use floodwall_core::wire::find_header;
+/// use http::{HeaderMap, HeaderName, HeaderValue};
+///
+/// const TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+/// let mut headers = HeaderMap::new();
+/// assert_eq!(find_header(&headers, &TIMEOUT), None);
+/// headers.insert(TIMEOUT, HeaderValue::from_static("2S"));
+/// assert_eq!(find_header(&headers, &TIMEOUT).unwrap(), "2S");
+/// ```
+#[inline]
+pub fn find_header<'a>(
+    headers: &'a http::HeaderMap,
+    name: &http::HeaderName,
+) -> Option<&'a http::HeaderValue> {
+    if headers.keys_len() <= SCAN {
+        headers.iter().find_map(|(k, v)| (k == name).then_some(v))
+    } else {
+        headers.get(name)
+    }
+}
+
+/// Removes every `name` header and returns the first, as
+/// [`HeaderMap::remove`](http::HeaderMap::remove); a small map is scanned
+/// first, so removing a header that is not there (the usual case: a
+/// request from a trusted hop) costs no hash.
+#[inline]
+pub fn remove_header(
+    headers: &mut http::HeaderMap,
+    name: &http::HeaderName,
+) -> Option<http::HeaderValue> {
+    if headers.keys_len() <= SCAN && !headers.keys().any(|k| k == name) {
+        return None;
+    }
+    headers.remove(name)
+}
+
+/// Sets `name` to `value` alone, as
+/// [`HeaderMap::insert`](http::HeaderMap::insert), unless the map already
+/// holds exactly that one value under `name` (an outer layer wrote it):
+/// then nothing is written.
+///
+/// ```
+/// use floodwall_core::wire::set_header;
+/// use http::{HeaderMap, HeaderName, HeaderValue};
+///
+/// const P: HeaderName = HeaderName::from_static("x-floodwall-priority");
+/// let mut headers = HeaderMap::new();
+/// headers.append(P, HeaderValue::from_static("1-2"));
+/// headers.append(P, HeaderValue::from_static("3-4"));
+/// set_header(&mut headers, &P, HeaderValue::from_static("3-4"));
+/// assert_eq!(headers.get_all(P).iter().collect::<Vec<_>>(), ["3-4"]);
+/// ```
+#[inline]
+pub fn set_header(
+    headers: &mut http::HeaderMap,
+    name: &http::HeaderName,
+    value: http::HeaderValue,
+) {
+    if headers.keys_len() <= SCAN {
+        let mut values = headers.iter().filter(|(k, _)| *k == name).map(|(_, v)| v);
+        if let (Some(only), None) = (values.next(), values.next())
+            && *only == value
+        {
+            return;
+        }
+    }
+    headers.insert(name.clone(), value);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::{HeaderMap, HeaderName, HeaderValue};
+
+    fn with_fillers(n: usize) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for i in 0..n {
+            headers.insert(
+                HeaderName::try_from(format!("x-filler-{i}")).unwrap(),
+                HeaderValue::from_static("1"),
+            );
+        }
+        headers
+    }
+
+    #[test]
+    fn small_and_large_maps_answer_alike() {
+        let name = HeaderName::from_static("grpc-timeout");
+        for extra in [0, 3, 11, 12, 13, 40] {
+            let mut headers = with_fillers(extra);
+            assert_eq!(find_header(&headers, &name), None, "{extra} others");
+            assert_eq!(remove_header(&mut headers, &name), None, "{extra} others");
+            headers.append(&name, HeaderValue::from_static("2S"));
+            headers.append(&name, HeaderValue::from_static("3S"));
+            headers.insert(http::header::HOST, HeaderValue::from_static("a"));
+            assert_eq!(
+                find_header(&headers, &name).unwrap(),
+                "2S",
+                "{extra} others"
+            );
+            // Two values: set replaces both.
+            set_header(&mut headers, &name, HeaderValue::from_static("3S"));
+            assert_eq!(
+                headers.get_all(&name).iter().collect::<Vec<_>>(),
+                ["3S"],
+                "{extra} others"
+            );
+            // One equal value: kept as it is.
+            set_header(&mut headers, &name, HeaderValue::from_static("3S"));
+            assert_eq!(headers.get_all(&name).iter().count(), 1);
+            // Another value: replaced.
+            set_header(&mut headers, &name, HeaderValue::from_static("4S"));
+            assert_eq!(headers.get(&name).unwrap(), "4S");
+            assert_eq!(remove_header(&mut headers, &name).unwrap(), "4S");
+            assert_eq!(find_header(&headers, &name), None, "{extra} others");
+            assert_eq!(headers.get(http::header::HOST).unwrap(), "a");
+        }
+    }
+}

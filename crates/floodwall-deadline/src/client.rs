@@ -159,9 +159,7 @@ where
             let config = shared.config.read();
             (config.timeout, config.margin)
         };
-        let explicit = req
-            .headers()
-            .get(&shared.header)
+        let explicit = floodwall_core::wire::find_header(req.headers(), &shared.header)
             .and_then(|v| shared.wire.parse(v));
         if inherited.is_none() && timeout.is_none() && explicit.is_none() {
             shared.metrics.requests.admitted();

@@ -197,7 +197,8 @@ where
         let arrival = stamped.arrival().unwrap_or(Arrival::new(now));
         let (trust_inbound, max) = Packed(shared.packed.load(Ordering::Acquire)).unpack();
         let inbound = if trust_inbound {
-            find_header(req.headers(), &shared.header).and_then(|v| shared.wire.parse(v))
+            floodwall_core::wire::find_header(req.headers(), &shared.header)
+                .and_then(|v| shared.wire.parse(v))
         } else {
             None
         };
@@ -259,47 +260,9 @@ where
     }
 }
 
-/// `headers[name]`: a scan of the entries for the few a request usually
-/// has (comparing names is cheaper than hashing one), the map's lookup
-/// beyond.
-#[inline]
-fn find_header<'a>(
-    headers: &'a http::HeaderMap,
-    name: &HeaderName,
-) -> Option<&'a http::HeaderValue> {
-    const SCAN: usize = 12;
-    if headers.keys_len() <= SCAN {
-        headers.iter().find_map(|(k, v)| (k == name).then_some(v))
-    } else {
-        headers.get(name)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_header_is_found_by_scan_and_by_lookup() {
-        let name = HeaderName::from_static("grpc-timeout");
-        for extra in [0, 3, 11, 12, 40] {
-            let mut headers = http::HeaderMap::new();
-            for i in 0..extra {
-                headers.insert(
-                    HeaderName::try_from(format!("x-filler-{i}")).unwrap(),
-                    http::HeaderValue::from_static("1"),
-                );
-            }
-            assert_eq!(find_header(&headers, &name), None, "{extra} others");
-            headers.insert(name.clone(), http::HeaderValue::from_static("2S"));
-            headers.insert(http::header::HOST, http::HeaderValue::from_static("a"));
-            assert_eq!(
-                find_header(&headers, &name).map(|v| v.to_str().unwrap()),
-                Some("2S"),
-                "{extra} others"
-            );
-        }
-    }
 
     #[test]
     fn the_packed_config_round_trips() {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use floodwall_core::wire::{PRIORITY_HEADER, UPSTREAM_DROPS_HEADER};
+use floodwall_core::wire::{PRIORITY_HEADER, UPSTREAM_DROPS_HEADER, remove_header, set_header};
 use floodwall_core::{ConfigError, Priority};
 use http::header::{HeaderMap, HeaderName};
 use http::{Extensions, Request};
@@ -167,9 +167,7 @@ impl Assigner {
         let business = self.business.lookup(req.uri().path());
         let user = match &self.user {
             UserSource::None => None,
-            UserSource::Header(name) => req
-                .headers()
-                .get(name)
+            UserSource::Header(name) => floodwall_core::wire::find_header(req.headers(), name)
                 .map(|v| self.user_priority_of_bytes(v.as_bytes(), Instant::now())),
             UserSource::Custom(f) => f(req.headers(), req.extensions())
                 .map(|id| self.user_priority_of_number(id, Instant::now())),
@@ -358,9 +356,8 @@ where
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let priority = self.assigner.assign(&req);
         req.extensions_mut().insert(priority);
-        req.headers_mut()
-            .insert(PRIORITY.clone(), priority.header_value());
-        req.headers_mut().remove(&DROPS);
+        set_header(req.headers_mut(), &PRIORITY, priority.header_value());
+        remove_header(req.headers_mut(), &DROPS);
         crate::scope::scope(priority, self.inner.call(req))
     }
 }

@@ -7,7 +7,10 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use floodwall_core::metrics::{LABEL_NAME, metric_name};
-use floodwall_core::wire::{ADMISSION_LEVEL_HEADER, PRIORITY_HEADER, UPSTREAM_DROPS_HEADER};
+use floodwall_core::wire::{
+    ADMISSION_LEVEL_HEADER, PRIORITY_HEADER, UPSTREAM_DROPS_HEADER, find_header, remove_header,
+    set_header,
+};
 use floodwall_core::{BoxError, ConfigError, Priority, Rejected};
 use http::header::{HeaderName, HeaderValue};
 use http::{Request, Response};
@@ -331,7 +334,7 @@ where
             .copied()
             .or_else(crate::scope::current);
         if let Some(p) = priority {
-            req.headers_mut().insert(PRIORITY.clone(), p.header_value());
+            set_header(req.headers_mut(), &PRIORITY, p.header_value());
         }
         if shared.config.collaborative {
             let level = shared.level.load(Relaxed);
@@ -353,7 +356,7 @@ where
                 }
             }
             // Only this client's own count may go downstream.
-            req.headers_mut().remove(&DROPS);
+            remove_header(req.headers_mut(), &DROPS);
             if shared.unreported.load(Relaxed) > 0 {
                 let n = shared.unreported.swap(0, Relaxed);
                 let n = u32::try_from(n).unwrap_or(u32::MAX);
@@ -399,9 +402,7 @@ where
                 let out = ready!(fut.poll(cx)).map_err(Into::into);
                 if shared.config.collaborative {
                     let level = match &out {
-                        Ok(res) => res
-                            .headers()
-                            .get(&LEVEL_HEADER)
+                        Ok(res) => find_header(res.headers(), &LEVEL_HEADER)
                             .and_then(|v| Priority::parse(v.as_bytes()).ok()),
                         // A rejection straight from an in-process server stack.
                         Err(e) => Rejected::find(&**e).and_then(Rejected::admission_level),

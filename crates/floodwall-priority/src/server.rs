@@ -125,9 +125,7 @@ impl Shared {
                     return *p;
                 }
                 if self.trust_inbound
-                    && let Some(p) = req
-                        .headers()
-                        .get(&PRIORITY)
+                    && let Some(p) = floodwall_core::wire::find_header(req.headers(), &PRIORITY)
                         .and_then(|v| Priority::parse(v.as_bytes()).ok())
                 {
                     req.extensions_mut().insert(p);
@@ -227,7 +225,7 @@ where
         let now = floodwall_core::clock::now();
         let priority = shared.priority_of(&mut req);
         if shared.trust_inbound
-            && let Some(drops) = req.headers_mut().remove(&DROPS)
+            && let Some(drops) = floodwall_core::wire::remove_header(req.headers_mut(), &DROPS)
             && let Some(n) = drops.to_str().ok().and_then(|s| s.parse::<u32>().ok())
         {
             shared.controller.record_upstream_drops(u64::from(n));
