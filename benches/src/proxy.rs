@@ -123,39 +123,10 @@ fn status(code: StatusCode) -> Response<Body> {
 
 /// The gateway's configuration for the comparison: one catch-all proxy
 /// route to `upstream`, every layer on (or, with `protected` false, none),
-/// limits far above the load.
+/// limits far above the load ([`floodwall_examples::deploy::proxy_config`]).
+///
+/// # Errors
+/// As [`GatewayConfig::parse`] (never, for a `http://host:port` upstream).
 pub fn gateway_config(upstream: &str, protected: bool) -> Result<GatewayConfig, BoxError> {
-    let text = format!(
-        r#"
-[gateway]
-protected = {protected}
-listen = "127.0.0.1:0"
-admin = "127.0.0.1:0"
-trusted_proxies = ["127.0.0.1"]
-user_header = "x-user-id"
-default_priority = 10
-key_seed = 1
-
-[per_ip]
-name = "per_ip"
-quota = {{ rate = 1000000000, burst = 1000000000 }}
-capacity = 100000
-
-[upstreams.up]
-kind = "http"
-url = "{upstream}"
-timeout = "2s"
-breaker = {{ window = {{ count = 100 }}, minimum_calls = 100, failure_rate_threshold = 50.0, open_duration = "1s", half_open_calls = 3 }}
-throttle = {{ window = "10s", buckets = 10, k = 2.0, min_rps = 10.0 }}
-
-[[routes]]
-prefix = "/"
-handler = "proxy"
-upstream = "up"
-timeout = "2s"
-priority = 8
-limit = {{ name = "all", quota = {{ rate = 1000000000, burst = 1000000000 }} }}
-"#
-    );
-    Ok(GatewayConfig::parse(&text)?)
+    floodwall_examples::deploy::proxy_config(upstream, protected)
 }

@@ -1127,8 +1127,10 @@ timeout = "2s"
 }
 
 /// An upstream that accepts everything is never throttled, from the first
-/// request on, with 32 clients at once: the SRE throttle's minimum rate
-/// (`min_rps`, as docs/gateway.md configures it) covers the cold start,
+/// request on, with 32 clients at once, in the end-to-end benchmarks'
+/// configuration (`deploy::proxy_config`, every layer on): the SRE
+/// throttle's minimum rate (`min_rps`, as the reference config has it)
+/// covers the cold start,
 /// when the first wave of requests is in flight and nothing is accepted
 /// yet. Without it `p = R / (R + 1)` for that wave: the e2e harness saw a
 /// quarter of the first answers come back `503 throttled`.
@@ -1138,42 +1140,8 @@ async fn a_healthy_http_upstream_is_not_throttled_at_a_concurrent_cold_start() {
     let upstream = floodwall_examples::downstream::Downstream::start("upstream", Duration::ZERO)
         .await
         .unwrap();
-    let text = format!(
-        r#"
-[gateway]
-protected = true
-listen = "127.0.0.1:0"
-admin = "127.0.0.1:0"
-trusted_proxies = ["127.0.0.1"]
-user_header = "x-user-id"
-default_priority = 10
-key_seed = 1
-
-[per_ip]
-name = "per_ip"
-quota = {{ rate = 1000000000, burst = 1000000000 }}
-capacity = 100000
-
-[upstreams.up]
-kind = "http"
-url = "{}"
-timeout = "2s"
-breaker = {{ window = {{ count = 100 }}, minimum_calls = 100, failure_rate_threshold = 50.0, open_duration = "1s", half_open_calls = 3 }}
-throttle = {{ window = "10s", buckets = 10, k = 2.0, min_rps = 10.0 }}
-
-[[routes]]
-prefix = "/"
-handler = "proxy"
-upstream = "up"
-timeout = "2s"
-priority = 8
-limit = {{ name = "all", quota = {{ rate = 1000000000, burst = 1000000000 }} }}
-"#,
-        upstream.url()
-    );
-    let gw = Gateway::start(GatewayConfig::parse(&text).unwrap(), None)
-        .await
-        .unwrap();
+    let config = floodwall_examples::deploy::proxy_config(&upstream.url(), true).unwrap();
+    let gw = Gateway::start(config, None).await.unwrap();
     // 32 clients at once, as the e2e harness drives it.
     let mut tasks = Vec::new();
     for _ in 0..32 {
