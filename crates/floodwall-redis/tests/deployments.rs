@@ -426,7 +426,18 @@ async fn every_error_class_shows_under_its_own_label() {
     big.command(&["DEBUG", "POPULATE", "3000000", "fill", "32"])
         .unwrap();
     big.command(&["SAVE"]).unwrap();
-    let loading = build("loading", open(big.url()));
+    // A Redis loading its dataset answers between chunks of the load (every
+    // 2 MB by default): on a busy machine that can take longer than the
+    // other limiters' 50 ms, which would read as a timeout (CI saw it), so
+    // this one waits up to a second for the `LOADING` reply.
+    let loading = metrics::with_local_recorder(&recorder, || {
+        RedisLimiter::builder(open(big.url()), quota())
+            .name("loading")
+            .timeout(Duration::from_secs(1))
+            .fallback(Fallback::Open)
+            .build()
+            .unwrap()
+    });
     assert_eq!(loading.acquire("key", 1).await, Ok(Source::Redis));
     big.restart();
     provoke(&loading, ErrorClass::Loading).await;
