@@ -21,6 +21,7 @@
 //! ```
 
 use std::cell::Cell;
+use std::marker::PhantomData;
 
 use tokio::time::Instant;
 
@@ -71,17 +72,26 @@ pub fn within<R>(at: Instant, call: impl FnOnce() -> R) -> R {
 #[inline]
 pub fn enter(at: Instant) -> Chain {
     if in_chain() {
-        return Chain { owner: false };
+        return Chain {
+            owner: false,
+            _thread: PhantomData,
+        };
     }
     CALL_AT.with(|c| c.set(Some(at)));
-    Chain { owner: true }
+    Chain {
+        owner: true,
+        _thread: PhantomData,
+    }
 }
 
-/// The guard [`enter`] returns: ends the chain it began when dropped.
+/// The guard [`enter`] returns: ends the chain it began when dropped. Not
+/// `Send`: it must drop on the thread whose chain it began (hold it across
+/// a synchronous call, never across an `.await`).
 #[derive(Debug)]
 #[must_use = "the chain ends when the guard drops"]
 pub struct Chain {
     owner: bool,
+    _thread: PhantomData<*const ()>,
 }
 
 impl Drop for Chain {

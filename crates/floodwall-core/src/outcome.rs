@@ -214,14 +214,20 @@ pub fn limit_scope<R>(limited: bool, call: impl FnOnce() -> R) -> R {
 #[inline]
 pub fn limit(limited: bool) -> Limit {
     let previous = CALLER_LIMITED.with(|c| c.replace(limited));
-    Limit { previous }
+    Limit {
+        previous,
+        _thread: std::marker::PhantomData,
+    }
 }
 
 /// The guard [`limit`] returns: restores the previous mark when dropped.
+/// Not `Send`: it must drop on the thread it marked (hold it across a
+/// synchronous call, never across an `.await`).
 #[derive(Debug)]
 #[must_use = "the mark is restored when the guard drops"]
 pub struct Limit {
     previous: bool,
+    _thread: std::marker::PhantomData<*const ()>,
 }
 
 impl Drop for Limit {

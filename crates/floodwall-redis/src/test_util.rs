@@ -93,14 +93,14 @@ impl RedisServer {
                 master.port().to_string(),
             ]);
         }
-        let data_dir = options.persist.then(|| temp_dir("data"));
+        // A replica writes the master's snapshot to its directory on a full
+        // sync: a temporary one, as a persisted server's, never the cwd.
+        let data_dir = (options.persist || options.replica_of.is_some()).then(|| temp_dir("data"));
         if let Some(dir) = &data_dir {
-            args.extend([
-                "--dir".to_owned(),
-                dir.display().to_string(),
-                "--enable-debug-command".to_owned(),
-                "yes".to_owned(),
-            ]);
+            args.extend(["--dir".to_owned(), dir.display().to_string()]);
+        }
+        if options.persist {
+            args.extend(["--enable-debug-command".to_owned(), "yes".to_owned()]);
         }
         if let (Some(dir), Some(port)) = (&tls_dir, tls_port) {
             let file = |name: &str| dir.join(name).display().to_string();

@@ -356,10 +356,12 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     http::header::HOST,
 ];
 
-/// Drops the hop-by-hop headers of `headers`, keeping the end-to-end ones
-/// in place and in order, so the map itself moves on: a scan of its names
-/// (compared, not hashed) and one removal per hop-by-hop name present
-/// (usually `host` alone), no second map built.
+/// Drops the hop-by-hop headers of `headers` (every value of each), so
+/// the map itself moves on: a scan of its names (compared, not hashed) and
+/// one removal per hop-by-hop name present (usually `host` alone), no
+/// second map built. The values of one name keep their order; the order
+/// of different names may change (a removal moves the map's last entry
+/// into the gap), which HTTP leaves free.
 fn keep_end_to_end(headers: &mut HeaderMap) {
     let mut found = 0u16;
     for name in headers.keys() {

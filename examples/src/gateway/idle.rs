@@ -53,8 +53,14 @@ impl<T> IdleTimeout<T> {
             return false;
         }
         loop {
+            // Out of cooperative budget, `Sleep::poll` answers `Pending`
+            // without filing the timer or keeping the waker: it is then not
+            // armed, and is polled again next time.
+            let budget = tokio::task::coop::has_budget_remaining();
             if self.timer.as_mut().poll(cx).is_pending() {
-                if !self.armed.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                if !budget {
+                    self.armed = None;
+                } else if !self.armed.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
                     self.armed = Some(cx.waker().clone());
                 }
                 return false;
