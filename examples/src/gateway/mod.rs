@@ -1,11 +1,14 @@
 //! The reference gateway: a hyper 1.x reverse proxy and aggregator in front
 //! of the room service.
 //!
-//! Per request, outermost first:
-//! 1. the arrival instant is stamped and the client IP resolved (the socket
-//!    peer, or `X-Forwarded-For` when the peer is a trusted proxy);
-//! 2. the route is found: exact paths in a hash map, then the longest
+//! Per request, outermost first (the data plane, behind the connection
+//! handling: slowloris and idle timeouts, a cap on connections, graceful
+//! shutdown):
+//! 1. the route is found: exact paths in a hash map, then the longest
 //!    matching prefix;
+//! 2. on a route with layers, the arrival instant is stamped and the client
+//!    IP resolved (the socket peer, or `X-Forwarded-For` when the peer is a
+//!    trusted proxy);
 //! 3. the route's stack runs: per-client-IP token bucket → the route's
 //!    token bucket → DAGOR priority assignment (inbound priority headers from
 //!    outside are replaced) → the route deadline (a client `grpc-timeout`
@@ -20,23 +23,21 @@
 
 pub mod admin;
 pub mod config;
+mod conn;
+mod data;
 mod handler;
 mod idle;
 pub mod upstream;
 
 use std::collections::{BTreeMap, HashMap};
-use std::convert::Infallible;
-use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use floodwall::core::key::BoundedKey;
-use floodwall::core::{Arrival, BoxError, Rejected};
+use floodwall::core::{BoxError, Rejected};
 use floodwall::deadline::{ServerDeadlineConfig, ServerDeadlineLayer, Wire};
 use floodwall::hotkey::{
     HotCacheConfig, HotCacheHandle, HotCacheLayer, HotKeyConfig, HotKeyHandle, HotKeyLayer,
@@ -49,15 +50,17 @@ use floodwall::token_bucket::{Keyed, KeyedTokenBucket, TokenBucket, TokenBucketL
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use parking_lot::RwLock;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::time::Instant;
+use tower::ServiceBuilder;
 use tower::util::BoxCloneSyncService;
-use tower::{Service, ServiceBuilder, ServiceExt};
 
 pub use config::{ConfigError, GatewayConfig};
+use conn::{ServeLimits, bind, serve};
+use data::DataPlane;
+pub(crate) use data::upstream_failure;
 use handler::RouteHandler;
 use upstream::Upstream;
 
@@ -872,340 +875,6 @@ impl Gateway {
     /// The shared state (runtime, reload, tally).
     pub fn shared(&self) -> &Arc<Shared> {
         &self.shared
-    }
-}
-
-/// A listener with a backlog of 1,024 (std's and mio's default is 128): a
-/// burst of connections past `max_connections` waits in the kernel's
-/// queue instead of having its SYNs dropped.
-fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(1024)
-}
-
-/// How the listeners treat connections (from [`config::Settings`]).
-#[derive(Debug, Clone, Copy)]
-struct ServeLimits {
-    max_connections: usize,
-    header_read_timeout: Duration,
-    idle_timeout: Duration,
-}
-
-/// Accepts connections until `stop` fires, serving each with HTTP/1.1 or
-/// HTTP/2 and the peer address in request extensions, hardened against slow
-/// and many clients:
-///
-/// - at most `max_connections` at once: past the cap the listener stops
-///   accepting (new connections wait in the kernel's backlog) instead of
-///   spending memory and tasks on them;
-/// - a client that sends no byte, or not a whole request head, within
-///   `header_read_timeout` is disconnected (connection floods, slowloris),
-///   and HTTP/2 connections are pinged and dropped when they stop
-///   answering; a connection on which no byte moves for `idle_timeout`
-///   (a parked keep-alive connection) is closed;
-/// - an accept error (`EMFILE`, `ENFILE`, a reset) backs off 5 ms doubling
-///   to 1 s instead of spinning a core.
-///
-/// On `stop` it stops accepting and asks every connection to finish its
-/// in-flight requests and close; [`Gateway::shutdown`] waits for them.
-async fn serve<S>(
-    listener: TcpListener,
-    svc: S,
-    mut stop: watch::Receiver<()>,
-    limits: ServeLimits,
-    conns: Arc<tokio::sync::Semaphore>,
-) where
-    S: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
-    const FIRST_BACKOFF: Duration = Duration::from_millis(5);
-    let mut backoff = FIRST_BACKOFF;
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout);
-    builder
-        .http2()
-        .timer(hyper_util::rt::TokioTimer::new())
-        .keep_alive_interval(Duration::from_secs(20))
-        .keep_alive_timeout(Duration::from_secs(20));
-    let builder = Arc::new(builder);
-    loop {
-        let permit = tokio::select! {
-            p = conns.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => return,
-            },
-            _ = stop.changed() => return,
-        };
-        let (stream, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(c) => {
-                    backoff = FIRST_BACKOFF;
-                    c
-                }
-                Err(_) => {
-                    // Out of descriptors or a connection reset before
-                    // accept: wait instead of spinning on the error.
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
-                    continue;
-                }
-            },
-            _ = stop.changed() => return,
-        };
-        let _ = stream.set_nodelay(true);
-        let svc = svc.clone();
-        let builder = builder.clone();
-        let mut stop = stop.clone();
-        let probe = stop.clone();
-        let first_byte = limits.header_read_timeout;
-        let idle_timeout = limits.idle_timeout;
-        tokio::spawn(async move {
-            let _permit = permit;
-            // hyper's header timeout starts with the first byte: a
-            // connection that sends nothing at all is cut here instead.
-            let mut one = [0u8; 1];
-            if !matches!(
-                tokio::time::timeout(first_byte, stream.peek(&mut one)).await,
-                Ok(Ok(1))
-            ) {
-                return;
-            }
-            let peer = Peer::new(peer);
-            let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
-                req.extensions_mut().insert(peer.clone());
-                svc.clone().oneshot(req)
-            });
-            let io = idle::IdleTimeout::new(stream, idle_timeout);
-            let conn = builder.serve_connection(TokioIo::new(io), svc);
-            tokio::pin!(conn);
-            let changed = stop.changed();
-            tokio::pin!(changed);
-            let mut armed = false;
-            let stopped = std::future::poll_fn(|cx| {
-                // The stop signal is polled once, to be woken by it, and
-                // again only once it has fired: not on every wake-up of a
-                // busy connection.
-                if !armed || probe.has_changed().unwrap_or(true) {
-                    if changed.as_mut().poll(cx).is_ready() {
-                        return Poll::Ready(true);
-                    }
-                    armed = true;
-                }
-                conn.as_mut().poll(cx).map(|_| false)
-            })
-            .await;
-            if stopped {
-                // Finish what is in flight, answer nothing new, close.
-                conn.as_mut().graceful_shutdown();
-                let _ = conn.await;
-            }
-        });
-    }
-}
-
-/// What a request may carry in from outside. From a peer that is not a
-/// trusted proxy, the user header and the forwarding headers are the
-/// client's own words: removed, so nobody can name a user or a client.
-/// Toward upstreams the real peer is appended to `X-Forwarded-For`.
-///
-/// `forwarded` is the peer's own `X-Forwarded-For` value when the
-/// connection made it already ([`Peer`]).
-fn inbound_hygiene(
-    headers: &mut http::HeaderMap,
-    runtime: &Runtime,
-    peer: IpAddr,
-    forwarded: Option<HeaderValue>,
-) {
-    const XFF: http::HeaderName = http::header::HeaderName::from_static("x-forwarded-for");
-    if !runtime.trusts(peer) {
-        headers.remove(&runtime.user_header);
-        headers.remove(&XFF);
-        headers.remove(http::header::FORWARDED);
-    }
-    let value = if headers.contains_key(&XFF) {
-        let chain = headers
-            .get_all(&XFF)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect::<Vec<_>>()
-            .join(", ");
-        let chain = if chain.is_empty() {
-            peer.to_string()
-        } else {
-            format!("{chain}, {peer}")
-        };
-        HeaderValue::from_str(&chain).ok()
-    } else if forwarded.is_some() {
-        // The usual case, the peer alone, written once per connection.
-        forwarded
-    } else {
-        forwarded_value(peer)
-    };
-    if let Some(v) = value {
-        headers.insert(&XFF, v);
-    }
-}
-
-/// `peer` as an `X-Forwarded-For` value: written on the stack, one
-/// allocation (the value's own).
-fn forwarded_value(peer: IpAddr) -> Option<HeaderValue> {
-    use std::io::Write as _;
-    const LEN: usize = 64; // an IPv6 address takes at most 45
-    let mut buf = [0u8; LEN];
-    let mut w = &mut buf[..];
-    let written = write!(w, "{peer}").is_ok();
-    let n = LEN - w.len();
-    if written {
-        HeaderValue::from_bytes(&buf[..n]).ok()
-    } else {
-        None
-    }
-}
-
-/// The connection's peer, in each of its requests' extensions: its address
-/// and the `X-Forwarded-For` value naming it, made once per connection
-/// instead of formatted for every request.
-#[derive(Debug, Clone)]
-struct Peer {
-    addr: SocketAddr,
-    forwarded: Option<HeaderValue>,
-}
-
-impl Peer {
-    fn new(addr: SocketAddr) -> Self {
-        Self {
-            addr,
-            forwarded: forwarded_value(addr.ip()),
-        }
-    }
-}
-
-/// What a response may carry out: the floodwall wire headers between the
-/// gateway and its upstreams (admission level, priority, drop reports) are
-/// internal.
-fn outbound_hygiene(headers: &mut http::HeaderMap) {
-    use floodwall::core::wire::{ADMISSION_LEVEL_HEADER, PRIORITY_HEADER, UPSTREAM_DROPS_HEADER};
-    // Names made once, not parsed from text on every response.
-    const INTERNAL: [http::HeaderName; 3] = [
-        http::HeaderName::from_static(ADMISSION_LEVEL_HEADER),
-        http::HeaderName::from_static(PRIORITY_HEADER),
-        http::HeaderName::from_static(UPSTREAM_DROPS_HEADER),
-    ];
-    // A response rarely carries one: a scan of its few names (compared,
-    // not hashed) decides whether any lookup is needed.
-    const SCAN: usize = 16;
-    if headers.keys_len() <= SCAN && !headers.keys().any(|k| INTERNAL.contains(k)) {
-        return;
-    }
-    for name in &INTERNAL {
-        headers.remove(name);
-    }
-}
-
-/// The answer to an upstream failure that is not a floodwall rejection:
-/// 502 with a fixed text (what failed inside stays inside), or
-/// `upstream_too_large` when the upstream's body passed the cap.
-pub(crate) fn upstream_failure(e: &BoxError) -> Response<Body> {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e.as_ref());
-    while let Some(err) = source {
-        if err.is::<http_body_util::LengthLimitError>() {
-            return refusal(
-                StatusCode::BAD_GATEWAY,
-                "upstream_too_large",
-                "the upstream's answer was too large",
-            );
-        }
-        source = err.source();
-    }
-    refusal(StatusCode::BAD_GATEWAY, "upstream_error", "upstream error")
-}
-
-/// The data plane: arrival, client IP, route lookup, the route's stack.
-#[derive(Debug, Clone)]
-struct DataPlane {
-    shared: Arc<Shared>,
-}
-
-impl DataPlane {
-    fn new(shared: Arc<Shared>) -> Self {
-        Self { shared }
-    }
-}
-
-impl Service<Request<Incoming>> for DataPlane {
-    type Response = Response<Body>;
-    type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, mut req: Request<Incoming>) -> Self::Future {
-        let now = Instant::now();
-        let runtime = self.shared.runtime();
-        // Taken out: nothing below reads it, and the request's extensions
-        // stay within the map's first allocation.
-        let (peer, forwarded) = match req.extensions_mut().remove::<Peer>() {
-            Some(p) => (p.addr.ip(), p.forwarded),
-            None => (
-                req.extensions()
-                    .get::<SocketAddr>()
-                    .map_or(IpAddr::from([0, 0, 0, 0]), SocketAddr::ip),
-                None,
-            ),
-        };
-        let shared = self.shared.clone();
-        let Some(route) = runtime.route(req.uri().path()) else {
-            let res = refusal(StatusCode::NOT_FOUND, "no_route", "no route for this path");
-            return Box::pin(async move { Ok(res) });
-        };
-        if let Some(handler) = route.direct.clone() {
-            // Layers off: nothing below reads the arrival or the client's
-            // address, so neither is worked out; the handler's future
-            // lives in this allocation.
-            inbound_hygiene(req.headers_mut(), &runtime, peer, forwarded);
-            return Box::pin(async move {
-                let mut res = handler.serve(req).await;
-                outbound_hygiene(res.headers_mut());
-                crate::tally::count_response(&shared.tally, &res);
-                Ok(res)
-            });
-        }
-        Arrival::stamp(req.extensions_mut(), now);
-        if runtime.keys_clients {
-            // From the forwarding headers as they came in, before ours is
-            // added.
-            let ip = runtime.client_ip(peer, req.headers());
-            req.extensions_mut()
-                .insert(ClientKey(runtime.client_key(ip)));
-        }
-        inbound_hygiene(req.headers_mut(), &runtime, peer, forwarded);
-        let svc = route.service.clone();
-        Box::pin(async move {
-            let mut res = match svc.oneshot(req).await {
-                Ok(res) => res,
-                Err(e) => match Rejected::find(&*e) {
-                    Some(r) => GatewayResponder.respond(r),
-                    None => upstream_failure(&e),
-                },
-            };
-            outbound_hygiene(res.headers_mut());
-            crate::tally::count_response(&shared.tally, &res);
-            Ok(res)
-        })
     }
 }
 
