@@ -11,22 +11,24 @@ use floodwall::core::{BoxError, Classify, Deadline, Outcome, Priority, Rejected}
 use floodwall::hotkey::{AggregateConfig, AggregateLayer, Update};
 use floodwall::tail::fallback::{self, Value};
 use floodwall::tail::{FallbackConfig, FallbackLayer};
-use http::{HeaderMap, HeaderName, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use tokio::time::Instant;
-use tonic::Code;
 use tower::{Layer, Service, ServiceExt};
 
 use super::config::HandlerKind;
 use super::upstream::{GrpcUpstream, HttpTransport, HttpUpstream, Upstream};
 use super::{Body, GatewayResponder, json, refusal};
-use crate::proto::{BatchGetRoomsRequest, EnterRoomRequest, GetRoomRequest, RoomInfo};
+use crate::proto::EnterRoomRequest;
 use floodwall::http::Respond;
 use tower::util::BoxCloneSyncService;
 
-/// Largest request body the proxy forwards.
-const MAX_BODY: usize = 1 << 20;
+mod proxy;
+mod room;
+
+use proxy::proxy;
+use room::{bad_request, batch_rooms, get_room, outbound, query_param, room_json, status_response};
 
 /// The innermost service of a route.
 #[derive(Clone)]
@@ -230,152 +232,6 @@ fn send_gift(
     })
 }
 
-/// The query parameter `name`, if present.
-fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
-    query?
-        .split('&')
-        .filter_map(|kv| kv.split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v)
-}
-
-fn fields_of(query: Option<&str>) -> Vec<String> {
-    query_param(query, "fields")
-        .map(|f| {
-            f.split(',')
-                .filter(|s| !s.is_empty())
-                .map(str::to_owned)
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn mask(fields: &[String]) -> Option<prost_types::FieldMask> {
-    (!fields.is_empty()).then(|| prost_types::FieldMask {
-        paths: fields.to_vec(),
-    })
-}
-
-/// A room as JSON: the requested fields, or all of them.
-fn room_json(r: &RoomInfo, fields: &[String]) -> serde_json::Value {
-    let all = fields.is_empty();
-    let want = |f: &str| all || fields.iter().any(|x| x == f);
-    let mut m = serde_json::Map::new();
-    if want("room_id") {
-        m.insert("room_id".into(), r.room_id.into());
-    }
-    if want("title") {
-        m.insert("title".into(), r.title.clone().into());
-    }
-    if want("anchor") {
-        m.insert("anchor".into(), r.anchor.clone().into());
-    }
-    if want("viewers") {
-        m.insert("viewers".into(), r.viewers.into());
-    }
-    if want("live") {
-        m.insert("live".into(), r.live.into());
-    }
-    if want("tags") {
-        m.insert("tags".into(), r.tags.clone().into());
-    }
-    serde_json::Value::Object(m)
-}
-
-/// The response for a failed room call: a floodwall rejection made by the
-/// client stack renders as one (429/503/504 with its reason); the room
-/// service's own statuses map to HTTP.
-fn status_response(status: &tonic::Status) -> Response<Body> {
-    if let Some(r) = std::error::Error::source(status).and_then(Rejected::find) {
-        return GatewayResponder.respond(r);
-    }
-    // The room service's own answers about the request (a bad argument, a
-    // missing room) are the client's business; transport and server
-    // failures are not: their text stays inside.
-    let msg = status.message();
-    match status.code() {
-        Code::InvalidArgument => bad_request(msg),
-        Code::NotFound => refusal(StatusCode::NOT_FOUND, "not_found", msg),
-        Code::DeadlineExceeded => refusal(
-            StatusCode::GATEWAY_TIMEOUT,
-            "deadline_exceeded",
-            "the upstream did not answer in time",
-        ),
-        Code::Unavailable | Code::ResourceExhausted => refusal(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "upstream_unavailable",
-            "the upstream is unavailable",
-        ),
-        _ => refusal(StatusCode::BAD_GATEWAY, "upstream_error", "upstream error"),
-    }
-}
-
-fn bad_request(message: &str) -> Response<Body> {
-    refusal(StatusCode::BAD_REQUEST, "bad_request", message)
-}
-
-/// A room call's answer: `render` of its reply as JSON, or the response
-/// for its failure.
-fn answer<T>(
-    result: Result<tonic::Response<T>, tonic::Status>,
-    render: impl FnOnce(T) -> serde_json::Value,
-) -> Response<Body> {
-    match result {
-        Ok(r) => json(StatusCode::OK, &render(r.into_inner())),
-        Err(status) => status_response(&status),
-    }
-}
-
-/// A tonic request carrying the inbound request's priority and deadline,
-/// which the client stack propagates.
-fn outbound<T>(
-    msg: T,
-    priority: Option<Priority>,
-    deadline: Option<Deadline>,
-) -> tonic::Request<T> {
-    let mut req = tonic::Request::new(msg);
-    if let Some(p) = priority {
-        req.extensions_mut().insert(p);
-    }
-    if let Some(d) = deadline {
-        req.extensions_mut().insert(d);
-    }
-    req
-}
-
-/// Hop-by-hop headers a proxy must not forward (RFC 9110 §7.6.1), and
-/// `host` (the outbound request's comes from its URI).
-const HOP_BY_HOP: [HeaderName; 8] = [
-    http::header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    http::header::TE,
-    http::header::TRAILER,
-    http::header::TRANSFER_ENCODING,
-    http::header::UPGRADE,
-    http::header::HOST,
-];
-
-/// Drops the hop-by-hop headers of `headers` (every value of each), so
-/// the map itself moves on: a scan of its names (compared, not hashed) and
-/// one removal per hop-by-hop name present (usually `host` alone), no
-/// second map built. The values of one name keep their order; the order
-/// of different names may change (a removal moves the map's last entry
-/// into the gap), which HTTP leaves free.
-fn keep_end_to_end(headers: &mut HeaderMap) {
-    let mut found = 0u16;
-    for name in headers.keys() {
-        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
-            found |= 1 << i;
-        }
-    }
-    for (i, name) in HOP_BY_HOP.iter().enumerate() {
-        if found & (1 << i) != 0 {
-            headers.remove(name);
-        }
-    }
-}
-
 impl Inner {
     /// The primary upstream, or the overflow upstream once the primary's
     /// share of the rate is used up.
@@ -529,114 +385,4 @@ async fn fetch(
         return Err("the module failed: its fallback answered".into());
     }
     Ok(serde_json::from_slice(res.body())?)
-}
-
-async fn get_room(
-    g: &GrpcUpstream,
-    req: &Request<Incoming>,
-    priority: Option<Priority>,
-    deadline: Option<Deadline>,
-) -> Response<Body> {
-    let query = req.uri().query();
-    let Some(room_id) = query_param(query, "id").and_then(|v| v.parse::<u64>().ok()) else {
-        return bad_request("`id` must be a room number");
-    };
-    let fields = fields_of(query);
-    let mut client = g.client.clone();
-    let call = client.get_room(outbound(
-        GetRoomRequest {
-            room_id,
-            field_mask: mask(&fields),
-        },
-        priority,
-        deadline,
-    ));
-    answer(call.await, |r| room_json(&r, &fields))
-}
-
-async fn batch_rooms(
-    g: &GrpcUpstream,
-    req: &Request<Incoming>,
-    priority: Option<Priority>,
-    deadline: Option<Deadline>,
-) -> Response<Body> {
-    let query = req.uri().query();
-    let ids: Result<Vec<u64>, _> = query_param(query, "ids")
-        .unwrap_or("")
-        .split(',')
-        .filter(|s| !s.is_empty())
-        .map(str::parse)
-        .collect();
-    let Ok(room_ids) = ids else {
-        return bad_request("`ids` must be room numbers");
-    };
-    let fields = fields_of(query);
-    let mut client = g.client.clone();
-    let call = client.batch_get_rooms(outbound(
-        BatchGetRoomsRequest {
-            room_ids,
-            field_mask: mask(&fields),
-        },
-        priority,
-        deadline,
-    ));
-    answer(call.await, |r| {
-        let rooms: Vec<_> = r.rooms.iter().map(|r| room_json(r, &fields)).collect();
-        serde_json::json!({ "rooms": rooms })
-    })
-}
-
-/// Forwards the request to the upstream and its answer back.
-async fn proxy(h: &HttpUpstream, req: Request<Incoming>) -> Response<Body> {
-    let (parts, body) = req.into_parts();
-    // The head is taken apart: what the extensions say is read now, and
-    // the method, path and headers move into the outbound request.
-    let http::request::Parts {
-        method,
-        uri,
-        headers,
-        extensions,
-        ..
-    } = parts;
-    // What the extensions carried (the arrival, the deadline, the priority)
-    // is in the task's scope as well, which the upstream's layers read: the
-    // outbound request needs no extensions of its own.
-    drop(extensions);
-    let uri = match h.uri_of(uri) {
-        Ok(u) => u,
-        Err(e) => return bad_request(&e.to_string()),
-    };
-    let body = match Limited::new(body, MAX_BODY).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => {
-            return refusal(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
-                "request body above 1 MiB",
-            );
-        }
-    };
-    let mut out = Request::new(Full::new(body));
-    *out.method_mut() = method;
-    *out.uri_mut() = uri;
-    let mut headers = headers;
-    keep_end_to_end(&mut headers);
-    // The priority header moved on with the others (the edge's
-    // `AssignPriority` wrote the request's own over the caller's), and the
-    // upstream's `PriorityClient` writes it from the `Priority` extension.
-    *out.headers_mut() = headers;
-    match h.send(out).await {
-        Ok(res) => {
-            let (mut rp, rb) = res.into_parts();
-            let mut back = Response::new(Full::new(rb));
-            *back.status_mut() = rp.status;
-            keep_end_to_end(&mut rp.headers);
-            *back.headers_mut() = rp.headers;
-            back
-        }
-        Err(e) => match Rejected::find(&*e) {
-            Some(r) => GatewayResponder.respond(r),
-            None => super::upstream_failure(&e),
-        },
-    }
 }
