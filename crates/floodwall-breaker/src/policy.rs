@@ -101,7 +101,8 @@ pub(crate) fn record(
 impl<C: Send + Sync + 'static, Req> Admit<Req> for BreakerPolicy<C> {
     #[inline]
     fn admit(&self, _: &mut Req) -> Result<Permit, BoxError> {
-        match self.breaker.try_acquire_with(Instant::now) {
+        // The call chain's instant when an outer layer read the clock.
+        match self.breaker.try_acquire_with(floodwall_core::clock::now) {
             Ok(permit) => {
                 self.requests.admitted();
                 Ok(permit)

@@ -1,9 +1,137 @@
 //! Where and why a deadline ran out: the rejection every deadline-enforcing
-//! layer raises, shared so that the outcome rule can read it.
+//! layer raises, shared so that the outcome rule can read it; and the
+//! deadline in the running task's scope, which the deadline layers set and
+//! every layer below them reads ([`Deadline::effective`](crate::Deadline::effective)).
 
+use std::cell::Cell;
 use std::fmt;
 
-use crate::{RejectKind, Rejection};
+use crate::{Deadline, RejectKind, Rejection};
+
+thread_local! {
+    /// The deadline of the future being polled (or the call being made) on
+    /// this thread, if it runs in a scope. A plain cell, set around each
+    /// poll and restored after: cheaper than a tokio task-local, which
+    /// borrows a `RefCell` and moves the future into its own wrapper.
+    static SCOPE: Cell<Option<Scoped>> = const { Cell::new(None) };
+}
+
+/// A deadline in a task's scope, with where it came from. The
+/// `floodwall-deadline` layers put one in scope around the calls and polls
+/// of the layers below them; [`current_scoped`] reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scoped {
+    deadline: Deadline,
+    from_caller: bool,
+    enforced: bool,
+}
+
+impl Scoped {
+    /// A scoped `deadline`; `from_caller` as [`from_caller`](Self::from_caller).
+    pub const fn new(deadline: Deadline, from_caller: bool) -> Scoped {
+        Scoped {
+            deadline,
+            from_caller,
+            enforced: false,
+        }
+    }
+
+    /// The deadline.
+    pub const fn deadline(self) -> Deadline {
+        self.deadline
+    }
+
+    /// Whether the deadline is the caller's (a timeout it sent, or one set
+    /// by hand) rather than the server's own budget (its configured
+    /// maximum). Outbound calls limited by a caller's deadline that time
+    /// out say nothing about their dependency ([`crate::outcome`]); calls
+    /// limited by the server's own budget do.
+    pub const fn from_caller(self) -> bool {
+        self.from_caller
+    }
+
+    /// This scope, marked as enforced: a timer polled in the **same task**,
+    /// around the scoped work, ends that work at the deadline (the deadline
+    /// layers' own timers). A call inside that waits for no later deadline
+    /// needs no timer of its own. Work carried into another task must not
+    /// keep the mark ([`unenforced`](Self::unenforced)).
+    pub const fn enforced(self) -> Scoped {
+        Scoped {
+            enforced: true,
+            ..self
+        }
+    }
+
+    /// This scope without the [`enforced`](Self::enforced) mark: for work
+    /// handed to another task, where the timer does not wake it.
+    pub const fn unenforced(self) -> Scoped {
+        Scoped {
+            enforced: false,
+            ..self
+        }
+    }
+
+    /// Whether a timer polled around the scoped work in the same task ends
+    /// it at the deadline ([`enforced`](Self::enforced)).
+    pub const fn is_enforced(self) -> bool {
+        self.enforced
+    }
+
+    /// The earlier of the two (the first on a tie).
+    pub fn min(self, other: Scoped) -> Scoped {
+        if other.deadline < self.deadline {
+            other
+        } else {
+            self
+        }
+    }
+}
+
+/// The deadline in scope for the running task, with where it came from.
+#[inline]
+pub fn current_scoped() -> Option<Scoped> {
+    SCOPE.with(Cell::get)
+}
+
+/// Puts `scoped` in scope (or takes the scope away, with `None`) until the
+/// guard drops, which puts the previous scope back, even on a panic: for a
+/// layer's synchronous `call` into the layers below, and around each poll
+/// of their future. Not `Send`: hold it across a synchronous call, never
+/// across an `.await`.
+///
+/// ```
+/// use floodwall_core::Deadline;
+/// use floodwall_core::deadline::{Scoped, current_scoped, enter_scope};
+///
+/// let d = Deadline::new(tokio::time::Instant::now());
+/// {
+///     let _scope = enter_scope(Some(Scoped::new(d, true)));
+///     assert_eq!(current_scoped().map(Scoped::deadline), Some(d));
+/// }
+/// assert_eq!(current_scoped(), None);
+/// ```
+#[inline]
+pub fn enter_scope(scoped: Option<Scoped>) -> ScopeGuard {
+    ScopeGuard {
+        previous: SCOPE.with(|c| c.replace(scoped)),
+        _thread: std::marker::PhantomData,
+    }
+}
+
+/// The guard [`enter_scope`] returns.
+#[derive(Debug)]
+#[must_use = "the scope ends when the guard drops"]
+pub struct ScopeGuard {
+    previous: Option<Scoped>,
+    _thread: std::marker::PhantomData<*const ()>,
+}
+
+impl Drop for ScopeGuard {
+    #[inline]
+    fn drop(&mut self) {
+        SCOPE.with(|c| c.set(self.previous));
+    }
+}
 
 /// Where a deadline ran out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -1,5 +1,6 @@
 use std::time::Duration;
 
+use crate::Priority;
 use tokio::time::Instant;
 
 /// When a request reached the outermost floodwall layer.
@@ -41,7 +42,7 @@ impl Arrival {
         }
         extensions.insert(Stamp {
             arrival: Some(Self(now)),
-            deadline: None,
+            ..Stamp::default()
         });
         Self(now)
     }
@@ -73,16 +74,18 @@ impl Arrival {
 
 /// What floodwall layers stamp on a request, kept in **one** extension so
 /// that a request costs one allocation however many layers stamp it: when
-/// it arrived ([`Arrival`]) and by when it must be answered ([`Deadline`]).
+/// it arrived ([`Arrival`]), by when it must be answered ([`Deadline`]) and
+/// its [`Priority`].
 ///
 /// Read and write it through [`Arrival::of`], [`Arrival::stamp`],
-/// [`Deadline::of`] and [`Deadline::set`]; a `Deadline` or `Arrival`
-/// inserted into the extensions on its own is still read when the stamp has
-/// none.
+/// [`Deadline::of`], [`Deadline::set`], [`Priority::of`] and
+/// [`Priority::stamp`]; a `Deadline`, `Arrival` or `Priority` inserted into
+/// the extensions on its own is still read when the stamp has none.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stamp {
     arrival: Option<Arrival>,
     deadline: Option<Deadline>,
+    priority: Option<Priority>,
 }
 
 impl Stamp {
@@ -100,12 +103,25 @@ impl Stamp {
         if stamp.deadline.is_none() {
             stamp.deadline = extensions.get::<Deadline>().copied();
         }
+        if stamp.priority.is_none() {
+            stamp.priority = extensions.get::<Priority>().copied();
+        }
         stamp
     }
 
-    /// A stamp of `arrival` and `deadline`, to [`insert`](Self::insert).
+    /// A stamp of `arrival` and `deadline` (and no priority), to
+    /// [`insert`](Self::insert).
     pub const fn new(arrival: Option<Arrival>, deadline: Option<Deadline>) -> Stamp {
-        Stamp { arrival, deadline }
+        Stamp {
+            arrival,
+            deadline,
+            priority: None,
+        }
+    }
+
+    /// This stamp with `priority`.
+    pub const fn with_priority(self, priority: Option<Priority>) -> Stamp {
+        Stamp { priority, ..self }
     }
 
     /// Puts this stamp on a request in place of any stamped before: one
@@ -127,6 +143,52 @@ impl Stamp {
     /// The deadline stamped, if any.
     pub const fn deadline(&self) -> Option<Deadline> {
         self.deadline
+    }
+
+    /// The priority stamped, if any.
+    pub const fn priority(&self) -> Option<Priority> {
+        self.priority
+    }
+}
+
+impl Priority {
+    /// The priority of a request: the one in its [`Stamp`], else a
+    /// `Priority` inserted into the extensions on its own.
+    ///
+    /// ```
+    /// use floodwall_core::Priority;
+    ///
+    /// let mut req = http::Request::new(());
+    /// assert_eq!(Priority::of(req.extensions()), None);
+    /// let p = Priority::new(2, 7).unwrap();
+    /// Priority::stamp(req.extensions_mut(), p);
+    /// assert_eq!(Priority::of(req.extensions()), Some(p));
+    /// ```
+    #[inline]
+    pub fn of(extensions: &http::Extensions) -> Option<Priority> {
+        match extensions.get::<Stamp>() {
+            Some(Stamp {
+                priority: Some(p), ..
+            }) => Some(*p),
+            _ => extensions.get::<Priority>().copied(),
+        }
+    }
+
+    /// Stamps `priority` on a request, in its [`Stamp`] next to its arrival
+    /// and deadline (no allocation when the request is stamped already); it
+    /// replaces any priority stamped before, and hides one inserted on its
+    /// own.
+    #[inline]
+    pub fn stamp(extensions: &mut http::Extensions, priority: Priority) {
+        match extensions.get_mut::<Stamp>() {
+            Some(stamp) => stamp.priority = Some(priority),
+            None => {
+                extensions.insert(Stamp {
+                    priority: Some(priority),
+                    ..Stamp::default()
+                });
+            }
+        }
     }
 }
 
@@ -196,6 +258,40 @@ impl Deadline {
         }
     }
 
+    /// The deadline a layer should honour for a request: the earlier of the
+    /// request's own ([`of`](Self::of)) and the one in the running task's
+    /// scope ([`current_scoped`](crate::deadline::current_scoped)). The
+    /// deadline layers put the deadline in scope for the layers below them
+    /// (the client layer only there: the request it sends carries it on
+    /// the wire, not in its extensions), so a layer under either reads it
+    /// here.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use floodwall_core::Deadline;
+    /// use floodwall_core::deadline::{Scoped, enter_scope};
+    /// use tokio::time::Instant;
+    ///
+    /// let now = Instant::now();
+    /// let (soon, later) = (
+    ///     Deadline::after(now, Duration::from_millis(100)),
+    ///     Deadline::after(now, Duration::from_millis(200)),
+    /// );
+    /// let mut req = http::Request::new(());
+    /// assert_eq!(Deadline::effective(req.extensions()), None);
+    /// Deadline::set(req.extensions_mut(), later);
+    /// let _scope = enter_scope(Some(Scoped::new(soon, true)));
+    /// assert_eq!(Deadline::effective(req.extensions()), Some(soon));
+    /// ```
+    #[inline]
+    pub fn effective(extensions: &http::Extensions) -> Option<Self> {
+        let scoped = crate::deadline::current_scoped().map(crate::deadline::Scoped::deadline);
+        match (Deadline::of(extensions), scoped) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
     /// Stamps `deadline` on a request, in the request's [`Stamp`] next to
     /// its arrival; it replaces any deadline stamped before (and hides one
     /// inserted on its own from [`Deadline::of`]).
@@ -204,8 +300,8 @@ impl Deadline {
             Some(stamp) => stamp.deadline = Some(deadline),
             None => {
                 extensions.insert(Stamp {
-                    arrival: None,
                     deadline: Some(deadline),
+                    ..Stamp::default()
                 });
             }
         }
@@ -261,6 +357,35 @@ mod tests {
         let later = Instant::now();
         assert_eq!(Arrival::stamp(&mut ext, later).instant(), t0);
         assert_eq!(Arrival::new(t0).elapsed(later), Duration::from_millis(3));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_priority_shares_the_stamp_and_survives_a_restamp() {
+        let now = Instant::now();
+        let mut ext = http::Extensions::new();
+        let p = Priority::new(1, 9).unwrap();
+        Arrival::stamp(&mut ext, now);
+        Priority::stamp(&mut ext, p);
+        let d = Deadline::after(now, Duration::from_secs(1));
+        Deadline::set(&mut ext, d);
+        assert_eq!(ext.len(), 1, "one extension for the three");
+        assert_eq!(Priority::of(&ext), Some(p));
+        // A layer restamping the times keeps the priority it was given.
+        let stamped = Stamp::of(&ext);
+        Stamp::new(Some(Arrival::new(now)), Some(d))
+            .with_priority(stamped.priority())
+            .insert(&mut ext);
+        assert_eq!(Priority::of(&ext), Some(p));
+        // A stamp without one falls back to a standalone extension.
+        let mut own = http::Extensions::new();
+        own.insert(p);
+        Arrival::stamp(&mut own, now);
+        assert_eq!(Priority::of(&own), Some(p));
+        assert_eq!(Stamp::of(&own).priority(), Some(p));
+        // A stamped priority wins over a standalone one.
+        let q = Priority::new(3, 0).unwrap();
+        Priority::stamp(&mut own, q);
+        assert_eq!(Priority::of(&own), Some(q));
     }
 
     #[tokio::test(start_paused = true)]

@@ -55,7 +55,7 @@
 mod classify;
 pub mod clock;
 pub mod config;
-mod deadline;
+pub mod deadline;
 mod extensions;
 pub mod hook;
 pub mod key;

@@ -191,10 +191,20 @@ where
         // call's own budget (the configured or explicit timeout), or the
         // call has no budget of its own.
         let caller_limited = from_caller && inherited.is_some_and(|i| cap.is_none_or(|c| i < c));
-        Deadline::set(req.extensions_mut(), wait);
+        // The layers below see `wait` in the task's scope (not in the
+        // request's extensions: the request carries it on the wire, and a
+        // first extension costs the request a map), and decide at `now`.
+        // For them a deadline this call's own budget set is a caller's.
+        let scoped_from_caller = if inherited == Some(wait) {
+            from_caller
+        } else {
+            true
+        };
         let fut = {
+            let (scoped, _scope) = scope::enter(wait, scoped_from_caller);
+            let _chain = clock::enter(now);
             let _limit = outcome::limit(caller_limited);
-            self.inner.call(req)
+            scope::ScopedFuture::entered(scoped, self.inner.call(req))
         };
         shared.metrics.requests.admitted();
         ResponseFuture::timed(

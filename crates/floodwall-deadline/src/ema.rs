@@ -16,7 +16,6 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::future::exceeded;
-use crate::scope;
 
 /// The ema-timeout parameters (jiamao/ema-timeout; SPECS.md, "EMA dynamic
 /// timeout"): the timeout is `max` while the EMA of latencies is at or
@@ -260,10 +259,7 @@ where
         let own = Deadline::after(now, self.core.timeout());
         // A deadline already in force wins when it is sooner; it is then
         // the caller's, and its expiry says nothing about the dependency.
-        let outer = [Deadline::of(req.extensions()), scope::current()]
-            .into_iter()
-            .flatten()
-            .min();
+        let outer = Deadline::effective(req.extensions());
         let (deadline, caller_limited) = match outer {
             Some(outer) if outer < own => (outer, true),
             _ => (own, false),

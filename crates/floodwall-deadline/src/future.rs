@@ -12,7 +12,7 @@ use metrics::{Counter, Histogram};
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep, sleep_until};
 
-use crate::scope::ScopedFuture;
+use crate::scope::{self, ScopedFuture};
 
 pub(crate) fn exceeded(phase: Phase, caller_limited: bool) -> BoxError {
     Rejected::boxed(DeadlineExceeded::new(phase, caller_limited))
@@ -85,8 +85,9 @@ pin_project! {
 /// deadline in the task scope.
 pub type ServerFuture<F> = ResponseFuture<F, ScopedFuture<F>>;
 
-/// The response future of [`PropagateDeadline`](crate::PropagateDeadline).
-pub type ClientFuture<F> = ResponseFuture<F, F>;
+/// The response future of [`PropagateDeadline`](crate::PropagateDeadline):
+/// the call runs with the deadline it waits for in the task scope.
+pub type ClientFuture<F> = ResponseFuture<F, ScopedFuture<F>>;
 
 impl<O, T> ResponseFuture<O, T> {
     pub(crate) fn open(fut: O) -> Self {
@@ -148,6 +149,19 @@ where
             } => {
                 if let Poll::Ready(out) = fut.poll(cx) {
                     return Poll::Ready(out.map_err(Into::into));
+                }
+                // A timer polled around this future in the same task ends
+                // it at or before `at`, with the same outcome for the
+                // layers below (the server layer's, whose scope this call
+                // runs in): no second timer. Checked on every poll: the
+                // future may be polled elsewhere later.
+                if sleep.is_none()
+                    && let Some(s) = scope::current_scoped()
+                    && s.is_enforced()
+                    && s.deadline().instant() <= *at
+                    && s.from_caller() == *caller_limited
+                {
+                    return Poll::Pending;
                 }
                 ready!(
                     sleep

@@ -1,69 +1,14 @@
 //! The task-scoped deadline: outbound calls made while handling a request
 //! see the request's deadline without threading it through every function.
 
-use std::cell::Cell;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use floodwall_core::Deadline;
-
-thread_local! {
-    /// The deadline of the future being polled (or the call being made) on
-    /// this thread, if it runs in a scope. A plain cell, set around each
-    /// poll and restored after: cheaper than a tokio task-local, which
-    /// borrows a `RefCell` and moves the future into its own wrapper.
-    static CURRENT: Cell<Option<Scoped>> = const { Cell::new(None) };
-}
-
-/// Puts the previous scope back, even if the scoped code panics.
-pub(crate) struct Restore(Option<Scoped>);
-
-impl Drop for Restore {
-    #[inline]
-    fn drop(&mut self) {
-        CURRENT.with(|c| c.set(self.0));
-    }
-}
-
-#[inline]
-fn enter_cell(scoped: Scoped) -> Restore {
-    Restore(CURRENT.with(|c| c.replace(Some(scoped))))
-}
-
-/// A deadline in a task's scope, with where it came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Scoped {
-    deadline: Deadline,
-    from_caller: bool,
-}
-
-impl Scoped {
-    /// The deadline.
-    pub const fn deadline(self) -> Deadline {
-        self.deadline
-    }
-
-    /// Whether the deadline is the caller's (a timeout it sent, or one set
-    /// by hand with [`scope`]) rather than the server's own budget (its
-    /// configured maximum). Outbound calls limited by a caller's deadline
-    /// that time out say nothing about their dependency
-    /// ([`floodwall_core::outcome`]); calls limited by the server's own
-    /// budget do.
-    pub const fn from_caller(self) -> bool {
-        self.from_caller
-    }
-
-    /// The earlier of the two (the first on a tie).
-    fn min(self, other: Scoped) -> Scoped {
-        if other.deadline < self.deadline {
-            other
-        } else {
-            self
-        }
-    }
-}
+use floodwall_core::deadline::{ScopeGuard, enter_scope};
+pub use floodwall_core::deadline::{Scoped, current_scoped};
 
 /// The deadline in scope for the running task, if any.
 ///
@@ -71,12 +16,6 @@ impl Scoped {
 /// [`scope`] does it by hand; [`spawn`] carries it into a new task.
 pub fn current() -> Option<Deadline> {
     current_scoped().map(Scoped::deadline)
-}
-
-/// The deadline in scope for the running task with where it came from.
-#[inline]
-pub fn current_scoped() -> Option<Scoped> {
-    CURRENT.with(Cell::get)
 }
 
 /// Runs `fut` with `deadline` in scope, or with the deadline in scope where
@@ -87,33 +26,30 @@ pub fn current_scoped() -> Option<Scoped> {
 /// A deadline scoped by hand counts as the caller's
 /// ([`Scoped::from_caller`]).
 pub fn scope<F: Future>(deadline: Deadline, fut: F) -> ScopedFuture<F> {
-    let scoped = Scoped {
-        deadline,
-        from_caller: true,
-    };
-    ScopedFuture::new(
-        Some(current_scoped().map_or(scoped, |outer| outer.min(scoped))),
-        fut,
-    )
+    let scoped = Scoped::new(deadline, true);
+    // Not enforced: no timer ends the work at `deadline`, and the future
+    // may be polled in another task than the outer scope's timer wakes.
+    let scoped = current_scoped().map_or(scoped, |outer| outer.min(scoped));
+    ScopedFuture::new(Some(scoped.unenforced()), fut)
 }
 
 /// Puts `deadline` in scope until the guard drops, for a `call` into the
 /// layers below (a guard, not a closure, so the request is not copied);
 /// [`ScopedFuture::entered`] keeps it in scope for the future the call
-/// returns.
+/// returns. Enforced ([`Scoped::enforced`]): the caller's response future
+/// times the work out at `deadline`, polled around it in the same task.
 #[inline]
-pub(crate) fn enter(deadline: Deadline, from_caller: bool) -> (Scoped, Restore) {
-    let scoped = Scoped {
-        deadline,
-        from_caller,
-    };
-    (scoped, enter_cell(scoped))
+pub(crate) fn enter(deadline: Deadline, from_caller: bool) -> (Scoped, ScopeGuard) {
+    let scoped = Scoped::new(deadline, from_caller).enforced();
+    (scoped, enter_scope(Some(scoped)))
 }
 
 /// Wraps `fut` so that it runs with the current deadline (if any) in scope,
-/// wherever it is polled: for work handed to another task.
+/// wherever it is polled: for work handed to another task. (Not
+/// [enforced](Scoped::enforced) there: the timer that ends the work here
+/// does not wake the other task.)
 pub fn carry<F: Future>(fut: F) -> Carried<F> {
-    ScopedFuture::new(current_scoped(), fut)
+    ScopedFuture::new(current_scoped().map(Scoped::unenforced), fut)
 }
 
 /// Spawns `fut` on the Tokio runtime with the current deadline in scope.
@@ -147,7 +83,7 @@ pin_project_lite::pin_project! {
             let mut this = this.project();
             // Drop the inner future in its scope, as it was polled.
             if let Some(scoped) = *this.scoped {
-                let _restore = enter_cell(scoped);
+                let _restore = enter_scope(Some(scoped));
                 this.fut.set(None);
             }
         }
@@ -179,7 +115,7 @@ impl<F: Future> Future for ScopedFuture<F> {
         let fut = this.fut.as_pin_mut().expect("polled after drop");
         match *this.scoped {
             Some(scoped) => {
-                let _restore = enter_cell(scoped);
+                let _restore = enter_scope(Some(scoped));
                 fut.poll(cx)
             }
             None => fut.poll(cx),

@@ -207,7 +207,9 @@ where
             (a, b) => a.or(b),
         };
         let Some(timeout) = timeout else {
-            Stamp::new(Some(arrival), stamped.deadline()).insert(req.extensions_mut());
+            Stamp::new(Some(arrival), stamped.deadline())
+                .with_priority(stamped.priority())
+                .insert(req.extensions_mut());
             shared.metrics.requests.admitted();
             return ResponseFuture::open(self.inner.call(req));
         };
@@ -239,7 +241,9 @@ where
         if deadline.is_expired(now) {
             return ResponseFuture::expired(&shared.metrics, Phase::OnArrival);
         }
-        Stamp::new(Some(arrival), Some(deadline)).insert(req.extensions_mut());
+        Stamp::new(Some(arrival), Some(deadline))
+            .with_priority(stamped.priority())
+            .insert(req.extensions_mut());
         // In scope for the inner `call` as well as for its future; the
         // layers below decide at `now`.
         let fut = {

@@ -39,12 +39,32 @@ impl Wire {
     }
 
     pub(crate) fn encode(&self, timeout: Duration) -> HeaderValue {
+        // Calls made together under load send the same text (whole
+        // milliseconds on the HTTP wire, often the route's full budget):
+        // the values made last on this thread are kept, and handing one
+        // out again is a reference count instead of an allocation and a
+        // validation. Bounded: `SLOTS` values per thread.
+        const SLOTS: usize = 4;
+        thread_local! {
+            static MADE: std::cell::RefCell<([Option<HeaderValue>; SLOTS], usize)> =
+                const { std::cell::RefCell::new(([const { None }; SLOTS], 0)) };
+        }
         let text = match self {
             Wire::Grpc => Encoded::grpc(timeout),
             Wire::Http(_) => Encoded::http(timeout),
         };
-        HeaderValue::from_bytes(text.as_bytes())
-            .expect("digits and a unit letter are a valid header value")
+        let text = text.as_bytes();
+        MADE.with(|made| {
+            let (values, next) = &mut *made.borrow_mut();
+            if let Some(value) = values.iter().flatten().find(|v| v.as_bytes() == text) {
+                return value.clone();
+            }
+            let value = HeaderValue::from_bytes(text)
+                .expect("digits and a unit letter are a valid header value");
+            values[*next] = Some(value.clone());
+            *next = (*next + 1) % SLOTS;
+            value
+        })
     }
 }
 
@@ -70,6 +90,30 @@ impl<'de> serde::Deserialize<'de> for Wire {
             Repr::Header { http } => HeaderName::from_bytes(http.as_bytes())
                 .map(Wire::Http)
                 .map_err(|_| D::Error::custom(format_args!("`{http}` is not a valid header name"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encoded_values_are_right_whatever_the_cache_holds() {
+        // More distinct values than the cache holds, each asked for twice
+        // in a row and again later: every value handed out is its own.
+        for wire in [Wire::Grpc, Wire::http()] {
+            for round in 0..2 {
+                for ms in (0..40u64).chain([1, 2, 3, 2, 1, 999, 1_000, 999]) {
+                    let t = Duration::from_millis(ms) + Duration::from_micros(round * 7);
+                    let expected = match wire {
+                        Wire::Grpc => crate::timeout::encode_grpc_timeout(t),
+                        Wire::Http(_) => crate::timeout::encode_http_timeout(t),
+                    };
+                    assert_eq!(wire.encode(t), expected.as_str(), "{wire:?} {t:?}");
+                    assert_eq!(wire.encode(t), expected.as_str(), "{wire:?} {t:?} again");
+                }
+            }
         }
     }
 }

@@ -544,3 +544,106 @@ fn configs_deserialize_with_human_durations_and_every_wire_form() {
     let err = serde_json::from_str::<ServerDeadlineConfig>(r#"{ "maxx": "1s" }"#).unwrap_err();
     assert!(err.to_string().contains("unknown field"), "{err}");
 }
+
+/// The deadline the layers below a client layer see: in scope while they
+/// are called and polled, through `Deadline::effective`; the outbound
+/// request's extensions stay empty.
+#[tokio::test(start_paused = true)]
+async fn the_layers_below_the_client_see_its_deadline_in_scope_not_in_extensions() {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = seen.clone();
+    let below = service_fn(move |req: Req| {
+        let now = Instant::now();
+        let at_call = (
+            Deadline::effective(req.extensions()).map(|d| d.remaining(now)),
+            req.extensions().is_empty(),
+        );
+        let record = record.clone();
+        async move {
+            let at_poll =
+                Deadline::effective(&http::Extensions::new()).map(|d| d.remaining(Instant::now()));
+            record.lock().unwrap().push((at_call, at_poll));
+            Ok::<_, BoxError>(())
+        }
+    });
+    let client = PropagateDeadlineLayer::new(PropagateDeadlineConfig {
+        timeout: Some(secs(1)),
+        ..Default::default()
+    })
+    .unwrap()
+    .layer(below);
+    // The call's own timeout inside a later deadline in scope.
+    let deadline = Deadline::after(Instant::now(), secs(30));
+    floodwall_deadline::scope(deadline, client.oneshot(http::Request::new(())))
+        .await
+        .unwrap();
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [((Some(secs(1)), true), Some(secs(1)))],
+        "the call's own 1 s, in scope at the call and at the poll; no extension"
+    );
+}
+
+/// The server layer's timer ends an outbound call that waits for the same
+/// deadline: the call makes no timer of its own, and the server layer
+/// answers (phase `InFlight`) at the deadline.
+#[tokio::test(start_paused = true)]
+async fn an_outbound_call_inheriting_the_server_deadline_ends_with_the_server_timer() {
+    let sent = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let client = PropagateDeadlineLayer::new(PropagateDeadlineConfig {
+        timeout: Some(secs(10)),
+        ..Default::default()
+    })
+    .unwrap()
+    .layer(recorder(sent.clone(), secs(60)));
+    let handler = service_fn(move |_: Req| {
+        let client = client.clone();
+        async move { client.oneshot(http::Request::new(())).await }
+    });
+    let server = ServerDeadlineLayer::new(ServerDeadlineConfig {
+        max: Some(secs(2)),
+        ..Default::default()
+    })
+    .unwrap()
+    .layer(handler);
+    let t0 = Instant::now();
+    let err = server.oneshot(http::Request::new(())).await.unwrap_err();
+    assert_eq!(Instant::now() - t0, secs(2));
+    assert_eq!(phase(&err), Phase::InFlight);
+    assert_eq!(sent.lock().unwrap()[0]["grpc-timeout"], "2000000u");
+}
+
+/// Work carried into another task keeps the deadline but not the server
+/// timer's mark: its outbound call times itself out at the deadline, even
+/// after the server's timer dropped the handler that spawned it.
+#[tokio::test(start_paused = true)]
+async fn a_carried_outbound_call_makes_its_own_timer() {
+    let sent = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let client = PropagateDeadlineLayer::new(PropagateDeadlineConfig::default())
+        .unwrap()
+        .layer(recorder(sent.clone(), secs(60)));
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let tx = Arc::new(std::sync::Mutex::new(Some(tx)));
+    let handler = service_fn(move |_: Req| {
+        let (client, tx) = (client.clone(), tx.clone());
+        async move {
+            let task = floodwall_deadline::spawn(client.oneshot(http::Request::new(())));
+            let _ = tx.lock().unwrap().take().unwrap().send(task);
+            std::future::pending::<Result<(), BoxError>>().await
+        }
+    });
+    let server = ServerDeadlineLayer::new(ServerDeadlineConfig {
+        max: Some(secs(2)),
+        ..Default::default()
+    })
+    .unwrap()
+    .layer(handler);
+    let t0 = Instant::now();
+    let err = server.oneshot(http::Request::new(())).await.unwrap_err();
+    assert_eq!(phase(&err), Phase::InFlight);
+    // The task's call ends at the same deadline by its own timer, not when
+    // the callee answers a minute later.
+    let outcome = rx.await.unwrap().await.unwrap();
+    assert_eq!(Instant::now() - t0, secs(2));
+    assert_eq!(phase(&outcome.unwrap_err()), Phase::AwaitingResponse);
+}

@@ -450,7 +450,7 @@ where
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return Box::pin(async move { Ok(answer) });
         }
-        let deadline = floodwall_core::Deadline::of(req.extensions());
+        let deadline = floodwall_core::Deadline::effective(req.extensions());
         match shared.flights.enter(key.clone(), shared.config.max_entries) {
             Entry::Follower(follower) => {
                 shared.joined.increment(1);

@@ -205,7 +205,7 @@ impl Assigner {
 /// let service = ServiceBuilder::new()
 ///     .layer(AssignPriorityLayer::new(config)?)
 ///     .service(service_fn(|req: http::Request<()>| async move {
-///         let p = *req.extensions().get::<Priority>().unwrap();
+///         let p = Priority::of(req.extensions()).unwrap();
 ///         assert_eq!(Some(p), floodwall_priority::current());
 ///         Ok::<_, std::convert::Infallible>(p)
 ///     }));
@@ -355,7 +355,7 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let priority = self.assigner.assign(&req);
-        req.extensions_mut().insert(priority);
+        Priority::stamp(req.extensions_mut(), priority);
         set_header(req.headers_mut(), &PRIORITY, priority.header_value());
         remove_header(req.headers_mut(), &DROPS);
         crate::scope::scope(priority, self.inner.call(req))

@@ -328,11 +328,7 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let shared = &*self.shared;
-        let priority = req
-            .extensions()
-            .get::<Priority>()
-            .copied()
-            .or_else(crate::scope::current);
+        let priority = Priority::of(req.extensions()).or_else(crate::scope::current);
         if let Some(p) = priority {
             set_header(req.headers_mut(), &PRIORITY, p.header_value());
         }

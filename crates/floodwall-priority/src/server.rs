@@ -121,14 +121,14 @@ impl Shared {
     fn priority_of<B>(&self, req: &mut Request<B>) -> Priority {
         match self.mode {
             Mode::Dagor => {
-                if let Some(p) = req.extensions().get::<Priority>() {
-                    return *p;
+                if let Some(p) = Priority::of(req.extensions()) {
+                    return p;
                 }
                 if self.trust_inbound
                     && let Some(p) = floodwall_core::wire::find_header(req.headers(), &PRIORITY)
                         .and_then(|v| Priority::parse(v.as_bytes()).ok())
                 {
-                    req.extensions_mut().insert(p);
+                    Priority::stamp(req.extensions_mut(), p);
                     return p;
                 }
                 self.unprioritized
@@ -139,7 +139,7 @@ impl Shared {
                     .get::<Criticality>()
                     .copied()
                     .unwrap_or(self.criticality);
-                let user = match req.extensions().get::<Priority>() {
+                let user = match Priority::of(req.extensions()) {
                     Some(p) => p.user(),
                     None => {
                         // An even spread over 0..=127: a Weyl sequence.
@@ -261,7 +261,7 @@ where
                 Some(level),
             )
         } else {
-            let own = req.extensions().get::<Priority>().copied();
+            let own = Priority::of(req.extensions());
             let fut = self.inner.call(req);
             let fut = match own {
                 Some(p) => crate::scope::scope(p, fut),

@@ -433,7 +433,7 @@ async fn the_edge_assigns_and_strips() {
         .layer(service_fn(|req: Request<()>| async move {
             let h = |n: &str| req.headers().get(n).map(|v| v.to_str().unwrap().to_owned());
             Ok::<_, Infallible>((
-                *req.extensions().get::<Priority>().unwrap(),
+                Priority::of(req.extensions()).unwrap(),
                 h("x-floodwall-priority"),
                 h("x-floodwall-upstream-drops"),
                 floodwall_priority::current(),

@@ -353,7 +353,7 @@ where
             shared.requests.admitted();
             return Box::pin(async move { inner.call(req).await.map_err(Into::into) });
         };
-        let deadline = Deadline::of(req.extensions());
+        let deadline = Deadline::effective(req.extensions());
         match shared.flights.enter(key, shared.config.max_keys) {
             Entry::Follower(follower) => {
                 shared.followers.increment(1);

@@ -9,7 +9,6 @@ use floodwall_core::metrics::{LABEL_NAME, RequestCounters, metric_name};
 use floodwall_core::outcome::{self, Silence, Verdict};
 use floodwall_core::{BoxError, Classify, Criticality, Outcome, RejectKind, Rejected};
 use metrics::Gauge;
-use tokio::time::Instant;
 
 use crate::{AdaptiveThrottle, CriticalityOf, Random, Throttled, Ticket};
 
@@ -102,7 +101,11 @@ where
     fn admit(&self, req: &mut Req) -> Result<Ticket, BoxError> {
         let class = self.criticality.criticality(req);
         let slot = class.map_or(4, Criticality::index);
-        match self.throttle.admit_ticket(Instant::now(), class) {
+        // The call chain's instant when an outer layer read the clock.
+        match self
+            .throttle
+            .admit_ticket(floodwall_core::clock::now(), class)
+        {
             Ok(ticket) => {
                 self.metrics.requests[slot].admitted();
                 self.metrics.probability[slot].set(ticket.probability());

@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use tower::{Service, ServiceExt};
 
 use super::data::forwarded_value;
-use super::{Body, idle};
+use super::{Body, ClientKey, idle};
 
 /// A listener with a backlog of 1,024 (std's and mio's default is 128): a
 /// burst of connections past `max_connections` waits in the kernel's
@@ -160,18 +160,22 @@ pub(super) async fn serve<S>(
 
 /// The connection's peer, in each of its requests' extensions: its address
 /// and the `X-Forwarded-For` value naming it, made once per connection
-/// instead of formatted for every request.
+/// instead of formatted for every request; and the request's client key,
+/// filled in by the data plane when a layer keys by it ([`ClientKey::of`]
+/// reads it), so that one extension carries both.
 #[derive(Debug, Clone)]
 pub(super) struct Peer {
     pub(super) addr: SocketAddr,
     pub(super) forwarded: Option<HeaderValue>,
+    pub(super) key: Option<ClientKey>,
 }
 
 impl Peer {
-    fn new(addr: SocketAddr) -> Self {
+    pub(super) fn new(addr: SocketAddr) -> Self {
         Self {
             addr,
             forwarded: forwarded_value(addr.ip()),
+            key: None,
         }
     }
 }

@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use tower::{Service, ServiceExt};
 
 use super::conn::Peer;
+use super::runtime::RouteStack;
 use super::{Body, ClientKey, GatewayResponder, Runtime, Shared, refusal};
 
 /// What a request may carry in from outside. From a peer that is not a
@@ -143,10 +144,8 @@ impl Service<Request<Incoming>> for DataPlane {
     fn call(&mut self, mut req: Request<Incoming>) -> Self::Future {
         let now = Instant::now();
         let runtime = self.shared.runtime();
-        // Taken out: nothing below reads it, and the request's extensions
-        // stay within the map's first allocation.
-        let (peer, forwarded) = match req.extensions_mut().remove::<Peer>() {
-            Some(p) => (p.addr.ip(), p.forwarded),
+        let (peer, forwarded) = match req.extensions().get::<Peer>() {
+            Some(p) => (p.addr.ip(), p.forwarded.clone()),
             None => (
                 req.extensions()
                     .get::<SocketAddr>()
@@ -154,44 +153,90 @@ impl Service<Request<Incoming>> for DataPlane {
                 None,
             ),
         };
-        let shared = self.shared.clone();
         let Some(route) = runtime.route(req.uri().path()) else {
             let res = refusal(StatusCode::NOT_FOUND, "no_route", "no route for this path");
             return Box::pin(async move { Ok(res) });
         };
-        if let Some(handler) = route.direct.clone() {
-            // Layers off: nothing below reads the arrival or the client's
-            // address, so neither is worked out; the handler's future
-            // lives in this allocation.
-            inbound_hygiene(req.headers_mut(), &runtime, peer, forwarded);
-            return Box::pin(async move {
-                let mut res = handler.serve(req).await;
-                outbound_hygiene(res.headers_mut());
-                crate::tally::count_response(&shared.tally, &res);
-                Ok(res)
-            });
-        }
-        Arrival::stamp(req.extensions_mut(), now);
-        if runtime.keys_clients {
-            // From the forwarding headers as they came in, before ours is
-            // added.
-            let ip = runtime.client_ip(peer, req.headers());
-            req.extensions_mut()
-                .insert(ClientKey(runtime.client_key(ip)));
-        }
+        let handler = match &route.stack {
+            RouteStack::Direct(handler) => handler.clone(),
+            RouteStack::Protected(_) | RouteStack::Lean(_) => {
+                return self.call_layered(req, now, &runtime, &route.stack, peer, forwarded);
+            }
+        };
+        // Layers off: nothing below reads the arrival or the client's
+        // address, so neither is worked out; the handler's future lives in
+        // this allocation.
         inbound_hygiene(req.headers_mut(), &runtime, peer, forwarded);
-        let svc = route.service.clone();
+        let shared = self.shared.clone();
         Box::pin(async move {
-            let mut res = match svc.oneshot(req).await {
-                Ok(res) => res,
-                Err(e) => match Rejected::find(&*e) {
-                    Some(r) => GatewayResponder.respond(r),
-                    None => upstream_failure(&e),
-                },
-            };
+            let mut res = handler.serve(req).await;
             outbound_hygiene(res.headers_mut());
             crate::tally::count_response(&shared.tally, &res);
             Ok(res)
         })
     }
+}
+
+impl DataPlane {
+    /// A request on a route with layers: stamped with its arrival (and its
+    /// client's key, when a layer keys by it), through the route's stack;
+    /// a rejection the stack returns is answered here.
+    fn call_layered(
+        &self,
+        mut req: Request<Incoming>,
+        now: Instant,
+        runtime: &Runtime,
+        stack: &RouteStack,
+        peer: IpAddr,
+        forwarded: Option<HeaderValue>,
+    ) -> <Self as Service<Request<Incoming>>>::Future {
+        Arrival::stamp(req.extensions_mut(), now);
+        if runtime.keys_clients {
+            // From the forwarding headers as they came in, before ours is
+            // added.
+            let key = ClientKey(runtime.client_key(runtime.client_ip(peer, req.headers())));
+            // Into the peer's extension, not one of its own: no allocation.
+            match req.extensions_mut().get_mut::<Peer>() {
+                Some(p) => p.key = Some(key),
+                None => {
+                    let mut p = Peer::new(SocketAddr::new(peer, 0));
+                    p.key = Some(key);
+                    req.extensions_mut().insert(p);
+                }
+            }
+        }
+        inbound_hygiene(req.headers_mut(), runtime, peer, forwarded);
+        let shared = self.shared.clone();
+        match stack {
+            RouteStack::Lean(svc) => Box::pin(through(svc.clone(), req, shared)),
+            RouteStack::Protected(svc) => Box::pin(through((**svc).clone(), req, shared)),
+            RouteStack::Direct(handler) => Box::pin(through(handler.clone(), req, shared)),
+        }
+    }
+}
+
+/// `req` through a route's stack `svc`, a rejection or failure answered,
+/// the answer's internal headers dropped and the answer tallied.
+async fn through<S>(
+    svc: S,
+    req: Request<Incoming>,
+    shared: Arc<Shared>,
+) -> Result<Response<Body>, Infallible>
+where
+    S: Service<Request<Incoming>, Response = Response<Body>>,
+    S::Error: Into<BoxError>,
+{
+    let mut res = match svc.oneshot(req).await {
+        Ok(res) => res,
+        Err(e) => {
+            let e = e.into();
+            match Rejected::find(&*e) {
+                Some(r) => GatewayResponder.respond(r),
+                None => upstream_failure(&e),
+            }
+        }
+    };
+    outbound_hygiene(res.headers_mut());
+    crate::tally::count_response(&shared.tally, &res);
+    Ok(res)
 }

@@ -245,7 +245,7 @@ impl Inner {
     }
 
     async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
-        let priority = req.extensions().get::<Priority>().copied();
+        let priority = Priority::of(req.extensions());
         let deadline = Deadline::of(req.extensions());
         match (self.kind, self.pick()) {
             (HandlerKind::Proxy, Upstream::Http(h)) => proxy(h, req).await,

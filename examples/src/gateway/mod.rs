@@ -59,12 +59,20 @@ use crate::tally::{Tally, TallySnapshot};
 /// (`upstream_unavailable`, `upstream_error`).
 pub const REASON_HEADER: &str = "x-floodwall-reason";
 
-/// The key per-client limits count under, in request extensions when such a
-/// limit is configured (the per-IP limit, a route's global limit): the
-/// client IP, an IPv6 client by its /64 (one host cannot mint a bucket per
-/// address).
+/// The key per-client limits count under, on a request when such a limit is
+/// configured (the per-IP limit, a route's global limit): the client IP, an
+/// IPv6 client by its /64 (one host cannot mint a bucket per address). Read
+/// it with [`ClientKey::of`]: it rides in the extension that carries the
+/// connection's peer, not in one of its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientKey(pub IpAddr);
+
+impl ClientKey {
+    /// The client key the gateway put on a request, if a layer keys by it.
+    pub fn of(extensions: &http::Extensions) -> Option<ClientKey> {
+        extensions.get::<conn::Peer>().and_then(|p| p.key)
+    }
+}
 
 /// A response body the gateway produces: small, fully buffered.
 pub type Body = Full<Bytes>;

@@ -8,33 +8,66 @@ use std::sync::Arc;
 
 use floodwall::core::BoxError;
 use floodwall::core::key::BoundedKey;
-use floodwall::deadline::{ServerDeadlineConfig, ServerDeadlineLayer, Wire};
+use floodwall::deadline::{ServerDeadline, ServerDeadlineConfig, ServerDeadlineLayer, Wire};
 use floodwall::hotkey::{
-    HotCacheConfig, HotCacheHandle, HotCacheLayer, HotKeyConfig, HotKeyHandle, HotKeyLayer,
-    TopKConfig,
+    HotCache, HotCacheConfig, HotCacheHandle, HotCacheLayer, HotKey, HotKeyConfig, HotKeyHandle,
+    HotKeyLayer, TopKConfig,
 };
-use floodwall::http::RejectionLayer;
-use floodwall::priority::AssignPriorityLayer;
-use floodwall::redis::{RedisConnection, RedisRateLimitLayer};
-use floodwall::token_bucket::{Keyed, KeyedTokenBucket, TokenBucket, TokenBucketLayer};
+use floodwall::priority::{AssignPriority, AssignPriorityLayer};
+use floodwall::redis::{RedisConnection, RedisRateLimit, RedisRateLimitLayer};
+use floodwall::token_bucket::{
+    Keyed, KeyedTokenBucket, One, RateLimit, TokenBucket, TokenBucketLayer,
+};
 use http::{Request, Response};
 use hyper::body::Incoming;
 use tower::ServiceBuilder;
-use tower::util::BoxCloneSyncService;
+use tower::util::Either;
 
 use super::config::{self, GatewayConfig};
 use super::handler::RouteHandler;
-use super::runtime::Route;
+use super::runtime::{Route, RouteStack};
 use super::upstream::Upstream;
-use super::{Body, ClientKey, GatewayResponder};
+use super::{Body, ClientKey};
 
-pub(super) type RouteService = BoxCloneSyncService<Request<Incoming>, Response<Body>, BoxError>;
+/// A protected route's stack, outermost first: the per-client-IP and route
+/// token buckets, the Redis global limit, DAGOR priority assignment, the
+/// route deadline, the hot-room layers, the handler. A concrete type, not a
+/// boxed service: the data plane clones it (a few reference counts) and its
+/// future lives in the data plane's own allocation, with no boxed clone and
+/// no boxed future per request. An optional layer is an [`Either`]: the
+/// layer, or the stack below as it is. (No rejection layer: the data plane
+/// answers a rejection the stack returns, as it does any error.)
+pub(super) type RouteService = EdgeLimits<
+    Either<
+        RedisRateLimit<AssignStack<HotStack>, BoundedKey, GlobalKey, One>,
+        AssignStack<HotStack>,
+    >,
+>;
 
-pub(super) type PerIpLayer =
-    TokenBucketLayer<Keyed<KeyedTokenBucket<IpAddr>, fn(&Request<Incoming>) -> Option<IpAddr>>>;
+/// [`RouteService`] for a route with neither a global limit nor hot-room
+/// layers (most routes): without the two layers that would only pass the
+/// request on.
+pub(super) type LeanRouteService = EdgeLimits<AssignStack<RouteHandler>>;
+
+/// The per-client-IP and route token buckets (each optional) over `S`.
+type EdgeLimits<S> = Either<RateLimit<RouteLimit<S>, PerIpKey, One>, RouteLimit<S>>;
+type RouteLimit<S> = Either<RateLimit<S, TokenBucket, One>, S>;
+/// Priority assignment and the route deadline over `S`.
+type AssignStack<S> = AssignPriority<ServerDeadline<S>>;
+type HotStack =
+    Either<HotKey<HotCache<RouteHandler, String, Response<Body>>, String, QueryKey>, RouteHandler>;
+
+/// The hot-room key: the request's query.
+type QueryKey = fn(&Request<Incoming>) -> Option<String>;
+/// The global limit's key: the user, else the client (see [`global_key`]).
+type GlobalKey = Box<dyn Fn(&Request<Incoming>) -> Option<BoundedKey> + Send + Sync>;
+/// The per-client-IP bucket, keyed by [`client_ip_of`].
+type PerIpKey = Keyed<KeyedTokenBucket<IpAddr>, fn(&Request<Incoming>) -> Option<IpAddr>>;
+
+pub(super) type PerIpLayer = TokenBucketLayer<PerIpKey>;
 
 pub(super) fn client_ip_of(req: &Request<Incoming>) -> Option<IpAddr> {
-    req.extensions().get::<ClientKey>().map(|c| c.0)
+    ClientKey::of(req.extensions()).map(|c| c.0)
 }
 
 pub(super) fn build_route(
@@ -81,8 +114,7 @@ pub(super) fn build_route(
         )),
     )?;
     let label = r.path.as_deref().or(r.prefix.as_deref()).unwrap_or("");
-    let direct = (!protected).then(|| handler.clone());
-    let (service, limit, global, hot) = if protected {
+    let (stack, limit, global, hot) = if protected {
         let limit = match &r.limit {
             Some(c) => {
                 let mut c = c.clone();
@@ -106,9 +138,9 @@ pub(super) fn build_route(
         };
         let user_header = config.gateway.user_header.clone();
         let global_layer = global.clone().map(|limiter| {
-            RedisRateLimitLayer::new(limiter, move |req: &Request<Incoming>| {
-                global_key(req, &user_header)
-            })
+            let key: GlobalKey =
+                Box::new(move |req: &Request<Incoming>| global_key(req, &user_header));
+            RedisRateLimitLayer::new(limiter, key)
         });
         let (hot_layers, hot) = match &r.hot {
             Some(h) => {
@@ -117,27 +149,32 @@ pub(super) fn build_route(
             }
             None => (None, None),
         };
-        let stack = ServiceBuilder::new()
-            .layer(RejectionLayer::with(GatewayResponder))
+        let deadline = ServerDeadlineLayer::new(ServerDeadlineConfig {
+            wire: Wire::Grpc,
+            trust_inbound: true,
+            max: Some(r.timeout),
+        })?;
+        let edge = ServiceBuilder::new()
             .option_layer(per_ip)
-            .option_layer(limit)
-            .option_layer(global_layer)
-            .layer(assign.clone())
-            .layer(ServerDeadlineLayer::new(ServerDeadlineConfig {
-                wire: Wire::Grpc,
-                trust_inbound: true,
-                max: Some(r.timeout),
-            })?)
-            .option_layer(hot_layers)
-            .service(handler);
-        (BoxCloneSyncService::new(stack), handle, global, hot)
+            .option_layer(limit);
+        let stack = if global_layer.is_none() && hot_layers.is_none() {
+            RouteStack::Lean(edge.layer(assign.clone()).layer(deadline).service(handler))
+        } else {
+            RouteStack::Protected(Box::new(
+                edge.option_layer(global_layer)
+                    .layer(assign.clone())
+                    .layer(deadline)
+                    .option_layer(hot_layers)
+                    .service(handler),
+            ))
+        };
+        (stack, handle, global, hot)
     } else {
-        (BoxCloneSyncService::new(handler), None, None, None)
+        (RouteStack::Direct(handler), None, None, None)
     };
     Ok(Route {
         config: r.clone(),
-        service,
-        direct,
+        stack,
         hot,
         limit,
         global,
@@ -148,10 +185,8 @@ pub(super) fn build_route(
 /// The hot-room layers of a `get_room` route: the key is the request's
 /// query (the room and its field list: one cached answer per distinct
 /// query), at most 256 bytes (longer ones are not counted).
-type HotRoomLayers = tower::layer::util::Stack<
-    HotCacheLayer<String, Response<Body>>,
-    HotKeyLayer<String, fn(&Request<Incoming>) -> Option<String>>,
->;
+type HotRoomLayers =
+    tower::layer::util::Stack<HotCacheLayer<String, Response<Body>>, HotKeyLayer<String, QueryKey>>;
 
 fn hot_room_layers(
     label: &str,
@@ -172,7 +207,7 @@ fn hot_room_layers(
             min_count: h.min_count,
             ..HotKeyConfig::default()
         },
-        query_key as fn(&Request<Incoming>) -> Option<String>,
+        query_key as QueryKey,
     )
     .name(format!("route:{label}"))
     .build()?;
@@ -211,7 +246,5 @@ pub(super) fn global_key(req: &Request<Incoming>, user_header: &str) -> Option<B
         key.extend_from_slice(user.as_bytes());
         return Some(BoundedKey::new(key));
     }
-    req.extensions()
-        .get::<ClientKey>()
-        .map(|ip| BoundedKey::new(format!("ip:{}", ip.0)))
+    ClientKey::of(req.extensions()).map(|ip| BoundedKey::new(format!("ip:{}", ip.0)))
 }

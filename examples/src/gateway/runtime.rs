@@ -19,23 +19,34 @@ use tokio::time::Instant;
 
 use super::config::{self, ConfigError, GatewayConfig};
 use super::handler::RouteHandler;
-use super::route::{PerIpLayer, RouteService, build_route, client_ip_of, key_seed};
+use super::route::{
+    LeanRouteService, PerIpLayer, RouteService, build_route, client_ip_of, key_seed,
+};
 use super::upstream::Upstream;
 
 /// One route, built from its config.
 pub(super) struct Route {
     pub(super) config: config::RouteConfig,
-    pub(super) service: RouteService,
-    /// With the layers off, the handler itself (`service` is then the same
-    /// handler, boxed): the data plane calls it without a boxed service
-    /// or a second boxed future.
-    pub(super) direct: Option<RouteHandler>,
+    /// What the data plane calls.
+    pub(super) stack: RouteStack,
     /// Hot-room detection and its cache (`get_room` routes with `hot`).
     pub(super) hot: Option<(HotKeyHandle<String>, HotCacheHandle)>,
     pub(super) limit:
         Option<floodwall::token_bucket::RateLimitHandle<floodwall::token_bucket::TokenBucket>>,
     pub(super) global: Option<RedisLimiter<BoundedKey>>,
     pub(super) overflow: Option<Arc<TokenBucket>>,
+}
+
+/// What the data plane calls for a route.
+#[derive(Clone)]
+pub(super) enum RouteStack {
+    /// The route's layers in front of its handler (boxed: the largest
+    /// variant, on the routes with a global limit or hot-room layers).
+    Protected(Box<RouteService>),
+    /// The route's layers without the global limit and hot-room layers.
+    Lean(LeanRouteService),
+    /// The layers off: the handler itself, called directly.
+    Direct(RouteHandler),
 }
 
 /// Everything one configuration builds. Replaced whole on reload.
@@ -212,8 +223,7 @@ impl Runtime {
                 }
                 Some(Arc::new(Route {
                     config: r.clone(),
-                    service: old.service.clone(),
-                    direct: old.direct.clone(),
+                    stack: old.stack.clone(),
                     hot: old.hot.clone(),
                     limit: old.limit.clone(),
                     global: old.global.clone(),

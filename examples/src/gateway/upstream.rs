@@ -18,12 +18,16 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use floodwall::breaker::{BreakerHandle, BreakerLayer, State};
+use floodwall::breaker::{Breaker, BreakerHandle, BreakerLayer, State};
 use floodwall::core::{BoxError, Classify, GrpcClassifier, HttpClassifier, Outcome};
-use floodwall::deadline::{PropagateDeadlineConfig, PropagateDeadlineLayer, Wire};
+use floodwall::deadline::{
+    PropagateDeadline, PropagateDeadlineConfig, PropagateDeadlineLayer, Wire,
+};
 use floodwall::grpc::{StatusErrorLayer, TonicClassifier};
-use floodwall::priority::{PriorityClientConfig, PriorityClientHandle, PriorityClientLayer};
-use floodwall::throttle::{ThrottleConfig, ThrottleLayer, ThrottleStats};
+use floodwall::priority::{
+    PriorityClient, PriorityClientConfig, PriorityClientHandle, PriorityClientLayer,
+};
+use floodwall::throttle::{NoCriticality, Throttle, ThrottleConfig, ThrottleLayer, ThrottleStats};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -31,7 +35,7 @@ use hyper_util::rt::TokioExecutor;
 use parking_lot::Mutex;
 use serde::Serialize;
 use tokio::time::Instant;
-use tower::util::BoxCloneSyncService;
+use tower::util::{BoxCloneSyncService, Either};
 use tower::{ServiceBuilder, ServiceExt};
 
 use super::config::{UpstreamConfig, UpstreamKind};
@@ -47,9 +51,49 @@ pub type GrpcTransport = BoxCloneSyncService<
     tonic::Status,
 >;
 
-/// The transport under an HTTP upstream: the floodwall stack over hyper.
+/// The transport under an HTTP upstream: the floodwall stack over hyper,
+/// boxed (for the aggregate page's modules and the gift writes; the proxy
+/// calls the same stack unboxed).
 pub type HttpTransport =
     BoxCloneSyncService<http::Request<Full<Bytes>>, http::Response<Bytes>, BoxError>;
+
+/// The floodwall stack toward an HTTP upstream, outermost first: deadline
+/// propagation, collaborative priority admission, the breaker and the
+/// throttle (each optional: an [`Either`] of the layer and the stack below
+/// as it is), over the pooled client ([`SendVia`]). A concrete type: the
+/// proxy clones it (a few reference counts) and its future lives in the
+/// handler's, with no boxed clone per request.
+pub(crate) type HttpStack =
+    PropagateDeadline<PriorityClient<Either<Breaker<Throttled, HttpFaultsOnly>, Throttled>>>;
+
+type Throttled = Either<Throttle<SendVia, HttpClassifier, NoCriticality>, SendVia>;
+
+/// The pooled client as a service: sends the request and collects the
+/// answer ([`send_via`]). Its future is boxed, so the layers above move a
+/// pointer rather than hyper's future; the client is shared, so the stack's
+/// clone per request costs one reference count, not the client's several.
+#[derive(Clone)]
+pub(crate) struct SendVia(Arc<Client<HttpConnector, Full<Bytes>>>);
+
+impl tower::Service<http::Request<Full<Bytes>>> for SendVia {
+    type Response = http::Response<Bytes>;
+    type Error = BoxError;
+    type Future =
+        std::pin::Pin<Box<dyn Future<Output = Result<http::Response<Bytes>, BoxError>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        // The pooled client is always ready (it waits for a connection in
+        // its future).
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<Full<Bytes>>) -> Self::Future {
+        Box::pin(send_via(&self.0, req))
+    }
+}
 
 /// One breaker state change, for the admin page and the demo report.
 #[derive(Debug, Clone, Serialize)]
@@ -353,11 +397,12 @@ impl GrpcUpstream {
 /// An HTTP upstream client.
 #[derive(Clone)]
 pub struct HttpUpstream {
-    /// The transport (the floodwall stack over a pooled hyper client).
+    /// The transport (the floodwall stack over a pooled hyper client),
+    /// boxed.
     pub transport: HttpTransport,
-    /// With the layers off, the pooled client itself: [`send`](Self::send)
-    /// calls it directly (`transport` is then the same call, boxed).
-    direct: Option<Box<Client<HttpConnector, Full<Bytes>>>>,
+    /// What [`send`](Self::send) calls: the stack itself, or with the
+    /// layers off the pooled client (`transport` is the same call, boxed).
+    send: SendPath,
     base: http::Uri,
     guards: Guards,
 }
@@ -368,6 +413,13 @@ impl std::fmt::Debug for HttpUpstream {
             .field("base", &self.base)
             .finish()
     }
+}
+
+/// What [`HttpUpstream::send`] calls.
+#[derive(Clone)]
+enum SendPath {
+    Layered(Box<HttpStack>),
+    Direct(Box<Client<HttpConnector, Full<Bytes>>>),
 }
 
 /// How many breaker transitions an upstream's log keeps (the newest).
@@ -403,50 +455,45 @@ impl HttpUpstream {
         connector.set_nodelay(true);
         let client: Client<HttpConnector, Full<Bytes>> =
             Client::builder(TokioExecutor::new()).build(connector);
-        let send = {
-            let client = client.clone();
-            tower::service_fn(move |req: http::Request<Full<Bytes>>| send_via(&client, req))
-        };
+        let send = SendVia(Arc::new(client.clone()));
         let base = config.url.parse()?;
         if !protected {
             return Ok(Self {
                 transport: BoxCloneSyncService::new(send),
-                direct: Some(Box::new(client)),
+                send: SendPath::Direct(Box::new(client)),
                 base,
                 guards: Guards::default(),
             });
         }
         let (guards, layers) = Guards::build(name, config, HttpFaultsOnly, HttpClassifier)?;
-        let transport = BoxCloneSyncService::new(
-            ServiceBuilder::new()
-                .layer(PropagateDeadlineLayer::new(PropagateDeadlineConfig {
-                    wire: Wire::http(),
-                    timeout: Some(config.timeout),
-                    ..PropagateDeadlineConfig::default()
-                })?)
-                .layer(layers.priority)
-                .option_layer(layers.breaker)
-                .option_layer(layers.throttle)
-                .service(send),
-        );
+        let stack: HttpStack = ServiceBuilder::new()
+            .layer(PropagateDeadlineLayer::new(PropagateDeadlineConfig {
+                wire: Wire::http(),
+                timeout: Some(config.timeout),
+                ..PropagateDeadlineConfig::default()
+            })?)
+            .layer(layers.priority)
+            .option_layer(layers.breaker)
+            .option_layer(layers.throttle)
+            .service(send);
         Ok(Self {
-            transport,
-            direct: None,
+            transport: BoxCloneSyncService::new(stack.clone()),
+            send: SendPath::Layered(Box::new(stack)),
             base,
             guards,
         })
     }
 
-    /// Sends `req` through the transport and collects the answer. With the
-    /// layers off this calls the pooled client directly: no boxed service
-    /// to clone, no boxed future.
+    /// Sends `req` through the stack and collects the answer: the stack
+    /// cloned (no boxed service), or with the layers off the pooled client
+    /// called directly.
     pub(crate) async fn send(
         &self,
         req: http::Request<Full<Bytes>>,
     ) -> Result<http::Response<Bytes>, BoxError> {
-        match &self.direct {
-            Some(client) => send_via(client, req).await,
-            None => self.transport.clone().oneshot(req).await,
+        match &self.send {
+            SendPath::Layered(stack) => (**stack).clone().oneshot(req).await,
+            SendPath::Direct(client) => send_via(client, req).await,
         }
     }
 

@@ -29,7 +29,9 @@ impl<Req> TimingOf<Req> for NoTiming {
     }
 }
 
-/// Reads the [`Arrival`] and [`Deadline`] extensions of an `http::Request`.
+/// Reads the [`Arrival`] and [`Deadline`] of an `http::Request`: its
+/// extensions, and for the deadline the one in the task scope when that is
+/// earlier ([`Deadline::effective`]).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct TimingFromExtensions;
 
@@ -39,6 +41,6 @@ impl<B> TimingOf<http::Request<B>> for TimingFromExtensions {
     }
 
     fn deadline(&self, req: &http::Request<B>) -> Option<Instant> {
-        Deadline::of(req.extensions()).map(Deadline::instant)
+        Deadline::effective(req.extensions()).map(Deadline::instant)
     }
 }
