@@ -15,7 +15,7 @@ use floodwall::http::Respond;
 use http::{HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use tokio::time::Instant;
-use tower::{Service, ServiceExt};
+use tower::Service;
 
 use super::conn::Peer;
 use super::runtime::RouteStack;
@@ -226,7 +226,7 @@ where
     S: Service<Request<Incoming>, Response = Response<Body>>,
     S::Error: Into<BoxError>,
 {
-    let mut res = match svc.oneshot(req).await {
+    let mut res = match super::call_once(svc, req).await {
         Ok(res) => res,
         Err(e) => {
             let e = e.into();

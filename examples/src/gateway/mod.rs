@@ -320,3 +320,18 @@ impl Gateway {
         &self.shared
     }
 }
+
+/// `svc` made ready and called with `req`, its answer awaited: what
+/// `ServiceExt::oneshot` does, inside the caller's own future. A `Oneshot`
+/// holds the service and the request in a state of its own and moves them
+/// out again on its first poll; here they stay where the caller's future
+/// put them, and the service is dropped as soon as it has been called.
+pub(crate) async fn call_once<S, R>(mut svc: S, req: R) -> Result<S::Response, S::Error>
+where
+    S: tower::Service<R>,
+{
+    std::future::poll_fn(|cx| svc.poll_ready(cx)).await?;
+    let answer = svc.call(req);
+    drop(svc);
+    answer.await
+}

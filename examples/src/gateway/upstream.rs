@@ -35,8 +35,8 @@ use hyper_util::rt::TokioExecutor;
 use parking_lot::Mutex;
 use serde::Serialize;
 use tokio::time::Instant;
+use tower::ServiceBuilder;
 use tower::util::{BoxCloneSyncService, Either};
-use tower::{ServiceBuilder, ServiceExt};
 
 use super::config::{UpstreamConfig, UpstreamKind};
 use crate::proto::room_client::RoomClient;
@@ -492,7 +492,7 @@ impl HttpUpstream {
         req: http::Request<Full<Bytes>>,
     ) -> Result<http::Response<Bytes>, BoxError> {
         match &self.send {
-            SendPath::Layered(stack) => (**stack).clone().oneshot(req).await,
+            SendPath::Layered(stack) => super::call_once((**stack).clone(), req).await,
             SendPath::Direct(client) => send_via(client, req).await,
         }
     }

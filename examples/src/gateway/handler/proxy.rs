@@ -84,7 +84,8 @@ pub(super) async fn proxy(h: &HttpUpstream, req: Request<Incoming>) -> Response<
     keep_end_to_end(&mut headers);
     // The priority header moved on with the others (the edge's
     // `AssignPriority` wrote the request's own over the caller's), and the
-    // upstream's `PriorityClient` writes it from the `Priority` extension.
+    // upstream's `PriorityClient` checks it against the task's priority
+    // scope (the request's `Stamp` stays behind with its extensions).
     *out.headers_mut() = headers;
     match h.send(out).await {
         Ok(res) => {
