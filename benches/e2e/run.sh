@@ -117,4 +117,24 @@ for (server, gen, stack), rs in sorted(rows.items(), key=lambda kv: (kv[0][0], k
           f"| {statistics.median(cpu):.2f} ({min(cpu):.2f}–{max(cpu):.2f}) "
           f"| {statistics.median(r[4] for r in rs):.2f} / {statistics.median(r[5] for r in rs):.2f} "
           f"| {vs} | {mid[2]} | {mid[3]} |")
+
+# The proxies' targets (issue 30) are ratios of throughput: besides the ratio
+# of the medians above, the ratio within each round (the stacks of a round
+# run minutes apart at most, so a slow spell of the shared host weighs on
+# both sides of it), median and spread.
+pairs = [("layers-off", "bare"), ("gateway", "layers-off"), ("gateway", "bare")]
+have = {stack for (server, _, stack) in rows if server == "proxy"}
+lines = []
+for a, b in pairs:
+    if {a, b} <= have:
+        ra = [r[0] for r in rows[("proxy", "wrk", a)]]
+        rb = [r[0] for r in rows[("proxy", "wrk", b)]]
+        per_round = sorted(x / y * 100 for x, y in zip(ra, rb))
+        lines.append(f"| {a} / {b} | {statistics.median(per_round):.1f} % "
+                     f"({per_round[0]:.1f}–{per_round[-1]:.1f}) "
+                     f"| {statistics.median(ra) / statistics.median(rb) * 100:.1f} % |")
+if lines:
+    print("\n| proxy throughput | per round: median (min–max) | of the medians |")
+    print("|---|---:|---:|")
+    print("\n".join(lines))
 PY

@@ -16,6 +16,7 @@
 //! off the traffic the room service was still admitting.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use floodwall::breaker::{Breaker, BreakerHandle, BreakerLayer, State};
@@ -358,11 +359,7 @@ impl GrpcUpstream {
             Guards::build(name, config, FaultsOnly, TonicClassifier(GrpcClassifier))?;
         let transport = ServiceBuilder::new()
             .layer(StatusErrorLayer::new())
-            .layer(PropagateDeadlineLayer::new(PropagateDeadlineConfig {
-                wire: Wire::Grpc,
-                timeout: Some(config.timeout),
-                ..PropagateDeadlineConfig::default()
-            })?)
+            .layer(propagate(Wire::Grpc, config.timeout)?)
             .layer(layers.priority)
             .option_layer(layers.breaker)
             .option_layer(layers.throttle)
@@ -449,6 +446,16 @@ fn send_via(
     }
 }
 
+/// Deadline propagation toward an upstream: its `wire`, and `timeout` as
+/// the call's own budget.
+fn propagate(wire: Wire, timeout: Duration) -> Result<PropagateDeadlineLayer, BoxError> {
+    Ok(PropagateDeadlineLayer::new(PropagateDeadlineConfig {
+        wire,
+        timeout: Some(timeout),
+        ..PropagateDeadlineConfig::default()
+    })?)
+}
+
 impl HttpUpstream {
     fn build(name: &str, config: &UpstreamConfig, protected: bool) -> Result<Self, BoxError> {
         let mut connector = HttpConnector::new();
@@ -467,11 +474,7 @@ impl HttpUpstream {
         }
         let (guards, layers) = Guards::build(name, config, HttpFaultsOnly, HttpClassifier)?;
         let stack: HttpStack = ServiceBuilder::new()
-            .layer(PropagateDeadlineLayer::new(PropagateDeadlineConfig {
-                wire: Wire::http(),
-                timeout: Some(config.timeout),
-                ..PropagateDeadlineConfig::default()
-            })?)
+            .layer(propagate(Wire::http(), config.timeout)?)
             .layer(layers.priority)
             .option_layer(layers.breaker)
             .option_layer(layers.throttle)
