@@ -89,6 +89,33 @@ pub struct Stamp {
 }
 
 impl Stamp {
+    /// A field of the request's stamp when it is set there, else a `T`
+    /// inserted into the extensions on its own.
+    #[inline]
+    fn field_or_own<T: Copy + Clone + Send + Sync + 'static>(
+        extensions: &http::Extensions,
+        field: impl Fn(&Stamp) -> Option<T>,
+    ) -> Option<T> {
+        extensions
+            .get::<Stamp>()
+            .and_then(field)
+            .or_else(|| extensions.get::<T>().copied())
+    }
+
+    /// Writes into the request's stamp, stamping it first if it has none
+    /// (the only allocation: an existing stamp is written in place).
+    #[inline]
+    fn write_field(extensions: &mut http::Extensions, write: impl FnOnce(&mut Stamp)) {
+        match extensions.get_mut::<Stamp>() {
+            Some(stamp) => write(stamp),
+            None => {
+                let mut stamp = Stamp::default();
+                write(&mut stamp);
+                extensions.insert(stamp);
+            }
+        }
+    }
+
     /// What is stamped on a request: its [`Stamp`], with an `Arrival` or
     /// `Deadline` inserted on their own filling what the stamp lacks.
     #[inline]
@@ -166,12 +193,7 @@ impl Priority {
     /// ```
     #[inline]
     pub fn of(extensions: &http::Extensions) -> Option<Priority> {
-        match extensions.get::<Stamp>() {
-            Some(Stamp {
-                priority: Some(p), ..
-            }) => Some(*p),
-            _ => extensions.get::<Priority>().copied(),
-        }
+        Stamp::field_or_own(extensions, |s| s.priority)
     }
 
     /// Stamps `priority` on a request, in its [`Stamp`] next to its arrival
@@ -180,15 +202,7 @@ impl Priority {
     /// own.
     #[inline]
     pub fn stamp(extensions: &mut http::Extensions, priority: Priority) {
-        match extensions.get_mut::<Stamp>() {
-            Some(stamp) => stamp.priority = Some(priority),
-            None => {
-                extensions.insert(Stamp {
-                    priority: Some(priority),
-                    ..Stamp::default()
-                });
-            }
-        }
+        Stamp::write_field(extensions, |s| s.priority = Some(priority));
     }
 }
 
@@ -250,12 +264,7 @@ impl Deadline {
     /// ```
     #[inline]
     pub fn of(extensions: &http::Extensions) -> Option<Self> {
-        match extensions.get::<Stamp>() {
-            Some(Stamp {
-                deadline: Some(d), ..
-            }) => Some(*d),
-            _ => extensions.get::<Deadline>().copied(),
-        }
+        Stamp::field_or_own(extensions, |s| s.deadline)
     }
 
     /// The deadline a layer should honour for a request: the earlier of the
@@ -296,15 +305,7 @@ impl Deadline {
     /// its arrival; it replaces any deadline stamped before (and hides one
     /// inserted on its own from [`Deadline::of`]).
     pub fn set(extensions: &mut http::Extensions, deadline: Deadline) {
-        match extensions.get_mut::<Stamp>() {
-            Some(stamp) => stamp.deadline = Some(deadline),
-            None => {
-                extensions.insert(Stamp {
-                    deadline: Some(deadline),
-                    ..Stamp::default()
-                });
-            }
-        }
+        Stamp::write_field(extensions, |s| s.deadline = Some(deadline));
     }
 }
 
