@@ -268,7 +268,13 @@ async fn over_tls_as_an_acl_user_three_instances_hold_the_quota_through_a_redis_
     eprintln!("redis answering again at {back:?}; each instance on redis again after {recovery:?}");
     for (i, took) in recovery.iter().enumerate() {
         let took = took.unwrap_or_else(|| panic!("instance {i} never used redis again"));
-        assert!(took <= Duration::from_secs(2), "instance {i} took {took:?}");
+        // Within two open periods (1.2 s each by default) and a margin: on a
+        // loaded machine the first probe's fresh TLS connection can outlast
+        // the 50 ms call timeout, and the breaker then waits one period more.
+        assert!(
+            took <= Duration::from_millis(2800),
+            "instance {i} took {took:?}"
+        );
     }
     // The restarted Redis is empty: its bucket starts full, one burst more.
     run.check(1);
