@@ -179,7 +179,13 @@ fn main() -> Result<(), BoxError> {
             "axum" => {
                 let svc = stack::<axum::body::Body>(&which)?;
                 println!("listening on {}", listener.local_addr()?);
-                let app = axum::Router::new().fallback_service(svc);
+                // Routed, as an axum app is written (and the examples apply
+                // floodwall): axum stamps the matched path, the original URI,
+                // the path parameters and the peer's address before the
+                // stack runs. (A fallback-only router stamps no matched path:
+                // there the stack's own extension is the fourth, and pays for
+                // growing the request's extension table, docs/performance.md.)
+                let app = axum::Router::new().route_service("/", svc);
                 axum::serve(
                     listener,
                     app.into_make_service_with_connect_info::<SocketAddr>(),

@@ -37,14 +37,10 @@ impl Arrival {
     /// and returns the arrival in force. The arrival goes in the request's
     /// [`Stamp`], with its deadline: one allocation for both.
     pub fn stamp(extensions: &mut http::Extensions, now: Instant) -> Self {
-        if let Some(stamp) = extensions.get_mut::<Stamp>() {
-            return *stamp.arrival.get_or_insert(Self(now));
-        }
-        extensions.insert(Stamp {
-            arrival: Some(Self(now)),
-            ..Stamp::default()
-        });
-        Self(now)
+        *extensions
+            .get_or_insert_default::<Stamp>()
+            .arrival
+            .get_or_insert(Self(now))
     }
 
     /// The arrival stamped on a request, if any: the one in its [`Stamp`],
@@ -106,14 +102,8 @@ impl Stamp {
     /// (the only allocation: an existing stamp is written in place).
     #[inline]
     fn write_field(extensions: &mut http::Extensions, write: impl FnOnce(&mut Stamp)) {
-        match extensions.get_mut::<Stamp>() {
-            Some(stamp) => write(stamp),
-            None => {
-                let mut stamp = Stamp::default();
-                write(&mut stamp);
-                extensions.insert(stamp);
-            }
-        }
+        // One lookup, whether the stamp is there or not.
+        write(extensions.get_or_insert_default::<Stamp>());
     }
 
     /// What is stamped on a request: its [`Stamp`], with an `Arrival` or
@@ -151,15 +141,58 @@ impl Stamp {
         Stamp { priority, ..self }
     }
 
+    /// The arrival and deadline stamped on a request (the stamp's, else an
+    /// `Arrival` or `Deadline` inserted on its own): what a layer that
+    /// restamps both ([`Stamp::restamp`]) reads first. Unlike [`Stamp::of`]
+    /// it does not look for the priority, which a restamp keeps in place.
+    #[inline]
+    pub fn times(extensions: &http::Extensions) -> (Option<Arrival>, Option<Deadline>) {
+        if extensions.is_empty() {
+            return (None, None);
+        }
+        let (arrival, deadline) = extensions
+            .get::<Stamp>()
+            .map_or((None, None), |s| (s.arrival, s.deadline));
+        (
+            arrival.or_else(|| extensions.get::<Arrival>().copied()),
+            deadline.or_else(|| extensions.get::<Deadline>().copied()),
+        )
+    }
+
+    /// Writes `arrival` and `deadline` into the request's stamp, keeping
+    /// the priority stamped there: one lookup, and one allocation only when
+    /// the request has no stamp yet.
+    ///
+    /// ```
+    /// use floodwall_core::{Arrival, Deadline, Priority, Stamp};
+    /// use std::time::Duration;
+    /// use tokio::time::Instant;
+    ///
+    /// let mut req = http::Request::new(());
+    /// let p = Priority::new(2, 7).unwrap();
+    /// Priority::stamp(req.extensions_mut(), p);
+    /// let now = Instant::now();
+    /// let d = Deadline::after(now, Duration::from_secs(1));
+    /// Stamp::restamp(req.extensions_mut(), Some(Arrival::new(now)), Some(d));
+    /// assert_eq!(Stamp::times(req.extensions()), (Some(Arrival::new(now)), Some(d)));
+    /// assert_eq!(Priority::of(req.extensions()), Some(p));
+    /// assert_eq!(req.extensions().len(), 1);
+    /// ```
+    #[inline]
+    pub fn restamp(
+        extensions: &mut http::Extensions,
+        arrival: Option<Arrival>,
+        deadline: Option<Deadline>,
+    ) {
+        let stamp = extensions.get_or_insert_default::<Stamp>();
+        stamp.arrival = arrival;
+        stamp.deadline = deadline;
+    }
+
     /// Puts this stamp on a request in place of any stamped before: one
     /// allocation, none when it replaces a stamp (written over in place).
     pub fn insert(self, extensions: &mut http::Extensions) {
-        match extensions.get_mut::<Stamp>() {
-            Some(stamp) => *stamp = self,
-            None => {
-                extensions.insert(self);
-            }
-        }
+        *extensions.get_or_insert_default::<Stamp>() = self;
     }
 
     /// The arrival stamped, if any.

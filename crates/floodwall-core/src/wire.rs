@@ -46,6 +46,12 @@ pub fn find_header<'a>(
     name: &http::HeaderName,
 ) -> Option<&'a http::HeaderValue> {
     if headers.keys_len() <= SCAN {
+        // The names alone first: most lookups find nothing (no outer layer
+        // wrote the header), and walking the names is a slice walk, where
+        // the (name, value) iterator also follows each name's extra values.
+        if !has_name(headers, name) {
+            return None;
+        }
         headers.iter().find_map(|(k, v)| (k == name).then_some(v))
     } else {
         headers.get(name)
@@ -61,10 +67,17 @@ pub fn remove_header(
     headers: &mut http::HeaderMap,
     name: &http::HeaderName,
 ) -> Option<http::HeaderValue> {
-    if headers.keys_len() <= SCAN && !headers.keys().any(|k| k == name) {
+    if headers.keys_len() <= SCAN && !has_name(headers, name) {
         return None;
     }
     headers.remove(name)
+}
+
+/// Whether a small map (at most [`SCAN`] names) holds `name`: a walk over
+/// its names, no hash.
+#[inline]
+fn has_name(headers: &http::HeaderMap, name: &http::HeaderName) -> bool {
+    headers.keys().any(|k| k == name)
 }
 
 /// Sets `name` to `value` alone, as
@@ -89,7 +102,7 @@ pub fn set_header(
     name: &http::HeaderName,
     value: http::HeaderValue,
 ) {
-    if headers.keys_len() <= SCAN {
+    if headers.keys_len() <= SCAN && has_name(headers, name) {
         let mut values = headers.iter().filter(|(k, _)| *k == name).map(|(_, v)| v);
         if let (Some(only), None) = (values.next(), values.next())
             && *only == value

@@ -193,8 +193,8 @@ where
         // The one clock read of the request's call chain (an outer floodwall
         // layer's, if there is one).
         let now = clock::now();
-        let stamped = Stamp::of(req.extensions());
-        let arrival = stamped.arrival().unwrap_or(Arrival::new(now));
+        let (stamped_arrival, stamped_deadline) = Stamp::times(req.extensions());
+        let arrival = stamped_arrival.unwrap_or(Arrival::new(now));
         let (trust_inbound, max) = Packed(shared.packed.load(Ordering::Acquire)).unpack();
         let inbound = if trust_inbound {
             floodwall_core::wire::find_header(req.headers(), &shared.header)
@@ -207,9 +207,7 @@ where
             (a, b) => a.or(b),
         };
         let Some(timeout) = timeout else {
-            Stamp::new(Some(arrival), stamped.deadline())
-                .with_priority(stamped.priority())
-                .insert(req.extensions_mut());
+            Stamp::restamp(req.extensions_mut(), Some(arrival), stamped_deadline);
             shared.metrics.requests.admitted();
             return ResponseFuture::open(self.inner.call(req));
         };
@@ -220,7 +218,7 @@ where
         // is never extended; the earliest one's origin counts.
         let own = Deadline::after(arrival.instant(), timeout);
         let mut deadline = own;
-        if let Some(outer) = stamped.deadline()
+        if let Some(outer) = stamped_deadline
             && outer < deadline
         {
             (deadline, caller_limited) = (outer, true);
@@ -241,9 +239,7 @@ where
         if deadline.is_expired(now) {
             return ResponseFuture::expired(&shared.metrics, Phase::OnArrival);
         }
-        Stamp::new(Some(arrival), Some(deadline))
-            .with_priority(stamped.priority())
-            .insert(req.extensions_mut());
+        Stamp::restamp(req.extensions_mut(), Some(arrival), Some(deadline));
         // In scope for the inner `call` as well as for its future; the
         // layers below decide at `now`.
         let fut = {
