@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
 # Instructions per request of the whole e2e server (issue 30), under
 # callgrind: `e2e_server` (hyper or axum; bare, floodwall or peer) serving
-# `h2load -n N` requests over HTTP/1.1 (`--h1`) or HTTP/2, run twice (2,000
-# and 12,000 requests) so that start-up cancels out. Deterministic for one
-# binary, unlike CPU time on these shared machines, and it counts what the
-# layers cost inside a real server: the per-request service clone hyper-util
-# makes, the futures moved through hyper, the allocator. User space only:
-# the kernel's share (syscalls, TCP) is the same for every stack.
+# `h2load` requests over HTTP/1.1 (`--h1`) or HTTP/2. In one process: a
+# warm-up of 2,000 requests, then callgrind's counters are zeroed
+# (`callgrind_control -z`), then 2,000 requests and a dump, then 12,000 and
+# a dump; the difference of the two dumps over 10,000 is the count per
+# request. Start-up, one-time initialisation (such as the peer's clock
+# calibrating itself, which a count over two processes caught a varying
+# share of) and each phase's connection set-up cancel out. Deterministic
+# for one binary up to how the generator's reads batch, unlike CPU time on
+# these shared machines, and it counts what the layers cost inside a real
+# server: the per-request service clone hyper-util makes, the futures moved
+# through hyper, the allocator. User space only: the kernel's share
+# (syscalls, TCP) is the same for every stack.
 #
 #   bash benches/e2e/icount.sh                  # every server, stack and protocol,
 #                                               # and the proxies (bare, layers-off, gateway)
@@ -24,28 +30,38 @@ BIN=target/release/e2e_server
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"; jobs -p | xargs -r kill 2>/dev/null' EXIT
 
-# Total instructions of a server that answered `n` requests.
-total() {
-    local server=$1 stack=$2 proto=$3 n=$4
-    local out="$tmp/$server-$stack-$proto-$n"
-    valgrind --tool=callgrind --callgrind-out-file="$out.cg" "$BIN" "$server" "$stack" >"$out.txt" 2>/dev/null &
-    local pid=$! addr
-    addr=$(listening_on "$out.txt")
+# `n` requests from h2load to `addr` over `proto`.
+load() {
+    local proto=$1 addr=$2 n=$3
     if [ "$proto" = h1 ]; then
         h2load --h1 -n "$n" -c 32 "http://$addr/" >/dev/null
     else
         h2load -n "$n" -c 32 -m 10 "http://$addr/" >/dev/null
     fi
-    kill -TERM "$pid"
-    wait "$pid" 2>/dev/null || true
-    grep -m1 '^summary:' "$out.cg" | awk '{print $2}'
+}
+
+# The instructions a dump file counted.
+counted() {
+    grep -m1 '^summary:' "$1" | awk '{print $2}'
 }
 
 one() {
-    local a b
-    a=$(total "$1" "$2" "$3" 2000)
-    b=$(total "$1" "$2" "$3" 12000)
-    printf '%s\t%s\t%s\t%s\n' "$1" "$3" "$2" "$(( (b - a) / 10000 ))"
+    local server=$1 stack=$2 proto=$3
+    local out="$tmp/$server-$stack-$proto"
+    valgrind --tool=callgrind --callgrind-out-file="$out.cg" "$BIN" "$server" "$stack" >"$out.txt" 2>/dev/null &
+    local pid=$! addr a b
+    addr=$(listening_on "$out.txt")
+    load "$proto" "$addr" 2000
+    callgrind_control -z "$pid" >/dev/null 2>&1
+    load "$proto" "$addr" 2000
+    callgrind_control -d "$pid" >/dev/null 2>&1
+    load "$proto" "$addr" 12000
+    callgrind_control -d "$pid" >/dev/null 2>&1
+    kill -TERM "$pid"
+    wait "$pid" 2>/dev/null || true
+    a=$(counted "$out.cg.1")
+    b=$(counted "$out.cg.2")
+    printf '%s\t%s\t%s\t%s\n' "$server" "$proto" "$stack" "$(( (b - a) / 10000 ))"
 }
 
 printf 'server\tprotocol\tstack\tinstructions/request\n'
