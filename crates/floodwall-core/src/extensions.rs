@@ -110,20 +110,12 @@ impl Stamp {
     /// `Deadline` inserted on their own filling what the stamp lacks.
     #[inline]
     pub fn of(extensions: &http::Extensions) -> Stamp {
-        if extensions.is_empty() {
-            return Stamp::default();
+        let (arrival, deadline) = Stamp::times(extensions);
+        Stamp {
+            arrival,
+            deadline,
+            priority: Priority::of(extensions),
         }
-        let mut stamp = extensions.get::<Stamp>().copied().unwrap_or_default();
-        if stamp.arrival.is_none() {
-            stamp.arrival = extensions.get::<Arrival>().copied();
-        }
-        if stamp.deadline.is_none() {
-            stamp.deadline = extensions.get::<Deadline>().copied();
-        }
-        if stamp.priority.is_none() {
-            stamp.priority = extensions.get::<Priority>().copied();
-        }
-        stamp
     }
 
     /// A stamp of `arrival` and `deadline` (and no priority), to
@@ -460,6 +452,18 @@ mod tests {
         ext.insert(Arrival::new(t0));
         assert_eq!(Deadline::of(&ext), Some(d));
         assert_eq!(Arrival::of(&ext), Some(Arrival::new(t0)));
+        assert_eq!(Stamp::times(&ext), (Some(Arrival::new(t0)), Some(d)));
+        // A restamp of nothing leaves the ones on their own in force; one
+        // with values overrides them.
+        let mut restamped = ext.clone();
+        Stamp::restamp(&mut restamped, None, None);
+        assert_eq!(Stamp::times(&restamped), (Some(Arrival::new(t0)), Some(d)));
+        let sooner = Deadline::after(t0, Duration::from_millis(5));
+        Stamp::restamp(&mut restamped, Some(Arrival::new(t0)), Some(sooner));
+        assert_eq!(
+            Stamp::times(&restamped),
+            (Some(Arrival::new(t0)), Some(sooner))
+        );
         // A deadline set through the stamp hides the one on its own.
         let later = Deadline::after(t0, Duration::from_millis(90));
         Deadline::set(&mut ext, later);
