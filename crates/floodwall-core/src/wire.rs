@@ -80,6 +80,33 @@ fn has_name(headers: &http::HeaderMap, name: &http::HeaderName) -> bool {
     headers.keys().any(|k| k == name)
 }
 
+/// Whether `headers` holds `name`, as
+/// [`HeaderMap::contains_key`](http::HeaderMap::contains_key): up to
+/// [`SCAN`] names the names are walked (no hash), beyond them the map's
+/// lookup is used. For a caller that then needs every value
+/// ([`HeaderMap::get_all`](http::HeaderMap::get_all)) only when the header
+/// is there, which it usually is not.
+///
+/// ```
+/// use floodwall_core::wire::holds_header;
+/// use http::{HeaderMap, HeaderValue, header::HOST};
+///
+/// const XFF: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
+/// let mut headers = HeaderMap::new();
+/// headers.insert(HOST, HeaderValue::from_static("example.com"));
+/// assert!(!holds_header(&headers, &XFF));
+/// headers.insert(XFF, HeaderValue::from_static("192.0.2.1"));
+/// assert!(holds_header(&headers, &XFF));
+/// ```
+#[inline]
+pub fn holds_header(headers: &http::HeaderMap, name: &http::HeaderName) -> bool {
+    if headers.keys_len() <= SCAN {
+        has_name(headers, name)
+    } else {
+        headers.contains_key(name)
+    }
+}
+
 /// Sets `name` to `value` alone, as
 /// [`HeaderMap::insert`](http::HeaderMap::insert), unless the map already
 /// holds exactly that one value under `name` (an outer layer wrote it):

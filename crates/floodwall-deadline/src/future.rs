@@ -66,9 +66,10 @@ pin_project! {
         // runtime's timer.
         Timed {
             #[pin] fut: T,
-            // Boxed: a call answered at once never makes it, and the
-            // future stays small to move.
-            sleep: Option<Pin<Box<Sleep>>>,
+            // Made on the first pending poll (a call answered at once
+            // never makes it), in place: no allocation of its own.
+            #[pin]
+            sleep: Option<Sleep>,
             at: Instant,
             // When the call was made: the timer's instant is clamped from it.
             made: Instant,
@@ -163,10 +164,14 @@ where
                 {
                     return Poll::Pending;
                 }
+                let mut sleep = sleep;
+                if sleep.is_none() {
+                    sleep.set(Some(sleep_until(timer_at(*at, *made))));
+                }
                 ready!(
                     sleep
-                        .get_or_insert_with(|| Box::pin(sleep_until(timer_at(*at, *made))))
-                        .as_mut()
+                        .as_pin_mut()
+                        .expect("the timer was made above")
                         .poll(cx)
                 );
                 counter.increment(1);

@@ -311,7 +311,7 @@ pub fn peer_addr<B>(req: &Request<B>) -> Option<IpAddr> {
 /// obfuscated RFC 7239 node).
 struct Hops<'a> {
     header: ForwardedHeader,
-    values: http::header::ValueIter<'a, http::HeaderValue>,
+    values: Option<http::header::ValueIter<'a, http::HeaderValue>>,
     current: Option<&'a str>,
     broken: bool,
 }
@@ -324,9 +324,13 @@ impl<'a> Hops<'a> {
             ForwardedHeader::XForwardedFor => &XFF,
             ForwardedHeader::Forwarded => &http::header::FORWARDED,
         };
+        // An absent header (a request straight from its client, the usual
+        // case) is found absent by a walk over the names, not a hash.
+        let values =
+            floodwall_core::wire::holds_header(headers, name).then(|| headers.get_all(name).iter());
         Self {
             header,
-            values: headers.get_all(name).iter(),
+            values,
             current: None,
             broken: false,
         }
@@ -356,7 +360,7 @@ impl<'a> Hops<'a> {
                 }
                 return Some(ip);
             }
-            let value = self.values.next_back()?;
+            let value = self.values.as_mut()?.next_back()?;
             match value.to_str() {
                 Ok(s) => self.current = Some(s),
                 Err(_) => {

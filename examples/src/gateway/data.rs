@@ -40,7 +40,7 @@ fn inbound_hygiene(
         headers.remove(&XFF);
         headers.remove(http::header::FORWARDED);
     }
-    let value = if headers.contains_key(&XFF) {
+    let value = if floodwall::core::wire::holds_header(headers, &XFF) {
         let chain = headers
             .get_all(&XFF)
             .iter()
@@ -208,25 +208,28 @@ impl DataPlane {
         inbound_hygiene(req.headers_mut(), runtime, peer, forwarded);
         let shared = self.shared.clone();
         match stack {
-            RouteStack::Lean(svc) => Box::pin(through(svc.clone(), req, shared)),
-            RouteStack::Protected(svc) => Box::pin(through((**svc).clone(), req, shared)),
-            RouteStack::Direct(handler) => Box::pin(through(handler.clone(), req, shared)),
+            RouteStack::Lean(svc) => Box::pin(through(svc.clone(), req, shared, now)),
+            RouteStack::Protected(svc) => Box::pin(through((**svc).clone(), req, shared, now)),
+            RouteStack::Direct(handler) => Box::pin(through(handler.clone(), req, shared, now)),
         }
     }
 }
 
-/// `req` through a route's stack `svc`, a rejection or failure answered,
-/// the answer's internal headers dropped and the answer tallied.
+/// `req`, which arrived at `arrival`, through a route's stack `svc` (its
+/// layers deciding at `arrival`: see [`call_once_at`](super::call_once_at)),
+/// a rejection or failure answered, the answer's internal headers dropped
+/// and the answer tallied.
 async fn through<S>(
     svc: S,
     req: Request<Incoming>,
     shared: Arc<Shared>,
+    arrival: Instant,
 ) -> Result<Response<Body>, Infallible>
 where
     S: Service<Request<Incoming>, Response = Response<Body>>,
     S::Error: Into<BoxError>,
 {
-    let mut res = match super::call_once(svc, req).await {
+    let mut res = match super::call_once_at(svc, req, arrival).await {
         Ok(res) => res,
         Err(e) => {
             let e = e.into();

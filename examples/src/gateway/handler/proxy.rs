@@ -3,6 +3,8 @@
 
 use floodwall::core::Rejected;
 use floodwall::http::Respond;
+use std::mem::ManuallyDrop;
+
 use http::{HeaderMap, HeaderName, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -15,8 +17,10 @@ use super::room::bad_request;
 const MAX_BODY: usize = 1 << 20;
 
 /// Hop-by-hop headers a proxy must not forward (RFC 9110 §7.6.1), and
-/// `host` (the outbound request's comes from its URI).
-pub(super) const HOP_BY_HOP: [HeaderName; 8] = [
+/// `host` (the outbound request's comes from its URI). A constant, so the
+/// scan below compares against known names; in a `ManuallyDrop`, so that
+/// each use does not drop eight names again.
+pub(super) const HOP_BY_HOP: ManuallyDrop<[HeaderName; 8]> = ManuallyDrop::new([
     http::header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -25,7 +29,7 @@ pub(super) const HOP_BY_HOP: [HeaderName; 8] = [
     http::header::TRANSFER_ENCODING,
     http::header::UPGRADE,
     http::header::HOST,
-];
+]);
 
 /// Drops the hop-by-hop headers of `headers` (every value of each), so
 /// the map itself moves on: a scan of its names (compared, not hashed) and
