@@ -5,8 +5,9 @@
 # with the peer stack (tower_governor + tower Timeout + LoadShed +
 # ConcurrencyLimit), driven by `wrk` (HTTP/1.1) and `h2load` (HTTP/2, the
 # gRPC shape). The server runs on one core, the generator on another;
-# rounds alternate every configuration; the server's CPU time comes from
-# /proc. Prints a Markdown table: medians over the rounds, with the spread.
+# rounds alternate every configuration (in reverse order every other
+# round); the server's CPU time comes from /proc. Prints a Markdown table:
+# medians over the rounds, with the spread.
 # A benchmark, not a test: not part of CI.
 #
 #   bash benches/e2e/run.sh            # ROUNDS=3 DURATION=5 CONNS=32
@@ -76,16 +77,37 @@ run_one() {
     echo "e2e: round $round $server $gen $stack: $rps req/s, $cpu_us µs CPU/request ($user_us user), p50 $p50" >&2
 }
 
+# `$@` in the order of round `$1`: as given in odd rounds, reversed in even
+# ones. The shared host's speed drifts over minutes (a bare server's rounds
+# have moved by half from first to last); with one fixed order the last
+# stack of every round would always meet the host a little slower, and the
+# ratios between stacks would carry that drift. Alternating the order
+# cancels a steady drift from the ratios of the medians and evens it out
+# across the per-round ratios.
+in_order() {
+    local round=$1
+    shift
+    if [ $((round % 2)) -eq 1 ]; then
+        echo "$@"
+    else
+        local reversed=() item
+        for item in "$@"; do reversed=("$item" "${reversed[@]}"); done
+        echo "${reversed[@]}"
+    fi
+}
+
 for round in $(seq "$ROUNDS"); do
     for server in $SERVERS; do
         for gen in $GENERATORS; do
-            for stack in $STACKS; do
+            # shellcheck disable=SC2086 # word lists
+            for stack in $(in_order "$round" $STACKS); do
                 run_one "$server" "$stack" "$gen" "$round"
             done
         done
     done
     # The gateway: proxy and upstream share the server's core.
-    for stack in $PROXIES; do
+    # shellcheck disable=SC2086 # word lists
+    for stack in $(in_order "$round" $PROXIES); do
         run_one proxy "$stack" wrk "$round"
     done
 done

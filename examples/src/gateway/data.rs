@@ -8,16 +8,18 @@ use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
-use floodwall::core::{Arrival, BoxError, Rejected};
+use floodwall::core::{Arrival, BoxError, Rejected, clock};
 use floodwall::http::Respond;
 use http::{HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
+use pin_project_lite::pin_project;
 use tokio::time::Instant;
 use tower::Service;
 
 use super::conn::Peer;
+use super::route::LeanRouteService;
 use super::runtime::RouteStack;
 use super::{Body, ClientKey, GatewayResponder, Runtime, Shared, refusal};
 
@@ -135,7 +137,7 @@ impl DataPlane {
 impl Service<Request<Incoming>> for DataPlane {
     type Response = Response<Body>;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+    type Future = Answer;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         Poll::Ready(Ok(()))
@@ -155,7 +157,7 @@ impl Service<Request<Incoming>> for DataPlane {
         };
         let Some(route) = runtime.route(req.uri().path()) else {
             let res = refusal(StatusCode::NOT_FOUND, "no_route", "no route for this path");
-            return Box::pin(async move { Ok(res) });
+            return Answer::boxed(async move { Ok(res) });
         };
         let handler = match &route.stack {
             RouteStack::Direct(handler) => handler.clone(),
@@ -168,7 +170,7 @@ impl Service<Request<Incoming>> for DataPlane {
         // this allocation.
         inbound_hygiene(req.headers_mut(), &runtime, peer, forwarded);
         let shared = self.shared.clone();
-        Box::pin(async move {
+        Answer::boxed(async move {
             let mut res = handler.serve(req).await;
             outbound_hygiene(res.headers_mut());
             crate::tally::count_response(&shared.tally, &res);
@@ -189,7 +191,7 @@ impl DataPlane {
         stack: &RouteStack,
         peer: IpAddr,
         forwarded: Option<HeaderValue>,
-    ) -> <Self as Service<Request<Incoming>>>::Future {
+    ) -> Answer {
         Arrival::stamp(req.extensions_mut(), now);
         if runtime.keys_clients {
             // From the forwarding headers as they came in, before ours is
@@ -208,11 +210,153 @@ impl DataPlane {
         inbound_hygiene(req.headers_mut(), runtime, peer, forwarded);
         let shared = self.shared.clone();
         match stack {
-            RouteStack::Lean(svc) => Box::pin(through(svc.clone(), req, shared, now)),
-            RouteStack::Protected(svc) => Box::pin(through((**svc).clone(), req, shared, now)),
-            RouteStack::Direct(handler) => Box::pin(through(handler.clone(), req, shared, now)),
+            RouteStack::Lean(svc) => Answer::Lean {
+                through: Through {
+                    stage: Stage::Ready {
+                        svc: svc.clone(),
+                        req: Some(req),
+                        arrival: now,
+                        waited: false,
+                    },
+                    shared,
+                },
+            },
+            RouteStack::Protected(svc) => Answer::boxed(through((**svc).clone(), req, shared, now)),
+            RouteStack::Direct(handler) => {
+                Answer::boxed(through(handler.clone(), req, shared, now))
+            }
         }
     }
+}
+
+pin_project! {
+    /// The data plane's answer to one request. A lean route's (the usual
+    /// route: the edge limits, priority and deadline over the handler) is
+    /// its stack's future in place: it lives in the connection's own slot
+    /// for the request in flight (hyper keeps one per HTTP/1.1
+    /// connection), with no allocation per request. The others are boxed:
+    /// a route with a global limit or hot-room layers has a larger future,
+    /// which would make every request's answer that large to move.
+    #[project = AnswerProj]
+    pub(super) enum Answer {
+        /// A lean route's stack, called in place.
+        Lean { #[pin] through: Through },
+        /// Any other answer, boxed.
+        Boxed { fut: Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>> },
+    }
+}
+
+impl Answer {
+    fn boxed(
+        fut: impl Future<Output = Result<Response<Body>, Infallible>> + Send + 'static,
+    ) -> Self {
+        Answer::Boxed { fut: Box::pin(fut) }
+    }
+}
+
+impl Future for Answer {
+    type Output = Result<Response<Body>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            AnswerProj::Lean { through } => through.poll(cx),
+            AnswerProj::Boxed { fut } => fut.as_mut().poll(cx),
+        }
+    }
+}
+
+impl std::fmt::Debug for Answer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Answer::Lean { .. } => "Answer::Lean",
+            Answer::Boxed { .. } => "Answer::Boxed",
+        })
+    }
+}
+
+/// A lean route's stack's future.
+type LeanFuture = <LeanRouteService as Service<Request<Incoming>>>::Future;
+
+pin_project! {
+    /// [`through`] for a lean route, as a named future: the stack made
+    /// ready and called (in the arrival's call chain when it was ready in
+    /// the first poll, as [`call_once_at`](super::call_once_at)), then its
+    /// answer [`finish`]ed.
+    pub(super) struct Through {
+        #[pin]
+        stage: Stage,
+        shared: Arc<Shared>,
+    }
+}
+
+pin_project! {
+    #[project = StageProj]
+    enum Stage {
+        // Waiting for the stack to be ready (a lean stack always is: its
+        // layers decide in `call`).
+        Ready {
+            svc: LeanRouteService,
+            req: Option<Request<Incoming>>,
+            arrival: Instant,
+            waited: bool,
+        },
+        // Called: the stack's answer (the stack's clone is dropped).
+        Called { #[pin] fut: LeanFuture },
+    }
+}
+
+impl Future for Through {
+    type Output = Result<Response<Body>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.stage.as_mut().project() {
+                StageProj::Ready {
+                    svc,
+                    req,
+                    arrival,
+                    waited,
+                } => {
+                    match svc.poll_ready(cx) {
+                        Poll::Pending => {
+                            *waited = true;
+                            return Poll::Pending;
+                        }
+                        Poll::Ready(Err(e)) => {
+                            return Poll::Ready(Ok(finish(this.shared, Err(e))));
+                        }
+                        Poll::Ready(Ok(())) => {}
+                    }
+                    let req = req.take().expect("polled after completion");
+                    let fut = {
+                        let _chain = (!*waited).then(|| clock::enter(*arrival));
+                        svc.call(req)
+                    };
+                    this.stage.set(Stage::Called { fut });
+                }
+                StageProj::Called { fut } => {
+                    let out = ready!(fut.poll(cx));
+                    return Poll::Ready(Ok(finish(this.shared, out)));
+                }
+            }
+        }
+    }
+}
+
+/// A route stack's outcome as the answer sent: a rejection or failure
+/// answered, the answer's internal headers dropped, the answer tallied.
+fn finish(shared: &Shared, out: Result<Response<Body>, BoxError>) -> Response<Body> {
+    let mut res = match out {
+        Ok(res) => res,
+        Err(e) => match Rejected::find(&*e) {
+            Some(r) => GatewayResponder.respond(r),
+            None => upstream_failure(&e),
+        },
+    };
+    outbound_hygiene(res.headers_mut());
+    crate::tally::count_response(&shared.tally, &res);
+    res
 }
 
 /// `req`, which arrived at `arrival`, through a route's stack `svc` (its
@@ -229,17 +373,6 @@ where
     S: Service<Request<Incoming>, Response = Response<Body>>,
     S::Error: Into<BoxError>,
 {
-    let mut res = match super::call_once_at(svc, req, arrival).await {
-        Ok(res) => res,
-        Err(e) => {
-            let e = e.into();
-            match Rejected::find(&*e) {
-                Some(r) => GatewayResponder.respond(r),
-                None => upstream_failure(&e),
-            }
-        }
-    };
-    outbound_hygiene(res.headers_mut());
-    crate::tally::count_response(&shared.tally, &res);
-    Ok(res)
+    let out = super::call_once_at(svc, req, arrival).await;
+    Ok(finish(&shared, out.map_err(Into::into)))
 }
