@@ -15,7 +15,9 @@
 //! the throttle's business, and a breaker that opened on them would cut
 //! off the traffic the room service was still admitting.
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -29,11 +31,14 @@ use floodwall::priority::{
     PriorityClient, PriorityClientConfig, PriorityClientHandle, PriorityClientLayer,
 };
 use floodwall::throttle::{NoCriticality, Throttle, ThrottleConfig, ThrottleLayer, ThrottleStats};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
+use http_body_util::combinators::Collect;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::{Client, ResponseFuture};
 use hyper_util::rt::TokioExecutor;
 use parking_lot::Mutex;
+use pin_project_lite::pin_project;
 use serde::Serialize;
 use tokio::time::Instant;
 use tower::ServiceBuilder;
@@ -70,17 +75,17 @@ pub(crate) type HttpStack =
 type Throttled = Either<Throttle<SendVia, HttpClassifier, NoCriticality>, SendVia>;
 
 /// The pooled client as a service: sends the request and collects the
-/// answer ([`send_via`]). Its future is boxed, so the layers above move a
-/// pointer rather than hyper's future; the client is shared, so the stack's
-/// clone per request costs one reference count, not the client's several.
+/// answer ([`send_via`]), in a named future ([`SendFuture`]) that lives in
+/// the caller's own, with no allocation of its own; the client is shared,
+/// so the stack's clone per request costs one reference count, not the
+/// client's several.
 #[derive(Clone)]
 pub(crate) struct SendVia(Arc<Client<HttpConnector, Full<Bytes>>>);
 
 impl tower::Service<http::Request<Full<Bytes>>> for SendVia {
     type Response = http::Response<Bytes>;
     type Error = BoxError;
-    type Future =
-        std::pin::Pin<Box<dyn Future<Output = Result<http::Response<Bytes>, BoxError>> + Send>>;
+    type Future = SendFuture;
 
     fn poll_ready(
         &mut self,
@@ -92,7 +97,62 @@ impl tower::Service<http::Request<Full<Bytes>>> for SendVia {
     }
 
     fn call(&mut self, req: http::Request<Full<Bytes>>) -> Self::Future {
-        Box::pin(send_via(&self.0, req))
+        send_via(&self.0, req)
+    }
+}
+
+pin_project! {
+    /// [`send_via`]'s future: the pooled client's answer, then its body
+    /// collected (capped at [`MAX_UPSTREAM_BODY`]). Small while it is
+    /// moved up through the layers' futures (the client's own future is a
+    /// pointer); the body's collection state is made in place once the
+    /// head is in.
+    pub(crate) struct SendFuture {
+        #[pin]
+        stage: SendStage,
+    }
+}
+
+pin_project! {
+    #[project = SendStageProj]
+    enum SendStage {
+        Sending { #[pin] res: ResponseFuture },
+        Collecting {
+            parts: Option<http::response::Parts>,
+            #[pin]
+            body: Collect<Limited<Incoming>>,
+        },
+    }
+}
+
+impl Future for SendFuture {
+    type Output = Result<http::Response<Bytes>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut stage = self.project().stage;
+        loop {
+            match stage.as_mut().project() {
+                SendStageProj::Sending { res } => {
+                    let (parts, body) = ready!(res.poll(cx))?.into_parts();
+                    // Capped: an oversized answer is a 502, not a memory spike.
+                    stage.set(SendStage::Collecting {
+                        parts: Some(parts),
+                        body: Limited::new(body, MAX_UPSTREAM_BODY).collect(),
+                    });
+                }
+                SendStageProj::Collecting { parts, body } => {
+                    let bytes = ready!(body.poll(cx))?.to_bytes();
+                    let parts = parts.take().expect("polled after completion");
+                    return Poll::Ready(Ok(http::Response::from_parts(parts, bytes)));
+                }
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for SendFuture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SendFuture").finish_non_exhaustive()
     }
 }
 
@@ -432,17 +492,11 @@ pub const MAX_UPSTREAM_BODY: usize = 8 << 20;
 fn send_via(
     client: &Client<HttpConnector, Full<Bytes>>,
     req: http::Request<Full<Bytes>>,
-) -> impl Future<Output = Result<http::Response<Bytes>, BoxError>> + Send + use<> {
-    let res = client.request(req);
-    async move {
-        let res = res.await?;
-        let (parts, body) = res.into_parts();
-        // Capped: an oversized answer is a 502, not a memory spike.
-        let bytes = http_body_util::Limited::new(body, MAX_UPSTREAM_BODY)
-            .collect()
-            .await?
-            .to_bytes();
-        Ok::<_, BoxError>(http::Response::from_parts(parts, bytes))
+) -> SendFuture {
+    SendFuture {
+        stage: SendStage::Sending {
+            res: client.request(req),
+        },
     }
 }
 
