@@ -211,19 +211,13 @@ impl DataPlane {
         let shared = self.shared.clone();
         match stack {
             RouteStack::Lean(svc) => Answer::Lean {
-                through: Through {
-                    stage: Stage::Ready {
-                        svc: svc.clone(),
-                        req: Some(req),
-                        arrival: now,
-                        waited: false,
-                    },
-                    shared,
-                },
+                through: Through::new(svc.clone(), req, shared, now),
             },
-            RouteStack::Protected(svc) => Answer::boxed(through((**svc).clone(), req, shared, now)),
+            RouteStack::Protected(svc) => {
+                Answer::boxed(Through::new((**svc).clone(), req, shared, now))
+            }
             RouteStack::Direct(handler) => {
-                Answer::boxed(through(handler.clone(), req, shared, now))
+                Answer::boxed(Through::new(handler.clone(), req, shared, now))
             }
         }
     }
@@ -240,7 +234,7 @@ pin_project! {
     #[project = AnswerProj]
     pub(super) enum Answer {
         /// A lean route's stack, called in place.
-        Lean { #[pin] through: Through },
+        Lean { #[pin] through: Through<LeanRouteService> },
         /// Any other answer, boxed.
         Boxed { fut: Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>> },
     }
@@ -274,38 +268,58 @@ impl std::fmt::Debug for Answer {
     }
 }
 
-/// A lean route's stack's future.
-type LeanFuture = <LeanRouteService as Service<Request<Incoming>>>::Future;
-
 pin_project! {
-    /// [`through`] for a lean route, as a named future: the stack made
-    /// ready and called (in the arrival's call chain when it was ready in
-    /// the first poll, as [`call_once_at`](super::call_once_at)), then its
-    /// answer [`finish`]ed.
-    pub(super) struct Through {
+    /// A request through a route's stack `S`: the stack made ready and
+    /// called, then its answer [`finish`]ed. When the stack is ready in the
+    /// first poll (which follows the data plane's `call` at once) it is
+    /// called inside the call chain of the request's arrival
+    /// ([`floodwall::core::clock`]), so the route's layers decide at that
+    /// instant and the request's one clock read is the data plane's; a
+    /// stack that was not ready at once is called outside it (time has
+    /// passed; its layers read the clock). A named future, so a lean
+    /// route's lives in place in [`Answer`].
+    pub(super) struct Through<S: Service<Request<Incoming>>> {
         #[pin]
-        stage: Stage,
+        stage: Stage<S, S::Future>,
         shared: Arc<Shared>,
     }
 }
 
 pin_project! {
     #[project = StageProj]
-    enum Stage {
-        // Waiting for the stack to be ready (a lean stack always is: its
-        // layers decide in `call`).
+    enum Stage<S, F> {
+        // Waiting for the stack to be ready (a stack whose layers decide in
+        // `call` always is).
         Ready {
-            svc: LeanRouteService,
+            svc: S,
             req: Option<Request<Incoming>>,
             arrival: Instant,
             waited: bool,
         },
         // Called: the stack's answer (the stack's clone is dropped).
-        Called { #[pin] fut: LeanFuture },
+        Called { #[pin] fut: F },
     }
 }
 
-impl Future for Through {
+impl<S: Service<Request<Incoming>>> Through<S> {
+    fn new(svc: S, req: Request<Incoming>, shared: Arc<Shared>, arrival: Instant) -> Self {
+        Self {
+            stage: Stage::Ready {
+                svc,
+                req: Some(req),
+                arrival,
+                waited: false,
+            },
+            shared,
+        }
+    }
+}
+
+impl<S> Future for Through<S>
+where
+    S: Service<Request<Incoming>, Response = Response<Body>>,
+    S::Error: Into<BoxError>,
+{
     type Output = Result<Response<Body>, Infallible>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
@@ -324,7 +338,7 @@ impl Future for Through {
                             return Poll::Pending;
                         }
                         Poll::Ready(Err(e)) => {
-                            return Poll::Ready(Ok(finish(this.shared, Err(e))));
+                            return Poll::Ready(Ok(finish(this.shared, Err(e.into()))));
                         }
                         Poll::Ready(Ok(())) => {}
                     }
@@ -336,7 +350,7 @@ impl Future for Through {
                     this.stage.set(Stage::Called { fut });
                 }
                 StageProj::Called { fut } => {
-                    let out = ready!(fut.poll(cx));
+                    let out = ready!(fut.poll(cx)).map_err(Into::into);
                     return Poll::Ready(Ok(finish(this.shared, out)));
                 }
             }
@@ -357,22 +371,4 @@ fn finish(shared: &Shared, out: Result<Response<Body>, BoxError>) -> Response<Bo
     outbound_hygiene(res.headers_mut());
     crate::tally::count_response(&shared.tally, &res);
     res
-}
-
-/// `req`, which arrived at `arrival`, through a route's stack `svc` (its
-/// layers deciding at `arrival`: see [`call_once_at`](super::call_once_at)),
-/// a rejection or failure answered, the answer's internal headers dropped
-/// and the answer tallied.
-async fn through<S>(
-    svc: S,
-    req: Request<Incoming>,
-    shared: Arc<Shared>,
-    arrival: Instant,
-) -> Result<Response<Body>, Infallible>
-where
-    S: Service<Request<Incoming>, Response = Response<Body>>,
-    S::Error: Into<BoxError>,
-{
-    let out = super::call_once_at(svc, req, arrival).await;
-    Ok(finish(&shared, out.map_err(Into::into)))
 }

@@ -335,33 +335,3 @@ where
     drop(svc);
     answer.await
 }
-
-/// [`call_once`] for a request stamped at `arrival`: when `svc` is ready
-/// in the first poll (which follows the data plane's `call` at once), it
-/// is called inside the call chain of `arrival`
-/// ([`floodwall::core::clock`]), so the route's layers decide at that
-/// instant and the request's one clock read is the data plane's. A
-/// service that was not ready at once is called outside it (time has
-/// passed; its layers read the clock).
-pub(crate) async fn call_once_at<S, R>(
-    mut svc: S,
-    req: R,
-    arrival: tokio::time::Instant,
-) -> Result<S::Response, S::Error>
-where
-    S: tower::Service<R>,
-{
-    let mut waited = false;
-    std::future::poll_fn(|cx| {
-        let ready = svc.poll_ready(cx);
-        waited |= ready.is_pending();
-        ready
-    })
-    .await?;
-    let answer = {
-        let _chain = (!waited).then(|| floodwall::core::clock::enter(arrival));
-        svc.call(req)
-    };
-    drop(svc);
-    answer.await
-}
