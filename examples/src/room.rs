@@ -135,6 +135,8 @@ pub struct RoomState {
     pub queue_len: Option<usize>,
     /// Jobs waiting for a worker in the pool.
     pub pool_waiting: u64,
+    /// Jobs a worker of the pool has started since the service started.
+    pub pool_started: u64,
 }
 
 /// A running room service. Dropping it stops the server.
@@ -166,6 +168,7 @@ impl RoomService {
         let shared = Arc::new(Shared {
             pool: Semaphore::new(config.workers),
             waiting: AtomicU64::new(0),
+            started: AtomicU64::new(0),
             skipped: AtomicU64::new(0),
             max_timeout_ms: AtomicU64::new(0),
             min_business: AtomicU64::new(u64::MAX),
@@ -299,6 +302,7 @@ impl RoomService {
             admission_level: self.admission.as_ref().map(|a| a.level().to_string()),
             queue_len: self.codel.as_ref().map(CodelHandle::queue_len),
             pool_waiting: self.shared.waiting.load(Ordering::Relaxed),
+            pool_started: self.shared.started.load(Ordering::Relaxed),
         }
     }
 }
@@ -310,6 +314,7 @@ const ROOMS: usize = 4096;
 struct Shared {
     pool: Semaphore,
     waiting: AtomicU64,
+    started: AtomicU64,
     skipped: AtomicU64,
     max_timeout_ms: AtomicU64,
     min_business: AtomicU64,
@@ -341,6 +346,7 @@ impl Shared {
             let Ok(_permit) = permit else {
                 return Err(PoolError::Expired);
             };
+            this.started.fetch_add(1, Ordering::Relaxed);
             if deadline.is_some_and(|d| d.is_expired(Instant::now())) {
                 this.skipped.fetch_add(1, Ordering::Relaxed);
                 return Err(PoolError::Expired);

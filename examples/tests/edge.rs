@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use floodwall_examples::deploy::Deployment;
 use floodwall_examples::gateway::GatewayConfig;
-use floodwall_examples::room::RoomConfig;
+use floodwall_examples::room::{RoomConfig, RoomService};
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
@@ -77,6 +77,20 @@ async fn measure(client: &HttpClient, url: &str, n: usize) -> (f64, Duration, u3
 }
 
 /// Process CPU time (user + system) so far, from /proc.
+/// Waits (up to 10 s) until the room service has started `n` jobs: every
+/// request sent so far has been read by the gateway and passed on.
+async fn started_at_least(room: &RoomService, n: u64) {
+    let by = Instant::now() + Duration::from_secs(10);
+    while room.state().pool_started < n {
+        assert!(
+            Instant::now() < by,
+            "the room service started {} of {n} jobs",
+            room.state().pool_started
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 fn cpu_time() -> Duration {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
     // Fields after the command name (which is in parentheses).
@@ -230,7 +244,9 @@ async fn shutdown_answers_every_accepted_request_and_stops_within_the_drain() {
             tokio::spawn(async move { timed_get(&client(), &url).await.0 })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Every request reached the room service (none is still connecting
+    // when the drain starts, which would not be an accepted request).
+    started_at_least(&d.room, 40).await;
     let addr = d.gateway.addr();
     let t0 = Instant::now();
     let drained = d.gateway.shutdown(Duration::from_secs(5)).await;
@@ -314,7 +330,7 @@ async fn sigterm_during_load_loses_no_accepted_request() {
     use std::process::Command;
 
     // A room service that takes 300 ms per call, for requests in flight.
-    let room = floodwall_examples::room::RoomService::start(RoomConfig {
+    let room = RoomService::start(RoomConfig {
         service_time: Duration::from_millis(300),
         jitter: 0.0,
         workers: 64,
@@ -331,7 +347,7 @@ async fn sigterm_during_load_loses_no_accepted_request() {
             tokio::spawn(async move { timed_get(&client(), &url).await.0 })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    started_at_least(&room, 30).await;
     let t0 = Instant::now();
     let killed = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -370,7 +386,7 @@ fn cpu_time_of(pid: u32) -> Duration {
 async fn descriptor_exhaustion_does_not_spin_the_accept_loop() {
     use std::process::Command;
 
-    let room = floodwall_examples::room::RoomService::start(RoomConfig {
+    let room = RoomService::start(RoomConfig {
         listen: ([127, 0, 0, 1], 0).into(),
         ..fast_room()
     })

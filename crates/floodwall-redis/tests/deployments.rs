@@ -331,16 +331,22 @@ async fn on_a_cluster_three_instances_hold_the_quota_through_a_failover() {
 async fn every_error_class_shows_under_its_own_label() {
     let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
     let handle = recorder.handle();
-    let build = |name: &str, redis: RedisConnection| -> RedisLimiter<&'static str> {
-        metrics::with_local_recorder(&recorder, || {
-            RedisLimiter::builder(redis, quota())
-                .name(name.to_owned())
-                .timeout(Duration::from_millis(50))
-                .fallback(Fallback::Open)
-                .build()
-                .unwrap()
-        })
-    };
+    // Every class but the timeout is answered at once, so a long budget
+    // costs nothing there and keeps a connect or AUTH that a loaded machine
+    // delays from reading as a timeout; the frozen Redis gets a short one.
+    let build_within =
+        |name: &str, redis: RedisConnection, timeout: Duration| -> RedisLimiter<&'static str> {
+            metrics::with_local_recorder(&recorder, || {
+                RedisLimiter::builder(redis, quota())
+                    .name(name.to_owned())
+                    .timeout(timeout)
+                    .fallback(Fallback::Open)
+                    .build()
+                    .unwrap()
+            })
+        };
+    let build =
+        |name: &str, redis: RedisConnection| build_within(name, redis, Duration::from_secs(1));
     let open = |url: String| RedisConnection::open(&url).unwrap();
     // Fails (open) until the breaker opens after three failures in a row;
     // the last one is of `class`.
@@ -398,7 +404,7 @@ async fn every_error_class_shows_under_its_own_label() {
         )
         .name("auth_acl")
         .prefix("elsewhere:")
-        .timeout(Duration::from_millis(50))
+        .timeout(Duration::from_secs(1))
         .fallback(Fallback::Open)
         .build()
         .unwrap()
@@ -433,7 +439,7 @@ async fn every_error_class_shows_under_its_own_label() {
     provoke(&build("script", open(plain.url())), ErrorClass::Script).await;
 
     // timeout: a frozen Redis.
-    let frozen = build("timeout", open(plain.url()));
+    let frozen = build_within("timeout", open(plain.url()), Duration::from_millis(250));
     assert_eq!(frozen.acquire("other", 1).await, Ok(Source::Redis));
     plain.pause();
     provoke(&frozen, ErrorClass::Timeout).await;
@@ -449,8 +455,8 @@ async fn every_error_class_shows_under_its_own_label() {
     big.command(&["SAVE"]).unwrap();
     // A Redis loading its dataset answers between chunks of the load (every
     // 2 MB by default): on a busy machine that can take longer than the
-    // other limiters' 50 ms, which would read as a timeout (CI saw it), so
-    // this one waits up to a second for the `LOADING` reply.
+    // frozen Redis's 250 ms, which would read as a timeout (CI saw it at
+    // 50 ms), so this one waits up to a second for the `LOADING` reply.
     let loading = metrics::with_local_recorder(&recorder, || {
         RedisLimiter::builder(open(big.url()), quota())
             .name("loading")
@@ -495,7 +501,10 @@ async fn a_connection_manager_is_used_as_it_is() {
     // one refill interval (5 ms at the suite's 200/s) between the burst and
     // the next call cannot refill a token.
     let slow = Quota::per_minute(1).unwrap().with_burst(BURST).unwrap();
-    let limiter: RedisLimiter<&str> = RedisLimiter::builder(manager, slow).build().unwrap();
+    let limiter: RedisLimiter<&str> = RedisLimiter::builder(manager, slow)
+        .timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
     for _ in 0..BURST {
         assert_eq!(limiter.acquire("key", 1).await, Ok(Source::Redis));
     }
