@@ -91,6 +91,11 @@ async fn started_at_least(room: &RoomService, n: u64) {
     }
 }
 
+/// The flood test reads this process's CPU time, which every test running
+/// next to it in this binary adds to: it runs alone (the write side), the
+/// others side by side (the read side).
+static CPU_ALONE: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
 fn cpu_time() -> Duration {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
     // Fields after the command name (which is in parentheses).
@@ -103,6 +108,7 @@ fn cpu_time() -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slowloris_connections_are_cut_and_a_normal_client_keeps_its_goodput() {
+    let _side_by_side = CPU_ALONE.read().await;
     let d = start(fast_room(), |c| {
         c.gateway.header_read_timeout = Duration::from_secs(3);
         c.per_ip = None;
@@ -176,6 +182,7 @@ async fn slowloris_connections_are_cut_and_a_normal_client_keeps_its_goodput() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_flood_past_the_cap_neither_stops_service_nor_spins_a_core() {
+    let _alone = CPU_ALONE.write().await;
     let d = start(fast_room(), |c| {
         c.gateway.max_connections = 200;
         c.gateway.header_read_timeout = Duration::from_secs(2);
@@ -229,6 +236,7 @@ async fn a_connection_flood_past_the_cap_neither_stops_service_nor_spins_a_core(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_answers_every_accepted_request_and_stops_within_the_drain() {
+    let _side_by_side = CPU_ALONE.read().await;
     let room = RoomConfig {
         service_time: Duration::from_millis(200),
         jitter: 0.0,
@@ -327,6 +335,7 @@ fn one_route_config(room: &str, extra_gateway: &str, upstream_timeout: &str) -> 
 /// is answered, and it exits within its drain deadline (10 s).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_during_load_loses_no_accepted_request() {
+    let _side_by_side = CPU_ALONE.read().await;
     use std::process::Command;
 
     // A room service that takes 300 ms per call, for requests in flight.
@@ -384,6 +393,7 @@ fn cpu_time_of(pid: u32) -> Duration {
 /// instead of spinning a core; once the flood leaves it serves again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn descriptor_exhaustion_does_not_spin_the_accept_loop() {
+    let _side_by_side = CPU_ALONE.read().await;
     use std::process::Command;
 
     let room = RoomService::start(RoomConfig {
@@ -456,6 +466,7 @@ fn peak_rss(pid: u32) -> u64 {
 /// allocator slack), measured from /proc on the gateway's own process.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_upstream_answer_grows_the_gateways_memory_by_less_than_32_mib() {
+    let _side_by_side = CPU_ALONE.read().await;
     use std::process::Command;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -530,6 +541,7 @@ async fn an_oversized_upstream_answer_grows_the_gateways_memory_by_less_than_32_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_parked_keep_alive_connection_is_closed_but_a_slow_answer_is_not() {
+    let _side_by_side = CPU_ALONE.read().await;
     // The room takes 1 s per call; routes allow it; idle connections go
     // after 2 s.
     let room = RoomConfig {
