@@ -135,7 +135,8 @@ pub struct RoomState {
     pub queue_len: Option<usize>,
     /// Jobs waiting for a worker in the pool.
     pub pool_waiting: u64,
-    /// Jobs a worker of the pool has started since the service started.
+    /// Jobs a worker of the pool has picked up since the service started,
+    /// including those it then skipped because their deadline had passed.
     pub pool_started: u64,
 }
 

@@ -76,7 +76,6 @@ async fn measure(client: &HttpClient, url: &str, n: usize) -> (f64, Duration, u3
     (f64::from(ok) / t0.elapsed().as_secs_f64(), p99, ok)
 }
 
-/// Process CPU time (user + system) so far, from /proc.
 /// Waits (up to 10 s) until the room service has started `n` jobs: every
 /// request sent so far has been read by the gateway and passed on.
 async fn started_at_least(room: &RoomService, n: u64) {
@@ -96,6 +95,21 @@ async fn started_at_least(room: &RoomService, n: u64) {
 /// others side by side (the read side).
 static CPU_ALONE: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
 
+/// Kills a child process when dropped, unless disarmed: a test that fails
+/// before it stops its gateway does not leave the gateway running.
+struct KillOnDrop(Option<u32>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
+    }
+}
+
+/// Process CPU time (user + system) so far, from /proc.
 fn cpu_time() -> Duration {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
     // Fields after the command name (which is in parentheses).
@@ -350,6 +364,7 @@ async fn sigterm_during_load_loses_no_accepted_request() {
     .unwrap();
     let (mut child, url, dir) =
         spawn_gateway("sigterm", &one_route_config(&room.url(), "", "2s"), "");
+    let mut reap = KillOnDrop(Some(child.id()));
     let calls: Vec<_> = (0..30)
         .map(|_| {
             let url = format!("{url}/api/room?id=1");
@@ -366,6 +381,7 @@ async fn sigterm_during_load_loses_no_accepted_request() {
     let exited = tokio::task::spawn_blocking(move || child.wait().unwrap())
         .await
         .unwrap();
+    reap.0 = None;
     let took = t0.elapsed();
     assert!(exited.success(), "{exited:?}");
     assert!(took < Duration::from_secs(10), "exited after {took:?}");

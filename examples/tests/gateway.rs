@@ -265,7 +265,6 @@ async fn the_breaker_opens_when_the_room_service_fails_and_closes_after_it_recov
         // finish inside it on a loaded machine: a half-open round in the
         // middle would add probe calls to the count asserted below.
         b.open_duration = Duration::from_secs(1);
-        b.growth = None;
     })
     .await;
     d.room.knobs().set_error_rate(1.0);

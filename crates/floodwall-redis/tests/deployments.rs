@@ -456,7 +456,8 @@ async fn every_error_class_shows_under_its_own_label() {
     // A Redis loading its dataset answers between chunks of the load (every
     // 2 MB by default): on a busy machine that can take longer than the
     // frozen Redis's 250 ms, which would read as a timeout (CI saw it at
-    // 50 ms), so this one waits up to a second for the `LOADING` reply.
+    // 50 ms): this one, like the other classes, waits up to a second for
+    // the `LOADING` reply.
     let loading = metrics::with_local_recorder(&recorder, || {
         RedisLimiter::builder(open(big.url()), quota())
             .name("loading")

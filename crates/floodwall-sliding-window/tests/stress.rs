@@ -96,13 +96,10 @@ fn the_counter_never_admits_more_than_the_limit_in_one_window() {
     for t in &admitted {
         *per_window.entry(t / WINDOW_NS).or_insert(0u32) += 1;
     }
+    // (That every window admits is checked by `race`, which waits for an
+    // admission in each before it moves the clock on, and fails if none
+    // comes.)
     assert!(per_window.values().all(|&n| n <= LIMIT), "{per_window:?}");
-    // The clock waits for an admission in each of the 30 whole windows
-    // before it leaves it (the last instant, 300 ms, opens a 31st).
-    assert!(
-        (0..30).all(|w| per_window.contains_key(&w)),
-        "every window admits once the previous one's weight has decayed: {per_window:?}"
-    );
 }
 
 #[test]
