@@ -95,16 +95,35 @@ async fn started_at_least(room: &RoomService, n: u64) {
 /// others side by side (the read side).
 static CPU_ALONE: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
 
-/// Kills a child process when dropped, unless disarmed: a test that fails
-/// before it stops its gateway does not leave the gateway running.
-struct KillOnDrop(Option<u32>);
+/// A `gateway` binary running as a child process. A test that fails before
+/// it stops the gateway does not leave it running: dropped, it is killed
+/// and reaped.
+struct GatewayProcess(Option<std::process::Child>);
 
-impl Drop for KillOnDrop {
+impl GatewayProcess {
+    fn id(&self) -> u32 {
+        self.0.as_ref().expect("running").id()
+    }
+
+    /// Sends SIGTERM and waits for the process to exit.
+    async fn terminate(mut self) -> std::process::ExitStatus {
+        let mut child = self.0.take().expect("running");
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success(), "SIGTERM sent");
+        tokio::task::spawn_blocking(move || child.wait().unwrap())
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for GatewayProcess {
     fn drop(&mut self) {
-        if let Some(pid) = self.0 {
-            let _ = std::process::Command::new("kill")
-                .args(["-KILL", &pid.to_string()])
-                .status();
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
         }
     }
 }
@@ -305,7 +324,7 @@ fn spawn_gateway(
     name: &str,
     config: &str,
     shell_prefix: &str,
-) -> (std::process::Child, String, std::path::PathBuf) {
+) -> (GatewayProcess, String, std::path::PathBuf) {
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
     let dir = std::env::temp_dir().join(format!("floodwall-{name}-{}", std::process::id()));
@@ -333,7 +352,7 @@ fn spawn_gateway(
         .nth(2)
         .expect("the gateway prints its address")
         .to_owned();
-    (child, url, dir)
+    (GatewayProcess(Some(child)), url, dir)
 }
 
 /// A gateway config with one route to the room service at `room`.
@@ -350,7 +369,6 @@ fn one_route_config(room: &str, extra_gateway: &str, upstream_timeout: &str) -> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_during_load_loses_no_accepted_request() {
     let _side_by_side = CPU_ALONE.read().await;
-    use std::process::Command;
 
     // A room service that takes 300 ms per call, for requests in flight.
     let room = RoomService::start(RoomConfig {
@@ -362,9 +380,8 @@ async fn sigterm_during_load_loses_no_accepted_request() {
     })
     .await
     .unwrap();
-    let (mut child, url, dir) =
+    let (gateway, url, dir) =
         spawn_gateway("sigterm", &one_route_config(&room.url(), "", "2s"), "");
-    let mut reap = KillOnDrop(Some(child.id()));
     let calls: Vec<_> = (0..30)
         .map(|_| {
             let url = format!("{url}/api/room?id=1");
@@ -373,15 +390,7 @@ async fn sigterm_during_load_loses_no_accepted_request() {
         .collect();
     started_at_least(&room, 30).await;
     let t0 = Instant::now();
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let exited = tokio::task::spawn_blocking(move || child.wait().unwrap())
-        .await
-        .unwrap();
-    reap.0 = None;
+    let exited = gateway.terminate().await;
     let took = t0.elapsed();
     assert!(exited.success(), "{exited:?}");
     assert!(took < Duration::from_secs(10), "exited after {took:?}");
@@ -410,7 +419,6 @@ fn cpu_time_of(pid: u32) -> Duration {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn descriptor_exhaustion_does_not_spin_the_accept_loop() {
     let _side_by_side = CPU_ALONE.read().await;
-    use std::process::Command;
 
     let room = RoomService::start(RoomConfig {
         listen: ([127, 0, 0, 1], 0).into(),
@@ -418,13 +426,13 @@ async fn descriptor_exhaustion_does_not_spin_the_accept_loop() {
     })
     .await
     .unwrap();
-    let (mut child, url, dir) = spawn_gateway(
+    let (gateway, url, dir) = spawn_gateway(
         "emfile",
         &one_route_config(&room.url(), "header_read_timeout = \"1s\"\n", "1s"),
         "ulimit -n 64 && ",
     );
     let addr: std::net::SocketAddr = url.trim_start_matches("http://").parse().unwrap();
-    let pid = child.id();
+    let pid = gateway.id();
     let mut flood = Vec::new();
     for _ in 0..300 {
         if let Ok(Ok(s)) =
@@ -456,10 +464,7 @@ async fn descriptor_exhaustion_does_not_spin_the_accept_loop() {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let _ = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status();
-    let _ = tokio::task::spawn_blocking(move || child.wait()).await;
+    gateway.terminate().await;
     let _ = std::fs::remove_dir_all(&dir);
     assert!(served, "served again once descriptors were free");
 }
@@ -483,7 +488,6 @@ fn peak_rss(pid: u32) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_upstream_answer_grows_the_gateways_memory_by_less_than_32_mib() {
     let _side_by_side = CPU_ALONE.read().await;
-    use std::process::Command;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -524,8 +528,8 @@ async fn an_oversized_upstream_answer_grows_the_gateways_memory_by_less_than_32_
          [upstreams.files]\nkind = \"http\"\nurl = \"http://{upstream}\"\ntimeout = \"10s\"\n\n\
          [[routes]]\nprefix = \"/files/\"\nhandler = \"proxy\"\nupstream = \"files\"\ntimeout = \"10s\"\n"
     );
-    let (mut child, url, dir) = spawn_gateway("bigbody", &config, "");
-    let pid = child.id();
+    let (gateway, url, dir) = spawn_gateway("bigbody", &config, "");
+    let pid = gateway.id();
     // Warm: one small answer through the whole path.
     let (status, _) = timed_get(&client(), &format!("{url}/files/small")).await;
     assert_eq!(status, StatusCode::OK);
@@ -546,10 +550,7 @@ async fn an_oversized_upstream_answer_grows_the_gateways_memory_by_less_than_32_
     );
     let grew = peak_rss(pid).saturating_sub(before);
     stop.store(true, Ordering::Relaxed);
-    let _ = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status();
-    let _ = tokio::task::spawn_blocking(move || child.wait()).await;
+    gateway.terminate().await;
     let _ = std::fs::remove_dir_all(&dir);
     eprintln!("peak RSS grew by {} KiB", grew / 1024);
     assert!(grew < 32 << 20, "peak RSS grew by {} MiB", grew >> 20);
